@@ -1,0 +1,193 @@
+# Stub of the private extension module built from rust/src/py/. Checked against the compiled
+# module by `python -m mypy.stubtest plait._native`.
+
+from collections.abc import Awaitable, Iterable
+from typing import final
+
+__version__: str
+DEFAULT_SHARDS_PER_GROUP: int
+
+# ids
+
+def execution_id(workflow: str, idempotency_key: str) -> str:
+    """The execution id of `workflow` for `idempotency_key`: sha256 prefix, 32 hex digits.
+
+    Example:
+        >>> execution_id("EmailWorkflow", "test-email-1")
+        'da09278eeca46f53cc05e2ed728924aa'
+    """
+
+def execution_ids(workflow: str, idempotency_keys: Iterable[str]) -> list[str]:
+    """The execution ids of `workflow` for many idempotency keys, in one call."""
+
+def activity_idempotency_key(execution_id: str, name: str, attempt: int | None = None) -> str:
+    """An activity's idempotency key, for deduplicating its external effect.
+
+    Args:
+        execution_id: The workflow run.
+        name: The activity's durable name.
+        attempt: Give the attempt (from 1) for a key that differs per attempt.
+
+    Raises:
+        InvalidArgumentError: `attempt` is below 1.
+    """
+
+def encode_deferred_token(workflow: str, execution_id: str, deferred: str) -> str: ...
+def parse_deferred_token(token: str) -> tuple[str, str, str]: ...
+
+# shard routing
+
+def hash_string(value: str) -> int:
+    """Effect's `Hash.string`: DJB2 over UTF-16 code units, as a signed 32-bit int."""
+
+def shard_id(entity_id: str, shards_per_group: int = 300) -> int:
+    """The 1-based shard of `entity_id`, as Effect's cluster computes it.
+
+    Raises:
+        InvalidArgumentError: `shards_per_group` is not a positive 32-bit count.
+
+    Example:
+        >>> shard_id("entity-1")
+        231
+    """
+
+def shard_ids(entity_ids: Iterable[str], shards_per_group: int = 300) -> list[int]:
+    """The 1-based shards of many entity ids, in one call."""
+
+@final
+class HashRing:
+    """Runners on a weighted consistent-hash ring; assigns shards with bounded load.
+
+    Effect's ring exactly: 128 virtual nodes per unit of weight, each runner capped at its
+    weighted share of the shards.
+
+    Example:
+        >>> ring = HashRing()
+        >>> for n in (1, 2, 3):
+        ...     ring.add(f"runner{n}:34431")
+        >>> [owner[6] for owner in ring.shards(12)]
+        ['3', '1', '1', '2', '3', '3', '2', '2', '1', '1', '2', '3']
+    """
+
+    def __new__(cls, base_weight: int = 128) -> HashRing: ...
+    def add(self, runner: str, weight: float = 1.0) -> None:
+        """Adds `runner` (`"host:port"`), or changes its weight.
+
+        Weights below 0.1 count as 0.1, as in Effect.
+
+        Raises:
+            InvalidArgumentError: `weight` is not a positive finite number.
+        """
+
+    def remove(self, runner: str) -> None:
+        """Removes `runner`.
+
+        Raises:
+            UnknownRunnerError: The ring does not hold `runner`.
+        """
+
+    def get(self, key: str) -> str | None:
+        """The runner nearest to the hash of `key`; `None` for an empty ring."""
+
+    def shards(self, count: int = 300) -> list[str] | None:
+        """The owner of each shard: element `i` owns shard `i + 1`; `None` for an empty ring."""
+
+    @property
+    def runners(self) -> list[tuple[str, float]]:
+        """`(runner, weight)` pairs in insertion order."""
+
+    def __contains__(self, runner: str) -> bool: ...
+    def __len__(self) -> int: ...
+
+# snowflakes
+
+def snowflake_make(timestamp_ms: int, machine_id: int, sequence: int) -> int: ...
+def snowflake_parts(snowflake: int) -> tuple[int, int, int]: ...
+@final
+class SnowflakeGenerator:
+    """Makes strictly increasing snowflake ids for one machine id.
+
+    Ids stay increasing when the wall clock steps back; past 4096 ids in one millisecond the
+    generator moves on to the next millisecond.
+
+    Raises:
+        InvalidArgumentError: `machine_id` is outside 0..=1023.
+    """
+
+    def __new__(cls, machine_id: int) -> SnowflakeGenerator: ...
+    @property
+    def machine_id(self) -> int:
+        """The machine id stamped into every id; settable (a runner learns it on registering)."""
+
+    @machine_id.setter
+    def machine_id(self, machine_id: int) -> None: ...
+    def next_id(self) -> int:
+        """The next id."""
+
+    def next_ids(self, count: int) -> list[int]:
+        """The next `count` ids, increasing, in one call."""
+
+# timers
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the Unix epoch, from the clock the timers use."""
+
+@final
+class TimerWheel:
+    """A hierarchical timer wheel: timer ids due at instants in milliseconds.
+
+    Eleven levels of 64 slots cover every 64-bit instant, so timers years ahead cost the same
+    as timers a millisecond ahead. Insert, cancel and per-timer firing are O(1).
+
+    Example:
+        >>> wheel = TimerWheel(now_ms=1_000)
+        >>> wheel.insert_many([(1, 1_500), (2, 1_200), (3, 9_000)])
+        >>> wheel.advance(2_000)
+        [2, 1]
+    """
+
+    def __new__(cls, now_ms: int | None = None) -> TimerWheel: ...
+    def insert(self, timer_id: int, due_ms: int) -> bool:
+        """Schedules or moves a timer; an instant already past fires at the next advance.
+
+        Returns:
+            Whether a pending timer with that id was replaced.
+        """
+
+    def insert_many(self, timers: Iterable[tuple[int, int]]) -> None:
+        """Schedules `(timer_id, due_ms)` pairs in one call."""
+
+    def cancel(self, timer_id: int) -> bool:
+        """Cancels a timer. Returns whether it was pending."""
+
+    def advance(self, now_ms: int) -> list[int]:
+        """Moves to `now_ms`; returns the ids due by then, by due instant, then insertion."""
+
+    def next_due(self) -> int | None:
+        """The earliest due instant, or `None` when empty."""
+
+    def due_of(self, timer_id: int) -> int | None:
+        """When a pending timer is due, or `None`."""
+
+    @property
+    def elapsed_ms(self) -> int:
+        """The instant the wheel has advanced to."""
+
+    def __len__(self) -> int: ...
+    def __contains__(self, timer_id: int) -> bool: ...
+
+@final
+class TimerServiceRef:
+    def __new__(cls) -> TimerServiceRef: ...
+    def schedule(self, timer_id: int, due_ms: int) -> bool: ...
+    def schedule_many(self, timers: Iterable[tuple[int, int]]) -> None: ...
+    def cancel(self, timer_id: int) -> bool: ...
+    def take_due(self, max_timers: int) -> list[int]: ...
+    def wait_due(self) -> Awaitable[None]: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+
+# crash-safety checks for the test suite
+
+def _panic(message: str) -> None: ...
+def _panic_async(message: str) -> Awaitable[None]: ...

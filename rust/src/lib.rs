@@ -1,0 +1,20 @@
+//! The Rust core of plait: durable workflows and sharded entities for Python.
+//!
+//! Plain Rust modules, each tested with `cargo test`:
+//!
+//! - [`snowflake`]: 64-bit ids in Effect's layout, from a monotonic generator;
+//! - [`shard`]: entity id → shard (Effect's hash) and shard → runner (Effect's hash ring);
+//! - [`timer`]: a hierarchical timer wheel and an async service waiting on it;
+//! - [`ids`]: execution ids, activity idempotency keys and deferred tokens;
+//! - [`runtime`]: the process-wide tokio runtime.
+//!
+//! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
+
+pub mod ids;
+pub mod runtime;
+pub mod shard;
+pub mod snowflake;
+pub mod timer;
+
+#[cfg(feature = "python")]
+mod py;

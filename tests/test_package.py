@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import plait
+import plait.errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_public_names_resolve() -> None:
+    for name in plait.__all__:
+        assert hasattr(plait, name), name
+    assert "_native" not in plait.__all__
+
+
+def test_every_exception_derives_from_plait_error() -> None:
+    classes = [
+        value
+        for value in vars(plait.errors).values()
+        if inspect.isclass(value) and issubclass(value, BaseException)
+    ]
+    assert len(classes) >= 5
+    for cls in classes:
+        assert issubclass(cls, plait.PlaitError), cls
+        assert getattr(plait, cls.__name__) is cls
+
+
+def test_version_matches_the_crate() -> None:
+    cargo = (ROOT / "rust" / "Cargo.toml").read_text()
+    assert f'version = "{plait.__version__}"' in cargo
+
+
+@pytest.mark.timeout(900)
+def test_one_abi3_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "maturin", "build", "--release", "--quiet", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=900,
+    )
+    wheels = list(tmp_path.glob("plait-*.whl"))
+    assert len(wheels) == 1
+    assert "-cp311-abi3-" in wheels[0].name
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert {"plait/__init__.py", "plait/py.typed", "plait/_native.pyi"} <= set(names)
+    assert any(n.startswith("plait/_native") and n.endswith(".so") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-index", str(wheels[0])],
+        check=True,
+        timeout=300,
+    )
+    done = subprocess.run(
+        [python, "-c", "import plait; print(plait.shard_id('entity-1'))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "231"

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+import plait
+
+JUNE_1_NOON = datetime(2025, 6, 1, 12, tzinfo=UTC)
+
+
+def test_effect_vector() -> None:
+    s = plait.Snowflake.make(JUNE_1_NOON, machine_id=7, sequence=42)
+    assert s == 54901761638428714
+    assert s.parts == plait.SnowflakeParts(int(JUNE_1_NOON.timestamp() * 1000), 7, 42)
+    assert (s.machine_id, s.sequence, s.timestamp) == (7, 42, JUNE_1_NOON)
+
+
+def test_make_accepts_ms_and_any_timezone() -> None:
+    ms = int(JUNE_1_NOON.timestamp() * 1000)
+    assert plait.Snowflake.make(ms, 7, 42) == 54901761638428714
+    plus_two = JUNE_1_NOON.astimezone(timezone(timedelta(hours=2)))
+    assert plait.Snowflake.make(plus_two, 7, 42) == 54901761638428714
+
+
+def test_extremes() -> None:
+    assert plait.Snowflake.make(plait.snowflake.EPOCH, 0, 0) == 0
+    top = plait.Snowflake(2**64 - 1)
+    assert (top.machine_id, top.sequence) == (1023, 4095)
+    assert top.timestamp_ms == 1735689600000 + 2**42 - 1
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "machine_id", "sequence", "named"),
+    [
+        (JUNE_1_NOON, 1024, 0, "machine id 1024"),
+        (JUNE_1_NOON, -1, 0, "machine id -1"),
+        (JUNE_1_NOON, 2**70, 0, str(2**70)),
+        (JUNE_1_NOON, 0, 4096, "sequence 4096"),
+        (datetime(2024, 12, 31, 23, 59, tzinfo=UTC), 0, 0, "1735689540000"),
+        (1735689600000 + 2**42, 0, 0, str(1735689600000 + 2**42)),
+    ],
+)
+def test_out_of_range_parts_are_named(
+    timestamp: datetime | int, machine_id: int, sequence: int, named: str
+) -> None:
+    with pytest.raises(plait.InvalidArgumentError, match=named):
+        plait.Snowflake.make(timestamp, machine_id, sequence)
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(plait.InvalidArgumentError, match="naive"):
+        plait.Snowflake.make(datetime(2025, 6, 1, 12), 7, 42)  # noqa: DTZ001
+
+
+def test_not_a_snowflake() -> None:
+    with pytest.raises(plait.InvalidArgumentError, match="-5"):
+        plait.Snowflake(-5).parts  # noqa: B018
+
+
+def test_generator_ids_increase_and_carry_the_machine() -> None:
+    generator = plait.SnowflakeGenerator(machine_id=513)
+    before = plait.wall_clock_ms()
+    ids = [generator.next_id() for _ in range(10_000)] + generator.next_ids(100_000)
+    after = plait.wall_clock_ms()
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert len(set(ids)) == len(ids)
+    parts = [plait.Snowflake(i).parts for i in (ids[0], ids[-1])]
+    assert all(p.machine_id == 513 for p in parts)
+    assert before <= parts[0].timestamp_ms
+    # 110,000 ids need at least 27 milliseconds of sequence space, so ids may run ahead of the
+    # clock by the difference, never more.
+    assert parts[1].timestamp_ms <= max(after, before + 27) + 1
+
+
+def test_machine_id_can_be_set_later() -> None:
+    generator = plait.SnowflakeGenerator(0)
+    generator.machine_id = 1023
+    assert generator.machine_id == 1023
+    assert plait.Snowflake(generator.next_id()).machine_id == 1023
+    with pytest.raises(plait.InvalidArgumentError, match="1024"):
+        generator.machine_id = 1024
+    assert generator.machine_id == 1023
+
+
+@pytest.mark.parametrize("machine_id", [1024, -1, 5000])
+def test_generator_rejects_bad_machine_ids(machine_id: int) -> None:
+    with pytest.raises(plait.InvalidArgumentError, match=str(machine_id)):
+        plait.SnowflakeGenerator(machine_id)
+
+
+def test_next_ids_rejects_negative_counts() -> None:
+    with pytest.raises(plait.InvalidArgumentError, match="-1"):
+        plait.SnowflakeGenerator(0).next_ids(-1)
