@@ -6,6 +6,7 @@ Run with `./dev demo`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 
@@ -15,10 +16,12 @@ import plait
 def ids() -> None:
     print("== Execution ids, activity keys and deferred tokens (Effect-compatible)")
     run = plait.execution_id("SendInviteEmail", "invite-42")
-    print(f"execution id of SendInviteEmail/invite-42: {run}")
-    print(f"  the same request again maps to:            {plait.execution_id('SendInviteEmail', 'invite-42')}")
-    print(f"idempotency key for its ChargeCard step:     {plait.activity_idempotency_key(run, 'ChargeCard')}")
+    again = plait.execution_id("SendInviteEmail", "invite-42")
+    charge_key = plait.activity_idempotency_key(run, "ChargeCard")
     token = plait.DeferredToken("SendInviteEmail", run, "InviteAccepted").encode()
+    print(f"execution id of SendInviteEmail/invite-42: {run}")
+    print(f"  the same request again maps to:            {again}")
+    print(f"idempotency key for its ChargeCard step:     {charge_key}")
     print(f"deferred token handed to a webhook:          {token[:40]}...")
     print(f"  parsed back: {plait.DeferredToken.parse(token)}")
     try:
@@ -33,8 +36,10 @@ def sharding() -> None:
     started = time.perf_counter()
     shards = plait.shard_ids(channels)
     elapsed = time.perf_counter() - started
-    print(f"shards of 100,000 channel ids in one call: {elapsed * 1000:.1f} ms; "
-          f"channel-7 lives on shard {shards[7]}")
+    print(
+        f"shards of 100,000 channel ids in one call: {elapsed * 1000:.1f} ms; "
+        f"channel-7 lives on shard {shards[7]}"
+    )
     ring = plait.HashRing()
     for host in ("runner1:34431", "runner2:34431", "runner3:34431"):
         ring.add(host)
@@ -56,10 +61,14 @@ def snowflakes() -> None:
     batch = generator.next_ids(1_000_000)
     elapsed = time.perf_counter() - started
     first = plait.Snowflake(batch[0])
-    print(f"1,000,000 ids in one call: {elapsed * 1000:.1f} ms, strictly increasing: "
-          f"{all(a < b for a, b in zip(batch, batch[1:], strict=False))}")
-    print(f"first id {first}: made {first.timestamp.isoformat()} by machine {first.machine_id}, "
-          f"sequence {first.sequence}")
+    print(
+        f"1,000,000 ids in one call: {elapsed * 1000:.1f} ms, strictly increasing: "
+        f"{all(a < b for a, b in itertools.pairwise(batch))}"
+    )
+    print(
+        f"first id {first}: made {first.timestamp.isoformat()} by machine {first.machine_id}, "
+        f"sequence {first.sequence}"
+    )
 
 
 async def timers() -> None:
@@ -72,18 +81,22 @@ async def timers() -> None:
     started = time.perf_counter()
     first_day = wheel.advance(day_ms)
     advanced = time.perf_counter() - started
-    print(f"1,000,000 reminders spread over a year: inserted in {inserted * 1000:.0f} ms; "
-          f"the first day's {len(first_day)} fire in {advanced * 1000:.1f} ms")
+    print(
+        f"1,000,000 reminders spread over a year: inserted in {inserted * 1000:.0f} ms; "
+        f"the first day's {len(first_day)} fire in {advanced * 1000:.1f} ms"
+    )
 
     service = plait.TimerService()
     now = plait.wall_clock_ms()
     service.schedule_many([(1, now + 150), (2, now + 50), (3, now + 100)])
-    fired = []
+    fired: list[int] = []
     started = time.perf_counter()
     while len(fired) < 3:
         fired += await service.poll()
-    print(f"TimerService woke the event loop for timers {fired} after "
-          f"{(time.perf_counter() - started) * 1000:.0f} ms (due at 50, 100, 150 ms)")
+    print(
+        f"TimerService woke the event loop for timers {fired} after "
+        f"{(time.perf_counter() - started) * 1000:.0f} ms (due at 50, 100, 150 ms)"
+    )
 
 
 def main() -> None:

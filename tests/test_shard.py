@@ -129,9 +129,11 @@ def test_ring_matches_the_reference_through_joins_leaves_and_reweights(
         for count in (1, 5, 12, 300):
             assert ring.shards(count) == reference.shards(count)
         key = random_text(rng)
-        expected = reference.ring[reference._index(effect.hash_string(key))[0]][1] if (
-            reference.ring
-        ) else None
+        expected = (
+            reference.ring[reference._index(effect.hash_string(key))[0]][1]
+            if (reference.ring)
+            else None
+        )
         assert ring.get(key) == expected
 
 

@@ -4,6 +4,28 @@
 from collections.abc import Awaitable, Iterable
 from typing import final
 
+__all__ = [
+    "DEFAULT_SHARDS_PER_GROUP",
+    "HashRing",
+    "SnowflakeGenerator",
+    "TimerServiceRef",
+    "TimerWheel",
+    "__version__",
+    "_panic",
+    "_panic_async",
+    "activity_idempotency_key",
+    "encode_deferred_token",
+    "execution_id",
+    "execution_ids",
+    "hash_string",
+    "parse_deferred_token",
+    "shard_id",
+    "shard_ids",
+    "snowflake_make",
+    "snowflake_parts",
+    "wall_clock_ms",
+]
+
 __version__: str
 DEFAULT_SHARDS_PER_GROUP: int
 
@@ -96,13 +118,14 @@ class HashRing:
     def runners(self) -> list[tuple[str, float]]:
         """`(runner, weight)` pairs in insertion order."""
 
-    def __contains__(self, runner: str) -> bool: ...
+    def __contains__(self, runner: str, /) -> bool: ...
     def __len__(self) -> int: ...
 
 # snowflakes
 
 def snowflake_make(timestamp_ms: int, machine_id: int, sequence: int) -> int: ...
 def snowflake_parts(snowflake: int) -> tuple[int, int, int]: ...
+
 @final
 class SnowflakeGenerator:
     """Makes strictly increasing snowflake ids for one machine id.
@@ -174,7 +197,7 @@ class TimerWheel:
         """The instant the wheel has advanced to."""
 
     def __len__(self) -> int: ...
-    def __contains__(self, timer_id: int) -> bool: ...
+    def __contains__(self, timer_id: int, /) -> bool: ...
 
 @final
 class TimerServiceRef:

@@ -7,6 +7,8 @@
 //! - deferred token: unpadded base64url of the compact JSON array
 //!   `[workflow, execution id, deferred name]`.
 
+use std::fmt;
+
 use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
     Engine as _,
@@ -40,15 +42,56 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 /// Longest token quoted back in an error.
 const QUOTED_TOKEN_CHARS: usize = 120;
 
-/// Effect's `makeHashDigest`: the first 16 bytes of SHA-256, lowercase hex.
-pub fn hash_digest(input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
-    let mut out = String::with_capacity(32);
-    for byte in &digest[..16] {
-        use std::fmt::Write;
-        let _ = write!(out, "{byte:02x}");
+/// 32 lowercase hex digits: the first 16 bytes of a SHA-256 digest. A plain value, so batches
+/// of ids need no allocation per id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HexDigest([u8; 32]);
+
+impl HexDigest {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
-    out
+}
+
+impl fmt::Display for HexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for HexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for HexDigest {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Effect's `makeHashDigest`: the first 16 bytes of SHA-256 of `input`, lowercase hex.
+pub fn hash_digest(input: &str) -> HexDigest {
+    digest_of(&[input])
+}
+
+/// [`hash_digest`] of the concatenation of `parts`, without building it.
+fn digest_of(parts: &[&str]) -> HexDigest {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut out = [0u8; 32];
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(&digest[..16]) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HexDigest(out)
 }
 
 /// The execution id of a workflow run.
@@ -60,8 +103,8 @@ pub fn hash_digest(input: &str) -> String {
 ///     "da09278eeca46f53cc05e2ed728924aa",
 /// );
 /// ```
-pub fn execution_id(workflow: &str, idempotency_key: &str) -> String {
-    hash_digest(&format!("{workflow}-{idempotency_key}"))
+pub fn execution_id(workflow: &str, idempotency_key: &str) -> HexDigest {
+    digest_of(&[workflow, "-", idempotency_key])
 }
 
 /// An activity's idempotency key within an execution, for deduplicating external effects.
@@ -73,11 +116,11 @@ pub fn activity_idempotency_key(
     execution_id: &str,
     name: &str,
     attempt: Option<i64>,
-) -> Result<String, Error> {
+) -> Result<HexDigest, Error> {
     Ok(match attempt {
         Some(attempt) if attempt < 1 => return Err(Error::InvalidAttempt(attempt)),
-        Some(attempt) => hash_digest(&format!("{execution_id}-{attempt}-{name}")),
-        None => hash_digest(&format!("{execution_id}-{name}")),
+        Some(attempt) => digest_of(&[execution_id, "-", &attempt.to_string(), "-", name]),
+        None => digest_of(&[execution_id, "-", name]),
     })
 }
 
@@ -192,7 +235,11 @@ mod tests {
     fn digest_is_sha256_prefix() {
         // sha256("abc") = ba7816bf8f01cfea414140de5dae2223 b00361a396177a9cb410ff61f20015ad
         assert_eq!(hash_digest("abc"), "ba7816bf8f01cfea414140de5dae2223");
-        assert_eq!(hash_digest("").len(), 32);
+        assert_eq!(hash_digest("").as_str().len(), 32);
+        assert_eq!(
+            format!("{}", hash_digest("abc")),
+            "ba7816bf8f01cfea414140de5dae2223"
+        );
     }
 
     #[test]
@@ -250,8 +297,8 @@ mod tests {
         #[test]
         fn execution_ids_are_32_lowercase_hex(w in ".*", k in ".*") {
             let id = execution_id(&w, &k);
-            prop_assert_eq!(id.len(), 32);
-            prop_assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            prop_assert_eq!(id, hash_digest(&format!("{w}-{k}")));
+            prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
     }
 }
