@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import queue
+import subprocess
+import sys
+import threading
 from typing import Any
 
 import pytest
@@ -108,26 +112,110 @@ def test_timer_heapq(benchmark: Any) -> None:
     assert benchmark(_heap_day) == len(TIMERS)
 
 
-async def _service_round_trips(count: int) -> None:
+async def _bridge_sequential(count: int) -> None:
     timers = plait.TimerService()
     for n in range(count):
         timers.schedule(n, 0)
         assert await timers.poll() == [n]
 
 
-async def _asyncio_round_trips(count: int) -> None:
+async def _asyncio_sequential(count: int) -> None:
+    """The floor: a round trip to another thread and back through call_soon_threadsafe."""
     loop = asyncio.get_running_loop()
-    for n in range(count):
+    requests: queue.SimpleQueue[asyncio.Future[int] | None] = queue.SimpleQueue()
+
+    def worker() -> None:
+        while (future := requests.get()) is not None:
+            loop.call_soon_threadsafe(future.set_result, 1)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    for _ in range(count):
         future: asyncio.Future[int] = loop.create_future()
-        loop.call_soon_threadsafe(future.set_result, n)
-        assert await future == n
+        requests.put(future)
+        assert await future == 1
+    requests.put(None)
+    thread.join()
 
 
-@pytest.mark.benchmark(group="1000 awaits crossing threads")
-def test_await_rust_future(benchmark: Any) -> None:
-    benchmark(lambda: asyncio.run(_service_round_trips(1000)))
+async def _bridge_concurrent(count: int) -> None:
+    timers = plait.TimerService()
+    timers.schedule_many([(n, 0) for n in range(count)])
+    got = await asyncio.gather(*(timers.poll(max_timers=1) for _ in range(count)))
+    assert len(got) == count
 
 
-@pytest.mark.benchmark(group="1000 awaits crossing threads")
-def test_await_asyncio_future(benchmark: Any) -> None:
-    benchmark(lambda: asyncio.run(_asyncio_round_trips(1000)))
+async def _asyncio_concurrent(count: int) -> None:
+    """The floor: tasks awaiting futures that another thread resolves in one callback."""
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[int]] = [loop.create_future() for _ in range(count)]
+
+    async def one(future: asyncio.Future[int]) -> int:
+        return await future
+
+    def resolve_all() -> None:
+        for future in futures:
+            future.set_result(1)
+
+    tasks = [asyncio.ensure_future(one(f)) for f in futures]
+    threading.Thread(target=lambda: loop.call_soon_threadsafe(resolve_all)).start()
+    assert len(await asyncio.gather(*tasks)) == count
+
+
+@pytest.mark.benchmark(group="1000 sequential awaits of work on another thread")
+def test_await_rust_task_sequential(benchmark: Any) -> None:
+    benchmark(lambda: asyncio.run(_bridge_sequential(1000)))
+
+
+@pytest.mark.benchmark(group="1000 sequential awaits of work on another thread")
+def test_await_thread_round_trip_sequential(benchmark: Any) -> None:
+    benchmark(lambda: asyncio.run(_asyncio_sequential(1000)))
+
+
+@pytest.mark.benchmark(group="10k concurrent awaits of work on another thread")
+def test_await_rust_tasks_concurrent(benchmark: Any) -> None:
+    benchmark(lambda: asyncio.run(_bridge_concurrent(10_000)))
+
+
+@pytest.mark.benchmark(group="10k concurrent awaits of work on another thread")
+def test_await_asyncio_futures_concurrent(benchmark: Any) -> None:
+    benchmark(lambda: asyncio.run(_asyncio_concurrent(10_000)))
+
+
+MEMORY_PROBE = """
+import os, sys
+import plait
+
+def rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+n = int(sys.argv[1])
+year_ms = 365 * 86_400_000
+timers = [(i, (i * 2_654_435_761) % year_ms + 1) for i in range(n)]
+before = rss()
+wheel = plait.TimerWheel(now_ms=0)
+for start in range(0, n, 100_000):
+    wheel.insert_many(timers[start : start + 100_000])
+assert len(wheel) == n
+print((rss() - before) / n)
+"""
+
+
+@pytest.mark.benchmark(group="2M pending timers: insert and memory")
+def test_timer_wheel_memory(benchmark: Any) -> None:
+    count = 2_000_000
+
+    def probe() -> float:
+        done = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        return float(done.stdout)
+
+    bytes_per_timer = benchmark.pedantic(probe, rounds=1, iterations=1)
+    benchmark.extra_info["bytes per pending timer"] = round(bytes_per_timer, 1)
+    assert 0 < bytes_per_timer < 1024

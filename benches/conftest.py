@@ -12,12 +12,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if session is None or session.disabled:
         return
     groups: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    extra: list[str] = []
     for bench in session.benchmarks:
         if bench.stats is not None and bench.stats.rounds:
             groups[bench.group or ""].append((bench.name, bench.stats.mean))
+        extra += [f"  {bench.name}: {key} = {value}" for key, value in bench.extra_info.items()]
     terminalreporter.write_sep("-", "ratios within each group (mean / fastest mean)")
     for group, rows in sorted(groups.items()):
         fastest = min(mean for _, mean in rows)
         terminalreporter.write_line(group)
         for name, mean in sorted(rows, key=lambda row: row[1]):
             terminalreporter.write_line(f"  {mean / fastest:8.1f}x  {mean * 1e3:10.3f} ms  {name}")
+    for line in extra:
+        terminalreporter.write_line(line)

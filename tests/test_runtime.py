@@ -1,29 +1,49 @@
-"""The Rust runtime bridge: Rust futures awaited from asyncio, and Rust panics contained."""
+"""The Rust runtime bridge: Rust tasks awaited from asyncio, and Rust panics contained."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import threading
+import weakref
 
 import pytest
 
 import plait
-from plait import _native
+from plait import _bridge, _native
 
 
-async def test_many_concurrent_rust_awaits() -> None:
+async def test_many_concurrent_rust_awaits_resolve() -> None:
     timers = plait.TimerService()
-    now = plait.wall_clock_ms()
-    timers.schedule_many([(n, now + 20) for n in range(1_000)])
-    waits = [asyncio.ensure_future(_native_wait(timers)) for _ in range(50)]
-    await asyncio.gather(*waits)
+    timers.schedule_many([(n, plait.wall_clock_ms() + 20) for n in range(1_000)])
+    waits = [_bridge.call(timers._ref.wait_due) for _ in range(2_000)]
+    assert await asyncio.gather(*waits) == [None] * 2_000
+    assert len(_bridge.for_running_loop().native) == 0
     assert len(await timers.poll(max_timers=5_000)) == 1_000
 
 
-async def _native_wait(timers: plait.TimerService) -> None:
-    await timers._ref.wait_due()
+async def test_exceptions_from_rust_keep_their_class() -> None:
+    timers = plait.TimerService()
+    timers.close()
+    with pytest.raises(plait.ClosedError, match="closed"):
+        await _bridge.call(timers._ref.wait_due)
+
+
+async def test_cancelling_an_await_stops_the_rust_task() -> None:
+    timers = plait.TimerService()
+    bridge = _bridge.for_running_loop()
+    wait = asyncio.ensure_future(bridge.wait(timers._ref.wait_due(bridge.native)))
+    await asyncio.sleep(0.01)
+    assert len(bridge.native) == 1
+    wait.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await wait
+    assert len(bridge.native) == 0
+    # The service is unaffected: a later wait sees a later timer.
+    timers.schedule(1, plait.wall_clock_ms())
+    assert await asyncio.wait_for(timers.poll(), timeout=5) == [1]
 
 
 def test_event_loops_in_threads() -> None:
@@ -42,6 +62,20 @@ def test_event_loops_in_threads() -> None:
     assert sorted(results) == [[0], [1], [2], [3]]
 
 
+def test_a_finished_loop_is_not_kept_alive() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def use_bridge() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        timers = plait.TimerService()
+        timers.schedule(1, 0)
+        await timers.poll()
+
+    asyncio.run(use_bridge())
+    gc.collect()
+    assert loops[0]() is None
+
+
 def test_a_panic_is_an_exception_not_an_abort() -> None:
     with pytest.raises(BaseException, match="boom in rust") as caught:
         _native._panic("boom in rust")
@@ -50,11 +84,12 @@ def test_a_panic_is_an_exception_not_an_abort() -> None:
     assert plait.shard_id("entity-1") == 231
 
 
-async def test_a_panic_in_a_future_is_an_exception() -> None:
-    with pytest.raises(BaseException, match="boom in a future") as caught:
-        await _native._panic_async("boom in a future")
+async def test_a_panic_in_a_rust_task_is_an_exception() -> None:
+    with pytest.raises(BaseException, match="boom in a task") as caught:
+        await _bridge.call(lambda bridge: _native._panic_async(bridge, "boom in a task"))
     assert type(caught.value).__name__ == "PanicException"
-    await _native._panic_async("")  # the runtime still runs futures
+    # The runtime still runs tasks.
+    assert await _bridge.call(lambda bridge: _native._panic_async(bridge, "")) is None
 
 
 def test_a_panic_does_not_kill_the_process() -> None:

@@ -1,11 +1,12 @@
 # Stub of the private extension module built from rust/src/py/. Checked against the compiled
 # module by `python -m mypy.stubtest plait._native`.
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import final
 
 __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
+    "AsyncBridge",
     "HashRing",
     "SnowflakeGenerator",
     "TimerServiceRef",
@@ -206,11 +207,29 @@ class TimerServiceRef:
     def schedule_many(self, timers: Iterable[tuple[int, int]]) -> None: ...
     def cancel(self, timer_id: int) -> bool: ...
     def take_due(self, max_timers: int) -> list[int]: ...
-    def wait_due(self) -> Awaitable[None]: ...
+    def wait_due(self, bridge: AsyncBridge) -> int: ...
     def close(self) -> None: ...
+    def __len__(self) -> int: ...
+
+# awaiting Rust tasks (see plait/_bridge.py)
+
+@final
+class AsyncBridge:
+    """One event loop's handle on Rust tasks: started with a token, results drained in batches."""
+
+    def __new__(cls) -> AsyncBridge: ...
+    def fileno(self) -> int:
+        """The descriptor that turns readable when results are waiting."""
+
+    def drain(self) -> list[tuple[int, bool, object]]:
+        """Every finished result as `(token, ok, value)`; `value` is the exception when not ok."""
+
+    def cancel(self, token: int) -> bool:
+        """Stops the task behind `token`. Returns whether it was still running."""
+
     def __len__(self) -> int: ...
 
 # crash-safety checks for the test suite
 
 def _panic(message: str) -> None: ...
-def _panic_async(message: str) -> Awaitable[None]: ...
+def _panic_async(bridge: AsyncBridge, message: str) -> int: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from plait import _bridge
 from plait._native import TimerServiceRef, TimerWheel, wall_clock_ms
 
 __all__ = ["TimerService", "TimerWheel", "wall_clock_ms"]
@@ -56,7 +57,7 @@ class TimerService:
             ClosedError: The service was closed.
         """
         while True:
-            await self._ref.wait_due()
+            await _bridge.call(self._ref.wait_due)
             due = self._ref.take_due(max_timers)
             if due:
                 return due

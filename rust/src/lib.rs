@@ -6,10 +6,12 @@
 //! - [`shard`]: entity id → shard (Effect's hash) and shard → runner (Effect's hash ring);
 //! - [`timer`]: a hierarchical timer wheel and an async service waiting on it;
 //! - [`ids`]: execution ids, activity idempotency keys and deferred tokens;
-//! - [`runtime`]: the process-wide tokio runtime.
+//! - [`runtime`]: the process-wide tokio runtime;
+//! - [`completion`]: results of Rust tasks handed to an event loop in batches.
 //!
 //! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
 
+pub mod completion;
 pub mod ids;
 pub mod runtime;
 pub mod shard;

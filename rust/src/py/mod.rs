@@ -2,9 +2,9 @@
 //!
 //! Private to the `plait` package, which re-exports what users need.
 
+mod bridge;
 mod errors;
 mod ids;
-mod runtime;
 mod shard;
 mod snowflake;
 mod timer;
@@ -14,12 +14,12 @@ use pyo3::prelude::*;
 #[pymodule]
 mod _native {
     #[pymodule_export]
+    use super::bridge::{_panic, _panic_async, AsyncBridge};
+    #[pymodule_export]
     use super::ids::{
         activity_idempotency_key, encode_deferred_token, execution_id, execution_ids,
         parse_deferred_token,
     };
-    #[pymodule_export]
-    use super::runtime::{_panic, _panic_async};
     #[pymodule_export]
     use super::shard::{hash_string, shard_id, shard_ids, PyHashRing};
     #[pymodule_export]
@@ -27,11 +27,10 @@ mod _native {
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
 
-    use super::{runtime, Bound, PyModule, PyModuleMethods, PyResult};
+    use super::{Bound, PyModule, PyModuleMethods, PyResult};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        runtime::init();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add(
             "DEFAULT_SHARDS_PER_GROUP",

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::{errors::Int, runtime::future_into_py};
+use super::{bridge::AsyncBridge, errors::Int};
 use crate::{snowflake::now_ms, timer};
 
 type U64 = Int<u64>;
@@ -122,10 +122,11 @@ impl TimerServiceRef {
             .collect()
     }
 
-    /// Resolves once a timer is due; raises `ClosedError` once closed.
-    fn wait_due<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Starts a wait, through `bridge`, that ends once a timer is due (`ClosedError` once
+    /// closed). Returns the wait's token.
+    fn wait_due(&self, bridge: &AsyncBridge) -> u64 {
         let service = Arc::clone(&self.service);
-        future_into_py(py, async move { Ok(service.wait_due().await?) })
+        bridge.spawn(async move { Ok(service.wait_due().await?) })
     }
 
     fn close(&self) {

@@ -7,7 +7,7 @@
 //! per level finds the next occupied slot in O(1), so advancing over empty time costs nothing.
 //! Entries live in a slab and slots are intrusive doubly linked lists, so cancel is O(1).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
@@ -72,7 +72,8 @@ pub struct TimerWheel {
     elapsed: u64,
     entries: Vec<Entry>,
     free: Vec<u32>,
-    by_id: HashMap<u64, u32>,
+    /// Timer ids are ours (snowflakes), not an attacker's, so a fast non-keyed hash is fine.
+    by_id: FxHashMap<u64, u32>,
     slots: Vec<List>,
     occupied: [u64; LEVELS],
     /// Timers inserted at or before `elapsed`: due at the next advance.
@@ -87,7 +88,7 @@ impl TimerWheel {
             elapsed: now_ms,
             entries: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: FxHashMap::default(),
             slots: vec![List::EMPTY; LEVELS * SLOTS],
             occupied: [0; LEVELS],
             overdue: List::EMPTY,
@@ -127,7 +128,16 @@ impl TimerWheel {
     /// # Panics
     /// With more than `u32::MAX - 1` timers pending at once.
     pub fn insert(&mut self, id: u64, due_ms: u64) -> bool {
-        let replaced = self.cancel(id);
+        if let Some(&index) = self.by_id.get(&id) {
+            // Reschedule in place: same slab entry, new instant, new insertion order.
+            self.unlink(index);
+            let entry = &mut self.entries[index as usize];
+            entry.due = due_ms;
+            entry.seq = self.next_seq;
+            self.next_seq += 1;
+            self.place(index);
+            return true;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = Entry {
@@ -152,7 +162,7 @@ impl TimerWheel {
         };
         self.by_id.insert(id, index);
         self.place(index);
-        replaced
+        false
     }
 
     /// Cancels timer `id`. Returns whether it was pending.
@@ -347,7 +357,7 @@ fn slot_for(due: u64, level: u8) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     use proptest::prelude::*;
 

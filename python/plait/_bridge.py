@@ -1,0 +1,72 @@
+"""Awaiting Rust tasks from asyncio.
+
+Each event loop gets one `AsyncBridge`: Rust tasks started through it deliver their results to a
+queue whose wake-up descriptor the loop watches. When it turns readable, the loop drains every
+finished result in one call and resolves the matching futures. No Rust thread takes the GIL, and
+a burst of completions costs one wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import Any, cast
+
+from plait._native import AsyncBridge
+
+__all__ = ["LoopBridge", "call", "for_running_loop"]
+
+
+class LoopBridge:
+    """An event loop's `AsyncBridge` and the futures waiting on it."""
+
+    # Holds no reference to its loop: the registry below is keyed weakly by the loop.
+    __slots__ = ("_futures", "native")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.native = AsyncBridge()
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        loop.add_reader(self.native.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        futures = self._futures
+        for token, ok, value in self.native.drain():
+            future = futures.pop(token, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(cast(BaseException, value))
+
+    async def wait(self, token: int) -> Any:
+        """The result of the task behind `token`; cancelling the wait stops the task."""
+        future = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._futures.pop(token, None) is not None:
+                self.native.cancel(token)
+            raise
+
+
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def for_running_loop() -> LoopBridge:
+    """The running loop's bridge, made on first use."""
+    loop = asyncio.get_running_loop()
+    bridge = _bridges.get(loop)
+    if bridge is None:
+        bridge = _bridges[loop] = LoopBridge(loop)
+    return bridge
+
+
+async def call(start: Callable[[AsyncBridge], int]) -> Any:
+    """Starts a Rust task with `start(bridge)` and waits for its result."""
+    bridge = for_running_loop()
+    return await bridge.wait(start(bridge.native))
