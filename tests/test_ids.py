@@ -8,9 +8,11 @@ import random
 import pytest
 
 import plait
+from tests.vectors import EFFECT
 
-EXECUTION = "da09278eeca46f53cc05e2ed728924aa"
-TOKEN = "WyJFbWFpbFdvcmtmbG93IiwiZGEwOTI3OGVlY2E0NmY1M2NjMDVlMmVkNzI4OTI0YWEiLCJFbWFpbFRyaWdnZXIiXQ"
+RUN = EFFECT["execution_id"]
+EXECUTION: str = RUN["execution_id"]
+TOKEN: str = EFFECT["deferred_token"]["token"]
 
 
 def digest(text: str) -> str:
@@ -24,8 +26,9 @@ def json_stringify_base64url(*parts: str) -> str:
 
 
 def test_effect_vectors() -> None:
-    assert plait.execution_id("EmailWorkflow", "test-email-1") == EXECUTION
-    token = plait.DeferredToken("EmailWorkflow", EXECUTION, "EmailTrigger")
+    assert plait.execution_id(RUN["workflow"], RUN["idempotency_key"]) == EXECUTION
+    parts = EFFECT["deferred_token"]
+    token = plait.DeferredToken(parts["workflow"], parts["execution_id"], parts["deferred"])
     assert token.encode() == TOKEN
     assert plait.DeferredToken.parse(TOKEN) == token
 

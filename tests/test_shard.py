@@ -8,31 +8,11 @@ import pytest
 
 import plait
 from tests import effect_reference as effect
+from tests.vectors import EFFECT
 
-# reference/effect-api.md §4.1, checked against node.
-HASH_VECTORS = [
-    ("", 5381),
-    ("a", 177604),
-    ("1", 177556),
-    ("123", 193361109),
-    ("entity-1", 707288930),
-    ("test-email-1", 155849166),
-    ("héllo", 181375403),
-    ("😀", 5191800),
-    ("key-10-abcdefghij", -50487368),
-    ("key-14-abcdefghij", -967974852),
-]
-SHARD_VECTORS = [
-    ("1", 257),
-    ("2", 260),
-    ("3", 259),
-    ("123", 10),
-    ("entity-1", 231),
-    ("bob", 283),
-    ("key-10-abcdefghij", 69),
-    ("key-14-abcdefghij", 253),
-]
-THREE = ["runner1:34431", "runner2:34431", "runner3:34431"]
+HASH_VECTORS = [tuple(v) for v in EFFECT["hash_string"]]
+SHARD_VECTORS = [tuple(v) for v in EFFECT["shard_id_of_300"]]
+THREE: list[str] = EFFECT["ring"]["runners"]
 
 
 def random_text(rng: random.Random) -> str:
@@ -89,24 +69,18 @@ def test_batch_rejects_non_strings() -> None:
         plait.shard_ids(["a", 3])  # type: ignore[list-item]
 
 
-def test_ring_twelve_shards_vector() -> None:
+def test_ring_vectors() -> None:
     ring = plait.HashRing()
     for runner in THREE:
         ring.add(runner)
     owners = ring.shards(12)
     assert owners is not None
-    assert [int(o[6]) for o in owners] == [3, 1, 1, 2, 3, 3, 2, 2, 1, 1, 2, 3]
-
-
-def test_ring_even_split_and_weights() -> None:
-    ring = plait.HashRing()
-    for runner in THREE:
-        ring.add(runner)
-    assert Counter(ring.shards()) == dict.fromkeys(THREE, 100)
+    assert [THREE.index(o) + 1 for o in owners] == EFFECT["ring"]["owners_of_12_shards"]
+    assert Counter(ring.shards()) == dict.fromkeys(THREE, EFFECT["ring"]["shards_each_of_300"])
     weighted = plait.HashRing()
-    weighted.add("a:1", 1)
-    weighted.add("b:1", weight=2)
-    assert Counter(weighted.shards(300)) == {"a:1": 100, "b:1": 200}
+    for runner, weight, _ in EFFECT["ring"]["weighted"]:
+        weighted.add(runner, weight)
+    assert Counter(weighted.shards(300)) == {r: n for r, _, n in EFFECT["ring"]["weighted"]}
 
 
 def test_ring_matches_the_reference_through_joins_leaves_and_reweights(

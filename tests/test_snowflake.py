@@ -6,14 +6,17 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 import plait
+from tests.vectors import EFFECT
 
 JUNE_1_NOON = datetime(2025, 6, 1, 12, tzinfo=UTC)
 
 
 def test_effect_vector() -> None:
-    s = plait.Snowflake.make(JUNE_1_NOON, machine_id=7, sequence=42)
-    assert s == 54901761638428714
-    assert s.parts == plait.SnowflakeParts(int(JUNE_1_NOON.timestamp() * 1000), 7, 42)
+    v = EFFECT["snowflake"]
+    assert v["timestamp_ms"] == int(JUNE_1_NOON.timestamp() * 1000)
+    s = plait.Snowflake.make(JUNE_1_NOON, machine_id=v["machine_id"], sequence=v["sequence"])
+    assert s == v["snowflake"]
+    assert s.parts == plait.SnowflakeParts(v["timestamp_ms"], v["machine_id"], v["sequence"])
     assert (s.machine_id, s.sequence, s.timestamp) == (7, 42, JUNE_1_NOON)
 
 

@@ -192,22 +192,28 @@ mod tests {
     const TOKEN: &str =
         "WyJFbWFpbFdvcmtmbG93IiwiZGEwOTI3OGVlY2E0NmY1M2NjMDVlMmVkNzI4OTI0YWEiLCJFbWFpbFRyaWdnZXIiXQ";
 
-    /// `reference/effect-api.md` §2.1 and §2.4.
+    /// Effect's vectors (`reference/effect-api.md` §2.1 and §2.4).
     #[test]
     fn effect_vectors() {
-        assert_eq!(execution_id("EmailWorkflow", "test-email-1"), EXECUTION);
+        let v = crate::vectors::effect();
+        let (run, token) = (&v["execution_id"], &v["deferred_token"]);
+        let s = |value: &serde_json::Value| value.as_str().unwrap().to_owned();
         assert_eq!(
-            encode_token("EmailWorkflow", EXECUTION, "EmailTrigger"),
-            TOKEN
+            execution_id(&s(&run["workflow"]), &s(&run["idempotency_key"])),
+            s(&run["execution_id"]).as_str()
         );
+        let parts = TokenParts {
+            workflow: s(&token["workflow"]),
+            execution_id: s(&token["execution_id"]),
+            deferred: s(&token["deferred"]),
+        };
         assert_eq!(
-            parse_token(TOKEN).unwrap(),
-            TokenParts {
-                workflow: "EmailWorkflow".into(),
-                execution_id: EXECUTION.into(),
-                deferred: "EmailTrigger".into(),
-            }
+            encode_token(&parts.workflow, &parts.execution_id, &parts.deferred),
+            s(&token["token"])
         );
+        assert_eq!(parse_token(&s(&token["token"])).unwrap(), parts);
+        assert_eq!(EXECUTION, s(&run["execution_id"]));
+        assert_eq!(TOKEN, s(&token["token"]));
     }
 
     /// §2.2: the key is the digest of `<execution id>[-<attempt>]-<name>`.

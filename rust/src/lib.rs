@@ -20,3 +20,6 @@ pub mod timer;
 
 #[cfg(feature = "python")]
 mod py;
+
+#[cfg(test)]
+mod vectors;

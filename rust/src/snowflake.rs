@@ -195,7 +195,11 @@ impl Generator {
 }
 
 #[cfg(test)]
-#[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)] // test instants are far below 2^63
+#[allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)] // test values are small and far below 2^63
 mod tests {
     use proptest::prelude::*;
 
@@ -203,17 +207,26 @@ mod tests {
 
     const JUNE_1_NOON: u64 = 1_748_779_200_000; // 2025-06-01T12:00:00Z
 
+    /// Effect's vector (`reference/effect-api.md` §14).
     #[test]
     fn effect_vector() {
-        assert_eq!(make(JUNE_1_NOON as i64, 7, 42), Ok(54_901_761_638_428_714));
+        let v = crate::vectors::effect()["snowflake"].clone();
+        let (ts, machine, seq) = (
+            v["timestamp_ms"].as_i64().unwrap(),
+            v["machine_id"].as_i64().unwrap(),
+            v["sequence"].as_i64().unwrap(),
+        );
+        let expected = v["snowflake"].as_u64().unwrap();
+        assert_eq!(make(ts, machine, seq), Ok(expected));
         assert_eq!(
-            parts(54_901_761_638_428_714),
+            parts(expected),
             Parts {
-                timestamp_ms: JUNE_1_NOON,
-                machine_id: 7,
-                sequence: 42
+                timestamp_ms: ts as u64,
+                machine_id: machine as u16,
+                sequence: seq as u16
             }
         );
+        assert_eq!(ts as u64, JUNE_1_NOON);
     }
 
     #[test]

@@ -87,40 +87,22 @@ mod tests {
         NonZeroU32::new(n).unwrap()
     }
 
-    /// `reference/effect-api.md` §4.1, checked against node.
+    /// Effect's vectors (`reference/effect-api.md` §4.1), checked against node.
     #[test]
     fn hash_vectors() {
-        let vectors: &[(&str, i32)] = &[
-            ("", 5381),
-            ("a", 177_604),
-            ("1", 177_556),
-            ("123", 193_361_109),
-            ("entity-1", 707_288_930),
-            ("test-email-1", 155_849_166),
-            ("héllo", 181_375_403),
-            ("😀", 5_191_800),
-            ("key-10-abcdefghij", -50_487_368),
-            ("key-14-abcdefghij", -967_974_852),
-        ];
-        for &(s, h) in vectors {
-            assert_eq!(hash_string(s), h, "hash of {s:?}");
+        for (s, h) in crate::vectors::pairs("hash_string") {
+            assert_eq!(i64::from(hash_string(&s)), h, "hash of {s:?}");
         }
     }
 
     #[test]
     fn shard_vectors() {
-        let vectors: &[(&str, u32)] = &[
-            ("1", 257),
-            ("2", 260),
-            ("3", 259),
-            ("123", 10),
-            ("entity-1", 231),
-            ("bob", 283),
-            ("key-10-abcdefghij", 69),
-            ("key-14-abcdefghij", 253),
-        ];
-        for &(s, shard) in vectors {
-            assert_eq!(shard_id(s, shards(300)), shard, "shard of {s:?}");
+        for (s, shard) in crate::vectors::pairs("shard_id_of_300") {
+            assert_eq!(
+                i64::from(shard_id(&s, shards(300))),
+                shard,
+                "shard of {s:?}"
+            );
         }
     }
 

@@ -304,29 +304,46 @@ mod tests {
         ("runner3:34431", 1.0),
     ];
 
-    /// `reference/effect-api.md` §7.
+    /// Effect's vectors (`reference/effect-api.md` §7).
     #[test]
-    fn twelve_shards_over_three_runners() {
-        let ring = ring_of(&THREE);
-        let got: String = owners(&ring, 12)
+    fn effect_ring_vectors() {
+        let vectors = crate::vectors::effect()["ring"].clone();
+        let mut ring = HashRing::default();
+        let runners: Vec<String> = vectors["runners"]
+            .as_array()
+            .unwrap()
             .iter()
-            .map(|r| char::from(r.as_bytes()["runner".len()]))
+            .map(|r| r.as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(got, "311233221123");
-    }
-
-    #[test]
-    fn three_hundred_shards_split_evenly() {
-        let o = owners(&ring_of(&THREE), 300);
-        for (r, _) in THREE {
-            assert_eq!(tally(&o, r), 100, "{r}");
+        for runner in &runners {
+            ring.add(runner, 1.0).unwrap();
         }
-    }
+        let expected: Vec<&str> = vectors["owners_of_12_shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| runners[usize::try_from(n.as_u64().unwrap() - 1).unwrap()].as_str())
+            .collect();
+        assert_eq!(owners(&ring, 12), expected);
+        let each = usize::try_from(vectors["shards_each_of_300"].as_u64().unwrap()).unwrap();
+        let o = owners(&ring, 300);
+        for runner in &runners {
+            assert_eq!(tally(&o, runner), each, "{runner}");
+        }
 
-    #[test]
-    fn weights_one_and_two_get_one_and_two_hundred() {
-        let o = owners(&ring_of(&[("a:1", 1.0), ("b:1", 2.0)]), 300);
-        assert_eq!((tally(&o, "a:1"), tally(&o, "b:1")), (100, 200));
+        let mut weighted = HashRing::default();
+        let rows = vectors["weighted"].as_array().unwrap();
+        for row in rows {
+            weighted
+                .add(row[0].as_str().unwrap(), row[1].as_f64().unwrap())
+                .unwrap();
+        }
+        let o = owners(&weighted, 300);
+        for row in rows {
+            let runner = row[0].as_str().unwrap();
+            let count = usize::try_from(row[2].as_u64().unwrap()).unwrap();
+            assert_eq!(tally(&o, runner), count, "{runner}");
+        }
     }
 
     #[test]

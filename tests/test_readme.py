@@ -1,0 +1,40 @@
+"""The README's examples do what the README says."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import plait
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+
+
+def test_quick_start_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKS[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1]"
+
+
+ERROR_LINES = [line for line in BLOCKS[1].splitlines() if "#" in line]
+
+
+@pytest.mark.parametrize("line", ERROR_LINES)
+def test_bad_input_examples_raise_what_they_say(line: str) -> None:
+    statement, comment = line.split("#", 1)
+    error_name, message = comment.strip().split(": ", 1)
+    error = getattr(plait, error_name)
+    namespace: dict[str, object] = {"plait": plait, "ring": plait.HashRing()}
+    with pytest.raises(error, match=re.escape(message.removesuffix("...").strip())):
+        exec(statement, namespace)
