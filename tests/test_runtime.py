@@ -105,3 +105,33 @@ def test_a_panic_does_not_kill_the_process() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "survived PanicException"
+
+
+FORK_SCRIPT = """
+import asyncio, os
+import plait
+
+async def one_timer(n):
+    timers = plait.TimerService()
+    timers.schedule(n, plait.wall_clock_ms() + 10)
+    return await timers.poll()
+
+assert asyncio.run(one_timer(1)) == [1]  # the parent's runtime is up before the fork
+pid = os.fork()
+if pid == 0:
+    try:
+        os._exit(0 if asyncio.run(asyncio.wait_for(one_timer(2), timeout=10)) == [2] else 1)
+    except BaseException:
+        os._exit(2)
+_, status = os.waitpid(pid, 0)
+assert asyncio.run(one_timer(3)) == [3]  # the parent carries on
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_runs_rust_tasks_of_its_own() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "child exit 0"

@@ -9,11 +9,12 @@ a burst of completions costs one wake-up.
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
-from plait._native import AsyncBridge
+from plait._native import AsyncBridge, _after_fork_in_child
 
 __all__ = ["LoopBridge", "call", "for_running_loop"]
 
@@ -55,6 +56,15 @@ class LoopBridge:
 _bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _forget_parent_state() -> None:
+    # A forked child has the parent's memory but not its Rust threads: start afresh.
+    _bridges.clear()
+    _after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_parent_state)
 
 
 def for_running_loop() -> LoopBridge:

@@ -12,6 +12,7 @@ __all__ = [
     "TimerServiceRef",
     "TimerWheel",
     "__version__",
+    "_after_fork_in_child",
     "_panic",
     "_panic_async",
     "activity_idempotency_key",
@@ -231,5 +232,6 @@ class AsyncBridge:
 
 # crash-safety checks for the test suite
 
+def _after_fork_in_child() -> None: ...
 def _panic(message: str) -> None: ...
 def _panic_async(bridge: AsyncBridge, message: str) -> int: ...

@@ -1,26 +1,48 @@
 //! The process-wide tokio runtime.
 //!
-//! Created on first use, never shut down: it lives as long as the process, like the Python
-//! interpreter that drives it.
+//! Created on first use and never shut down: it lives as long as the process, like the Python
+//! interpreter that drives it. A child made by `fork()` inherits the runtime's memory but none
+//! of its threads, so after [`forget_after_fork`] the next caller builds a fresh runtime; the
+//! parent's copy is leaked, never dropped, since dropping it would wait on threads that do not
+//! exist in the child.
 
-use std::sync::OnceLock;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex, PoisonError,
+};
 
 use tokio::runtime::{Builder, Runtime};
 
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// Bumped in a forked child: a runtime built under an older generation is the parent's.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static RUNTIME: Mutex<Option<(u64, &'static Runtime)>> = Mutex::new(None);
 
-/// The runtime that runs every Rust future of this process.
+/// The runtime that runs every Rust task of this process.
 ///
 /// # Panics
 /// When the operating system refuses to start the runtime's threads.
 pub fn runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| {
-        Builder::new_multi_thread()
-            .thread_name("plait-tokio")
-            .enable_all()
-            .build()
-            .expect("the operating system refused to start the tokio runtime")
-    })
+    let generation = GENERATION.load(Ordering::Acquire);
+    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    match *slot {
+        Some((built_in, runtime)) if built_in == generation => runtime,
+        _ => {
+            let runtime: &'static Runtime = Box::leak(Box::new(
+                Builder::new_multi_thread()
+                    .thread_name("plait-tokio")
+                    .enable_all()
+                    .build()
+                    .expect("the operating system refused to start the tokio runtime"),
+            ));
+            *slot = Some((generation, runtime));
+            runtime
+        }
+    }
+}
+
+/// Marks the current runtime as the parent's. Call in a child process right after `fork()`.
+pub fn forget_after_fork() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 #[cfg(test)]
@@ -28,10 +50,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_runtime_runs_futures() {
-        assert!(std::ptr::eq(runtime(), runtime()));
-        let value =
-            runtime().block_on(async { tokio::task::spawn(async { 21 * 2 }).await.unwrap() });
-        assert_eq!(value, 42);
+    fn one_runtime_runs_tasks_until_a_fork_is_declared() {
+        let first = runtime();
+        assert!(std::ptr::eq(first, runtime()));
+        assert_eq!(
+            first.block_on(async { tokio::spawn(async { 21 * 2 }).await.unwrap() }),
+            42
+        );
+        forget_after_fork();
+        let second = runtime();
+        assert!(!std::ptr::eq(first, second));
+        assert!(std::ptr::eq(second, runtime()));
+        assert_eq!(
+            second.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }),
+            7
+        );
     }
 }

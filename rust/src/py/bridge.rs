@@ -137,6 +137,13 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Drops the parent's runtime from view in a child process after `fork()` (`plait` registers
+/// this with `os.register_at_fork`); the next task builds a runtime of the child's own.
+#[pyfunction]
+pub fn _after_fork_in_child() {
+    crate::runtime::forget_after_fork();
+}
+
 /// Panics with `message`: lets the test suite prove a Rust panic reaches Python as an
 /// exception instead of aborting the interpreter.
 #[pyfunction]

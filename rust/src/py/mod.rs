@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 #[pymodule]
 mod _native {
     #[pymodule_export]
-    use super::bridge::{_panic, _panic_async, AsyncBridge};
+    use super::bridge::{_after_fork_in_child, _panic, _panic_async, AsyncBridge};
     #[pymodule_export]
     use super::ids::{
         activity_idempotency_key, encode_deferred_token, execution_id, execution_ids,
