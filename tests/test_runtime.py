@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import subprocess
 import sys
 import threading
+import time
 import weakref
 
 import pytest
@@ -29,6 +31,64 @@ async def test_exceptions_from_rust_keep_their_class() -> None:
     timers.close()
     with pytest.raises(plait.ClosedError, match="closed"):
         await _bridge.call(timers._ref.wait_due)
+
+
+def test_cancel_aborts_the_rust_task() -> None:
+    # A bridge no loop watches, so its results can be looked at directly.
+    bridge = _native.AsyncBridge()
+    timers = plait.TimerService()
+    cancelled = timers._ref.wait_due(bridge)
+    kept = timers._ref.wait_due(bridge)
+    assert bridge.cancel(cancelled) is True
+    assert bridge.cancel(cancelled) is False
+    timers.schedule(1, 0)  # would end both waits
+    deadline = time.monotonic() + 5
+    finished: list[int] = []
+    while kept not in finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+        finished += [token for token, _, _ in bridge.drain()]
+    time.sleep(0.05)  # time for a task that was not stopped to finish too
+    finished += [token for token, _, _ in bridge.drain()]
+    assert finished == [kept]
+
+
+def test_dropping_a_bridge_stops_its_tasks() -> None:
+    timers = plait.TimerService()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        bridge = _native.AsyncBridge()
+        timers._ref.wait_due(bridge)  # never ends: no timer
+        del bridge
+    gc.collect()
+    time.sleep(0.05)  # the aborted tasks release the sockets on the runtime's threads
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+
+
+def test_a_loop_closed_with_awaits_pending_leaks_nothing() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        loop = asyncio.new_event_loop()
+        loops.append(weakref.ref(loop))
+        timers = plait.TimerService()
+        pending = loop.create_task(timers.poll())  # never due
+        loop.run_until_complete(asyncio.sleep(0.001))
+        loop.close()  # without cancelling the pending poll
+        del loop, pending, timers
+    gc.collect()
+    time.sleep(0.05)
+    assert all(ref() is None for ref in loops)
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+
+
+async def test_a_closed_coroutine_stops_its_rust_task() -> None:
+    timers = plait.TimerService()
+    bridge = _bridge.for_running_loop()
+    waiting = bridge.wait(timers._ref.wait_due(bridge.native))
+    waiting.send(None)  # runs up to the await
+    assert len(bridge.native) == 1
+    waiting.close()  # as when an abandoned task is collected
+    assert len(bridge.native) == 0
 
 
 async def test_cancelling_an_await_stops_the_rust_task() -> None:
@@ -127,6 +187,44 @@ _, status = os.waitpid(pid, 0)
 assert asyncio.run(one_timer(3)) == [3]  # the parent carries on
 print("child exit", os.waitstatus_to_exitcode(status))
 """
+
+
+INHERITED_SCRIPT = """
+import asyncio, os
+import plait
+
+generator = plait.SnowflakeGenerator(3)
+timers = plait.TimerService()
+timers.schedule(1, 0)
+assert asyncio.run(timers.poll()) == [1]
+parent_next = generator.next_id()
+pid = os.fork()
+if pid == 0:
+    outcomes = []
+    for use in (generator.next_id, lambda: timers.schedule(2, 0), lambda: len(timers)):
+        try:
+            use()
+            outcomes.append("worked")
+        except plait.ForkedProcessError:
+            outcomes.append("refused")
+    fresh = plait.SnowflakeGenerator(4).next_id()
+    os._exit(0 if outcomes == ["refused"] * 3 and fresh else 1)
+_, status = os.waitpid(pid, 0)
+assert generator.next_id() > parent_next  # the parent's objects carry on
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_objects_from_before_a_fork_refuse_to_work_in_the_child() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", INHERITED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "child exit 0"
 
 
 def test_a_forked_child_runs_rust_tasks_of_its_own() -> None:

@@ -58,7 +58,9 @@ def test_against_a_heap(rng: random.Random) -> None:
         if roll < 0.55:
             timer_id = rng.randrange(2_000)
             due = now + rng.choice([rng.randrange(-50, 50), rng.randrange(10**6), 10**12])
-            due = max(due, 0)
+            if rng.random() < 0.02:
+                due = 2**64 - 1 - rng.randrange(100)
+            due = min(max(due, 0), 2**64 - 1)
             wheel.insert(timer_id, due)
             live[timer_id] = (due, seq)
             heapq.heappush(heap, (due, seq, timer_id))
@@ -76,6 +78,7 @@ def test_against_a_heap(rng: random.Random) -> None:
                     expected.append(timer_id)
             assert wheel.advance(now) == expected
         assert len(wheel) == len(live)
+        assert wheel.next_due() == min((due for due, _ in live.values()), default=None)
 
 
 @pytest.mark.parametrize("bad", [-1, 2**64])
@@ -138,10 +141,26 @@ async def test_poll_batches_respect_max() -> None:
 
 async def test_cancelled_poll_loses_no_timer() -> None:
     timers = plait.TimerService()
-    timers.schedule(1, plait.wall_clock_ms() + 50)
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(timers.poll(), timeout=0.01)
+    timers.schedule(1, 0)  # due now
+    poll = asyncio.ensure_future(timers.poll())
+    await asyncio.sleep(0)  # the poll starts its wait in Rust
+    # Block the loop so the wait finishes in Rust and its result sits undelivered, then
+    # cancel the poll before the loop can hand the result over.
+    time.sleep(0.05)  # noqa: ASYNC251 (blocking the loop is the point)
+    poll.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    assert len(timers) == 1
     assert await asyncio.wait_for(timers.poll(), timeout=5) == [1]
+
+
+async def test_batches_come_earliest_first_across_polls() -> None:
+    timers = plait.TimerService()
+    now = plait.wall_clock_ms()
+    timers.schedule_many([(1, now - 1_000), (2, now - 900), (3, now - 800)])
+    assert await timers.poll(max_timers=1) == [1]
+    timers.schedule(4, now - 10_000)  # due before the leftovers
+    assert await timers.poll() == [4, 2, 3]
 
 
 async def test_close_wakes_waiters_with_closed_error() -> None:

@@ -13,6 +13,7 @@ from plait._native import (
 )
 from plait.errors import (
     ClosedError,
+    ForkedProcessError,
     InvalidArgumentError,
     MalformedTokenError,
     PlaitError,
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
     "ClosedError",
     "DeferredToken",
+    "ForkedProcessError",
     "HashRing",
     "InvalidArgumentError",
     "MalformedTokenError",

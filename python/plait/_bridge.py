@@ -22,12 +22,16 @@ __all__ = ["LoopBridge", "call", "for_running_loop"]
 class LoopBridge:
     """An event loop's `AsyncBridge` and the futures waiting on it."""
 
-    # Holds no reference to its loop: the registry below is keyed weakly by the loop.
+    # Nothing here may reference the loop, directly or through a future: the registry below is
+    # keyed weakly by the loop, and a value reaching its own key would keep it alive for good.
+    # So futures are held weakly; the coroutine awaiting each one holds it.
     __slots__ = ("_futures", "native")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.native = AsyncBridge()
-        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._futures: weakref.WeakValueDictionary[int, asyncio.Future[Any]] = (
+            weakref.WeakValueDictionary()
+        )
         loop.add_reader(self.native.fileno(), self._drain)
 
     def _drain(self) -> None:
@@ -42,15 +46,18 @@ class LoopBridge:
                 future.set_exception(cast(BaseException, value))
 
     async def wait(self, token: int) -> Any:
-        """The result of the task behind `token`; cancelling the wait stops the task."""
+        """The result of the task behind `token`.
+
+        However the wait ends early (cancelled, or the coroutine closed), the task is stopped.
+        """
         future = asyncio.get_running_loop().create_future()
         self._futures[token] = future
         try:
             return await future
-        except asyncio.CancelledError:
+        finally:
+            # Still registered means no result was delivered: nobody will take it now.
             if self._futures.pop(token, None) is not None:
                 self.native.cancel(token)
-            raise
 
 
 _bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = (
@@ -59,9 +66,10 @@ _bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = (
 
 
 def _forget_parent_state() -> None:
-    # A forked child has the parent's memory but not its Rust threads: start afresh.
-    _bridges.clear()
+    # A forked child has the parent's memory but not its Rust threads. Mark the parent's
+    # runtime first, so the bridges dropped next know not to touch it.
     _after_fork_in_child()
+    _bridges.clear()
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)

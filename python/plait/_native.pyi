@@ -62,7 +62,10 @@ def parse_deferred_token(token: str) -> tuple[str, str, str]: ...
 # shard routing
 
 def hash_string(value: str) -> int:
-    """Effect's `Hash.string`: DJB2 over UTF-16 code units, as a signed 32-bit int."""
+    """Effect's `Hash.string`: DJB2 over UTF-16 code units, as a signed 32-bit int.
+
+    Strings holding lone surrogates hash as the same JavaScript string would.
+    """
 
 def shard_id(entity_id: str, shards_per_group: int = 300) -> int:
     """The 1-based shard of `entity_id`, as Effect's cluster computes it.
@@ -120,7 +123,7 @@ class HashRing:
     def runners(self) -> list[tuple[str, float]]:
         """`(runner, weight)` pairs in insertion order."""
 
-    def __contains__(self, runner: str, /) -> bool: ...
+    def __contains__(self, runner: object, /) -> bool: ...
     def __len__(self) -> int: ...
 
 # snowflakes
@@ -185,8 +188,12 @@ class TimerWheel:
     def cancel(self, timer_id: int) -> bool:
         """Cancels a timer. Returns whether it was pending."""
 
-    def advance(self, now_ms: int) -> list[int]:
-        """Moves to `now_ms`; returns the ids due by then, by due instant, then insertion."""
+    def advance(self, now_ms: int, max_timers: int | None = None) -> list[int]:
+        """Moves to `now_ms`; takes the ids due by then, by due instant, then insertion.
+
+        With `max_timers`, takes only the earliest that many; the rest stay due, cancellable,
+        and come first at the next advance.
+        """
 
     def next_due(self) -> int | None:
         """The earliest due instant, or `None` when empty."""
@@ -199,7 +206,7 @@ class TimerWheel:
         """The instant the wheel has advanced to."""
 
     def __len__(self) -> int: ...
-    def __contains__(self, timer_id: int, /) -> bool: ...
+    def __contains__(self, timer_id: object, /) -> bool: ...
 
 @final
 class TimerServiceRef:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ClosedError",
+    "ForkedProcessError",
     "InvalidArgumentError",
     "MalformedTokenError",
     "PlaitError",
@@ -29,3 +30,11 @@ class UnknownRunnerError(InvalidArgumentError):
 
 class ClosedError(PlaitError):
     """The service was closed; it accepts no more waits."""
+
+
+class ForkedProcessError(PlaitError):
+    """An object made before the process forked was used in the child.
+
+    Its state is the parent's (a snowflake generator would repeat the parent's ids) and its
+    locks may be held by threads that do not exist in the child. Make a new one in the child.
+    """

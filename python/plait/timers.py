@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from plait import _bridge
 from plait._native import TimerServiceRef, TimerWheel, wall_clock_ms
+from plait.errors import InvalidArgumentError
 
 __all__ = ["TimerService", "TimerWheel", "wall_clock_ms"]
 
@@ -54,8 +55,11 @@ class TimerService:
         wait is over.
 
         Raises:
+            InvalidArgumentError: `max_timers` is below 1.
             ClosedError: The service was closed.
         """
+        if max_timers < 1:
+            raise InvalidArgumentError(f"max_timers must be at least 1, got {max_timers}")
         while True:
             await _bridge.call(self._ref.wait_due)
             due = self._ref.take_due(max_timers)

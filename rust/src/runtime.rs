@@ -45,6 +45,33 @@ pub fn forget_after_fork() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
+/// How many forks this process descends from, as far as [`forget_after_fork`] was told.
+/// Objects whose state the runtime's threads touch, or that must not be duplicated (id
+/// generators), record it when made and refuse to work in a child.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// An object made before the process forked was used in the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this {0} was made before the process forked; make a new one in the child (its locks may \
+     be held by threads that do not exist there, and its state is the parent's)"
+)]
+pub struct Forked(pub &'static str);
+
+/// Fails when the object `what`, made in generation `born`, is used in a forked child.
+///
+/// # Errors
+/// [`Forked`] when [`generation`] has moved on since `born`.
+pub fn check_not_forked(born: u64, what: &'static str) -> Result<(), Forked> {
+    if born == generation() {
+        Ok(())
+    } else {
+        Err(Forked(what))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,7 +84,10 @@ mod tests {
             first.block_on(async { tokio::spawn(async { 21 * 2 }).await.unwrap() }),
             42
         );
+        let born = generation();
+        assert_eq!(check_not_forked(born, "thing"), Ok(()));
         forget_after_fork();
+        assert_eq!(check_not_forked(born, "thing"), Err(Forked("thing")));
         let second = runtime();
         assert!(!std::ptr::eq(first, second));
         assert!(std::ptr::eq(second, runtime()));

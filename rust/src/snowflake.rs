@@ -14,6 +14,9 @@ pub const MACHINE_IDS: u64 = 1 << 10;
 pub const SEQUENCES: u64 = 1 << 12;
 /// Largest representable offset from [`EPOCH_MS`] (42 bits).
 pub const MAX_OFFSET_MS: u64 = (1 << 42) - 1;
+/// The most ids one [`Generator::next_many`] call makes: 256 ms of one machine's id space,
+/// so a batch never runs its ids far ahead of the clock.
+pub const MAX_BATCH: usize = 1 << 20;
 
 const TIMESTAMP_SHIFT: u32 = 22;
 const MACHINE_SHIFT: u32 = 12;
@@ -34,9 +37,9 @@ pub enum Error {
         max = EPOCH_MS + MAX_OFFSET_MS
     )]
     TimestampOutOfRange(i64),
-    /// The value is negative, so it is not a snowflake.
-    #[error("{0} is not a snowflake: snowflakes are non-negative 64-bit integers")]
-    Negative(i64),
+    /// A batch larger than [`MAX_BATCH`].
+    #[error("{0} ids asked for in one call; at most {MAX_BATCH} per call")]
+    BatchTooLarge(usize),
 }
 
 /// The three fields of a snowflake.
@@ -187,8 +190,11 @@ impl Generator {
     /// `count` ids in increasing order, reading the clock once.
     ///
     /// # Errors
-    /// As [`Generator::next_at`].
+    /// [`Error::BatchTooLarge`] past [`MAX_BATCH`]; otherwise as [`Generator::next_at`].
     pub fn next_many(&mut self, count: usize) -> Result<Vec<u64>, Error> {
+        if count > MAX_BATCH {
+            return Err(Error::BatchTooLarge(count));
+        }
         let now = now_ms();
         (0..count).map(|_| self.next_at(now)).collect()
     }
@@ -353,6 +359,10 @@ mod tests {
         assert_eq!(ids.len(), 10_000);
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(parts(ids[0]).timestamp_ms >= before);
+        assert_eq!(
+            g.next_many(MAX_BATCH + 1),
+            Err(Error::BatchTooLarge(MAX_BATCH + 1))
+        );
     }
 
     proptest! {

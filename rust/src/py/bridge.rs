@@ -23,7 +23,10 @@ use rustc_hash::FxHashMap;
 use tokio::task::AbortHandle;
 
 use super::errors::Int;
-use crate::{completion::CompletionQueue, runtime::runtime};
+use crate::{
+    completion::CompletionQueue,
+    runtime::{self, runtime},
+};
 
 /// Builds a finished future's Python value, on the loop thread, under the GIL.
 type Completion = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>> + Send>;
@@ -33,6 +36,22 @@ type Completion = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>> + 
 pub struct AsyncBridge {
     queue: Arc<CompletionQueue<Completion>>,
     tasks: Mutex<FxHashMap<u64, AbortHandle>>,
+    /// The runtime's threads push to the queue under its lock; in a forked child that lock may
+    /// be held forever, and the tasks do not exist.
+    born: u64,
+}
+
+impl Drop for AsyncBridge {
+    fn drop(&mut self) {
+        // Nobody can collect these tasks' results any more: stop them, so they release what
+        // they hold (the queue's sockets among it). Not in a forked child, whose copies of the
+        // parent's tasks belong to a runtime with no threads.
+        if runtime::check_not_forked(self.born, "AsyncBridge").is_ok() {
+            for (_, task) in self.tasks().drain() {
+                task.abort();
+            }
+        }
+    }
 }
 
 impl AsyncBridge {
@@ -43,11 +62,15 @@ impl AsyncBridge {
     /// Runs `fut` on the runtime; its result is drained under the returned token. A `()`
     /// result resolves to `None` (as a function returning `()` does in `PyO3`), and a panic in
     /// `fut` becomes `PanicException` with the panic's message.
-    pub fn spawn<F, T>(&self, fut: F) -> u64
+    ///
+    /// # Errors
+    /// `ForkedProcessError` when the bridge was made before the process forked.
+    pub fn spawn<F, T>(&self, fut: F) -> PyResult<u64>
     where
         F: Future<Output = PyResult<T>> + Send + 'static,
         T: for<'py> IntoPyObject<'py> + Send + 'static,
     {
+        runtime::check_not_forked(self.born, "AsyncBridge")?;
         let unit = TypeId::of::<T>() == TypeId::of::<()>();
         let token = self.queue.next_token();
         let queue = Arc::clone(&self.queue);
@@ -63,7 +86,7 @@ impl AsyncBridge {
         // The loop thread that drains is the one calling spawn, so the entry is in before any
         // drain can look for it.
         self.tasks().insert(token, task.abort_handle());
-        token
+        Ok(token)
     }
 }
 
@@ -74,6 +97,7 @@ impl AsyncBridge {
         Ok(Self {
             queue: Arc::new(CompletionQueue::new()?),
             tasks: Mutex::new(FxHashMap::default()),
+            born: runtime::generation(),
         })
     }
 
@@ -85,6 +109,7 @@ impl AsyncBridge {
     /// Every finished result as `(token, ok, value)`: `value` is the result when `ok`, else the
     /// exception to raise.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        runtime::check_not_forked(self.born, "AsyncBridge")?;
         let finished = self.queue.drain();
         {
             let mut tasks = self.tasks();
@@ -147,14 +172,13 @@ pub fn _after_fork_in_child() {
 /// Panics with `message`: lets the test suite prove a Rust panic reaches Python as an
 /// exception instead of aborting the interpreter.
 #[pyfunction]
-#[allow(clippy::needless_pass_by_value)]
 pub fn _panic(message: String) {
     panic!("{message}");
 }
 
 /// As [`_panic`], inside a task awaited through `bridge`; an empty message does not panic.
 #[pyfunction]
-pub fn _panic_async(bridge: &AsyncBridge, message: String) -> u64 {
+pub fn _panic_async(bridge: &AsyncBridge, message: String) -> PyResult<u64> {
     bridge.spawn(async move {
         if message.is_empty() {
             return Ok(());

@@ -2,6 +2,9 @@
 //!
 //! Private to the `plait` package, which re-exports what users need.
 
+// PyO3 hands arguments over by value; taking them by reference is not an option here.
+#![allow(clippy::needless_pass_by_value)]
+
 mod bridge;
 mod errors;
 mod ids;

@@ -3,12 +3,21 @@
 use pyo3::prelude::*;
 
 use super::errors::Int;
-use crate::snowflake;
+use crate::{runtime, snowflake};
 
 /// Generates strictly increasing snowflake ids stamped with one machine id.
 #[pyclass(module = "plait._native")]
 pub struct SnowflakeGenerator {
     generator: snowflake::Generator,
+    /// A copy in a forked child would hand out the parent's ids again.
+    born: u64,
+}
+
+impl SnowflakeGenerator {
+    fn generator(&mut self) -> PyResult<&mut snowflake::Generator> {
+        runtime::check_not_forked(self.born, "SnowflakeGenerator")?;
+        Ok(&mut self.generator)
+    }
 }
 
 #[pymethods]
@@ -17,6 +26,7 @@ impl SnowflakeGenerator {
     fn new(machine_id: Int<i64>) -> PyResult<Self> {
         Ok(Self {
             generator: snowflake::Generator::new(machine_id.0)?,
+            born: runtime::generation(),
         })
     }
 
@@ -28,17 +38,17 @@ impl SnowflakeGenerator {
 
     #[setter]
     fn set_machine_id(&mut self, machine_id: Int<i64>) -> PyResult<()> {
-        Ok(self.generator.set_machine_id(machine_id.0)?)
+        Ok(self.generator()?.set_machine_id(machine_id.0)?)
     }
 
     /// The next id.
     fn next_id(&mut self) -> PyResult<u64> {
-        Ok(self.generator.next_id()?)
+        Ok(self.generator()?.next_id()?)
     }
 
     /// The next `count` ids, in increasing order.
     fn next_ids(&mut self, count: Int<usize>) -> PyResult<Vec<u64>> {
-        Ok(self.generator.next_many(count.0)?)
+        Ok(self.generator()?.next_many(count.0)?)
     }
 }
 

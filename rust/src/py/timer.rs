@@ -4,18 +4,28 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::{bridge::AsyncBridge, errors::Int};
-use crate::{snowflake::now_ms, timer};
+use super::{
+    bridge::AsyncBridge,
+    errors::{at_item, capacity_hint, Int},
+};
+use crate::{runtime, snowflake::now_ms, timer};
 
 type U64 = Int<u64>;
 
 fn extract_timers(timers: &Bound<'_, PyAny>) -> PyResult<Vec<(u64, u64)>> {
-    let mut out = Vec::with_capacity(timers.len().unwrap_or(0));
-    for item in timers.try_iter()? {
-        let (Int(id), Int(due)): (U64, U64) = item?.extract()?;
+    let py = timers.py();
+    let mut out = Vec::with_capacity(capacity_hint(timers));
+    for (index, item) in timers.try_iter()?.enumerate() {
+        let (Int(id), Int(due)): (U64, U64) = item
+            .and_then(|item| item.extract())
+            .map_err(|err| at_item(py, err, "timers", index))?;
         out.push((id, due));
     }
     Ok(out)
+}
+
+fn ids(expired: Vec<timer::Expired>) -> Vec<u64> {
+    expired.into_iter().map(|e| e.id).collect()
 }
 
 /// A hierarchical timer wheel: timer ids due at instants in ms.
@@ -52,13 +62,12 @@ impl PyTimerWheel {
         self.wheel.cancel(timer_id.0)
     }
 
-    /// Moves to `now_ms`; returns the ids of the timers due by then, in due order.
-    fn advance(&mut self, now_ms: U64) -> Vec<u64> {
-        self.wheel
-            .advance(now_ms.0)
-            .into_iter()
-            .map(|e| e.id)
-            .collect()
+    /// Moves to `now_ms`; takes the ids of the timers due by then (at most `max_timers`), in
+    /// due order.
+    #[pyo3(signature = (now_ms, max_timers = None))]
+    fn advance(&mut self, now_ms: U64, max_timers: Option<Int<usize>>) -> Vec<u64> {
+        let max = max_timers.map_or(usize::MAX, |m| m.0);
+        ids(self.wheel.take_due(now_ms.0, max))
     }
 
     /// The earliest due instant, or `None` when empty.
@@ -81,8 +90,10 @@ impl PyTimerWheel {
         self.wheel.len()
     }
 
-    fn __contains__(&self, timer_id: U64) -> bool {
-        self.wheel.contains(timer_id.0)
+    fn __contains__(&self, timer_id: &Bound<'_, PyAny>) -> bool {
+        timer_id
+            .extract::<u64>()
+            .is_ok_and(|id| self.wheel.contains(id))
     }
 }
 
@@ -90,6 +101,15 @@ impl PyTimerWheel {
 #[pyclass(module = "plait._native", frozen)]
 pub struct TimerServiceRef {
     service: Arc<timer::TimerService>,
+    /// The runtime's threads take the service's lock; in a forked child it may be held forever.
+    born: u64,
+}
+
+impl TimerServiceRef {
+    fn service(&self) -> PyResult<&timer::TimerService> {
+        runtime::check_not_forked(self.born, "TimerService")?;
+        Ok(&self.service)
+    }
 }
 
 #[pymethods]
@@ -98,43 +118,43 @@ impl TimerServiceRef {
     fn new() -> Self {
         Self {
             service: Arc::new(timer::TimerService::new()),
+            born: runtime::generation(),
         }
     }
 
-    fn schedule(&self, timer_id: U64, due_ms: U64) -> bool {
-        self.service.schedule(timer_id.0, due_ms.0)
+    fn schedule(&self, timer_id: U64, due_ms: U64) -> PyResult<bool> {
+        Ok(self.service()?.schedule(timer_id.0, due_ms.0))
     }
 
     fn schedule_many(&self, timers: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.service.schedule_many(&extract_timers(timers)?);
+        let timers = extract_timers(timers)?;
+        self.service()?.schedule_many(&timers);
         Ok(())
     }
 
-    fn cancel(&self, timer_id: U64) -> bool {
-        self.service.cancel(timer_id.0)
+    fn cancel(&self, timer_id: U64) -> PyResult<bool> {
+        Ok(self.service()?.cancel(timer_id.0))
     }
 
-    fn take_due(&self, max_timers: Int<usize>) -> Vec<u64> {
-        self.service
-            .take_due(max_timers.0)
-            .into_iter()
-            .map(|e| e.id)
-            .collect()
+    fn take_due(&self, max_timers: Int<usize>) -> PyResult<Vec<u64>> {
+        Ok(ids(self.service()?.take_due(max_timers.0)))
     }
 
     /// Starts a wait, through `bridge`, that ends once a timer is due (`ClosedError` once
     /// closed). Returns the wait's token.
-    fn wait_due(&self, bridge: &AsyncBridge) -> u64 {
+    fn wait_due(&self, bridge: &AsyncBridge) -> PyResult<u64> {
+        self.service()?;
         let service = Arc::clone(&self.service);
         bridge.spawn(async move { Ok(service.wait_due().await?) })
     }
 
-    fn close(&self) {
-        self.service.close();
+    fn close(&self) -> PyResult<()> {
+        self.service()?.close();
+        Ok(())
     }
 
-    fn __len__(&self) -> usize {
-        self.service.len()
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.service()?.len())
     }
 }
 

@@ -14,6 +14,9 @@ use super::{hash_string, Error};
 pub const DEFAULT_BASE_WEIGHT: u32 = 128;
 /// Effect raises any weight below this to it.
 const MIN_WEIGHT: f64 = 0.1;
+/// The most virtual nodes one runner may have (a weight of 8192 at the default base weight):
+/// far past any real cluster's spread, and small enough to allocate.
+pub const MAX_VIRTUAL_NODES: u32 = 1 << 20;
 
 #[derive(Debug, Clone)]
 struct Runner {
@@ -67,12 +70,25 @@ impl HashRing {
     /// Weights below 0.1 count as 0.1, as in Effect.
     ///
     /// # Errors
-    /// [`Error::InvalidWeight`] unless `weight` is finite and positive.
+    /// [`Error::InvalidWeight`] unless `weight` is finite and positive;
+    /// [`Error::TooManyVirtualNodes`] when it would give the runner more than
+    /// [`MAX_VIRTUAL_NODES`].
     pub fn add(&mut self, runner: &str, weight: f64) -> Result<(), Error> {
         if !weight.is_finite() || weight <= 0.0 {
             return Err(Error::InvalidWeight(weight));
         }
         let weight = weight.max(MIN_WEIGHT);
+        // JS Math.round rounds halves up.
+        let vnodes = (weight * self.base_weight + 0.5).floor();
+        if vnodes > f64::from(MAX_VIRTUAL_NODES) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // from a u32
+            let base_weight = self.base_weight as u32;
+            return Err(Error::TooManyVirtualNodes {
+                weight,
+                base_weight,
+                vnodes,
+            });
+        }
         let index = if let Some(&index) = self.by_key.get(runner) {
             let current = &mut self.runners[index];
             #[allow(clippy::float_cmp)] // Effect compares with ===
@@ -94,10 +110,9 @@ impl HashRing {
             self.total_weight += weight;
             self.runners.len() - 1
         };
-        // JS Math.round rounds halves up.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let vnodes = (weight * self.base_weight + 0.5).floor() as u64;
-        self.ring.reserve(usize::try_from(vnodes).unwrap_or(0));
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked above
+        let vnodes = vnodes as u32;
+        self.ring.reserve(vnodes as usize);
         for i in (1..=vnodes).rev() {
             self.ring
                 .push((hash_string(&format!("{runner}:{i}")), index));
@@ -434,6 +449,16 @@ mod tests {
         for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(matches!(ring.add("x:1", w), Err(Error::InvalidWeight(_))));
         }
+        for w in [1e9, 1e30, 8192.01] {
+            assert!(matches!(
+                ring.add("x:1", w),
+                Err(Error::TooManyVirtualNodes { .. })
+            ));
+        }
+        assert!(matches!(
+            HashRing::new(u32::MAX).add("x:1", 1.0),
+            Err(Error::TooManyVirtualNodes { .. })
+        ));
         assert!(!ring.contains("x:1"));
         assert_eq!(ring.len(), 3);
     }

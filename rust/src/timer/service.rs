@@ -5,7 +5,6 @@
 //! cancelled (a Python task cancelled mid-`await`) therefore never drops timers it had taken.
 
 use std::{
-    collections::VecDeque,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -27,8 +26,6 @@ pub struct Closed;
 #[derive(Debug)]
 struct State {
     wheel: TimerWheel,
-    /// Due timers not yet taken, in due order.
-    ready: VecDeque<Expired>,
     closed: bool,
 }
 
@@ -51,7 +48,6 @@ impl TimerService {
         Self {
             state: Mutex::new(State {
                 wheel: TimerWheel::new(now_ms()),
-                ready: VecDeque::new(),
                 closed: false,
             }),
             changed: Notify::new(),
@@ -66,11 +62,7 @@ impl TimerService {
 
     /// Schedules (or moves) timer `id` to `due_ms`. Returns whether it replaced a pending one.
     pub fn schedule(&self, id: u64, due_ms: u64) -> bool {
-        let replaced = {
-            let mut state = self.state();
-            let taken = remove_ready(&mut state.ready, id);
-            state.wheel.insert(id, due_ms) || taken
-        };
+        let replaced = self.state().wheel.insert(id, due_ms);
         self.changed.notify_waiters();
         replaced
     }
@@ -80,7 +72,6 @@ impl TimerService {
         {
             let mut state = self.state();
             for &(id, due_ms) in timers {
-                remove_ready(&mut state.ready, id);
                 state.wheel.insert(id, due_ms);
             }
         }
@@ -89,14 +80,12 @@ impl TimerService {
 
     /// Cancels timer `id`, whether pending or due and not yet taken. Returns whether it was.
     pub fn cancel(&self, id: u64) -> bool {
-        let mut state = self.state();
-        state.wheel.cancel(id) || remove_ready(&mut state.ready, id)
+        self.state().wheel.cancel(id)
     }
 
     /// Timers pending or due and not yet taken.
     pub fn len(&self) -> usize {
-        let state = self.state();
-        state.wheel.len() + state.ready.len()
+        self.state().wheel.len()
     }
 
     /// Whether no timer is pending or due.
@@ -106,10 +95,7 @@ impl TimerService {
 
     /// Takes up to `max` due timers, earliest first.
     pub fn take_due(&self, max: usize) -> Vec<Expired> {
-        let mut state = self.state();
-        collect_due(&mut state);
-        let n = max.min(state.ready.len());
-        state.ready.drain(..n).collect()
+        self.state().wheel.take_due(now_ms(), max)
     }
 
     /// Waits until at least one timer is due.
@@ -127,14 +113,16 @@ impl TimerService {
                 if state.closed {
                     return Err(Closed);
                 }
-                collect_due(&mut state);
-                if !state.ready.is_empty() {
+                let now = now_ms();
+                if state.wheel.has_due(now) {
                     return Ok(());
                 }
+                // The slot deadline is O(1) and never after the next timer; waking there at worst
+                // cascades the timer one level nearer.
                 state
                     .wheel
-                    .next_due()
-                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_SLEEP))
+                    .next_deadline()
+                    .map(|at| Duration::from_millis(at.saturating_sub(now)).min(MAX_SLEEP))
             };
             match sleep {
                 Some(sleep) => {
@@ -153,17 +141,6 @@ impl TimerService {
         self.state().closed = true;
         self.changed.notify_waiters();
     }
-}
-
-fn collect_due(state: &mut State) {
-    let fired = state.wheel.advance(now_ms());
-    state.ready.extend(fired);
-}
-
-fn remove_ready(ready: &mut VecDeque<Expired>, id: u64) -> bool {
-    let before = ready.len();
-    ready.retain(|e| e.id != id);
-    ready.len() != before
 }
 
 #[cfg(test)]
@@ -209,14 +186,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn take_due_respects_max_and_keeps_the_rest() {
+    async fn take_due_respects_max_and_keeps_the_rest_in_order() {
         let timers = TimerService::new();
         let past = now_ms() - 1_000;
         timers.schedule_many(&(0..10).map(|i| (i, past + i)).collect::<Vec<_>>());
         timers.wait_due().await.unwrap();
         assert_eq!(ids(&timers.take_due(4)), [0, 1, 2, 3]);
         assert!(timers.cancel(5)); // due, not yet taken
-        assert_eq!(ids(&timers.take_due(100)), [4, 6, 7, 8, 9]);
+        timers.schedule(100, past - 10_000); // due earlier than all the leftovers
+        assert_eq!(ids(&timers.take_due(100)), [100, 4, 6, 7, 8, 9]);
         assert!(timers.take_due(100).is_empty());
     }
 
@@ -228,6 +206,24 @@ mod tests {
         assert!(timers.schedule(1, now_ms() + 60_000));
         assert!(timers.take_due(10).is_empty());
         assert_eq!(timers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_far_timer_in_a_crowded_slot_wakes_on_time() {
+        let timers = TimerService::new();
+        let now = now_ms();
+        // Many timers hours away share a high-level slot with one due in a few ms.
+        timers.schedule_many(
+            &(0..10_000)
+                .map(|i| (i, now + 3_600_000 + i))
+                .collect::<Vec<_>>(),
+        );
+        timers.schedule(99_999, now + 30);
+        tokio::time::timeout(Duration::from_secs(5), timers.wait_due())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&timers.take_due(10)), [99_999]);
     }
 
     #[tokio::test]

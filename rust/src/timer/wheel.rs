@@ -6,6 +6,11 @@
 //! time reaches its slot it cascades to a lower level, at most ten times in its life. A bitmap
 //! per level finds the next occupied slot in O(1), so advancing over empty time costs nothing.
 //! Entries live in a slab and slots are intrusive doubly linked lists, so cancel is O(1).
+//!
+//! Timers that came due but were not taken yet (a consumer may take them a batch at a time) wait
+//! in a ready set ordered by due instant and insertion, still cancellable and movable.
+
+use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap;
 
@@ -13,8 +18,8 @@ const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const LEVELS: usize = 11;
 const NIL: u32 = u32::MAX;
-/// `level` of an entry waiting in the overdue list.
-const OVERDUE: u8 = u8::MAX;
+/// `level` of an entry in the ready set.
+const READY: u8 = u8::MAX;
 
 /// A timer that came due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +59,9 @@ impl List {
     }
 }
 
+/// `(due, seq, slab index)`: the ready set's order is due instant, then insertion.
+type ReadyKey = (u64, u64, u32);
+
 /// Timers keyed by `u64` id, due at millisecond instants.
 ///
 /// # Example
@@ -76,8 +84,9 @@ pub struct TimerWheel {
     by_id: FxHashMap<u64, u32>,
     slots: Vec<List>,
     occupied: [u64; LEVELS],
-    /// Timers inserted at or before `elapsed`: due at the next advance.
-    overdue: List,
+    /// Due and not yet taken: timers inserted at or before `elapsed`, and those a limited take
+    /// left behind.
+    ready: BTreeSet<ReadyKey>,
     next_seq: u64,
 }
 
@@ -91,7 +100,7 @@ impl TimerWheel {
             by_id: FxHashMap::default(),
             slots: vec![List::EMPTY; LEVELS * SLOTS],
             occupied: [0; LEVELS],
-            overdue: List::EMPTY,
+            ready: BTreeSet::new(),
             next_seq: 0,
         }
     }
@@ -101,7 +110,7 @@ impl TimerWheel {
         self.elapsed
     }
 
-    /// Number of pending timers.
+    /// Number of timers not yet taken, due or not.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -122,24 +131,23 @@ impl TimerWheel {
     }
 
     /// Schedules timer `id` at `due_ms`; a timer already pending under `id` is moved there.
-    /// A due instant at or before the wheel's current instant fires at the next advance.
+    /// A due instant at or before the wheel's current instant is due at once.
     /// Returns whether a pending timer was replaced.
     ///
     /// # Panics
     /// With more than `u32::MAX - 1` timers pending at once.
     pub fn insert(&mut self, id: u64, due_ms: u64) -> bool {
+        let seq = self.next_seq;
+        self.next_seq += 1;
         if let Some(&index) = self.by_id.get(&id) {
             // Reschedule in place: same slab entry, new instant, new insertion order.
             self.unlink(index);
             let entry = &mut self.entries[index as usize];
             entry.due = due_ms;
-            entry.seq = self.next_seq;
-            self.next_seq += 1;
+            entry.seq = seq;
             self.place(index);
             return true;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let entry = Entry {
             id,
             due: due_ms,
@@ -165,7 +173,7 @@ impl TimerWheel {
         false
     }
 
-    /// Cancels timer `id`. Returns whether it was pending.
+    /// Cancels timer `id`, due or not. Returns whether it was pending.
     pub fn cancel(&mut self, id: u64) -> bool {
         let Some(index) = self.by_id.remove(&id) else {
             return false;
@@ -177,8 +185,8 @@ impl TimerWheel {
 
     /// The earliest due instant among pending timers.
     pub fn next_due(&self) -> Option<u64> {
-        if !self.overdue.is_empty() {
-            return self.iter_list(self.overdue).map(|e| e.due).min();
+        if let Some(&(due, _, _)) = self.ready.first() {
+            return Some(due);
         }
         let (level, slot, _) = self.next_expiration()?;
         self.iter_list(self.slots[level * SLOTS + slot])
@@ -186,80 +194,120 @@ impl TimerWheel {
             .min()
     }
 
-    /// Moves the wheel to `now_ms` and returns every timer due by then, ordered by due
-    /// instant and, within one millisecond, by insertion. The returned timers are no longer
-    /// pending. Moving backwards only returns overdue insertions.
+    /// An instant at or before the next due timer, in O(1): when to look again. It is the
+    /// start of the earliest occupied slot, so it may come before the timer itself; advancing
+    /// to it then only moves timers closer to firing.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match self.ready.first() {
+            Some(&(due, _, _)) => Some(due),
+            None => self.next_expiration().map(|(_, _, deadline)| deadline),
+        }
+    }
+
+    /// Moves the wheel to `now_ms` and takes every timer due by then, ordered by due instant
+    /// and, within one millisecond, by insertion. Moving backwards takes only timers already
+    /// due.
     pub fn advance(&mut self, now_ms: u64) -> Vec<Expired> {
-        let mut fired: Vec<(u64, u64, u64)> = Vec::new();
-        self.drain_list(OVERDUE, 0, &mut fired);
+        self.take_due(now_ms, usize::MAX)
+    }
+
+    /// As [`TimerWheel::advance`], taking at most `max` timers: the earliest. The rest stay
+    /// pending, cancellable, and come first next time.
+    pub fn take_due(&mut self, now_ms: u64, max: usize) -> Vec<Expired> {
+        let fired = self.collect(now_ms);
+        if self.ready.is_empty() && fired.len() <= max {
+            // The common case needs no ready set at all.
+            return fired.into_iter().map(|key| self.release(key)).collect();
+        }
+        self.ready.extend(fired);
+        let mut out = Vec::with_capacity(max.min(self.ready.len()));
+        while out.len() < max {
+            let Some(key) = self.ready.pop_first() else {
+                break;
+            };
+            out.push(self.release(key));
+        }
+        out
+    }
+
+    /// Moves the wheel to `now_ms`; returns whether any timer is due, without taking any.
+    pub fn has_due(&mut self, now_ms: u64) -> bool {
+        let fired = self.collect(now_ms);
+        self.ready.extend(fired);
+        !self.ready.is_empty()
+    }
+
+    /// Cascades every slot whose time has come and returns the timers that came due, sorted,
+    /// marked ready but not yet in the ready set.
+    fn collect(&mut self, now_ms: u64) -> Vec<ReadyKey> {
+        let mut fired = Vec::new();
         while let Some((level, slot, deadline)) = self.next_expiration() {
             if deadline > now_ms {
                 break;
             }
             self.elapsed = deadline;
-            self.drain_list(u8::try_from(level).unwrap_or(0), slot, &mut fired);
+            self.cascade(level, slot, &mut fired);
         }
         self.elapsed = self.elapsed.max(now_ms);
-        // Timers reach the output slot by slot; a stable sort orders equal instants by
-        // insertion and is near-linear on this nearly sorted input.
-        fired.sort_by_key(|&(due, seq, _)| (due, seq));
+        // Sequence numbers are unique, so an unstable sort is exact.
+        fired.sort_unstable();
         fired
-            .into_iter()
-            .map(|(due_ms, _, id)| Expired { id, due_ms })
-            .collect()
     }
 
-    /// Empties one list: timers due by `elapsed` fire, the rest cascade to a lower level.
-    fn drain_list(&mut self, level: u8, slot: usize, fired: &mut Vec<(u64, u64, u64)>) {
-        let list = if level == OVERDUE {
-            std::mem::replace(&mut self.overdue, List::EMPTY)
-        } else {
-            let level = usize::from(level);
-            self.occupied[level] &= !(1u64 << slot);
-            std::mem::replace(&mut self.slots[level * SLOTS + slot], List::EMPTY)
-        };
+    /// Empties one slot: timers due by `elapsed` go to `fired`, the rest to lower levels.
+    fn cascade(&mut self, level: usize, slot: usize, fired: &mut Vec<ReadyKey>) {
+        self.occupied[level] &= !(1u64 << slot);
+        let list = std::mem::replace(&mut self.slots[level * SLOTS + slot], List::EMPTY);
         let mut cursor = list.head;
         while cursor != NIL {
-            let entry = self.entries[cursor as usize];
+            let entry = &mut self.entries[cursor as usize];
             let next = entry.next;
             if entry.due <= self.elapsed {
-                fired.push((entry.due, entry.seq, entry.id));
-                self.by_id.remove(&entry.id);
-                self.free.push(cursor);
+                entry.level = READY;
+                fired.push((entry.due, entry.seq, cursor));
             } else {
-                self.place(cursor);
+                self.link(cursor);
             }
             cursor = next;
         }
     }
 
-    /// Links entry `index` into the list its due instant belongs to, from `elapsed`.
+    fn release(&mut self, (due_ms, _, index): ReadyKey) -> Expired {
+        let id = self.entries[index as usize].id;
+        self.by_id.remove(&id);
+        self.free.push(index);
+        Expired { id, due_ms }
+    }
+
+    /// Puts entry `index` where its due instant belongs: the ready set, or a wheel slot.
     fn place(&mut self, index: u32) {
-        let due = self.entries[index as usize].due;
-        let (level, slot) = if due <= self.elapsed {
-            (OVERDUE, 0)
+        let entry = &mut self.entries[index as usize];
+        if entry.due <= self.elapsed {
+            entry.level = READY;
+            self.ready.insert((entry.due, entry.seq, index));
         } else {
-            let level = level_for(self.elapsed, due);
-            (level, slot_for(due, level))
-        };
+            self.link(index);
+        }
+    }
+
+    /// Links entry `index`, due after `elapsed`, into its slot.
+    fn link(&mut self, index: u32) {
+        let due = self.entries[index as usize].due;
+        let level = level_for(self.elapsed, due);
+        let slot = slot_for(due, level);
+        let list = &mut self.slots[usize::from(level) * SLOTS + slot];
+        let tail = list.tail;
+        if tail == NIL {
+            list.head = index;
+        }
+        list.tail = index;
+        self.occupied[usize::from(level)] |= 1u64 << slot;
         let entry = &mut self.entries[index as usize];
         entry.level = level;
         #[allow(clippy::cast_possible_truncation)] // a slot is < 64
         {
             entry.slot = slot as u8;
         }
-        let list = if level == OVERDUE {
-            &mut self.overdue
-        } else {
-            self.occupied[usize::from(level)] |= 1u64 << slot;
-            &mut self.slots[usize::from(level) * SLOTS + slot]
-        };
-        let tail = list.tail;
-        if tail == NIL {
-            list.head = index;
-        }
-        list.tail = index;
-        let entry = &mut self.entries[index as usize];
         entry.prev = tail;
         entry.next = NIL;
         if tail != NIL {
@@ -269,18 +317,20 @@ impl TimerWheel {
 
     fn unlink(&mut self, index: u32) {
         let Entry {
+            due,
+            seq,
             prev,
             next,
             level,
             slot,
             ..
         } = self.entries[index as usize];
+        if level == READY {
+            self.ready.remove(&(due, seq, index));
+            return;
+        }
         let slot = usize::from(slot);
-        let list = if level == OVERDUE {
-            &mut self.overdue
-        } else {
-            &mut self.slots[usize::from(level) * SLOTS + slot]
-        };
+        let list = &mut self.slots[usize::from(level) * SLOTS + slot];
         if prev == NIL {
             list.head = next;
         } else {
@@ -291,7 +341,7 @@ impl TimerWheel {
         } else {
             self.entries[next as usize].prev = prev;
         }
-        if level != OVERDUE && list.is_empty() {
+        if list.is_empty() {
             self.occupied[usize::from(level)] &= !(1u64 << slot);
         }
     }
@@ -487,11 +537,44 @@ mod tests {
         assert_eq!(total, n);
     }
 
+    #[test]
+    fn limited_takes_leave_the_rest_due_and_in_order() {
+        let mut w = TimerWheel::new(NOW);
+        for id in 0..10 {
+            w.insert(id, NOW + 100 - id); // 9 is due first
+        }
+        assert!(w.has_due(NOW + 100));
+        assert_eq!(ids(&w.take_due(NOW + 100, 3)), [9, 8, 7]);
+        // A later take may bring newer timers, but the earlier leftovers still come first.
+        w.insert(20, NOW + 150);
+        w.insert(21, NOW + 5); // past due: ahead of everything
+        assert!(w.cancel(5)); // due and left behind, still cancellable
+        assert!(w.insert(4, NOW + 140)); // and movable
+        assert_eq!(w.next_due(), Some(NOW + 5));
+        assert_eq!(ids(&w.take_due(NOW + 200, 4)), [21, 6, 3, 2]);
+        assert_eq!(ids(&w.advance(NOW + 200)), [1, 0, 4, 20]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn next_deadline_is_never_after_the_next_due_timer() {
+        let mut w = TimerWheel::new(NOW);
+        w.insert(1, NOW + 5 * 3_600_000);
+        let deadline = w.next_deadline().unwrap();
+        assert!(deadline <= NOW + 5 * 3_600_000);
+        // Advancing to the deadline makes progress: the timer cascades nearer.
+        assert!(w.advance(deadline).is_empty());
+        assert!(w.next_deadline().unwrap() > deadline);
+        assert_eq!(ids(&w.advance(NOW + 5 * 3_600_000)), [1]);
+        assert_eq!(w.next_deadline(), None);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u64, i64),
         Cancel(u64),
         Advance(u64),
+        Take(u64, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -504,6 +587,8 @@ mod tests {
             ]).prop_map(|(id, off)| Op::Insert(id, off)),
             1 => (0..64u64).prop_map(Op::Cancel),
             2 => prop_oneof![0..100u64, 0..10_000u64, 0..10_000_000u64].prop_map(Op::Advance),
+            1 => (prop_oneof![0..100u64, 0..1_000_000u64], 0..6usize)
+                .prop_map(|(step, max)| Op::Take(step, max)),
         ]
     }
 
@@ -535,16 +620,21 @@ mod tests {
                         prop_assert_eq!(wheel.cancel(id), old.is_some());
                         if let Some(old) = old { model.remove(&old); }
                     }
-                    Op::Advance(step) => {
+                    Op::Advance(step) | Op::Take(step, _) => {
+                        if let Some(deadline) = wheel.next_deadline() {
+                            prop_assert!(deadline <= model.keys().next().unwrap().0);
+                        }
                         now += step;
+                        let max = if let Op::Take(_, max) = op { max } else { usize::MAX };
                         let expected: Vec<Expired> = model
                             .range(..(now + 1, 0))
+                            .take(max)
                             .map(|(&(due_ms, _), &id)| Expired { id, due_ms })
                             .collect();
                         for e in &expected {
                             model.remove(&key_of.remove(&e.id).unwrap());
                         }
-                        prop_assert_eq!(wheel.advance(now), expected);
+                        prop_assert_eq!(wheel.take_due(now, max), expected);
                     }
                 }
                 prop_assert_eq!(wheel.len(), model.len());
