@@ -20,18 +20,19 @@ __all__ = ["LoopBridge", "call", "for_running_loop"]
 
 
 class LoopBridge:
-    """An event loop's `AsyncBridge` and the futures waiting on it."""
+    """An event loop's `AsyncBridge` and the futures waiting on it.
 
-    # Nothing here may reference the loop, directly or through a future: the registry below is
-    # keyed weakly by the loop, and a value reaching its own key would keep it alive for good.
-    # So futures are held weakly; the coroutine awaiting each one holds it.
-    __slots__ = ("_futures", "native")
+    The loop keeps its bridge alive through the reader callback; the bridge's futures point
+    back at the loop. Once the loop is closed that cycle is ordinary garbage, and collecting the
+    bridge aborts whatever Rust tasks it still had.
+    """
+
+    __slots__ = ("__weakref__", "_futures", "_loop", "native")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.native = AsyncBridge()
-        self._futures: weakref.WeakValueDictionary[int, asyncio.Future[Any]] = (
-            weakref.WeakValueDictionary()
-        )
+        self._loop = weakref.ref(loop)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
         loop.add_reader(self.native.fileno(), self._drain)
 
     def _drain(self) -> None:
@@ -60,9 +61,9 @@ class LoopBridge:
                 self.native.cancel(token)
 
 
-_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = (
-    weakref.WeakKeyDictionary()
-)
+# Weak values: only the loop keeps its bridge alive. Keys are loop ids, checked against the
+# bridge's weak reference to its loop, since an id can be reused once a loop is gone.
+_bridges: weakref.WeakValueDictionary[int, LoopBridge] = weakref.WeakValueDictionary()
 
 
 def _forget_parent_state() -> None:
@@ -78,9 +79,9 @@ os.register_at_fork(after_in_child=_forget_parent_state)
 def for_running_loop() -> LoopBridge:
     """The running loop's bridge, made on first use."""
     loop = asyncio.get_running_loop()
-    bridge = _bridges.get(loop)
-    if bridge is None:
-        bridge = _bridges[loop] = LoopBridge(loop)
+    bridge = _bridges.get(id(loop))
+    if bridge is None or bridge._loop() is not loop:
+        bridge = _bridges[id(loop)] = LoopBridge(loop)
     return bridge
 
 
