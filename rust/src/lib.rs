@@ -7,10 +7,12 @@
 //! - [`timer`]: a hierarchical timer wheel and an async service waiting on it;
 //! - [`ids`]: execution ids, activity idempotency keys and deferred tokens;
 //! - [`runtime`]: the process-wide tokio runtime;
-//! - [`completion`]: results of Rust tasks handed to an event loop in batches.
+//! - [`completion`]: results of Rust tasks handed to an event loop in batches;
+//! - [`clock`]: the wall clock, in milliseconds since the Unix epoch.
 //!
 //! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
 
+pub mod clock;
 pub mod completion;
 pub mod ids;
 pub mod runtime;

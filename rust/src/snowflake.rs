@@ -4,7 +4,7 @@
 //! 10 bits of machine id, 12 bits of sequence. Ids from one [`Generator`] are strictly
 //! increasing, even when the wall clock steps back.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::clock::now_ms;
 
 /// 2025-01-01T00:00:00Z in milliseconds since the Unix epoch (Effect's `constEpochMillis`).
 pub const EPOCH_MS: u64 = 1_735_689_600_000;
@@ -101,14 +101,6 @@ pub fn parts(snowflake: u64) -> Parts {
         machine_id: ((snowflake >> MACHINE_SHIFT) % MACHINE_IDS) as u16,
         sequence: (snowflake % SEQUENCES) as u16,
     }
-}
-
-/// Milliseconds since the Unix epoch, from the wall clock.
-pub fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A generator of strictly increasing snowflakes for one machine id.

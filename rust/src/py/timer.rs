@@ -8,7 +8,7 @@ use super::{
     bridge::AsyncBridge,
     errors::{at_item, capacity_hint, Int},
 };
-use crate::{runtime, snowflake::now_ms, timer};
+use crate::{clock::now_ms, runtime, timer};
 
 type U64 = Int<u64>;
 
@@ -40,7 +40,7 @@ impl PyTimerWheel {
     #[pyo3(signature = (now_ms = None))]
     fn new(now_ms: Option<U64>) -> Self {
         Self {
-            wheel: timer::TimerWheel::new(now_ms.map_or_else(crate::snowflake::now_ms, |n| n.0)),
+            wheel: timer::TimerWheel::new(now_ms.map_or_else(crate::clock::now_ms, |n| n.0)),
         }
     }
 

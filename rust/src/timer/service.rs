@@ -12,7 +12,7 @@ use std::{
 use tokio::sync::Notify;
 
 use super::{Expired, TimerWheel};
-use crate::snowflake::now_ms;
+use crate::clock::now_ms;
 
 /// Longest sleep between looks at the wall clock, so a clock that jumps forward delays timers
 /// by at most this much.
