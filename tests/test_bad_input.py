@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import plait
 from tests import effect_reference
+from tests.child import run_python
 
 # Each case would ask Rust for an absurd allocation if sizes were trusted; run in a child so a
 # regression (an abort) fails this test instead of killing the test run.
@@ -38,9 +37,7 @@ print(json.dumps(outcomes))
 
 
 def test_oversized_requests_are_refused_not_fatal() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", OVERSIZED], capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_python("-c", OVERSIZED, timeout=120)
     assert done.returncode == 0, done.stderr
     outcomes = json.loads(done.stdout)
     for name in ("heavy runner", "astronomic weight", "huge base weight"):

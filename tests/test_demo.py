@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.child import run_python
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "primitives_demo.py"
 
 
 def test_demo_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, str(DEMO)], capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_python(str(DEMO), timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "a forged token is refused: malformed deferred token" in out

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import plait
+from tests.child import run_python
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 
 
 def test_quick_start_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCKS[0]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", BLOCKS[0])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1]"
 

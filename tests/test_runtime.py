@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -15,6 +13,7 @@ import pytest
 
 import plait
 from plait import _bridge, _native
+from tests.child import run_python
 
 
 async def test_many_concurrent_rust_awaits_resolve() -> None:
@@ -160,8 +159,9 @@ def test_a_panic_does_not_kill_the_process() -> None:
         "except BaseException as e:\n"
         "    print('survived', type(e).__name__)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    done = run_python(
+        "-c",
+        code,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "survived PanicException"
@@ -216,20 +216,18 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 
 def test_objects_from_before_a_fork_refuse_to_work_in_the_child() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", INHERITED_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_python(
+        "-c",
+        INHERITED_SCRIPT,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "child exit 0"
 
 
 def test_a_forked_child_runs_rust_tasks_of_its_own() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=60, check=False
+    done = run_python(
+        "-c",
+        FORK_SCRIPT,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "child exit 0"
