@@ -2,12 +2,13 @@
 # module by `python -m mypy.stubtest plait._native`.
 
 from collections.abc import Iterable
-from typing import final
+from typing import Literal, TypeAlias, final
 
 __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
     "AsyncBridge",
     "HashRing",
+    "MemoryStore",
     "SnowflakeGenerator",
     "TimerServiceRef",
     "TimerWheel",
@@ -207,6 +208,57 @@ class TimerWheel:
 
     def __len__(self) -> int: ...
     def __contains__(self, timer_id: object, /) -> bool: ...
+
+_Status: TypeAlias = Literal["running", "suspended", "complete"]
+# (workflow, payload, parent, status, result, interrupted)
+_ExecutionRecord: TypeAlias = tuple[str, bytes, str | None, _Status, bytes | None, bool]
+
+@final
+class MemoryStore:
+    """Executions, their journals, deferred results and timers, held in this process."""
+
+    def __new__(cls) -> MemoryStore: ...
+    def start(
+        self, id: str, workflow: str, payload: bytes, parent: str | None = None
+    ) -> _ExecutionRecord | None:
+        """Records a new running execution unless `id` exists; returns the existing one, or None."""
+
+    def execution(self, id: str) -> _ExecutionRecord | None:
+        """The execution `id`, or None."""
+
+    def snapshot(
+        self, id: str
+    ) -> tuple[_ExecutionRecord, list[tuple[str, int, bytes]], list[tuple[str, bytes]]] | None:
+        """The execution, its step results `(key, seq, value)` and deferreds `(name, value)`."""
+
+    def append(self, entries: Iterable[tuple[str, str, int, bytes]]) -> list[bool]:
+        """Appends `(execution_id, key, seq, value)` step results, all or nothing.
+
+        Returns, per entry, whether it was stored (False: the key already had a result).
+        """
+
+    def complete_deferred(self, id: str, name: str, value: bytes) -> bool:
+        """Stores a deferred's result unless it has one; returns whether it was stored."""
+
+    def set_status(self, id: str, status: _Status, result: bytes | None = None) -> None:
+        """Moves an execution to `status` (`running`, `suspended` or `complete`) with `result`."""
+
+    def interrupt(self, id: str) -> bool:
+        """Records an interrupt request; False if the execution had completed."""
+
+    def schedule_timer(self, execution_id: str, name: str, due_ms: int) -> bool:
+        """Stores a durable timer unless one with that execution and name exists."""
+
+    def remove_timer(self, execution_id: str, name: str) -> bool:
+        """Forgets a timer; returns whether it was stored."""
+
+    def timers(self) -> list[tuple[str, str, int]]:
+        """Every stored timer as `(execution_id, name, due_ms)`, earliest first."""
+
+    def with_status(self, status: _Status) -> list[str]:
+        """Ids of the executions with `status`."""
+
+    def __len__(self) -> int: ...
 
 @final
 class TimerServiceRef:

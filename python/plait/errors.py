@@ -4,12 +4,28 @@ from __future__ import annotations
 
 __all__ = [
     "ClosedError",
+    "Defect",
+    "DeferredTokenError",
+    "EngineClosedError",
+    "ExecutionCompleteError",
     "ForkedProcessError",
+    "Interrupted",
     "InvalidArgumentError",
+    "JournalDecodeError",
     "MalformedTokenError",
+    "NoEngineError",
+    "NonDeterminismError",
+    "NotInWorkflowError",
+    "PayloadError",
     "PlaitError",
+    "ResultSchemaError",
+    "SuspendedRetryExhaustedError",
+    "UnknownExecutionError",
     "UnknownRunnerError",
+    "WorkflowNotImplementedError",
 ]
+
+from typing import Any
 
 
 class PlaitError(Exception):
@@ -38,3 +54,133 @@ class ForkedProcessError(PlaitError):
     Its state is the parent's (a snowflake generator would repeat the parent's ids) and its
     locks may be held by threads that do not exist in the child. Make a new one in the child.
     """
+
+
+class UnknownExecutionError(PlaitError, LookupError):
+    """No execution with that id is stored."""
+
+
+class ExecutionCompleteError(PlaitError):
+    """The execution has completed; its result is final and cannot change."""
+
+
+class PayloadError(InvalidArgumentError):
+    """A workflow payload failed validation; nothing was started.
+
+    Attributes:
+        workflow: The workflow's name.
+        errors: pydantic's error details, one dict per problem.
+    """
+
+    def __init__(self, workflow: str, errors: list[Any], message: str) -> None:
+        super().__init__(f"invalid payload for workflow {workflow!r}: {message}")
+        self.workflow = workflow
+        self.errors = errors
+
+
+class WorkflowNotImplementedError(PlaitError):
+    """The workflow has no implementation registered (see `Workflow.implement`)."""
+
+
+class DeferredTokenError(InvalidArgumentError):
+    """A deferred token does not match a stored execution, its workflow or the deferred."""
+
+
+class NotInWorkflowError(PlaitError):
+    """A workflow-only operation (an activity, a deferred await, ...) ran outside a workflow."""
+
+
+class NoEngineError(PlaitError):
+    """No engine: pass `engine=`, or run inside `async with engine:`."""
+
+
+class NonDeterminismError(PlaitError):
+    """A replay called a different step than the journal holds at that position.
+
+    The run stops without recording anything, so the execution can be resumed once the
+    workflow's code matches its history again.
+
+    Attributes:
+        execution_id: The execution being replayed.
+        position: The step's position in call order (0-based).
+        expected: The step the journal holds there.
+        found: The step the code called.
+    """
+
+    def __init__(self, execution_id: str, position: int, expected: str, found: str) -> None:
+        super().__init__(
+            f"execution {execution_id}: step {position} is {expected!r} in the journal but the "
+            f"workflow called {found!r}; the code changed since this execution started"
+        )
+        self.execution_id = execution_id
+        self.position = position
+        self.expected = expected
+        self.found = found
+
+
+class JournalDecodeError(PlaitError):
+    """A stored result could not be decoded; the message names the execution and the step."""
+
+
+class Defect(PlaitError):
+    """An unexpected exception, captured as data: its type, message and traceback text.
+
+    Raised in place of an exception that a workflow or activity did not declare in `error=`,
+    so that a first run and every replay of it see the same thing.
+
+    Attributes:
+        type_name: The qualified name of the original exception's class.
+        message: `str()` of the original exception.
+        traceback: The formatted traceback where it was raised.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and isinstance(other, Defect)
+            and (other.type_name, other.message) == (self.type_name, self.message)
+        )
+
+    __hash__ = PlaitError.__hash__
+
+
+class ResultSchemaError(Defect):
+    """A value did not match its declared schema (an activity's or a workflow's `success`)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(type_name, message, traceback)
+
+
+class Interrupted(PlaitError):
+    """The workflow execution was interrupted.
+
+    Attributes:
+        execution_id: The interrupted execution.
+    """
+
+    def __init__(self, execution_id: str, message: str = "") -> None:
+        super().__init__(message or f"execution {execution_id} was interrupted")
+        self.execution_id = execution_id
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and isinstance(other, Interrupted)
+            and (other.execution_id == self.execution_id)
+        )
+
+    __hash__ = PlaitError.__hash__
+
+
+class EngineClosedError(Interrupted, ClosedError):
+    """The engine closed while the caller waited for the execution; the execution is kept."""
+
+
+class SuspendedRetryExhaustedError(PlaitError):
+    """`execute` gave up: the execution stayed suspended through its `suspended_retry` schedule."""

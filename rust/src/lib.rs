@@ -8,7 +8,8 @@
 //! - [`ids`]: execution ids, activity idempotency keys and deferred tokens;
 //! - [`runtime`]: the process-wide tokio runtime;
 //! - [`completion`]: results of Rust tasks handed to an event loop in batches;
-//! - [`clock`]: the wall clock, in milliseconds since the Unix epoch.
+//! - [`clock`]: the wall clock, in milliseconds since the Unix epoch;
+//! - [`store`]: the journal store of executions, step results, deferreds and timers.
 //!
 //! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
 
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod runtime;
 pub mod shard;
 pub mod snowflake;
+pub mod store;
 pub mod timer;
 
 #[cfg(feature = "python")]

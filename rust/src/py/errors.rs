@@ -12,13 +12,15 @@ use pyo3::{
     types::{PyBool, PyString},
 };
 
-use crate::{ids, runtime, shard, snowflake, timer};
+use crate::{ids, runtime, shard, snowflake, store, timer};
 
 import_exception!(plait.errors, InvalidArgumentError);
 import_exception!(plait.errors, MalformedTokenError);
 import_exception!(plait.errors, UnknownRunnerError);
 import_exception!(plait.errors, ClosedError);
 import_exception!(plait.errors, ForkedProcessError);
+import_exception!(plait.errors, UnknownExecutionError);
+import_exception!(plait.errors, ExecutionCompleteError);
 
 impl From<snowflake::Error> for PyErr {
     fn from(err: snowflake::Error) -> Self {
@@ -54,6 +56,20 @@ impl From<timer::Closed> for PyErr {
     }
 }
 
+impl From<store::StoreError> for PyErr {
+    fn from(err: store::StoreError) -> Self {
+        match err {
+            store::StoreError::UnknownExecution(_) => {
+                UnknownExecutionError::new_err(err.to_string())
+            }
+            store::StoreError::AlreadyComplete(_) => {
+                ExecutionCompleteError::new_err(err.to_string())
+            }
+            store::StoreError::UnknownStatus(_) => InvalidArgumentError::new_err(err.to_string()),
+        }
+    }
+}
+
 impl From<runtime::Forked> for PyErr {
     fn from(err: runtime::Forked) -> Self {
         ForkedProcessError::new_err(err.to_string())
@@ -74,6 +90,10 @@ pub trait IntRange {
 
 impl IntRange for u64 {
     const RANGE: &'static str = "0..=18446744073709551615";
+}
+
+impl IntRange for u32 {
+    const RANGE: &'static str = "0..=4294967295";
 }
 
 impl IntRange for i64 {

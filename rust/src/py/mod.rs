@@ -10,6 +10,7 @@ mod errors;
 mod ids;
 mod shard;
 mod snowflake;
+mod store;
 mod timer;
 
 use pyo3::prelude::*;
@@ -27,6 +28,8 @@ mod _native {
     use super::shard::{hash_string, shard_id, shard_ids, PyHashRing};
     #[pymodule_export]
     use super::snowflake::{snowflake_make, snowflake_parts, SnowflakeGenerator};
+    #[pymodule_export]
+    use super::store::MemoryStore;
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
 

@@ -1,0 +1,271 @@
+"""Activities: named side-effecting steps whose results are journaled."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import Any, Generic, TypeVar, Union, overload
+
+from plait import engine as _engine
+from plait._context import current_attempt as _attempt
+from plait._native import activity_idempotency_key
+from plait.errors import (
+    Defect,
+    Interrupted,
+    InvalidArgumentError,
+    JournalDecodeError,
+    NonDeterminismError,
+)
+from plait.exits import Exit, ExitCodec, Failure, Success
+from plait.schedule import Schedule
+from plait.schema import return_type
+
+__all__ = ["Activity", "activity", "current_attempt"]
+
+T = TypeVar("T")
+
+#: Effect v4's policy for activities interrupted from inside: 400 ms x1.5 up to 10 s, 10 times.
+INTERRUPT_RETRY = Schedule.exponential(0.4, factor=1.5, max_delay=10.0, times=10)
+
+_NOT_RETRIED = (NonDeterminismError, JournalDecodeError, Interrupted)
+
+
+def current_attempt() -> int:
+    """The attempt number of the activity running now: 1, then 2, 3, ... under `retry`."""
+    return _attempt.get()
+
+
+class Activity(Generic[T]):
+    """A named step of a workflow; `await` it inside a workflow run.
+
+    The first run executes `execute()` and stores its result; replays return the stored
+    result. Async callables run on the event loop, others in a worker thread.
+
+    Args:
+        name: The step's name within the workflow.
+        execute: A callable with no arguments, returning the result (or an awaitable of it).
+        success: The result's type (default `None`: no result is kept).
+        error: Exception classes the step may fail with, stored and raised again as
+            themselves; any other exception becomes a `Defect`.
+        interrupt_retry: Retries when the body is cancelled from inside (not by the run).
+    """
+
+    __slots__ = ("_is_async", "codec", "execute", "interrupt_retry", "name")
+
+    def __init__(
+        self,
+        name: str,
+        execute: Callable[[], T | Awaitable[T]],
+        success: object = None,
+        error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        interrupt_retry: Schedule = INTERRUPT_RETRY,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            msg = f"an activity name must be a non-empty str, got {name!r}"
+            raise InvalidArgumentError(msg)
+        if not callable(execute):
+            msg = (
+                f"activity {name!r}: execute must be a callable with no arguments, got {execute!r}"
+            )
+            raise TypeError(msg)
+        self.name = name
+        self.execute = execute
+        self.codec = ExitCodec(f"activity {name}", success, error)
+        self.interrupt_retry = interrupt_retry
+        self._is_async = inspect.iscoroutinefunction(execute)
+
+    @classmethod
+    def _made(
+        cls,
+        name: str,
+        execute: Callable[[], Any],
+        codec: ExitCodec,
+        is_async: bool,
+        interrupt_retry: Schedule,
+    ) -> Activity[Any]:
+        made = cls.__new__(cls)
+        made.name, made.execute, made.codec = name, execute, codec
+        made._is_async, made.interrupt_retry = is_async, interrupt_retry
+        return made
+
+    def __repr__(self) -> str:
+        return f"Activity({self.name!r})"
+
+    def __await__(self) -> Generator[Any, None, T]:
+        run = _engine.run_state(f"activity {self.name!r}")
+        return run.activity(self, _attempt.get()).__await__()
+
+    async def run_body(self, engine: _engine.Engine) -> Exit:
+        """Runs the body once (retrying interrupts) and returns how it ended."""
+        delays = None
+        while True:
+            try:
+                if self._is_async:
+                    value = await self.execute()  # type: ignore[misc]
+                else:
+                    value = await asyncio.to_thread(self.execute)
+                    if inspect.isawaitable(value):
+                        value = await value
+                return Success(value)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                delays = delays or self.interrupt_retry.delays()
+                delay = next(delays, None)
+                if delay is None:
+                    message = f'Activity "{self.name}" interrupted and retry attempts exhausted'
+                    return Failure(Defect("asyncio.CancelledError", message))
+                await engine.clock.sleep(delay)
+            except Exception as exc:
+                return Failure(exc)
+
+    @staticmethod
+    async def retry(
+        activity: Activity[T],
+        *,
+        times: int | None = None,
+        schedule: Schedule | None = None,
+    ) -> T:
+        """Awaits `activity`, retrying its failures with attempts 2, 3, ...
+
+        Declared errors and defects are retried; each attempt is a separate journal entry
+        (see `current_attempt`).
+
+        Args:
+            activity: The step to run.
+            times: Retries with no delay (when no `schedule` is given).
+            schedule: Delays between attempts; ends when it runs out.
+        """
+        if schedule is None:
+            if times is None or times < 0:
+                msg = f"Activity.retry needs times >= 0 or a schedule, got times={times!r}"
+                raise InvalidArgumentError(msg)
+            schedule = Schedule.immediate(times)
+        run = _engine.run_state(f"Activity.retry({activity.name!r})")
+        delays = schedule.delays()
+        attempt = 1
+        while True:
+            token = _attempt.set(attempt)
+            try:
+                result: T = await run.activity(activity, attempt)
+                return result
+            except Exception as err:
+                if run.fatal is not None or isinstance(err, _NOT_RETRIED):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+            finally:
+                _attempt.reset(token)
+            attempt += 1
+            if run.key_of(activity.name, attempt, consume=False) not in run.journal:
+                await run.engine.clock.sleep(delay)
+
+    @staticmethod
+    def idempotency_key(name: str, *, include_attempt: bool = False) -> str:
+        """A key for external systems, stable across replays.
+
+        Effect's hash of the execution id and `name` (and the attempt, if `include_attempt`).
+        """
+        run = _engine.run_state("Activity.idempotency_key()")
+        return activity_idempotency_key(
+            run.execution.id, name, _attempt.get() if include_attempt else None
+        )
+
+    @staticmethod
+    async def race_all(name: str, activities: Iterable[Activity[Any]]) -> Any:
+        """Runs the activities concurrently; the first to succeed wins.
+
+        The winner is stored as the deferred `raceAll/Activity/<name>`; the others are
+        cancelled.
+        """
+        from plait.deferred import DurableDeferred
+
+        steps = list(activities)
+        successes = tuple({a.codec.success for a in steps})
+        errors = tuple({e for a in steps for e in a.codec.error_types})
+        success: object = successes[0] if len(successes) == 1 else Union[successes]  # noqa: UP007
+        return await DurableDeferred.race_all(
+            f"Activity/{name}", steps, success=success, error=errors or None
+        )
+
+
+class ActivityFunction(Generic[T]):
+    """A function made into a reusable activity by `@activity`; call it to get an `Activity`."""
+
+    def __init__(
+        self, fn: Callable[..., Any], name: str, codec: ExitCodec, interrupt_retry: Schedule
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self.__wrapped__ = fn
+        self.name = name
+        self._codec = codec
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self.interrupt_retry = interrupt_retry
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Activity[T]:
+        execute = functools.partial(self.__wrapped__, *args, **kwargs)
+        return Activity._made(self.name, execute, self._codec, self._is_async, self.interrupt_retry)
+
+    def __repr__(self) -> str:
+        return f"@activity {self.name!r}"
+
+
+@overload
+def activity(fn: Callable[..., Awaitable[T]], /) -> ActivityFunction[T]: ...
+@overload
+def activity(fn: Callable[..., T], /) -> ActivityFunction[T]: ...
+@overload
+def activity(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = ...,
+    success: object = ...,
+    error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+    interrupt_retry: Schedule = ...,
+) -> Callable[[Callable[..., Any]], ActivityFunction[Any]]: ...
+
+
+def activity(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    success: object = ...,
+    error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    interrupt_retry: Schedule = INTERRUPT_RETRY,
+) -> Any:
+    """Makes a function a reusable activity.
+
+    Calling it inside a workflow gives an awaitable step. The name defaults to the
+    function's qualified name, the success type to its return
+    annotation.
+
+    Example:
+        >>> @activity
+        ... async def charge(order_id: str, cents: int) -> str:
+        ...     return f"ch_{order_id}"
+        >>> charge("o-1", 100)
+        Activity('charge')
+    """
+
+    def wrap(fn: Callable[..., Any]) -> ActivityFunction[Any]:
+        step_name = name or fn.__qualname__
+        success_type = return_type(fn, Any) if success is ... else success
+        codec = ExitCodec(f"activity {step_name}", success_type, error)
+        return ActivityFunction(fn, step_name, codec, interrupt_retry)
+
+    return wrap if fn is None else wrap(fn)
+
+
+def in_memory_sleep_activity(name: str, seconds: float, engine: _engine.Engine) -> Activity[None]:
+    """The activity a short `DurableClock.sleep` runs: a sleep on the engine's clock."""
+
+    async def sleep() -> None:
+        await engine.clock.sleep(seconds)
+
+    return Activity(name, execute=sleep)

@@ -1,0 +1,225 @@
+"""Durable deferreds (results completed from outside a workflow) and durable clocks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Generator, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from plait import _context
+from plait import engine as _engine
+from plait._native import encode_deferred_token, parse_deferred_token
+from plait.clocks import seconds
+from plait.errors import DeferredTokenError
+from plait.exits import Exit, ExitCodec, Failure, Success
+
+if TYPE_CHECKING:
+    from plait.workflow import Workflow
+
+__all__ = ["DurableClock", "DurableDeferred"]
+
+T = TypeVar("T")
+
+
+class DurableDeferred(Generic[T]):
+    """A result a workflow waits for, completed by anyone holding its token.
+
+    A webhook, an operator or another workflow can complete it. Awaiting it with no result
+    suspends the execution.
+
+    Example:
+        >>> Approval = DurableDeferred("Approval", success=bool)
+        >>> Approval.name
+        'Approval'
+    """
+
+    __slots__ = ("codec", "name")
+
+    def __init__(
+        self,
+        name: str,
+        success: object = None,
+        error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    ) -> None:
+        self.name = name
+        self.codec = ExitCodec(f"deferred {name}", success, error)
+
+    def __repr__(self) -> str:
+        return f"DurableDeferred({self.name!r})"
+
+    def __await__(self) -> Generator[Any, None, T]:
+        run = _engine.run_state(f"awaiting deferred {self.name!r}")
+        return run.await_deferred(self).__await__()
+
+    # Tokens ------------------------------------------------------------------------------
+
+    def token(self) -> str:
+        """The token of this deferred in the current execution."""
+        run = _engine.run_state(f"{self.name}.token()")
+        return encode_deferred_token(run.execution.workflow.name, run.execution.id, self.name)
+
+    def token_from_execution_id(self, workflow: Workflow[Any, Any], execution_id: str) -> str:
+        """The token of this deferred in execution `execution_id` of `workflow`."""
+        return encode_deferred_token(workflow.name, execution_id, self.name)
+
+    def token_from_payload(self, workflow: Workflow[Any, Any], payload: Any) -> str:
+        """The token of this deferred in the execution of `workflow` for `payload`."""
+        return self.token_from_execution_id(workflow, workflow.execution_id(payload))
+
+    # Completion --------------------------------------------------------------------------
+
+    async def succeed(self, token: str, value: T, *, engine: _engine.Engine | None = None) -> bool:
+        """Completes the deferred with `value`. Returns False if it had a result already."""
+        return await self.done(token, Success(value), engine=engine)
+
+    async def fail(
+        self, token: str, error: BaseException, *, engine: _engine.Engine | None = None
+    ) -> bool:
+        """Completes the deferred with `error` (raised where it is awaited)."""
+        return await self.done(token, Failure(error), engine=engine)
+
+    async def done(self, token: str, exit: Exit, *, engine: _engine.Engine | None = None) -> bool:
+        """Completes the deferred with `exit` and wakes the execution.
+
+        Returns:
+            False if the deferred had a result already (the first one stays).
+
+        Raises:
+            MalformedTokenError: The token is not a deferred token.
+            DeferredTokenError: It names another deferred, an unknown execution, or an
+                execution of another workflow.
+        """
+        workflow_name, execution_id, name = parse_deferred_token(token)
+        if name != self.name:
+            msg = f"token is for deferred {name!r}, not {self.name!r}"
+            raise DeferredTokenError(msg)
+        found = _engine.engine_for(engine)
+        record = found.store.execution(execution_id)
+        if record is None:
+            msg = (
+                f"token names execution {execution_id!r} of workflow {workflow_name!r}, "
+                "which is not stored"
+            )
+            raise DeferredTokenError(msg)
+        if record[0] != workflow_name:
+            msg = (
+                f"token names workflow {workflow_name!r} but execution {execution_id!r} "
+                f"belongs to workflow {record[0]!r}"
+            )
+            raise DeferredTokenError(msg)
+        encoded = self.codec.settle(exit)[0]
+        return found.complete_deferred(workflow_name, execution_id, name, encoded)
+
+    # Races -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def race_all(
+        name: str,
+        awaitables: Iterable[Awaitable[Any]],
+        *,
+        success: object = Any,
+        error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    ) -> Any:
+        """Awaits all concurrently; the first to succeed wins, the others are cancelled.
+
+        The outcome is stored as the deferred `raceAll/<name>`, so replays return it at once.
+
+        If every branch fails, the first failure is stored and raised. A branch waiting on a
+        deferred with no result does not suspend the workflow while another branch runs.
+        """
+        run = _engine.run_state(f"race_all({name!r})")
+        deferred_name = f"raceAll/{name}"
+        codec = ExitCodec(f"race {name}", success, error)
+        branches = list(awaitables)
+        stored = run.deferreds.get(deferred_name)
+        if stored is not None:
+            _close_unused(branches)
+            return run.decode(codec, stored).unwrap()
+        if not branches:
+            msg = f"race_all({name!r}) needs at least one awaitable"
+            raise ValueError(msg)
+        race = _engine._Race(run, len(branches))
+        loop = asyncio.get_running_loop()
+        tasks = []
+        for branch in branches:
+            ctx = contextvars.copy_context()
+            ctx.run(_context.current_race.set, race)
+            tasks.append(loop.create_task(_await(branch), context=ctx))
+        outcome: Exit | None = None
+        try:
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            first_failure: BaseException | None = None
+            while pending and outcome is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in (t for t in tasks if t in done):
+                    failure = asyncio.CancelledError() if task.cancelled() else task.exception()
+                    if failure is None:
+                        outcome = Success(task.result())
+                        break
+                    if run.fatal is not None:
+                        raise run.fatal
+                    first_failure = first_failure or failure
+                    race.failed += 1
+                    race.check()
+            if outcome is None:
+                assert first_failure is not None
+                outcome = Failure(first_failure)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        encoded, outcome = codec.settle(outcome)
+        ex = run.execution
+        if not run.engine.store.complete_deferred(ex.id, deferred_name, encoded):
+            record = run.engine.store.snapshot(ex.id)
+            encoded = dict(record[2])[deferred_name] if record else encoded
+            outcome = run.decode(codec, encoded)
+        run.deferreds[deferred_name] = encoded
+        return outcome.unwrap()
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _close_unused(awaitables: list[Awaitable[Any]]) -> None:
+    for awaitable in awaitables:
+        close = getattr(awaitable, "close", None)
+        if asyncio.iscoroutine(awaitable) and close is not None:
+            close()
+
+
+class DurableClock:
+    """Durable sleeps: short ones in process, long ones as stored timers."""
+
+    @staticmethod
+    async def sleep(
+        name: str,
+        duration: timedelta | float,
+        *,
+        in_memory_threshold: timedelta | float = timedelta(seconds=60),
+    ) -> None:
+        """Sleeps `duration` (a timedelta or seconds) as a workflow step named `name`.
+
+        Up to `in_memory_threshold` (60 s; `<=`) it sleeps in process as the activity
+        `DurableClock/<name>`. Longer, it stores a timer and suspends the execution until the
+        timer completes the deferred `DurableClock/<name>`; the execution holds no memory
+        meanwhile and survives restarts of durable engines. Using one name again in the same
+        run gives the next sleep `<name>#2`, `<name>#3`, ...
+        """
+        length = seconds(duration)
+        run = _engine.run_state(f"DurableClock.sleep({name!r})")
+        if length <= 0:
+            return
+        if length <= seconds(in_memory_threshold):
+            from plait.activity import in_memory_sleep_activity
+
+            await in_memory_sleep_activity(f"DurableClock/{name}", length, run.engine)
+            return
+        key = run.key_of(f"DurableClock/{name}", 0, consume=True)
+        deferred_name = key.rsplit("/", 1)[0]
+        if deferred_name not in run.deferreds:
+            run.engine.schedule_clock(run.execution.id, deferred_name, length)
+        await run.deferred_value(deferred_name)

@@ -1,0 +1,873 @@
+"""The engine: runs workflow executions by replay over a journal store.
+
+A run executes the workflow body from the top. Each step (activity, deferred, clock) looks up
+its result in the journal read at the start of the run; a missing activity result runs the
+activity and is durable before the body continues. Awaiting a deferred with no result parks
+the run; once no activity is in flight the run is cancelled and ends `Suspended`, holding no
+memory. Completing the deferred (or the timer firing, or a child finishing) starts a new run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from plait import _context
+from plait._native import MemoryStore, TimerWheel
+from plait.clocks import Clock, SystemClock
+from plait.errors import (
+    Defect,
+    EngineClosedError,
+    Interrupted,
+    JournalDecodeError,
+    NoEngineError,
+    NonDeterminismError,
+    NotInWorkflowError,
+    SuspendedRetryExhaustedError,
+    UnknownExecutionError,
+    WorkflowNotImplementedError,
+)
+from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
+
+if TYPE_CHECKING:
+    from plait.activity import Activity
+    from plait.deferred import DurableDeferred
+    from plait.workflow import Workflow
+
+__all__ = ["Engine", "WorkflowInstance", "current_instance"]
+
+log = logging.getLogger("plait")
+
+_VOID = b'{"_tag":"Success","value":null}'
+_registry: dict[str, Workflow[Any, Any]] = {}
+
+
+def register(workflow: Workflow[Any, Any]) -> None:
+    """Makes `workflow` findable by name, for runs started by a deferred or a timer."""
+    _registry[workflow.name] = workflow
+
+
+def engine_for(engine: Engine | None) -> Engine:
+    """`engine`, else the engine of the current run, else the one of `async with engine:`."""
+    if engine is not None:
+        return engine
+    run = _context.current_run.get()
+    if run is not None:
+        return run.engine
+    found = _context.current_engine.get()
+    if found is None:
+        msg = "no engine: pass engine=, or call inside `async with engine:`"
+        raise NoEngineError(msg)
+    return found
+
+
+def current_instance() -> WorkflowInstance:
+    """The workflow run this code is part of.
+
+    Raises:
+        NotInWorkflowError: Called outside a workflow run.
+    """
+    return _run_or_raise("current_instance()").instance
+
+
+def _run_or_raise(what: str) -> _Run:
+    run = _context.current_run.get()
+    if run is None:
+        msg = f"{what} can only be used inside a workflow run"
+        raise NotInWorkflowError(msg)
+    return run
+
+
+class WorkflowInstance:
+    """What a run knows about itself.
+
+    Attributes:
+        execution_id: The execution this run belongs to.
+        workflow: The workflow's name.
+        interrupted: Whether the run ended because the execution was interrupted; workflow
+            finalizers see it, the body never does.
+        suspended: Whether the run is ending as `Suspended`.
+    """
+
+    __slots__ = ("_run", "execution_id", "workflow")
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self.execution_id = run.execution.id
+        self.workflow = run.execution.workflow.name
+
+    @property
+    def interrupted(self) -> bool:  # noqa: D102
+        return self._run.interrupted
+
+    @property
+    def suspended(self) -> bool:  # noqa: D102
+        return self._run.suspended
+
+
+class _Execution:
+    """An execution this engine is running, or keeping state for between runs."""
+
+    __slots__ = (
+        "children",
+        "compensated",
+        "finalizers",
+        "id",
+        "interrupted",
+        "parent",
+        "payload",
+        "run",
+        "run_waiters",
+        "waiters",
+        "wake",
+        "workflow",
+    )
+
+    def __init__(
+        self, execution_id: str, workflow: Workflow[Any, Any], payload: Any, parent: str | None
+    ) -> None:
+        self.id = execution_id
+        self.workflow = workflow
+        self.payload = payload
+        self.parent = parent
+        self.interrupted = False
+        self.run: _Run | None = None
+        # Waiters for the final result, and for the end of the current run (child awaits).
+        self.waiters: list[asyncio.Future[Complete[Any]]] = []
+        self.run_waiters: list[asyncio.Future[Complete[Any] | Suspended]] = []
+        # The workflow scope: lives across runs of this execution in this process.
+        self.finalizers: list[Callable[[Exit], Awaitable[None] | None]] = []
+        self.compensated: set[str] = set()
+        self.children: set[str] = set()
+        self.wake = False
+
+
+class _Park:
+    """One await parked on a deferred with no result yet."""
+
+    __slots__ = ("future", "owner")
+
+    def __init__(self, future: asyncio.Future[bytes], owner: _Run | _Race) -> None:
+        self.future = future
+        self.owner = owner
+
+    def release(self) -> None:
+        self.owner.unpark()
+
+
+class _Race:
+    """Branches of a race; parked as a whole only when no branch can still win."""
+
+    __slots__ = ("branches", "failed", "parked", "run", "run_parked")
+
+    def __init__(self, run: _Run, branches: int) -> None:
+        self.run = run
+        self.branches = branches
+        self.parked = 0
+        self.failed = 0
+        self.run_parked = False
+
+    def park(self) -> None:
+        self.parked += 1
+        self.check()
+
+    def unpark(self) -> None:
+        self.parked -= 1
+        if self.run_parked:
+            self.run_parked = False
+            self.run.unpark()
+
+    def check(self) -> None:
+        if not self.run_parked and self.parked and self.parked + self.failed >= self.branches:
+            self.run_parked = True
+            self.run.park()
+
+
+class _Run:
+    """One run of an execution: the journal it replays and its suspension bookkeeping."""
+
+    __slots__ = (
+        "body_done",
+        "counts",
+        "deferreds",
+        "engine",
+        "execution",
+        "fatal",
+        "in_flight",
+        "instance",
+        "interrupted",
+        "journal",
+        "next_seq",
+        "parked",
+        "parks",
+        "seqs",
+        "suspend_scheduled",
+        "suspended",
+        "task",
+    )
+
+    def __init__(self, engine: Engine, execution: _Execution) -> None:
+        self.engine = engine
+        self.execution = execution
+        self.journal: dict[str, bytes] = {}
+        self.seqs: dict[int, str] = {}
+        self.deferreds: dict[str, bytes] = {}
+        self.counts: dict[tuple[str, int], int] = {}
+        self.next_seq = 0
+        self.in_flight = 0
+        self.parked = 0
+        self.parks: dict[str, list[_Park]] = {}
+        self.suspended = False
+        self.suspend_scheduled = False
+        self.interrupted = False
+        self.body_done = False
+        self.fatal: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.instance = WorkflowInstance(self)
+
+    def load(
+        self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
+    ) -> None:
+        for key, seq, value in entries:
+            self.journal[key] = value
+            self.seqs[seq] = key
+        self.deferreds.update(deferreds)
+
+    # Steps -------------------------------------------------------------------------------
+
+    def key_of(self, name: str, attempt: int, *, consume: bool) -> str:
+        """The journal key of the next use of `name` at `attempt` (`name#2/1` the 2nd time)."""
+        count = self.counts.get((name, attempt), 0) + 1
+        if consume:
+            self.counts[(name, attempt)] = count
+        return f"{name}/{attempt}" if count == 1 else f"{name}#{count}/{attempt}"
+
+    def step(self, name: str, attempt: int) -> tuple[str, int]:
+        key = self.key_of(name, attempt, consume=True)
+        seq = self.next_seq
+        self.next_seq += 1
+        expected = self.seqs.get(seq)
+        if expected is not None and expected != key:
+            self.fail(NonDeterminismError(self.execution.id, seq, expected, key))
+        return key, seq
+
+    def fail(self, error: BaseException) -> NoReturn:
+        """Stops the run without recording anything; user code cannot swallow this."""
+        if self.fatal is None:
+            self.fatal = error
+        raise error
+
+    def decode(self, codec: ExitCodec, data: bytes) -> Exit:
+        try:
+            return codec.decode(data)
+        except JournalDecodeError as err:
+            self.fail(JournalDecodeError(f"execution {self.execution.id}: {err}"))
+
+    async def activity(self, activity: Activity[Any], attempt: int) -> Any:
+        key, seq = self.step(activity.name, attempt)
+        stored = self.journal.get(key)
+        if stored is not None:
+            return self.decode(activity.codec, stored).unwrap()
+        self.in_flight += 1
+        try:
+            outcome = await activity.run_body(self.engine)
+            encoded, outcome = activity.codec.settle(outcome)
+            await self.engine.append(self.execution.id, key, seq, encoded)
+        finally:
+            self.in_flight -= 1
+            self.maybe_suspend()
+        return outcome.unwrap()
+
+    async def await_deferred(self, deferred: DurableDeferred[Any]) -> Any:
+        return self.decode(deferred.codec, await self.deferred_value(deferred.name)).unwrap()
+
+    async def deferred_value(self, name: str) -> bytes:
+        stored = self.deferreds.get(name)
+        if stored is not None:
+            return stored
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        race = _context.current_race.get()
+        owner: _Run | _Race = self if race is None or race.run is not self else race
+        park = _Park(future, owner)
+        self.parks.setdefault(name, []).append(park)
+        owner.park()
+        try:
+            return await future
+        finally:
+            if not future.done() or future.cancelled():
+                parks = self.parks.get(name, [])
+                if park in parks:
+                    parks.remove(park)
+                    park.release()
+
+    def deliver(self, name: str, value: bytes) -> bool:
+        """A deferred completed during this run. Returns whether a parked await took it."""
+        self.deferreds[name] = value
+        parks = self.parks.pop(name, [])
+        for park in parks:
+            park.release()
+            if not park.future.done():
+                park.future.set_result(value)
+        return bool(parks)
+
+    async def wait_forever(self) -> None:
+        """Parks the run for good: it suspends once no activity is in flight."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.park()
+        try:
+            await future
+        finally:
+            self.unpark()
+
+    # Suspension ----------------------------------------------------------------------------
+
+    def park(self) -> None:
+        self.parked += 1
+        self.maybe_suspend()
+
+    def unpark(self) -> None:
+        self.parked -= 1
+
+    def maybe_suspend(self) -> None:
+        if self.parked and not self.in_flight and not self.suspend_scheduled:
+            self.suspend_scheduled = True
+            asyncio.get_running_loop().call_soon(self._suspend_if_still_parked)
+
+    def _suspend_if_still_parked(self) -> None:
+        self.suspend_scheduled = False
+        if self.parked and not self.in_flight and not self.body_done and self.task is not None:
+            self.suspended = True
+            self.task.cancel()
+
+
+class Engine:
+    """Runs workflows: replays executions, stores step results, fires durable timers.
+
+    Use it as an async context manager; workflow calls inside the block find it without an
+    `engine=` argument.
+
+    Example:
+        >>> import asyncio, plait
+        >>> Double = plait.Workflow("Double", payload={"x": int}, success=int)
+        >>> @Double.implement
+        ... async def double(payload, execution_id):
+        ...     return await plait.Activity("Mul", success=int, execute=lambda: payload.x * 2)
+        >>> async def main() -> int:
+        ...     async with plait.Engine.memory():
+        ...         return await Double.execute({"x": 21})
+        >>> asyncio.run(main())
+        42
+    """
+
+    def __init__(self, store: MemoryStore, *, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._live: dict[str, _Execution] = {}
+        self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._context_token: contextvars.Token[Engine | None] | None = None
+        self._base_context: contextvars.Context | None = None
+        self._pending_appends: list[tuple[str, str, int, bytes]] = []
+        self._append_waiters: list[asyncio.Future[None]] = []
+        self._wheel: TimerWheel | None = None
+        self._timers: dict[int, tuple[str, str]] = {}
+        self._timer_ids = itertools.count(1)
+        self._timers_changed: asyncio.Event | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def memory(cls, *, clock: Clock | None = None) -> Engine:
+        """An engine whose journal lives in this process (in Rust); nothing survives it."""
+        return cls(MemoryStore(), clock=clock)
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        self._context_token = _context.current_engine.set(self)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._context_token is not None:
+            _context.current_engine.reset(self._context_token)
+            self._context_token = None
+        await self.close()
+
+    async def start(self) -> None:
+        """Binds the engine to the running event loop and starts its timer task."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        ctx = contextvars.copy_context()
+        for var in (_context.current_run, _context.current_race):
+            ctx.run(var.set, None)
+        ctx.run(_context.current_attempt.set, 1)
+        self._base_context = ctx
+        self._wheel = TimerWheel(now_ms=self.clock.now_ms())
+        self._timers_changed = asyncio.Event()
+        for execution_id, name, due in self.store.timers():
+            self._add_timer(execution_id, name, due)
+        self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
+        self._timer_task.add_done_callback(_log_crash)
+
+    async def close(self) -> None:
+        """Stops every run and interrupts waiting callers with `EngineClosedError`.
+
+        The executions stay stored.
+        """
+        if self._loop is None:
+            return
+        self._closing = True
+        tasks = [ex.run.task for ex in self._live.values() if ex.run and ex.run.task]
+        if self._timer_task is not None:
+            tasks.append(self._timer_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ex in self._live.values():
+            waiters: list[asyncio.Future[Any]] = [*ex.waiters, *ex.run_waiters]
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
+                    )
+        self._live.clear()
+        self._loop = None
+        self._timer_task = None
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            msg = "the engine is not started: use `async with engine:`"
+            raise NoEngineError(msg)
+        return self._loop
+
+    # Executions ----------------------------------------------------------------------------
+
+    def _workflow(self, name: str) -> Workflow[Any, Any]:
+        workflow = self._workflows.get(name) or _registry.get(name)
+        if workflow is None or workflow.handler is None:
+            msg = f"workflow {name!r} has no implementation registered"
+            raise WorkflowNotImplementedError(msg)
+        return workflow
+
+    async def execute(
+        self,
+        workflow: Workflow[Any, Any],
+        payload: Any,
+        *,
+        discard: bool = False,
+    ) -> Any:
+        """Starts or joins the execution of `workflow` for `payload` (a validated model).
+
+        Waits for its result unless `discard`.
+        """
+        self._require_loop()
+        if workflow.handler is None:
+            msg = (
+                f"workflow {workflow.name!r} has no implementation: "
+                f"register one with @{workflow.name}.implement"
+            )
+            raise WorkflowNotImplementedError(msg)
+        self._workflows[workflow.name] = workflow
+        execution_id = workflow.execution_id(payload)
+        parent = _context.current_run.get()
+        if parent is not None and parent.engine is not self:
+            parent = None
+        self._attach(workflow, execution_id, payload, parent)
+        if discard:
+            return execution_id
+        if parent is not None:
+            return await self._await_child(parent, execution_id)
+        result = await self._await_complete(execution_id, workflow)
+        return result.exit.unwrap()
+
+    def _attach(
+        self, workflow: Workflow[Any, Any], execution_id: str, payload: Any, parent: _Run | None
+    ) -> _Execution | None:
+        ex = self._live.get(execution_id)
+        if parent is not None:
+            parent.execution.children.add(execution_id)
+        if ex is not None:
+            return ex
+        parent_id = parent.execution.id if parent is not None else None
+        existing = self.store.start(
+            execution_id, workflow.name, workflow.encode_payload(payload), parent_id
+        )
+        if existing is None:
+            ex = _Execution(execution_id, workflow, payload, parent_id)
+            self._live[execution_id] = ex
+            self._launch(ex, None)
+            return ex
+        status = existing[3]
+        if status == "running":
+            self._resume(execution_id)
+        return self._live.get(execution_id)
+
+    def _launch(
+        self,
+        ex: _Execution,
+        snapshot: tuple[list[tuple[str, int, bytes]], list[tuple[str, bytes]]] | None,
+    ) -> None:
+        loop = self._require_loop()
+        assert self._base_context is not None
+        run = _Run(self, ex)
+        if snapshot is not None:
+            run.load(*snapshot)
+        ex.run = run
+        ex.wake = False
+        ctx = self._base_context.copy()
+        ctx.run(_context.current_run.set, run)
+        run.task = loop.create_task(self._drive(run), context=ctx)
+
+    def _resume(self, execution_id: str) -> bool:
+        """Starts a new run of a stored execution that is not running here.
+
+        Returns whether it did (not when running already, complete, or unknown).
+        """
+        ex = self._live.get(execution_id)
+        if ex is not None and ex.run is not None:
+            ex.wake = True
+            return False
+        snapshot = self.store.snapshot(execution_id)
+        if snapshot is None:
+            return False
+        (name, payload_json, parent, status, _result, interrupted), entries, deferreds = snapshot
+        if status == "complete":
+            return False
+        if ex is None:
+            workflow = self._workflow(name)
+            ex = _Execution(execution_id, workflow, workflow.decode_payload(payload_json), parent)
+            self._live[execution_id] = ex
+        ex.interrupted = ex.interrupted or interrupted
+        if status != "running":
+            self.store.set_status(execution_id, "running")
+        self._launch(ex, (entries, deferreds))
+        return True
+
+    async def _drive(self, run: _Run) -> None:
+        ex = run.execution
+        workflow = ex.workflow
+        handler = workflow.handler
+        assert handler is not None
+        outcome: Exit | None = None
+        try:
+            value = await handler(ex.payload, ex.id)
+            run.body_done = True
+            outcome = Success(value)
+        except asyncio.CancelledError:
+            run.body_done = True
+            if not run.suspended or self._closing:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except Exception as exc:
+            run.body_done = True
+            outcome = Failure(exc)
+        result: Complete[Any] | Suspended | BaseException = self._into_result(run, outcome)
+        if isinstance(result, Complete):
+            result = await self._close_scope(run, result)
+        self._finish(run, result)
+
+    def _into_result(
+        self, run: _Run, outcome: Exit | None
+    ) -> Complete[Any] | Suspended | BaseException:
+        ex = run.execution
+        workflow = ex.workflow
+        if run.fatal is not None:
+            return run.fatal
+        if outcome is None:
+            result: Complete[Any] | Suspended = Suspended(None)
+        elif isinstance(outcome, Failure) and workflow.suspend_on_failure:
+            run.suspended = True
+            result = Suspended(defect_of(outcome.error))
+        elif (
+            isinstance(outcome, Failure)
+            and not workflow.capture_defects
+            and not isinstance(outcome.error, (*workflow.codec.error_types, Interrupted))
+        ):
+            return defect_of(outcome.error)
+        else:
+            result = Complete(outcome)
+        if ex.interrupted:
+            run.interrupted = True
+            run.suspended = False
+            result = Complete(Failure(Interrupted(ex.id)))
+        return result
+
+    async def _close_scope(self, run: _Run, result: Complete[Any]) -> Complete[Any]:
+        """Runs the workflow scope's finalizers, last added first, with the final exit."""
+        ex = run.execution
+        exit_ = ex.workflow.codec.settle(result.exit)[1]
+        while ex.finalizers:
+            finalizer = ex.finalizers.pop()
+            try:
+                pending = finalizer(exit_)
+                if pending is not None:
+                    await pending
+            except Exception as exc:
+                log.exception("finalizer of execution %s failed", ex.id)
+                if isinstance(exit_, Success):
+                    exit_ = Failure(defect_of(exc))
+        return Complete(exit_)
+
+    def _finish(self, run: _Run, result: Complete[Any] | Suspended | BaseException) -> None:
+        ex = run.execution
+        ex.run = None
+        if isinstance(result, Complete):
+            encoded = ex.workflow.codec.settle(result.exit)[0]
+            self.store.set_status(ex.id, "complete", encoded)
+            ex.finalizers.clear()
+            ex.compensated.clear()
+        elif isinstance(result, Suspended):
+            cause = (
+                None
+                if result.cause is None
+                else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
+            )
+            self.store.set_status(ex.id, "suspended", cause)
+        for waiter in ex.run_waiters:
+            if not waiter.done():
+                if isinstance(result, BaseException):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
+        ex.run_waiters.clear()
+        if isinstance(result, BaseException):
+            for final in ex.waiters:
+                if not final.done():
+                    final.set_exception(result)
+            ex.waiters.clear()
+        elif isinstance(result, Complete):
+            for final in ex.waiters:
+                if not final.done():
+                    final.set_result(result)
+            ex.waiters.clear()
+            if ex.parent is not None:
+                self._resume(ex.parent)
+            if isinstance(result.exit, Failure) and isinstance(result.exit.error, Interrupted):
+                for child in ex.children:
+                    self.interrupt(child)
+        elif ex.wake:
+            self._resume(ex.id)
+            return
+        if not ex.waiters and not ex.finalizers and ex.run is None:
+            self._live.pop(ex.id, None)
+
+    def _stored_result(
+        self, execution_id: str, workflow: Workflow[Any, Any]
+    ) -> Complete[Any] | Suspended | None:
+        record = self.store.execution(execution_id)
+        if record is None:
+            return None
+        status, data = record[3], record[4]
+        if status == "complete":
+            assert data is not None
+            return Complete(workflow.codec.decode(data))
+        if status == "suspended":
+            if data is None:
+                return Suspended(None)
+            cause = ExitCodec("cause", None, None).decode(data)
+            return Suspended(
+                cause.error
+                if isinstance(cause, Failure) and isinstance(cause.error, Defect)
+                else None
+            )
+        return None
+
+    async def _await_complete(
+        self, execution_id: str, workflow: Workflow[Any, Any]
+    ) -> Complete[Any]:
+        delays = None if workflow.suspended_retry is None else workflow.suspended_retry.delays()
+        while True:
+            ex = self._live.get(execution_id)
+            if ex is None or ex.run is None:
+                stored = self._stored_result(execution_id, workflow)
+                if isinstance(stored, Complete):
+                    return stored
+            if ex is None:
+                ex = _Execution(execution_id, workflow, None, None)
+                self._live[execution_id] = ex
+            waiter: asyncio.Future[Complete[Any]] = self._require_loop().create_future()
+            ex.waiters.append(waiter)
+            if delays is None:
+                return await waiter
+            delay = next(delays, None)
+            if delay is None:
+                msg = f"{workflow.name}.execute: suspended_retry exhausted for {execution_id}"
+                raise SuspendedRetryExhaustedError(msg)
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), delay)
+            except TimeoutError:
+                if waiter in ex.waiters:
+                    ex.waiters.remove(waiter)
+                self._resume(execution_id)
+
+    async def _await_child(self, parent: _Run, execution_id: str) -> Any:
+        ex = self._live.get(execution_id)
+        parent.in_flight += 1
+        try:
+            if ex is not None and ex.run is not None:
+                waiter: asyncio.Future[Complete[Any] | Suspended] = (
+                    self._require_loop().create_future()
+                )
+                ex.run_waiters.append(waiter)
+                result = await waiter
+            else:
+                workflow = (
+                    ex.workflow if ex is not None else self._workflow(self._name_of(execution_id))
+                )
+                result = self._stored_result(execution_id, workflow) or Suspended(None)
+        finally:
+            parent.in_flight -= 1
+            parent.maybe_suspend()
+        if isinstance(result, Complete):
+            return result.exit.unwrap()
+        await parent.wait_forever()
+        raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
+
+    def _name_of(self, execution_id: str) -> str:
+        record = self.store.execution(execution_id)
+        if record is None:
+            raise UnknownExecutionError(f"unknown execution {execution_id!r}")
+        return record[0]
+
+    # Operations on stored executions --------------------------------------------------------
+
+    def poll(
+        self, workflow: Workflow[Any, Any], execution_id: str
+    ) -> Complete[Any] | Suspended | None:
+        """The result of the execution: None if unknown or running."""
+        ex = self._live.get(execution_id)
+        if ex is not None and ex.run is not None:
+            return None
+        return self._stored_result(execution_id, workflow)
+
+    def interrupt(self, execution_id: str) -> None:
+        """Interrupts the execution.
+
+        Its current run (or a new one) ends it as `Interrupted`, running compensations and
+        finalizers, and interrupting its children.
+        """
+        self._require_loop()
+        if not self.store.interrupt(execution_id):
+            return
+        ex = self._live.get(execution_id)
+        if ex is not None:
+            ex.interrupted = True
+        self._resume(execution_id)
+
+    def resume(self, execution_id: str) -> None:
+        """Starts a new run of a suspended execution (nothing if running or complete)."""
+        self._require_loop()
+        self._resume(execution_id)
+
+    def complete_deferred(
+        self, workflow_name: str, execution_id: str, name: str, encoded: bytes
+    ) -> bool:
+        """Stores a deferred's result and wakes its execution.
+
+        Returns whether it was stored (False: it had a result already).
+        """
+        self._require_loop()
+        record = self.store.execution(execution_id)
+        if record is None:
+            raise UnknownExecutionError(
+                f"no execution {execution_id!r} of workflow {workflow_name!r}"
+            )
+        if not self.store.complete_deferred(execution_id, name, encoded):
+            return False
+        if record[3] == "complete":
+            return True
+        ex = self._live.get(execution_id)
+        if ex is not None and ex.run is not None:
+            if not ex.run.deliver(name, encoded):
+                ex.wake = True
+        else:
+            self._resume(execution_id)
+        return True
+
+    # Durable timers ------------------------------------------------------------------------
+
+    def schedule_clock(self, execution_id: str, name: str, seconds: float) -> None:
+        """Completes deferred `name` of the execution after `seconds`, durably."""
+        due = self.clock.now_ms() + max(0, round(seconds * 1000))
+        if self.store.schedule_timer(execution_id, name, due):
+            self._add_timer(execution_id, name, due)
+
+    def _add_timer(self, execution_id: str, name: str, due: int) -> None:
+        assert self._wheel is not None
+        assert self._timers_changed is not None
+        timer_id = next(self._timer_ids)
+        self._timers[timer_id] = (execution_id, name)
+        self._wheel.insert(timer_id, due)
+        self._timers_changed.set()
+
+    async def _fire_timers(self) -> None:
+        wheel, changed = self._wheel, self._timers_changed
+        assert wheel is not None
+        assert changed is not None
+        while True:
+            changed.clear()
+            now = self.clock.now_ms()
+            for timer_id in wheel.advance(max(now, wheel.elapsed_ms)):
+                execution_id, name = self._timers.pop(timer_id)
+                self.store.remove_timer(execution_id, name)
+                try:
+                    self.complete_deferred("", execution_id, name, _VOID)
+                except Exception:
+                    log.exception("timer %s of execution %s failed", name, execution_id)
+            next_due = wheel.next_due()
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
+            if next_due is not None:
+                waits.append(asyncio.ensure_future(self.clock.sleep(max(0, next_due - now) / 1000)))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+
+    # Journal writes ------------------------------------------------------------------------
+
+    def append(self, execution_id: str, key: str, seq: int, value: bytes) -> asyncio.Future[None]:
+        """Queues a step result; the future resolves once it is stored.
+
+        Appends queued in one loop iteration are written in one call (group commit).
+        """
+        loop = self._require_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not self._pending_appends:
+            loop.call_soon(self._flush_appends)
+        self._pending_appends.append((execution_id, key, seq, value))
+        self._append_waiters.append(future)
+        return future
+
+    def _flush_appends(self) -> None:
+        batch, waiters = self._pending_appends, self._append_waiters
+        self._pending_appends, self._append_waiters = [], []
+        try:
+            self.store.append(batch)
+        except Exception as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("plait engine task %s crashed", task.get_name(), exc_info=task.exception())
+
+
+def run_state(what: str) -> _Run:
+    """The current run, for the workflow API."""
+    return _run_or_raise(what)

@@ -1,0 +1,318 @@
+"""Workflow definitions: payload and result schemas, the handler, and the calls on executions."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import pydantic
+from pydantic import BaseModel
+
+from plait import engine as _engine
+from plait._native import execution_id as _execution_id
+from plait.errors import InvalidArgumentError, JournalDecodeError, PayloadError
+from plait.exits import Complete, Exit, ExitCodec, Failure, Suspended
+from plait.schedule import Schedule
+from plait.schema import model_from_signature, payload_model, return_type
+
+__all__ = ["Workflow", "add_finalizer", "with_compensation", "workflow"]
+
+P = TypeVar("P", bound=BaseModel)
+S = TypeVar("S")
+T = TypeVar("T")
+
+Handler = Callable[[Any, str], Awaitable[Any]]
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...] | None
+
+
+class Workflow(Generic[P, S]):
+    """A durable workflow: a name, a payload schema, a result schema and a handler.
+
+    Args:
+        name: Unique among workflows; part of every execution id.
+        payload: A pydantic model class, or a dict `{field: type}` to build one from.
+        success: The type of the result (default `None`: no result is kept).
+        error: Exception classes the workflow may fail with, stored and raised again as
+            themselves; anything else raised is a `Defect`.
+        idempotency_key: Payload → the string that, with the name, identifies the execution
+            (default: the payload's JSON).
+        suspended_retry: For `execute` callers while the execution is suspended: re-run it
+            after each delay, and give up when the schedule ends (default: wait for the
+            result without re-running).
+        capture_defects: Record an unexpected exception as the workflow's result (default).
+            If False, the run fails without a result, and `resume` can run it again.
+        suspend_on_failure: Suspend instead of completing when the body fails, keeping the
+            cause in `Suspended.cause`; `resume` runs it again.
+
+    Example:
+        >>> Greet = Workflow("Greet", payload={"name": str}, success=str,
+        ...                  idempotency_key=lambda p: p.name)
+        >>> @Greet.implement
+        ... async def greet(payload, execution_id: str) -> str:
+        ...     return f"hello {payload.name}"
+        >>> Greet.execution_id({"name": "Ada"})
+        '0f7e5d15bab2e90d13d6a4ae43ea8f0e'
+    """
+
+    def __init__(
+        self,
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = None,
+        success: object = None,
+        error: ErrorTypes = None,
+        idempotency_key: Callable[[P], str] | None = None,
+        suspended_retry: Schedule | None = None,
+        *,
+        capture_defects: bool = True,
+        suspend_on_failure: bool = False,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            msg = f"a workflow name must be a non-empty str, got {name!r}"
+            raise InvalidArgumentError(msg)
+        self.name = name
+        self.payload_model: type[P] = payload_model(name, payload)  # type: ignore[assignment]
+        self.codec = ExitCodec(f"workflow {name}", success, error)
+        self.idempotency_key: Callable[[P], str] = idempotency_key or _payload_json
+        self.suspended_retry = suspended_retry
+        self.capture_defects = capture_defects
+        self.suspend_on_failure = suspend_on_failure
+        self.handler: Handler | None = None
+        self._signature: inspect.Signature | None = None
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r})"
+
+    def implement(
+        self, handler: Callable[[P, str], Awaitable[S]]
+    ) -> Callable[[P, str], Awaitable[S]]:
+        """Registers `handler(payload, execution_id)` as the workflow's body (a decorator)."""
+        if not inspect.iscoroutinefunction(handler):
+            msg = f"workflow {self.name!r}: the handler must be an async function"
+            raise TypeError(msg)
+        self.handler = handler
+        _engine.register(self)
+        return handler
+
+    # Payloads ----------------------------------------------------------------------------
+
+    def validate(self, payload: P | Mapping[str, Any]) -> P:
+        """`payload` as the payload model.
+
+        Raises:
+            PayloadError: It does not validate; pydantic's details are in `.errors`.
+        """
+        if isinstance(payload, self.payload_model):
+            return payload
+        try:
+            if isinstance(payload, BaseModel):
+                return self.payload_model.model_validate(payload.model_dump())
+            return self.payload_model.model_validate(payload)
+        except pydantic.ValidationError as err:
+            raise PayloadError(self.name, err.errors(include_url=False), str(err)) from None
+
+    def encode_payload(self, payload: P) -> bytes:
+        """The payload as stored: JSON."""
+        return payload.model_dump_json().encode()
+
+    def decode_payload(self, data: bytes) -> P:
+        """A stored payload.
+
+        Raises:
+            JournalDecodeError: It no longer matches the payload model.
+        """
+        try:
+            return self.payload_model.model_validate_json(data)
+        except pydantic.ValidationError as err:
+            msg = f"workflow {self.name!r}: stored payload no longer matches its model: {err}"
+            raise JournalDecodeError(msg) from None
+
+    def execution_id(self, payload: P | Mapping[str, Any]) -> str:
+        """The deterministic id of the execution for `payload`.
+
+        Effect's: a hash of the name and the idempotency key.
+        """
+        model = self.validate(payload)
+        key = self.idempotency_key(model)
+        if not isinstance(key, str):
+            msg = f"workflow {self.name!r}: idempotency_key must return a str, got {key!r}"
+            raise InvalidArgumentError(msg)
+        return _execution_id(self.name, key)
+
+    # Executions --------------------------------------------------------------------------
+
+    @overload
+    async def execute(
+        self,
+        payload: P | Mapping[str, Any],
+        *,
+        discard: Literal[False] = ...,
+        engine: _engine.Engine | None = ...,
+    ) -> S: ...
+    @overload
+    async def execute(
+        self,
+        payload: P | Mapping[str, Any],
+        *,
+        discard: Literal[True],
+        engine: _engine.Engine | None = ...,
+    ) -> str: ...
+
+    async def execute(
+        self,
+        payload: P | Mapping[str, Any],
+        *,
+        discard: bool = False,
+        engine: _engine.Engine | None = None,
+    ) -> Any:
+        """Runs the workflow for `payload` and returns its result, or raises its error.
+
+        An execution with the same id is joined instead; a completed one returns its stored
+        result without running again. Inside a workflow, this starts a child execution linked
+        to the current one.
+
+        Args:
+            payload: The payload model, or a dict to validate into one.
+            discard: Return the execution id as soon as it is started.
+            engine: The engine (default: the current one).
+
+        Raises:
+            PayloadError: The payload does not validate; nothing was started.
+            WorkflowNotImplementedError: No handler is registered.
+            Interrupted: The execution was interrupted.
+            Defect: The workflow failed with an exception it did not declare.
+        """
+        model = self.validate(payload)
+        return await _engine.engine_for(engine).execute(self, model, discard=discard)
+
+    async def poll(
+        self, execution_id: str, *, engine: _engine.Engine | None = None
+    ) -> Complete[S] | Suspended | None:
+        """The execution's result: None while unknown or running."""
+        return _engine.engine_for(engine).poll(self, execution_id)
+
+    async def interrupt(self, execution_id: str, *, engine: _engine.Engine | None = None) -> None:
+        """Interrupts the execution.
+
+        It completes as `Interrupted` after running its compensations and finalizers, and
+        interrupts its child executions.
+        """
+        _engine.engine_for(engine).interrupt(execution_id)
+
+    async def resume(self, execution_id: str, *, engine: _engine.Engine | None = None) -> None:
+        """Runs a suspended execution again (nothing if it is running or complete)."""
+        _engine.engine_for(engine).resume(execution_id)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[S]:
+        """Executes a workflow made with `@plait.workflow` with the function's arguments."""
+        if self._signature is None:
+            msg = f"workflow {self.name!r} is not callable; use .execute(payload)"
+            raise TypeError(msg)
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise PayloadError(self.name, [], str(err)) from None
+        return self.execute(dict(bound.arguments))
+
+
+def _payload_json(payload: BaseModel) -> str:
+    return payload.model_dump_json()
+
+
+def workflow(
+    name: str | None = None,
+    *,
+    idempotency_key: Callable[[Any], str] | None = None,
+    error: ErrorTypes = None,
+    suspended_retry: Schedule | None = None,
+    capture_defects: bool = True,
+    suspend_on_failure: bool = False,
+) -> Callable[[Callable[..., Awaitable[S]]], Workflow[Any, S]]:
+    """Makes a workflow of an `async def`.
+
+    Its typed parameters are the payload, its return annotation the success type; a
+    parameter named `execution_id` receives the id.
+
+    Example:
+        >>> @workflow(name="Add", idempotency_key=lambda p: f"{p.a}+{p.b}")
+        ... async def add(a: int, b: int) -> int:
+        ...     return a + b
+        >>> add.payload_model.model_fields.keys()
+        dict_keys(['a', 'b'])
+    """
+
+    def wrap(fn: Callable[..., Awaitable[S]]) -> Workflow[Any, S]:
+        wf_name = name or fn.__name__
+        signature = inspect.signature(fn)
+        takes_id = "execution_id" in signature.parameters
+        model = model_from_signature(f"{wf_name}Payload", fn, frozenset({"execution_id"}))
+        fields = tuple(model.model_fields)
+        wf: Workflow[Any, S] = Workflow(
+            wf_name,
+            payload=model,
+            success=return_type(fn, Any),
+            error=error,
+            idempotency_key=idempotency_key,
+            suspended_retry=suspended_retry,
+            capture_defects=capture_defects,
+            suspend_on_failure=suspend_on_failure,
+        )
+
+        async def handler(payload: BaseModel, execution_id: str) -> S:
+            kwargs = {field: getattr(payload, field) for field in fields}
+            if takes_id:
+                kwargs["execution_id"] = execution_id
+            return await fn(**kwargs)
+
+        if not inspect.iscoroutinefunction(fn):
+            msg = f"@workflow {wf_name!r}: decorate an async function"
+            raise TypeError(msg)
+        wf.implement(handler)
+        params = [p for p in signature.parameters.values() if p.name != "execution_id"]
+        wf._signature = signature.replace(parameters=params)
+        return wf
+
+    return wrap
+
+
+def add_finalizer(finalizer: Callable[[Exit], Awaitable[None] | None]) -> None:
+    """Runs `finalizer(exit)` once, when the execution completes.
+
+    Not when a run suspends; it gets the final exit. Finalizers run last added first.
+
+    Raises:
+        NotInWorkflowError: Called outside a workflow run.
+    """
+    _engine.run_state("add_finalizer()").execution.finalizers.append(finalizer)
+
+
+async def with_compensation(step: Awaitable[T], undo: Callable[[T], Awaitable[Any] | None]) -> T:
+    """Awaits `step`, and runs `undo(result)` if the execution later fails or is interrupted.
+
+    Compensations run last registered first, with the finalizers.
+
+    Registered once per step even when replays pass the step again.
+
+    Example:
+        >>> async def book_trip(trip):  # doctest: +SKIP
+        ...     car = await with_compensation(reserve_car(trip), cancel_car)
+        ...     hotel = await with_compensation(reserve_hotel(trip), cancel_hotel)
+    """
+    from plait._context import current_attempt
+    from plait.activity import Activity
+
+    run = _engine.run_state("with_compensation()")
+    key = None
+    if isinstance(step, Activity):
+        key = run.key_of(step.name, current_attempt.get(), consume=False)
+    value = await step
+    ex = run.execution
+    if key is None or key not in ex.compensated:
+        if key is not None:
+            ex.compensated.add(key)
+
+        def compensate(exit_: Exit) -> Awaitable[Any] | None:
+            return undo(value) if isinstance(exit_, Failure) else None
+
+        ex.finalizers.append(compensate)
+    return value
