@@ -6,7 +6,8 @@ from pathlib import Path
 
 from tests.child import run_python
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "primitives_demo.py"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO = EXAMPLES / "primitives_demo.py"
 
 
 def test_demo_runs() -> None:
@@ -18,3 +19,17 @@ def test_demo_runs() -> None:
     assert "'runner4:34431': 75}" in out
     assert "strictly increasing: True" in out
     assert "TimerService woke the event loop for timers [2, 3, 1]" in out
+
+
+def test_workflow_demo_runs() -> None:
+    done = run_python(str(EXAMPLES / "workflow_demo.py"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "@channel from ada notified 1 member(s)" in out
+    assert "steps ran {'GetChannelMembers': 1, 'CreateNotifications': 1}" in out
+    assert "Complete(exit=Success(value=1))" in out
+    assert "a bad payload starts nothing: 3 missing fields" in out
+    assert "compensations ran: ['50 seats']" in out
+    assert "after an hour both are suspended: Suspended(cause=None)" in out
+    assert "inv-1 after the webhook: 'accepted by eve'" in out
+    assert "inv-2 after seven virtual days: 'expired'" in out

@@ -14,13 +14,24 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 
 
-def test_quick_start_runs() -> None:
+def test_workflow_quick_start_runs() -> None:
     done = run_python("-c", BLOCKS[0])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "receipt for ch_o-1 sent to a@example.org",
+        "ch_o-1",
+        "ch_o-1",
+        "declined: nothing to charge",
+    ]
+
+
+def test_primitives_quick_start_runs() -> None:
+    done = run_python("-c", BLOCKS[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1]"
 
 
-ERROR_LINES = [line for line in BLOCKS[1].splitlines() if "#" in line]
+ERROR_LINES = [line for line in BLOCKS[2].splitlines() if "#" in line]
 
 
 @pytest.mark.parametrize("line", ERROR_LINES)

@@ -6,7 +6,9 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Generator, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 from plait import _context
 from plait import engine as _engine
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DurableClock", "DurableDeferred"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
 
 
 class DurableDeferred(Generic[T]):
@@ -40,7 +42,7 @@ class DurableDeferred(Generic[T]):
     def __init__(
         self,
         name: str,
-        success: object = None,
+        success: type[T] | Any = None,
         error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ) -> None:
         self.name = name

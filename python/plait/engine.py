@@ -71,7 +71,7 @@ def current_instance() -> WorkflowInstance:
     Raises:
         NotInWorkflowError: Called outside a workflow run.
     """
-    return _run_or_raise("current_instance()").instance
+    return WorkflowInstance(_run_or_raise("current_instance()"))
 
 
 def _run_or_raise(what: str) -> _Run:
@@ -198,7 +198,6 @@ class _Run:
         "execution",
         "fatal",
         "in_flight",
-        "instance",
         "interrupted",
         "journal",
         "next_seq",
@@ -227,7 +226,6 @@ class _Run:
         self.body_done = False
         self.fatal: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
-        self.instance = WorkflowInstance(self)
 
     def load(
         self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
@@ -276,7 +274,9 @@ class _Run:
         try:
             outcome = await activity.run_body(self.engine)
             encoded, outcome = activity.codec.settle(outcome)
-            await self.engine.append(self.execution.id, key, seq, encoded)
+            write = self.engine.append(self.execution.id, key, seq, encoded)
+            if write is not None:
+                await write
         finally:
             self.in_flight -= 1
             self.maybe_suspend()
@@ -307,12 +307,14 @@ class _Run:
     def deliver(self, name: str, value: bytes) -> bool:
         """A deferred completed during this run. Returns whether a parked await took it."""
         self.deferreds[name] = value
-        parks = self.parks.pop(name, [])
-        for park in parks:
+        taken = False
+        for park in self.parks.pop(name, []):
             park.release()
             if not park.future.done():
                 park.future.set_result(value)
-        return bool(parks)
+                taken = True
+        # A run already suspending (its parked awaits being cancelled) needs a new run.
+        return taken and not self.suspended
 
     async def wait_forever(self) -> None:
         """Parks the run for good: it suspends once no activity is in flight."""
@@ -365,6 +367,7 @@ class Engine:
 
     def __init__(self, store: MemoryStore, *, clock: Clock | None = None) -> None:
         self.store = store
+        self._store_is_memory = isinstance(store, MemoryStore)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._live: dict[str, _Execution] = {}
         self._workflows: dict[str, Workflow[Any, Any]] = {}
@@ -572,8 +575,10 @@ class Engine:
             outcome = Failure(exc)
         result: Complete[Any] | Suspended | BaseException = self._into_result(run, outcome)
         if isinstance(result, Complete):
-            result = await self._close_scope(run, result)
-        self._finish(run, result)
+            result, encoded = await self._close_scope(run, result)
+            self._finish(run, result, encoded)
+        else:
+            self._finish(run, result, None)
 
     def _into_result(
         self, run: _Run, outcome: Exit | None
@@ -601,10 +606,15 @@ class Engine:
             result = Complete(Failure(Interrupted(ex.id)))
         return result
 
-    async def _close_scope(self, run: _Run, result: Complete[Any]) -> Complete[Any]:
-        """Runs the workflow scope's finalizers, last added first, with the final exit."""
+    async def _close_scope(self, run: _Run, result: Complete[Any]) -> tuple[Complete[Any], bytes]:
+        """Runs the workflow scope's finalizers, last added first, with the final exit.
+
+        Returns the final result and its encoding.
+        """
         ex = run.execution
-        exit_ = ex.workflow.codec.settle(result.exit)[1]
+        encoded, exit_ = ex.workflow.codec.settle(result.exit)
+        if not ex.finalizers:
+            return Complete(exit_), encoded
         while ex.finalizers:
             finalizer = ex.finalizers.pop()
             try:
@@ -615,13 +625,17 @@ class Engine:
                 log.exception("finalizer of execution %s failed", ex.id)
                 if isinstance(exit_, Success):
                     exit_ = Failure(defect_of(exc))
-        return Complete(exit_)
+        encoded, exit_ = ex.workflow.codec.settle(exit_)
+        return Complete(exit_), encoded
 
-    def _finish(self, run: _Run, result: Complete[Any] | Suspended | BaseException) -> None:
+    def _finish(
+        self, run: _Run, result: Complete[Any] | Suspended | BaseException, encoded: bytes | None
+    ) -> None:
         ex = run.execution
         ex.run = None
+        run.task = None  # the task holds the run in its context: no cycle left behind
         if isinstance(result, Complete):
-            encoded = ex.workflow.codec.settle(result.exit)[0]
+            assert encoded is not None
             self.store.set_status(ex.id, "complete", encoded)
             ex.finalizers.clear()
             ex.compensated.clear()
@@ -692,7 +706,12 @@ class Engine:
                 if isinstance(stored, Complete):
                     return stored
             if ex is None:
-                ex = _Execution(execution_id, workflow, None, None)
+                # Kept between runs for the waiter; a later `_resume` runs it with this payload.
+                record = self.store.execution(execution_id)
+                if record is None:
+                    raise UnknownExecutionError(f"unknown execution {execution_id!r}")
+                payload = workflow.decode_payload(record[1])
+                ex = _Execution(execution_id, workflow, payload, record[2])
                 self._live[execution_id] = ex
             waiter: asyncio.Future[Complete[Any]] = self._require_loop().create_future()
             ex.waiters.append(waiter)
@@ -835,11 +854,17 @@ class Engine:
 
     # Journal writes ------------------------------------------------------------------------
 
-    def append(self, execution_id: str, key: str, seq: int, value: bytes) -> asyncio.Future[None]:
-        """Queues a step result; the future resolves once it is stored.
+    def append(
+        self, execution_id: str, key: str, seq: int, value: bytes
+    ) -> asyncio.Future[None] | None:
+        """Stores a step result, or queues it and returns a future resolved once stored.
 
-        Appends queued in one loop iteration are written in one call (group commit).
+        The memory store takes it at once (None). For a store with commits, appends queued in
+        one loop iteration are written in one call (group commit).
         """
+        if self._store_is_memory:
+            self.store.append(((execution_id, key, seq, value),))
+            return None
         loop = self._require_loop()
         future: asyncio.Future[None] = loop.create_future()
         if not self._pending_appends:

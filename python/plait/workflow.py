@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, overload
 
 import pydantic
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 from plait import engine as _engine
 from plait._native import execution_id as _execution_id
@@ -18,8 +19,8 @@ from plait.schema import model_from_signature, payload_model, return_type
 
 __all__ = ["Workflow", "add_finalizer", "with_compensation", "workflow"]
 
-P = TypeVar("P", bound=BaseModel)
-S = TypeVar("S")
+P = TypeVar("P", bound=BaseModel, default=BaseModel)
+S = TypeVar("S", default=Any)
 T = TypeVar("T")
 
 Handler = Callable[[Any, str], Awaitable[Any]]
@@ -59,7 +60,7 @@ class Workflow(Generic[P, S]):
         self,
         name: str,
         payload: type[P] | Mapping[str, object] | None = None,
-        success: object = None,
+        success: type[S] | Any = None,
         error: ErrorTypes = None,
         idempotency_key: Callable[[P], str] | None = None,
         suspended_retry: Schedule | None = None,
