@@ -1,6 +1,6 @@
 """Workflows on the memory engine: the three-activity workflow (x+1, x*2, x-1), 1,000 in
-flight and one after another, next to the same three steps as plain async calls. Run with
-`./dev bench`."""
+flight and one after another, on asyncio's default loop and on uvloop, next to the same three
+steps as plain async calls. Run with `./dev bench`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 import plait
 
@@ -52,9 +53,14 @@ async def plain_three_steps(x: int) -> int:
     return await sub(await mul(await add(x)))
 
 
-@pytest.fixture
-def engine_loop() -> Iterator[tuple[asyncio.AbstractEventLoop, plait.Engine]]:
-    loop = asyncio.new_event_loop()
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def engine_loop(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[asyncio.AbstractEventLoop, plait.Engine]]:
+    loop = LOOPS[request.param]()
     engine = plait.Engine.memory()
     loop.run_until_complete(engine.start())
     yield loop, engine

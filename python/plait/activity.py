@@ -52,7 +52,7 @@ class Activity(Generic[T]):
         interrupt_retry: Retries when the body is cancelled from inside (not by the run).
     """
 
-    __slots__ = ("_is_async", "codec", "execute", "interrupt_retry", "name")
+    __slots__ = ("codec", "execute", "interrupt_retry", "is_async", "name")
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class Activity(Generic[T]):
         self.execute = execute
         self.codec = ExitCodec(f"activity {name}", success, error)
         self.interrupt_retry = interrupt_retry
-        self._is_async = inspect.iscoroutinefunction(execute)
+        self.is_async = inspect.iscoroutinefunction(execute)
 
     @classmethod
     def _made(
@@ -87,7 +87,7 @@ class Activity(Generic[T]):
     ) -> Activity[Any]:
         made = cls.__new__(cls)
         made.name, made.execute, made.codec = name, execute, codec
-        made._is_async, made.interrupt_retry = is_async, interrupt_retry
+        made.is_async, made.interrupt_retry = is_async, interrupt_retry
         return made
 
     def __repr__(self) -> str:
@@ -102,7 +102,7 @@ class Activity(Generic[T]):
         delays = None
         while True:
             try:
-                if self._is_async:
+                if self.is_async:
                     value = await self.execute()  # type: ignore[misc]
                 else:
                     value = await asyncio.to_thread(self.execute)

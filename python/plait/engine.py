@@ -272,7 +272,18 @@ class _Run:
             return self.decode(activity.codec, stored).unwrap()
         self.in_flight += 1
         try:
-            outcome = await activity.run_body(self.engine)
+            if activity.is_async:  # the common case, without run_body's extra coroutine
+                try:
+                    outcome: Exit = Success(await activity.execute())
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise
+                    outcome = await activity.run_body(self.engine)
+                except Exception as exc:  # the codec sorts declared errors from defects
+                    outcome = Failure(exc)
+            else:
+                outcome = await activity.run_body(self.engine)
             encoded, outcome = activity.codec.settle(outcome)
             write = self.engine.append(self.execution.id, key, seq, encoded)
             if write is not None:
@@ -487,6 +498,12 @@ class Engine:
             return execution_id
         if parent is not None:
             return await self._await_child(parent, execution_id)
+        if workflow.suspended_retry is None:
+            ex = self._live.get(execution_id)
+            if ex is not None and ex.run is not None:  # running: wait for its completion
+                waiter: asyncio.Future[Complete[Any]] = self._require_loop().create_future()
+                ex.waiters.append(waiter)
+                return (await waiter).exit.unwrap()
         result = await self._await_complete(execution_id, workflow)
         return result.exit.unwrap()
 
