@@ -3,6 +3,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -55,6 +56,11 @@ def test_one_abi3_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> Non
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
+    # The dependencies come from the registry; plait itself only from the wheel just built.
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", *dependencies], check=True, timeout=300
+    )
     subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "--no-index", str(wheels[0])],
         check=True,

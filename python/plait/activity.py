@@ -54,6 +54,25 @@ class Activity(Generic[T]):
 
     __slots__ = ("codec", "execute", "interrupt_retry", "is_async", "name")
 
+    @overload
+    def __init__(
+        self,
+        name: str,
+        execute: Callable[[], Awaitable[T]],
+        success: object = ...,
+        error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        interrupt_retry: Schedule = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        name: str,
+        execute: Callable[[], T],
+        success: object = ...,
+        error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        interrupt_retry: Schedule = ...,
+    ) -> None: ...
+
     def __init__(
         self,
         name: str,

@@ -13,6 +13,7 @@ from typing_extensions import TypeVar
 from plait import _context
 from plait import engine as _engine
 from plait._native import encode_deferred_token, parse_deferred_token
+from plait.activity import Activity, in_memory_sleep_activity
 from plait.clocks import seconds
 from plait.errors import DeferredTokenError
 from plait.exits import Exit, ExitCodec, Failure, Success
@@ -135,14 +136,20 @@ class DurableDeferred(Generic[T]):
         deferred_name = f"raceAll/{name}"
         codec = ExitCodec(f"race {name}", success, error)
         branches = list(awaitables)
+        seq = run.position()
         stored = run.deferreds.get(deferred_name)
         if stored is not None:
+            # The first run's activity branches each used their name once: so does the replay.
+            attempt = _context.current_attempt.get()
+            for branch in branches:
+                if isinstance(branch, Activity):
+                    run.key_of(branch.name, attempt, consume=True)
             _close_unused(branches)
             return run.decode(codec, stored).unwrap()
         if not branches:
             msg = f"race_all({name!r}) needs at least one awaitable"
             raise ValueError(msg)
-        race = _engine._Race(run, len(branches))
+        race = _engine._Race(run, len(branches), seq)
         loop = asyncio.get_running_loop()
         tasks = []
         for branch in branches:
@@ -216,8 +223,6 @@ class DurableClock:
         if length <= 0:
             return
         if length <= seconds(in_memory_threshold):
-            from plait.activity import in_memory_sleep_activity
-
             await in_memory_sleep_activity(f"DurableClock/{name}", length, run.engine)
             return
         key = run.key_of(f"DurableClock/{name}", 0, consume=True)

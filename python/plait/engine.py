@@ -141,7 +141,8 @@ class _Execution:
         self.run_waiters: list[asyncio.Future[Complete[Any] | Suspended]] = []
         # The workflow scope: lives across runs of this execution in this process.
         self.finalizers: list[Callable[[Exit], Awaitable[None] | None]] = []
-        self.compensated: set[str] = set()
+        # Which `with_compensation` calls (by order in a run) registered their undo.
+        self.compensated: set[int] = set()
         self.children: set[str] = set()
         self.wake = False
 
@@ -160,13 +161,18 @@ class _Park:
 
 
 class _Race:
-    """Branches of a race; parked as a whole only when no branch can still win."""
+    """Branches of a race; parked as a whole only when no branch can still win.
 
-    __slots__ = ("branches", "failed", "parked", "run", "run_parked")
+    The race takes one position in the run's call order, shared by every step of its
+    branches: a replay that finds the race's result stored runs no branch.
+    """
 
-    def __init__(self, run: _Run, branches: int) -> None:
+    __slots__ = ("branches", "failed", "parked", "run", "run_parked", "seq")
+
+    def __init__(self, run: _Run, branches: int, seq: int) -> None:
         self.run = run
         self.branches = branches
+        self.seq = seq
         self.parked = 0
         self.failed = 0
         self.run_parked = False
@@ -192,6 +198,7 @@ class _Run:
 
     __slots__ = (
         "body_done",
+        "compensations",
         "counts",
         "deferreds",
         "engine",
@@ -216,6 +223,7 @@ class _Run:
         self.seqs: dict[int, str] = {}
         self.deferreds: dict[str, bytes] = {}
         self.counts: dict[tuple[str, int], int] = {}
+        self.compensations = 0
         self.next_seq = 0
         self.in_flight = 0
         self.parked = 0
@@ -244,8 +252,20 @@ class _Run:
             self.counts[(name, attempt)] = count
         return f"{name}/{attempt}" if count == 1 else f"{name}#{count}/{attempt}"
 
+    def position(self) -> int:
+        """The next position in call order: inside a race, the race's own."""
+        race = _context.current_race.get()
+        if race is not None and race.run is self:
+            return race.seq
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
     def step(self, name: str, attempt: int) -> tuple[str, int]:
         key = self.key_of(name, attempt, consume=True)
+        race = _context.current_race.get()
+        if race is not None and race.run is self:
+            return key, race.seq  # a race's branches may step in any order: not checked
         seq = self.next_seq
         self.next_seq += 1
         expected = self.seqs.get(seq)
@@ -730,20 +750,34 @@ class Engine:
                 payload = workflow.decode_payload(record[1])
                 ex = _Execution(execution_id, workflow, payload, record[2])
                 self._live[execution_id] = ex
-            waiter: asyncio.Future[Complete[Any]] = self._require_loop().create_future()
-            ex.waiters.append(waiter)
+            loop = self._require_loop()
             if delays is None:
+                waiter: asyncio.Future[Complete[Any]] = loop.create_future()
+                ex.waiters.append(waiter)
                 return await waiter
+            if ex.run is not None:
+                # Running: only a suspension starts the next delay of the schedule.
+                run_end: asyncio.Future[Complete[Any] | Suspended] = loop.create_future()
+                ex.run_waiters.append(run_end)
+                result = await run_end
+                if isinstance(result, Complete):
+                    return result
+                continue
             delay = next(delays, None)
             if delay is None:
                 msg = f"{workflow.name}.execute: suspended_retry exhausted for {execution_id}"
                 raise SuspendedRetryExhaustedError(msg)
+            waiter = loop.create_future()
+            ex.waiters.append(waiter)
+            sleep = asyncio.ensure_future(self.clock.sleep(delay))
             try:
-                return await asyncio.wait_for(asyncio.shield(waiter), delay)
-            except TimeoutError:
-                if waiter in ex.waiters:
-                    ex.waiters.remove(waiter)
-                self._resume(execution_id)
+                await asyncio.wait((waiter, sleep), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+            if waiter.done():
+                return waiter.result()
+            ex.waiters.remove(waiter)
+            self._resume(execution_id)
 
     async def _await_child(self, parent: _Run, execution_id: str) -> Any:
         ex = self._live.get(execution_id)

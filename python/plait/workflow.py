@@ -292,25 +292,21 @@ async def with_compensation(step: Awaitable[T], undo: Callable[[T], Awaitable[An
 
     Compensations run last registered first, with the finalizers.
 
-    Registered once per step even when replays pass the step again.
+    Registered once per step even when replays pass the step again: a replay makes the same
+    calls in the same order, so the n-th call of every run is the same step.
 
     Example:
         >>> async def book_trip(trip):  # doctest: +SKIP
         ...     car = await with_compensation(reserve_car(trip), cancel_car)
         ...     hotel = await with_compensation(reserve_hotel(trip), cancel_hotel)
     """
-    from plait._context import current_attempt
-    from plait.activity import Activity
-
     run = _engine.run_state("with_compensation()")
-    key = None
-    if isinstance(step, Activity):
-        key = run.key_of(step.name, current_attempt.get(), consume=False)
+    run.compensations += 1
+    call = run.compensations
     value = await step
     ex = run.execution
-    if key is None or key not in ex.compensated:
-        if key is not None:
-            ex.compensated.add(key)
+    if call not in ex.compensated:
+        ex.compensated.add(call)
 
         def compensate(exit_: Exit) -> Awaitable[Any] | None:
             return undo(value) if isinstance(exit_, Failure) else None

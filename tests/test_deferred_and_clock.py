@@ -1,0 +1,351 @@
+"""Durable deferreds (completed from outside, raced, failed) and durable clocks (short, long)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import plait
+from plait.testing import VirtualClock
+from tests.workflow_support import deferred_names, journal_keys, poll_until, settle
+
+
+class CardDeclined(plait.TaggedError):
+    reason: str
+    code: int
+
+
+# Races of deferreds -------------------------------------------------------------------------------
+
+Signal: plait.DurableDeferred[str] = plait.DurableDeferred("DeferredRaceSignal", success=str)
+OtherSignal: plait.DurableDeferred[str] = plait.DurableDeferred("OtherSignal", success=str)
+DeferredRace: plait.Workflow[Any, str] = plait.Workflow(
+    "DcDeferredRace", payload={"id": str}, success=str
+)
+
+
+def implement_deferred_race(engine: plait.Engine, runs: list[str]) -> None:
+    async def timeout() -> str:
+        await engine.clock.sleep(10)
+        return "timeout"
+
+    @DeferredRace.implement
+    async def deferred_race(payload: Any, execution_id: str) -> str:
+        runs.append(execution_id)
+        result: str = await plait.DurableDeferred.race_all(
+            "memory-deferred-race", [Signal, timeout()], success=str
+        )
+        return result
+
+
+async def test_layer_memory_wakes_an_active_workflow_when_a_durable_deferred_completes(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    runs: list[str] = []
+    implement_deferred_race(plait_engine, runs)
+    caller = asyncio.ensure_future(DeferredRace.execute({"id": "signal"}))
+    execution_id = DeferredRace.execution_id({"id": "signal"})
+    await settle()
+    # Parked on the signal while the sleeping branch runs: active, not suspended.
+    assert await DeferredRace.poll(execution_id) is None
+    assert not caller.done()
+    token = Signal.token_from_execution_id(DeferredRace, execution_id)
+    assert await Signal.succeed(token, "signal")
+    assert await asyncio.wait_for(caller, 5) == "signal"
+    assert 1 <= len(runs) <= 2
+    assert "raceAll/memory-deferred-race" in deferred_names(plait_engine, execution_id)
+    await plait_clock.advance(10)
+    assert await DeferredRace.execute({"id": "signal"}) == "signal"
+    assert await DeferredRace.poll(execution_id) == plait.Complete(plait.Success("signal"))
+    assert 1 <= len(runs) <= 2
+
+
+async def test_the_other_branch_of_a_deferred_race_wins_when_no_signal_comes(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    runs: list[str] = []
+    implement_deferred_race(plait_engine, runs)
+    caller = asyncio.ensure_future(DeferredRace.execute({"id": "timeout"}))
+    await settle()
+    await plait_clock.advance(9.999)
+    assert not caller.done()
+    await plait_clock.advance(0.001)
+    assert await asyncio.wait_for(caller, 5) == "timeout"
+    # The signal coming late is stored but changes nothing.
+    execution_id = DeferredRace.execution_id({"id": "timeout"})
+    await Signal.succeed(Signal.token_from_execution_id(DeferredRace, execution_id), "late")
+    await settle()
+    assert await DeferredRace.poll(execution_id) == plait.Complete(plait.Success("timeout"))
+    assert len(runs) == 1
+
+
+async def test_a_race_of_deferreds_only_suspends_and_the_first_completed_wins(
+    plait_engine: plait.Engine,
+) -> None:
+    runs = 0
+
+    @DeferredRace.implement
+    async def deferred_race(payload: Any, execution_id: str) -> str:
+        nonlocal runs
+        runs += 1
+        winner: str = await plait.DurableDeferred.race_all(
+            "either", [Signal, OtherSignal], success=str
+        )
+        return winner
+
+    execution_id = await DeferredRace.execute({"id": "either"}, discard=True)
+    await poll_until(DeferredRace, execution_id, plait.Suspended)
+    token = OtherSignal.token_from_execution_id(DeferredRace, execution_id)
+    assert await OtherSignal.succeed(token, "other")
+    assert await poll_until(DeferredRace, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("other")
+    )
+    assert runs == 2
+
+
+# Completing deferreds -----------------------------------------------------------------------------
+
+Inbox: plait.DurableDeferred[str] = plait.DurableDeferred("Inbox", success=str, error=CardDeclined)
+Receiver: plait.Workflow[Any, str] = plait.Workflow(
+    "DcReceiver", payload={"id": str}, success=str, error=CardDeclined
+)
+
+
+def implement_receiver(engine: plait.Engine, runs: list[str], tokens: list[str]) -> None:
+    async def prepare() -> None:
+        await engine.clock.sleep(30)
+
+    @Receiver.implement
+    async def receiver(payload: Any, execution_id: str) -> str:
+        runs.append(execution_id)
+        tokens.append(Inbox.token())
+        await plait.Activity("Prepare", execute=prepare)
+        try:
+            return await Inbox
+        except CardDeclined as err:
+            return f"{type(err).__name__}: {err.reason} ({err.code})"
+
+
+async def test_a_deferred_completed_before_it_is_awaited_is_read_without_suspending(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    runs: list[str] = []
+    tokens: list[str] = []
+    implement_receiver(plait_engine, runs, tokens)
+    execution_id = await Receiver.execute({"id": "early"}, discard=True)
+    await settle()
+    token = Inbox.token_from_payload(Receiver, {"id": "early"})
+    assert tokens == [token]
+    assert plait.DeferredToken.parse(token) == ("DcReceiver", execution_id, "Inbox")
+    assert await Inbox.succeed(token, "first")
+    assert not await Inbox.succeed(token, "second")
+    assert await Receiver.poll(execution_id) is None
+    await plait_clock.advance(30)
+    assert await poll_until(Receiver, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("first")
+    )
+    assert runs == [execution_id]
+    assert not await Inbox.succeed(token, "third")
+    await settle()
+    assert await Receiver.poll(execution_id) == plait.Complete(plait.Success("first"))
+    assert runs == [execution_id]
+
+
+async def test_a_second_completion_of_a_suspended_deferred_changes_nothing(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    runs: list[str] = []
+    implement_receiver(plait_engine, runs, [])
+    execution_id = await Receiver.execute({"id": "twice"}, discard=True)
+    await plait_clock.advance(30)
+    await poll_until(Receiver, execution_id, plait.Suspended)
+    token = Inbox.token_from_execution_id(Receiver, execution_id)
+    assert await Inbox.succeed(token, "kept")
+    assert not await Inbox.succeed(token, "ignored")
+    assert not await Inbox.fail(token, CardDeclined(reason="ignored", code=1))
+    assert await poll_until(Receiver, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("kept")
+    )
+    assert len(runs) == 2
+
+
+async def test_failing_a_deferred_raises_the_typed_error_in_the_workflow(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    runs: list[str] = []
+    implement_receiver(plait_engine, runs, [])
+    execution_id = await Receiver.execute({"id": "declined"}, discard=True)
+    await plait_clock.advance(30)
+    await poll_until(Receiver, execution_id, plait.Suspended)
+    token = Inbox.token_from_execution_id(Receiver, execution_id)
+    assert await Inbox.fail(token, CardDeclined(reason="stolen card", code=43))
+    assert await poll_until(Receiver, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("CardDeclined: stolen card (43)")
+    )
+
+
+async def test_failing_a_deferred_with_an_undeclared_error_raises_a_defect(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    runs: list[str] = []
+    implement_receiver(plait_engine, runs, [])
+    execution_id = await Receiver.execute({"id": "undeclared"}, discard=True)
+    await plait_clock.advance(30)
+    await poll_until(Receiver, execution_id, plait.Suspended)
+    token = Inbox.token_from_execution_id(Receiver, execution_id)
+    assert await Inbox.fail(token, PermissionError("no"))
+    result = await poll_until(Receiver, execution_id, plait.Complete)
+    assert result == plait.Complete(plait.Failure(plait.Defect("PermissionError", "no")))
+
+
+# Durable clocks -----------------------------------------------------------------------------------
+
+Napper: plait.Workflow[Any, str] = plait.Workflow(
+    "DcNapper", payload={"id": str, "seconds": float, "threshold": float}, success=str
+)
+
+
+def implement_napper(events: list[str], *, twice: bool = False) -> None:
+    @Napper.implement
+    async def napper(payload: Any, execution_id: str) -> str:
+        events.append("run")
+        await plait.DurableClock.sleep(
+            "nap", payload.seconds, in_memory_threshold=payload.threshold
+        )
+        events.append("woke")
+        if twice:
+            await plait.DurableClock.sleep(
+                "nap", timedelta(seconds=payload.seconds), in_memory_threshold=payload.threshold
+            )
+            events.append("woke again")
+        return "rested"
+
+
+def nap(execution: str, seconds: float, threshold: float = 60.0) -> dict[str, Any]:
+    return {"id": execution, "seconds": seconds, "threshold": threshold}
+
+
+async def test_a_sleep_up_to_the_threshold_runs_in_process_as_an_activity(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    events: list[str] = []
+    implement_napper(events)
+    execution_id = await Napper.execute(nap("short", 60), discard=True)
+    await settle()
+    assert await Napper.poll(execution_id) is None  # running, not suspended
+    assert plait_engine.store.timers() == []
+    await plait_clock.advance(59.9)
+    assert events == ["run"]
+    await plait_clock.advance(0.1)
+    assert await poll_until(Napper, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("rested")
+    )
+    assert events == ["run", "woke"]
+    assert journal_keys(plait_engine, execution_id) == ["DurableClock/nap/1"]
+
+
+async def test_a_longer_sleep_suspends_on_a_stored_timer_and_passes_at_once(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    events: list[str] = []
+    implement_napper(events)
+    started = time.monotonic()
+    start_ms = plait_clock.now_ms()
+    execution_id = await Napper.execute(nap("long", 8 * 3600), discard=True)
+    await poll_until(Napper, execution_id, plait.Suspended)
+    assert plait_engine.store.timers() == [
+        (execution_id, "DurableClock/nap", start_ms + 8 * 3_600_000)
+    ]
+    await plait_clock.advance(timedelta(hours=7, minutes=59))
+    assert await Napper.poll(execution_id) == plait.Suspended()
+    assert events == ["run"]
+    await plait_clock.advance(timedelta(minutes=1))
+    assert await poll_until(Napper, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("rested")
+    )
+    assert events == ["run", "run", "woke"]
+    assert plait_engine.store.timers() == []
+    assert "DurableClock/nap" in deferred_names(plait_engine, execution_id)
+    assert time.monotonic() - started < 5
+
+
+async def test_a_zero_threshold_makes_even_a_short_sleep_durable(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    events: list[str] = []
+    implement_napper(events)
+    execution_id = await Napper.execute(nap("forced", 1, threshold=0), discard=True)
+    await poll_until(Napper, execution_id, plait.Suspended)
+    await plait_clock.advance(1)
+    await poll_until(Napper, execution_id, plait.Complete)
+    assert journal_keys(plait_engine, execution_id) == []
+    assert events == ["run", "run", "woke"]
+
+
+async def test_a_zero_sleep_returns_at_once(plait_engine: plait.Engine) -> None:
+    events: list[str] = []
+    implement_napper(events)
+    assert await Napper.execute(nap("zero", 0, threshold=0)) == "rested"
+    execution_id = Napper.execution_id(nap("zero", 0, threshold=0))
+    assert events == ["run", "woke"]
+    assert journal_keys(plait_engine, execution_id) == []
+    assert deferred_names(plait_engine, execution_id) == set()
+
+
+async def test_one_clock_name_used_twice_sleeps_twice(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    events: list[str] = []
+    implement_napper(events, twice=True)
+    long_id = await Napper.execute(nap("twice long", 3600), discard=True)
+    short_id = await Napper.execute(nap("twice short", 30), discard=True)
+    await poll_until(Napper, long_id, plait.Suspended)
+    await plait_clock.advance(30)
+    assert await Napper.poll(short_id) is None
+    await plait_clock.advance(30)
+    assert await poll_until(Napper, short_id, plait.Complete) == plait.Complete(
+        plait.Success("rested")
+    )
+    assert journal_keys(plait_engine, short_id) == ["DurableClock/nap/1", "DurableClock/nap#2/1"]
+    assert await Napper.poll(long_id) == plait.Suspended()
+    await plait_clock.advance(3600 - 60)
+    await poll_until(Napper, long_id, plait.Suspended)
+    assert deferred_names(plait_engine, long_id) == {"DurableClock/nap"}
+    await plait_clock.advance(3600)
+    assert await poll_until(Napper, long_id, plait.Complete) == plait.Complete(
+        plait.Success("rested")
+    )
+    assert deferred_names(plait_engine, long_id) == {"DurableClock/nap", "DurableClock/nap#2"}
+
+
+async def test_a_stored_timer_fires_in_a_new_engine_on_the_same_store() -> None:
+    events: list[str] = []
+    implement_napper(events)
+    clock = VirtualClock(start=1_700_000_000_000)
+    first = plait.Engine.memory(clock=clock)
+    async with first:
+        execution_id = await Napper.execute(nap("restart", 3600), discard=True)
+        await poll_until(Napper, execution_id, plait.Suspended)
+    later = VirtualClock(start=clock.now_ms())
+    async with plait.Engine(first.store, clock=later):
+        await settle()
+        assert await Napper.poll(execution_id) == plait.Suspended()
+        await later.advance(timedelta(hours=1))
+        assert await poll_until(Napper, execution_id, plait.Complete) == plait.Complete(
+            plait.Success("rested")
+        )
+    assert events == ["run", "run", "woke"]
+
+
+async def test_sleep_rejects_a_duration_that_is_not_one(plait_engine: plait.Engine) -> None:
+    @Napper.implement
+    async def napper(payload: Any, execution_id: str) -> str:
+        with pytest.raises(plait.InvalidArgumentError):
+            await plait.DurableClock.sleep("bad", "10 minutes")  # type: ignore[arg-type]
+        return "checked"
+
+    assert await Napper.execute(nap("bad", 0)) == "checked"
