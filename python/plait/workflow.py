@@ -53,7 +53,7 @@ class Workflow(Generic[P, S]):
         ... async def greet(payload, execution_id: str) -> str:
         ...     return f"hello {payload.name}"
         >>> Greet.execution_id({"name": "Ada"})
-        '0f7e5d15bab2e90d13d6a4ae43ea8f0e'
+        '7abae80e8ecd721cd1c8a2ab35382b13'
     """
 
     def __init__(
@@ -295,10 +295,11 @@ async def with_compensation(step: Awaitable[T], undo: Callable[[T], Awaitable[An
     Registered once per step even when replays pass the step again: a replay makes the same
     calls in the same order, so the n-th call of every run is the same step.
 
-    Example:
-        >>> async def book_trip(trip):  # doctest: +SKIP
-        ...     car = await with_compensation(reserve_car(trip), cancel_car)
-        ...     hotel = await with_compensation(reserve_hotel(trip), cancel_hotel)
+    Example::
+
+        async def book_trip(trip: Trip, execution_id: str) -> None:
+            car = await with_compensation(reserve_car(trip), cancel_car)
+            hotel = await with_compensation(reserve_hotel(trip), cancel_hotel)
     """
     run = _engine.run_state("with_compensation()")
     run.compensations += 1
