@@ -7,6 +7,7 @@ __all__ = [
     "Defect",
     "DeferredTokenError",
     "EngineClosedError",
+    "EngineLockedError",
     "ExecutionCompleteError",
     "ForkedProcessError",
     "Interrupted",
@@ -19,6 +20,8 @@ __all__ = [
     "PayloadError",
     "PlaitError",
     "ResultSchemaError",
+    "StoreConnectError",
+    "StoreError",
     "SuspendedRetryExhaustedError",
     "UnknownExecutionError",
     "UnknownRunnerError",
@@ -184,3 +187,18 @@ class EngineClosedError(Interrupted, ClosedError):
 
 class SuspendedRetryExhaustedError(PlaitError):
     """`execute` gave up: the execution stayed suspended through its `suspended_retry` schedule."""
+
+
+class StoreError(PlaitError):
+    """The journal store failed in a way retrying cannot fix; the message says what."""
+
+
+class StoreConnectError(StoreError):
+    """The database could not be reached or opened.
+
+    The message names the URL, with any password masked.
+    """
+
+
+class EngineLockedError(StoreError):
+    """Another engine already runs on this database (and table prefix)."""
