@@ -98,22 +98,9 @@ class DurableDeferred(Generic[T]):
         if name != self.name:
             msg = f"token is for deferred {name!r}, not {self.name!r}"
             raise DeferredTokenError(msg)
-        found = _engine.engine_for(engine)
-        record = found.store.execution(execution_id)
-        if record is None:
-            msg = (
-                f"token names execution {execution_id!r} of workflow {workflow_name!r}, "
-                "which is not stored"
-            )
-            raise DeferredTokenError(msg)
-        if record[0] != workflow_name:
-            msg = (
-                f"token names workflow {workflow_name!r} but execution {execution_id!r} "
-                f"belongs to workflow {record[0]!r}"
-            )
-            raise DeferredTokenError(msg)
         encoded = self.codec.settle(exit)[0]
-        return found.complete_deferred(workflow_name, execution_id, name, encoded)
+        found = _engine.engine_for(engine)
+        return await found.complete_deferred(workflow_name, execution_id, name, encoded)
 
     # Races -------------------------------------------------------------------------------
 
@@ -180,11 +167,9 @@ class DurableDeferred(Generic[T]):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         encoded, outcome = codec.settle(outcome)
-        ex = run.execution
-        if not run.engine.store.complete_deferred(ex.id, deferred_name, encoded):
-            record = run.engine.store.snapshot(ex.id)
-            encoded = dict(record[2])[deferred_name] if record else encoded
-            outcome = run.decode(codec, encoded)
+        stored = await run.engine.store_race(run.execution.id, deferred_name, encoded)
+        if stored != encoded:  # another run stored its outcome first
+            encoded, outcome = stored, run.decode(codec, stored)
         run.deferreds[deferred_name] = encoded
         return outcome.unwrap()
 
@@ -228,5 +213,5 @@ class DurableClock:
         key = run.key_of(f"DurableClock/{name}", 0, consume=True)
         deferred_name = key.rsplit("/", 1)[0]
         if deferred_name not in run.deferreds:
-            run.engine.schedule_clock(run.execution.id, deferred_name, length)
+            await run.engine.schedule_clock(run.execution.id, deferred_name, length)
         await run.deferred_value(deferred_name)

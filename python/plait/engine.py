@@ -13,14 +13,16 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from plait import _context
+from plait import _bridge, _context, _native
 from plait._native import MemoryStore, TimerWheel
 from plait.clocks import Clock, SystemClock
 from plait.errors import (
     Defect,
+    DeferredTokenError,
     EngineClosedError,
     Interrupted,
     JournalDecodeError,
@@ -32,8 +34,10 @@ from plait.errors import (
     WorkflowNotImplementedError,
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
+from plait.journal import Journal, MemoryJournal, SqlJournal
 
 if TYPE_CHECKING:
+    from plait._native import SqlStore
     from plait.activity import Activity
     from plait.deferred import DurableDeferred
     from plait.workflow import Workflow
@@ -283,7 +287,8 @@ class _Run:
         try:
             return codec.decode(data)
         except JournalDecodeError as err:
-            self.fail(JournalDecodeError(f"execution {self.execution.id}: {err}"))
+            where = f"workflow {self.execution.workflow.name!r}, execution {self.execution.id}"
+            self.fail(JournalDecodeError(f"{where}: {err}"))
 
     async def activity(self, activity: Activity[Any], attempt: int) -> Any:
         key, seq = self.step(activity.name, attempt)
@@ -381,7 +386,9 @@ class Engine:
     """Runs workflows: replays executions, stores step results, fires durable timers.
 
     Use it as an async context manager; workflow calls inside the block find it without an
-    `engine=` argument.
+    `engine=` argument. `Engine.sqlite(path)` (the embedded default) and
+    `Engine.postgres(url)` keep every execution across restarts and `kill -9`;
+    `Engine.memory()` keeps them in this process only.
 
     Example:
         >>> import asyncio, plait
@@ -396,18 +403,29 @@ class Engine:
         42
     """
 
-    def __init__(self, store: MemoryStore, *, clock: Clock | None = None) -> None:
-        self.store = store
-        self._store_is_memory = isinstance(store, MemoryStore)
+    def __init__(
+        self,
+        store: MemoryStore | Callable[[], Awaitable[SqlStore]],
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._open: Callable[[], Awaitable[SqlStore]] | None = None
+        self.store: MemoryStore | SqlStore | None
+        self.journal: Journal | None
+        if isinstance(store, MemoryStore):
+            self.store, self.journal = store, MemoryJournal(store)
+        else:
+            self.store, self.journal, self._open = None, None, store
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._live: dict[str, _Execution] = {}
+        self._resuming: set[str] = set()
+        self._rewake: set[str] = set()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._context_token: contextvars.Token[Engine | None] | None = None
         self._base_context: contextvars.Context | None = None
-        self._pending_appends: list[tuple[str, str, int, bytes]] = []
-        self._append_waiters: list[asyncio.Future[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self._wheel: TimerWheel | None = None
         self._timers: dict[int, tuple[str, str]] = {}
         self._timer_ids = itertools.count(1)
@@ -418,6 +436,63 @@ class Engine:
     def memory(cls, *, clock: Clock | None = None) -> Engine:
         """An engine whose journal lives in this process (in Rust); nothing survives it."""
         return cls(MemoryStore(), clock=clock)
+
+    @classmethod
+    def sqlite(
+        cls,
+        path: str | os.PathLike[str] = "plait.db",
+        *,
+        prefix: str = "plait_",
+        durability: Literal["full", "normal"] = "full",
+        clock: Clock | None = None,
+    ) -> Engine:
+        """An engine on a SQLite file (created if missing): no server, survives `kill -9`.
+
+        Args:
+            path: The database file.
+            prefix: Prefix of plait's table names.
+            durability: `"full"` (default): a step is on disk before its workflow goes on, so
+                it survives a crash or a power cut (WAL, `synchronous=FULL`). `"normal"`:
+                faster, may lose the last commits on a power cut (never corrupts).
+            clock: The time source (default: the system clock).
+        """
+        url = f"sqlite://{os.fspath(path)}"
+        return cls.url(url, prefix=prefix, durability=durability, clock=clock)
+
+    @classmethod
+    def postgres(
+        cls,
+        url: str,
+        *,
+        prefix: str = "plait_",
+        durability: Literal["full", "normal"] = "full",
+        clock: Clock | None = None,
+    ) -> Engine:
+        """An engine on PostgreSQL (`postgres://user:password@host/db`).
+
+        `durability="normal"` turns off `synchronous_commit`: faster, may lose the last
+        commits if the server crashes.
+        """
+        return cls.url(url, prefix=prefix, durability=durability, clock=clock)
+
+    @classmethod
+    def url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "plait_",
+        durability: str = "full",
+        clock: Clock | None = None,
+    ) -> Engine:
+        """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
+
+        async def open_store() -> SqlStore:
+            store: SqlStore = await _bridge.call(
+                lambda bridge: _native.SqlStore.open(bridge, url, prefix, durability)
+            )
+            return store
+
+        return cls(open_store, clock=clock)
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -433,9 +508,21 @@ class Engine:
         await self.close()
 
     async def start(self) -> None:
-        """Binds the engine to the running event loop and starts its timer task."""
+        """Opens the store and recovers what was in flight.
+
+        Executions that were running run again; durable timers are loaded (those already due
+        fire at once).
+
+        Raises:
+            StoreConnectError: The database cannot be reached (its URL, password masked).
+            EngineLockedError: Another engine runs on this database.
+        """
         if self._loop is not None:
             return
+        if self._open is not None:
+            store = await self._open()
+            self.store, self.journal = store, SqlJournal(store)
+        journal = self._journal()
         self._loop = asyncio.get_running_loop()
         self._closing = False
         ctx = contextvars.copy_context()
@@ -445,20 +532,23 @@ class Engine:
         self._base_context = ctx
         self._wheel = TimerWheel(now_ms=self.clock.now_ms())
         self._timers_changed = asyncio.Event()
-        for execution_id, name, due in self.store.timers():
+        for execution_id, name, due in await journal.timers():
             self._add_timer(execution_id, name, due)
         self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
+        for execution_id in await journal.with_status("running"):
+            self._spawn(self._resume(execution_id))
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
 
-        The executions stay stored.
+        The executions stay stored; a durable engine started later resumes them.
         """
         if self._loop is None:
             return
         self._closing = True
         tasks = [ex.run.task for ex in self._live.values() if ex.run and ex.run.task]
+        tasks += self._background
         if self._timer_task is not None:
             tasks.append(self._timer_task)
         for task in tasks:
@@ -472,14 +562,37 @@ class Engine:
                         EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
                     )
         self._live.clear()
+        self._timers.clear()
         self._loop = None
         self._timer_task = None
+        if self._open is not None and self.journal is not None:
+            journal, self.journal, self.store = self.journal, None, None
+            await journal.close()
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             msg = "the engine is not started: use `async with engine:`"
             raise NoEngineError(msg)
         return self._loop
+
+    def _journal(self) -> Journal:
+        if self.journal is None:
+            msg = "the engine is not started: use `async with engine:`"
+            raise NoEngineError(msg)
+        return self.journal
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        """Runs `work` in the background, kept until done; failures are logged."""
+        assert self._base_context is not None
+        task = self._require_loop().create_task(_logged(work), context=self._base_context.copy())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write(self, op: tuple[Any, ...]) -> Any:
+        result = self._journal().write(op)
+        if isinstance(result, asyncio.Future):
+            return await result
+        return result
 
     # Executions ----------------------------------------------------------------------------
 
@@ -513,7 +626,7 @@ class Engine:
         parent = _context.current_run.get()
         if parent is not None and parent.engine is not self:
             parent = None
-        self._attach(workflow, execution_id, payload, parent)
+        await self._attach(workflow, execution_id, payload, parent)
         if discard:
             return execution_id
         if parent is not None:
@@ -527,27 +640,26 @@ class Engine:
         result = await self._await_complete(execution_id, workflow)
         return result.exit.unwrap()
 
-    def _attach(
+    async def _attach(
         self, workflow: Workflow[Any, Any], execution_id: str, payload: Any, parent: _Run | None
-    ) -> _Execution | None:
-        ex = self._live.get(execution_id)
+    ) -> None:
         if parent is not None:
             parent.execution.children.add(execution_id)
-        if ex is not None:
-            return ex
+        if execution_id in self._live:
+            return
         parent_id = parent.execution.id if parent is not None else None
-        existing = self.store.start(
-            execution_id, workflow.name, workflow.encode_payload(payload), parent_id
+        # Held from now, so concurrent callers of the same id join this execution.
+        ex = _Execution(execution_id, workflow, payload, parent_id)
+        self._live[execution_id] = ex
+        existing = await self._write(
+            ("start", execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
         )
         if existing is None:
-            ex = _Execution(execution_id, workflow, payload, parent_id)
-            self._live[execution_id] = ex
             self._launch(ex, None)
-            return ex
-        status = existing[3]
-        if status == "running":
-            self._resume(execution_id)
-        return self._live.get(execution_id)
+        elif existing[3] == "running":
+            await self._resume(execution_id)
+        elif existing[3] == "complete" and not ex.waiters:
+            self._live.pop(execution_id, None)
 
     def _launch(
         self,
@@ -565,7 +677,7 @@ class Engine:
         ctx.run(_context.current_run.set, run)
         run.task = loop.create_task(self._drive(run), context=ctx)
 
-    def _resume(self, execution_id: str) -> bool:
+    async def _resume(self, execution_id: str) -> bool:
         """Starts a new run of a stored execution that is not running here.
 
         Returns whether it did (not when running already, complete, or unknown).
@@ -574,21 +686,63 @@ class Engine:
         if ex is not None and ex.run is not None:
             ex.wake = True
             return False
-        snapshot = self.store.snapshot(execution_id)
-        if snapshot is None:
+        if execution_id in self._resuming:
+            self._rewake.add(execution_id)
             return False
-        (name, payload_json, parent, status, _result, interrupted), entries, deferreds = snapshot
-        if status == "complete":
-            return False
-        if ex is None:
-            workflow = self._workflow(name)
-            ex = _Execution(execution_id, workflow, workflow.decode_payload(payload_json), parent)
-            self._live[execution_id] = ex
-        ex.interrupted = ex.interrupted or interrupted
-        if status != "running":
-            self.store.set_status(execution_id, "running")
-        self._launch(ex, (entries, deferreds))
+        self._resuming.add(execution_id)
+        try:
+            snapshot = await self._journal().snapshot(execution_id)
+            if snapshot is None:
+                return False
+            (name, payload_json, parent, status, _, interrupted), entries, deferreds = snapshot
+            if status == "complete":
+                return False
+            ex = self._live.get(execution_id)
+            if ex is None or ex.payload is None:
+                if ex is not None:
+                    workflow = ex.workflow
+                elif (found := self._workflows.get(name) or _registry.get(name)) is not None:
+                    workflow = found
+                else:
+                    log.warning(
+                        "execution %s of workflow %r waits for an engine that implements it",
+                        execution_id,
+                        name,
+                    )
+                    return False
+                try:
+                    payload = workflow.decode_payload(payload_json)
+                except JournalDecodeError as err:
+                    self._fail_waiters(
+                        execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
+                    )
+                    raise
+                if ex is None:
+                    ex = _Execution(execution_id, workflow, payload, parent)
+                    self._live[execution_id] = ex
+                ex.payload = payload
+            ex.interrupted = ex.interrupted or interrupted
+            if status != "running":
+                await self._write(("status", execution_id, "running", None))
+            if ex.run is not None:  # started while we read
+                return False
+            self._launch(ex, (entries, deferreds))
+        finally:
+            self._resuming.discard(execution_id)
+        if execution_id in self._rewake:
+            self._rewake.discard(execution_id)
+            ex.wake = True
         return True
+
+    def _fail_waiters(self, execution_id: str, error: BaseException) -> None:
+        ex = self._live.get(execution_id)
+        if ex is None:
+            return
+        for waiter in [*ex.waiters, *ex.run_waiters]:
+            if not waiter.done():
+                waiter.set_exception(error)
+        ex.waiters.clear()
+        ex.run_waiters.clear()
 
     async def _drive(self, run: _Run) -> None:
         ex = run.execution
@@ -613,9 +767,9 @@ class Engine:
         result: Complete[Any] | Suspended | BaseException = self._into_result(run, outcome)
         if isinstance(result, Complete):
             result, encoded = await self._close_scope(run, result)
-            self._finish(run, result, encoded)
+            await self._finish(run, result, encoded)
         else:
-            self._finish(run, result, None)
+            await self._finish(run, result, None)
 
     def _into_result(
         self, run: _Run, outcome: Exit | None
@@ -665,15 +819,15 @@ class Engine:
         encoded, exit_ = ex.workflow.codec.settle(exit_)
         return Complete(exit_), encoded
 
-    def _finish(
+    async def _finish(
         self, run: _Run, result: Complete[Any] | Suspended | BaseException, encoded: bytes | None
     ) -> None:
         ex = run.execution
-        ex.run = None
-        run.task = None  # the task holds the run in its context: no cycle left behind
+        # The result is durable before anyone hears of it; meanwhile `ex.run` stays set, so a
+        # completion arriving now marks the execution for a new run instead of starting one.
         if isinstance(result, Complete):
             assert encoded is not None
-            self.store.set_status(ex.id, "complete", encoded)
+            await self._write(("status", ex.id, "complete", encoded))
             ex.finalizers.clear()
             ex.compensated.clear()
         elif isinstance(result, Suspended):
@@ -682,7 +836,9 @@ class Engine:
                 if result.cause is None
                 else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
             )
-            self.store.set_status(ex.id, "suspended", cause)
+            await self._write(("status", ex.id, "suspended", cause))
+        ex.run = None
+        run.task = None  # the task holds the run in its context: no cycle left behind
         for waiter in ex.run_waiters:
             if not waiter.done():
                 if isinstance(result, BaseException):
@@ -701,20 +857,20 @@ class Engine:
                     final.set_result(result)
             ex.waiters.clear()
             if ex.parent is not None:
-                self._resume(ex.parent)
+                self._spawn(self._resume(ex.parent))
             if isinstance(result.exit, Failure) and isinstance(result.exit.error, Interrupted):
                 for child in ex.children:
-                    self.interrupt(child)
+                    self._spawn(self.interrupt(child))
         elif ex.wake:
-            self._resume(ex.id)
+            await self._resume(ex.id)
             return
         if not ex.waiters and not ex.finalizers and ex.run is None:
             self._live.pop(ex.id, None)
 
-    def _stored_result(
+    async def _stored_result(
         self, execution_id: str, workflow: Workflow[Any, Any]
     ) -> Complete[Any] | Suspended | None:
-        record = self.store.execution(execution_id)
+        record = await self._journal().execution(execution_id)
         if record is None:
             return None
         status, data = record[3], record[4]
@@ -739,17 +895,20 @@ class Engine:
         while True:
             ex = self._live.get(execution_id)
             if ex is None or ex.run is None:
-                stored = self._stored_result(execution_id, workflow)
+                stored = await self._stored_result(execution_id, workflow)
                 if isinstance(stored, Complete):
                     return stored
+                ex = self._live.get(execution_id)
             if ex is None:
                 # Kept between runs for the waiter; a later `_resume` runs it with this payload.
-                record = self.store.execution(execution_id)
+                record = await self._journal().execution(execution_id)
                 if record is None:
                     raise UnknownExecutionError(f"unknown execution {execution_id!r}")
-                payload = workflow.decode_payload(record[1])
-                ex = _Execution(execution_id, workflow, payload, record[2])
-                self._live[execution_id] = ex
+                ex = self._live.get(execution_id)
+                if ex is None:
+                    payload = workflow.decode_payload(record[1])
+                    ex = _Execution(execution_id, workflow, payload, record[2])
+                    self._live[execution_id] = ex
             loop = self._require_loop()
             if delays is None:
                 waiter: asyncio.Future[Complete[Any]] = loop.create_future()
@@ -777,7 +936,7 @@ class Engine:
             if waiter.done():
                 return waiter.result()
             ex.waiters.remove(waiter)
-            self._resume(execution_id)
+            await self._resume(execution_id)
 
     async def _await_child(self, parent: _Run, execution_id: str) -> Any:
         ex = self._live.get(execution_id)
@@ -791,9 +950,11 @@ class Engine:
                 result = await waiter
             else:
                 workflow = (
-                    ex.workflow if ex is not None else self._workflow(self._name_of(execution_id))
+                    ex.workflow
+                    if ex is not None
+                    else self._workflow(await self._name_of(execution_id))
                 )
-                result = self._stored_result(execution_id, workflow) or Suspended(None)
+                result = await self._stored_result(execution_id, workflow) or Suspended(None)
         finally:
             parent.in_flight -= 1
             parent.maybe_suspend()
@@ -802,73 +963,107 @@ class Engine:
         await parent.wait_forever()
         raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
 
-    def _name_of(self, execution_id: str) -> str:
-        record = self.store.execution(execution_id)
+    async def _name_of(self, execution_id: str) -> str:
+        record = await self._journal().execution(execution_id)
         if record is None:
             raise UnknownExecutionError(f"unknown execution {execution_id!r}")
         return record[0]
 
     # Operations on stored executions --------------------------------------------------------
 
-    def poll(
+    async def poll(
         self, workflow: Workflow[Any, Any], execution_id: str
     ) -> Complete[Any] | Suspended | None:
         """The result of the execution: None if unknown or running."""
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
             return None
-        return self._stored_result(execution_id, workflow)
+        return await self._stored_result(execution_id, workflow)
 
-    def interrupt(self, execution_id: str) -> None:
+    async def interrupt(self, execution_id: str) -> None:
         """Interrupts the execution.
 
         Its current run (or a new one) ends it as `Interrupted`, running compensations and
         finalizers, and interrupting its children.
         """
         self._require_loop()
-        if not self.store.interrupt(execution_id):
+        if not await self._write(("interrupt", execution_id)):
             return
         ex = self._live.get(execution_id)
         if ex is not None:
             ex.interrupted = True
-        self._resume(execution_id)
+        await self._resume(execution_id)
 
-    def resume(self, execution_id: str) -> None:
+    async def resume(self, execution_id: str) -> None:
         """Starts a new run of a suspended execution (nothing if running or complete)."""
         self._require_loop()
-        self._resume(execution_id)
+        await self._resume(execution_id)
 
-    def complete_deferred(
-        self, workflow_name: str, execution_id: str, name: str, encoded: bytes
+    async def complete_deferred(
+        self, workflow_name: str | None, execution_id: str, name: str, encoded: bytes
     ) -> bool:
         """Stores a deferred's result and wakes its execution.
 
-        Returns whether it was stored (False: it had a result already).
+        Args:
+            workflow_name: The workflow the token names; checked against the execution's
+                (None: not checked).
+            execution_id: The execution.
+            name: The deferred's name.
+            encoded: Its encoded exit.
+
+        Returns:
+            Whether it was stored (False: it had a result already).
+
+        Raises:
+            DeferredTokenError: No such execution, or it belongs to another workflow.
         """
         self._require_loop()
-        record = self.store.execution(execution_id)
-        if record is None:
-            raise UnknownExecutionError(
-                f"no execution {execution_id!r} of workflow {workflow_name!r}"
-            )
-        if not self.store.complete_deferred(execution_id, name, encoded):
+        if workflow_name is not None:
+            record = await self._journal().execution(execution_id)
+            if record is None:
+                msg = (
+                    f"token names execution {execution_id!r} of workflow {workflow_name!r}, "
+                    "which is not stored"
+                )
+                raise DeferredTokenError(msg)
+            if record[0] != workflow_name:
+                msg = (
+                    f"token names workflow {workflow_name!r} but execution {execution_id!r} "
+                    f"belongs to workflow {record[0]!r}"
+                )
+                raise DeferredTokenError(msg)
+        journal = self._journal()
+        # One transaction: the result, and the mark that the execution has a run to make, so
+        # an engine that starts after a crash resumes it.
+        stored = journal.write(("deferred", execution_id, name, encoded))
+        woken = journal.write(("status", execution_id, "running", None))
+        if isinstance(stored, asyncio.Future):
+            stored, woken = await asyncio.gather(stored, woken)
+        if not stored:
             return False
-        if record[3] == "complete":
+        if not woken:  # complete: nothing to wake
             return True
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
             if not ex.run.deliver(name, encoded):
                 ex.wake = True
         else:
-            self._resume(execution_id)
+            await self._resume(execution_id)
         return True
+
+    async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
+        """Stores a race's outcome as deferred `name`; returns the stored one (the first)."""
+        if await self._write(("deferred", execution_id, name, encoded)):
+            return encoded
+        snapshot = await self._journal().snapshot(execution_id)
+        return dict(snapshot[2])[name] if snapshot else encoded
 
     # Durable timers ------------------------------------------------------------------------
 
-    def schedule_clock(self, execution_id: str, name: str, seconds: float) -> None:
+    async def schedule_clock(self, execution_id: str, name: str, seconds: float) -> None:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         due = self.clock.now_ms() + max(0, round(seconds * 1000))
-        if self.store.schedule_timer(execution_id, name, due):
+        if await self._write(("timer", execution_id, name, due)):
             self._add_timer(execution_id, name, due)
 
     def _add_timer(self, execution_id: str, name: str, due: int) -> None:
@@ -879,6 +1074,10 @@ class Engine:
         self._wheel.insert(timer_id, due)
         self._timers_changed.set()
 
+    async def _fire(self, execution_id: str, name: str) -> None:
+        await self.complete_deferred(None, execution_id, name, _VOID)
+        await self._write(("untimer", execution_id, name))
+
     async def _fire_timers(self) -> None:
         wheel, changed = self._wheel, self._timers_changed
         assert wheel is not None
@@ -887,12 +1086,7 @@ class Engine:
             changed.clear()
             now = self.clock.now_ms()
             for timer_id in wheel.advance(max(now, wheel.elapsed_ms)):
-                execution_id, name = self._timers.pop(timer_id)
-                self.store.remove_timer(execution_id, name)
-                try:
-                    self.complete_deferred("", execution_id, name, _VOID)
-                except Exception:
-                    log.exception("timer %s of execution %s failed", name, execution_id)
+                self._spawn(self._fire(*self._timers.pop(timer_id)))
             next_due = wheel.next_due()
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
             if next_due is not None:
@@ -907,36 +1101,23 @@ class Engine:
 
     def append(
         self, execution_id: str, key: str, seq: int, value: bytes
-    ) -> asyncio.Future[None] | None:
-        """Stores a step result, or queues it and returns a future resolved once stored.
+    ) -> asyncio.Future[Any] | None:
+        """Stores a step result.
 
-        The memory store takes it at once (None). For a store with commits, appends queued in
-        one loop iteration are written in one call (group commit).
+        In memory it is stored at once (None); otherwise the future resolves once the commit
+        holding it (with every other append of this loop iteration) is durable.
         """
-        if self._store_is_memory:
-            self.store.append(((execution_id, key, seq, value),))
-            return None
-        loop = self._require_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        if not self._pending_appends:
-            loop.call_soon(self._flush_appends)
-        self._pending_appends.append((execution_id, key, seq, value))
-        self._append_waiters.append(future)
-        return future
+        result = self._journal().write(("append", execution_id, key, seq, value))
+        return result if isinstance(result, asyncio.Future) else None
 
-    def _flush_appends(self) -> None:
-        batch, waiters = self._pending_appends, self._append_waiters
-        self._pending_appends, self._append_waiters = [], []
-        try:
-            self.store.append(batch)
-        except Exception as exc:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-            return
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+
+async def _logged(work: Awaitable[Any]) -> None:
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("plait engine background work failed")
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

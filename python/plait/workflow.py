@@ -190,7 +190,7 @@ class Workflow(Generic[P, S]):
         self, execution_id: str, *, engine: _engine.Engine | None = None
     ) -> Complete[S] | Suspended | None:
         """The execution's result: None while unknown or running."""
-        return _engine.engine_for(engine).poll(self, execution_id)
+        return await _engine.engine_for(engine).poll(self, execution_id)
 
     async def interrupt(self, execution_id: str, *, engine: _engine.Engine | None = None) -> None:
         """Interrupts the execution.
@@ -198,11 +198,11 @@ class Workflow(Generic[P, S]):
         It completes as `Interrupted` after running its compensations and finalizers, and
         interrupts its child executions.
         """
-        _engine.engine_for(engine).interrupt(execution_id)
+        await _engine.engine_for(engine).interrupt(execution_id)
 
     async def resume(self, execution_id: str, *, engine: _engine.Engine | None = None) -> None:
         """Runs a suspended execution again (nothing if it is running or complete)."""
-        _engine.engine_for(engine).resume(execution_id)
+        await _engine.engine_for(engine).resume(execution_id)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[S]:
         """Executes a workflow made with `@plait.workflow` with the function's arguments."""
