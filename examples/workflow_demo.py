@@ -1,16 +1,25 @@
-"""Durable workflows of a chat backend, on plait's in-memory engine.
+"""Durable workflows of a chat backend, on plait's embedded SQLite engine.
 
 Hazel Chat's message-notification workflow (mute and presence rules, notifications that are
-safe to write twice) over a SQLite chat database, then an invitation that waits a week for a
-webhook, and a failing workflow whose compensations run. Run with `./dev demo`.
+safe to write twice) over a chat database; a history import whose worker process is killed
+with SIGKILL halfway and resumed by another process without redoing a step; an invitation that
+waits a week for a webhook; and a failing workflow whose compensations run.
+Run with `./dev demo`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -108,7 +117,7 @@ async def notify(msg: NewMessage, execution_id: str) -> int:
 
 
 async def notifications() -> None:
-    print("== MessageNotificationWorkflow (Hazel) on the memory engine")
+    print("== MessageNotificationWorkflow (Hazel) on SQLite")
     msg = NewMessage(
         message_id="msg-1",
         channel_id="general",
@@ -201,12 +210,74 @@ async def compensation() -> None:
         print(f"PaymentDeclined(reason={err.reason!r}); compensations ran: {undone}")
 
 
-async def main() -> None:
-    async with plait.Engine.memory():
+@plait.activity(name="ImportPage")
+def import_page(progress: str, page: int) -> int:
+    """Imports one page of a channel's history (here: notes which process did it)."""
+    time.sleep(0.3)  # a sync body: it runs in a worker thread, off the event loop
+    with Path(progress).open("a") as out:
+        out.write(f"{page} {os.getpid()}\n")
+    return 100
+
+
+@plait.workflow(name="ImportHistory", idempotency_key=lambda p: p.channel_id)
+async def import_history(channel_id: str, progress: str) -> int:
+    imported = 0
+    for page in range(1, 6):
+        imported += await import_page(progress, page)  # ImportPage, ImportPage#2, ...
+    return imported
+
+
+async def run_import(db: str, progress: str) -> int:
+    async with plait.Engine.sqlite(db):
+        return await import_history(channel_id="general", progress=progress)
+
+
+def crash_and_resume(workdir: Path) -> None:
+    print("\n== A worker killed with SIGKILL halfway; another process resumes it")
+    db, progress = workdir / "import.db", workdir / "progress"
+    progress.touch()
+    worker = subprocess.Popen([sys.executable, __file__, "--import", str(db), str(progress)])
+    while len(progress.read_text().splitlines()) < 2:
+        time.sleep(0.01)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    print(f"worker {worker.pid} killed after pages {_pages(progress)}")
+    total = asyncio.run(run_import(str(db), str(progress)))
+    me = os.getpid()
+    resumed = [page for page, pid in _progress(progress) if pid == me]
+    print(f"process {me} resumed it: pages {resumed}, {total} messages imported")
+    twice = sorted(p for p, n in _counts(progress).items() if n > 1)
+    # A page whose side effect happened but whose result the kill kept out of the journal runs
+    # again: steps are at least once, results exactly once.
+    print(f"pages done twice: {twice} (at most the page in flight when the kill landed)")
+
+
+def _progress(path: Path) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in (line.split() for line in path.read_text().splitlines())]
+
+
+def _pages(path: Path) -> list[int]:
+    return [page for page, _ in _progress(path)]
+
+
+def _counts(path: Path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for page in _pages(path):
+        counts[page] = counts.get(page, 0) + 1
+    return counts
+
+
+async def main(workdir: Path) -> None:
+    async with plait.Engine.sqlite(workdir / "plait.db"):
         await notifications()
         await compensation()
     await invitations()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--import"]:
+        asyncio.run(run_import(sys.argv[2], sys.argv[3]))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(main(Path(tmp)))
+            crash_and_resume(Path(tmp))

@@ -6,8 +6,15 @@ import subprocess
 import sys
 
 
-def run_python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    *args: str, timeout: float = 60, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Runs `python *args` with this interpreter; the caller checks exit code and output."""
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )

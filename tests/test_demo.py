@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.child import run_python
@@ -33,3 +34,6 @@ def test_workflow_demo_runs() -> None:
     assert "after an hour both are suspended: Suspended(cause=None)" in out
     assert "inv-1 after the webhook: 'accepted by eve'" in out
     assert "inv-2 after seven virtual days: 'expired'" in out
+    assert "killed after pages [1, 2]" in out
+    assert "resumed it: pages [3, 4, 5], 500 messages imported" in out
+    assert re.search(r"pages done twice: \[(2)?\]", out)

@@ -14,8 +14,8 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 
 
-def test_workflow_quick_start_runs() -> None:
-    done = run_python("-c", BLOCKS[0])
+def test_workflow_quick_start_runs(tmp_path: Path) -> None:
+    done = run_python("-c", BLOCKS[0], cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "receipt for ch_o-1 sent to a@example.org",

@@ -10,6 +10,7 @@ __all__ = [
     "HashRing",
     "MemoryStore",
     "SnowflakeGenerator",
+    "SqlStore",
     "TimerServiceRef",
     "TimerWheel",
     "__version__",
@@ -259,6 +260,90 @@ class MemoryStore:
         """Ids of the executions with `status`."""
 
     def __len__(self) -> int: ...
+
+# ops for SqlStore.write, applied in order in one transaction:
+#   ("start", id, workflow, payload, parent) -> None if created, else the existing record
+#   ("append", id, key, seq, value) -> stored (False: the key had a result, or unknown execution)
+#   ("deferred", id, name, value) -> True stored, False had one, None unknown execution
+#   ("status", id, status, result) -> False if complete or unknown; completing drops its timers
+#   ("interrupt", id) -> True, False (complete), None (unknown execution)
+#   ("timer", execution_id, name, due_ms) -> stored (False: exists, or unknown execution)
+#   ("untimer", execution_id, name) -> removed
+_Op: TypeAlias = (
+    tuple[Literal["start"], str, str, bytes, str | None]
+    | tuple[Literal["append"], str, str, int, bytes]
+    | tuple[Literal["deferred"], str, str, bytes]
+    | tuple[Literal["status"], str, _Status, bytes | None]
+    | tuple[Literal["interrupt"], str]
+    | tuple[Literal["timer"], str, str, int]
+    | tuple[Literal["untimer"], str, str]
+)
+
+@final
+class SqlStore:
+    """The journal in SQLite (one file, WAL) or PostgreSQL; awaited through `_bridge.call`.
+
+    Every method but `url` starts a Rust task and returns its token, which resolves as its
+    docstring says: `await _bridge.call(lambda b: store.write(b, ops))`. Writes from every
+    caller are committed together, one transaction per round (group commit); connection errors
+    are retried. One engine per database and table prefix: `open` takes a lock held until
+    `close`, the store's collection, or the process's death.
+
+    Raises:
+        StoreConnectError: The database cannot be reached or opened (URL shown, password
+            masked).
+        EngineLockedError: Another engine holds this database and prefix.
+        StoreError: The database refused a statement, a read stayed unreachable for 30 s, or
+            the store is closed.
+    """
+
+    @staticmethod
+    def open(
+        bridge: AsyncBridge, url: str, prefix: str = "plait_", durability: str = "full"
+    ) -> int:
+        """Opens, migrates and locks the store at `url`; resolves to a `SqlStore`.
+
+        Args:
+            bridge: The running loop's bridge.
+            url: `sqlite://<path>` or `sqlite:<path>` (created if missing), or
+                `postgres://...` / `postgresql://...`.
+            prefix: Prefix of every table name: `[a-z_][a-z0-9_]{0,30}`.
+            durability: `"full"` (a commit survives a crash or power cut) or `"normal"`
+                (faster; a crash may lose the last commits but never corrupts).
+
+        Raises:
+            InvalidArgumentError: Another URL scheme, an in-memory SQLite URL, a bad prefix or
+                durability.
+        """
+
+    def write(self, bridge: AsyncBridge, ops: Iterable[_Op]) -> int:
+        """Queues the ops now; resolves to one result per op once they are committed.
+
+        Batches apply in the order `write` was called. Cancelling the await does not withdraw
+        the batch.
+
+        Raises:
+            InvalidArgumentError: An op is malformed (the message names `ops[<index>]`).
+        """
+
+    def snapshot(self, bridge: AsyncBridge, id: str) -> int:
+        """Resolves to `(record, [(key, seq, value)], [(name, value)])` in write order, or None."""
+
+    def execution(self, bridge: AsyncBridge, id: str) -> int:
+        """Resolves to the execution record, or None."""
+
+    def timers(self, bridge: AsyncBridge) -> int:
+        """Resolves to every timer as `(execution_id, name, due_ms)`, earliest first."""
+
+    def with_status(self, bridge: AsyncBridge, status: _Status) -> int:
+        """Resolves to the ids of the executions with `status`."""
+
+    def close(self, bridge: AsyncBridge) -> int:
+        """Commits what is queued, releases the lock and the connections; resolves to None."""
+
+    @property
+    def url(self) -> str:
+        """The URL, with any password replaced by `***`."""
 
 @final
 class TimerServiceRef:

@@ -656,7 +656,9 @@ class Engine:
         )
         if existing is None:
             self._launch(ex, None)
-        elif existing[3] == "running":
+            return
+        ex.payload = None  # the stored payload is the execution's, decoded when it runs
+        if existing[3] == "running":
             await self._resume(execution_id)
         elif existing[3] == "complete" and not ex.waiters:
             self._live.pop(execution_id, None)
@@ -1047,8 +1049,12 @@ class Engine:
         if ex is not None and ex.run is not None:
             if not ex.run.deliver(name, encoded):
                 ex.wake = True
-        else:
+            return True
+        try:
             await self._resume(execution_id)
+        except JournalDecodeError:
+            # Stored all the same: the execution's callers hear of its broken journal.
+            log.exception("execution %s cannot resume", execution_id)
         return True
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:

@@ -9,7 +9,8 @@
 //! - [`runtime`]: the process-wide tokio runtime;
 //! - [`completion`]: results of Rust tasks handed to an event loop in batches;
 //! - [`clock`]: the wall clock, in milliseconds since the Unix epoch;
-//! - [`store`]: the journal store of executions, step results, deferreds and timers.
+//! - [`store`]: the journal store of executions, step results, deferreds and timers, in memory
+//!   or durable in SQLite / PostgreSQL.
 //!
 //! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
 

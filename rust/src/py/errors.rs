@@ -21,6 +21,9 @@ import_exception!(plait.errors, ClosedError);
 import_exception!(plait.errors, ForkedProcessError);
 import_exception!(plait.errors, UnknownExecutionError);
 import_exception!(plait.errors, ExecutionCompleteError);
+import_exception!(plait.errors, StoreError);
+import_exception!(plait.errors, StoreConnectError);
+import_exception!(plait.errors, EngineLockedError);
 
 impl From<snowflake::Error> for PyErr {
     fn from(err: snowflake::Error) -> Self {
@@ -66,6 +69,23 @@ impl From<store::StoreError> for PyErr {
                 ExecutionCompleteError::new_err(err.to_string())
             }
             store::StoreError::UnknownStatus(_) => InvalidArgumentError::new_err(err.to_string()),
+        }
+    }
+}
+
+impl From<store::sql::SqlError> for PyErr {
+    fn from(err: store::sql::SqlError) -> Self {
+        use store::sql::SqlError;
+        let message = err.to_string();
+        match err {
+            SqlError::InvalidArgument(_) => InvalidArgumentError::new_err(message),
+            SqlError::Connect { .. } => StoreConnectError::new_err(message),
+            SqlError::Locked { .. } => EngineLockedError::new_err(message),
+            SqlError::Migrate { .. }
+            | SqlError::Database { .. }
+            | SqlError::Unavailable { .. }
+            | SqlError::Abandoned { .. }
+            | SqlError::Closed { .. } => StoreError::new_err(message),
         }
     }
 }

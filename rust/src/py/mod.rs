@@ -10,6 +10,7 @@ mod errors;
 mod ids;
 mod shard;
 mod snowflake;
+mod sql;
 mod store;
 mod timer;
 
@@ -28,6 +29,8 @@ mod _native {
     use super::shard::{hash_string, shard_id, shard_ids, PyHashRing};
     #[pymodule_export]
     use super::snowflake::{snowflake_make, snowflake_parts, SnowflakeGenerator};
+    #[pymodule_export]
+    use super::sql::SqlStore;
     #[pymodule_export]
     use super::store::MemoryStore;
     #[pymodule_export]

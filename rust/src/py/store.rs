@@ -6,7 +6,7 @@ use super::errors::{at_item, capacity_hint, Int};
 use crate::store::{self, memory, Status};
 
 /// `(workflow, payload, parent, status, result, interrupted)`.
-type ExecutionTuple<'py> = (
+pub(super) type ExecutionTuple<'py> = (
     String,
     Bound<'py, PyBytes>,
     Option<String>,
@@ -15,7 +15,7 @@ type ExecutionTuple<'py> = (
     bool,
 );
 
-fn execution_tuple(py: Python<'_>, execution: store::Execution) -> ExecutionTuple<'_> {
+pub(super) fn execution_tuple(py: Python<'_>, execution: store::Execution) -> ExecutionTuple<'_> {
     (
         execution.workflow,
         PyBytes::new(py, &execution.payload),

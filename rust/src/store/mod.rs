@@ -2,10 +2,11 @@
 //! durable timers.
 //!
 //! Values are opaque bytes (JSON written by the Python side); the store never decodes them.
-//! [`memory::MemoryStore`] keeps everything in process; the durable backends follow the same
-//! record shapes.
+//! [`memory::MemoryStore`] keeps everything in process; [`sql::SqlStore`] keeps the same records,
+//! with the same semantics, in SQLite or PostgreSQL.
 
 pub mod memory;
+pub mod sql;
 
 use thiserror::Error;
 

@@ -1,0 +1,289 @@
+//! Opening a database: the single-engine lock, the connection pool and the migrations.
+
+use std::{
+    ffi::OsString,
+    fs::{File, OpenOptions, TryLockError},
+    io,
+    path::PathBuf,
+    time::Duration,
+};
+
+use sha2::{Digest, Sha256};
+use sqlx::{
+    migrate::{Migration, Migrator},
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+    sqlite::{
+        SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+        SqliteSynchronous,
+    },
+    AssertSqlSafe, Connection, SqlSafeStr,
+};
+
+use super::{
+    config::{Config, Durability, Target},
+    queries::{Dialect, Pool, WriterConn},
+    SqlError,
+};
+
+/// How long connecting may take before `open` gives up.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SQLite waits on a lock held by another connection before failing with
+/// `SQLITE_BUSY` (which the store then retries with backoff).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections for reads; the writer has one of its own (and PostgreSQL one more for the lock).
+const SQLITE_READERS: u32 = 4;
+const POSTGRES_READERS: u32 = 6;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The migrations of `dialect`, with `{prefix}` filled in and their bookkeeping in the table
+/// `<prefix>migrations`.
+pub(super) fn migrator(dialect: Dialect, prefix: &str) -> Migrator {
+    let embedded = match dialect {
+        Dialect::Sqlite => &SQLITE_MIGRATIONS,
+        Dialect::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    let migrations = embedded
+        .iter()
+        .map(|m| {
+            Migration::new(
+                m.version,
+                m.description.clone(),
+                m.migration_type,
+                AssertSqlSafe(m.sql.as_str().replace("{prefix}", prefix)).into_sql_str(),
+                m.no_tx,
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.dangerous_set_table_name(format!("{prefix}migrations"));
+    migrator
+}
+
+/// What keeps a second engine off the database until it is dropped (or the process dies).
+pub(super) enum EngineLock {
+    /// An exclusive `flock` on `<database file>.lock`.
+    File(File),
+    /// A session advisory lock, held by this connection.
+    Postgres { conn: PgConnection, key: i64 },
+}
+
+impl EngineLock {
+    /// Lets another engine in.
+    pub(super) async fn release(self) {
+        match self {
+            // Closing the file releases the lock.
+            EngineLock::File(file) => drop(file),
+            EngineLock::Postgres { mut conn, key } => {
+                // Ending the session releases the lock even if unlocking fails; a server that
+                // stopped answering is not waited on for long.
+                let unlock = async {
+                    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(key)
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                };
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, unlock).await;
+            }
+        }
+    }
+}
+
+/// The advisory lock key of a table prefix: the same in every process and version.
+pub(super) fn advisory_key(prefix: &str) -> i64 {
+    let digest = Sha256::digest(format!("plait engine lock\0{prefix}").as_bytes());
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+fn connect_error(config: &Config, err: impl std::fmt::Display) -> SqlError {
+    SqlError::Connect {
+        url: config.masked_url.clone(),
+        message: config.scrub(err.to_string()),
+    }
+}
+
+fn locked(config: &Config) -> SqlError {
+    SqlError::Locked {
+        url: config.masked_url.clone(),
+        prefix: config.prefix.clone(),
+    }
+}
+
+/// How the writer (re)connects.
+#[derive(Clone, Debug)]
+pub(super) enum Connector {
+    Sqlite(SqliteConnectOptions),
+    Postgres(PgConnectOptions),
+}
+
+impl Connector {
+    /// A new connection for the writer, within [`CONNECT_TIMEOUT`].
+    pub(super) async fn connect(&self) -> Result<WriterConn, sqlx::Error> {
+        let connect = async {
+            match self {
+                Connector::Sqlite(options) => SqliteConnection::connect_with(options)
+                    .await
+                    .map(WriterConn::Sqlite),
+                Connector::Postgres(options) => PgConnection::connect_with(options)
+                    .await
+                    .map(WriterConn::Postgres),
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::Io(io::ErrorKind::TimedOut.into())))
+    }
+}
+
+/// An opened database: locked, migrated, connected.
+pub(super) struct Opened {
+    /// Connections for reads.
+    pub(super) pool: Pool,
+    /// The writer's connection, and how to get another.
+    pub(super) writer: WriterConn,
+    pub(super) connector: Connector,
+    pub(super) lock: EngineLock,
+    pub(super) dialect: Dialect,
+}
+
+/// Locks, connects and migrates.
+pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
+    match &config.target {
+        Target::Sqlite(options) => {
+            let lock = lock_file(config, options)?;
+            let options = options
+                .clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match config.durability {
+                    Durability::Full => SqliteSynchronous::Full,
+                    Durability::Normal => SqliteSynchronous::Normal,
+                })
+                .busy_timeout(BUSY_TIMEOUT);
+            let connector = Connector::Sqlite(options.clone());
+            let pool = SqlitePoolOptions::new()
+                .max_connections(SQLITE_READERS)
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(|err| connect_error(config, err))?;
+            let pool = Pool::Sqlite(pool);
+            migrate(config, &pool, Dialect::Sqlite).await?;
+            let writer = connector
+                .connect()
+                .await
+                .map_err(|err| connect_error(config, err))?;
+            Ok(Opened {
+                pool,
+                writer,
+                connector,
+                lock,
+                dialect: Dialect::Sqlite,
+            })
+        }
+        Target::Postgres(options) => {
+            let mut options = options.clone().application_name("plait");
+            if config.durability == Durability::Normal {
+                options = options.options([("synchronous_commit", "off")]);
+            }
+            let lock = lock_postgres(config, &options).await?;
+            let connector = Connector::Postgres(options.clone());
+            let pool = match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                PgPoolOptions::new()
+                    .max_connections(POSTGRES_READERS)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect_with(options),
+            )
+            .await
+            {
+                Ok(Ok(pool)) => pool,
+                Ok(Err(err)) => return Err(connect_error(config, err)),
+                Err(_) => return Err(connect_error(config, "timed out")),
+            };
+            let pool = Pool::Postgres(pool);
+            migrate(config, &pool, Dialect::Postgres).await?;
+            let writer = connector
+                .connect()
+                .await
+                .map_err(|err| connect_error(config, err))?;
+            Ok(Opened {
+                pool,
+                writer,
+                connector,
+                lock,
+                dialect: Dialect::Postgres,
+            })
+        }
+    }
+}
+
+fn lock_file(config: &Config, options: &SqliteConnectOptions) -> Result<EngineLock, SqlError> {
+    let mut path = OsString::from(options.get_filename());
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| {
+            connect_error(
+                config,
+                format!("cannot open the lock file {}: {err}", path.display()),
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(EngineLock::File(file)),
+        Err(TryLockError::WouldBlock) => Err(locked(config)),
+        Err(TryLockError::Error(err)) => Err(connect_error(
+            config,
+            format!("cannot lock {}: {err}", path.display()),
+        )),
+    }
+}
+
+async fn lock_postgres(
+    config: &Config,
+    options: &PgConnectOptions,
+) -> Result<EngineLock, SqlError> {
+    let mut conn =
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return Err(connect_error(config, err)),
+            Err(_) => return Err(connect_error(config, "timed out")),
+        };
+    let key = advisory_key(&config.prefix);
+    let taken = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn),
+    )
+    .await;
+    match taken {
+        Ok(Ok(true)) => Ok(EngineLock::Postgres { conn, key }),
+        Ok(Ok(false)) => {
+            let _ = conn.close().await;
+            Err(locked(config))
+        }
+        Ok(Err(err)) => Err(connect_error(config, err)),
+        Err(_) => Err(connect_error(config, "timed out taking the engine lock")),
+    }
+}
+
+async fn migrate(config: &Config, pool: &Pool, dialect: Dialect) -> Result<(), SqlError> {
+    let migrator = migrator(dialect, &config.prefix);
+    let outcome = match pool {
+        Pool::Sqlite(pool) => migrator.run(pool).await,
+        Pool::Postgres(pool) => migrator.run(pool).await,
+    };
+    outcome.map_err(|err| SqlError::Migrate {
+        url: config.masked_url.clone(),
+        message: config.scrub(err.to_string()),
+    })
+}

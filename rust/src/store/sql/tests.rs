@@ -1,0 +1,871 @@
+//! Against a real SQLite file in a temporary directory, and a real PostgreSQL when one answers
+//! at `PLAIT_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`); the
+//! PostgreSQL half is skipped, saying why, when it does not.
+
+use std::{
+    path::PathBuf,
+    str::FromStr,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgConnection},
+    sqlite::{SqliteConnectOptions, SqliteConnection},
+    AssertSqlSafe, Connection, Executor,
+};
+
+use super::{connect::migrator, queries::Dialect, *};
+use crate::store::{memory::MemoryStore, StoreError};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn postgres_url() -> String {
+    std::env::var("PLAIT_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{what}{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh, empty place for a store: a new SQLite file, or a new table prefix in PostgreSQL.
+struct Place {
+    dialect: Dialect,
+    url: String,
+    prefix: String,
+    dir: Option<PathBuf>,
+}
+
+impl Place {
+    fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(unique("plait-sql-test-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            dialect: Dialect::Sqlite,
+            url: format!("sqlite://{}", dir.join("journal.db").display()),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let url = postgres_url();
+        let options = PgConnectOptions::from_str(&url).ok()?;
+        match tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(&options))
+            .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Some(Self {
+                    dialect: Dialect::Postgres,
+                    url,
+                    prefix: unique("t"),
+                    dir: None,
+                })
+            }
+            Ok(Err(err)) => {
+                eprintln!("skipping the PostgreSQL half: cannot connect to {url}: {err}");
+                None
+            }
+            Err(_) => {
+                eprintln!("skipping the PostgreSQL half: {url} did not answer within 3 s");
+                None
+            }
+        }
+    }
+
+    /// Every place to run a test in.
+    async fn all() -> Vec<Self> {
+        let mut places = vec![Self::sqlite()];
+        places.extend(Self::postgres().await);
+        places
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Self {
+        Self {
+            dialect: self.dialect,
+            url: self.url.clone(),
+            prefix: prefix.to_owned(),
+            dir: None,
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config::new(&self.url, &self.prefix, "full").unwrap()
+    }
+
+    async fn open(&self) -> SqlStore {
+        SqlStore::open(&self.config()).await.unwrap()
+    }
+
+    /// Runs `sql` (with `{p}` for the prefix) on a connection of its own.
+    async fn execute(&self, sql: &str) {
+        let sql = sql.replace("{p}", &self.prefix);
+        match self.dialect {
+            Dialect::Sqlite => {
+                let mut conn = SqliteConnection::connect_with(
+                    &SqliteConnectOptions::from_str(&self.url).unwrap(),
+                )
+                .await
+                .unwrap();
+                conn.execute(AssertSqlSafe(sql)).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            Dialect::Postgres => {
+                let mut conn =
+                    PgConnection::connect_with(&PgConnectOptions::from_str(&self.url).unwrap())
+                        .await
+                        .unwrap();
+                conn.execute(AssertSqlSafe(sql)).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if self.dialect == Dialect::Postgres {
+            self.execute(
+                "DROP TABLE IF EXISTS {p}executions, {p}journal, {p}deferreds, {p}timers, \
+                 {p}migrations",
+            )
+            .await;
+        }
+    }
+}
+
+fn start(id: &str) -> Op {
+    Op::Start {
+        id: id.into(),
+        workflow: "W".into(),
+        payload: b"{}".to_vec(),
+        parent: None,
+    }
+}
+
+fn append(id: &str, key: &str, seq: u32, value: &[u8]) -> Op {
+    Op::Append {
+        id: id.into(),
+        entry: entry(key, seq, value),
+    }
+}
+
+fn entry(key: &str, seq: u32, value: &[u8]) -> Entry {
+    Entry {
+        key: key.into(),
+        seq,
+        value: value.to_vec(),
+    }
+}
+
+fn deferred(id: &str, name: &str, value: &[u8]) -> Op {
+    Op::Deferred {
+        id: id.into(),
+        name: name.into(),
+        value: value.to_vec(),
+    }
+}
+
+fn status(id: &str, status: Status, result: Option<&[u8]>) -> Op {
+    Op::Status {
+        id: id.into(),
+        status,
+        result: result.map(<[u8]>::to_vec),
+    }
+}
+
+fn timer(id: &str, name: &str, due_ms: u64) -> Op {
+    Op::Timer(Timer {
+        execution_id: id.into(),
+        name: name.into(),
+        due_ms,
+    })
+}
+
+async fn write(store: &SqlStore, ops: Vec<Op>) -> Vec<OpResult> {
+    store.write(ops).unwrap().await.unwrap()
+}
+
+fn done(values: &[bool]) -> Vec<OpResult> {
+    values.iter().map(|&v| OpResult::Done(v)).collect()
+}
+
+/// What [`MemoryStore`] answers to `op`, in the SQL store's terms.
+fn apply_to_memory(memory: &MemoryStore, op: &Op) -> OpResult {
+    match op.clone() {
+        Op::Start {
+            id,
+            workflow,
+            payload,
+            parent,
+        } => match memory.start(&id, &workflow, payload, parent) {
+            None => OpResult::Created,
+            Some(existing) => OpResult::Existing(existing),
+        },
+        Op::Append { id, entry } => match memory.append(vec![(id, entry)]) {
+            Ok(stored) => OpResult::Done(stored[0]),
+            Err(StoreError::UnknownExecution(_)) => OpResult::Done(false),
+            Err(err) => panic!("{err}"),
+        },
+        Op::Deferred { id, name, value } => match memory.complete_deferred(&id, &name, value) {
+            Ok(stored) => OpResult::Done(stored),
+            Err(_) => OpResult::UnknownExecution,
+        },
+        Op::Status { id, status, result } => {
+            OpResult::Done(memory.set_status(&id, status, result).is_ok())
+        }
+        Op::Interrupt { id } => match memory.interrupt(&id) {
+            Ok(done) => OpResult::Done(done),
+            Err(_) => OpResult::UnknownExecution,
+        },
+        Op::Timer(timer) => OpResult::Done(memory.schedule_timer(timer).unwrap_or(false)),
+        Op::Untimer { execution_id, name } => {
+            OpResult::Done(memory.remove_timer(&execution_id, &name))
+        }
+    }
+}
+
+/// A deterministic stream of ops over a few ids, keys and names: every kind of op, including
+/// repeats and unknown executions.
+fn scripted_ops(count: usize) -> Vec<Op> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let statuses = [Status::Running, Status::Suspended, Status::Complete];
+    (0..count)
+        .map(|i| {
+            let id = format!("e{}", next(6));
+            let name = format!("n{}", next(4));
+            let value = format!("v{i}").into_bytes();
+            match next(10) {
+                0 | 1 => Op::Start {
+                    id,
+                    workflow: format!("W{}", next(2)),
+                    payload: value,
+                    parent: (next(2) == 0).then(|| "p".to_owned()),
+                },
+                2 | 3 => append(&id, &name, u32::try_from(next(5)).unwrap(), &value),
+                4 => deferred(&id, &name, &value),
+                5 => {
+                    let which = statuses[usize::try_from(next(3)).unwrap()];
+                    let result = (next(2) == 0).then_some(value);
+                    Op::Status {
+                        id,
+                        status: which,
+                        result,
+                    }
+                }
+                6 => Op::Interrupt { id },
+                7 | 8 => timer(&id, &name, next(50)),
+                _ => Op::Untimer {
+                    execution_id: id,
+                    name,
+                },
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_op_answers_as_the_memory_store_does() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let memory = MemoryStore::default();
+        let ops = scripted_ops(400);
+        let mut sizes = [1usize, 3, 7, 2, 15, 1, 30].into_iter().cycle();
+        let mut rest = ops.as_slice();
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(sizes.next().unwrap().min(rest.len()));
+            rest = tail;
+            let expected: Vec<OpResult> = batch
+                .iter()
+                .map(|op| apply_to_memory(&memory, op))
+                .collect();
+            assert_eq!(write(&store, batch.to_vec()).await, expected, "{batch:?}");
+        }
+        for n in 0..7 {
+            let id = format!("e{n}");
+            assert_eq!(
+                store.snapshot(&id).await.unwrap(),
+                memory.snapshot(&id),
+                "{id}"
+            );
+            assert_eq!(store.execution(&id).await.unwrap(), memory.execution(&id));
+        }
+        let key = |t: &Timer| (t.due_ms, t.execution_id.clone(), t.name.clone());
+        let mut expected = memory.timers();
+        expected.sort_by_key(key);
+        assert_eq!(store.timers().await.unwrap(), expected);
+        for which in [Status::Running, Status::Suspended, Status::Complete] {
+            let mut expected = memory.with_status(which);
+            expected.sort();
+            assert_eq!(store.with_status(which).await.unwrap(), expected);
+        }
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn first_write_wins_and_completion_is_final() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        // A start and its steps in one batch: applied in order.
+        let results = write(
+            &store,
+            vec![
+                start("e"),
+                append("e", "b/1", 1, b"B"),
+                append("e", "a/1", 0, b"A"),
+                append("e", "b/1", 1, b"late"),
+                append("nope", "a/1", 0, b"A"),
+            ],
+        )
+        .await;
+        assert_eq!(results[0], OpResult::Created);
+        assert_eq!(results[1..], done(&[true, true, false, false]));
+        let OpResult::Existing(existing) = write(&store, vec![start("e")]).await.remove(0) else {
+            panic!("a second start must return the execution");
+        };
+        assert_eq!(existing.status, Status::Running);
+        assert_eq!(existing.payload, b"{}");
+
+        let results = write(
+            &store,
+            vec![
+                deferred("e", "d", b"1"),
+                deferred("e", "d", b"2"),
+                deferred("nope", "d", b"1"),
+                timer("e", "DurableClock/t", 5),
+                timer("e", "DurableClock/t", 9),
+                Op::Interrupt { id: "e".into() },
+                status("e", Status::Suspended, None),
+            ],
+        )
+        .await;
+        assert_eq!(
+            results,
+            vec![
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::UnknownExecution,
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::Done(true),
+                OpResult::Done(true),
+            ]
+        );
+        assert_eq!(store.with_status(Status::Suspended).await.unwrap(), ["e"]);
+        assert_eq!(store.timers().await.unwrap()[0].due_ms, 5);
+
+        let results = write(
+            &store,
+            vec![
+                status("e", Status::Complete, Some(b"r")),
+                status("e", Status::Running, None),
+                Op::Interrupt { id: "e".into() },
+                Op::Interrupt { id: "nope".into() },
+            ],
+        )
+        .await;
+        assert_eq!(
+            results,
+            vec![
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::Done(false),
+                OpResult::UnknownExecution,
+            ]
+        );
+        assert!(store.timers().await.unwrap().is_empty());
+        let snapshot = store.snapshot("e").await.unwrap().unwrap();
+        assert_eq!(snapshot.execution.status, Status::Complete);
+        assert_eq!(snapshot.execution.result.as_deref(), Some(&b"r"[..]));
+        assert!(snapshot.execution.interrupted);
+        assert_eq!(
+            snapshot.entries,
+            vec![entry("b/1", 1, b"B"), entry("a/1", 0, b"A")]
+        );
+        assert_eq!(snapshot.deferreds, vec![("d".to_owned(), b"1".to_vec())]);
+        assert_eq!(store.snapshot("nope").await.unwrap(), None);
+        assert_eq!(store.snapshot("nul\0").await.unwrap(), None);
+        store.close().await;
+
+        // Everything was committed: a new engine sees it.
+        let store = place.open().await;
+        assert_eq!(store.snapshot("e").await.unwrap(), Some(snapshot));
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writes_share_one_transaction() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        write(&store, vec![start("e")]).await;
+        let before = store.transactions();
+        // The writer runs on this (single-threaded) runtime, so every batch is queued before
+        // it looks: it must take them all at once.
+        let waits: Vec<_> = (0..50)
+            .map(|n| {
+                store
+                    .write(vec![append("e", &format!("s{n}/1"), n, b"x")])
+                    .unwrap()
+            })
+            .collect();
+        for wait in waits {
+            assert_eq!(wait.await.unwrap(), done(&[true]));
+        }
+        assert_eq!(store.transactions() - before, 1);
+        let snapshot = store.snapshot("e").await.unwrap().unwrap();
+        let seqs: Vec<u32> = snapshot.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_batch_fails_alone() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        write(&store, vec![start("e")]).await;
+        place.execute("DROP TABLE {p}timers").await;
+        let good = store.write(vec![append("e", "a/1", 0, b"A")]).unwrap();
+        let bad = store.write(vec![timer("e", "t", 1)]).unwrap();
+        let also_good = store.write(vec![deferred("e", "d", b"D")]).unwrap();
+        assert_eq!(good.await.unwrap(), done(&[true]));
+        let err = bad.await.unwrap_err();
+        assert!(matches!(err, SqlError::Database { .. }), "{err}");
+        assert!(err.to_string().contains("timers"), "{err}");
+        assert_eq!(also_good.await.unwrap(), done(&[true]));
+        let snapshot = store.snapshot("e").await.unwrap().unwrap();
+        assert_eq!(snapshot.entries.len(), 1);
+        assert_eq!(snapshot.deferreds.len(), 1);
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_second_engine_is_refused_until_the_first_closes() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let err = SqlStore::open(&place.config()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "another plait engine is running on {} with table prefix {}",
+                place.url, place.prefix
+            )
+        );
+        assert!(matches!(err, SqlError::Locked { .. }));
+        write(&store, vec![start("e")]).await;
+        store.close().await;
+        store.close().await;
+        assert!(matches!(
+            store.write(vec![start("f")]),
+            Err(SqlError::Closed { .. })
+        ));
+        assert!(matches!(
+            store.execution("e").await,
+            Err(SqlError::Closed { .. })
+        ));
+
+        let again = place.open().await;
+        assert!(again.execution("e").await.unwrap().is_some());
+        // Dropping the store (no close) releases the lock too, once its writer has ended.
+        drop(again);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let third = loop {
+            match SqlStore::open(&place.config()).await {
+                Ok(store) => break store,
+                Err(SqlError::Locked { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
+        third.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn close_commits_what_is_queued() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let first = store.write(vec![start("e")]).unwrap();
+        let second = store.write(vec![append("e", "a/1", 0, b"A")]).unwrap();
+        store.close().await;
+        assert_eq!(first.await.unwrap(), vec![OpResult::Created]);
+        assert_eq!(second.await.unwrap(), done(&[true]));
+        let store = place.open().await;
+        assert_eq!(store.snapshot("e").await.unwrap().unwrap().entries.len(), 1);
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
+    for place in Place::all().await {
+        let first_only = migrator(place.dialect, &place.prefix);
+        match place.dialect {
+            Dialect::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&place.url)
+                    .unwrap()
+                    .create_if_missing(true);
+                let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+                first_only.run_to(1, &mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            Dialect::Postgres => {
+                let options = PgConnectOptions::from_str(&place.url).unwrap();
+                let mut conn = PgConnection::connect_with(&options).await.unwrap();
+                first_only.run_to(1, &mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+        let blob = |hex: &str| match place.dialect {
+            Dialect::Sqlite => format!("x'{hex}'"),
+            Dialect::Postgres => format!("'\\x{hex}'::bytea"),
+        };
+        place
+            .execute(&format!(
+                "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
+                 interrupted, created_ms, updated_ms) \
+                 VALUES ('old', 'W', {}, NULL, 'suspended', NULL, FALSE, 1, 1)",
+                blob("7b7d")
+            ))
+            .await;
+        place
+            .execute(&format!(
+                "INSERT INTO {{p}}journal (execution_id, key, seq, value) \
+                 VALUES ('old', 'a/1', 0, {}), ('old', 'b/1', 1, {})",
+                blob("31"),
+                blob("32")
+            ))
+            .await;
+
+        let store = place.open().await;
+        let snapshot = store.snapshot("old").await.unwrap().unwrap();
+        assert_eq!(snapshot.execution.payload, b"{}");
+        assert_eq!(snapshot.execution.status, Status::Suspended);
+        let keys: Vec<&str> = snapshot.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["a/1", "b/1"]);
+        assert_eq!(store.with_status(Status::Suspended).await.unwrap(), ["old"]);
+        store.close().await;
+
+        let versions = applied_versions(&place).await;
+        assert_eq!(versions, [1, 2]);
+        place.cleanup().await;
+    }
+}
+
+async fn applied_versions(place: &Place) -> Vec<i64> {
+    let sql = format!(
+        "SELECT version FROM {}migrations WHERE success ORDER BY version",
+        place.prefix
+    );
+    match place.dialect {
+        Dialect::Sqlite => {
+            let mut conn = SqliteConnection::connect_with(
+                &SqliteConnectOptions::from_str(&place.url).unwrap(),
+            )
+            .await
+            .unwrap();
+            sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+        Dialect::Postgres => {
+            let mut conn =
+                PgConnection::connect_with(&PgConnectOptions::from_str(&place.url).unwrap())
+                    .await
+                    .unwrap();
+            sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+#[tokio::test]
+async fn table_prefixes_keep_stores_apart() {
+    for place in Place::all().await {
+        let other = place.with_prefix(&format!(
+            "{}other_",
+            &place.prefix[..place.prefix.len().min(20)]
+        ));
+        let a = place.open().await;
+        write(&a, vec![start("e"), timer("e", "t", 1)]).await;
+        if place.dialect == Dialect::Sqlite {
+            // One engine per SQLite file, whatever its prefix.
+            assert!(matches!(
+                SqlStore::open(&other.config()).await,
+                Err(SqlError::Locked { .. })
+            ));
+            a.close().await;
+        }
+        let b = other.open().await;
+        assert_eq!(b.execution("e").await.unwrap(), None);
+        assert!(b.timers().await.unwrap().is_empty());
+        write(&b, vec![start("e"), append("e", "k/1", 0, b"B")]).await;
+        assert_eq!(b.snapshot("e").await.unwrap().unwrap().entries.len(), 1);
+        b.close().await;
+        let a = if place.dialect == Dialect::Sqlite {
+            place.open().await
+        } else {
+            a
+        };
+        assert!(a.snapshot("e").await.unwrap().unwrap().entries.is_empty());
+        assert_eq!(a.timers().await.unwrap().len(), 1);
+        a.close().await;
+        if place.dialect == Dialect::Postgres {
+            other.cleanup().await;
+        }
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_fast_with_its_password_masked() {
+    let started = Instant::now();
+    let config = Config::new("postgres://bob:sekret@127.0.0.1:1/db", "plait_", "full").unwrap();
+    let err = SqlStore::open(&config).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let message = err.to_string();
+    assert!(matches!(err, SqlError::Connect { .. }), "{message}");
+    assert!(
+        message.contains("postgres://bob:***@127.0.0.1:1/db"),
+        "{message}"
+    );
+    assert!(!message.contains("sekret"), "{message}");
+
+    let config = Config::new("sqlite:///nonexistent-dir/x/journal.db", "plait_", "full").unwrap();
+    let err = SqlStore::open(&config).await.unwrap_err();
+    assert!(matches!(err, SqlError::Connect { .. }), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent-dir/x/journal.db"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn durability_sets_the_sync_mode() {
+    let place = Place::sqlite();
+    for (durability, expected) in [("full", 2), ("normal", 1)] {
+        let store = SqlStore::open(&Config::new(&place.url, "plait_", durability).unwrap())
+            .await
+            .unwrap();
+        let Pool::Sqlite(pool) = &store.pool else {
+            unreachable!()
+        };
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!((sync, journal.as_str()), (expected, "wal"), "{durability}");
+        store.close().await;
+    }
+    place.cleanup().await;
+
+    if let Some(place) = Place::postgres().await {
+        for (durability, expected) in [("full", "on"), ("normal", "off")] {
+            let store =
+                SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
+                    .await
+                    .unwrap();
+            let Pool::Postgres(pool) = &store.pool else {
+                unreachable!()
+            };
+            let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(setting, expected, "{durability}");
+            store.close().await;
+        }
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn ops_the_database_could_not_store_are_refused_before_queueing() {
+    let place = Place::sqlite();
+    let store = place.open().await;
+    let err = store
+        .write(vec![start("e"), start("bad\0id")])
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        SqlError::InvalidArgument("ops[1]: id \"bad\\0id\" holds a NUL character".into())
+    );
+    let err = store.write(vec![timer("e", "t", u64::MAX)]).err().unwrap();
+    assert!(err.to_string().starts_with("ops[0]: due_ms"), "{err}");
+    assert_eq!(store.transactions(), 0);
+    assert_eq!(write(&store, vec![]).await, vec![]);
+    store.close().await;
+    place.cleanup().await;
+}
+
+#[test]
+fn connection_trouble_is_told_apart_from_refusals() {
+    assert!(is_transient(&sqlx::Error::PoolTimedOut));
+    assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
+        std::io::ErrorKind::ConnectionReset
+    ))));
+    assert!(!is_transient(&sqlx::Error::RowNotFound));
+    assert!(!is_transient(&sqlx::Error::Protocol("x".into())));
+}
+
+#[test]
+fn advisory_keys_are_stable_per_prefix() {
+    assert_eq!(
+        connect::advisory_key("plait_"),
+        connect::advisory_key("plait_")
+    );
+    assert_ne!(
+        connect::advisory_key("plait_"),
+        connect::advisory_key("other_")
+    );
+}
+
+#[tokio::test]
+async fn a_busy_database_is_retried_until_it_frees_or_the_store_closes() {
+    let place = Place::sqlite();
+    let store = place.open().await;
+    write(&store, vec![start("e")]).await;
+    let options = SqliteConnectOptions::from_str(&place.url).unwrap();
+    let mut blocker = SqliteConnection::connect_with(&options).await.unwrap();
+    blocker.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let started = Instant::now();
+    let wait = store.write(vec![append("e", "a/1", 0, b"A")]).unwrap();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        blocker.execute("COMMIT").await.unwrap();
+    };
+    let (result, ()) = tokio::join!(wait, release);
+    assert_eq!(result.unwrap(), done(&[true]));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+
+    // Closed while the database stays busy: the writer gives up on the queued write.
+    blocker.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let wait = store.write(vec![append("e", "b/1", 1, b"B")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    store.close().await;
+    let err = wait.await.unwrap_err();
+    assert!(matches!(err, SqlError::Abandoned { .. }), "{err}");
+    assert!(err.to_string().contains("may or may not"), "{err}");
+    blocker.execute("ROLLBACK").await.unwrap();
+    blocker.close().await.unwrap();
+    place.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_transaction_is_retried() {
+    let Some(place) = Place::postgres().await else {
+        return;
+    };
+    let store = place.open().await;
+    write(&store, vec![start("e")]).await;
+    let options = PgConnectOptions::from_str(&place.url).unwrap();
+    let mut blocker = PgConnection::connect_with(&options).await.unwrap();
+    blocker.execute("BEGIN").await.unwrap();
+    blocker
+        .execute(AssertSqlSafe(format!(
+            "LOCK TABLE {}journal IN ACCESS EXCLUSIVE MODE",
+            place.prefix
+        )))
+        .await
+        .unwrap();
+    let before = store.transactions();
+    let wait = tokio::spawn(store.write(vec![append("e", "a/1", 0, b"A")]).unwrap());
+    // Find the writer waiting on the table lock, and kill its connection.
+    let find = format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'plait' \
+         AND wait_event_type = 'Lock' AND query LIKE '%{}journal%'",
+        place.prefix
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        let pids: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(find.clone()))
+            .fetch_all(&mut blocker)
+            .await
+            .unwrap();
+        if let Some(&pid) = pids.first() {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    assert!(killed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blocker.execute("ROLLBACK").await.unwrap();
+    blocker.close().await.unwrap();
+    assert_eq!(wait.await.unwrap().unwrap(), done(&[true]));
+    assert_eq!(store.transactions() - before, 1);
+    assert_eq!(store.snapshot("e").await.unwrap().unwrap().entries.len(), 1);
+    store.close().await;
+    place.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_fails_within_the_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let url = format!("postgres://bob:sekret@127.0.0.1:{port}/db");
+    let err = SqlStore::open(&Config::new(&url, "plait_", "full").unwrap())
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, SqlError::Connect { .. }), "{err}");
+    assert!(waited >= connect::CONNECT_TIMEOUT, "{waited:?}");
+    assert!(
+        waited < connect::CONNECT_TIMEOUT + Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert!(err.to_string().contains("bob:***@"), "{err}");
+    assert!(!err.to_string().contains("sekret"), "{err}");
+    silent.abort();
+}
