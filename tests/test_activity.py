@@ -1,4 +1,7 @@
-"""Activities: journaling, retries and attempts, repeated names, races, typed errors, threads."""
+"""Activities: journaling, retries and attempts, repeated names, races, typed errors, threads.
+
+Each test runs on the memory store, a SQLite file and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ async def test_retry_times_runs_attempts_1_2_3_each_journaled_once(
     execution_id = await Retrying.execute({"id": "times", "spaced": False}, discard=True)
     await poll_until(Retrying, execution_id, plait.Suspended)
     assert attempts == [1, 2, 3]
-    assert journal_keys(plait_engine, execution_id) == ["Flaky/1", "Flaky/2", "Flaky/3"]
+    assert await journal_keys(plait_engine, execution_id) == ["Flaky/1", "Flaky/2", "Flaky/3"]
     assert keys == [plait.activity_idempotency_key(execution_id, "charge", n) for n in (1, 2, 3)]
     # A replay reads each attempt from the journal: nothing runs again.
     await Gate.succeed(gate_token(Retrying, execution_id), "!")
@@ -80,14 +83,19 @@ async def test_retry_with_a_schedule_waits_between_attempts_on_the_engine_clock(
     attempts: list[int] = []
     implement_retrying(attempts, [])
     execution_id = await Retrying.execute({"id": "spaced", "spaced": True}, discard=True)
+    # `settle()` after each advance: a woken attempt's result is committed before the retry
+    # sleeps again.
     await settle()
     assert attempts == [1]
     assert await Retrying.poll(execution_id) is None
     await plait_clock.advance(4.9)
+    await settle()
     assert attempts == [1]
     await plait_clock.advance(0.1)
+    await settle()
     assert attempts == [1, 2]
     await plait_clock.advance(5)
+    await settle()
     assert attempts == [1, 2, 3]
     await poll_until(Retrying, execution_id, plait.Suspended)
     # The replay neither re-runs attempts nor sleeps again: no clock advance is needed.
@@ -176,7 +184,7 @@ async def test_repeated_activity_names_are_distinct_steps(plait_engine: plait.En
     execution_id = await Looping.execute({"n": 3}, discard=True)
     await poll_until(Looping, execution_id, plait.Suspended)
     assert bump_calls == {0: 1, 1: 1, 2: 1}
-    assert journal_keys(plait_engine, execution_id) == ["Bump/1", "Bump#2/1", "Bump#3/1"]
+    assert await journal_keys(plait_engine, execution_id) == ["Bump/1", "Bump#2/1", "Bump#3/1"]
     await Gate.succeed(gate_token(Looping, execution_id), "go")
     assert await poll_until(Looping, execution_id, plait.Complete) == plait.Complete(
         plait.Success([0, 10, 20])
@@ -236,6 +244,7 @@ async def test_race_all_first_success_wins_and_losers_are_cancelled(
     execution_id = await Racing.execute({"id": "r"}, discard=True)
     await settle()
     await plait_clock.advance(1)
+    await settle()
     assert "failing failed" in events
     assert await Racing.poll(execution_id) is None
     await plait_clock.advance(4)
@@ -250,7 +259,7 @@ async def test_race_all_first_success_wins_and_losers_are_cancelled(
             "slow cancelled",
         ]
     )
-    assert "raceAll/Activity/contest" in deferred_names(plait_engine, execution_id)
+    assert "raceAll/Activity/contest" in await deferred_names(plait_engine, execution_id)
     # The replay reads the stored winner: no contender runs again.
     await Gate.succeed(gate_token(Racing, execution_id), "!")
     assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
@@ -289,7 +298,7 @@ async def test_a_replayed_race_leaves_later_uses_of_its_names_their_own_steps(
         plait.Success("100,300,!")
     )
     assert fetched.count(3) == 1
-    assert "Fetch#3/1" in journal_keys(plait_engine, execution_id)
+    assert "Fetch#3/1" in await journal_keys(plait_engine, execution_id)
 
 
 async def test_race_all_of_failures_raises_the_first(plait_engine: plait.Engine) -> None:
@@ -443,4 +452,8 @@ async def test_activity_decorator_forms_and_sync_bodies_in_a_worker_thread(
     assert len(thread_ids) == 1
     assert thread_ids[0] != threading.get_ident()
     execution_id = Decorated.execution_id({"x": 7})
-    assert journal_keys(plait_engine, execution_id) == ["where_am_i/1", "double/1", "Triple/1"]
+    assert await journal_keys(plait_engine, execution_id) == [
+        "where_am_i/1",
+        "double/1",
+        "Triple/1",
+    ]

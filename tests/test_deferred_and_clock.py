@@ -1,4 +1,7 @@
-"""Durable deferreds (completed from outside, raced, failed) and durable clocks (short, long)."""
+"""Durable deferreds (completed from outside, raced, failed) and durable clocks (short, long).
+
+Each test runs on the memory store, a SQLite file and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,14 @@ import pytest
 
 import plait
 from plait.testing import VirtualClock
-from tests.workflow_support import deferred_names, journal_keys, poll_until, settle
+from tests.workflow_support import (
+    EngineFactory,
+    deferred_names,
+    journal_keys,
+    poll_until,
+    settle,
+    timers,
+)
 
 
 class CardDeclined(plait.TaggedError):
@@ -57,7 +67,7 @@ async def test_layer_memory_wakes_an_active_workflow_when_a_durable_deferred_com
     assert await Signal.succeed(token, "signal")
     assert await asyncio.wait_for(caller, 5) == "signal"
     assert 1 <= len(runs) <= 2
-    assert "raceAll/memory-deferred-race" in deferred_names(plait_engine, execution_id)
+    assert "raceAll/memory-deferred-race" in await deferred_names(plait_engine, execution_id)
     await plait_clock.advance(10)
     assert await DeferredRace.execute({"id": "signal"}) == "signal"
     assert await DeferredRace.poll(execution_id) == plait.Complete(plait.Success("signal"))
@@ -72,6 +82,7 @@ async def test_the_other_branch_of_a_deferred_race_wins_when_no_signal_comes(
     caller = asyncio.ensure_future(DeferredRace.execute({"id": "timeout"}))
     await settle()
     await plait_clock.advance(9.999)
+    await settle()
     assert not caller.done()
     await plait_clock.advance(0.001)
     assert await asyncio.wait_for(caller, 5) == "timeout"
@@ -237,15 +248,16 @@ async def test_a_sleep_up_to_the_threshold_runs_in_process_as_an_activity(
     execution_id = await Napper.execute(nap("short", 60), discard=True)
     await settle()
     assert await Napper.poll(execution_id) is None  # running, not suspended
-    assert plait_engine.store.timers() == []
+    assert await timers(plait_engine) == []
     await plait_clock.advance(59.9)
+    await settle()
     assert events == ["run"]
     await plait_clock.advance(0.1)
     assert await poll_until(Napper, execution_id, plait.Complete) == plait.Complete(
         plait.Success("rested")
     )
     assert events == ["run", "woke"]
-    assert journal_keys(plait_engine, execution_id) == ["DurableClock/nap/1"]
+    assert await journal_keys(plait_engine, execution_id) == ["DurableClock/nap/1"]
 
 
 async def test_a_longer_sleep_suspends_on_a_stored_timer_and_passes_at_once(
@@ -257,10 +269,12 @@ async def test_a_longer_sleep_suspends_on_a_stored_timer_and_passes_at_once(
     start_ms = plait_clock.now_ms()
     execution_id = await Napper.execute(nap("long", 8 * 3600), discard=True)
     await poll_until(Napper, execution_id, plait.Suspended)
-    assert plait_engine.store.timers() == [
+    assert await timers(plait_engine) == [
         (execution_id, "DurableClock/nap", start_ms + 8 * 3_600_000)
     ]
+    await settle()
     await plait_clock.advance(timedelta(hours=7, minutes=59))
+    await settle()
     assert await Napper.poll(execution_id) == plait.Suspended()
     assert events == ["run"]
     await plait_clock.advance(timedelta(minutes=1))
@@ -268,8 +282,9 @@ async def test_a_longer_sleep_suspends_on_a_stored_timer_and_passes_at_once(
         plait.Success("rested")
     )
     assert events == ["run", "run", "woke"]
-    assert plait_engine.store.timers() == []
-    assert "DurableClock/nap" in deferred_names(plait_engine, execution_id)
+    await settle()
+    assert await timers(plait_engine) == []
+    assert "DurableClock/nap" in await deferred_names(plait_engine, execution_id)
     assert time.monotonic() - started < 5
 
 
@@ -282,7 +297,7 @@ async def test_a_zero_threshold_makes_even_a_short_sleep_durable(
     await poll_until(Napper, execution_id, plait.Suspended)
     await plait_clock.advance(1)
     await poll_until(Napper, execution_id, plait.Complete)
-    assert journal_keys(plait_engine, execution_id) == []
+    assert await journal_keys(plait_engine, execution_id) == []
     assert events == ["run", "run", "woke"]
 
 
@@ -292,8 +307,8 @@ async def test_a_zero_sleep_returns_at_once(plait_engine: plait.Engine) -> None:
     assert await Napper.execute(nap("zero", 0, threshold=0)) == "rested"
     execution_id = Napper.execution_id(nap("zero", 0, threshold=0))
     assert events == ["run", "woke"]
-    assert journal_keys(plait_engine, execution_id) == []
-    assert deferred_names(plait_engine, execution_id) == set()
+    assert await journal_keys(plait_engine, execution_id) == []
+    assert await deferred_names(plait_engine, execution_id) == set()
 
 
 async def test_one_clock_name_used_twice_sleeps_twice(
@@ -304,34 +319,43 @@ async def test_one_clock_name_used_twice_sleeps_twice(
     long_id = await Napper.execute(nap("twice long", 3600), discard=True)
     short_id = await Napper.execute(nap("twice short", 30), discard=True)
     await poll_until(Napper, long_id, plait.Suspended)
+    # `settle()` around each advance: a woken step is committed before the next sleep starts.
+    await settle()
     await plait_clock.advance(30)
+    await settle()
     assert await Napper.poll(short_id) is None
     await plait_clock.advance(30)
     assert await poll_until(Napper, short_id, plait.Complete) == plait.Complete(
         plait.Success("rested")
     )
-    assert journal_keys(plait_engine, short_id) == ["DurableClock/nap/1", "DurableClock/nap#2/1"]
+    assert await journal_keys(plait_engine, short_id) == [
+        "DurableClock/nap/1",
+        "DurableClock/nap#2/1",
+    ]
     assert await Napper.poll(long_id) == plait.Suspended()
     await plait_clock.advance(3600 - 60)
+    await settle()
     await poll_until(Napper, long_id, plait.Suspended)
-    assert deferred_names(plait_engine, long_id) == {"DurableClock/nap"}
+    assert await deferred_names(plait_engine, long_id) == {"DurableClock/nap"}
     await plait_clock.advance(3600)
     assert await poll_until(Napper, long_id, plait.Complete) == plait.Complete(
         plait.Success("rested")
     )
-    assert deferred_names(plait_engine, long_id) == {"DurableClock/nap", "DurableClock/nap#2"}
+    assert await deferred_names(plait_engine, long_id) == {"DurableClock/nap", "DurableClock/nap#2"}
 
 
-async def test_a_stored_timer_fires_in_a_new_engine_on_the_same_store() -> None:
+async def test_a_stored_timer_fires_in_a_new_engine_on_the_same_store(
+    make_engine: EngineFactory,
+) -> None:
     events: list[str] = []
     implement_napper(events)
     clock = VirtualClock(start=1_700_000_000_000)
-    first = plait.Engine.memory(clock=clock)
+    first = make_engine(clock)
     async with first:
         execution_id = await Napper.execute(nap("restart", 3600), discard=True)
         await poll_until(Napper, execution_id, plait.Suspended)
     later = VirtualClock(start=clock.now_ms())
-    async with plait.Engine(first.store, clock=later):
+    async with make_engine.reopen(first, later):
         await settle()
         assert await Napper.poll(execution_id) == plait.Suspended()
         await later.advance(timedelta(hours=1))

@@ -1,6 +1,7 @@
-"""The workflow engine on the memory store: results, replay, finalizers, interrupts, children.
+"""The workflow engine: results, replay, finalizers, interrupts, children.
 
-Several tests restate Effect's `WorkflowEngine.test.ts` cases; their names say which.
+Each test runs on the memory store, a SQLite file and PostgreSQL. Several tests restate Effect's
+`WorkflowEngine.test.ts` cases; their names say which.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import pytest
 
 import plait
 from plait.testing import VirtualClock
-from tests.workflow_support import journal_keys, poll_until, settle
+from tests.workflow_support import (
+    EngineFactory,
+    journal_keys,
+    poll_until,
+    record,
+    settle,
+    spin,
+    stored_count,
+)
 
 Gate: plait.DurableDeferred[str] = plait.DurableDeferred("Gate", success=str)
 SecondGate: plait.DurableDeferred[str] = plait.DurableDeferred("SecondGate", success=str)
@@ -65,7 +74,7 @@ async def test_discard_returns_the_deterministic_execution_id(plait_engine: plai
 
 
 async def test_executing_again_returns_the_stored_result_without_running(
-    plait_engine: plait.Engine,
+    plait_engine: plait.Engine, make_engine: EngineFactory
 ) -> None:
     runs = 0
 
@@ -80,9 +89,10 @@ async def test_executing_again_returns_the_stored_result_without_running(
     assert await Echo.execute({"text": "once"}, discard=True) == Echo.execution_id({"text": "once"})
     await settle()
     assert runs == 1
-    # Another engine on the same store reads the stored result too.
-    other = plait.Engine(plait_engine.store, clock=VirtualClock())
-    async with other:
+    # Another engine on the same store reads the stored result too (after the first closed:
+    # a database takes one engine at a time).
+    await plait_engine.close()
+    async with make_engine.reopen(plait_engine, VirtualClock()) as other:
         assert await Echo.execute({"text": "once"}, engine=other) == "once#1"
     assert runs == 1
 
@@ -148,15 +158,20 @@ async def test_a_completion_racing_the_suspension_is_never_lost(plait_engine: pl
     async def joined(payload: Any, execution_id: str) -> str:
         return str(payload.text) + await Gate
 
-    # Complete the gate after 0, 1, 2, ... loop iterations: before, during and after the run
-    # parks and suspends. Each execution must end with the gate's value.
-    for delay in range(12):
-        text = f"race-{delay}"
+    # Complete the gate after 0, 1, 2, ... loop iterations, then after a few milliseconds (a
+    # SQL store's commits take that long): before, during and after the run parks and
+    # suspends. Each execution must end with the gate's value.
+    delays: list[tuple[int, float]] = [(rounds, 0) for rounds in range(12)]
+    delays += [(0, ms / 1000) for ms in (0.25, 0.5, 1, 2, 3, 5, 8, 13)]
+    for rounds, pause in delays:
+        text = f"race-{rounds}-{pause}"
         execution_id = await Joined.execute({"text": text}, discard=True)
-        await settle(delay)
+        await spin(rounds)
+        if pause:
+            await asyncio.sleep(pause)
         await Gate.succeed(gate_token(Joined, execution_id), "!")
         result = await poll_until(Joined, execution_id, plait.Complete)
-        assert result == plait.Complete(plait.Success(f"{text}!")), delay
+        assert result == plait.Complete(plait.Success(f"{text}!")), (rounds, pause)
 
 
 # Defects ----------------------------------------------------------------------------------------
@@ -198,6 +213,29 @@ async def test_without_capture_defects_a_defect_fails_the_run_and_resume_runs_ag
     assert await Strict.poll(declared_id) == plait.Complete(
         plait.Failure(OutOfStock(sku="s", wanted=3))
     )
+
+
+async def test_executing_again_after_a_defect_runs_again_even_with_a_workflow_scope(
+    plait_engine: plait.Engine,
+) -> None:
+    runs = 0
+    finalized: list[plait.Exit] = []
+
+    @Strict.implement
+    async def strict(payload: Any, execution_id: str) -> str:
+        nonlocal runs
+        runs += 1
+        plait.add_finalizer(finalized.append)  # keeps the execution's scope between runs
+        if runs == 1:
+            raise RuntimeError("transient")
+        return f"recovered on run {runs}"
+
+    with pytest.raises(plait.Defect):
+        await Strict.execute({"id": "scoped"})
+    # Stored as running with no run: the caller joining it starts one.
+    assert await asyncio.wait_for(Strict.execute({"id": "scoped"}), 10) == "recovered on run 2"
+    assert runs == 2
+    assert finalized == [plait.Success("recovered on run 2")] * 2
 
 
 Fragile: plait.Workflow[Any, str] = plait.Workflow(
@@ -258,10 +296,12 @@ async def test_suspended_retry_reruns_on_the_engine_clock_then_gives_up(
             raise ConnectionError("not yet")
         return f"ok after {runs.count(payload.id)} runs"
 
+    # `settle()` after each advance: the runs the clock starts read and write the store.
     caller = asyncio.ensure_future(Retried.execute({"id": "fixed", "fix_on_run": 3}))
     await settle()
     assert runs == ["fixed"]
     await plait_clock.advance(60)
+    await settle()
     assert runs == ["fixed"] * 2
     await plait_clock.advance(60)
     assert await asyncio.wait_for(caller, 5) == "ok after 3 runs"
@@ -269,6 +309,7 @@ async def test_suspended_retry_reruns_on_the_engine_clock_then_gives_up(
     caller = asyncio.ensure_future(Retried.execute({"id": "broken", "fix_on_run": 99}))
     await settle()
     await plait_clock.advance(60)
+    await settle()
     await plait_clock.advance(60)
     with pytest.raises(plait.SuspendedRetryExhaustedError, match="WfRetried"):
         await asyncio.wait_for(caller, 5)
@@ -278,6 +319,7 @@ async def test_suspended_retry_reruns_on_the_engine_clock_then_gives_up(
     caller = asyncio.ensure_future(Retried.execute({"id": "slow", "fix_on_run": 1}))
     await settle()
     await plait_clock.advance(999)
+    await settle()
     assert not caller.done()
     await plait_clock.advance(1)
     assert await asyncio.wait_for(caller, 5) == "ok after 1 runs"
@@ -546,9 +588,9 @@ async def test_a_child_that_completes_at_once_gives_its_result_to_the_parent(
     assert await Parent.execute({"id": "instant"}) == "parent(instant)"
     assert runs == {"parent": 1, "child": 1}
     child_id = Child.execution_id({"id": "instant"})
-    record = plait_engine.store.execution(child_id)
-    assert record is not None
-    assert record[2] == Parent.execution_id({"id": "instant"})
+    child = await record(plait_engine, child_id)
+    assert child is not None
+    assert child[2] == Parent.execution_id({"id": "instant"})
 
 
 async def test_a_suspended_child_suspends_the_parent_and_its_completion_resumes_it(
@@ -595,7 +637,9 @@ async def test_interrupting_the_parent_interrupts_the_child(plait_engine: plait.
 Forever: plait.Workflow[Any, str] = plait.Workflow("WfForever", payload={"id": str}, success=str)
 
 
-async def test_closing_the_engine_fails_waiting_callers_with_engine_closed() -> None:
+async def test_closing_the_engine_fails_waiting_callers_with_engine_closed(
+    make_engine: EngineFactory,
+) -> None:
     never = asyncio.Event()
     started = asyncio.Event()
 
@@ -607,7 +651,7 @@ async def test_closing_the_engine_fails_waiting_callers_with_engine_closed() -> 
         await never.wait()
         return "unreachable"
 
-    engine = plait.Engine.memory(clock=VirtualClock())
+    engine = make_engine(VirtualClock())
     await engine.start()
     busy = asyncio.ensure_future(Forever.execute({"id": "busy"}, engine=engine))
     parked = asyncio.ensure_future(Forever.execute({"id": "parked"}, engine=engine))
@@ -620,7 +664,9 @@ async def test_closing_the_engine_fails_waiting_callers_with_engine_closed() -> 
         with pytest.raises(plait.EngineClosedError) as err:
             await caller
         assert isinstance(err.value, plait.Interrupted)
-    busy_record = engine.store.execution(Forever.execution_id({"id": "busy"}))
+    # Read back by an engine started on the same store (it resumes the running execution).
+    async with make_engine.reopen(engine, VirtualClock()) as again:
+        busy_record = await record(again, Forever.execution_id({"id": "busy"}))
     assert busy_record is not None
     assert busy_record[3] == "running"
 
@@ -666,7 +712,7 @@ async def test_a_replay_calling_other_steps_raises_non_determinism(
     assert execution_id in str(err.value)
     assert calls == ["A"]
     assert not isinstance(await Drifting.poll(execution_id), plait.Complete)
-    assert journal_keys(plait_engine, execution_id) == ["A/1"]
+    assert await journal_keys(plait_engine, execution_id) == ["A/1"]
 
     Drifting.implement(original)
     await Drifting.resume(execution_id)
@@ -707,33 +753,35 @@ async def test_workflow_decorator_payload_from_the_signature(plait_engine: plait
 Located: plait.Workflow[Any, str] = plait.Workflow("WfLocated", payload={"id": str}, success=str)
 
 
-async def test_async_with_engine_and_explicit_engine_argument() -> None:
+async def test_async_with_engine_and_explicit_engine_argument(make_engine: EngineFactory) -> None:
     @Located.implement
     async def located(payload: Any, execution_id: str) -> str:
         return f"{payload.id}:{threading.get_ident()}"
 
-    ambient = plait.Engine.memory(clock=VirtualClock())
-    explicit = plait.Engine.memory(clock=VirtualClock())
+    ambient = make_engine(VirtualClock())
+    explicit = make_engine(VirtualClock())
     await explicit.start()
     try:
         async with ambient as entered:
             assert entered is ambient
             await Located.execute({"id": "ambient"})
             await Located.execute({"id": "explicit"}, engine=explicit)
-        for engine, kept, absent in (
-            (ambient, "ambient", "explicit"),
-            (explicit, "explicit", "ambient"),
-        ):
-            assert engine.store.execution(Located.execution_id({"id": kept})) is not None
-            assert engine.store.execution(Located.execution_id({"id": absent})) is None
-            assert len(engine.store) == 1
         with pytest.raises(plait.NoEngineError):
             await Located.execute({"id": "after the block"})
+        # The closed engine's store, read by an engine started on it.
+        async with make_engine.reopen(ambient, VirtualClock()) as reopened:
+            for engine, kept, absent in (
+                (reopened, "ambient", "explicit"),
+                (explicit, "explicit", "ambient"),
+            ):
+                assert await record(engine, Located.execution_id({"id": kept})) is not None
+                assert await record(engine, Located.execution_id({"id": absent})) is None
+                assert await stored_count(engine) == 1
     finally:
         await explicit.close()
 
 
-async def test_no_engine_raises_no_engine_error() -> None:
+async def test_no_engine_raises_no_engine_error(make_engine: EngineFactory) -> None:
     @Located.implement
     async def located(payload: Any, execution_id: str) -> str:
         return "never"
@@ -742,7 +790,8 @@ async def test_no_engine_raises_no_engine_error() -> None:
         await Located.execute({"id": "nowhere"})
     with pytest.raises(plait.NoEngineError):
         await Located.poll("0" * 32)
-    unstarted = plait.Engine.memory(clock=VirtualClock())
+    unstarted = make_engine(VirtualClock())
     with pytest.raises(plait.NoEngineError):
         await Located.execute({"id": "unstarted"}, engine=unstarted)
-    assert len(unstarted.store) == 0
+    await unstarted.start()  # to read its store: nothing was stored
+    assert await stored_count(unstarted) == 0

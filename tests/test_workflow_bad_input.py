@@ -1,4 +1,7 @@
-"""Careless use of the workflow API: a typed error naming the problem, nothing half-started."""
+"""Careless use of the workflow API: a typed error naming the problem, nothing half-started.
+
+Each engine test runs on the memory store, a SQLite file and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 import pytest
 
 import plait
-from tests.workflow_support import deferred_names, poll_until, settle
+from tests.workflow_support import deferred_names, poll_until, record, settle, stored_count
 
 Gate: plait.DurableDeferred[str] = plait.DurableDeferred("BadGate", success=str)
 OtherGate: plait.DurableDeferred[str] = plait.DurableDeferred("OtherBadGate", success=str)
@@ -52,10 +55,10 @@ async def test_an_invalid_payload_raises_payload_error_and_starts_nothing(
         Order.execution_id({"sku": None, "qty": 1})
 
     assert runs == []
-    assert len(plait_engine.store) == 0
-    assert plait_engine.store.execution(Order.execution_id({"sku": "a", "qty": 1})) is None
+    assert await stored_count(plait_engine) == 0
+    assert await record(plait_engine, Order.execution_id({"sku": "a", "qty": 1})) is None
     assert await Order.execute({"sku": "a", "qty": "3"}) == 3
-    assert len(plait_engine.store) == 1
+    assert await stored_count(plait_engine) == 1
 
 
 Unimplemented: plait.Workflow[Any, None] = plait.Workflow("BadUnimplemented", payload={"id": str})
@@ -68,7 +71,7 @@ async def test_a_workflow_without_implementation_raises_and_starts_nothing(
         await Unimplemented.execute({"id": "x"})
     with pytest.raises(plait.WorkflowNotImplementedError):
         await Unimplemented.execute({"id": "x"}, discard=True)
-    assert len(plait_engine.store) == 0
+    assert await stored_count(plait_engine) == 0
 
 
 def test_definitions_refuse_bad_arguments() -> None:
@@ -105,7 +108,7 @@ async def test_an_idempotency_key_that_is_not_a_string_is_refused(
 
     with pytest.raises(plait.InvalidArgumentError, match="idempotency_key"):
         await NonStringKey.execute({"n": 1})
-    assert len(plait_engine.store) == 0
+    assert await stored_count(plait_engine) == 0
 
 
 # Deferred tokens ----------------------------------------------------------------------------------
@@ -150,8 +153,8 @@ async def test_deferred_tokens_that_do_not_fit_are_refused(plait_engine: plait.E
 
     await settle()
     assert await Holder.poll(execution_id) == plait.Suspended()
-    assert deferred_names(plait_engine, execution_id) == set()
-    assert len(plait_engine.store) == 1
+    assert await deferred_names(plait_engine, execution_id) == set()
+    assert await stored_count(plait_engine) == 1
 
     assert await Gate.succeed(Gate.token_from_execution_id(Holder, execution_id), "right")
     assert await poll_until(Holder, execution_id, plait.Complete) == plait.Complete(
@@ -238,7 +241,7 @@ async def test_workflow_operations_outside_a_workflow_raise_not_in_workflow(
         await plait.with_compensation(step, lambda value: None)
     with pytest.raises(plait.NotInWorkflowError):
         plait.current_instance()
-    assert len(plait_engine.store) == 0
+    assert await stored_count(plait_engine) == 0
 
 
 Misused: plait.Workflow[Any, list[str]] = plait.Workflow(

@@ -1,20 +1,105 @@
-"""Helpers for the workflow engine tests: letting the event loop run, waiting for a result."""
+"""Helpers for the workflow engine tests: letting the engine run, waiting for a result, reading
+what an engine stored (through its journal, so on every backend).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import plait
+from plait import _bridge
+from plait._native import MemoryStore
+from plait.clocks import Clock
+from plait.journal import Journal, Record, Status
 
 R = TypeVar("R", plait.Complete[Any], plait.Suspended)
 
+STATUSES: tuple[Status, ...] = ("running", "suspended", "complete")
 
-async def settle(rounds: int = 50) -> None:
-    """Lets ready callbacks and tasks run for `rounds` loop iterations."""
+
+class EngineFactory:
+    """Makes engines on one backend (the `make_engine` fixture): each on a fresh database.
+
+    `reopen(engine)` gives another engine on the same database, as after a restart. The
+    fixture closes every engine made after the test.
+
+    Args:
+        backend: "memory", "sqlite" or "postgres".
+        new_url: For SQL backends, makes a fresh, empty database and returns its URL.
+    """
+
+    def __init__(self, backend: str, new_url: Callable[[], str] | None) -> None:
+        self.backend = backend
+        self._new_url = new_url
+        self._urls: dict[int, str] = {}  # id(engine) -> the URL of its database
+        self.engines: list[plait.Engine] = []
+
+    def __call__(self, clock: Clock | None = None) -> plait.Engine:
+        """A new engine (not started) on a fresh, empty database."""
+        if self._new_url is None:
+            return self._made(plait.Engine.memory(clock=clock), None)
+        url = self._new_url()
+        return self._made(plait.Engine.url(url, clock=clock), url)
+
+    def reopen(self, engine: plait.Engine, clock: Clock | None = None) -> plait.Engine:
+        """A new engine (not started) on `engine`'s database.
+
+        On SQLite and PostgreSQL `engine` must be closed first: a database takes one engine
+        at a time (a second is refused with `EngineLockedError`).
+        """
+        url = self._urls.get(id(engine))
+        if url is None:
+            assert isinstance(engine.store, MemoryStore)
+            return self._made(plait.Engine(engine.store, clock=clock), None)
+        return self._made(plait.Engine.url(url, clock=clock), url)
+
+    def _made(self, engine: plait.Engine, url: str | None) -> plait.Engine:
+        self.engines.append(engine)
+        if url is not None:
+            self._urls[id(engine)] = url
+        return engine
+
+
+async def spin(rounds: int) -> None:
+    """Lets ready callbacks and tasks run for exactly `rounds` loop iterations."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+def _store_calls_in_flight() -> int:
+    """How many store reads and commits (SQLite, PostgreSQL) the running loop awaits.
+
+    Reads the loop bridge's private table of awaited Rust tasks: every store call goes there.
+    """
+    loop = asyncio.get_running_loop()
+    bridge = _bridge._bridges.get(id(loop))
+    if bridge is None or bridge._loop() is not loop:
+        return 0
+    return len(bridge._futures)
+
+
+async def settle(rounds: int = 50, *, within: float = 10.0) -> None:
+    """Lets the engine go on until it has nothing left to do but wait.
+
+    Returns after `rounds` loop iterations in a row with no store read or commit in flight
+    (SQLite, PostgreSQL): what the engine does without the clock moving, a deferred completing
+    or a worker thread finishing has happened. On the memory store that is `rounds` iterations.
+    """
+    deadline = time.monotonic() + within
+    idle = 0
+    while idle < rounds:
+        if _store_calls_in_flight():
+            idle = 0
+            if time.monotonic() > deadline:
+                msg = f"the engine still awaits its store after {within} s"
+                raise AssertionError(msg)
+            await asyncio.sleep(0.0005)
+        else:
+            idle += 1
+            await asyncio.sleep(0)
 
 
 async def poll_until(
@@ -27,7 +112,8 @@ async def poll_until(
 ) -> R:
     """Polls the execution until its result is a `kind`; fails the test if it never is.
 
-    Polls every loop iteration at first, then every millisecond (for worker threads).
+    Polls every loop iteration at first, then every millisecond (for worker threads and
+    store commits).
     """
     result = None
     deadline = time.monotonic() + within
@@ -42,15 +128,37 @@ async def poll_until(
     raise AssertionError(msg)
 
 
-def journal_keys(engine: plait.Engine, execution_id: str) -> list[str]:
+def journal_of(engine: plait.Engine) -> Journal:
+    """The started engine's journal."""
+    assert engine.journal is not None, "the engine is not started"
+    return engine.journal
+
+
+async def record(engine: plait.Engine, execution_id: str) -> Record | None:
+    """The stored record of the execution: (workflow, payload, parent, status, result, ...)."""
+    return await journal_of(engine).execution(execution_id)
+
+
+async def stored_count(engine: plait.Engine) -> int:
+    """How many executions the engine's store holds, whatever their status."""
+    journal = journal_of(engine)
+    return sum([len(await journal.with_status(status)) for status in STATUSES])
+
+
+async def timers(engine: plait.Engine) -> list[tuple[str, str, int]]:
+    """Every stored timer as (execution_id, name, due_ms), earliest first."""
+    return await journal_of(engine).timers()
+
+
+async def journal_keys(engine: plait.Engine, execution_id: str) -> list[str]:
     """The step keys stored for the execution, in call order."""
-    snapshot = engine.store.snapshot(execution_id)
+    snapshot = await journal_of(engine).snapshot(execution_id)
     assert snapshot is not None
     return [key for key, _seq, _value in sorted(snapshot[1], key=lambda entry: entry[1])]
 
 
-def deferred_names(engine: plait.Engine, execution_id: str) -> set[str]:
+async def deferred_names(engine: plait.Engine, execution_id: str) -> set[str]:
     """The names of the deferreds with a stored result in the execution."""
-    snapshot = engine.store.snapshot(execution_id)
+    snapshot = await journal_of(engine).snapshot(execution_id)
     assert snapshot is not None
     return {name for name, _value in snapshot[2]}

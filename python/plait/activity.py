@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Generator, Iterable
-from typing import Any, Generic, TypeVar, Union, overload
+from typing import Any, Generic, Protocol, TypeVar, Union, overload
 
 from plait import engine as _engine
 from plait._context import current_attempt as _attempt
@@ -233,6 +233,15 @@ class ActivityFunction(Generic[T]):
         return f"@activity {self.name!r}"
 
 
+class _ActivityDecorator(Protocol):
+    """What `@activity(...)` with arguments returns: keeps the function's result type."""
+
+    @overload
+    def __call__(self, fn: Callable[..., Awaitable[T]], /) -> ActivityFunction[T]: ...
+    @overload
+    def __call__(self, fn: Callable[..., T], /) -> ActivityFunction[T]: ...
+
+
 @overload
 def activity(fn: Callable[..., Awaitable[T]], /) -> ActivityFunction[T]: ...
 @overload
@@ -246,7 +255,7 @@ def activity(
     success: object = ...,
     error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     interrupt_retry: Schedule = ...,
-) -> Callable[[Callable[..., Any]], ActivityFunction[Any]]: ...
+) -> _ActivityDecorator: ...
 
 
 def activity(

@@ -10,11 +10,12 @@ memory. Completing the deferred (or the timer firing, or a child finishing) star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from plait import _bridge, _context, _native
@@ -581,12 +582,18 @@ class Engine:
             raise NoEngineError(msg)
         return self.journal
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
-        """Runs `work` in the background, kept until done; failures are logged."""
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Runs `work` in the background, kept until done; failures are logged.
+
+        The task runs `work` itself, not a wrapper awaiting it: a task cancelled before its
+        first step (the engine closing just after starting it) then closes `work` instead of
+        leaving it never awaited.
+        """
         assert self._base_context is not None
-        task = self._require_loop().create_task(_logged(work), context=self._base_context.copy())
+        task = self._require_loop().create_task(work, context=self._base_context.copy())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     async def _write(self, op: tuple[Any, ...]) -> Any:
         result = self._journal().write(op)
@@ -648,16 +655,18 @@ class Engine:
         if execution_id in self._live:
             return
         parent_id = parent.execution.id if parent is not None else None
-        # Held from now, so concurrent callers of the same id join this execution.
-        ex = _Execution(execution_id, workflow, payload, parent_id)
+        # Held from now, so concurrent callers of the same id join this execution. No payload
+        # until the start creates the execution: if it exists, its stored payload is the one a
+        # run uses (decoded by `_resume`, maybe a concurrent one, such as recovery's).
+        ex = _Execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
         existing = await self._write(
             ("start", execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
         )
         if existing is None:
+            ex.payload = payload
             self._launch(ex, None)
             return
-        ex.payload = None  # the stored payload is the execution's, decoded when it runs
         if existing[3] == "running":
             await self._resume(execution_id)
         elif existing[3] == "complete" and not ex.waiters:
@@ -740,7 +749,8 @@ class Engine:
         ex = self._live.get(execution_id)
         if ex is None:
             return
-        for waiter in [*ex.waiters, *ex.run_waiters]:
+        waiters: list[asyncio.Future[Any]] = [*ex.waiters, *ex.run_waiters]
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
         ex.waiters.clear()
@@ -915,6 +925,8 @@ class Engine:
             if delays is None:
                 waiter: asyncio.Future[Complete[Any]] = loop.create_future()
                 ex.waiters.append(waiter)
+                if ex.run is None:
+                    await self._rejoin(ex, workflow, waiter)
                 return await waiter
             if ex.run is not None:
                 # Running: only a suspension starts the next delay of the schedule.
@@ -939,6 +951,25 @@ class Engine:
                 return waiter.result()
             ex.waiters.remove(waiter)
             await self._resume(execution_id)
+
+    async def _rejoin(
+        self, ex: _Execution, workflow: Workflow[Any, Any], waiter: asyncio.Future[Complete[Any]]
+    ) -> None:
+        """Makes sure a waiter registered on an execution with no run here gets a result.
+
+        The state read before `waiter` was registered may be stale (a run started and ended
+        meanwhile), and an execution stored as running with no run (its last one failed, as
+        with a defect it does not capture) needs a new one, or the waiter would wait forever.
+        """
+        stored = await self._stored_result(ex.id, workflow)
+        if isinstance(stored, Complete):
+            if not waiter.done():
+                waiter.set_result(stored)
+                ex.waiters.remove(waiter)
+        elif stored is None and ex.run is None:
+            # A payload that no longer decodes: `_resume` failed the waiters, `waiter` included.
+            with contextlib.suppress(JournalDecodeError):
+                await self._resume(ex.id)
 
     async def _await_child(self, parent: _Run, execution_id: str) -> Any:
         ex = self._live.get(execution_id)
@@ -1117,13 +1148,9 @@ class Engine:
         return result if isinstance(result, asyncio.Future) else None
 
 
-async def _logged(work: Awaitable[Any]) -> None:
-    try:
-        await work
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("plait engine background work failed")
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("plait engine background work failed", exc_info=task.exception())
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -17,7 +17,7 @@ transaction too), and `write` returns a future resolved after the commit.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from plait import _bridge
 from plait._native import MemoryStore
@@ -26,9 +26,10 @@ from plait.errors import ExecutionCompleteError, UnknownExecutionError
 if TYPE_CHECKING:
     from plait._native import SqlStore
 
-__all__ = ["Journal", "MemoryJournal", "Record", "Snapshot", "SqlJournal"]
+__all__ = ["Journal", "MemoryJournal", "Record", "Snapshot", "SqlJournal", "Status"]
 
 Op = tuple[Any, ...]
+Status = Literal["running", "suspended", "complete"]
 # (workflow, payload, parent, status, result, interrupted)
 Record = tuple[str, bytes, str | None, str, bytes | None, bool]
 Snapshot = tuple[Record, list[tuple[str, int, bytes]], list[tuple[str, bytes]]]
@@ -53,7 +54,7 @@ class Journal:
         """Every stored timer, earliest first."""
         raise NotImplementedError
 
-    async def with_status(self, status: str) -> list[str]:
+    async def with_status(self, status: Status) -> list[str]:
         """Ids of the executions with `status`."""
         raise NotImplementedError
 
@@ -101,8 +102,8 @@ class MemoryJournal(Journal):
     async def timers(self) -> list[tuple[str, str, int]]:  # noqa: D102
         return self.store.timers()
 
-    async def with_status(self, status: str) -> list[str]:  # noqa: D102
-        return self.store.with_status(status)  # type: ignore[arg-type]
+    async def with_status(self, status: Status) -> list[str]:  # noqa: D102
+        return self.store.with_status(status)
 
 
 class SqlJournal(Journal):
@@ -164,7 +165,7 @@ class SqlJournal(Journal):
         result: list[tuple[str, str, int]] = await _bridge.call(store.timers)
         return result
 
-    async def with_status(self, status: str) -> list[str]:  # noqa: D102
+    async def with_status(self, status: Status) -> list[str]:  # noqa: D102
         store = self.store
         result: list[str] = await _bridge.call(lambda bridge: store.with_status(bridge, status))
         return result
