@@ -35,5 +35,8 @@ def test_workflow_demo_runs() -> None:
     assert "inv-1 after the webhook: 'accepted by eve'" in out
     assert "inv-2 after seven virtual days: 'expired'" in out
     assert "killed after pages [1, 2]" in out
-    assert "resumed it: pages [3, 4, 5], 500 messages imported" in out
-    assert re.search(r"pages done twice: \[(2)?\]", out)
+    # Page 2 runs again only if the kill landed between its side effect and its commit.
+    resumed = re.search(r"resumed it: pages \[(2, )?3, 4, 5\], 500 messages imported", out)
+    assert resumed
+    twice = "[2]" if resumed.group(1) else "[]"
+    assert f"pages done twice: {twice}" in out
