@@ -78,7 +78,7 @@ def _store_calls_in_flight() -> int:
     bridge = _bridge._bridges.get(id(loop))
     if bridge is None or bridge._loop() is not loop:
         return 0
-    return len(bridge._futures)
+    return len(bridge._futures) + len(bridge._callbacks)
 
 
 async def settle(rounds: int = 50, *, within: float = 10.0) -> None:

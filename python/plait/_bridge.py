@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from plait._native import AsyncBridge, _after_fork_in_child
 
-__all__ = ["LoopBridge", "call", "for_running_loop"]
+__all__ = ["LoopBridge", "call", "for_loop", "for_running_loop"]
 
 
 class LoopBridge:
@@ -27,17 +27,22 @@ class LoopBridge:
     bridge aborts whatever Rust tasks it still had.
     """
 
-    __slots__ = ("__weakref__", "_futures", "_loop", "native")
+    __slots__ = ("__weakref__", "_callbacks", "_futures", "_loop", "native")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.native = AsyncBridge()
         self._loop = weakref.ref(loop)
         self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._callbacks: dict[int, Callable[[bool, Any], None]] = {}
         loop.add_reader(self.native.fileno(), self._drain)
 
     def _drain(self) -> None:
-        futures = self._futures
+        futures, callbacks = self._futures, self._callbacks
         for token, ok, value in self.native.drain():
+            callback = callbacks.pop(token, None)
+            if callback is not None:
+                callback(ok, value)
+                continue
             future = futures.pop(token, None)
             if future is None or future.done():
                 continue
@@ -45,6 +50,14 @@ class LoopBridge:
                 future.set_result(value)
             else:
                 future.set_exception(cast(BaseException, value))
+
+    def on_result(self, token: int, callback: Callable[[bool, Any], None]) -> None:
+        """Calls `callback(ok, value)` on the loop thread when the task behind `token` ends.
+
+        For callers that must hear of the result whatever happens to the code that started
+        the task (a journal commit serves many runs): nothing cancels the task.
+        """
+        self._callbacks[token] = callback
 
     async def wait(self, token: int) -> Any:
         """The result of the task behind `token`.
@@ -78,7 +91,11 @@ os.register_at_fork(after_in_child=_forget_parent_state)
 
 def for_running_loop() -> LoopBridge:
     """The running loop's bridge, made on first use."""
-    loop = asyncio.get_running_loop()
+    return for_loop(asyncio.get_running_loop())
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> LoopBridge:
+    """`loop`'s bridge, made on first use (call it on the loop's thread)."""
     bridge = _bridges.get(id(loop))
     if bridge is None or bridge._loop() is not loop:
         bridge = _bridges[id(loop)] = LoopBridge(loop)

@@ -35,7 +35,7 @@ from plait.errors import (
     WorkflowNotImplementedError,
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
-from plait.journal import Journal, MemoryJournal, SqlJournal
+from plait.journal import Batch, Journal, MemoryJournal, SqlJournal
 
 if TYPE_CHECKING:
     from plait._native import SqlStore
@@ -219,6 +219,7 @@ class _Run:
         "suspend_scheduled",
         "suspended",
         "task",
+        "unsynced",
     )
 
     def __init__(self, engine: Engine, execution: _Execution) -> None:
@@ -239,6 +240,8 @@ class _Run:
         self.body_done = False
         self.fatal: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
+        # This run's step results queued for a commit and not yet known to be durable.
+        self.unsynced: list[tuple[Batch, int]] = []
 
     def load(
         self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
@@ -298,6 +301,8 @@ class _Run:
             return self.decode(activity.codec, stored).unwrap()
         self.in_flight += 1
         try:
+            if self.unsynced:  # the body may have side effects: what came before is durable
+                await self.sync()
             if activity.is_async:  # the common case, without run_body's extra coroutine
                 try:
                     outcome: Exit = Success(await activity.execute())
@@ -311,13 +316,36 @@ class _Run:
             else:
                 outcome = await activity.run_body(self.engine)
             encoded, outcome = activity.codec.settle(outcome)
-            write = self.engine.append(self.execution.id, key, seq, encoded)
-            if write is not None:
-                await write
+            self.engine.append(self, key, seq, encoded)
         finally:
             self.in_flight -= 1
             self.maybe_suspend()
         return outcome.unwrap()
+
+    async def sync(self) -> None:
+        """Waits until every step result of this run is durable.
+
+        Results are committed in the background while the body goes on; nothing leaves the
+        run (an activity body, a child, a finalizer, the result) before they are durable.
+        A commit that failed stops the run.
+        """
+        unsynced = self.unsynced
+        journal = self.engine.journal
+        assert isinstance(journal, SqlJournal)
+        while unsynced:
+            batch, index = unsynced[-1]
+            if not batch.done:
+                try:
+                    await journal.wait(batch, index)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    self.fail(err)
+                continue
+            error = batch.error_of(index)
+            if error is not None:
+                self.fail(error)
+            unsynced.pop()
 
     async def await_deferred(self, deferred: DurableDeferred[Any]) -> Any:
         return self.decode(deferred.codec, await self.deferred_value(deferred.name)).unwrap()
@@ -326,7 +354,7 @@ class _Run:
         stored = self.deferreds.get(name)
         if stored is not None:
             return stored
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
         race = _context.current_race.get()
         owner: _Run | _Race = self if race is None or race.run is not self else race
         park = _Park(future, owner)
@@ -355,7 +383,7 @@ class _Run:
 
     async def wait_forever(self) -> None:
         """Parks the run for good: it suspends once no activity is in flight."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
         self.park()
         try:
             await future
@@ -374,7 +402,7 @@ class _Run:
     def maybe_suspend(self) -> None:
         if self.parked and not self.in_flight and not self.suspend_scheduled:
             self.suspend_scheduled = True
-            asyncio.get_running_loop().call_soon(self._suspend_if_still_parked)
+            self.engine._require_loop().call_soon(self._suspend_if_still_parked)
 
     def _suspend_if_still_parked(self) -> None:
         self.suspend_scheduled = False
@@ -520,11 +548,12 @@ class Engine:
         """
         if self._loop is not None:
             return
+        loop = asyncio.get_running_loop()
         if self._open is not None:
             store = await self._open()
-            self.store, self.journal = store, SqlJournal(store)
+            self.store, self.journal = store, SqlJournal(store, loop)
         journal = self._journal()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._closing = False
         ctx = contextvars.copy_context()
         for var in (_context.current_run, _context.current_race):
@@ -633,6 +662,8 @@ class Engine:
         parent = _context.current_run.get()
         if parent is not None and parent.engine is not self:
             parent = None
+        if parent is not None and parent.unsynced:
+            await parent.sync()
         await self._attach(workflow, execution_id, payload, parent)
         if discard:
             return execution_id
@@ -777,6 +808,12 @@ class Engine:
             run.body_done = True
             outcome = Failure(exc)
         result: Complete[Any] | Suspended | BaseException = self._into_result(run, outcome)
+        if isinstance(result, Complete) and ex.finalizers and run.unsynced:
+            # Finalizers and compensations act on the world: the steps they answer to first.
+            try:
+                await run.sync()
+            except Exception as err:
+                result = err
         if isinstance(result, Complete):
             result, encoded = await self._close_scope(run, result)
             await self._finish(run, result, encoded)
@@ -1136,16 +1173,18 @@ class Engine:
 
     # Journal writes ------------------------------------------------------------------------
 
-    def append(
-        self, execution_id: str, key: str, seq: int, value: bytes
-    ) -> asyncio.Future[Any] | None:
-        """Stores a step result.
+    def append(self, run: _Run, key: str, seq: int, value: bytes) -> None:
+        """Stores a step result of `run`.
 
-        In memory it is stored at once (None); otherwise the future resolves once the commit
-        holding it (with every other append of this loop iteration) is durable.
+        In memory it is stored at once. Otherwise it commits with every other write of this
+        loop iteration, and `run.sync()` waits for that.
         """
-        result = self._journal().write(("append", execution_id, key, seq, value))
-        return result if isinstance(result, asyncio.Future) else None
+        op = ("append", run.execution.id, key, seq, value)
+        journal = self._journal()
+        if isinstance(journal, SqlJournal):
+            run.unsynced.append(journal.queue(op))
+        else:
+            journal.write(op)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -17,6 +17,7 @@ transaction too), and `write` returns a future resolved after the commit.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 from plait import _bridge
@@ -106,45 +107,136 @@ class MemoryJournal(Journal):
         return self.store.with_status(status)
 
 
+class Batch:
+    """The ops queued in one loop iteration, committed together.
+
+    Callers never await it (a cancelled waiter would cancel it for everyone): `SqlJournal.wait`
+    gives each one a future of its own for one op.
+    """
+
+    __slots__ = ("done", "error", "errors", "results", "waiters")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.results: list[Any] = []
+        # Why the whole batch failed, or, per op when some failed alone, why (None: committed).
+        self.error: BaseException | None = None
+        self.errors: list[BaseException | None] | None = None
+        self.waiters: list[tuple[asyncio.Future[Any], int]] = []
+
+    def error_of(self, index: int) -> BaseException | None:
+        """Why op `index` failed, or None if it committed."""
+        if self.error is not None:
+            return self.error
+        return None if self.errors is None else self.errors[index]
+
+    def settle(
+        self,
+        results: list[Any],
+        errors: list[BaseException | None] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Records the outcome and resolves the waiters."""
+        self.done, self.results, self.errors, self.error = True, results, errors, error
+        for future, index in self.waiters:
+            if future.done():
+                continue
+            error = self.error_of(index)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(results[index])
+        self.waiters.clear()
+
+
 class SqlJournal(Journal):
     """SQLite or PostgreSQL: ops queued in one loop iteration commit together."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
+        self._loop = loop
         self._ops: list[Op] = []
-        self._futures: list[asyncio.Future[Any]] = []
-        self._commits: set[asyncio.Task[None]] = set()
+        self._batch: Batch | None = None
+        self._committing = 0
+        self._idle: asyncio.Future[None] | None = None
 
     def write(self, op: Op) -> asyncio.Future[Any]:  # noqa: D102
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._ops:
-            loop.call_soon(self._flush)
+        return self.wait(*self.queue(op))
+
+    def queue(self, op: Op) -> tuple[Batch, int]:
+        """Queues `op` for this iteration's commit: its batch and its index there."""
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = Batch()
+            self._loop.call_soon(self._flush)
         self._ops.append(op)
-        self._futures.append(future)
+        return batch, len(self._ops) - 1
+
+    def wait(self, batch: Batch, index: int) -> asyncio.Future[Any]:
+        """A future of the caller's own: op `index`'s result once its batch is durable."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if not batch.done:
+            batch.waiters.append((future, index))
+        elif (error := batch.error_of(index)) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(batch.results[index])
         return future
 
     def _flush(self) -> None:
-        ops, futures = self._ops, self._futures
-        self._ops, self._futures = [], []
-        task = asyncio.get_running_loop().create_task(self._commit(ops, futures))
-        self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
-
-    async def _commit(self, ops: list[Op], futures: list[asyncio.Future[Any]]) -> None:
-        store = self.store
-        try:
-            results = await _bridge.call(lambda bridge: store.write(bridge, ops))
-        except BaseException as exc:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        ops, batch = self._ops, self._batch
+        self._ops, self._batch = [], None
+        if batch is None:
             return
-        for future, result in zip(futures, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        native = _bridge.for_loop(self._loop)
+        try:
+            token = self.store.write(native.native, ops)
+        except Exception as err:  # an op the store refuses: the others must not fail with it
+            if len(ops) == 1:
+                batch.settle([], error=err)
+                return
+            self._write_each(native, ops, batch)
+            return
+        self._committing += 1
+        native.on_result(token, lambda ok, value: self._committed(batch, ok, value))
+
+    def _write_each(self, native: _bridge.LoopBridge, ops: list[Op], batch: Batch) -> None:
+        results: list[Any] = [None] * len(ops)
+        errors: list[BaseException | None] = [None] * len(ops)
+        left = len(ops)
+
+        def one_done(index: int, ok: bool, value: Any) -> None:
+            nonlocal left
+            if ok:
+                results[index] = value[0]
+            else:
+                errors[index] = value
+            left -= 1
+            if left == 0:
+                self._committing -= 1
+                batch.settle(results, errors)
+                self._check_idle()
+
+        self._committing += 1
+        for index, op in enumerate(ops):
+            try:
+                token = self.store.write(native.native, [op])
+            except Exception as err:
+                one_done(index, False, err)
+                continue
+            native.on_result(token, functools.partial(one_done, index))
+
+    def _committed(self, batch: Batch, ok: bool, value: Any) -> None:
+        self._committing -= 1
+        if ok:
+            batch.settle(value)
+        else:
+            batch.settle([], error=value)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._committing and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def snapshot(self, execution_id: str) -> Snapshot | None:  # noqa: D102
         store = self.store
@@ -173,7 +265,8 @@ class SqlJournal(Journal):
     async def close(self) -> None:  # noqa: D102
         if self._ops:
             self._flush()
-        if self._commits:
-            await asyncio.gather(*self._commits, return_exceptions=True)
+        if self._committing:
+            self._idle = self._loop.create_future()
+            await self._idle
         store = self.store
         await _bridge.call(store.close)
