@@ -48,6 +48,10 @@ __all__ = ["Engine", "WorkflowInstance", "current_instance"]
 log = logging.getLogger("plait")
 
 _VOID = b'{"_tag":"Success","value":null}'
+#: Timers due within this much of now are in memory (the wheel); later ones only in the store.
+TIMER_HORIZON_MS = 60_000
+#: Executions resumed at once on start and by firing timers (each: a read, then its run).
+RECOVERY_CONCURRENCY = 1_000
 _registry: dict[str, Workflow[Any, Any]] = {}
 
 
@@ -450,14 +454,21 @@ class Engine:
         self._resuming: set[str] = set()
         self._rewake: set[str] = set()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._unimplemented_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._context_token: contextvars.Token[Engine | None] | None = None
         self._base_context: contextvars.Context | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._wheel: TimerWheel | None = None
+        # Timers due within TIMER_HORIZON_MS, in the wheel: (execution id, deferred) by wheel id.
         self._timers: dict[int, tuple[str, str]] = {}
+        self._timer_keys: dict[tuple[str, str], int] = {}
         self._timer_ids = itertools.count(1)
+        # Stored timers due up to here are in the wheel; the next one after, if known.
+        self._timers_loaded_until = -1
+        self._timers_stored_next: int | None = None
+        self._recovery_slots: asyncio.Semaphore = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._timers_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
 
@@ -562,12 +573,13 @@ class Engine:
         self._base_context = ctx
         self._wheel = TimerWheel(now_ms=self.clock.now_ms())
         self._timers_changed = asyncio.Event()
-        for execution_id, name, due in await journal.timers():
-            self._add_timer(execution_id, name, due)
+        self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+        self._timers_loaded_until = -1
+        await self._load_timers(self.clock.now_ms())
         self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
         for execution_id in await journal.with_status("running"):
-            self._spawn(self._resume(execution_id))
+            self._spawn(self._recover(execution_id))
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
@@ -593,6 +605,7 @@ class Engine:
                     )
         self._live.clear()
         self._timers.clear()
+        self._timer_keys.clear()
         self._loop = None
         self._timer_task = None
         if self._open is not None and self.journal is not None:
@@ -746,11 +759,7 @@ class Engine:
                 elif (found := self._workflows.get(name) or _registry.get(name)) is not None:
                     workflow = found
                 else:
-                    log.warning(
-                        "execution %s of workflow %r waits for an engine that implements it",
-                        execution_id,
-                        name,
-                    )
+                    self._unimplemented(name, execution_id)
                     return False
                 try:
                     payload = workflow.decode_payload(payload_json)
@@ -775,6 +784,21 @@ class Engine:
             self._rewake.discard(execution_id)
             ex.wake = True
         return True
+
+    async def _recover(self, execution_id: str) -> None:
+        """Resumes an execution found running on start, a bounded number at a time."""
+        async with self._recovery_slots:
+            await self._resume(execution_id)
+
+    def _unimplemented(self, workflow_name: str, execution_id: str) -> None:
+        """Notes once per workflow that its executions wait for an engine implementing it."""
+        if workflow_name not in self._unimplemented_seen:
+            self._unimplemented_seen.add(workflow_name)
+            log.warning(
+                "executions of workflow %r (such as %s) wait for an engine that implements it",
+                workflow_name,
+                execution_id,
+            )
 
     def _fail_waiters(self, execution_id: str, error: BaseException) -> None:
         ex = self._live.get(execution_id)
@@ -1088,6 +1112,7 @@ class Engine:
             DeferredTokenError: No such execution, or it belongs to another workflow.
         """
         self._require_loop()
+        implemented = True
         if workflow_name is not None:
             record = await self._journal().execution(execution_id)
             if record is None:
@@ -1102,6 +1127,9 @@ class Engine:
                     f"belongs to workflow {record[0]!r}"
                 )
                 raise DeferredTokenError(msg)
+            implemented = (
+                self._workflows.get(workflow_name) or _registry.get(workflow_name)
+            ) is not None
         journal = self._journal()
         # One transaction: the result, and the mark that the execution has a run to make, so
         # an engine that starts after a crash resumes it.
@@ -1117,6 +1145,9 @@ class Engine:
         if ex is not None and ex.run is not None:
             if not ex.run.deliver(name, encoded):
                 ex.wake = True
+            return True
+        if not implemented:  # stored as running: an engine that implements it resumes it
+            self._unimplemented(workflow_name or "", execution_id)
             return True
         try:
             await self._resume(execution_id)
@@ -1138,19 +1169,47 @@ class Engine:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         due = self.clock.now_ms() + max(0, round(seconds * 1000))
         if await self._write(("timer", execution_id, name, due)):
-            self._add_timer(execution_id, name, due)
+            if due <= self._timers_loaded_until:
+                self._add_timer(execution_id, name, due)
+            elif self._timers_stored_next is None or due < self._timers_stored_next:
+                self._timers_stored_next = due
+                self._note_timers_changed()
 
     def _add_timer(self, execution_id: str, name: str, due: int) -> None:
         assert self._wheel is not None
-        assert self._timers_changed is not None
+        key = (execution_id, name)
+        if key in self._timer_keys:  # loaded from the store and added by its writer both
+            return
         timer_id = next(self._timer_ids)
-        self._timers[timer_id] = (execution_id, name)
+        self._timers[timer_id] = key
+        self._timer_keys[key] = timer_id
         self._wheel.insert(timer_id, due)
+        self._note_timers_changed()
+
+    def _note_timers_changed(self) -> None:
+        assert self._timers_changed is not None
         self._timers_changed.set()
 
+    async def _load_timers(self, now: int) -> None:
+        """Loads the stored timers due within `TIMER_HORIZON_MS` of `now` into the wheel.
+
+        Only those: a timer further ahead costs no memory until it comes near.
+        """
+        after, until = self._timers_loaded_until, now + TIMER_HORIZON_MS
+        # Set first: a timer scheduled during the read goes into the wheel directly.
+        self._timers_loaded_until = until
+        timers, following = await self._journal().timers_between(after, until)
+        for execution_id, name, due in timers:
+            self._add_timer(execution_id, name, due)
+        self._timers_stored_next = following
+
     async def _fire(self, execution_id: str, name: str) -> None:
-        await self.complete_deferred(None, execution_id, name, _VOID)
-        await self._write(("untimer", execution_id, name))
+        async with self._recovery_slots:
+            # In the transaction that completes the deferred: a crash keeps both or neither.
+            untimed = self._journal().write(("untimer", execution_id, name))
+            await self.complete_deferred(None, execution_id, name, _VOID)
+            if isinstance(untimed, asyncio.Future):
+                await untimed
 
     async def _fire_timers(self) -> None:
         wheel, changed = self._wheel, self._timers_changed
@@ -1159,12 +1218,21 @@ class Engine:
         while True:
             changed.clear()
             now = self.clock.now_ms()
+            following = self._timers_stored_next
+            if following is not None and following - TIMER_HORIZON_MS // 2 <= now:
+                await self._load_timers(now)
+                continue
             for timer_id in wheel.advance(max(now, wheel.elapsed_ms)):
-                self._spawn(self._fire(*self._timers.pop(timer_id)))
-            next_due = wheel.next_due()
+                key = self._timers.pop(timer_id)
+                del self._timer_keys[key]
+                self._spawn(self._fire(*key))
+            wake = wheel.next_due()
+            if following is not None:
+                load_at = following - TIMER_HORIZON_MS // 2
+                wake = load_at if wake is None else min(wake, load_at)
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
-            if next_due is not None:
-                waits.append(asyncio.ensure_future(self.clock.sleep(max(0, next_due - now) / 1000)))
+            if wake is not None:
+                waits.append(asyncio.ensure_future(self.clock.sleep(max(0, wake - now) / 1000)))
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:

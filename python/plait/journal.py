@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from plait import _bridge
 from plait._native import MemoryStore
 from plait.errors import ExecutionCompleteError, UnknownExecutionError
 
 if TYPE_CHECKING:
-    from plait._native import SqlStore
+    from plait._native import AsyncBridge, SqlStore
 
 __all__ = ["Journal", "MemoryJournal", "Record", "Snapshot", "SqlJournal", "Status"]
 
+R = TypeVar("R")
 Op = tuple[Any, ...]
 Status = Literal["running", "suspended", "complete"]
 # (workflow, payload, parent, status, result, interrupted)
@@ -43,17 +45,29 @@ class Journal:
         """Applies `op`: its result, or a future of it once durable."""
         raise NotImplementedError
 
-    async def snapshot(self, execution_id: str) -> Snapshot | None:
+    def snapshot(self, execution_id: str) -> Awaitable[Snapshot | None]:
         """The execution with its whole journal, in one read."""
         raise NotImplementedError
 
-    async def execution(self, execution_id: str) -> Record | None:
+    def execution(self, execution_id: str) -> Awaitable[Record | None]:
         """The execution's record."""
         raise NotImplementedError
 
     async def timers(self) -> list[tuple[str, str, int]]:
         """Every stored timer, earliest first."""
         raise NotImplementedError
+
+    async def timers_between(
+        self, after_ms: int, until_ms: int
+    ) -> tuple[list[tuple[str, str, int]], int | None]:
+        """The stored timers due in `(after_ms, until_ms]`, earliest first.
+
+        Also when the first one after `until_ms` is due (None: there is none).
+        """
+        timers = await self.timers()
+        within = [t for t in timers if after_ms < t[2] <= until_ms]
+        following = min((t[2] for t in timers if t[2] > until_ms), default=None)
+        return within, following
 
     async def with_status(self, status: Status) -> list[str]:
         """Ids of the executions with `status`."""
@@ -149,6 +163,55 @@ class Batch:
         self.waiters.clear()
 
 
+class _Reads(Generic[R]):
+    """Reads of one kind asked for in one loop iteration, made in one store call."""
+
+    __slots__ = ("_futures", "_ids", "_loop", "_read")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, read: Callable[[AsyncBridge, list[str]], int]
+    ) -> None:
+        self._loop = loop
+        self._read = read
+        self._ids: list[str] = []
+        self._futures: list[asyncio.Future[R]] = []
+
+    def get(self, execution_id: str) -> asyncio.Future[R]:
+        """The read of `execution_id`, made with the others asked for in this iteration."""
+        if not self._ids:
+            self._loop.call_soon(self._flush)
+        future: asyncio.Future[R] = self._loop.create_future()
+        self._ids.append(execution_id)
+        self._futures.append(future)
+        return future
+
+    def _flush(self) -> None:
+        ids, futures = self._ids, self._futures
+        self._ids, self._futures = [], []
+        bridge = _bridge.for_loop(self._loop)
+        try:
+            token = self._read(bridge.native, ids)
+        except Exception as err:
+            _fail(futures, err)
+            return
+        bridge.on_result(token, functools.partial(_resolve, futures))
+
+
+def _resolve(futures: list[asyncio.Future[Any]], ok: bool, value: Any) -> None:
+    if not ok:
+        _fail(futures, value)
+        return
+    for future, result in zip(futures, value, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(futures: list[asyncio.Future[Any]], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+
+
 class SqlJournal(Journal):
     """SQLite or PostgreSQL: ops queued in one loop iteration commit together."""
 
@@ -159,6 +222,8 @@ class SqlJournal(Journal):
         self._batch: Batch | None = None
         self._committing = 0
         self._idle: asyncio.Future[None] | None = None
+        self._snapshots: _Reads[Snapshot | None] = _Reads(loop, store.snapshots)
+        self._executions: _Reads[Record | None] = _Reads(loop, store.executions)
 
     def write(self, op: Op) -> asyncio.Future[Any]:  # noqa: D102
         return self.wait(*self.queue(op))
@@ -238,19 +303,11 @@ class SqlJournal(Journal):
         if not self._committing and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    async def snapshot(self, execution_id: str) -> Snapshot | None:  # noqa: D102
-        store = self.store
-        result: Snapshot | None = await _bridge.call(
-            lambda bridge: store.snapshot(bridge, execution_id)
-        )
-        return result
+    def snapshot(self, execution_id: str) -> asyncio.Future[Snapshot | None]:  # noqa: D102
+        return self._snapshots.get(execution_id)
 
-    async def execution(self, execution_id: str) -> Record | None:  # noqa: D102
-        store = self.store
-        result: Record | None = await _bridge.call(
-            lambda bridge: store.execution(bridge, execution_id)
-        )
-        return result
+    def execution(self, execution_id: str) -> asyncio.Future[Record | None]:  # noqa: D102
+        return self._executions.get(execution_id)
 
     async def timers(self) -> list[tuple[str, str, int]]:  # noqa: D102
         store = self.store

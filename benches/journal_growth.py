@@ -1,0 +1,143 @@
+"""Throughput as the journal grows: the same workload on an empty journal and on a full one.
+
+    .venv/bin/python -m benches.journal_growth [--rows 10000000] [--backend sqlite|postgres]
+
+On a fresh database, the workflow of three activities runs 1,000 in flight (`--rounds`
+batches of `--per-round` workflows); then the journal is filled, through the store's own
+write path, with finished executions of three steps each (as many as the engine would have
+left behind) up to each checkpoint (1/10, 1/3 and all of `--rows` journal rows), and the
+workload runs again. Printed: workflows/s at each size, the median of the rounds, and the
+ratio to the empty journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import statistics
+import sys
+import time
+from typing import Any
+
+import plait
+from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure, postgres_missing
+from benches.suspended import database
+from plait import _bridge
+
+STEPS = ("add_one/1", "double/1", "subtract_one/1")
+FILL_BATCH = 8_000  # ops per store write: 1,600 executions
+
+
+@dataclasses.dataclass
+class Point:
+    """Throughput with `rows` journal rows stored."""
+
+    rows: int
+    rates: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+async def fill(engine: plait.Engine, start: int, stop: int) -> None:
+    """Stores finished executions `start..stop` of three steps each, as the engine would."""
+    store = engine.store
+    assert isinstance(store, plait._native.SqlStore)
+    value = b'{"_tag":"Success","value":1}'
+    payload = b'{"x":1}'
+    per_batch = FILL_BATCH // (len(STEPS) + 2)
+    for at in range(start, stop, per_batch):
+        ops: list[tuple[Any, ...]] = []
+        for n in range(at, min(at + per_batch, stop)):
+            execution_id = plait.execution_id("GrowthFill", str(n))
+            ops.append(("start", execution_id, "GrowthFill", payload, None))
+            ops.extend(("append", execution_id, key, seq, value) for seq, key in enumerate(STEPS))
+            ops.append(("status", execution_id, "complete", value))
+        results = await _bridge.call(functools.partial(store.write, ops=ops))
+        assert results[0] is None, "fill executions must be new"
+
+
+async def rates(engine: plait.Engine, rounds: int, per_round: int) -> list[float]:
+    """Workflows/s of `rounds` rounds, 1,000 in flight."""
+    workflow = PLAIT_WORKFLOWS["three"]
+
+    async def call(x: int) -> int:
+        result: int = await workflow.execute({"x": x}, engine=engine)
+        return result
+
+    out = []
+    for _ in range(rounds):
+        elapsed, _ = await measure(call, "three", per_round, 1_000)
+        out.append(per_round / elapsed)
+    return out
+
+
+async def grow(url: str, rows: int, rounds: int, per_round: int) -> list[Point]:
+    """Throughput at each checkpoint of the journal's size, on one database."""
+    checkpoints = sorted({0, rows // 10, rows // 3, rows})
+    points: list[Point] = []
+    filled = 0  # executions written by `fill`
+    stored = 0  # journal rows the workload itself left
+    for target in checkpoints:
+        async with plait.Engine.url(url) as engine:
+            executions = max(0, (target - stored) // len(STEPS))
+            began = time.perf_counter()
+            await fill(engine, filled, executions)
+            if executions > filled:
+                took = time.perf_counter() - began
+                print(f"    filled to {target:,} rows in {took:.0f} s", flush=True)
+                filled = executions
+            measured = await rates(engine, rounds, per_round)
+            stored += rounds * per_round * len(STEPS)
+            points.append(Point(filled * len(STEPS) + stored, measured))
+            print(
+                f"    {points[-1].rows:>12,} rows: "
+                + ", ".join(f"{r:,.0f}" for r in measured)
+                + " workflows/s",
+                flush=True,
+            )
+    return points
+
+
+def main() -> int:
+    """Runs the measurement on each backend and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-round", type=int, default=10_000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
+    parser.add_argument("--postgres", default=POSTGRES_ADMIN, help="admin URL of the server")
+    args = parser.parse_args()
+    backends = args.backend or ["sqlite", "postgres"]
+    if "postgres" in backends and (reason := postgres_missing(args.postgres)):
+        print(f"skipping PostgreSQL: {reason}")
+        backends.remove("postgres")
+    table = [
+        "| backend | journal rows | workflows/s (median) | rounds | vs. empty |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for backend in backends:
+        print(f"  {backend}", flush=True)
+        with database(backend, args.postgres) as url:
+            points = asyncio.run(grow(url, args.rows, args.rounds, args.per_round))
+        base = points[0].median
+        for point in points:
+            table.append(
+                f"| {backend} | {point.rows:,} | {point.median:,.0f} | "
+                + ", ".join(f"{r:,.0f}" for r in point.rates)
+                + f" | {point.median / base:.2f} |"
+            )
+    print()
+    print("\n".join(table))
+    print(
+        "Workload: 3 activities, 1,000 in flight; durability full. Rows: journal rows (step"
+        " results) stored before the round, filled through the store's write path."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
