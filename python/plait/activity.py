@@ -19,6 +19,7 @@ from plait.errors import (
     NonDeterminismError,
 )
 from plait.exits import Exit, ExitCodec, Failure, Success
+from plait.ids import checked_name
 from plait.schedule import Schedule
 from plait.schema import return_type
 
@@ -81,9 +82,7 @@ class Activity(Generic[T]):
         error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         interrupt_retry: Schedule = INTERRUPT_RETRY,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            msg = f"an activity name must be a non-empty str, got {name!r}"
-            raise InvalidArgumentError(msg)
+        checked_name("an activity", name)
         if not callable(execute):
             msg = (
                 f"activity {name!r}: execute must be a callable with no arguments, got {execute!r}"
@@ -282,7 +281,7 @@ def activity(
     """
 
     def wrap(fn: Callable[..., Any]) -> ActivityFunction[Any]:
-        step_name = name or fn.__qualname__
+        step_name = checked_name("an activity", fn.__qualname__ if name is None else name)
         success_type = return_type(fn, Any) if success is ... else success
         codec = ExitCodec(f"activity {step_name}", success_type, error)
         return ActivityFunction(fn, step_name, codec, interrupt_retry)

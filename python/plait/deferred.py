@@ -17,6 +17,7 @@ from plait.activity import Activity, in_memory_sleep_activity
 from plait.clocks import seconds
 from plait.errors import DeferredTokenError
 from plait.exits import Exit, ExitCodec, Failure, Success
+from plait.ids import checked_name
 
 if TYPE_CHECKING:
     from plait.workflow import Workflow
@@ -46,7 +47,7 @@ class DurableDeferred(Generic[T]):
         success: type[T] | Any = None,
         error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ) -> None:
-        self.name = name
+        self.name = checked_name("a deferred", name)
         self.codec = ExitCodec(f"deferred {name}", success, error)
 
     def __repr__(self) -> str:
@@ -119,6 +120,7 @@ class DurableDeferred(Generic[T]):
         If every branch fails, the first failure is stored and raised. A branch waiting on a
         deferred with no result does not suspend the workflow while another branch runs.
         """
+        checked_name("a race", name)
         run = _engine.run_state(f"race_all({name!r})")
         deferred_name = f"raceAll/{name}"
         codec = ExitCodec(f"race {name}", success, error)
@@ -203,6 +205,7 @@ class DurableClock:
         meanwhile and survives restarts of durable engines. Using one name again in the same
         run gives the next sleep `<name>#2`, `<name>#3`, ...
         """
+        checked_name("a clock", name)
         length = seconds(duration)
         run = _engine.run_state(f"DurableClock.sleep({name!r})")
         if length <= 0:

@@ -10,8 +10,32 @@ from typing import NamedTuple
 
 from plait import _native
 from plait._native import activity_idempotency_key, execution_id, execution_ids
+from plait.errors import InvalidArgumentError
 
 __all__ = ["DeferredToken", "activity_idempotency_key", "execution_id", "execution_ids"]
+
+
+def checked_name(what: str, name: object) -> str:
+    """`name`, if it can name a durable thing (a workflow, step, deferred or clock).
+
+    Names end up in the journal's keys and in tokens: a non-empty str, valid UTF-8 (no lone
+    surrogates), with no NUL character (PostgreSQL cannot store one).
+
+    Raises:
+        InvalidArgumentError: It cannot.
+    """
+    if not isinstance(name, str) or not name:
+        msg = f"{what} name must be a non-empty str, got {name!r}"
+        raise InvalidArgumentError(msg)
+    if "\0" in name:
+        msg = f"{what} name {name!r} holds a NUL character"
+        raise InvalidArgumentError(msg)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        msg = f"{what} name {name!r} is not valid UTF-8 (a lone surrogate)"
+        raise InvalidArgumentError(msg) from None
+    return name
 
 
 class DeferredToken(NamedTuple):

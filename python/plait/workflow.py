@@ -14,6 +14,7 @@ from plait import engine as _engine
 from plait._native import execution_id as _execution_id
 from plait.errors import InvalidArgumentError, JournalDecodeError, PayloadError
 from plait.exits import Complete, Exit, ExitCodec, Failure, Suspended
+from plait.ids import checked_name
 from plait.schedule import Schedule
 from plait.schema import model_from_signature, payload_model, return_type
 
@@ -68,10 +69,7 @@ class Workflow(Generic[P, S]):
         capture_defects: bool = True,
         suspend_on_failure: bool = False,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            msg = f"a workflow name must be a non-empty str, got {name!r}"
-            raise InvalidArgumentError(msg)
-        self.name = name
+        self.name = checked_name("a workflow", name)
         self.payload_model: type[P] = payload_model(name, payload)  # type: ignore[assignment]
         self.codec = ExitCodec(f"workflow {name}", success, error)
         self.idempotency_key: Callable[[P], str] = idempotency_key or _payload_json
