@@ -222,8 +222,12 @@ class SqlJournal(Journal):
         self._batch: Batch | None = None
         self._committing = 0
         self._idle: asyncio.Future[None] | None = None
-        self._snapshots: _Reads[Snapshot | None] = _Reads(loop, store.snapshots)
-        self._executions: _Reads[Record | None] = _Reads(loop, store.executions)
+        self._snapshots: _Reads[Snapshot | None] = _Reads(
+            loop, lambda bridge, ids: store.snapshots(bridge, ids)
+        )
+        self._executions: _Reads[Record | None] = _Reads(
+            loop, lambda bridge, ids: store.executions(bridge, ids)
+        )
 
     def write(self, op: Op) -> asyncio.Future[Any]:  # noqa: D102
         return self.wait(*self.queue(op))
