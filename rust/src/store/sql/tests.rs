@@ -869,3 +869,83 @@ async fn a_server_that_never_answers_fails_within_the_connect_timeout() {
     assert!(!err.to_string().contains("sekret"), "{err}");
     silent.abort();
 }
+
+/// A 32-hex id like the engine's (a sha256 prefix), so inserts land where real ones do.
+fn random_id(n: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("bench-{n}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Commit costs on both backends: `cargo test --release commit_costs -- --ignored --nocapture`.
+/// `PLAIT_BENCH_ROWS` executions (default 0), each with three steps, are stored first, to show
+/// how the cost moves as the tables grow.
+#[tokio::test]
+#[ignore = "a benchmark: run it by name"]
+async fn commit_costs() {
+    let rows: usize = std::env::var("PLAIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for place in Place::all().await {
+        for durability in ["full", "normal"] {
+            let store = SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
+                .await
+                .unwrap();
+            let base = rows + if durability == "full" { 0 } else { 1 << 30 };
+            let fill = Instant::now();
+            for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
+                let mut ops = Vec::with_capacity(chunk.len() * 4);
+                for &n in chunk {
+                    let id = random_id(n + if durability == "full" { 0 } else { 1 << 29 });
+                    ops.push(start(&id));
+                    for step in 0..3 {
+                        ops.push(append(&id, &format!("Step{step}/1"), step, b"{\"ok\":1}"));
+                    }
+                }
+                write(&store, ops).await;
+            }
+            if rows > 0 {
+                eprintln!(
+                    "{:?} filled {rows} executions in {:.1} s",
+                    place.dialect,
+                    fill.elapsed().as_secs_f64()
+                );
+            }
+            let ids: Vec<String> = (0..1000).map(|n| random_id(base + n)).collect();
+            write(&store, ids.iter().map(|id| start(id)).collect()).await;
+
+            // Sequential one-op commits: the latency of a commit.
+            let rounds = 300;
+            let started = Instant::now();
+            for n in 0..rounds {
+                let id = &ids[n % ids.len()];
+                write(&store, vec![append(id, &format!("One{n}/1"), 0, b"1")]).await;
+            }
+            let commit = started.elapsed() / u32::try_from(rounds).unwrap();
+
+            // 1,000-op batches: the cost of an op inside a commit.
+            let batches = 20;
+            let started = Instant::now();
+            for b in 0..batches {
+                let ops = (0..1000)
+                    .map(|n| {
+                        let id = &ids[n];
+                        append(id, &format!("Many{b}/1"), 1, b"{\"ok\":1}")
+                    })
+                    .collect();
+                write(&store, ops).await;
+            }
+            let per_op = started.elapsed() / (batches * 1000);
+            eprintln!(
+                "{:?} durability={durability} rows={rows}: 1-op commit {:.1} us, \
+                 1000-op batch {:.2} us/op",
+                place.dialect,
+                commit.as_secs_f64() * 1e6,
+                per_op.as_secs_f64() * 1e6
+            );
+            store.close().await;
+        }
+        place.cleanup().await;
+    }
+}
