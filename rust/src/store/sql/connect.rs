@@ -1,9 +1,9 @@
-//! Opening a database: the single-engine lock, the connection pool and the migrations.
+//! Opening a database: the single-engine lock, the migrations, and PostgreSQL's connections.
+//! (SQLite's connections are rusqlite's, opened by the threads that use them.)
 
 use std::{
     ffi::OsString,
     fs::{File, OpenOptions, TryLockError},
-    io,
     path::PathBuf,
     time::Duration,
 };
@@ -11,28 +11,29 @@ use std::{
 use sha2::{Digest, Sha256};
 use sqlx::{
     migrate::{Migration, Migrator},
-    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
-    sqlite::{
-        SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
-        SqliteSynchronous,
-    },
+    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode},
     AssertSqlSafe, Connection, SqlSafeStr,
 };
 
 use super::{
     config::{Config, Durability, Target},
-    queries::{Dialect, Pool, WriterConn},
     SqlError,
 };
 
 /// How long connecting may take before `open` gives up.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long SQLite waits on a lock held by another connection before failing with
-/// `SQLITE_BUSY` (which the store then retries with backoff).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Connections for reads; the writer has one of its own (and PostgreSQL one more for the lock).
-const SQLITE_READERS: u32 = 4;
+/// How long the migrations wait on a SQLite lock held by another connection.
+const MIGRATE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL connections for reads; the writer has one of its own, and the lock one more.
 const POSTGRES_READERS: u32 = 6;
+
+/// Which SQL dialect a database speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -113,44 +114,24 @@ fn locked(config: &Config) -> SqlError {
     }
 }
 
-/// How the writer (re)connects.
-#[derive(Clone, Debug)]
-pub(super) enum Connector {
-    Sqlite(SqliteConnectOptions),
-    Postgres(PgConnectOptions),
+/// An opened database: locked and migrated.
+pub(super) enum Opened {
+    Sqlite {
+        /// The database file, for the store's own connections.
+        path: PathBuf,
+        lock: EngineLock,
+    },
+    Postgres {
+        /// Connections for reads.
+        pool: PgPool,
+        /// The writer's connection, and how to get another.
+        writer: PgConnection,
+        options: PgConnectOptions,
+        lock: EngineLock,
+    },
 }
 
-impl Connector {
-    /// A new connection for the writer, within [`CONNECT_TIMEOUT`].
-    pub(super) async fn connect(&self) -> Result<WriterConn, sqlx::Error> {
-        let connect = async {
-            match self {
-                Connector::Sqlite(options) => SqliteConnection::connect_with(options)
-                    .await
-                    .map(WriterConn::Sqlite),
-                Connector::Postgres(options) => PgConnection::connect_with(options)
-                    .await
-                    .map(WriterConn::Postgres),
-            }
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .unwrap_or_else(|_| Err(sqlx::Error::Io(io::ErrorKind::TimedOut.into())))
-    }
-}
-
-/// An opened database: locked, migrated, connected.
-pub(super) struct Opened {
-    /// Connections for reads.
-    pub(super) pool: Pool,
-    /// The writer's connection, and how to get another.
-    pub(super) writer: WriterConn,
-    pub(super) connector: Connector,
-    pub(super) lock: EngineLock,
-    pub(super) dialect: Dialect,
-}
-
-/// Locks, connects and migrates.
+/// Locks, migrates and (on PostgreSQL) connects.
 pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
     match &config.target {
         Target::Sqlite(options) => {
@@ -159,30 +140,25 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 .clone()
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(match config.durability {
-                    Durability::Full => SqliteSynchronous::Full,
-                    Durability::Normal => SqliteSynchronous::Normal,
-                })
-                .busy_timeout(BUSY_TIMEOUT);
-            let connector = Connector::Sqlite(options.clone());
-            let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_READERS)
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(|err| connect_error(config, err))?;
-            let pool = Pool::Sqlite(pool);
-            migrate(config, &pool, Dialect::Sqlite).await?;
-            let writer = connector
-                .connect()
-                .await
-                .map_err(|err| connect_error(config, err))?;
-            Ok(Opened {
-                pool,
-                writer,
-                connector,
+                .busy_timeout(MIGRATE_BUSY_TIMEOUT);
+            let mut conn = match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                SqliteConnection::connect_with(&options),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err)) => return Err(connect_error(config, err)),
+                Err(_) => return Err(connect_error(config, "timed out")),
+            };
+            let migrated = migrator(Dialect::Sqlite, &config.prefix)
+                .run(&mut conn)
+                .await;
+            let _ = conn.close().await;
+            migrated.map_err(|err| migrate_error(config, &err))?;
+            Ok(Opened::Sqlite {
+                path: options.get_filename().to_owned(),
                 lock,
-                dialect: Dialect::Sqlite,
             })
         }
         Target::Postgres(options) => {
@@ -191,13 +167,15 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 options = options.options([("synchronous_commit", "off")]);
             }
             let lock = lock_postgres(config, &options).await?;
-            let connector = Connector::Postgres(options.clone());
             let pool = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 PgPoolOptions::new()
                     .max_connections(POSTGRES_READERS)
                     .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options),
+                    // A ping per read would double its round trips; a dead connection fails
+                    // the read with an I/O error instead, which is retried on another.
+                    .test_before_acquire(false)
+                    .connect_with(options.clone()),
             )
             .await
             {
@@ -205,18 +183,23 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 Ok(Err(err)) => return Err(connect_error(config, err)),
                 Err(_) => return Err(connect_error(config, "timed out")),
             };
-            let pool = Pool::Postgres(pool);
-            migrate(config, &pool, Dialect::Postgres).await?;
-            let writer = connector
-                .connect()
+            migrator(Dialect::Postgres, &config.prefix)
+                .run(&pool)
                 .await
-                .map_err(|err| connect_error(config, err))?;
-            Ok(Opened {
+                .map_err(|err| migrate_error(config, &err))?;
+            let writer =
+                match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                    .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => return Err(connect_error(config, err)),
+                    Err(_) => return Err(connect_error(config, "timed out")),
+                };
+            Ok(Opened::Postgres {
                 pool,
                 writer,
-                connector,
+                options,
                 lock,
-                dialect: Dialect::Postgres,
             })
         }
     }
@@ -276,14 +259,9 @@ async fn lock_postgres(
     }
 }
 
-async fn migrate(config: &Config, pool: &Pool, dialect: Dialect) -> Result<(), SqlError> {
-    let migrator = migrator(dialect, &config.prefix);
-    let outcome = match pool {
-        Pool::Sqlite(pool) => migrator.run(pool).await,
-        Pool::Postgres(pool) => migrator.run(pool).await,
-    };
-    outcome.map_err(|err| SqlError::Migrate {
+fn migrate_error(config: &Config, err: &sqlx::migrate::MigrateError) -> SqlError {
+    SqlError::Migrate {
         url: config.masked_url.clone(),
         message: config.scrub(err.to_string()),
-    })
+    }
 }

@@ -15,7 +15,10 @@ use sqlx::{
     AssertSqlSafe, Connection, Executor,
 };
 
-use super::{connect::migrator, queries::Dialect, *};
+use super::{
+    connect::{migrator, Dialect},
+    *,
+};
 use crate::store::{memory::MemoryStore, StoreError};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -132,6 +135,38 @@ impl Place {
         }
     }
 
+    /// The first column of every row `sql` (with `{p}` for the prefix) returns, as text.
+    async fn query_texts(&self, sql: &str) -> Vec<String> {
+        let sql = sql.replace("{p}", &self.prefix);
+        match self.dialect {
+            Dialect::Sqlite => {
+                let mut conn = SqliteConnection::connect_with(
+                    &SqliteConnectOptions::from_str(&self.url).unwrap(),
+                )
+                .await
+                .unwrap();
+                let texts = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                texts
+            }
+            Dialect::Postgres => {
+                let mut conn =
+                    PgConnection::connect_with(&PgConnectOptions::from_str(&self.url).unwrap())
+                        .await
+                        .unwrap();
+                let texts = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                texts
+            }
+        }
+    }
+
     async fn cleanup(self) {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -139,7 +174,7 @@ impl Place {
         if self.dialect == Dialect::Postgres {
             self.execute(
                 "DROP TABLE IF EXISTS {p}executions, {p}journal, {p}deferreds, {p}timers, \
-                 {p}migrations",
+                 {p}migrations; DROP FUNCTION IF EXISTS {p}apply",
             )
             .await;
         }
@@ -421,8 +456,21 @@ async fn concurrent_writes_share_one_transaction() {
         let store = place.open().await;
         write(&store, vec![start("e")]).await;
         let before = store.transactions();
-        // The writer runs on this (single-threaded) runtime, so every batch is queued before
-        // it looks: it must take them all at once.
+        // The PostgreSQL writer runs on this (single-threaded) runtime, so every batch is
+        // queued before it looks. The SQLite writer is a thread of its own, which could take the
+        // first batch before the rest are queued: it is held on a plug batch, with the database
+        // locked, until they are.
+        let plug = match place.dialect {
+            Dialect::Postgres => None,
+            Dialect::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&place.url).unwrap();
+                let mut blocker = SqliteConnection::connect_with(&options).await.unwrap();
+                blocker.execute("BEGIN EXCLUSIVE").await.unwrap();
+                let plug = store.write(vec![append("e", "plug/1", 99, b"p")]).unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((blocker, plug))
+            }
+        };
         let waits: Vec<_> = (0..50)
             .map(|n| {
                 store
@@ -430,13 +478,23 @@ async fn concurrent_writes_share_one_transaction() {
                     .unwrap()
             })
             .collect();
+        let plugged = u64::from(plug.is_some());
+        if let Some((mut blocker, plug)) = plug {
+            blocker.execute("COMMIT").await.unwrap();
+            assert_eq!(plug.await.unwrap(), done(&[true]));
+            blocker.close().await.unwrap();
+        }
         for wait in waits {
             assert_eq!(wait.await.unwrap(), done(&[true]));
         }
-        assert_eq!(store.transactions() - before, 1);
+        assert_eq!(store.transactions() - before, 1 + plugged);
         let snapshot = store.snapshot("e").await.unwrap().unwrap();
         let seqs: Vec<u32> = snapshot.entries.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+        let mut expected: Vec<u32> = (0..50).collect();
+        if plugged == 1 {
+            expected.insert(0, 99);
+        }
+        assert_eq!(seqs, expected);
         store.close().await;
         place.cleanup().await;
     }
@@ -548,34 +606,137 @@ async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
             Dialect::Sqlite => format!("x'{hex}'"),
             Dialect::Postgres => format!("'\\x{hex}'::bytea"),
         };
+        // Three executions stored in the order c, a, b, their steps and deferreds interleaved
+        // across executions, a timer each; and a step of an execution never stored.
         place
             .execute(&format!(
                 "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
-                 interrupted, created_ms, updated_ms) \
-                 VALUES ('old', 'W', {}, NULL, 'suspended', NULL, FALSE, 1, 1)",
-                blob("7b7d")
+                 interrupted, created_ms, updated_ms) VALUES \
+                 ('c', 'W', {payload}, NULL, 'running', NULL, FALSE, 1, 1), \
+                 ('a', 'W', {payload}, 'c', 'suspended', NULL, TRUE, 2, 2), \
+                 ('b', 'V', {payload}, NULL, 'complete', {result}, FALSE, 3, 3)",
+                payload = blob("7b7d"),
+                result = blob("72"),
             ))
             .await;
         place
             .execute(&format!(
-                "INSERT INTO {{p}}journal (execution_id, key, seq, value) \
-                 VALUES ('old', 'a/1', 0, {}), ('old', 'b/1', 1, {})",
-                blob("31"),
-                blob("32")
+                "INSERT INTO {{p}}journal (execution_id, key, seq, value) VALUES \
+                 ('a', 'z/1', 0, {one}), ('c', 'k/1', 0, {two}), ('a', 'b/1', 1, {two}), \
+                 ('ghost', 'k/1', 0, {one}), ('b', 'k/1', 0, {one}), ('a', 'a/1', 2, {one})",
+                one = blob("31"),
+                two = blob("32"),
             ))
+            .await;
+        place
+            .execute(&format!(
+                "INSERT INTO {{p}}deferreds (execution_id, name, value) VALUES \
+                 ('a', 'y', {one}), ('c', 'd', {one}), ('a', 'x', {two})",
+                one = blob("31"),
+                two = blob("32"),
+            ))
+            .await;
+        place
+            .execute(
+                "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES \
+                 ('a', 't', 7), ('c', 't', 5)",
+            )
             .await;
 
         let store = place.open().await;
-        let snapshot = store.snapshot("old").await.unwrap().unwrap();
-        assert_eq!(snapshot.execution.payload, b"{}");
-        assert_eq!(snapshot.execution.status, Status::Suspended);
-        let keys: Vec<&str> = snapshot.entries.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["a/1", "b/1"]);
-        assert_eq!(store.with_status(Status::Suspended).await.unwrap(), ["old"]);
+        let ids: Vec<String> = ["a", "b", "c", "ghost"].map(String::from).to_vec();
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        let a = snapshots[0].clone().unwrap();
+        assert_eq!(a.execution.payload, b"{}");
+        assert_eq!(a.execution.parent.as_deref(), Some("c"));
+        assert_eq!(a.execution.status, Status::Suspended);
+        assert!(a.execution.interrupted);
+        assert_eq!(
+            a.entries,
+            vec![
+                entry("z/1", 0, b"1"),
+                entry("b/1", 1, b"2"),
+                entry("a/1", 2, b"1")
+            ]
+        );
+        assert_eq!(
+            a.deferreds,
+            vec![
+                ("y".to_owned(), b"1".to_vec()),
+                ("x".to_owned(), b"2".to_vec())
+            ]
+        );
+        let b = snapshots[1].clone().unwrap();
+        assert_eq!(b.execution.workflow, "V");
+        assert_eq!(b.execution.result.as_deref(), Some(&b"r"[..]));
+        assert_eq!(b.entries, vec![entry("k/1", 0, b"1")]);
+        assert_eq!(snapshots[2].clone().unwrap().deferreds.len(), 1);
+        assert_eq!(snapshots[3], None);
+        assert_eq!(store.with_status(Status::Suspended).await.unwrap(), ["a"]);
+        let timers: Vec<(String, u64)> = store
+            .timers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.execution_id, t.due_ms))
+            .collect();
+        assert_eq!(timers, [("c".to_owned(), 5), ("a".to_owned(), 7)]);
+
+        // The migrated rows take new writes as any others: first write still wins, new rows
+        // come after the old in write order, and a new execution is numbered after them.
+        let results = write(
+            &store,
+            vec![
+                append("a", "z/1", 9, b"late"),
+                append("a", "new/1", 3, b"3"),
+                deferred("a", "y", b"late"),
+                start("d"),
+                append("d", "k/1", 0, b"d"),
+                status("c", Status::Complete, None),
+            ],
+        )
+        .await;
+        assert_eq!(
+            results,
+            vec![
+                OpResult::Done(false),
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::Created,
+                OpResult::Done(true),
+                OpResult::Done(true),
+            ]
+        );
+        let a = store.snapshot("a").await.unwrap().unwrap();
+        assert_eq!(a.entries.last(), Some(&entry("new/1", 3, b"3")));
+        assert_eq!(a.entries.len(), 4);
+        assert_eq!(store.snapshot("d").await.unwrap().unwrap().entries.len(), 1);
+        assert_eq!(store.timers().await.unwrap().len(), 1);
         store.close().await;
 
         let versions = applied_versions(&place).await;
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
+        // Numbered in the order they were stored; the journal keyed by number, not by id.
+        let numbers = place
+            .query_texts("SELECT id FROM {p}executions ORDER BY no")
+            .await;
+        assert_eq!(numbers, ["c", "a", "b", "d"]);
+        let columns = match place.dialect {
+            Dialect::Sqlite => {
+                place
+                    .query_texts("SELECT name FROM pragma_table_info('{p}journal') ORDER BY name")
+                    .await
+            }
+            Dialect::Postgres => {
+                place
+                    .query_texts(
+                        "SELECT column_name::text FROM information_schema.columns \
+                         WHERE table_name = '{p}journal' ORDER BY column_name",
+                    )
+                    .await
+            }
+        };
+        assert_eq!(columns, ["execution_no", "key", "ord", "seq", "value"]);
         place.cleanup().await;
     }
 }
@@ -678,15 +839,16 @@ async fn durability_sets_the_sync_mode() {
         let store = SqlStore::open(&Config::new(&place.url, "plait_", durability).unwrap())
             .await
             .unwrap();
-        let Pool::Sqlite(pool) = &store.pool else {
+        let Backend::Sqlite(readers) = &store.backend else {
             unreachable!()
         };
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(pool)
+        let (sync, journal) = readers
+            .inspect(|conn| {
+                let sync: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+                let journal: String =
+                    conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+                Ok((sync, journal))
+            })
             .await
             .unwrap();
         assert_eq!((sync, journal.as_str()), (expected, "wal"), "{durability}");
@@ -700,11 +862,11 @@ async fn durability_sets_the_sync_mode() {
                 SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
                     .await
                     .unwrap();
-            let Pool::Postgres(pool) = &store.pool else {
+            let Backend::Postgres(reads) = &store.backend else {
                 unreachable!()
             };
             let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-                .fetch_one(pool)
+                .fetch_one(reads.pool())
                 .await
                 .unwrap();
             assert_eq!(setting, expected, "{durability}");
@@ -806,10 +968,11 @@ async fn a_connection_killed_mid_transaction_is_retried() {
         .unwrap();
     let before = store.transactions();
     let wait = tokio::spawn(store.write(vec![append("e", "a/1", 0, b"A")]).unwrap());
-    // Find the writer waiting on the table lock, and kill its connection.
+    // Find the writer waiting on the table lock (in its call of `<prefix>apply`), and kill
+    // its connection.
     let find = format!(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'plait' \
-         AND wait_event_type = 'Lock' AND query LIKE '%{}journal%'",
+         AND wait_event_type = 'Lock' AND query LIKE '%{}apply%'",
         place.prefix
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -889,9 +1052,10 @@ async fn commit_costs() {
         .unwrap_or(0);
     for place in Place::all().await {
         for durability in ["full", "normal"] {
-            let store = SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
-                .await
-                .unwrap();
+            let store =
+                SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
+                    .await
+                    .unwrap();
             let base = rows + if durability == "full" { 0 } else { 1 << 30 };
             let fill = Instant::now();
             for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
