@@ -501,6 +501,150 @@ async fn concurrent_writes_share_one_transaction() {
 }
 
 #[tokio::test]
+async fn batched_reads_answer_each_id_in_order() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let memory = MemoryStore::default();
+        // Steps and deferreds of several executions, interleaved across them and across
+        // transactions, so write order within one execution differs from key order.
+        let mut ops = Vec::new();
+        for n in [3, 1, 4, 0] {
+            ops.push(start(&format!("e{n}")));
+        }
+        for round in 0..5u32 {
+            for n in [4, 0, 3] {
+                let key = format!("k{}/1", 9 - round);
+                ops.push(append(
+                    &format!("e{n}"),
+                    &key,
+                    round,
+                    &[b'a' + u8::try_from(n).unwrap()],
+                ));
+            }
+            ops.push(deferred("e3", &format!("d{}", 5 - round), b"D"));
+        }
+        ops.push(status("e1", Status::Complete, Some(b"r")));
+        for chunk in ops.chunks(4) {
+            for op in chunk {
+                apply_to_memory(&memory, op);
+            }
+            write(&store, chunk.to_vec()).await;
+        }
+        let ids: Vec<String> = ["e3", "nope", "e0", "e1", "e3", "nul\0", "e4", "e2", ""]
+            .map(String::from)
+            .to_vec();
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        let executions = store.executions(&ids).await.unwrap();
+        assert_eq!(snapshots.len(), ids.len());
+        for (index, id) in ids.iter().enumerate() {
+            assert_eq!(snapshots[index], memory.snapshot(id), "{id}");
+            assert_eq!(executions[index], memory.execution(id), "{id}");
+            assert_eq!(snapshots[index], store.snapshot(id).await.unwrap(), "{id}");
+        }
+        let e3 = snapshots[0].as_ref().unwrap();
+        let keys: Vec<&str> = e3.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["k9/1", "k8/1", "k7/1", "k6/1", "k5/1"]);
+        let names: Vec<&str> = e3.deferreds.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(names, ["d5", "d4", "d3", "d2", "d1"]);
+        assert!(store.snapshots(&[]).await.unwrap().is_empty());
+        assert!(store.executions(&[]).await.unwrap().is_empty());
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn batched_reads_span_chunks() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        // Every third id is stored, with as many steps as its number mod 4; the known ones
+        // straddle the chunk boundaries.
+        let count = 2 * READ_CHUNK + 7;
+        let ids: Vec<String> = (0..count).map(|n| format!("x{n}")).collect();
+        let mut ops = Vec::new();
+        for (n, id) in ids.iter().enumerate().filter(|(n, _)| n % 3 == 0) {
+            ops.push(start(id));
+            for step in 0..n % 4 {
+                let step = u32::try_from(step).unwrap();
+                ops.push(append(id, &format!("s{step}/1"), step, id.as_bytes()));
+            }
+        }
+        write(&store, ops).await;
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        let executions = store.executions(&ids).await.unwrap();
+        assert_eq!(snapshots.len(), count);
+        assert_eq!(executions.len(), count);
+        for (n, id) in ids.iter().enumerate() {
+            match &snapshots[n] {
+                Some(snapshot) => {
+                    assert_eq!(n % 3, 0, "{id}");
+                    assert_eq!(snapshot.entries.len(), n % 4, "{id}");
+                    assert!(snapshot.entries.iter().all(|e| e.value == id.as_bytes()));
+                    assert_eq!(Some(&snapshot.execution), executions[n].as_ref(), "{id}");
+                }
+                None => {
+                    assert_ne!(n % 3, 0, "{id}");
+                    assert_eq!(executions[n], None, "{id}");
+                }
+            }
+        }
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_of_8192_ops_commits_as_one() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let memory = MemoryStore::default();
+        // Every kind of op, repeats and unknown executions among them.
+        let mut ops = scripted_ops(MAX_OPS_PER_TRANSACTION - 100);
+        for n in 0..100u32 {
+            ops.push(start(&format!("big{}", n % 10)));
+        }
+        assert_eq!(ops.len(), MAX_OPS_PER_TRANSACTION);
+        let expected: Vec<OpResult> = ops.iter().map(|op| apply_to_memory(&memory, op)).collect();
+        let before = store.transactions();
+        assert_eq!(write(&store, ops).await, expected);
+        assert_eq!(store.transactions() - before, 1);
+        let ids: Vec<String> = (0..7)
+            .map(|n| format!("e{n}"))
+            .chain((0..10).map(|n| format!("big{n}")))
+            .collect();
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        for (id, snapshot) in ids.iter().zip(snapshots) {
+            assert_eq!(snapshot, memory.snapshot(id), "{id}");
+        }
+
+        // A batch larger than a transaction's share is never split; batches behind it wait.
+        let big: Vec<Op> = (0..MAX_OPS_PER_TRANSACTION + 5)
+            .map(|n| append("big0", &format!("n{n}/1"), 0, b"x"))
+            .collect();
+        let before = store.transactions();
+        let first = store.write(big).unwrap();
+        let second = store
+            .write(vec![append("big1", "after/1", 0, b"y")])
+            .unwrap();
+        assert!(first
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| *r == OpResult::Done(true)));
+        assert_eq!(second.await.unwrap(), done(&[true]));
+        assert_eq!(store.transactions() - before, 2);
+        let entries = store.snapshot("big0").await.unwrap().unwrap().entries;
+        assert_eq!(entries.len(), MAX_OPS_PER_TRANSACTION + 5);
+        assert_eq!(
+            entries.last().unwrap().key,
+            format!("n{}/1", MAX_OPS_PER_TRANSACTION + 4)
+        );
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn a_failing_batch_fails_alone() {
     for place in Place::all().await {
         let store = place.open().await;
