@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{
     migrate::{Migration, Migrator},
     postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
     AssertSqlSafe, Connection, SqlSafeStr,
 };
 
@@ -126,7 +126,7 @@ pub(super) enum Opened {
         pool: PgPool,
         /// The writer's connection, and how to get another.
         writer: PgConnection,
-        options: PgConnectOptions,
+        options: Box<PgConnectOptions>,
         lock: EngineLock,
     },
 }
@@ -141,20 +141,23 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(MIGRATE_BUSY_TIMEOUT);
-            let mut conn = match tokio::time::timeout(
+            // A pool of one, only because sqlx's migrator takes a connection by `Acquire`,
+            // which a bare connection does not satisfy inside a `Send` future.
+            let pool = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                SqliteConnection::connect_with(&options),
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect_with(options.clone()),
             )
             .await
             {
-                Ok(Ok(conn)) => conn,
+                Ok(Ok(pool)) => pool,
                 Ok(Err(err)) => return Err(connect_error(config, err)),
                 Err(_) => return Err(connect_error(config, "timed out")),
             };
-            let migrated = migrator(Dialect::Sqlite, &config.prefix)
-                .run(&mut conn)
-                .await;
-            let _ = conn.close().await;
+            let migrated = migrator(Dialect::Sqlite, &config.prefix).run(&pool).await;
+            pool.close().await;
             migrated.map_err(|err| migrate_error(config, &err))?;
             Ok(Opened::Sqlite {
                 path: options.get_filename().to_owned(),
@@ -198,7 +201,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
             Ok(Opened::Postgres {
                 pool,
                 writer,
-                options,
+                options: Box::new(options),
                 lock,
             })
         }

@@ -338,23 +338,23 @@ impl From<rusqlite::Error> for Failure {
 }
 
 /// A stored value that the store could not have written.
-fn corrupt(what: String) -> Failure {
+fn corrupt(what: &str) -> Failure {
     Failure::Refused(format!("the store holds an unreadable record: {what}"))
 }
 
 /// A step's position as stored, back to its type.
 fn stored_seq(id: &str, seq: i64) -> Result<u32, Failure> {
-    u32::try_from(seq).map_err(|_| corrupt(format!("execution {id:?} has a step at seq {seq}")))
+    u32::try_from(seq).map_err(|_| corrupt(&format!("execution {id:?} has a step at seq {seq}")))
 }
 
 /// A status as stored, back to its type.
 fn stored_status(id: &str, status: &str) -> Result<Status, Failure> {
-    Status::parse(status).map_err(|_| corrupt(format!("execution {id:?} has status {status:?}")))
+    Status::parse(status).map_err(|_| corrupt(&format!("execution {id:?} has status {status:?}")))
 }
 
 /// A timer's due instant as stored, back to its type.
 fn stored_due(due: i64) -> Result<u64, Failure> {
-    u64::try_from(due).map_err(|_| corrupt(format!("a timer is due at {due}")))
+    u64::try_from(due).map_err(|_| corrupt(&format!("a timer is due at {due}")))
 }
 
 /// A due instant as the database stores it (`check_ops` refused larger ones).
@@ -488,11 +488,12 @@ impl SqlStore {
                     url: config.masked_url.clone(),
                     message: config.scrub(err.to_string()),
                 };
-                let readers = sqlite::Readers::start(&path, &config.prefix, config.durability)
-                    .await
-                    .map_err(fail)?;
+                let readers =
+                    sqlite::Readers::start(path.clone(), &config.prefix, config.durability)
+                        .await
+                        .map_err(fail)?;
                 let thread = sqlite::Writer::start(
-                    &path,
+                    path,
                     &config.prefix,
                     config.durability,
                     context,
@@ -513,7 +514,7 @@ impl SqlStore {
                 let statements = Arc::new(postgres::Statements::new(&config.prefix));
                 let task = postgres::Writer::new(
                     writer,
-                    options,
+                    *options,
                     Arc::clone(&statements),
                     context,
                     closing_rx,

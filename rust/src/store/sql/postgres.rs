@@ -444,7 +444,7 @@ impl Reads {
             }
             // Rows come ordered by part: every execution before any step or deferred.
             let Some((id, snapshot)) = found.get_mut(&no) else {
-                return Err(corrupt(format!("a row names execution number {no}")));
+                return Err(corrupt(&format!("a row names execution number {no}")));
             };
             if part == PART_ENTRY {
                 let seq: i64 = row.try_get(10)?;

@@ -202,7 +202,7 @@ impl Writer {
     /// `queue` until it is closed and drained, and last sends `lock` to `finished`. Returns the
     /// thread, which [`super::SqlStore::close`] unparks to cut a backoff short.
     pub(super) async fn start(
-        path: &Path,
+        path: PathBuf,
         prefix: &str,
         durability: Durability,
         context: WriterContext,
@@ -210,7 +210,6 @@ impl Writer {
         lock: EngineLock,
         finished: oneshot::Sender<EngineLock>,
     ) -> Result<thread::Thread, Failure> {
-        let path = path.to_owned();
         let sql = Sql::new(prefix);
         let handle = spawn(
             "plait-sqlite-writer",
@@ -331,7 +330,7 @@ impl Writer {
                     match execution(conn, sql, id)? {
                         Some((_, existing)) => OpResult::Existing(existing),
                         None => {
-                            return Err(corrupt(format!(
+                            return Err(corrupt(&format!(
                                 "execution {id:?} neither inserted nor found"
                             )))
                         }
@@ -391,7 +390,7 @@ pub(super) struct Readers {
 impl Readers {
     /// Opens [`READERS`] connections, each on a thread of its own.
     pub(super) async fn start(
-        path: &Path,
+        path: PathBuf,
         prefix: &str,
         durability: Durability,
     ) -> Result<Self, Failure> {
@@ -402,8 +401,7 @@ impl Readers {
         for _ in 0..READERS {
             let (end, ended_rx) = oneshot::channel::<()>();
             ended.push(ended_rx);
-            let (queue, sql, path): (_, _, PathBuf) =
-                (Arc::clone(&queue), Arc::clone(&sql), path.to_owned());
+            let (queue, sql, path) = (Arc::clone(&queue), Arc::clone(&sql), path.clone());
             spawn(
                 "plait-sqlite-reader",
                 move || connect(&path, durability, READER_CACHE_KIB),

@@ -575,17 +575,14 @@ async fn batched_reads_span_chunks() {
         assert_eq!(snapshots.len(), count);
         assert_eq!(executions.len(), count);
         for (n, id) in ids.iter().enumerate() {
-            match &snapshots[n] {
-                Some(snapshot) => {
-                    assert_eq!(n % 3, 0, "{id}");
-                    assert_eq!(snapshot.entries.len(), n % 4, "{id}");
-                    assert!(snapshot.entries.iter().all(|e| e.value == id.as_bytes()));
-                    assert_eq!(Some(&snapshot.execution), executions[n].as_ref(), "{id}");
-                }
-                None => {
-                    assert_ne!(n % 3, 0, "{id}");
-                    assert_eq!(executions[n], None, "{id}");
-                }
+            if let Some(snapshot) = &snapshots[n] {
+                assert_eq!(n % 3, 0, "{id}");
+                assert_eq!(snapshot.entries.len(), n % 4, "{id}");
+                assert!(snapshot.entries.iter().all(|e| e.value == id.as_bytes()));
+                assert_eq!(Some(&snapshot.execution), executions[n].as_ref(), "{id}");
+            } else {
+                assert_ne!(n % 3, 0, "{id}");
+                assert_eq!(executions[n], None, "{id}");
             }
         }
         store.close().await;
@@ -746,46 +743,7 @@ async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
                 conn.close().await.unwrap();
             }
         }
-        let blob = |hex: &str| match place.dialect {
-            Dialect::Sqlite => format!("x'{hex}'"),
-            Dialect::Postgres => format!("'\\x{hex}'::bytea"),
-        };
-        // Three executions stored in the order c, a, b, their steps and deferreds interleaved
-        // across executions, a timer each; and a step of an execution never stored.
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
-                 interrupted, created_ms, updated_ms) VALUES \
-                 ('c', 'W', {payload}, NULL, 'running', NULL, FALSE, 1, 1), \
-                 ('a', 'W', {payload}, 'c', 'suspended', NULL, TRUE, 2, 2), \
-                 ('b', 'V', {payload}, NULL, 'complete', {result}, FALSE, 3, 3)",
-                payload = blob("7b7d"),
-                result = blob("72"),
-            ))
-            .await;
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}journal (execution_id, key, seq, value) VALUES \
-                 ('a', 'z/1', 0, {one}), ('c', 'k/1', 0, {two}), ('a', 'b/1', 1, {two}), \
-                 ('ghost', 'k/1', 0, {one}), ('b', 'k/1', 0, {one}), ('a', 'a/1', 2, {one})",
-                one = blob("31"),
-                two = blob("32"),
-            ))
-            .await;
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}deferreds (execution_id, name, value) VALUES \
-                 ('a', 'y', {one}), ('c', 'd', {one}), ('a', 'x', {two})",
-                one = blob("31"),
-                two = blob("32"),
-            ))
-            .await;
-        place
-            .execute(
-                "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES \
-                 ('a', 't', 7), ('c', 't', 5)",
-            )
-            .await;
+        store_rows_of_the_first_migration(&place).await;
 
         let store = place.open().await;
         let ids: Vec<String> = ["a", "b", "c", "ghost"].map(String::from).to_vec();
@@ -826,63 +784,115 @@ async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
             .collect();
         assert_eq!(timers, [("c".to_owned(), 5), ("a".to_owned(), 7)]);
 
-        // The migrated rows take new writes as any others: first write still wins, new rows
-        // come after the old in write order, and a new execution is numbered after them.
-        let results = write(
-            &store,
-            vec![
-                append("a", "z/1", 9, b"late"),
-                append("a", "new/1", 3, b"3"),
-                deferred("a", "y", b"late"),
-                start("d"),
-                append("d", "k/1", 0, b"d"),
-                status("c", Status::Complete, None),
-            ],
-        )
-        .await;
-        assert_eq!(
-            results,
-            vec![
-                OpResult::Done(false),
-                OpResult::Done(true),
-                OpResult::Done(false),
-                OpResult::Created,
-                OpResult::Done(true),
-                OpResult::Done(true),
-            ]
-        );
-        let a = store.snapshot("a").await.unwrap().unwrap();
-        assert_eq!(a.entries.last(), Some(&entry("new/1", 3, b"3")));
-        assert_eq!(a.entries.len(), 4);
-        assert_eq!(store.snapshot("d").await.unwrap().unwrap().entries.len(), 1);
-        assert_eq!(store.timers().await.unwrap().len(), 1);
+        new_writes_on_migrated_rows(&store).await;
         store.close().await;
 
         let versions = applied_versions(&place).await;
         assert_eq!(versions, [1, 2, 3]);
-        // Numbered in the order they were stored; the journal keyed by number, not by id.
-        let numbers = place
-            .query_texts("SELECT id FROM {p}executions ORDER BY no")
-            .await;
-        assert_eq!(numbers, ["c", "a", "b", "d"]);
-        let columns = match place.dialect {
-            Dialect::Sqlite => {
-                place
-                    .query_texts("SELECT name FROM pragma_table_info('{p}journal') ORDER BY name")
-                    .await
-            }
-            Dialect::Postgres => {
-                place
-                    .query_texts(
-                        "SELECT column_name::text FROM information_schema.columns \
-                         WHERE table_name = '{p}journal' ORDER BY column_name",
-                    )
-                    .await
-            }
-        };
-        assert_eq!(columns, ["execution_no", "key", "ord", "seq", "value"]);
+        check_the_migrated_schema(&place).await;
         place.cleanup().await;
     }
+}
+
+/// The migrated rows take new writes as any others: first write still wins, new rows come
+/// after the old in write order, and a new execution is numbered after them.
+async fn new_writes_on_migrated_rows(store: &SqlStore) {
+    let results = write(
+        store,
+        vec![
+            append("a", "z/1", 9, b"late"),
+            append("a", "new/1", 3, b"3"),
+            deferred("a", "y", b"late"),
+            start("d"),
+            append("d", "k/1", 0, b"d"),
+            status("c", Status::Complete, None),
+        ],
+    )
+    .await;
+    assert_eq!(
+        results,
+        vec![
+            OpResult::Done(false),
+            OpResult::Done(true),
+            OpResult::Done(false),
+            OpResult::Created,
+            OpResult::Done(true),
+            OpResult::Done(true),
+        ]
+    );
+    let a = store.snapshot("a").await.unwrap().unwrap();
+    assert_eq!(a.entries.last(), Some(&entry("new/1", 3, b"3")));
+    assert_eq!(a.entries.len(), 4);
+    assert_eq!(store.snapshot("d").await.unwrap().unwrap().entries.len(), 1);
+    assert_eq!(store.timers().await.unwrap().len(), 1);
+}
+
+/// Executions numbered in the order they were stored; the journal keyed by number, not by id.
+async fn check_the_migrated_schema(place: &Place) {
+    let numbers = place
+        .query_texts("SELECT id FROM {p}executions ORDER BY no")
+        .await;
+    assert_eq!(numbers, ["c", "a", "b", "d"]);
+    let columns = match place.dialect {
+        Dialect::Sqlite => {
+            place
+                .query_texts("SELECT name FROM pragma_table_info('{p}journal') ORDER BY name")
+                .await
+        }
+        Dialect::Postgres => {
+            place
+                .query_texts(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_name = '{p}journal' ORDER BY column_name",
+                )
+                .await
+        }
+    };
+    assert_eq!(columns, ["execution_no", "key", "ord", "seq", "value"]);
+}
+
+/// Rows as the first migration's schema held them: three executions stored in the order c, a,
+/// b, their steps and deferreds interleaved across executions, two timers, and a step of an
+/// execution never stored.
+async fn store_rows_of_the_first_migration(place: &Place) {
+    let blob = |hex: &str| match place.dialect {
+        Dialect::Sqlite => format!("x'{hex}'"),
+        Dialect::Postgres => format!("'\\x{hex}'::bytea"),
+    };
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
+                 interrupted, created_ms, updated_ms) VALUES \
+                 ('c', 'W', {payload}, NULL, 'running', NULL, FALSE, 1, 1), \
+                 ('a', 'W', {payload}, 'c', 'suspended', NULL, TRUE, 2, 2), \
+                 ('b', 'V', {payload}, NULL, 'complete', {result}, FALSE, 3, 3)",
+            payload = blob("7b7d"),
+            result = blob("72"),
+        ))
+        .await;
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}journal (execution_id, key, seq, value) VALUES \
+                 ('a', 'z/1', 0, {one}), ('c', 'k/1', 0, {two}), ('a', 'b/1', 1, {two}), \
+                 ('ghost', 'k/1', 0, {one}), ('b', 'k/1', 0, {one}), ('a', 'a/1', 2, {one})",
+            one = blob("31"),
+            two = blob("32"),
+        ))
+        .await;
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}deferreds (execution_id, name, value) VALUES \
+                 ('a', 'y', {one}), ('c', 'd', {one}), ('a', 'x', {two})",
+            one = blob("31"),
+            two = blob("32"),
+        ))
+        .await;
+    place
+        .execute(
+            "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES \
+                 ('a', 't', 7), ('c', 't', 5)",
+        )
+        .await;
 }
 
 async fn applied_versions(place: &Place) -> Vec<i64> {
@@ -1177,11 +1187,12 @@ async fn a_server_that_never_answers_fails_within_the_connect_timeout() {
     silent.abort();
 }
 
-/// A 32-hex id like the engine's (a sha256 prefix), so inserts land where real ones do.
+/// An id as the engine makes them (32 hex digits of a sha256), so inserts land where real
+/// ones do.
 fn random_id(n: usize) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("bench-{n}").as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::execution_id("Bench", &n.to_string())
+        .as_str()
+        .to_owned()
 }
 
 /// Commit costs on both backends: `cargo test --release commit_costs -- --ignored --nocapture`.
