@@ -1256,15 +1256,66 @@ async fn commit_costs() {
                 write(&store, ops).await;
             }
             let per_op = started.elapsed() / (batches * 1000);
+
+            // Sequential reads of one snapshot (about 22 steps each by now).
+            let started = Instant::now();
+            for id in &ids[..300] {
+                assert!(store.snapshot(id).await.unwrap().is_some());
+            }
+            let read = started.elapsed() / 300;
             eprintln!(
                 "{:?} durability={durability} rows={rows}: 1-op commit {:.1} us, \
-                 1000-op batch {:.2} us/op",
+                 1000-op batch {:.2} us/op, snapshot read {:.1} us",
                 place.dialect,
                 commit.as_secs_f64() * 1e6,
-                per_op.as_secs_f64() * 1e6
+                per_op.as_secs_f64() * 1e6,
+                read.as_secs_f64() * 1e6
             );
             store.close().await;
         }
+        place.cleanup().await;
+    }
+}
+
+/// Batched reads, as recovery makes them: `cargo test --release recovery_reads -- --ignored
+/// --nocapture`. `PLAIT_BENCH_ROWS` (default 100,000) suspended executions with five steps and
+/// a deferred each, read back 1,000 ids per call.
+#[tokio::test]
+#[ignore = "a benchmark: run it by name"]
+async fn recovery_reads() {
+    let rows: usize = std::env::var("PLAIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    for place in Place::all().await {
+        let store = place.open().await;
+        let ids: Vec<String> = (0..rows).map(random_id).collect();
+        for chunk in ids.chunks(1000) {
+            let mut ops = Vec::with_capacity(chunk.len() * 8);
+            for id in chunk {
+                ops.push(start(id));
+                for step in 0..5 {
+                    ops.push(append(id, &format!("Step{step}/1"), step, b"{\"ok\":1}"));
+                }
+                ops.push(deferred(id, "DurableClock/wait", b"{\"_tag\":\"Success\"}"));
+                ops.push(status(id, Status::Suspended, None));
+            }
+            write(&store, ops).await;
+        }
+        let started = Instant::now();
+        let mut read = 0;
+        for chunk in ids.chunks(1000) {
+            let snapshots = store.snapshots(chunk).await.unwrap();
+            read += snapshots.iter().filter(|s| s.is_some()).count();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(read, rows);
+        eprintln!(
+            "{:?}: {rows} snapshots in {elapsed:.2} s, {:.0}/s",
+            place.dialect,
+            f64::from(u32::try_from(rows).unwrap()) / elapsed
+        );
+        store.close().await;
         place.cleanup().await;
     }
 }
