@@ -70,7 +70,10 @@ impl Statements {
                 prefix,
             ),
             // The executions, then their steps, then their deferreds, each part in write
-            // order; columns shared between the parts where their types agree.
+            // order; columns shared between the parts where their types agree. The steps and
+            // deferreds are looked up per execution (a lateral subquery that `OFFSET 0` keeps
+            // from being flattened into a join): without statistics, as after a bulk load, the
+            // planner would otherwise hash-join them, scanning the whole journal per chunk.
             snapshots: sql(
                 "WITH e AS MATERIALIZED ( \
                      SELECT no, id, workflow, payload, parent, status, result, interrupted \
@@ -80,13 +83,17 @@ impl Statements {
                         NULL::int8 AS seq \
                  FROM e \
                  UNION ALL \
-                 SELECT 1::int2, j.execution_no, j.ord, j.key, NULL, NULL, NULL, j.value, NULL, \
-                        NULL, j.seq \
-                 FROM {p}journal j JOIN e ON j.execution_no = e.no \
+                 SELECT 1::int2, e.no, j.ord, j.key, NULL, NULL, NULL, j.value, NULL, NULL, \
+                        j.seq \
+                 FROM e CROSS JOIN LATERAL ( \
+                     SELECT ord, key, value, seq FROM {p}journal \
+                     WHERE execution_no = e.no OFFSET 0) j \
                  UNION ALL \
-                 SELECT 2::int2, d.execution_no, d.ord, d.name, NULL, NULL, NULL, d.value, \
-                        NULL, NULL, NULL \
-                 FROM {p}deferreds d JOIN e ON d.execution_no = e.no \
+                 SELECT 2::int2, e.no, d.ord, d.name, NULL, NULL, NULL, d.value, NULL, NULL, \
+                        NULL \
+                 FROM e CROSS JOIN LATERAL ( \
+                     SELECT ord, name, value FROM {p}deferreds \
+                     WHERE execution_no = e.no OFFSET 0) d \
                  ORDER BY 1, 2, 3",
                 prefix,
             ),
