@@ -178,7 +178,14 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                     // A ping per read would double its round trips; a dead connection fails
                     // the read with an I/O error instead, which is retried on another.
                     .test_before_acquire(false)
-                    .connect_with(options.clone()),
+                    // The reads' plans do not depend on their arguments (key lookups), and a
+                    // custom plan, which the server keeps choosing for a one-id snapshot, costs
+                    // more to plan than to run.
+                    .connect_with(
+                        options
+                            .clone()
+                            .options([("plan_cache_mode", "force_generic_plan")]),
+                    ),
             )
             .await
             {

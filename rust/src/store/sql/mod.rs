@@ -337,7 +337,8 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-/// A stored value that the store could not have written.
+/// A stored value that the store's own writes could not have produced: a bad record, which no
+/// retry would mend.
 fn corrupt(what: &str) -> Failure {
     Failure::Refused(format!("the store holds an unreadable record: {what}"))
 }
@@ -405,7 +406,6 @@ impl Backoff {
 }
 
 /// What both writers need besides their connection: how to word errors, and the commit count.
-#[derive(Clone)]
 struct WriterContext {
     url: String,
     secrets: Vec<String>,
@@ -646,6 +646,7 @@ impl SqlStore {
         for chunk in ids.chunks(READ_CHUNK) {
             let wanted = storable(chunk);
             let found = match &self.backend {
+                _ if wanted.is_empty() => FxHashMap::default(),
                 Backend::Sqlite(readers) => self.read(|| readers.snapshots(wanted.clone())).await?,
                 Backend::Postgres(reads) => self.read(|| reads.snapshots(&wanted)).await?,
             };
@@ -673,6 +674,7 @@ impl SqlStore {
         for chunk in ids.chunks(READ_CHUNK) {
             let wanted = storable(chunk);
             let found = match &self.backend {
+                _ if wanted.is_empty() => FxHashMap::default(),
                 Backend::Sqlite(readers) => {
                     self.read(|| readers.executions(wanted.clone())).await?
                 }

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    corrupt, due_to_i64, gather, stored_due, stored_seq, stored_status, Backoff, Batch, Durability,
+    due_to_i64, gather, stored_due, stored_seq, stored_status, Backoff, Batch, Durability,
     EngineLock, Failure, Op, OpResult, Results, SqlError, WriterContext,
 };
 use crate::{
@@ -330,7 +330,7 @@ impl Writer {
                     match execution(conn, sql, id)? {
                         Some((_, existing)) => OpResult::Existing(existing),
                         None => {
-                            return Err(corrupt(&format!(
+                            return Err(Failure::Refused(format!(
                                 "execution {id:?} neither inserted nor found"
                             )))
                         }
