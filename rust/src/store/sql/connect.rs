@@ -165,7 +165,13 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
             })
         }
         Target::Postgres(options) => {
-            let mut options = options.clone().application_name("plait");
+            // No JIT: the store's statements are key lookups that run in microseconds, but a
+            // table without statistics (after a bulk load) can inflate their estimated cost past
+            // `jit_above_cost`, and compiling then takes milliseconds.
+            let mut options = options
+                .clone()
+                .application_name("plait")
+                .options([("jit", "off")]);
             if config.durability == Durability::Normal {
                 options = options.options([("synchronous_commit", "off")]);
             }

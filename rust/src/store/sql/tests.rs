@@ -1024,6 +1024,11 @@ async fn durability_sets_the_sync_mode() {
                 .await
                 .unwrap();
             assert_eq!(setting, expected, "{durability}");
+            let jit: String = sqlx::query_scalar("SHOW jit")
+                .fetch_one(reads.pool())
+                .await
+                .unwrap();
+            assert_eq!(jit, "off");
             store.close().await;
         }
         place.cleanup().await;
