@@ -183,8 +183,9 @@ def test_a_corrupted_journal_row_fails_only_its_execution(tmp_path: Path) -> Non
     bad, good = asyncio.run(first())
     with sqlite3.connect(path) as db:
         db.execute(
-            "insert into plait_deferreds (execution_id, name, value) values (?, 'Gate', ?)",
-            (bad, b"\x00not json"),
+            "insert into plait_deferreds (execution_no, name, value) "
+            "select no, 'Gate', ? from plait_executions where id = ?",
+            (b"\x00not json", bad),
         )
         db.execute("update plait_executions set status = 'running' where id = ?", (bad,))
 

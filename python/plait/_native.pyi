@@ -329,8 +329,28 @@ class SqlStore:
     def snapshot(self, bridge: AsyncBridge, id: str) -> int:
         """Resolves to `(record, [(key, seq, value)], [(name, value)])` in write order, or None."""
 
+    def snapshots(self, bridge: AsyncBridge, ids: Iterable[str]) -> int:
+        """Resolves to a list with one snapshot (as `snapshot`'s) or None per id, in order.
+
+        Reads a few hundred ids per query, each such chunk in one read transaction, so every
+        snapshot is consistent in itself; for many executions at once (recovery).
+
+        Raises:
+            TypeError: `ids` is a single str, or an item is not a str (the message names
+                `ids[<index>]`).
+            InvalidArgumentError: An id is not valid Unicode (the message names `ids[<index>]`).
+        """
+
     def execution(self, bridge: AsyncBridge, id: str) -> int:
         """Resolves to the execution record, or None."""
+
+    def executions(self, bridge: AsyncBridge, ids: Iterable[str]) -> int:
+        """Resolves to a list with one execution record or None per id, in order.
+
+        Raises:
+            TypeError: `ids` is a single str, or an item is not a str.
+            InvalidArgumentError: An id is not valid Unicode.
+        """
 
     def timers(self, bridge: AsyncBridge) -> int:
         """Resolves to every timer as `(execution_id, name, due_ms)`, earliest first."""

@@ -13,7 +13,7 @@ use pyo3::{
 
 use super::{
     bridge::AsyncBridge,
-    errors::{at_item, capacity_hint, Int, InvalidArgumentError, Text},
+    errors::{at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, Text},
     store::execution_tuple,
 };
 use crate::{
@@ -174,6 +174,20 @@ fn extract_op(item: &Bound<'_, PyAny>) -> PyResult<sql::Op> {
     })
 }
 
+/// Reads a batch of execution ids: an iterable of str (a single str is refused).
+fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    not_a_single_str(ids, "ids")?;
+    let py = ids.py();
+    let mut out = Vec::with_capacity(capacity_hint(ids));
+    for (index, id) in ids.try_iter()?.enumerate() {
+        let id: Text = id
+            .and_then(|id| id.extract())
+            .map_err(|err| at_item(py, err, "ids", index))?;
+        out.push(id.to_owned());
+    }
+    Ok(out)
+}
+
 /// Executions, their journals, deferred results and timers in SQLite or PostgreSQL.
 #[pyclass(module = "plait._native", frozen)]
 pub struct SqlStore {
@@ -249,11 +263,34 @@ impl SqlStore {
         bridge.spawn(async move { Ok(store.snapshot(&id).await?.map(SnapshotTuple)) })
     }
 
+    /// Resolves to one snapshot (as `snapshot` resolves to) or None per id, in order.
+    fn snapshots(&self, bridge: &AsyncBridge, ids: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let store = self.store()?;
+        let ids = extract_ids(ids)?;
+        bridge.spawn(async move {
+            let found = store.snapshots(&ids).await?;
+            Ok(found
+                .into_iter()
+                .map(|snapshot| snapshot.map(SnapshotTuple))
+                .collect::<Vec<_>>())
+        })
+    }
+
     /// Resolves to the execution record, or None.
     fn execution(&self, bridge: &AsyncBridge, id: Text) -> PyResult<u64> {
         let store = self.store()?;
         let id = id.to_owned();
         bridge.spawn(async move { Ok(store.execution(&id).await?.map(Record)) })
+    }
+
+    /// Resolves to one execution record or None per id, in order.
+    fn executions(&self, bridge: &AsyncBridge, ids: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let store = self.store()?;
+        let ids = extract_ids(ids)?;
+        bridge.spawn(async move {
+            let found = store.executions(&ids).await?;
+            Ok(found.into_iter().map(|e| e.map(Record)).collect::<Vec<_>>())
+        })
     }
 
     /// Resolves to every timer as `(execution_id, name, due_ms)`, earliest first.

@@ -1,9 +1,9 @@
-//! Opening a database: the single-engine lock, the connection pool and the migrations.
+//! Opening a database: the single-engine lock, the migrations, and PostgreSQL's connections.
+//! (SQLite's connections are rusqlite's, opened by the threads that use them.)
 
 use std::{
     ffi::OsString,
     fs::{File, OpenOptions, TryLockError},
-    io,
     path::PathBuf,
     time::Duration,
 };
@@ -11,28 +11,29 @@ use std::{
 use sha2::{Digest, Sha256};
 use sqlx::{
     migrate::{Migration, Migrator},
-    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
-    sqlite::{
-        SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
-        SqliteSynchronous,
-    },
+    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
     AssertSqlSafe, Connection, SqlSafeStr,
 };
 
 use super::{
     config::{Config, Durability, Target},
-    queries::{Dialect, Pool, WriterConn},
     SqlError,
 };
 
 /// How long connecting may take before `open` gives up.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long SQLite waits on a lock held by another connection before failing with
-/// `SQLITE_BUSY` (which the store then retries with backoff).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Connections for reads; the writer has one of its own (and PostgreSQL one more for the lock).
-const SQLITE_READERS: u32 = 4;
+/// How long the migrations wait on a SQLite lock held by another connection.
+const MIGRATE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL connections for reads; the writer has one of its own, and the lock one more.
 const POSTGRES_READERS: u32 = 6;
+
+/// Which SQL dialect a database speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -113,44 +114,24 @@ fn locked(config: &Config) -> SqlError {
     }
 }
 
-/// How the writer (re)connects.
-#[derive(Clone, Debug)]
-pub(super) enum Connector {
-    Sqlite(SqliteConnectOptions),
-    Postgres(PgConnectOptions),
+/// An opened database: locked and migrated.
+pub(super) enum Opened {
+    Sqlite {
+        /// The database file, for the store's own connections.
+        path: PathBuf,
+        lock: EngineLock,
+    },
+    Postgres {
+        /// Connections for reads.
+        pool: PgPool,
+        /// The writer's connection, and how to get another.
+        writer: PgConnection,
+        options: Box<PgConnectOptions>,
+        lock: EngineLock,
+    },
 }
 
-impl Connector {
-    /// A new connection for the writer, within [`CONNECT_TIMEOUT`].
-    pub(super) async fn connect(&self) -> Result<WriterConn, sqlx::Error> {
-        let connect = async {
-            match self {
-                Connector::Sqlite(options) => SqliteConnection::connect_with(options)
-                    .await
-                    .map(WriterConn::Sqlite),
-                Connector::Postgres(options) => PgConnection::connect_with(options)
-                    .await
-                    .map(WriterConn::Postgres),
-            }
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .unwrap_or_else(|_| Err(sqlx::Error::Io(io::ErrorKind::TimedOut.into())))
-    }
-}
-
-/// An opened database: locked, migrated, connected.
-pub(super) struct Opened {
-    /// Connections for reads.
-    pub(super) pool: Pool,
-    /// The writer's connection, and how to get another.
-    pub(super) writer: WriterConn,
-    pub(super) connector: Connector,
-    pub(super) lock: EngineLock,
-    pub(super) dialect: Dialect,
-}
-
-/// Locks, connects and migrates.
+/// Locks, migrates and (on PostgreSQL) connects.
 pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
     match &config.target {
         Target::Sqlite(options) => {
@@ -159,45 +140,15 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 .clone()
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(match config.durability {
-                    Durability::Full => SqliteSynchronous::Full,
-                    Durability::Normal => SqliteSynchronous::Normal,
-                })
-                .busy_timeout(BUSY_TIMEOUT);
-            let connector = Connector::Sqlite(options.clone());
-            let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_READERS)
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(|err| connect_error(config, err))?;
-            let pool = Pool::Sqlite(pool);
-            migrate(config, &pool, Dialect::Sqlite).await?;
-            let writer = connector
-                .connect()
-                .await
-                .map_err(|err| connect_error(config, err))?;
-            Ok(Opened {
-                pool,
-                writer,
-                connector,
-                lock,
-                dialect: Dialect::Sqlite,
-            })
-        }
-        Target::Postgres(options) => {
-            let mut options = options.clone().application_name("plait");
-            if config.durability == Durability::Normal {
-                options = options.options([("synchronous_commit", "off")]);
-            }
-            let lock = lock_postgres(config, &options).await?;
-            let connector = Connector::Postgres(options.clone());
+                .busy_timeout(MIGRATE_BUSY_TIMEOUT);
+            // A pool of one, only because sqlx's migrator takes a connection by `Acquire`,
+            // which a bare connection does not satisfy inside a `Send` future.
             let pool = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                PgPoolOptions::new()
-                    .max_connections(POSTGRES_READERS)
+                SqlitePoolOptions::new()
+                    .max_connections(1)
                     .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options),
+                    .connect_with(options.clone()),
             )
             .await
             {
@@ -205,18 +156,66 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 Ok(Err(err)) => return Err(connect_error(config, err)),
                 Err(_) => return Err(connect_error(config, "timed out")),
             };
-            let pool = Pool::Postgres(pool);
-            migrate(config, &pool, Dialect::Postgres).await?;
-            let writer = connector
-                .connect()
+            let migrated = migrator(Dialect::Sqlite, &config.prefix).run(&pool).await;
+            pool.close().await;
+            migrated.map_err(|err| migrate_error(config, &err))?;
+            Ok(Opened::Sqlite {
+                path: options.get_filename().to_owned(),
+                lock,
+            })
+        }
+        Target::Postgres(options) => {
+            // No JIT: the store's statements are key lookups that run in microseconds, but a
+            // table without statistics (after a bulk load) can inflate their estimated cost past
+            // `jit_above_cost`, and compiling then takes milliseconds.
+            let mut options = options
+                .clone()
+                .application_name("plait")
+                .options([("jit", "off")]);
+            if config.durability == Durability::Normal {
+                options = options.options([("synchronous_commit", "off")]);
+            }
+            let lock = lock_postgres(config, &options).await?;
+            let pool = match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                PgPoolOptions::new()
+                    .max_connections(POSTGRES_READERS)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    // A ping per read would double its round trips; a dead connection fails
+                    // the read with an I/O error instead, which is retried on another.
+                    .test_before_acquire(false)
+                    // The reads' plans do not depend on their arguments (key lookups), and a
+                    // custom plan, which the server keeps choosing for a one-id snapshot, costs
+                    // more to plan than to run.
+                    .connect_with(
+                        options
+                            .clone()
+                            .options([("plan_cache_mode", "force_generic_plan")]),
+                    ),
+            )
+            .await
+            {
+                Ok(Ok(pool)) => pool,
+                Ok(Err(err)) => return Err(connect_error(config, err)),
+                Err(_) => return Err(connect_error(config, "timed out")),
+            };
+            migrator(Dialect::Postgres, &config.prefix)
+                .run(&pool)
                 .await
-                .map_err(|err| connect_error(config, err))?;
-            Ok(Opened {
+                .map_err(|err| migrate_error(config, &err))?;
+            let writer =
+                match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                    .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => return Err(connect_error(config, err)),
+                    Err(_) => return Err(connect_error(config, "timed out")),
+                };
+            Ok(Opened::Postgres {
                 pool,
                 writer,
-                connector,
+                options: Box::new(options),
                 lock,
-                dialect: Dialect::Postgres,
             })
         }
     }
@@ -276,14 +275,9 @@ async fn lock_postgres(
     }
 }
 
-async fn migrate(config: &Config, pool: &Pool, dialect: Dialect) -> Result<(), SqlError> {
-    let migrator = migrator(dialect, &config.prefix);
-    let outcome = match pool {
-        Pool::Sqlite(pool) => migrator.run(pool).await,
-        Pool::Postgres(pool) => migrator.run(pool).await,
-    };
-    outcome.map_err(|err| SqlError::Migrate {
+fn migrate_error(config: &Config, err: &sqlx::migrate::MigrateError) -> SqlError {
+    SqlError::Migrate {
         url: config.masked_url.clone(),
         message: config.scrub(err.to_string()),
-    })
+    }
 }

@@ -4,10 +4,19 @@
 //! results and deferred results, a complete execution's status and result are final and its
 //! timers go when it completes.
 //!
-//! - **Group commit.** Writes are batches of [`Op`]s. One writer task per store takes the first
-//!   batch waiting plus every batch queued behind it, applies them all, in order, in one
-//!   transaction, commits, then answers each batch. Throughput comes from concurrency; the latency
-//!   of a write stays about one commit.
+//! - **Group commit.** Writes are batches of [`Op`]s. One writer per store takes the first batch
+//!   waiting plus every batch queued behind it, applies them all, in order, in one transaction,
+//!   commits, then answers each batch. Throughput comes from concurrency; the latency of a write
+//!   stays about one commit.
+//! - **Few hops per commit.** On PostgreSQL the writer is a tokio task that sends a whole
+//!   transaction as one statement, a call of the `<prefix>apply` function the migrations create
+//!   (one round trip, commit included). On SQLite it is an OS thread of its own that runs the
+//!   transaction through rusqlite with cached statements: one thread hop in and one out per
+//!   commit, where sqlx's SQLite driver hopped threads twice per statement. SQLite reads run on
+//!   reader threads the same way.
+//! - **Writes independent of table size.** Executions have an integer key in insertion order
+//!   (`no`) beside their random id; journal and deferred rows are keyed by it, so their inserts
+//!   land at the right edge of their B-trees.
 //! - **Connection trouble is retried.** A transaction that fails because the database is
 //!   unreachable (I/O error, pool timeout, server shutting down, SQLite busy, ...) is retried
 //!   whole, with backoff from 50 ms doubling to 2 s, until it commits or the store is closed.
@@ -24,7 +33,8 @@
 
 mod config;
 mod connect;
-mod queries;
+mod postgres;
+mod sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -37,18 +47,14 @@ use std::{
     time::Duration,
 };
 
+use rustc_hash::FxHashMap;
 use thiserror::Error;
-use tokio::{
-    sync::{mpsc, oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{check_prefix, Config, Durability, DEFAULT_PREFIX};
-use connect::{Connector, EngineLock};
-use queries::{Pool, Statements, WriterConn};
+use connect::EngineLock;
 
 use super::{Entry, Execution, Snapshot, Status, Timer};
-use crate::clock::now_ms;
 
 /// First wait before retrying after a connection error.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -58,6 +64,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 const READ_GIVE_UP: Duration = Duration::from_secs(30);
 /// The writer stops merging queued batches into a transaction past this many ops.
 const MAX_OPS_PER_TRANSACTION: usize = 8192;
+/// Batched reads take this many ids per query (or read transaction): enough to amortise the
+/// round trip, few enough that one answer stays a few MB.
+const READ_CHUNK: usize = 500;
 
 /// What can go wrong with a SQL store.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -288,24 +297,161 @@ fn is_transient(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Why one attempt at a statement or transaction failed, as the retry logic sees it.
+#[derive(Debug, Error)]
+enum Failure {
+    /// The database is unreachable or busy: worth retrying.
+    #[error("{0}")]
+    Transient(String),
+    /// The database refused the statement; retrying would not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The store closed under the attempt.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        if is_transient(&err) {
+            Failure::Transient(err.to_string())
+        } else {
+            Failure::Refused(err.to_string())
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(err: rusqlite::Error) -> Self {
+        // BUSY and LOCKED (another connection holds the lock past the busy timeout) pass;
+        // anything else SQLite says is about the statement or the file, and stays.
+        let busy = matches!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if busy {
+            Failure::Transient(err.to_string())
+        } else {
+            Failure::Refused(err.to_string())
+        }
+    }
+}
+
+/// A stored value that the store's own writes could not have produced: a bad record, which no
+/// retry would mend.
+fn corrupt(what: &str) -> Failure {
+    Failure::Refused(format!("the store holds an unreadable record: {what}"))
+}
+
+/// A step's position as stored, back to its type.
+fn stored_seq(id: &str, seq: i64) -> Result<u32, Failure> {
+    u32::try_from(seq).map_err(|_| corrupt(&format!("execution {id:?} has a step at seq {seq}")))
+}
+
+/// A status as stored, back to its type.
+fn stored_status(id: &str, status: &str) -> Result<Status, Failure> {
+    Status::parse(status).map_err(|_| corrupt(&format!("execution {id:?} has status {status:?}")))
+}
+
+/// A timer's due instant as stored, back to its type.
+fn stored_due(due: i64) -> Result<u64, Failure> {
+    u64::try_from(due).map_err(|_| corrupt(&format!("a timer is due at {due}")))
+}
+
+/// A due instant as the database stores it (`check_ops` refused larger ones).
+fn due_to_i64(due_ms: u64) -> Result<i64, Failure> {
+    i64::try_from(due_ms)
+        .map_err(|_| Failure::Refused(format!("due_ms {due_ms} is above 2^63 - 1")))
+}
+
 /// A write batch and where its results go.
 struct Batch {
     ops: Vec<Op>,
     reply: oneshot::Sender<Result<Vec<OpResult>, SqlError>>,
 }
 
+/// One transaction's results, per batch.
+type Results = Vec<Vec<OpResult>>;
+
+/// `first` and every batch queued behind it, up to [`MAX_OPS_PER_TRANSACTION`] ops: what one
+/// transaction takes.
+fn gather(first: Batch, queue: &mut mpsc::UnboundedReceiver<Batch>) -> Vec<Batch> {
+    let mut ops = first.ops.len();
+    let mut batches = vec![first];
+    while ops < MAX_OPS_PER_TRANSACTION {
+        match queue.try_recv() {
+            Ok(batch) => {
+                ops += batch.ops.len();
+                batches.push(batch);
+            }
+            Err(_) => break,
+        }
+    }
+    batches
+}
+
+/// Waits between retries: from [`RETRY_FIRST`], doubling up to [`RETRY_MAX`].
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(RETRY_FIRST)
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (delay * 2).min(RETRY_MAX);
+        delay
+    }
+}
+
+/// What both writers need besides their connection: how to word errors, and the commit count.
+struct WriterContext {
+    url: String,
+    secrets: Vec<String>,
+    transactions: Arc<AtomicU64>,
+}
+
+impl WriterContext {
+    fn committed(&self) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refused(&self, message: &str) -> SqlError {
+        SqlError::Database {
+            url: self.url.clone(),
+            message: config::scrub(message.to_owned(), &self.secrets),
+        }
+    }
+
+    fn abandoned(&self, message: &str) -> SqlError {
+        SqlError::Abandoned {
+            url: self.url.clone(),
+            message: config::scrub(message.to_owned(), &self.secrets),
+        }
+    }
+}
+
+/// The reads of either backend.
+enum Backend {
+    Sqlite(sqlite::Readers),
+    Postgres(postgres::Reads),
+}
+
 /// The journal of executions in a SQL database. See the [module documentation](self).
 ///
 /// Every method must run inside a tokio runtime.
 pub struct SqlStore {
-    pool: Pool,
-    statements: Arc<Statements>,
+    backend: Backend,
     url: String,
     prefix: String,
     secrets: Vec<String>,
     sender: Mutex<Option<mpsc::UnboundedSender<Batch>>>,
     closing: watch::Sender<bool>,
-    writer: tokio::sync::Mutex<Option<JoinHandle<EngineLock>>>,
+    /// Resolves to the engine lock when the writer has ended.
+    writer: tokio::sync::Mutex<Option<oneshot::Receiver<EngineLock>>>,
+    /// Wakes the SQLite writer from a backoff sleep when the store closes.
+    writer_thread: Option<std::thread::Thread>,
     transactions: Arc<AtomicU64>,
 }
 
@@ -326,36 +472,69 @@ impl SqlStore {
     /// [`SqlError::Connect`] when the database cannot be reached within 5 s (or the URL is
     /// wrong), [`SqlError::Locked`] when another engine holds it, [`SqlError::Migrate`].
     pub async fn open(config: &Config) -> Result<Self, SqlError> {
-        let connect::Opened {
-            pool,
-            writer,
-            connector,
-            lock,
-            dialect,
-        } = connect::open(config).await?;
-        let statements = Arc::new(Statements::new(dialect, &config.prefix));
+        let opened = connect::open(config).await?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let (closing, closing_rx) = watch::channel(false);
+        let (finished, writer) = oneshot::channel();
         let transactions = Arc::new(AtomicU64::new(0));
-        let writer = Writer {
-            conn: Some(writer),
-            connector,
-            statements: Arc::clone(&statements),
+        let context = WriterContext {
             url: config.masked_url.clone(),
             secrets: config.secrets.clone(),
-            closing: closing_rx,
             transactions: Arc::clone(&transactions),
         };
-        let writer = tokio::spawn(writer.run(receiver, lock));
+        let (backend, writer_thread) = match opened {
+            connect::Opened::Sqlite { path, lock } => {
+                let fail = |err: Failure| SqlError::Connect {
+                    url: config.masked_url.clone(),
+                    message: config.scrub(err.to_string()),
+                };
+                let readers =
+                    sqlite::Readers::start(path.clone(), &config.prefix, config.durability)
+                        .await
+                        .map_err(fail)?;
+                let thread = sqlite::Writer::start(
+                    path,
+                    &config.prefix,
+                    config.durability,
+                    context,
+                    receiver,
+                    lock,
+                    finished,
+                )
+                .await
+                .map_err(fail)?;
+                (Backend::Sqlite(readers), Some(thread))
+            }
+            connect::Opened::Postgres {
+                pool,
+                writer,
+                options,
+                lock,
+            } => {
+                let statements = Arc::new(postgres::Statements::new(&config.prefix));
+                let task = postgres::Writer::new(
+                    writer,
+                    *options,
+                    Arc::clone(&statements),
+                    context,
+                    closing_rx,
+                );
+                tokio::spawn(task.run(receiver, lock, finished));
+                (
+                    Backend::Postgres(postgres::Reads::new(pool, statements)),
+                    None,
+                )
+            }
+        };
         Ok(Self {
-            pool,
-            statements,
+            backend,
             url: config.masked_url.clone(),
             prefix: config.prefix.clone(),
             secrets: config.secrets.clone(),
             sender: Mutex::new(Some(sender)),
             closing,
             writer: tokio::sync::Mutex::new(Some(writer)),
+            writer_thread,
             transactions,
         })
     }
@@ -411,36 +590,37 @@ impl SqlStore {
     async fn read<T, F, Fut>(&self, attempt: F) -> Result<T, SqlError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, sqlx::Error>>,
+        Fut: Future<Output = Result<T, Failure>>,
     {
         let started = tokio::time::Instant::now();
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::new();
         loop {
             if *self.closing.borrow() {
                 return Err(self.closed());
             }
             match attempt().await {
                 Ok(value) => return Ok(value),
-                Err(err) if is_transient(&err) => {
+                Err(Failure::Transient(message)) => {
                     if *self.closing.borrow() {
                         return Err(self.closed());
                     }
+                    let delay = backoff.next();
                     if started.elapsed() + delay > READ_GIVE_UP {
                         return Err(SqlError::Unavailable {
                             url: self.url.clone(),
                             seconds: READ_GIVE_UP.as_secs(),
-                            message: config::scrub(err.to_string(), &self.secrets),
+                            message: config::scrub(message, &self.secrets),
                         });
                     }
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
-                Err(err) => {
+                Err(Failure::Refused(message)) => {
                     return Err(SqlError::Database {
                         url: self.url.clone(),
-                        message: config::scrub(err.to_string(), &self.secrets),
+                        message: config::scrub(message, &self.secrets),
                     })
                 }
+                Err(Failure::Closed) => return Err(self.closed()),
             }
         }
     }
@@ -450,10 +630,29 @@ impl SqlStore {
     /// # Errors
     /// [`SqlError::Database`], [`SqlError::Unavailable`], [`SqlError::Closed`].
     pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, SqlError> {
-        if id.contains('\0') {
-            return Ok(None);
+        let mut found = self.snapshots(&[id.to_owned()]).await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// The executions `ids` with their journals and deferred results: one item per id, in
+    /// order, `None` for an id the store does not hold. Ids are read [`READ_CHUNK`] at a time,
+    /// each chunk in one read transaction (on PostgreSQL, one statement), so each snapshot is
+    /// consistent in itself and a chunk costs a constant number of queries.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn snapshots(&self, ids: &[String]) -> Result<Vec<Option<Snapshot>>, SqlError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(READ_CHUNK) {
+            let wanted = storable(chunk);
+            let found = match &self.backend {
+                _ if wanted.is_empty() => FxHashMap::default(),
+                Backend::Sqlite(readers) => self.read(|| readers.snapshots(wanted.clone())).await?,
+                Backend::Postgres(reads) => self.read(|| reads.snapshots(&wanted)).await?,
+            };
+            out.extend(place(chunk, found));
         }
-        self.read(|| self.pool.snapshot(&self.statements, id)).await
+        Ok(out)
     }
 
     /// The execution `id`, if the store holds it.
@@ -461,11 +660,29 @@ impl SqlStore {
     /// # Errors
     /// As [`SqlStore::snapshot`].
     pub async fn execution(&self, id: &str) -> Result<Option<Execution>, SqlError> {
-        if id.contains('\0') {
-            return Ok(None);
+        let mut found = self.executions(&[id.to_owned()]).await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// The executions `ids`: one item per id, in order, `None` for an id the store does not
+    /// hold; read as [`SqlStore::snapshots`] reads them.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn executions(&self, ids: &[String]) -> Result<Vec<Option<Execution>>, SqlError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(READ_CHUNK) {
+            let wanted = storable(chunk);
+            let found = match &self.backend {
+                _ if wanted.is_empty() => FxHashMap::default(),
+                Backend::Sqlite(readers) => {
+                    self.read(|| readers.executions(wanted.clone())).await?
+                }
+                Backend::Postgres(reads) => self.read(|| reads.executions(&wanted)).await?,
+            };
+            out.extend(place(chunk, found));
         }
-        self.read(|| self.pool.execution(&self.statements, id))
-            .await
+        Ok(out)
     }
 
     /// Every stored timer, earliest first.
@@ -473,7 +690,10 @@ impl SqlStore {
     /// # Errors
     /// As [`SqlStore::snapshot`].
     pub async fn timers(&self) -> Result<Vec<Timer>, SqlError> {
-        self.read(|| self.pool.timers(&self.statements)).await
+        match &self.backend {
+            Backend::Sqlite(readers) => self.read(|| readers.timers()).await,
+            Backend::Postgres(reads) => self.read(|| reads.timers()).await,
+        }
     }
 
     /// Ids of the executions with `status`.
@@ -481,8 +701,10 @@ impl SqlStore {
     /// # Errors
     /// As [`SqlStore::snapshot`].
     pub async fn with_status(&self, status: Status) -> Result<Vec<String>, SqlError> {
-        self.read(|| self.pool.with_status(&self.statements, status))
-            .await
+        match &self.backend {
+            Backend::Sqlite(readers) => self.read(|| readers.with_status(status)).await,
+            Backend::Postgres(reads) => self.read(|| reads.with_status(status)).await,
+        }
     }
 
     /// Stops taking writes, lets the writer commit what is queued (giving up on it if the
@@ -494,131 +716,67 @@ impl SqlStore {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         self.closing.send_replace(true);
+        if let Some(thread) = &self.writer_thread {
+            thread.unpark();
+        }
         let mut writer = self.writer.lock().await;
-        if let Some(handle) = writer.take() {
-            if let Ok(lock) = handle.await {
+        if let Some(finished) = writer.take() {
+            if let Ok(lock) = finished.await {
                 lock.release().await;
             }
         }
         drop(writer);
-        self.pool.close().await;
+        match &self.backend {
+            Backend::Sqlite(readers) => readers.close().await,
+            Backend::Postgres(reads) => reads.close().await,
+        }
     }
 }
 
-/// The task that owns the write side: it applies queued batches in group transactions and
-/// holds the engine lock until it ends.
-struct Writer {
-    /// `None` after a connection error, until the next attempt reconnects.
-    conn: Option<WriterConn>,
-    connector: Connector,
-    statements: Arc<Statements>,
-    url: String,
-    secrets: Vec<String>,
-    closing: watch::Receiver<bool>,
-    transactions: Arc<AtomicU64>,
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        // The writer ends once its queue is closed and drained; a writer asleep between
+        // retries should not wait out its backoff to notice.
+        self.sender
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = &self.writer_thread {
+            thread.unpark();
+        }
+    }
 }
 
-impl Writer {
-    async fn run(
-        mut self,
-        mut queue: mpsc::UnboundedReceiver<Batch>,
-        lock: EngineLock,
-    ) -> EngineLock {
-        while let Some(first) = queue.recv().await {
-            let mut ops = first.ops.len();
-            let mut batches = vec![first];
-            while ops < MAX_OPS_PER_TRANSACTION {
-                match queue.try_recv() {
-                    Ok(batch) => {
-                        ops += batch.ops.len();
-                        batches.push(batch);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let all: Vec<&[Op]> = batches.iter().map(|b| b.ops.as_slice()).collect();
-            match self.commit(&all).await {
-                Ok(results) => {
-                    for (batch, results) in batches.into_iter().zip(results) {
-                        let _ = batch.reply.send(Ok(results));
-                    }
-                }
-                Err(SqlError::Database { .. }) if batches.len() > 1 => {
-                    // One batch may be at fault: give each its own transaction and outcome.
-                    for batch in batches {
-                        let outcome = self
-                            .commit(&[batch.ops.as_slice()])
-                            .await
-                            .map(|mut results| results.pop().unwrap_or_default());
-                        let _ = batch.reply.send(outcome);
-                    }
-                }
-                Err(err) => {
-                    for batch in batches {
-                        let _ = batch.reply.send(Err(err.clone()));
-                    }
-                }
-            }
-        }
-        if let Some(conn) = self.conn.take() {
-            conn.close().await;
-        }
-        lock
-    }
+/// The ids of `chunk` worth asking the database for: every distinct one it could store (a NUL
+/// character it could not).
+fn storable(chunk: &[String]) -> Vec<String> {
+    let mut ids: Vec<String> = chunk
+        .iter()
+        .filter(|id| !id.contains('\0'))
+        .cloned()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
 
-    /// Whether the store is closing (or gone).
-    fn closing(&self) -> bool {
-        *self.closing.borrow() || self.closing.has_changed().is_err()
+/// `found` (by id) laid out in the order of `chunk`, `None` where nothing was found.
+fn place<T: Clone>(chunk: &[String], mut found: FxHashMap<String, T>) -> Vec<Option<T>> {
+    let mut left: FxHashMap<&str, usize> = FxHashMap::default();
+    for id in chunk {
+        *left.entry(id.as_str()).or_default() += 1;
     }
-
-    /// One try at applying `batches` in one transaction, (re)connecting first if needed.
-    async fn attempt(&mut self, batches: &[&[Op]]) -> Result<queries::Results, sqlx::Error> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(self.connector.connect().await?),
-        };
-        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
-        conn.write(&self.statements, batches, now).await
-    }
-
-    /// Applies `batches` in one transaction, retrying it on connection errors until it
-    /// commits or the store closes.
-    async fn commit(&mut self, batches: &[&[Op]]) -> Result<queries::Results, SqlError> {
-        let mut delay = RETRY_FIRST;
-        loop {
-            match self.attempt(batches).await {
-                Ok(results) => {
-                    self.transactions.fetch_add(1, Ordering::Relaxed);
-                    return Ok(results);
-                }
-                Err(err) if is_transient(&err) => {
-                    // A connection that no longer answers is replaced at the next attempt.
-                    if let Some(mut conn) = self.conn.take() {
-                        if conn.ping().await {
-                            self.conn = Some(conn);
-                        } else {
-                            conn.close().await;
-                        }
-                    }
-                    if self.closing() {
-                        return Err(SqlError::Abandoned {
-                            url: self.url.clone(),
-                            message: config::scrub(err.to_string(), &self.secrets),
-                        });
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = self.closing.wait_for(|closing| *closing) => {}
-                    }
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
-                Err(err) => {
-                    return Err(SqlError::Database {
-                        url: self.url.clone(),
-                        message: config::scrub(err.to_string(), &self.secrets),
-                    })
-                }
+    chunk
+        .iter()
+        .map(|id| {
+            let count = left.entry(id.as_str()).or_default();
+            *count -= 1;
+            // An id asked for more than once is cloned for all but its last place.
+            if *count == 0 {
+                found.remove(id)
+            } else {
+                found.get(id).cloned()
             }
-        }
-    }
+        })
+        .collect()
 }

@@ -15,7 +15,10 @@ use sqlx::{
     AssertSqlSafe, Connection, Executor,
 };
 
-use super::{connect::migrator, queries::Dialect, *};
+use super::{
+    connect::{migrator, Dialect},
+    *,
+};
 use crate::store::{memory::MemoryStore, StoreError};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -132,6 +135,38 @@ impl Place {
         }
     }
 
+    /// The first column of every row `sql` (with `{p}` for the prefix) returns, as text.
+    async fn query_texts(&self, sql: &str) -> Vec<String> {
+        let sql = sql.replace("{p}", &self.prefix);
+        match self.dialect {
+            Dialect::Sqlite => {
+                let mut conn = SqliteConnection::connect_with(
+                    &SqliteConnectOptions::from_str(&self.url).unwrap(),
+                )
+                .await
+                .unwrap();
+                let texts = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                texts
+            }
+            Dialect::Postgres => {
+                let mut conn =
+                    PgConnection::connect_with(&PgConnectOptions::from_str(&self.url).unwrap())
+                        .await
+                        .unwrap();
+                let texts = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                texts
+            }
+        }
+    }
+
     async fn cleanup(self) {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -139,7 +174,7 @@ impl Place {
         if self.dialect == Dialect::Postgres {
             self.execute(
                 "DROP TABLE IF EXISTS {p}executions, {p}journal, {p}deferreds, {p}timers, \
-                 {p}migrations",
+                 {p}migrations; DROP FUNCTION IF EXISTS {p}apply",
             )
             .await;
         }
@@ -421,8 +456,21 @@ async fn concurrent_writes_share_one_transaction() {
         let store = place.open().await;
         write(&store, vec![start("e")]).await;
         let before = store.transactions();
-        // The writer runs on this (single-threaded) runtime, so every batch is queued before
-        // it looks: it must take them all at once.
+        // The PostgreSQL writer runs on this (single-threaded) runtime, so every batch is
+        // queued before it looks. The SQLite writer is a thread of its own, which could take the
+        // first batch before the rest are queued: it is held on a plug batch, with the database
+        // locked, until they are.
+        let plug = match place.dialect {
+            Dialect::Postgres => None,
+            Dialect::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&place.url).unwrap();
+                let mut blocker = SqliteConnection::connect_with(&options).await.unwrap();
+                blocker.execute("BEGIN EXCLUSIVE").await.unwrap();
+                let plug = store.write(vec![append("e", "plug/1", 99, b"p")]).unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((blocker, plug))
+            }
+        };
         let waits: Vec<_> = (0..50)
             .map(|n| {
                 store
@@ -430,13 +478,164 @@ async fn concurrent_writes_share_one_transaction() {
                     .unwrap()
             })
             .collect();
+        let plugged = u64::from(plug.is_some());
+        if let Some((mut blocker, plug)) = plug {
+            blocker.execute("COMMIT").await.unwrap();
+            assert_eq!(plug.await.unwrap(), done(&[true]));
+            blocker.close().await.unwrap();
+        }
         for wait in waits {
             assert_eq!(wait.await.unwrap(), done(&[true]));
         }
-        assert_eq!(store.transactions() - before, 1);
+        assert_eq!(store.transactions() - before, 1 + plugged);
         let snapshot = store.snapshot("e").await.unwrap().unwrap();
         let seqs: Vec<u32> = snapshot.entries.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+        let mut expected: Vec<u32> = (0..50).collect();
+        if plugged == 1 {
+            expected.insert(0, 99);
+        }
+        assert_eq!(seqs, expected);
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn batched_reads_answer_each_id_in_order() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let memory = MemoryStore::default();
+        // Steps and deferreds of several executions, interleaved across them and across
+        // transactions, so write order within one execution differs from key order.
+        let mut ops = Vec::new();
+        for n in [3, 1, 4, 0] {
+            ops.push(start(&format!("e{n}")));
+        }
+        for round in 0..5u32 {
+            for n in [4, 0, 3] {
+                let key = format!("k{}/1", 9 - round);
+                ops.push(append(
+                    &format!("e{n}"),
+                    &key,
+                    round,
+                    &[b'a' + u8::try_from(n).unwrap()],
+                ));
+            }
+            ops.push(deferred("e3", &format!("d{}", 5 - round), b"D"));
+        }
+        ops.push(status("e1", Status::Complete, Some(b"r")));
+        for chunk in ops.chunks(4) {
+            for op in chunk {
+                apply_to_memory(&memory, op);
+            }
+            write(&store, chunk.to_vec()).await;
+        }
+        let ids: Vec<String> = ["e3", "nope", "e0", "e1", "e3", "nul\0", "e4", "e2", ""]
+            .map(String::from)
+            .to_vec();
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        let executions = store.executions(&ids).await.unwrap();
+        assert_eq!(snapshots.len(), ids.len());
+        for (index, id) in ids.iter().enumerate() {
+            assert_eq!(snapshots[index], memory.snapshot(id), "{id}");
+            assert_eq!(executions[index], memory.execution(id), "{id}");
+            assert_eq!(snapshots[index], store.snapshot(id).await.unwrap(), "{id}");
+        }
+        let e3 = snapshots[0].as_ref().unwrap();
+        let keys: Vec<&str> = e3.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["k9/1", "k8/1", "k7/1", "k6/1", "k5/1"]);
+        let names: Vec<&str> = e3.deferreds.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(names, ["d5", "d4", "d3", "d2", "d1"]);
+        assert!(store.snapshots(&[]).await.unwrap().is_empty());
+        assert!(store.executions(&[]).await.unwrap().is_empty());
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn batched_reads_span_chunks() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        // Every third id is stored, with as many steps as its number mod 4; the known ones
+        // straddle the chunk boundaries.
+        let count = 2 * READ_CHUNK + 7;
+        let ids: Vec<String> = (0..count).map(|n| format!("x{n}")).collect();
+        let mut ops = Vec::new();
+        for (n, id) in ids.iter().enumerate().filter(|(n, _)| n % 3 == 0) {
+            ops.push(start(id));
+            for step in 0..n % 4 {
+                let step = u32::try_from(step).unwrap();
+                ops.push(append(id, &format!("s{step}/1"), step, id.as_bytes()));
+            }
+        }
+        write(&store, ops).await;
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        let executions = store.executions(&ids).await.unwrap();
+        assert_eq!(snapshots.len(), count);
+        assert_eq!(executions.len(), count);
+        for (n, id) in ids.iter().enumerate() {
+            if let Some(snapshot) = &snapshots[n] {
+                assert_eq!(n % 3, 0, "{id}");
+                assert_eq!(snapshot.entries.len(), n % 4, "{id}");
+                assert!(snapshot.entries.iter().all(|e| e.value == id.as_bytes()));
+                assert_eq!(Some(&snapshot.execution), executions[n].as_ref(), "{id}");
+            } else {
+                assert_ne!(n % 3, 0, "{id}");
+                assert_eq!(executions[n], None, "{id}");
+            }
+        }
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_of_8192_ops_commits_as_one() {
+    for place in Place::all().await {
+        let store = place.open().await;
+        let memory = MemoryStore::default();
+        // Every kind of op, repeats and unknown executions among them.
+        let mut ops = scripted_ops(MAX_OPS_PER_TRANSACTION - 100);
+        for n in 0..100u32 {
+            ops.push(start(&format!("big{}", n % 10)));
+        }
+        assert_eq!(ops.len(), MAX_OPS_PER_TRANSACTION);
+        let expected: Vec<OpResult> = ops.iter().map(|op| apply_to_memory(&memory, op)).collect();
+        let before = store.transactions();
+        assert_eq!(write(&store, ops).await, expected);
+        assert_eq!(store.transactions() - before, 1);
+        let ids: Vec<String> = (0..7)
+            .map(|n| format!("e{n}"))
+            .chain((0..10).map(|n| format!("big{n}")))
+            .collect();
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        for (id, snapshot) in ids.iter().zip(snapshots) {
+            assert_eq!(snapshot, memory.snapshot(id), "{id}");
+        }
+
+        // A batch larger than a transaction's share is never split; batches behind it wait.
+        let big: Vec<Op> = (0..MAX_OPS_PER_TRANSACTION + 5)
+            .map(|n| append("big0", &format!("n{n}/1"), 0, b"x"))
+            .collect();
+        let before = store.transactions();
+        let first = store.write(big).unwrap();
+        let second = store
+            .write(vec![append("big1", "after/1", 0, b"y")])
+            .unwrap();
+        assert!(first
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| *r == OpResult::Done(true)));
+        assert_eq!(second.await.unwrap(), done(&[true]));
+        assert_eq!(store.transactions() - before, 2);
+        let entries = store.snapshot("big0").await.unwrap().unwrap().entries;
+        assert_eq!(entries.len(), MAX_OPS_PER_TRANSACTION + 5);
+        assert_eq!(
+            entries.last().unwrap().key,
+            format!("n{}/1", MAX_OPS_PER_TRANSACTION + 4)
+        );
         store.close().await;
         place.cleanup().await;
     }
@@ -544,40 +743,156 @@ async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
                 conn.close().await.unwrap();
             }
         }
-        let blob = |hex: &str| match place.dialect {
-            Dialect::Sqlite => format!("x'{hex}'"),
-            Dialect::Postgres => format!("'\\x{hex}'::bytea"),
-        };
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
-                 interrupted, created_ms, updated_ms) \
-                 VALUES ('old', 'W', {}, NULL, 'suspended', NULL, FALSE, 1, 1)",
-                blob("7b7d")
-            ))
-            .await;
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}journal (execution_id, key, seq, value) \
-                 VALUES ('old', 'a/1', 0, {}), ('old', 'b/1', 1, {})",
-                blob("31"),
-                blob("32")
-            ))
-            .await;
+        store_rows_of_the_first_migration(&place).await;
 
         let store = place.open().await;
-        let snapshot = store.snapshot("old").await.unwrap().unwrap();
-        assert_eq!(snapshot.execution.payload, b"{}");
-        assert_eq!(snapshot.execution.status, Status::Suspended);
-        let keys: Vec<&str> = snapshot.entries.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["a/1", "b/1"]);
-        assert_eq!(store.with_status(Status::Suspended).await.unwrap(), ["old"]);
+        let ids: Vec<String> = ["a", "b", "c", "ghost"].map(String::from).to_vec();
+        let snapshots = store.snapshots(&ids).await.unwrap();
+        let a = snapshots[0].clone().unwrap();
+        assert_eq!(a.execution.payload, b"{}");
+        assert_eq!(a.execution.parent.as_deref(), Some("c"));
+        assert_eq!(a.execution.status, Status::Suspended);
+        assert!(a.execution.interrupted);
+        assert_eq!(
+            a.entries,
+            vec![
+                entry("z/1", 0, b"1"),
+                entry("b/1", 1, b"2"),
+                entry("a/1", 2, b"1")
+            ]
+        );
+        assert_eq!(
+            a.deferreds,
+            vec![
+                ("y".to_owned(), b"1".to_vec()),
+                ("x".to_owned(), b"2".to_vec())
+            ]
+        );
+        let b = snapshots[1].clone().unwrap();
+        assert_eq!(b.execution.workflow, "V");
+        assert_eq!(b.execution.result.as_deref(), Some(&b"r"[..]));
+        assert_eq!(b.entries, vec![entry("k/1", 0, b"1")]);
+        assert_eq!(snapshots[2].clone().unwrap().deferreds.len(), 1);
+        assert_eq!(snapshots[3], None);
+        assert_eq!(store.with_status(Status::Suspended).await.unwrap(), ["a"]);
+        let timers: Vec<(String, u64)> = store
+            .timers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.execution_id, t.due_ms))
+            .collect();
+        assert_eq!(timers, [("c".to_owned(), 5), ("a".to_owned(), 7)]);
+
+        new_writes_on_migrated_rows(&store).await;
         store.close().await;
 
         let versions = applied_versions(&place).await;
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
+        check_the_migrated_schema(&place).await;
         place.cleanup().await;
     }
+}
+
+/// The migrated rows take new writes as any others: first write still wins, new rows come
+/// after the old in write order, and a new execution is numbered after them.
+async fn new_writes_on_migrated_rows(store: &SqlStore) {
+    let results = write(
+        store,
+        vec![
+            append("a", "z/1", 9, b"late"),
+            append("a", "new/1", 3, b"3"),
+            deferred("a", "y", b"late"),
+            start("d"),
+            append("d", "k/1", 0, b"d"),
+            status("c", Status::Complete, None),
+        ],
+    )
+    .await;
+    assert_eq!(
+        results,
+        vec![
+            OpResult::Done(false),
+            OpResult::Done(true),
+            OpResult::Done(false),
+            OpResult::Created,
+            OpResult::Done(true),
+            OpResult::Done(true),
+        ]
+    );
+    let a = store.snapshot("a").await.unwrap().unwrap();
+    assert_eq!(a.entries.last(), Some(&entry("new/1", 3, b"3")));
+    assert_eq!(a.entries.len(), 4);
+    assert_eq!(store.snapshot("d").await.unwrap().unwrap().entries.len(), 1);
+    assert_eq!(store.timers().await.unwrap().len(), 1);
+}
+
+/// Executions numbered in the order they were stored; the journal keyed by number, not by id.
+async fn check_the_migrated_schema(place: &Place) {
+    let numbers = place
+        .query_texts("SELECT id FROM {p}executions ORDER BY no")
+        .await;
+    assert_eq!(numbers, ["c", "a", "b", "d"]);
+    let columns = match place.dialect {
+        Dialect::Sqlite => {
+            place
+                .query_texts("SELECT name FROM pragma_table_info('{p}journal') ORDER BY name")
+                .await
+        }
+        Dialect::Postgres => {
+            place
+                .query_texts(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_name = '{p}journal' ORDER BY column_name",
+                )
+                .await
+        }
+    };
+    assert_eq!(columns, ["execution_no", "key", "ord", "seq", "value"]);
+}
+
+/// Rows as the first migration's schema held them: three executions stored in the order c, a,
+/// b, their steps and deferreds interleaved across executions, two timers, and a step of an
+/// execution never stored.
+async fn store_rows_of_the_first_migration(place: &Place) {
+    let blob = |hex: &str| match place.dialect {
+        Dialect::Sqlite => format!("x'{hex}'"),
+        Dialect::Postgres => format!("'\\x{hex}'::bytea"),
+    };
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
+                 interrupted, created_ms, updated_ms) VALUES \
+                 ('c', 'W', {payload}, NULL, 'running', NULL, FALSE, 1, 1), \
+                 ('a', 'W', {payload}, 'c', 'suspended', NULL, TRUE, 2, 2), \
+                 ('b', 'V', {payload}, NULL, 'complete', {result}, FALSE, 3, 3)",
+            payload = blob("7b7d"),
+            result = blob("72"),
+        ))
+        .await;
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}journal (execution_id, key, seq, value) VALUES \
+                 ('a', 'z/1', 0, {one}), ('c', 'k/1', 0, {two}), ('a', 'b/1', 1, {two}), \
+                 ('ghost', 'k/1', 0, {one}), ('b', 'k/1', 0, {one}), ('a', 'a/1', 2, {one})",
+            one = blob("31"),
+            two = blob("32"),
+        ))
+        .await;
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}deferreds (execution_id, name, value) VALUES \
+                 ('a', 'y', {one}), ('c', 'd', {one}), ('a', 'x', {two})",
+            one = blob("31"),
+            two = blob("32"),
+        ))
+        .await;
+    place
+        .execute(
+            "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES \
+                 ('a', 't', 7), ('c', 't', 5)",
+        )
+        .await;
 }
 
 async fn applied_versions(place: &Place) -> Vec<i64> {
@@ -678,15 +993,16 @@ async fn durability_sets_the_sync_mode() {
         let store = SqlStore::open(&Config::new(&place.url, "plait_", durability).unwrap())
             .await
             .unwrap();
-        let Pool::Sqlite(pool) = &store.pool else {
+        let Backend::Sqlite(readers) = &store.backend else {
             unreachable!()
         };
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(pool)
+        let (sync, journal) = readers
+            .inspect(|conn| {
+                let sync: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+                let journal: String =
+                    conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+                Ok((sync, journal))
+            })
             .await
             .unwrap();
         assert_eq!((sync, journal.as_str()), (expected, "wal"), "{durability}");
@@ -700,14 +1016,19 @@ async fn durability_sets_the_sync_mode() {
                 SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
                     .await
                     .unwrap();
-            let Pool::Postgres(pool) = &store.pool else {
+            let Backend::Postgres(reads) = &store.backend else {
                 unreachable!()
             };
             let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-                .fetch_one(pool)
+                .fetch_one(reads.pool())
                 .await
                 .unwrap();
             assert_eq!(setting, expected, "{durability}");
+            let jit: String = sqlx::query_scalar("SHOW jit")
+                .fetch_one(reads.pool())
+                .await
+                .unwrap();
+            assert_eq!(jit, "off");
             store.close().await;
         }
         place.cleanup().await;
@@ -806,10 +1127,11 @@ async fn a_connection_killed_mid_transaction_is_retried() {
         .unwrap();
     let before = store.transactions();
     let wait = tokio::spawn(store.write(vec![append("e", "a/1", 0, b"A")]).unwrap());
-    // Find the writer waiting on the table lock, and kill its connection.
+    // Find the writer waiting on the table lock (in its call of `<prefix>apply`), and kill
+    // its connection.
     let find = format!(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'plait' \
-         AND wait_event_type = 'Lock' AND query LIKE '%{}journal%'",
+         AND wait_event_type = 'Lock' AND query LIKE '%{}apply%'",
         place.prefix
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -868,4 +1190,139 @@ async fn a_server_that_never_answers_fails_within_the_connect_timeout() {
     assert!(err.to_string().contains("bob:***@"), "{err}");
     assert!(!err.to_string().contains("sekret"), "{err}");
     silent.abort();
+}
+
+/// An id as the engine makes them (32 hex digits of a sha256), so inserts land where real
+/// ones do.
+fn random_id(n: usize) -> String {
+    crate::ids::execution_id("Bench", &n.to_string())
+        .as_str()
+        .to_owned()
+}
+
+/// Commit costs on both backends: `cargo test --release commit_costs -- --ignored --nocapture`.
+/// `PLAIT_BENCH_ROWS` executions (default 0), each with three steps, are stored first, to show
+/// how the cost moves as the tables grow.
+#[tokio::test]
+#[ignore = "a benchmark: run it by name"]
+async fn commit_costs() {
+    let rows: usize = std::env::var("PLAIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for place in Place::all().await {
+        for durability in ["full", "normal"] {
+            let store =
+                SqlStore::open(&Config::new(&place.url, &place.prefix, durability).unwrap())
+                    .await
+                    .unwrap();
+            let base = rows + if durability == "full" { 0 } else { 1 << 30 };
+            let fill = Instant::now();
+            for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
+                let mut ops = Vec::with_capacity(chunk.len() * 4);
+                for &n in chunk {
+                    let id = random_id(n + if durability == "full" { 0 } else { 1 << 29 });
+                    ops.push(start(&id));
+                    for step in 0..3 {
+                        ops.push(append(&id, &format!("Step{step}/1"), step, b"{\"ok\":1}"));
+                    }
+                }
+                write(&store, ops).await;
+            }
+            if rows > 0 {
+                eprintln!(
+                    "{:?} filled {rows} executions in {:.1} s",
+                    place.dialect,
+                    fill.elapsed().as_secs_f64()
+                );
+            }
+            let ids: Vec<String> = (0..1000).map(|n| random_id(base + n)).collect();
+            write(&store, ids.iter().map(|id| start(id)).collect()).await;
+
+            // Sequential one-op commits: the latency of a commit.
+            let rounds = 300;
+            let started = Instant::now();
+            for n in 0..rounds {
+                let id = &ids[n % ids.len()];
+                write(&store, vec![append(id, &format!("One{n}/1"), 0, b"1")]).await;
+            }
+            let commit = started.elapsed() / u32::try_from(rounds).unwrap();
+
+            // 1,000-op batches: the cost of an op inside a commit.
+            let batches = 20;
+            let started = Instant::now();
+            for b in 0..batches {
+                let ops = (0..1000)
+                    .map(|n| {
+                        let id = &ids[n];
+                        append(id, &format!("Many{b}/1"), 1, b"{\"ok\":1}")
+                    })
+                    .collect();
+                write(&store, ops).await;
+            }
+            let per_op = started.elapsed() / (batches * 1000);
+
+            // Sequential reads of one snapshot (about 22 steps each by now).
+            let started = Instant::now();
+            for id in &ids[..300] {
+                assert!(store.snapshot(id).await.unwrap().is_some());
+            }
+            let read = started.elapsed() / 300;
+            eprintln!(
+                "{:?} durability={durability} rows={rows}: 1-op commit {:.1} us, \
+                 1000-op batch {:.2} us/op, snapshot read {:.1} us",
+                place.dialect,
+                commit.as_secs_f64() * 1e6,
+                per_op.as_secs_f64() * 1e6,
+                read.as_secs_f64() * 1e6
+            );
+            store.close().await;
+        }
+        place.cleanup().await;
+    }
+}
+
+/// Batched reads, as recovery makes them: `cargo test --release recovery_reads -- --ignored
+/// --nocapture`. `PLAIT_BENCH_ROWS` (default 100,000) suspended executions with five steps and
+/// a deferred each, read back 1,000 ids per call.
+#[tokio::test]
+#[ignore = "a benchmark: run it by name"]
+async fn recovery_reads() {
+    let rows: usize = std::env::var("PLAIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    for place in Place::all().await {
+        let store = place.open().await;
+        let ids: Vec<String> = (0..rows).map(random_id).collect();
+        for chunk in ids.chunks(1000) {
+            let mut ops = Vec::with_capacity(chunk.len() * 8);
+            for id in chunk {
+                ops.push(start(id));
+                for step in 0..5 {
+                    ops.push(append(id, &format!("Step{step}/1"), step, b"{\"ok\":1}"));
+                }
+                ops.push(deferred(id, "DurableClock/wait", b"{\"_tag\":\"Success\"}"));
+                ops.push(status(id, Status::Suspended, None));
+            }
+            write(&store, ops).await;
+        }
+        for pass in ["cold", "warm"] {
+            let started = Instant::now();
+            let mut read = 0;
+            for chunk in ids.chunks(1000) {
+                let snapshots = store.snapshots(chunk).await.unwrap();
+                read += snapshots.iter().filter(|s| s.is_some()).count();
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            assert_eq!(read, rows);
+            eprintln!(
+                "{:?}: {rows} snapshots in {elapsed:.2} s, {:.0}/s ({pass})",
+                place.dialect,
+                f64::from(u32::try_from(rows).unwrap()) / elapsed
+            );
+        }
+        store.close().await;
+        place.cleanup().await;
+    }
 }

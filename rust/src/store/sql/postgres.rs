@@ -1,0 +1,531 @@
+//! PostgreSQL through sqlx: a writer task that sends each group commit as one statement, and
+//! reads that each take one statement per chunk of ids.
+//!
+//! sqlx cannot pipeline, so a transaction of n statements cost n + 2 round trips, each a
+//! kernel send, a receive and a wake-up of the tokio thread. The `<prefix>apply` function (see
+//! `migrations/postgres/0003_execution_numbers.sql`) takes the ops as parallel arrays and applies
+//! them in order; called in autocommit, its implicit transaction commits with it, so a commit
+//! is one round trip whatever its size. A read is one statement too, which needs no explicit
+//! transaction to see one snapshot of every table it joins.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use sqlx::{
+    postgres::{PgConnectOptions, PgRow},
+    AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqlSafeStr, SqlStr,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    connect::CONNECT_TIMEOUT, corrupt, due_to_i64, gather, stored_due, stored_seq, stored_status,
+    Backoff, Batch, EngineLock, Failure, Op, OpResult, Results, SqlError, WriterContext,
+};
+use crate::{
+    clock::now_ms,
+    store::{Entry, Execution, Snapshot, Status, Timer},
+};
+
+/// Every statement the store runs, with the table prefix filled in.
+pub(super) struct Statements {
+    apply: SqlStr,
+    snapshots: SqlStr,
+    executions: SqlStr,
+    timers: SqlStr,
+    with_status: SqlStr,
+}
+
+/// `template` with the prefix filled in, shared so that each use costs a reference count.
+fn sql(template: &str, prefix: &str) -> SqlStr {
+    AssertSqlSafe(Arc::<str>::from(template.replace("{p}", prefix))).into_sql_str()
+}
+
+/// The codes of the op kinds in `<prefix>apply`.
+const START: i16 = 0;
+const APPEND: i16 = 1;
+const DEFERRED: i16 = 2;
+const STATUS: i16 = 3;
+const INTERRUPT: i16 = 4;
+const TIMER: i16 = 5;
+const UNTIMER: i16 = 6;
+
+/// The outcomes `<prefix>apply` returns.
+const FALSE: i16 = 0;
+const TRUE: i16 = 1;
+const UNKNOWN: i16 = 2;
+const FOUND: i16 = 3;
+
+/// Which part of a snapshot a row of the `snapshots` statement holds.
+const PART_EXECUTION: i16 = 0;
+const PART_ENTRY: i16 = 1;
+const PART_DEFERRED: i16 = 2;
+
+impl Statements {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self {
+            apply: sql(
+                "SELECT outcome, found_workflow, found_payload, found_parent, found_status, \
+                 found_result, found_interrupted \
+                 FROM {p}apply($1, $2, $3, $4, $5, $6, $7)",
+                prefix,
+            ),
+            // The executions, then their steps, then their deferreds, each part in write
+            // order; columns shared between the parts where their types agree. The steps and
+            // deferreds are looked up per execution (a lateral subquery that `OFFSET 0` keeps
+            // from being flattened into a join): without statistics, as after a bulk load, the
+            // planner would otherwise hash-join them, scanning the whole journal per chunk.
+            snapshots: sql(
+                "WITH e AS MATERIALIZED ( \
+                     SELECT no, id, workflow, payload, parent, status, result, interrupted \
+                     FROM {p}executions WHERE id = ANY($1)) \
+                 SELECT 0::int2 AS part, e.no, 0::int8 AS ord, e.id AS name, e.workflow, \
+                        e.parent, e.status, e.payload AS value, e.result, e.interrupted, \
+                        NULL::int8 AS seq \
+                 FROM e \
+                 UNION ALL \
+                 SELECT 1::int2, e.no, j.ord, j.key, NULL, NULL, NULL, j.value, NULL, NULL, \
+                        j.seq \
+                 FROM e CROSS JOIN LATERAL ( \
+                     SELECT ord, key, value, seq FROM {p}journal \
+                     WHERE execution_no = e.no OFFSET 0) j \
+                 UNION ALL \
+                 SELECT 2::int2, e.no, d.ord, d.name, NULL, NULL, NULL, d.value, NULL, NULL, \
+                        NULL \
+                 FROM e CROSS JOIN LATERAL ( \
+                     SELECT ord, name, value FROM {p}deferreds \
+                     WHERE execution_no = e.no OFFSET 0) d \
+                 ORDER BY 1, 2, 3",
+                prefix,
+            ),
+            executions: sql(
+                "SELECT id, workflow, payload, parent, status, result, interrupted \
+                 FROM {p}executions WHERE id = ANY($1)",
+                prefix,
+            ),
+            timers: sql(
+                "SELECT execution_id, name, due_ms FROM {p}timers \
+                 ORDER BY due_ms, execution_id, name",
+                prefix,
+            ),
+            with_status: sql(
+                "SELECT id FROM {p}executions WHERE status = $1 ORDER BY id",
+                prefix,
+            ),
+        }
+    }
+}
+
+/// A batch of ops as the parallel arrays `<prefix>apply` takes.
+#[derive(Default)]
+struct Columns<'a> {
+    kinds: Vec<i16>,
+    ids: Vec<&'a str>,
+    names: Vec<Option<&'a str>>,
+    nums: Vec<Option<i64>>,
+    blobs: Vec<Option<&'a [u8]>>,
+    parents: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn with_capacity(count: usize) -> Self {
+        Self {
+            kinds: Vec::with_capacity(count),
+            ids: Vec::with_capacity(count),
+            names: Vec::with_capacity(count),
+            nums: Vec::with_capacity(count),
+            blobs: Vec::with_capacity(count),
+            parents: Vec::with_capacity(count),
+        }
+    }
+
+    fn push(&mut self, op: &'a Op) -> Result<(), Failure> {
+        let (kind, id, name, num, blob, parent) = match op {
+            Op::Start {
+                id,
+                workflow,
+                payload,
+                parent,
+            } => (
+                START,
+                id,
+                Some(workflow.as_str()),
+                None,
+                Some(payload.as_slice()),
+                parent.as_deref(),
+            ),
+            Op::Append { id, entry } => (
+                APPEND,
+                id,
+                Some(entry.key.as_str()),
+                Some(i64::from(entry.seq)),
+                Some(entry.value.as_slice()),
+                None,
+            ),
+            Op::Deferred { id, name, value } => (
+                DEFERRED,
+                id,
+                Some(name.as_str()),
+                None,
+                Some(value.as_slice()),
+                None,
+            ),
+            Op::Status { id, status, result } => (
+                STATUS,
+                id,
+                Some(status.as_str()),
+                None,
+                result.as_deref(),
+                None,
+            ),
+            Op::Interrupt { id } => (INTERRUPT, id, None, None, None, None),
+            Op::Timer(timer) => (
+                TIMER,
+                &timer.execution_id,
+                Some(timer.name.as_str()),
+                Some(due_to_i64(timer.due_ms)?),
+                None,
+                None,
+            ),
+            Op::Untimer { execution_id, name } => {
+                (UNTIMER, execution_id, Some(name.as_str()), None, None, None)
+            }
+        };
+        self.kinds.push(kind);
+        self.ids.push(id);
+        self.names.push(name);
+        self.nums.push(num);
+        self.blobs.push(blob);
+        self.parents.push(parent);
+        Ok(())
+    }
+}
+
+/// What `<prefix>apply` answered for `op`.
+fn outcome(op: &Op, row: &PgRow) -> Result<OpResult, Failure> {
+    let code: i16 = row.try_get(0)?;
+    Ok(match (code, op) {
+        (TRUE, Op::Start { .. }) => OpResult::Created,
+        (FOUND, Op::Start { id, .. }) => {
+            let status: String = row.try_get(4)?;
+            OpResult::Existing(Execution {
+                workflow: row.try_get(1)?,
+                payload: row.try_get(2)?,
+                parent: row.try_get(3)?,
+                status: stored_status(id, &status)?,
+                result: row.try_get(5)?,
+                interrupted: row.try_get(6)?,
+            })
+        }
+        (TRUE, _) => OpResult::Done(true),
+        (FALSE, _) => OpResult::Done(false),
+        (UNKNOWN, _) => OpResult::UnknownExecution,
+        (code, op) => {
+            return Err(Failure::Refused(format!(
+                "the store's apply function answered {code} to {op:?}"
+            )))
+        }
+    })
+}
+
+/// Applies every batch, in order, as one statement in its own transaction.
+async fn apply(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    batches: &[&[Op]],
+    now_ms: i64,
+) -> Result<Results, Failure> {
+    let count = batches.iter().map(|batch| batch.len()).sum();
+    let mut columns = Columns::with_capacity(count);
+    for op in batches.iter().flat_map(|batch| batch.iter()) {
+        columns.push(op)?;
+    }
+    let rows = sqlx::query(statements.apply.clone())
+        .bind(columns.kinds.as_slice())
+        .bind(columns.ids.as_slice())
+        .bind(columns.names.as_slice())
+        .bind(columns.nums.as_slice())
+        .bind(columns.blobs.as_slice())
+        .bind(columns.parents.as_slice())
+        .bind(now_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+    if rows.len() != count {
+        return Err(Failure::Refused(format!(
+            "the store's apply function answered {} ops of {count}",
+            rows.len()
+        )));
+    }
+    let mut rows = rows.iter();
+    batches
+        .iter()
+        .map(|batch| {
+            batch
+                .iter()
+                .zip(rows.by_ref())
+                .map(|(op, row)| outcome(op, row))
+                .collect()
+        })
+        .collect()
+}
+
+/// The writer task: it owns a connection of its own (commits never wait behind reads for a
+/// pooled connection, nor pay a pool's liveness pings) and holds the engine lock until it ends.
+pub(super) struct Writer {
+    /// `None` after a connection error, until the next attempt reconnects.
+    conn: Option<PgConnection>,
+    options: PgConnectOptions,
+    statements: Arc<Statements>,
+    context: WriterContext,
+    closing: watch::Receiver<bool>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: PgConnection,
+        options: PgConnectOptions,
+        statements: Arc<Statements>,
+        context: WriterContext,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            conn: Some(conn),
+            options,
+            statements,
+            context,
+            closing,
+        }
+    }
+
+    /// Applies the batches of `queue` until it is closed and drained, then sends `lock` to
+    /// `finished`.
+    pub(super) async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Batch>,
+        lock: EngineLock,
+        finished: oneshot::Sender<EngineLock>,
+    ) {
+        while let Some(first) = queue.recv().await {
+            let batches = gather(first, &mut queue);
+            let all: Vec<&[Op]> = batches.iter().map(|b| b.ops.as_slice()).collect();
+            match self.commit(&all).await {
+                Ok(results) => {
+                    for (batch, results) in batches.into_iter().zip(results) {
+                        let _ = batch.reply.send(Ok(results));
+                    }
+                }
+                Err(SqlError::Database { .. }) if batches.len() > 1 => {
+                    // One batch may be at fault: give each its own transaction and outcome.
+                    for batch in batches {
+                        let outcome = self
+                            .commit(&[batch.ops.as_slice()])
+                            .await
+                            .map(|mut results| results.pop().unwrap_or_default());
+                        let _ = batch.reply.send(outcome);
+                    }
+                }
+                Err(err) => {
+                    for batch in batches {
+                        let _ = batch.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            close(conn).await;
+        }
+        let _ = finished.send(lock);
+    }
+
+    /// Whether the store is closing (or gone).
+    fn closing(&self) -> bool {
+        *self.closing.borrow() || self.closing.has_changed().is_err()
+    }
+
+    /// One try at applying `batches`, (re)connecting first if needed.
+    async fn attempt(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(connect(&self.options).await?),
+        };
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        apply(conn, &self.statements, batches, now).await
+    }
+
+    /// Applies `batches` in one transaction, retrying it on connection errors until it
+    /// commits or the store closes.
+    async fn commit(&mut self, batches: &[&[Op]]) -> Result<Results, SqlError> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.attempt(batches).await {
+                Ok(results) => {
+                    self.context.committed();
+                    return Ok(results);
+                }
+                Err(Failure::Transient(message)) => {
+                    // A connection that no longer answers is replaced at the next attempt.
+                    if let Some(mut conn) = self.conn.take() {
+                        if ping(&mut conn).await {
+                            self.conn = Some(conn);
+                        } else {
+                            close(conn).await;
+                        }
+                    }
+                    if self.closing() {
+                        return Err(self.context.abandoned(&message));
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next()) => {}
+                        _ = self.closing.wait_for(|closing| *closing) => {}
+                    }
+                }
+                Err(err) => return Err(self.context.refused(&err.to_string())),
+            }
+        }
+    }
+}
+
+/// A new connection for the writer, within [`CONNECT_TIMEOUT`].
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection, Failure> {
+    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())))
+        .map_err(Failure::from)
+}
+
+/// Whether the connection still answers, within the connect timeout.
+async fn ping(conn: &mut PgConnection) -> bool {
+    tokio::time::timeout(CONNECT_TIMEOUT, conn.ping())
+        .await
+        .is_ok_and(|answered| answered.is_ok())
+}
+
+/// Ends the connection, politely if the server answers within the connect timeout.
+async fn close(conn: PgConnection) {
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.close()).await;
+}
+
+/// The reads, on a pool of connections.
+pub(super) struct Reads {
+    pool: PgPool,
+    statements: Arc<Statements>,
+}
+
+impl Reads {
+    pub(super) fn new(pool: PgPool, statements: Arc<Statements>) -> Self {
+        Self { pool, statements }
+    }
+
+    /// The snapshots of `ids` that the store holds, in one statement.
+    pub(super) async fn snapshots(
+        &self,
+        ids: &[String],
+    ) -> Result<FxHashMap<String, Snapshot>, Failure> {
+        let rows = sqlx::query(self.statements.snapshots.clone())
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        // By `no`, which the journal and deferred rows name.
+        let mut found: FxHashMap<i64, (String, Snapshot)> = FxHashMap::default();
+        for row in &rows {
+            let part: i16 = row.try_get(0)?;
+            let no: i64 = row.try_get(1)?;
+            let name: String = row.try_get(3)?;
+            let value: Vec<u8> = row.try_get(7)?;
+            if part == PART_EXECUTION {
+                let status: String = row.try_get(6)?;
+                let execution = Execution {
+                    workflow: row.try_get(4)?,
+                    payload: value,
+                    parent: row.try_get(5)?,
+                    status: stored_status(&name, &status)?,
+                    result: row.try_get(8)?,
+                    interrupted: row.try_get(9)?,
+                };
+                let snapshot = Snapshot {
+                    execution,
+                    entries: Vec::new(),
+                    deferreds: Vec::new(),
+                };
+                found.insert(no, (name, snapshot));
+                continue;
+            }
+            // Rows come ordered by part: every execution before any step or deferred.
+            let Some((id, snapshot)) = found.get_mut(&no) else {
+                return Err(corrupt(&format!("a row names execution number {no}")));
+            };
+            if part == PART_ENTRY {
+                let seq: i64 = row.try_get(10)?;
+                snapshot.entries.push(Entry {
+                    key: name,
+                    seq: stored_seq(id, seq)?,
+                    value,
+                });
+            } else if part == PART_DEFERRED {
+                snapshot.deferreds.push((name, value));
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// The executions of `ids` that the store holds, in one statement.
+    pub(super) async fn executions(
+        &self,
+        ids: &[String],
+    ) -> Result<FxHashMap<String, Execution>, Failure> {
+        let rows = sqlx::query(self.statements.executions.clone())
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found = FxHashMap::default();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let status: String = row.try_get(4)?;
+            let execution = Execution {
+                workflow: row.try_get(1)?,
+                payload: row.try_get(2)?,
+                parent: row.try_get(3)?,
+                status: stored_status(&id, &status)?,
+                result: row.try_get(5)?,
+                interrupted: row.try_get(6)?,
+            };
+            found.insert(id, execution);
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn timers(&self) -> Result<Vec<Timer>, Failure> {
+        let rows = sqlx::query(self.statements.timers.clone())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut timers = Vec::with_capacity(rows.len());
+        for row in rows {
+            timers.push(Timer {
+                execution_id: row.try_get(0)?,
+                name: row.try_get(1)?,
+                due_ms: stored_due(row.try_get(2)?)?,
+            });
+        }
+        Ok(timers)
+    }
+
+    pub(super) async fn with_status(&self, status: Status) -> Result<Vec<String>, Failure> {
+        let rows = sqlx::query(self.statements.with_status.clone())
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The pool, for tests that look at a connection's settings.
+    #[cfg(test)]
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+}

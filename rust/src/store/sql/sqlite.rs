@@ -1,0 +1,564 @@
+//! SQLite through rusqlite, on threads of the store's own.
+//!
+//! sqlx's SQLite driver runs every statement on a worker thread and hops there and back for
+//! each one, so a commit of n ops cost 2n + 4 context switches. Here one writer thread owns its
+//! connection, takes batches straight from the store's queue and runs the whole transaction
+//! synchronously with cached statements: one hop in (the caller's send wakes it) and one out
+//! (its replies wake the callers) per commit. Reads run the same way on a few reader threads,
+//! each with a connection of its own (WAL lets them read while the writer writes).
+
+use std::{
+    panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
+    sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    due_to_i64, gather, stored_due, stored_seq, stored_status, Backoff, Batch, Durability,
+    EngineLock, Failure, Op, OpResult, Results, SqlError, WriterContext,
+};
+use crate::{
+    clock::now_ms,
+    store::{Entry, Execution, Snapshot, Status, Timer},
+};
+
+/// How long SQLite waits on a lock held by another connection before failing with
+/// `SQLITE_BUSY` (which the store then retries with backoff).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// The writer's page cache, in KiB. SQLite's default (2 MB) holds too few of the index pages
+/// that the executions in flight touch, and a commit that must read them back from the OS
+/// costs several times one that finds them.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// Each reader's page cache, in KiB: recovery reads many journals once each, so the OS page
+/// cache does most of the work.
+const READER_CACHE_KIB: i64 = 16 * 1024;
+/// Reader threads. Reads are short and CPU-bound once the pages are cached; two let one read
+/// wait on the disk while another runs.
+const READERS: usize = 2;
+
+/// Every statement, with the table prefix filled in.
+struct Sql {
+    start: String,
+    execution: String,
+    exists: String,
+    append: String,
+    deferred: String,
+    status: String,
+    drop_timers: String,
+    interrupt: String,
+    timer: String,
+    untimer: String,
+    entries: String,
+    deferreds: String,
+    timers: String,
+    with_status: String,
+}
+
+impl Sql {
+    fn new(prefix: &str) -> Self {
+        let sql = |template: &str| template.replace("{p}", prefix);
+        Self {
+            start: sql(
+                "INSERT INTO {p}executions (id, workflow, payload, parent, status, result, \
+                 interrupted, created_ms, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4, 'running', NULL, FALSE, ?5, ?5) ON CONFLICT DO NOTHING",
+            ),
+            execution: sql(
+                "SELECT no, workflow, payload, parent, status, result, interrupted \
+                 FROM {p}executions WHERE id = ?1",
+            ),
+            exists: sql("SELECT EXISTS (SELECT 1 FROM {p}executions WHERE id = ?1)"),
+            // The `WHERE` also settles SQLite's parse of `INSERT ... SELECT ... ON CONFLICT`.
+            append: sql("INSERT INTO {p}journal (execution_no, key, seq, value) \
+                 SELECT no, ?2, ?3, ?4 FROM {p}executions WHERE id = ?1 ON CONFLICT DO NOTHING"),
+            deferred: sql("INSERT INTO {p}deferreds (execution_no, name, value) \
+                 SELECT no, ?2, ?3 FROM {p}executions WHERE id = ?1 ON CONFLICT DO NOTHING"),
+            status: sql(
+                "UPDATE {p}executions SET status = ?2, result = ?3, updated_ms = ?4 \
+                 WHERE id = ?1 AND status <> 'complete'",
+            ),
+            drop_timers: sql("DELETE FROM {p}timers WHERE execution_id = ?1"),
+            interrupt: sql(
+                "UPDATE {p}executions SET interrupted = TRUE, updated_ms = ?2 \
+                 WHERE id = ?1 AND status <> 'complete'",
+            ),
+            timer: sql(
+                "INSERT INTO {p}timers (execution_id, name, due_ms) SELECT ?1, ?2, ?3 \
+                 WHERE EXISTS (SELECT 1 FROM {p}executions WHERE id = ?1) \
+                 ON CONFLICT DO NOTHING",
+            ),
+            untimer: sql("DELETE FROM {p}timers WHERE execution_id = ?1 AND name = ?2"),
+            entries: sql(
+                "SELECT key, seq, value FROM {p}journal WHERE execution_no = ?1 ORDER BY ord",
+            ),
+            deferreds: sql(
+                "SELECT name, value FROM {p}deferreds WHERE execution_no = ?1 ORDER BY ord",
+            ),
+            timers: sql("SELECT execution_id, name, due_ms FROM {p}timers \
+                 ORDER BY due_ms, execution_id, name"),
+            with_status: sql("SELECT id FROM {p}executions WHERE status = ?1 ORDER BY id"),
+        }
+    }
+}
+
+/// A connection of the store's, set up as every one of them is.
+fn connect(path: &Path, durability: Durability, cache_kib: i64) -> Result<Connection, Failure> {
+    // The file exists: the migrations made it.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Failure::Refused(format!(
+            "{} stays in journal mode {mode:?}, not WAL",
+            path.display()
+        )));
+    }
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Starts a thread named `name` that opens its connection with `open` and then runs `body`;
+/// resolves once the connection is open (or failed to).
+async fn spawn<F, B>(name: &str, open: F, body: B) -> Result<thread::JoinHandle<()>, Failure>
+where
+    F: FnOnce() -> Result<Connection, Failure> + Send + 'static,
+    B: FnOnce(Connection) + Send + 'static,
+{
+    let (ready, opened) = oneshot::channel();
+    let handle = thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || match open() {
+            Ok(conn) => {
+                let _ = ready.send(Ok(()));
+                body(conn);
+            }
+            Err(err) => {
+                let _ = ready.send(Err(err));
+            }
+        })
+        .map_err(|err| Failure::Refused(format!("cannot start the thread {name}: {err}")))?;
+    opened
+        .await
+        .map_err(|_| Failure::Refused(format!("the thread {name} stopped while opening")))??;
+    Ok(handle)
+}
+
+/// The execution `id` and its `no`, through `conn`.
+fn execution(conn: &Connection, sql: &Sql, id: &str) -> Result<Option<(i64, Execution)>, Failure> {
+    let row = conn
+        .prepare_cached(&sql.execution)?
+        .query_row([id], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<Vec<u8>>>(5)?,
+                row.get::<_, bool>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((no, workflow, payload, parent, status, result, interrupted)) = row else {
+        return Ok(None);
+    };
+    Ok(Some((
+        no,
+        Execution {
+            workflow,
+            payload,
+            parent,
+            status: stored_status(id, &status)?,
+            result,
+            interrupted,
+        },
+    )))
+}
+
+/// The writer: its connection and what it reports to.
+pub(super) struct Writer {
+    conn: Connection,
+    sql: Sql,
+    context: WriterContext,
+}
+
+impl Writer {
+    /// Opens the writer's connection on a thread of its own, which then applies the batches of
+    /// `queue` until it is closed and drained, and last sends `lock` to `finished`. Returns the
+    /// thread, which [`super::SqlStore::close`] unparks to cut a backoff short.
+    pub(super) async fn start(
+        path: PathBuf,
+        prefix: &str,
+        durability: Durability,
+        context: WriterContext,
+        queue: mpsc::UnboundedReceiver<Batch>,
+        lock: EngineLock,
+        finished: oneshot::Sender<EngineLock>,
+    ) -> Result<thread::Thread, Failure> {
+        let sql = Sql::new(prefix);
+        let handle = spawn(
+            "plait-sqlite-writer",
+            move || connect(&path, durability, WRITER_CACHE_KIB),
+            move |conn| {
+                let writer = Writer { conn, sql, context };
+                writer.run(queue);
+                // Closed before the lock goes, so the next engine finds no connection of ours.
+                let _ = finished.send(lock);
+            },
+        )
+        .await?;
+        Ok(handle.thread().clone())
+    }
+
+    fn run(self, mut queue: mpsc::UnboundedReceiver<Batch>) {
+        while let Some(first) = queue.blocking_recv() {
+            let batches = gather(first, &mut queue);
+            let all: Vec<&[Op]> = batches.iter().map(|b| b.ops.as_slice()).collect();
+            match self.commit(&all, &queue) {
+                Ok(results) => {
+                    for (batch, results) in batches.into_iter().zip(results) {
+                        let _ = batch.reply.send(Ok(results));
+                    }
+                }
+                Err(SqlError::Database { .. }) if batches.len() > 1 => {
+                    // One batch may be at fault: give each its own transaction and outcome.
+                    for batch in batches {
+                        let outcome = self
+                            .commit(&[batch.ops.as_slice()], &queue)
+                            .map(|mut results| results.pop().unwrap_or_default());
+                        let _ = batch.reply.send(outcome);
+                    }
+                }
+                Err(err) => {
+                    for batch in batches {
+                        let _ = batch.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `batches` in one transaction, retrying it while the database is busy until it
+    /// commits or the store closes (its queue's sender gone).
+    fn commit(
+        &self,
+        batches: &[&[Op]],
+        queue: &mpsc::UnboundedReceiver<Batch>,
+    ) -> Result<Results, SqlError> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.attempt(batches) {
+                Ok(results) => {
+                    self.context.committed();
+                    return Ok(results);
+                }
+                Err(Failure::Transient(message)) => {
+                    if queue.is_closed() {
+                        return Err(self.context.abandoned(&message));
+                    }
+                    let until = Instant::now() + backoff.next();
+                    // Woken early by `close` (or spuriously): either way, look again.
+                    while !queue.is_closed() {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        thread::park_timeout(left);
+                    }
+                }
+                Err(err) => return Err(self.context.refused(&err.to_string())),
+            }
+        }
+    }
+
+    /// One try at applying `batches` in one transaction.
+    fn attempt(&self, batches: &[&[Op]]) -> Result<Results, Failure> {
+        let conn = &self.conn;
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        // One writer: taking the write lock up front never waits on a read's upgrade.
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let outcome = batches
+            .iter()
+            .map(|batch| batch.iter().map(|op| self.apply(op, now)).collect())
+            .collect::<Result<Results, Failure>>()
+            .and_then(|results| {
+                conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(results)
+            });
+        if outcome.is_err() && !conn.is_autocommit() {
+            // Still open (a statement failed, or COMMIT did): the next attempt starts afresh.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        outcome
+    }
+
+    fn apply(&self, op: &Op, now: i64) -> Result<OpResult, Failure> {
+        let (conn, sql) = (&self.conn, &self.sql);
+        let run = |statement: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, Failure> {
+            Ok(conn.prepare_cached(statement)?.execute(params)? > 0)
+        };
+        let exists = |id: &str| -> Result<bool, Failure> {
+            Ok(conn
+                .prepare_cached(&sql.exists)?
+                .query_row([id], |row| row.get(0))?)
+        };
+        Ok(match op {
+            Op::Start {
+                id,
+                workflow,
+                payload,
+                parent,
+            } => {
+                if run(&sql.start, params![id, workflow, payload, parent, now])? {
+                    OpResult::Created
+                } else {
+                    match execution(conn, sql, id)? {
+                        Some((_, existing)) => OpResult::Existing(existing),
+                        None => {
+                            return Err(Failure::Refused(format!(
+                                "execution {id:?} neither inserted nor found"
+                            )))
+                        }
+                    }
+                }
+            }
+            Op::Append { id, entry } => OpResult::Done(run(
+                &sql.append,
+                params![id, entry.key, entry.seq, entry.value],
+            )?),
+            Op::Deferred { id, name, value } => {
+                if run(&sql.deferred, params![id, name, value])? {
+                    OpResult::Done(true)
+                } else if exists(id)? {
+                    OpResult::Done(false)
+                } else {
+                    OpResult::UnknownExecution
+                }
+            }
+            Op::Status { id, status, result } => {
+                let updated = run(&sql.status, params![id, status.as_str(), result, now])?;
+                if updated && *status == Status::Complete {
+                    run(&sql.drop_timers, params![id])?;
+                }
+                OpResult::Done(updated)
+            }
+            Op::Interrupt { id } => {
+                if run(&sql.interrupt, params![id, now])? {
+                    OpResult::Done(true)
+                } else if exists(id)? {
+                    OpResult::Done(false)
+                } else {
+                    OpResult::UnknownExecution
+                }
+            }
+            Op::Timer(timer) => OpResult::Done(run(
+                &sql.timer,
+                params![timer.execution_id, timer.name, due_to_i64(timer.due_ms)?],
+            )?),
+            Op::Untimer { execution_id, name } => {
+                OpResult::Done(run(&sql.untimer, params![execution_id, name])?)
+            }
+        })
+    }
+}
+
+/// A read, run on a reader thread with its connection.
+type Job = Box<dyn FnOnce(&Connection, &Sql) + Send>;
+
+/// The reader threads, fed from one queue.
+pub(super) struct Readers {
+    jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
+    /// One per thread; each is dropped (so resolves) when its thread has ended.
+    ended: tokio::sync::Mutex<Vec<oneshot::Receiver<()>>>,
+}
+
+impl Readers {
+    /// Opens [`READERS`] connections, each on a thread of its own.
+    pub(super) async fn start(
+        path: PathBuf,
+        prefix: &str,
+        durability: Durability,
+    ) -> Result<Self, Failure> {
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let sql = Arc::new(Sql::new(prefix));
+        let mut ended = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let (end, ended_rx) = oneshot::channel::<()>();
+            ended.push(ended_rx);
+            let (queue, sql, path) = (Arc::clone(&queue), Arc::clone(&sql), path.clone());
+            spawn(
+                "plait-sqlite-reader",
+                move || connect(&path, durability, READER_CACHE_KIB),
+                move |conn| {
+                    let _end = end;
+                    loop {
+                        // The guard goes at the end of this statement: the next thread may wait
+                        // for a job while this one runs its own.
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = job else { break };
+                        // A read that panics fails alone (its reply is dropped unsent).
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&conn, &sql)));
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            ended: tokio::sync::Mutex::new(ended),
+        })
+    }
+
+    /// Runs `read` on a reader thread; resolves to its outcome.
+    fn run<T, R>(&self, read: R) -> impl std::future::Future<Output = Result<T, Failure>>
+    where
+        T: Send + 'static,
+        R: FnOnce(&Connection, &Sql) -> Result<T, Failure> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn, sql| {
+            let _ = reply.send(read(conn, sql));
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        async move {
+            if !sent {
+                return Err(Failure::Closed);
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(Failure::Refused("a read of the store panicked".into())))
+        }
+    }
+
+    /// The snapshots of `ids` that the store holds, in one read transaction.
+    pub(super) fn snapshots(
+        &self,
+        ids: Vec<String>,
+    ) -> impl std::future::Future<Output = Result<FxHashMap<String, Snapshot>, Failure>> {
+        self.run(move |conn, sql| {
+            // A deferred transaction reads one WAL snapshot from its first read to its end.
+            let tx = conn.unchecked_transaction()?;
+            let mut found = FxHashMap::default();
+            for id in ids {
+                let Some((no, execution)) = execution(&tx, sql, &id)? else {
+                    continue;
+                };
+                let mut entries = Vec::new();
+                let mut statement = tx.prepare_cached(&sql.entries)?;
+                let mut rows = statement.query([no])?;
+                while let Some(row) = rows.next()? {
+                    entries.push(Entry {
+                        key: row.get(0)?,
+                        seq: stored_seq(&id, row.get(1)?)?,
+                        value: row.get(2)?,
+                    });
+                }
+                let deferreds = tx
+                    .prepare_cached(&sql.deferreds)?
+                    .query_map([no], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                found.insert(
+                    id,
+                    Snapshot {
+                        execution,
+                        entries,
+                        deferreds,
+                    },
+                );
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    /// The executions of `ids` that the store holds, in one read transaction.
+    pub(super) fn executions(
+        &self,
+        ids: Vec<String>,
+    ) -> impl std::future::Future<Output = Result<FxHashMap<String, Execution>, Failure>> {
+        self.run(move |conn, sql| {
+            let tx = conn.unchecked_transaction()?;
+            let mut found = FxHashMap::default();
+            for id in ids {
+                if let Some((_, execution)) = execution(&tx, sql, &id)? {
+                    found.insert(id, execution);
+                }
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    pub(super) fn timers(&self) -> impl std::future::Future<Output = Result<Vec<Timer>, Failure>> {
+        self.run(|conn, sql| {
+            let mut statement = conn.prepare_cached(&sql.timers)?;
+            let mut rows = statement.query([])?;
+            let mut timers = Vec::new();
+            while let Some(row) = rows.next()? {
+                timers.push(Timer {
+                    execution_id: row.get(0)?,
+                    name: row.get(1)?,
+                    due_ms: stored_due(row.get(2)?)?,
+                });
+            }
+            Ok(timers)
+        })
+    }
+
+    pub(super) fn with_status(
+        &self,
+        status: Status,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, Failure>> {
+        self.run(move |conn, sql| {
+            Ok(conn
+                .prepare_cached(&sql.with_status)?
+                .query_map([status.as_str()], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
+    /// Runs `read` on a reader's connection: for tests that look at its settings.
+    #[cfg(test)]
+    pub(super) fn inspect<T, R>(
+        &self,
+        read: R,
+    ) -> impl std::future::Future<Output = Result<T, Failure>>
+    where
+        T: Send + 'static,
+        R: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        self.run(move |conn, _| Ok(read(conn)?))
+    }
+
+    /// Stops the reader threads once the reads queued have run, and waits for them.
+    pub(super) async fn close(&self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for ended in self.ended.lock().await.drain(..) {
+            let _ = ended.await;
+        }
+    }
+}
