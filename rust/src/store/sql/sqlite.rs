@@ -406,7 +406,6 @@ impl Readers {
                 "plait-sqlite-reader",
                 move || connect(&path, durability, READER_CACHE_KIB),
                 move |conn| {
-                    let _end = end;
                     loop {
                         // The guard goes at the end of this statement: the next thread may wait
                         // for a job while this one runs its own.
@@ -415,6 +414,12 @@ impl Readers {
                         // A read that panics fails alone (its reply is dropped unsent).
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&conn, &sql)));
                     }
+                    // Closed before `close` hears the thread ended: once it returns, no
+                    // connection of this store is open. Another copy of SQLite in the process
+                    // (Python's `sqlite3`) cannot see our locks, so one still closing could
+                    // checkpoint and delete the WAL under its writes.
+                    drop(conn);
+                    drop(end);
                 },
             )
             .await?;
