@@ -90,9 +90,10 @@ async def grow(url: str, rows: int, rounds: int, per_round: int) -> list[Point]:
                 took = time.perf_counter() - began
                 print(f"    filled to {target:,} rows in {took:.0f} s", flush=True)
                 filled = executions
+            rows_before = filled * len(STEPS) + stored
             measured = await rates(engine, rounds, per_round)
             stored += rounds * per_round * len(STEPS)
-            points.append(Point(filled * len(STEPS) + stored, measured))
+            points.append(Point(rows_before, measured))
             print(
                 f"    {points[-1].rows:>12,} rows: "
                 + ", ".join(f"{r:,.0f}" for r in measured)
