@@ -365,6 +365,75 @@ async def test_a_stored_timer_fires_in_a_new_engine_on_the_same_store(
     assert events == ["run", "run", "woke"]
 
 
+async def test_only_timers_due_within_the_horizon_are_in_memory(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    """A sleep of hours is a row in the store; the wheel takes it when it comes near."""
+    events: list[str] = []
+    implement_napper(events)
+    soon = await Napper.execute(nap("horizon-soon", 90), discard=True)
+    later = await Napper.execute(nap("horizon-later", 3 * 3600), discard=True)
+    await poll_until(Napper, soon, plait.Suspended)
+    await poll_until(Napper, later, plait.Suspended)
+    # 90 s is past the 60 s horizon too: neither is in memory yet.
+    assert plait_engine._timers == {}
+    assert len(await timers(plait_engine)) == 2
+    # Loaded half a horizon ahead of its time, with the next window.
+    await plait_clock.advance(59)
+    await settle()
+    assert plait_engine._timers == {}
+    await plait_clock.advance(2)
+    await settle()
+    assert set(plait_engine._timer_keys) == {(soon, "DurableClock/nap")}
+    await plait_clock.advance(29)
+    assert await poll_until(Napper, soon, plait.Complete) == plait.Complete(plait.Success("rested"))
+    assert plait_engine._timers == {}
+    await plait_clock.advance(timedelta(hours=2, minutes=58))
+    await settle()
+    assert await Napper.poll(later) == plait.Suspended()
+    await plait_clock.advance(timedelta(minutes=1))
+    assert await poll_until(Napper, later, plait.Complete) == plait.Complete(
+        plait.Success("rested")
+    )
+    assert await timers(plait_engine) == []
+
+
+async def test_many_timers_due_at_once_fire_through_a_bounded_number_of_workers(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    implement_napper(events)
+    clock = VirtualClock(start=1_700_000_000_000)
+    first = make_engine(clock)
+    async with first:
+        ids = await asyncio.gather(
+            *(Napper.execute(nap(f"bounded-{n}", 600), discard=True) for n in range(40))
+        )
+        for execution_id in ids:
+            await poll_until(Napper, execution_id, plait.Suspended)
+    monkeypatch.setattr(plait.engine, "RECOVERY_CONCURRENCY", 3)
+    firing = [0, 0]  # now, most at once
+    fire = plait.Engine._fire
+
+    async def counted_fire(self: plait.Engine, execution_id: str, name: str) -> None:
+        firing[0] += 1
+        firing[1] = max(firing)
+        try:
+            await fire(self, execution_id, name)
+        finally:
+            firing[0] -= 1
+
+    monkeypatch.setattr(plait.Engine, "_fire", counted_fire)
+    later = VirtualClock(start=clock.now_ms() + 3_600_000)
+    async with make_engine.reopen(first, later) as engine:
+        for execution_id in ids:
+            await poll_until(Napper, execution_id, plait.Complete, engine=engine)
+        assert engine._recovery_workers == 0
+    # In memory nothing waits, so one worker takes every timer in turn.
+    assert firing == [0, 1 if make_engine.backend == "memory" else 3]
+    assert events.count("woke") == 40
+
+
 async def test_sleep_rejects_a_duration_that_is_not_one(plait_engine: plait.Engine) -> None:
     @Napper.implement
     async def napper(payload: Any, execution_id: str) -> str:

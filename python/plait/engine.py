@@ -10,6 +10,7 @@ memory. Completing the deferred (or the timer firing, or a child finishing) star
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import itertools
@@ -468,7 +469,9 @@ class Engine:
         # Stored timers due up to here are in the wheel; the next one after, if known.
         self._timers_loaded_until = -1
         self._timers_stored_next: int | None = None
-        self._recovery_slots: asyncio.Semaphore = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+        # Work of recovery (timers that fired, executions found running) and its workers.
+        self._recovery: collections.deque[tuple[str, str | None]] = collections.deque()
+        self._recovery_workers = 0
         self._timers_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
 
@@ -573,13 +576,12 @@ class Engine:
         self._base_context = ctx
         self._wheel = TimerWheel(now_ms=self.clock.now_ms())
         self._timers_changed = asyncio.Event()
-        self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._timers_loaded_until = -1
         await self._load_timers(self.clock.now_ms())
         self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
         for execution_id in await journal.with_status("running"):
-            self._spawn(self._recover(execution_id))
+            self._recover(execution_id, None)
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
@@ -604,6 +606,7 @@ class Engine:
                         EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
                     )
         self._live.clear()
+        self._recovery.clear()
         self._timers.clear()
         self._timer_keys.clear()
         self._loop = None
@@ -785,10 +788,29 @@ class Engine:
             ex.wake = True
         return True
 
-    async def _recover(self, execution_id: str) -> None:
-        """Resumes an execution found running on start, a bounded number at a time."""
-        async with self._recovery_slots:
-            await self._resume(execution_id)
+    def _recover(self, execution_id: str, timer: str | None) -> None:
+        """Queues the resumption of an execution (found running on start), or its timer `timer`.
+
+        `RECOVERY_CONCURRENCY` workers take them in order.
+        """
+        self._recovery.append((execution_id, timer))
+        if self._recovery_workers < RECOVERY_CONCURRENCY:
+            self._recovery_workers += 1
+            self._spawn(self._recovery_worker())
+
+    async def _recovery_worker(self) -> None:
+        try:
+            while self._recovery:
+                execution_id, timer = self._recovery.popleft()
+                try:
+                    if timer is None:
+                        await self._resume(execution_id)
+                    else:
+                        await self._fire(execution_id, timer)
+                except Exception:
+                    log.exception("recovery of execution %s failed", execution_id)
+        finally:
+            self._recovery_workers -= 1
 
     def _unimplemented(self, workflow_name: str, execution_id: str) -> None:
         """Notes once per workflow that its executions wait for an engine implementing it."""
@@ -1135,8 +1157,8 @@ class Engine:
         # an engine that starts after a crash resumes it.
         stored = journal.write(("deferred", execution_id, name, encoded))
         woken = journal.write(("status", execution_id, "running", None))
-        if isinstance(stored, asyncio.Future):
-            stored, woken = await asyncio.gather(stored, woken)
+        if isinstance(stored, asyncio.Future):  # one commit: both resolve together
+            stored, woken = await stored, await woken
         if not stored:
             return False
         if not woken:  # complete: nothing to wake
@@ -1204,12 +1226,11 @@ class Engine:
         self._timers_stored_next = following
 
     async def _fire(self, execution_id: str, name: str) -> None:
-        async with self._recovery_slots:
-            # In the transaction that completes the deferred: a crash keeps both or neither.
-            untimed = self._journal().write(("untimer", execution_id, name))
-            await self.complete_deferred(None, execution_id, name, _VOID)
-            if isinstance(untimed, asyncio.Future):
-                await untimed
+        # In the transaction that completes the deferred: a crash keeps both or neither.
+        untimed = self._journal().write(("untimer", execution_id, name))
+        await self.complete_deferred(None, execution_id, name, _VOID)
+        if isinstance(untimed, asyncio.Future):
+            await untimed
 
     async def _fire_timers(self) -> None:
         wheel, changed = self._wheel, self._timers_changed
@@ -1225,7 +1246,7 @@ class Engine:
             for timer_id in wheel.advance(max(now, wheel.elapsed_ms)):
                 key = self._timers.pop(timer_id)
                 del self._timer_keys[key]
-                self._spawn(self._fire(*key))
+                self._recover(*key)
             wake = wheel.next_due()
             if following is not None:
                 load_at = following - TIMER_HORIZON_MS // 2
