@@ -9,7 +9,7 @@ import pytest
 
 from benches import journal_growth
 from benches.compare_dbos import POSTGRES_ADMIN, postgres_missing
-from benches.suspended import database
+from benches.databases import database
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 import plait
-from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure, postgres_missing
-from benches.suspended import database
+from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure
+from benches.databases import database, usable_backends
 from plait import _bridge
 
 STEPS = ("add_one/1", "double/1", "subtract_one/1")
@@ -112,10 +112,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     parser.add_argument("--postgres", default=POSTGRES_ADMIN, help="admin URL of the server")
     args = parser.parse_args()
-    backends = args.backend or ["sqlite", "postgres"]
-    if "postgres" in backends and (reason := postgres_missing(args.postgres)):
-        print(f"skipping PostgreSQL: {reason}")
-        backends.remove("postgres")
+    backends = usable_backends(args.backend, args.postgres)
     table = [
         "| backend | journal rows | workflows/s (median) | rounds | vs. empty |",
         "| --- | ---: | ---: | --- | ---: |",

@@ -29,13 +29,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Literal
 
 import plait
-from benches.compare_dbos import POSTGRES_ADMIN, fresh_database, postgres_missing
+from benches.compare_dbos import POSTGRES_ADMIN
+from benches.databases import database, usable_backends
 from plait.testing import VirtualClock
 
 Wait = Literal["clock", "deferred"]
@@ -188,13 +187,6 @@ async def measure(url: str, backend: str, wait: Wait, count: int) -> Outcome:
 _runs = itertools.count(1)
 
 
-@contextmanager
-def database(backend: str, admin_url: str) -> Iterator[str]:
-    """A fresh database for one measurement, as an engine URL."""
-    with fresh_database("plait", backend, admin_url) as where:  # type: ignore[arg-type]
-        yield f"sqlite://{where}" if backend == "sqlite" else where
-
-
 def run(backend: str, wait: Wait, count: int, admin_url: str = POSTGRES_ADMIN) -> Outcome:
     """One measurement on a fresh database."""
     with database(backend, admin_url) as url:
@@ -225,10 +217,7 @@ def main() -> int:
     parser.add_argument("--wait", choices=["clock", "deferred"], action="append")
     parser.add_argument("--postgres", default=POSTGRES_ADMIN, help="admin URL of the server")
     args = parser.parse_args()
-    backends = args.backend or ["sqlite", "postgres"]
-    if "postgres" in backends and (reason := postgres_missing(args.postgres)):
-        print(f"skipping PostgreSQL: {reason}")
-        backends.remove("postgres")
+    backends = usable_backends(args.backend, args.postgres)
     outcomes = []
     for backend in backends:
         for wait in args.wait or ["clock", "deferred"]:
