@@ -23,10 +23,10 @@ import asyncio
 import dataclasses
 import gc
 import itertools
+import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from datetime import timedelta
@@ -144,8 +144,6 @@ def _complete_deferreds_elsewhere(url: str, execution_ids: list[str]) -> None:
         asyncio.run(main())
         """
     )
-    import json
-
     subprocess.run([sys.executable, "-c", script], input=json.dumps(tokens), text=True, check=True)
 
 
@@ -239,5 +237,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory():
-        sys.exit(main())
+    sys.exit(main())
