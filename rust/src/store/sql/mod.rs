@@ -33,6 +33,7 @@
 
 mod config;
 mod connect;
+mod numbers;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -693,6 +694,29 @@ impl SqlStore {
         match &self.backend {
             Backend::Sqlite(readers) => self.read(|| readers.timers()).await,
             Backend::Postgres(reads) => self.read(|| reads.timers()).await,
+        }
+    }
+
+    /// The timers due in `(after_ms, until_ms]`, earliest first, and when the first timer
+    /// after `until_ms` is due (`None`: there is none), read consistently: a range of the index
+    /// on due instants, however many timers the store holds. An `after_ms` below 0 takes every
+    /// timer due up to `until_ms`.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn timers_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Result<(Vec<Timer>, Option<u64>), SqlError> {
+        match &self.backend {
+            Backend::Sqlite(readers) => {
+                self.read(|| readers.timers_between(after_ms, until_ms))
+                    .await
+            }
+            Backend::Postgres(reads) => {
+                self.read(|| reads.timers_between(after_ms, until_ms)).await
+            }
         }
     }
 
