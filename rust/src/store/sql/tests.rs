@@ -21,6 +21,8 @@ use super::{
 };
 use crate::store::{memory::MemoryStore, StoreError};
 
+mod numbers_and_timers;
+
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn postgres_url() -> String {
@@ -347,6 +349,13 @@ async fn every_op_answers_as_the_memory_store_does() {
         let mut expected = memory.timers();
         expected.sort_by_key(key);
         assert_eq!(store.timers().await.unwrap(), expected);
+        for (after, until) in [(-1, 10), (10, 25), (24, 25), (25, 49), (49, 100), (30, 20)] {
+            assert_eq!(
+                store.timers_between(after, until).await.unwrap(),
+                memory.timers_between(after, until),
+                "({after}, {until}]"
+            );
+        }
         for which in [Status::Running, Status::Suspended, Status::Complete] {
             let mut expected = memory.with_status(which);
             expected.sort();
