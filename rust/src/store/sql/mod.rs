@@ -16,7 +16,12 @@
 //!   reader threads the same way.
 //! - **Writes independent of table size.** Executions have an integer key in insertion order
 //!   (`no`) beside their random id; journal and deferred rows are keyed by it, so their inserts
-//!   land at the right edge of their B-trees.
+//!   land at the right edge of their B-trees. The writer remembers the `no` of the executions it
+//!   created or found in committed transactions (see `numbers.rs`), so an op on one of them goes
+//!   by number and leaves the index of random ids alone: only a `start` of a new execution, or
+//!   an op on one the writer has not met, descends it. On PostgreSQL a status change is a HOT
+//!   update (no indexed column changes; the executions not complete are listed in
+//!   `<prefix>active` instead of an index on status), so it writes no index entry either.
 //! - **Connection trouble is retried.** A transaction that fails because the database is
 //!   unreachable (I/O error, pool timeout, server shutting down, SQLite busy, ...) is retried
 //!   whole, with backoff from 50 ms doubling to 2 s, until it commits or the store is closed.
