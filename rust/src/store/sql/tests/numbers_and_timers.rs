@@ -271,34 +271,7 @@ async fn a_database_at_the_third_migration_is_migrated_on_open() {
                 conn.close().await.unwrap();
             }
         }
-        let blob = |hex: &str| match place.dialect {
-            Dialect::Sqlite => format!("x'{hex}'"),
-            Dialect::Postgres => format!("'\\x{hex}'::bytea"),
-        };
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
-                 interrupted, created_ms, updated_ms) VALUES \
-                 ('r', 'W', {payload}, NULL, 'running', NULL, FALSE, 1, 1), \
-                 ('s', 'W', {payload}, NULL, 'suspended', NULL, TRUE, 2, 2), \
-                 ('c', 'W', {payload}, NULL, 'complete', {payload}, FALSE, 3, 3), \
-                 ('q', 'W', {payload}, 'r', 'running', NULL, FALSE, 4, 4)",
-                payload = blob("7b7d"),
-            ))
-            .await;
-        place
-            .execute(&format!(
-                "INSERT INTO {{p}}journal (execution_no, key, seq, value) \
-                 SELECT no, 'k/1', 0, {one} FROM {{p}}executions WHERE id IN ('s', 'c')",
-                one = blob("31"),
-            ))
-            .await;
-        place
-            .execute(
-                "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES ('s', 't', 5), \
-                 ('q', 't', 9)",
-            )
-            .await;
+        store_rows_of_the_third_migration(&place).await;
 
         let store = place.open().await;
         let memory = MemoryStore::default();
@@ -351,38 +324,73 @@ async fn a_database_at_the_third_migration_is_migrated_on_open() {
         store.close().await;
 
         if place.dialect == Dialect::Postgres {
-            // The executions not complete are listed by number; status has no index, and
-            // executions leave room for HOT updates.
-            let active = place
-                .query_texts("SELECT no::text FROM {p}active ORDER BY no")
-                .await;
-            let incomplete = place
-                .query_texts(
-                    "SELECT no::text FROM {p}executions WHERE status <> 'complete' ORDER BY no",
-                )
-                .await;
-            assert_eq!(active, incomplete);
-            assert_eq!(active.len(), 2);
-            let indexes = place
-                .query_texts(
-                    "SELECT indexname::text FROM pg_indexes WHERE tablename = '{p}executions' \
-                     ORDER BY 1",
-                )
-                .await;
-            assert!(
-                !indexes.iter().any(|name| name.ends_with("status")),
-                "{indexes:?}"
-            );
-            let options = place
-                .query_texts(
-                    "SELECT array_to_string(reloptions, ',') FROM pg_class \
-                     WHERE relname = '{p}executions'",
-                )
-                .await;
-            assert_eq!(options, ["fillfactor=85"]);
+            check_the_schema_of_the_fourth_migration(&place).await;
         }
         place.cleanup().await;
     }
+}
+
+/// Rows as the third migration's schema held them: executions of every status (numbered by
+/// the database), steps keyed by number, timers.
+async fn store_rows_of_the_third_migration(place: &Place) {
+    let blob = |hex: &str| match place.dialect {
+        Dialect::Sqlite => format!("x'{hex}'"),
+        Dialect::Postgres => format!("'\\x{hex}'::bytea"),
+    };
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}executions (id, workflow, payload, parent, status, result, \
+                 interrupted, created_ms, updated_ms) VALUES \
+                 ('r', 'W', {payload}, NULL, 'running', NULL, FALSE, 1, 1), \
+                 ('s', 'W', {payload}, NULL, 'suspended', NULL, TRUE, 2, 2), \
+                 ('c', 'W', {payload}, NULL, 'complete', {payload}, FALSE, 3, 3), \
+                 ('q', 'W', {payload}, 'r', 'running', NULL, FALSE, 4, 4)",
+            payload = blob("7b7d"),
+        ))
+        .await;
+    place
+        .execute(&format!(
+            "INSERT INTO {{p}}journal (execution_no, key, seq, value) \
+                 SELECT no, 'k/1', 0, {one} FROM {{p}}executions WHERE id IN ('s', 'c')",
+            one = blob("31"),
+        ))
+        .await;
+    place
+        .execute(
+            "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES ('s', 't', 5), \
+                 ('q', 't', 9)",
+        )
+        .await;
+}
+
+/// PostgreSQL after migration 0004: the executions not complete are listed by number, status
+/// has no index, and executions leave room for HOT updates.
+async fn check_the_schema_of_the_fourth_migration(place: &Place) {
+    let active = place
+        .query_texts("SELECT no::text FROM {p}active ORDER BY no")
+        .await;
+    let incomplete = place
+        .query_texts("SELECT no::text FROM {p}executions WHERE status <> 'complete' ORDER BY no")
+        .await;
+    assert_eq!(active, incomplete);
+    assert_eq!(active.len(), 2);
+    let indexes = place
+        .query_texts(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = '{p}executions' \
+                 ORDER BY 1",
+        )
+        .await;
+    assert!(
+        !indexes.iter().any(|name| name.ends_with("status")),
+        "{indexes:?}"
+    );
+    let options = place
+        .query_texts(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class \
+                 WHERE relname = '{p}executions'",
+        )
+        .await;
+    assert_eq!(options, ["fillfactor=85"]);
 }
 
 #[tokio::test]
