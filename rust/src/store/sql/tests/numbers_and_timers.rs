@@ -390,7 +390,7 @@ async fn check_the_schema_of_the_fourth_migration(place: &Place) {
                  WHERE relname = '{p}executions'",
         )
         .await;
-    assert_eq!(options, ["fillfactor=85"]);
+    assert_eq!(options, ["fillfactor=50"]);
 }
 
 #[tokio::test]
