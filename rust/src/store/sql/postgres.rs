@@ -127,9 +127,12 @@ impl Statements {
             ),
             // Executions that are not complete are listed by number in `active`, which the
             // status column has no index for (see migration 0004); complete ones are most of
-            // the table, read whole.
+            // the table, read whole. Each active one is looked up by number (a lateral subquery
+            // that `OFFSET 0` keeps from being flattened): a generic plan without statistics
+            // could otherwise hash-join `active` with every execution.
             with_status: sql(
-                "SELECT e.id FROM {p}active a JOIN {p}executions e ON e.no = a.no \
+                "SELECT e.id FROM {p}active a CROSS JOIN LATERAL ( \
+                     SELECT id, status FROM {p}executions WHERE no = a.no OFFSET 0) e \
                  WHERE e.status = $1 ORDER BY e.id",
                 prefix,
             ),
