@@ -256,6 +256,16 @@ class MemoryStore:
     def timers(self) -> list[tuple[str, str, int]]:
         """Every stored timer as `(execution_id, name, due_ms)`, earliest first."""
 
+    def timers_between(
+        self, after_ms: int, until_ms: int
+    ) -> tuple[list[tuple[str, str, int]], int | None]:
+        """The timers due in `(after_ms, until_ms]`, earliest first, and the next due after.
+
+        Returns `([(execution_id, name, due_ms)], next_due)`: `next_due` is when the first timer
+        after `until_ms` is due, None if there is none. `after_ms` -1 takes every timer due up
+        to `until_ms`. Ties come by execution id, then name.
+        """
+
     def with_status(self, status: _Status) -> list[str]:
         """Ids of the executions with `status`."""
 
@@ -354,6 +364,15 @@ class SqlStore:
 
     def timers(self, bridge: AsyncBridge) -> int:
         """Resolves to every timer as `(execution_id, name, due_ms)`, earliest first."""
+
+    def timers_between(self, bridge: AsyncBridge, after_ms: int, until_ms: int) -> int:
+        """Resolves to `([(execution_id, name, due_ms)], next_due)`.
+
+        The timers due in `(after_ms, until_ms]`, earliest first (ties by execution id, then
+        name), read as a range of the index on due instants however many timers are stored;
+        `next_due` is when the first timer after `until_ms` is due, None if there is none.
+        `after_ms` -1 takes every timer due up to `until_ms`.
+        """
 
     def with_status(self, bridge: AsyncBridge, status: _Status) -> int:
         """Resolves to the ids of the executions with `status`."""

@@ -306,6 +306,27 @@ impl SqlStore {
         })
     }
 
+    /// Resolves to `([(execution_id, name, due_ms)], next_due)`: the timers due in
+    /// `(after_ms, until_ms]`, earliest first, and when the first one after `until_ms` is due
+    /// (None: there is none). `after_ms` -1 takes every timer due up to `until_ms`.
+    fn timers_between(
+        &self,
+        bridge: &AsyncBridge,
+        after_ms: Int<i64>,
+        until_ms: Int<i64>,
+    ) -> PyResult<u64> {
+        let store = self.store()?;
+        let (Int(after_ms), Int(until_ms)) = (after_ms, until_ms);
+        bridge.spawn(async move {
+            let (timers, next) = store.timers_between(after_ms, until_ms).await?;
+            let timers: Vec<(String, String, u64)> = timers
+                .into_iter()
+                .map(|t| (t.execution_id, t.name, t.due_ms))
+                .collect();
+            Ok((timers, next))
+        })
+    }
+
     /// Resolves to the ids of the executions with `status`.
     fn with_status(&self, bridge: &AsyncBridge, status: &str) -> PyResult<u64> {
         let store = self.store()?;

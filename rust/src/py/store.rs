@@ -149,6 +149,23 @@ impl MemoryStore {
             .collect()
     }
 
+    /// The timers due in `(after_ms, until_ms]` as `(execution_id, name, due_ms)`, earliest
+    /// first, and when the first one after `until_ms` is due (None: there is none). `after_ms`
+    /// -1 takes every timer due up to `until_ms`.
+    #[allow(clippy::type_complexity)]
+    fn timers_between(
+        &self,
+        after_ms: Int<i64>,
+        until_ms: Int<i64>,
+    ) -> (Vec<(String, String, u64)>, Option<u64>) {
+        let (timers, next) = self.store.timers_between(after_ms.0, until_ms.0);
+        let timers = timers
+            .into_iter()
+            .map(|t| (t.execution_id, t.name, t.due_ms))
+            .collect();
+        (timers, next)
+    }
+
     /// Ids of the executions with `status`.
     fn with_status(&self, status: &str) -> PyResult<Vec<String>> {
         Ok(self.store.with_status(Status::parse(status)?))

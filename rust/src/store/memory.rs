@@ -2,7 +2,11 @@
 //!
 //! Nothing survives the process; it backs `Engine.memory()` and the tests.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::{
+    collections::BTreeSet,
+    ops::Bound,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -21,6 +25,9 @@ struct Journal {
 struct Inner {
     journals: FxHashMap<String, Journal>,
     timers: FxHashMap<(String, String), u64>,
+    /// The same timers as `(due_ms, execution_id, name)`, in order: ranges of due instants,
+    /// and the timers in order, without a sort.
+    by_due: BTreeSet<(u64, String, String)>,
 }
 
 impl Inner {
@@ -180,9 +187,14 @@ impl MemoryStore {
         execution.status = status;
         execution.result = result;
         if status == Status::Complete {
-            inner
-                .timers
-                .retain(|(execution_id, _), _| execution_id != id);
+            let Inner { timers, by_due, .. } = &mut *inner;
+            timers.retain(|(execution_id, name), due| {
+                let keep = execution_id != id;
+                if !keep {
+                    by_due.remove(&(*due, execution_id.clone(), name.clone()));
+                }
+                keep
+            });
         }
         Ok(())
     }
@@ -214,32 +226,57 @@ impl MemoryStore {
         if inner.timers.contains_key(&key) {
             return Ok(false);
         }
+        inner
+            .by_due
+            .insert((timer.due_ms, key.0.clone(), key.1.clone()));
         inner.timers.insert(key, timer.due_ms);
         Ok(true)
     }
 
     /// Forgets a timer (it fired). Returns whether it was stored.
     pub fn remove_timer(&self, execution_id: &str, name: &str) -> bool {
-        self.lock()
-            .timers
-            .remove(&(execution_id.to_owned(), name.to_owned()))
-            .is_some()
+        let mut inner = self.lock();
+        let key = (execution_id.to_owned(), name.to_owned());
+        let Some(due) = inner.timers.remove(&key) else {
+            return false;
+        };
+        inner.by_due.remove(&(due, key.0, key.1));
+        true
     }
 
-    /// Every stored timer, earliest first.
+    /// Every stored timer, earliest first (then by execution id and name).
     pub fn timers(&self) -> Vec<Timer> {
-        let mut timers: Vec<Timer> = self
-            .lock()
-            .timers
-            .iter()
-            .map(|((execution_id, name), &due_ms)| Timer {
-                execution_id: execution_id.clone(),
-                name: name.clone(),
-                due_ms,
-            })
-            .collect();
-        timers.sort_by(|a, b| (a.due_ms, &a.execution_id).cmp(&(b.due_ms, &b.execution_id)));
-        timers
+        self.lock().by_due.iter().map(timer).collect()
+    }
+
+    /// The timers due in `(after_ms, until_ms]`, earliest first (then by execution id and name),
+    /// and when the first timer after `until_ms` is due (`None`: there is none). An `after_ms`
+    /// below 0 takes every timer due up to `until_ms`.
+    pub fn timers_between(&self, after_ms: i64, until_ms: i64) -> (Vec<Timer>, Option<u64>) {
+        let inner = self.lock();
+        // Due instants are unsigned: the bounds as the first due instant in and the first out.
+        // (`i64::MAX + 1` fits in a u64.)
+        let first_in = u64::try_from(after_ms).map_or(0, |after| after + 1);
+        let first_out = u64::try_from(until_ms).map_or(0, |until| until + 1);
+        let from = |due: u64| Bound::Included((due, String::new(), String::new()));
+        let timers = if first_in < first_out {
+            inner
+                .by_due
+                .range((
+                    from(first_in),
+                    Bound::Excluded((first_out, String::new(), String::new())),
+                ))
+                .map(timer)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let next = inner
+            .by_due
+            .range((from(first_out), Bound::Unbounded))
+            .next()
+            .map(|(due, _, _)| *due);
+        (timers, next)
     }
 
     /// Ids of the executions with status `status`, in no particular order.
@@ -264,6 +301,15 @@ impl MemoryStore {
     /// Whether the store holds no execution.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A timer as [`Inner::by_due`] holds it.
+fn timer((due_ms, execution_id, name): &(u64, String, String)) -> Timer {
+    Timer {
+        execution_id: execution_id.clone(),
+        name: name.clone(),
+        due_ms: *due_ms,
     }
 }
 
@@ -410,6 +456,55 @@ mod tests {
         assert_eq!(
             Status::parse("done"),
             Err(StoreError::UnknownStatus("done".into()))
+        );
+    }
+
+    #[test]
+    fn timers_between_takes_a_range_of_due_instants() {
+        let store = MemoryStore::default();
+        store.start("a", "W", vec![], None);
+        store.start("b", "W", vec![], None);
+        for (id, name, due) in [
+            ("b", "t", 20),
+            ("a", "t", 10),
+            ("a", "u", 20),
+            ("a", "v", 30),
+        ] {
+            store
+                .schedule_timer(Timer {
+                    execution_id: id.into(),
+                    name: name.into(),
+                    due_ms: due,
+                })
+                .unwrap();
+        }
+        let between = |after, until| {
+            let (timers, next) = store.timers_between(after, until);
+            let timers: Vec<(String, String, u64)> = timers
+                .into_iter()
+                .map(|t| (t.execution_id, t.name, t.due_ms))
+                .collect();
+            (timers, next)
+        };
+        let t = |id: &str, name: &str, due| (id.to_owned(), name.to_owned(), due);
+        // After is exclusive, until inclusive; ties by execution id, then name.
+        assert_eq!(
+            between(10, 20),
+            (vec![t("a", "u", 20), t("b", "t", 20)], Some(30))
+        );
+        assert_eq!(between(-1, 10), (vec![t("a", "t", 10)], Some(20)));
+        assert_eq!(between(-1, 9), (vec![], Some(10)));
+        assert_eq!(between(30, 100), (vec![], None));
+        assert_eq!(between(29, i64::MAX), (vec![t("a", "v", 30)], None));
+        assert_eq!(between(20, 10), (vec![], Some(20)));
+        assert_eq!(between(i64::MIN, -5), (vec![], Some(10)));
+        assert_eq!(store.timers().len(), 4);
+        // Timers that go, go from the ranges too.
+        assert!(store.remove_timer("a", "t"));
+        store.set_status("b", Status::Complete, None).unwrap();
+        assert_eq!(
+            between(-1, 100),
+            (vec![t("a", "u", 20), t("a", "v", 30)], None)
         );
     }
 }

@@ -16,7 +16,12 @@
 //!   reader threads the same way.
 //! - **Writes independent of table size.** Executions have an integer key in insertion order
 //!   (`no`) beside their random id; journal and deferred rows are keyed by it, so their inserts
-//!   land at the right edge of their B-trees.
+//!   land at the right edge of their B-trees. The writer remembers the `no` of the executions it
+//!   created or found in committed transactions (see `numbers.rs`), so an op on one of them goes
+//!   by number and leaves the index of random ids alone: only a `start` of a new execution, or
+//!   an op on one the writer has not met, descends it. On PostgreSQL a status change is a HOT
+//!   update (no indexed column changes; the executions not complete are listed in
+//!   `<prefix>active` instead of an index on status), so it writes no index entry either.
 //! - **Connection trouble is retried.** A transaction that fails because the database is
 //!   unreachable (I/O error, pool timeout, server shutting down, SQLite busy, ...) is retried
 //!   whole, with backoff from 50 ms doubling to 2 s, until it commits or the store is closed.
@@ -33,6 +38,7 @@
 
 mod config;
 mod connect;
+mod numbers;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -693,6 +699,29 @@ impl SqlStore {
         match &self.backend {
             Backend::Sqlite(readers) => self.read(|| readers.timers()).await,
             Backend::Postgres(reads) => self.read(|| reads.timers()).await,
+        }
+    }
+
+    /// The timers due in `(after_ms, until_ms]`, earliest first, and when the first timer
+    /// after `until_ms` is due (`None`: there is none), read consistently: a range of the index
+    /// on due instants, however many timers the store holds. An `after_ms` below 0 takes every
+    /// timer due up to `until_ms`.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn timers_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Result<(Vec<Timer>, Option<u64>), SqlError> {
+        match &self.backend {
+            Backend::Sqlite(readers) => {
+                self.read(|| readers.timers_between(after_ms, until_ms))
+                    .await
+            }
+            Backend::Postgres(reads) => {
+                self.read(|| reads.timers_between(after_ms, until_ms)).await
+            }
         }
     }
 

@@ -3,9 +3,11 @@
 //!
 //! sqlx cannot pipeline, so a transaction of n statements cost n + 2 round trips, each a
 //! kernel send, a receive and a wake-up of the tokio thread. The `<prefix>apply` function (see
-//! `migrations/postgres/0003_execution_numbers.sql`) takes the ops as parallel arrays and applies
-//! them in order; called in autocommit, its implicit transaction commits with it, so a commit
-//! is one round trip whatever its size. A read is one statement too, which needs no explicit
+//! `migrations/postgres/0004_numbers_and_hot_updates.sql`) takes the ops as parallel arrays and
+//! applies them in order; called in autocommit, its implicit transaction commits with it, so a
+//! commit is one round trip whatever its size. With each op goes the number of its execution
+//! when the writer knows it (see `super::numbers`), and back comes the number of every execution
+//! the function created or found. A read is one statement too, which needs no explicit
 //! transaction to see one snapshot of every table it joins.
 
 use std::sync::Arc;
@@ -18,8 +20,11 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    connect::CONNECT_TIMEOUT, corrupt, due_to_i64, gather, stored_due, stored_seq, stored_status,
-    Backoff, Batch, EngineLock, Failure, Op, OpResult, Results, SqlError, WriterContext,
+    connect::CONNECT_TIMEOUT,
+    corrupt, due_to_i64, gather,
+    numbers::{self, Learned, Numbers},
+    stored_due, stored_seq, stored_status, Backoff, Batch, EngineLock, Failure, Op, OpResult,
+    Results, SqlError, WriterContext,
 };
 use crate::{
     clock::now_ms,
@@ -32,7 +37,9 @@ pub(super) struct Statements {
     snapshots: SqlStr,
     executions: SqlStr,
     timers: SqlStr,
+    timers_between: SqlStr,
     with_status: SqlStr,
+    with_status_complete: SqlStr,
 }
 
 /// `template` with the prefix filled in, shared so that each use costs a reference count.
@@ -64,9 +71,9 @@ impl Statements {
     pub(super) fn new(prefix: &str) -> Self {
         Self {
             apply: sql(
-                "SELECT outcome, found_workflow, found_payload, found_parent, found_status, \
-                 found_result, found_interrupted \
-                 FROM {p}apply($1, $2, $3, $4, $5, $6, $7)",
+                "SELECT outcome, found_no, found_workflow, found_payload, found_parent, \
+                 found_status, found_result, found_interrupted \
+                 FROM {p}apply($1, $2, $3, $4, $5, $6, $7, $8)",
                 prefix,
             ),
             // The executions, then their steps, then their deferreds, each part in write
@@ -107,7 +114,29 @@ impl Statements {
                  ORDER BY due_ms, execution_id, name",
                 prefix,
             ),
+            // A range of the index on `due_ms`, and the first entry past it: the row without
+            // an execution id, last in the order (its due instant is past all the others).
+            timers_between: sql(
+                "SELECT execution_id, name, due_ms FROM {p}timers \
+                 WHERE due_ms > $1 AND due_ms <= $2 \
+                 UNION ALL \
+                 (SELECT NULL::text, NULL::text, due_ms FROM {p}timers WHERE due_ms > $2 \
+                  ORDER BY due_ms LIMIT 1) \
+                 ORDER BY 3, 1, 2",
+                prefix,
+            ),
+            // Executions that are not complete are listed by number in `active`, which the
+            // status column has no index for (see migration 0004); complete ones are most of
+            // the table, read whole. Each active one is looked up by number (a lateral subquery
+            // that `OFFSET 0` keeps from being flattened): a generic plan without statistics
+            // could otherwise hash-join `active` with every execution.
             with_status: sql(
+                "SELECT e.id FROM {p}active a CROSS JOIN LATERAL ( \
+                     SELECT id, status FROM {p}executions WHERE no = a.no OFFSET 0) e \
+                 WHERE e.status = $1 ORDER BY e.id",
+                prefix,
+            ),
+            with_status_complete: sql(
                 "SELECT id FROM {p}executions WHERE status = $1 ORDER BY id",
                 prefix,
             ),
@@ -120,6 +149,10 @@ impl Statements {
 struct Columns<'a> {
     kinds: Vec<i16>,
     ids: Vec<&'a str>,
+    nos: Vec<Option<i64>>,
+    /// Per op: whether the number `apply` answers is worth keeping (the writer did not have it,
+    /// or had it only in its older generation).
+    learn: Vec<bool>,
     names: Vec<Option<&'a str>>,
     nums: Vec<Option<i64>>,
     blobs: Vec<Option<&'a [u8]>>,
@@ -131,6 +164,8 @@ impl<'a> Columns<'a> {
         Self {
             kinds: Vec::with_capacity(count),
             ids: Vec::with_capacity(count),
+            nos: Vec::with_capacity(count),
+            learn: Vec::with_capacity(count),
             names: Vec::with_capacity(count),
             nums: Vec::with_capacity(count),
             blobs: Vec::with_capacity(count),
@@ -138,7 +173,7 @@ impl<'a> Columns<'a> {
         }
     }
 
-    fn push(&mut self, op: &'a Op) -> Result<(), Failure> {
+    fn push(&mut self, op: &'a Op, numbers: &Numbers) -> Result<(), Failure> {
         let (kind, id, name, num, blob, parent) = match op {
             Op::Start {
                 id,
@@ -190,8 +225,17 @@ impl<'a> Columns<'a> {
                 (UNTIMER, execution_id, Some(name.as_str()), None, None, None)
             }
         };
+        // `untimer` never looks its execution up.
+        let known = if kind == UNTIMER {
+            None
+        } else {
+            numbers.get(id)
+        };
         self.kinds.push(kind);
         self.ids.push(id);
+        self.nos.push(known.map(|(no, _)| no));
+        self.learn
+            .push(kind != UNTIMER && known.is_none_or(|(_, keep)| keep));
         self.names.push(name);
         self.nums.push(num);
         self.blobs.push(blob);
@@ -206,14 +250,14 @@ fn outcome(op: &Op, row: &PgRow) -> Result<OpResult, Failure> {
     Ok(match (code, op) {
         (TRUE, Op::Start { .. }) => OpResult::Created,
         (FOUND, Op::Start { id, .. }) => {
-            let status: String = row.try_get(4)?;
+            let status: String = row.try_get(5)?;
             OpResult::Existing(Execution {
-                workflow: row.try_get(1)?,
-                payload: row.try_get(2)?,
-                parent: row.try_get(3)?,
+                workflow: row.try_get(2)?,
+                payload: row.try_get(3)?,
+                parent: row.try_get(4)?,
                 status: stored_status(id, &status)?,
-                result: row.try_get(5)?,
-                interrupted: row.try_get(6)?,
+                result: row.try_get(6)?,
+                interrupted: row.try_get(7)?,
             })
         }
         (TRUE, _) => OpResult::Done(true),
@@ -227,21 +271,24 @@ fn outcome(op: &Op, row: &PgRow) -> Result<OpResult, Failure> {
     })
 }
 
-/// Applies every batch, in order, as one statement in its own transaction.
-async fn apply(
+/// Applies every batch, in order, as one statement in its own transaction. Returns the results
+/// and the execution numbers worth keeping, which are committed with it.
+async fn apply<'a>(
     conn: &mut PgConnection,
     statements: &Statements,
-    batches: &[&[Op]],
+    numbers: &Numbers,
+    batches: &[&'a [Op]],
     now_ms: i64,
-) -> Result<Results, Failure> {
+) -> Result<(Results, Learned<'a>), Failure> {
     let count = batches.iter().map(|batch| batch.len()).sum();
     let mut columns = Columns::with_capacity(count);
     for op in batches.iter().flat_map(|batch| batch.iter()) {
-        columns.push(op)?;
+        columns.push(op, numbers)?;
     }
     let rows = sqlx::query(statements.apply.clone())
         .bind(columns.kinds.as_slice())
         .bind(columns.ids.as_slice())
+        .bind(columns.nos.as_slice())
         .bind(columns.names.as_slice())
         .bind(columns.nums.as_slice())
         .bind(columns.blobs.as_slice())
@@ -255,8 +302,16 @@ async fn apply(
             rows.len()
         )));
     }
+    let mut learned = Learned::default();
+    for ((row, &id), &learn) in rows.iter().zip(&columns.ids).zip(&columns.learn) {
+        if learn {
+            if let Some(no) = row.try_get::<Option<i64>, _>(1)? {
+                learned.insert(id, no);
+            }
+        }
+    }
     let mut rows = rows.iter();
-    batches
+    let results = batches
         .iter()
         .map(|batch| {
             batch
@@ -265,7 +320,8 @@ async fn apply(
                 .map(|(op, row)| outcome(op, row))
                 .collect()
         })
-        .collect()
+        .collect::<Result<Results, Failure>>()?;
+    Ok((results, learned))
 }
 
 /// The writer task: it owns a connection of its own (commits never wait behind reads for a
@@ -277,6 +333,7 @@ pub(super) struct Writer {
     statements: Arc<Statements>,
     context: WriterContext,
     closing: watch::Receiver<bool>,
+    numbers: Numbers,
 }
 
 impl Writer {
@@ -293,6 +350,7 @@ impl Writer {
             statements,
             context,
             closing,
+            numbers: Numbers::new(numbers::CAPACITY),
         }
     }
 
@@ -348,7 +406,10 @@ impl Writer {
             None => self.conn.insert(connect(&self.options).await?),
         };
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
-        apply(conn, &self.statements, batches, now).await
+        // The statement commits as it returns: what it learned is committed.
+        let (results, learned) = apply(conn, &self.statements, &self.numbers, batches, now).await?;
+        self.numbers.keep(learned);
+        Ok(results)
     }
 
     /// Applies `batches` in one transaction, retrying it on connection errors until it
@@ -508,8 +569,38 @@ impl Reads {
         Ok(timers)
     }
 
+    pub(super) async fn timers_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Result<(Vec<Timer>, Option<u64>), Failure> {
+        let rows = sqlx::query(self.statements.timers_between.clone())
+            .bind(after_ms)
+            .bind(until_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut timers = Vec::with_capacity(rows.len());
+        let mut next = None;
+        for row in rows {
+            let due = stored_due(row.try_get(2)?)?;
+            match row.try_get::<Option<String>, _>(0)? {
+                Some(execution_id) => timers.push(Timer {
+                    execution_id,
+                    name: row.try_get(1)?,
+                    due_ms: due,
+                }),
+                None => next = Some(due),
+            }
+        }
+        Ok((timers, next))
+    }
+
     pub(super) async fn with_status(&self, status: Status) -> Result<Vec<String>, Failure> {
-        let rows = sqlx::query(self.statements.with_status.clone())
+        let statement = match status {
+            Status::Complete => self.statements.with_status_complete.clone(),
+            Status::Running | Status::Suspended => self.statements.with_status.clone(),
+        };
+        let rows = sqlx::query(statement)
             .bind(status.as_str())
             .fetch_all(&self.pool)
             .await?;

@@ -20,8 +20,10 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    due_to_i64, gather, stored_due, stored_seq, stored_status, Backoff, Batch, Durability,
-    EngineLock, Failure, Op, OpResult, Results, SqlError, WriterContext,
+    due_to_i64, gather,
+    numbers::{self, Learned, Numbers},
+    stored_due, stored_seq, stored_status, Backoff, Batch, Durability, EngineLock, Failure, Op,
+    OpResult, Results, SqlError, WriterContext,
 };
 use crate::{
     clock::now_ms,
@@ -41,12 +43,19 @@ const READER_CACHE_KIB: i64 = 16 * 1024;
 /// Reader threads. Reads are short and CPU-bound once the pages are cached; two let one read
 /// wait on the disk while another runs.
 const READERS: usize = 2;
+/// The checkpointer's page cache, in KiB: a checkpoint copies frames from the WAL to the
+/// database file without going through it.
+const CHECKPOINTER_CACHE_KIB: i64 = 2 * 1024;
+/// WAL pages past which the writer checkpoints by itself, in its commit: a backstop for a
+/// checkpointer that fell this far behind (or failed), not the usual path. 64 MB at 4 KiB pages.
+const WRITER_CHECKPOINT_PAGES: i64 = 16 * 1024;
 
 /// Every statement, with the table prefix filled in.
 struct Sql {
     start: String,
     execution: String,
-    exists: String,
+    execution_by_no: String,
+    number: String,
     append: String,
     deferred: String,
     status: String,
@@ -57,12 +66,16 @@ struct Sql {
     entries: String,
     deferreds: String,
     timers: String,
+    timers_between: String,
+    next_timer: String,
     with_status: String,
 }
 
 impl Sql {
     fn new(prefix: &str) -> Self {
         let sql = |template: &str| template.replace("{p}", prefix);
+        // The writer's ops name their execution by `no` (the rowid), which it finds once by id
+        // and then remembers: see `super::numbers`.
         Self {
             start: sql(
                 "INSERT INTO {p}executions (id, workflow, payload, parent, status, result, \
@@ -73,24 +86,30 @@ impl Sql {
                 "SELECT no, workflow, payload, parent, status, result, interrupted \
                  FROM {p}executions WHERE id = ?1",
             ),
-            exists: sql("SELECT EXISTS (SELECT 1 FROM {p}executions WHERE id = ?1)"),
-            // The `WHERE` also settles SQLite's parse of `INSERT ... SELECT ... ON CONFLICT`.
-            append: sql("INSERT INTO {p}journal (execution_no, key, seq, value) \
-                 SELECT no, ?2, ?3, ?4 FROM {p}executions WHERE id = ?1 ON CONFLICT DO NOTHING"),
-            deferred: sql("INSERT INTO {p}deferreds (execution_no, name, value) \
-                 SELECT no, ?2, ?3 FROM {p}executions WHERE id = ?1 ON CONFLICT DO NOTHING"),
+            execution_by_no: sql(
+                "SELECT id, workflow, payload, parent, status, result, interrupted \
+                 FROM {p}executions WHERE no = ?1",
+            ),
+            number: sql("SELECT no FROM {p}executions WHERE id = ?1"),
+            append: sql(
+                "INSERT INTO {p}journal (execution_no, key, seq, value) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT DO NOTHING",
+            ),
+            deferred: sql(
+                "INSERT INTO {p}deferreds (execution_no, name, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            ),
             status: sql(
                 "UPDATE {p}executions SET status = ?2, result = ?3, updated_ms = ?4 \
-                 WHERE id = ?1 AND status <> 'complete'",
+                 WHERE no = ?1 AND status <> 'complete'",
             ),
             drop_timers: sql("DELETE FROM {p}timers WHERE execution_id = ?1"),
             interrupt: sql(
                 "UPDATE {p}executions SET interrupted = TRUE, updated_ms = ?2 \
-                 WHERE id = ?1 AND status <> 'complete'",
+                 WHERE no = ?1 AND status <> 'complete'",
             ),
             timer: sql(
-                "INSERT INTO {p}timers (execution_id, name, due_ms) SELECT ?1, ?2, ?3 \
-                 WHERE EXISTS (SELECT 1 FROM {p}executions WHERE id = ?1) \
+                "INSERT INTO {p}timers (execution_id, name, due_ms) VALUES (?1, ?2, ?3) \
                  ON CONFLICT DO NOTHING",
             ),
             untimer: sql("DELETE FROM {p}timers WHERE execution_id = ?1 AND name = ?2"),
@@ -102,6 +121,11 @@ impl Sql {
             ),
             timers: sql("SELECT execution_id, name, due_ms FROM {p}timers \
                  ORDER BY due_ms, execution_id, name"),
+            // A range of the index on `due_ms`, which (the table having no rowid) holds the
+            // primary key after it, in the order asked for.
+            timers_between: sql("SELECT execution_id, name, due_ms FROM {p}timers \
+                 WHERE due_ms > ?1 AND due_ms <= ?2 ORDER BY due_ms, execution_id, name"),
+            next_timer: sql("SELECT min(due_ms) FROM {p}timers WHERE due_ms > ?1"),
             with_status: sql("SELECT id FROM {p}executions WHERE status = ?1 ORDER BY id"),
         }
     }
@@ -190,11 +214,59 @@ fn execution(conn: &Connection, sql: &Sql, id: &str) -> Result<Option<(i64, Exec
     )))
 }
 
-/// The writer: its connection and what it reports to.
+/// Copies the WAL into the database file on a thread and connection of its own, after each
+/// commit of the writer's.
+///
+/// SQLite checkpoints in the connection that commits, once the WAL passes a size: every few
+/// commits the writer stopped to copy a thousand pages and fsync the database, which was a
+/// quarter of its time once the executions' index of random ids was large (each start dirties
+/// a page of it that no other start shares). Here the copy runs beside the writer's next
+/// transaction, and the writer's commits only append to the WAL.
+struct Checkpointer {
+    /// Holds at most one nudge: a checkpoint that is asked for while one is pending is the same.
+    nudge: std_mpsc::SyncSender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    async fn start(path: PathBuf, durability: Durability) -> Result<Self, Failure> {
+        let (nudge, nudged) = std_mpsc::sync_channel::<()>(1);
+        let thread = spawn(
+            "plait-sqlite-checkpointer",
+            move || connect(&path, durability, CHECKPOINTER_CACHE_KIB),
+            move |conn| {
+                while nudged.recv().is_ok() {
+                    // PASSIVE never waits on a lock and copies what no reader still needs; what
+                    // it leaves, the next pass copies. A failed pass is no worse than a skipped
+                    // one: the writer's own checkpoint is the backstop.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+                drop(conn);
+            },
+        )
+        .await?;
+        Ok(Self { nudge, thread })
+    }
+
+    /// Asks for a checkpoint soon.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// Ends the thread once its current pass is done, with its connection closed.
+    fn stop(self) {
+        drop(self.nudge);
+        let _ = self.thread.join();
+    }
+}
+
+/// The writer: its connection, what it reports to, and the numbers of the executions it knows.
 pub(super) struct Writer {
     conn: Connection,
     sql: Sql,
     context: WriterContext,
+    numbers: Numbers,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -211,11 +283,27 @@ impl Writer {
         finished: oneshot::Sender<EngineLock>,
     ) -> Result<thread::Thread, Failure> {
         let sql = Sql::new(prefix);
+        let checkpointer = Checkpointer::start(path.clone(), durability).await?;
         let handle = spawn(
             "plait-sqlite-writer",
-            move || connect(&path, durability, WRITER_CACHE_KIB),
+            move || {
+                let conn = connect(&path, durability, WRITER_CACHE_KIB)?;
+                // The pragma answers with the value it set.
+                conn.query_row(
+                    &format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"),
+                    [],
+                    |_| Ok(()),
+                )?;
+                Ok(conn)
+            },
             move |conn| {
-                let writer = Writer { conn, sql, context };
+                let writer = Writer {
+                    conn,
+                    sql,
+                    context,
+                    numbers: Numbers::new(numbers::CAPACITY),
+                    checkpointer: Some(checkpointer),
+                };
                 writer.run(queue);
                 // Closed before the lock goes, so the next engine finds no connection of ours.
                 let _ = finished.send(lock);
@@ -225,7 +313,9 @@ impl Writer {
         Ok(handle.thread().clone())
     }
 
-    fn run(self, mut queue: mpsc::UnboundedReceiver<Batch>) {
+    /// Applies batches until the queue is closed and drained; then stops the checkpointer and
+    /// closes the connection.
+    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Batch>) {
         while let Some(first) = queue.blocking_recv() {
             let batches = gather(first, &mut queue);
             let all: Vec<&[Op]> = batches.iter().map(|b| b.ops.as_slice()).collect();
@@ -251,12 +341,15 @@ impl Writer {
                 }
             }
         }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
     }
 
     /// Applies `batches` in one transaction, retrying it while the database is busy until it
     /// commits or the store closes (its queue's sender gone).
     fn commit(
-        &self,
+        &mut self,
         batches: &[&[Op]],
         queue: &mpsc::UnboundedReceiver<Batch>,
     ) -> Result<Results, SqlError> {
@@ -265,6 +358,9 @@ impl Writer {
             match self.attempt(batches) {
                 Ok(results) => {
                     self.context.committed();
+                    if let Some(checkpointer) = &self.checkpointer {
+                        checkpointer.nudge();
+                    }
                     return Ok(results);
                 }
                 Err(Failure::Transient(message)) => {
@@ -287,14 +383,20 @@ impl Writer {
     }
 
     /// One try at applying `batches` in one transaction.
-    fn attempt(&self, batches: &[&[Op]]) -> Result<Results, Failure> {
+    fn attempt(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
         let conn = &self.conn;
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let mut learned = Learned::default();
         // One writer: taking the write lock up front never waits on a read's upgrade.
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let outcome = batches
             .iter()
-            .map(|batch| batch.iter().map(|op| self.apply(op, now)).collect())
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|op| self.apply(op, now, &mut learned))
+                    .collect()
+            })
             .collect::<Result<Results, Failure>>()
             .and_then(|results| {
                 conn.prepare_cached("COMMIT")?.execute([])?;
@@ -304,18 +406,38 @@ impl Writer {
             // Still open (a statement failed, or COMMIT did): the next attempt starts afresh.
             let _ = conn.execute_batch("ROLLBACK");
         }
+        if outcome.is_ok() {
+            self.numbers.keep(learned);
+        }
         outcome
     }
 
-    fn apply(&self, op: &Op, now: i64) -> Result<OpResult, Failure> {
+    /// The number of execution `id`: remembered, learned earlier in this transaction, or looked
+    /// up by id (and then learned). `None`: the store does not hold it.
+    fn number<'a>(&self, id: &'a str, learned: &mut Learned<'a>) -> Result<Option<i64>, Failure> {
+        if let Some(no) = self.number_if_known(id, learned) {
+            return Ok(Some(no));
+        }
+        let no: Option<i64> = self
+            .conn
+            .prepare_cached(&self.sql.number)?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        if let Some(no) = no {
+            learned.insert(id, no);
+        }
+        Ok(no)
+    }
+
+    fn apply<'a>(
+        &self,
+        op: &'a Op,
+        now: i64,
+        learned: &mut Learned<'a>,
+    ) -> Result<OpResult, Failure> {
         let (conn, sql) = (&self.conn, &self.sql);
         let run = |statement: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, Failure> {
             Ok(conn.prepare_cached(statement)?.execute(params)? > 0)
-        };
-        let exists = |id: &str| -> Result<bool, Failure> {
-            Ok(conn
-                .prepare_cached(&sql.exists)?
-                .query_row([id], |row| row.get(0))?)
         };
         Ok(match op {
             Op::Start {
@@ -324,11 +446,17 @@ impl Writer {
                 payload,
                 parent,
             } => {
-                if run(&sql.start, params![id, workflow, payload, parent, now])? {
+                if let Some(no) = self.number_if_known(id, learned) {
+                    OpResult::Existing(execution_by_no(conn, sql, id, no)?)
+                } else if run(&sql.start, params![id, workflow, payload, parent, now])? {
+                    learned.insert(id, conn.last_insert_rowid());
                     OpResult::Created
                 } else {
                     match execution(conn, sql, id)? {
-                        Some((_, existing)) => OpResult::Existing(existing),
+                        Some((no, existing)) => {
+                            learned.insert(id, no);
+                            OpResult::Existing(existing)
+                        }
                         None => {
                             return Err(Failure::Refused(format!(
                                 "execution {id:?} neither inserted nor found"
@@ -337,43 +465,90 @@ impl Writer {
                     }
                 }
             }
-            Op::Append { id, entry } => OpResult::Done(run(
-                &sql.append,
-                params![id, entry.key, entry.seq, entry.value],
-            )?),
-            Op::Deferred { id, name, value } => {
-                if run(&sql.deferred, params![id, name, value])? {
-                    OpResult::Done(true)
-                } else if exists(id)? {
-                    OpResult::Done(false)
-                } else {
-                    OpResult::UnknownExecution
+            Op::Append { id, entry } => match self.number(id, learned)? {
+                Some(no) => OpResult::Done(run(
+                    &sql.append,
+                    params![no, entry.key, entry.seq, entry.value],
+                )?),
+                None => OpResult::Done(false),
+            },
+            Op::Deferred { id, name, value } => match self.number(id, learned)? {
+                Some(no) => OpResult::Done(run(&sql.deferred, params![no, name, value])?),
+                None => OpResult::UnknownExecution,
+            },
+            Op::Status { id, status, result } => match self.number(id, learned)? {
+                Some(no) => {
+                    let updated = run(&sql.status, params![no, status.as_str(), result, now])?;
+                    if updated && *status == Status::Complete {
+                        run(&sql.drop_timers, params![id])?;
+                    }
+                    OpResult::Done(updated)
                 }
-            }
-            Op::Status { id, status, result } => {
-                let updated = run(&sql.status, params![id, status.as_str(), result, now])?;
-                if updated && *status == Status::Complete {
-                    run(&sql.drop_timers, params![id])?;
-                }
-                OpResult::Done(updated)
-            }
-            Op::Interrupt { id } => {
-                if run(&sql.interrupt, params![id, now])? {
-                    OpResult::Done(true)
-                } else if exists(id)? {
-                    OpResult::Done(false)
-                } else {
-                    OpResult::UnknownExecution
-                }
-            }
-            Op::Timer(timer) => OpResult::Done(run(
-                &sql.timer,
-                params![timer.execution_id, timer.name, due_to_i64(timer.due_ms)?],
-            )?),
+                None => OpResult::Done(false),
+            },
+            Op::Interrupt { id } => match self.number(id, learned)? {
+                Some(no) => OpResult::Done(run(&sql.interrupt, params![no, now])?),
+                None => OpResult::UnknownExecution,
+            },
+            Op::Timer(timer) => match self.number(&timer.execution_id, learned)? {
+                Some(_) => OpResult::Done(run(
+                    &sql.timer,
+                    params![timer.execution_id, timer.name, due_to_i64(timer.due_ms)?],
+                )?),
+                None => OpResult::Done(false),
+            },
             Op::Untimer { execution_id, name } => {
                 OpResult::Done(run(&sql.untimer, params![execution_id, name])?)
             }
         })
+    }
+
+    /// The number of `id` if it is remembered or learned in this transaction, without asking
+    /// the database (a start of an unknown id tries its insert instead).
+    fn number_if_known<'a>(&self, id: &'a str, learned: &mut Learned<'a>) -> Option<i64> {
+        if let Some((no, keep)) = self.numbers.get(id) {
+            if keep {
+                learned.insert(id, no);
+            }
+            return Some(no);
+        }
+        learned.get(id).copied()
+    }
+}
+
+/// The execution numbered `no`, which must be `id` (the writer learned the pair from a
+/// committed transaction, and executions are never deleted).
+fn execution_by_no(conn: &Connection, sql: &Sql, id: &str, no: i64) -> Result<Execution, Failure> {
+    let row = conn
+        .prepare_cached(&sql.execution_by_no)?
+        .query_row([no], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<Vec<u8>>>(5)?,
+                row.get::<_, bool>(6)?,
+            ))
+        })
+        .optional()?;
+    match row {
+        Some((stored_id, workflow, payload, parent, status, result, interrupted))
+            if stored_id == id =>
+        {
+            Ok(Execution {
+                workflow,
+                payload,
+                parent,
+                status: stored_status(id, &status)?,
+                result,
+                interrupted,
+            })
+        }
+        _ => Err(Failure::Refused(format!(
+            "execution {id:?} is not number {no} as the writer remembered: was it deleted?"
+        ))),
     }
 }
 
@@ -528,6 +703,35 @@ impl Readers {
                 });
             }
             Ok(timers)
+        })
+    }
+
+    /// The timers due in `(after_ms, until_ms]`, earliest first, and when the first one after
+    /// `until_ms` is due; both from one read transaction.
+    pub(super) fn timers_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> impl std::future::Future<Output = Result<(Vec<Timer>, Option<u64>), Failure>> {
+        self.run(move |conn, sql| {
+            let tx = conn.unchecked_transaction()?;
+            let mut timers = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(&sql.timers_between)?;
+                let mut rows = statement.query([after_ms, until_ms])?;
+                while let Some(row) = rows.next()? {
+                    timers.push(Timer {
+                        execution_id: row.get(0)?,
+                        name: row.get(1)?,
+                        due_ms: stored_due(row.get(2)?)?,
+                    });
+                }
+            }
+            let next: Option<i64> = tx
+                .prepare_cached(&sql.next_timer)?
+                .query_row([until_ms], |row| row.get(0))?;
+            tx.commit()?;
+            Ok((timers, next.map(stored_due).transpose()?))
         })
     }
 

@@ -21,6 +21,8 @@ use super::{
 };
 use crate::store::{memory::MemoryStore, StoreError};
 
+mod numbers_and_timers;
+
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn postgres_url() -> String {
@@ -174,7 +176,7 @@ impl Place {
         if self.dialect == Dialect::Postgres {
             self.execute(
                 "DROP TABLE IF EXISTS {p}executions, {p}journal, {p}deferreds, {p}timers, \
-                 {p}migrations; DROP FUNCTION IF EXISTS {p}apply",
+                 {p}active, {p}migrations; DROP FUNCTION IF EXISTS {p}apply",
             )
             .await;
         }
@@ -347,6 +349,13 @@ async fn every_op_answers_as_the_memory_store_does() {
         let mut expected = memory.timers();
         expected.sort_by_key(key);
         assert_eq!(store.timers().await.unwrap(), expected);
+        for (after, until) in [(-1, 10), (10, 25), (24, 25), (25, 49), (49, 100), (30, 20)] {
+            assert_eq!(
+                store.timers_between(after, until).await.unwrap(),
+                memory.timers_between(after, until),
+                "({after}, {until}]"
+            );
+        }
         for which in [Status::Running, Status::Suspended, Status::Complete] {
             let mut expected = memory.with_status(which);
             expected.sort();
@@ -788,7 +797,12 @@ async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
         store.close().await;
 
         let versions = applied_versions(&place).await;
-        assert_eq!(versions, [1, 2, 3]);
+        let embedded: Vec<i64> = migrator(place.dialect, &place.prefix)
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(versions, embedded);
+        assert_eq!(versions[..3], [1, 2, 3]);
         check_the_migrated_schema(&place).await;
         place.cleanup().await;
     }
@@ -1320,6 +1334,99 @@ async fn recovery_reads() {
                 "{:?}: {rows} snapshots in {elapsed:.2} s, {:.0}/s ({pass})",
                 place.dialect,
                 f64::from(u32::try_from(rows).unwrap()) / elapsed
+            );
+        }
+        store.close().await;
+        place.cleanup().await;
+    }
+}
+
+/// Fills `store` with finished executions `from..to` of three steps each (ids as the engine
+/// makes them), 8,000 ops a commit.
+async fn fill_finished(store: &SqlStore, from: usize, to: usize) {
+    let ids: Vec<usize> = (from..to).collect();
+    for chunk in ids.chunks(1600) {
+        let mut ops = Vec::with_capacity(chunk.len() * 5);
+        for &n in chunk {
+            let id = random_id(n);
+            ops.push(start(&id));
+            for step in 0..3 {
+                ops.push(append(&id, &format!("Step{step}/1"), step, b"{\"ok\":1}"));
+            }
+            ops.push(status(&id, Status::Complete, Some(b"{\"ok\":3}")));
+        }
+        write(store, ops).await;
+    }
+}
+
+/// The store's share of the engine's workload as the journal grows: `cargo test --release
+/// workload_costs -- --ignored --nocapture`. 1,000 executions in flight go through start,
+/// three steps and completion, one op per execution per commit (as the engine's group commit
+/// takes them), staggered so that every commit holds all five kinds; printed: store time per
+/// execution at each size up to `PLAIT_BENCH_ROWS` journal rows (default 3,000,000), filled
+/// with finished executions of three steps.
+#[tokio::test]
+#[ignore = "a benchmark: run it by name"]
+async fn workload_costs() {
+    let rows: usize = std::env::var("PLAIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000_000);
+    let in_flight = 1000;
+    let per_point = 20_000;
+    for place in Place::all().await {
+        let store = place.open().await;
+        let mut filled = 0;
+        let mut next_id = 1 << 40;
+        for target in [0, rows / 10, rows / 3, rows] {
+            let executions = target / 3;
+            if executions > filled {
+                let started = Instant::now();
+                fill_finished(&store, filled, executions).await;
+                eprintln!(
+                    "{:?}: filled to {target} rows in {:.0} s",
+                    place.dialect,
+                    started.elapsed().as_secs_f64()
+                );
+                filled = executions;
+            }
+            // Slot k holds an execution at stage (k + cycle) % 5: 0 start, 1-3 steps,
+            // 4 completion; each completion frees its slot for a new execution.
+            let mut slots: Vec<String> = (0..in_flight)
+                .map(|_| {
+                    next_id += 1;
+                    random_id(next_id)
+                })
+                .collect();
+            let cycles = per_point * 5 / in_flight;
+            let started = Instant::now();
+            for cycle in 0..cycles {
+                let ops = slots
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, id)| match (k + cycle) % 5 {
+                        0 => {
+                            next_id += 1;
+                            *id = random_id(next_id);
+                            start(id)
+                        }
+                        4 => status(id, Status::Complete, Some(b"{\"ok\":3}")),
+                        step => {
+                            let step = u32::try_from(step).unwrap();
+                            append(id, &format!("Step{step}/1"), step, b"{\"ok\":1}")
+                        }
+                    })
+                    .collect();
+                write(&store, ops).await;
+            }
+            let elapsed = started.elapsed();
+            let executions = cycles * in_flight / 5;
+            eprintln!(
+                "{:?} rows={target}: {:.1} us of store time per execution, {:.2} ms per \
+                 commit of {in_flight} ops",
+                place.dialect,
+                elapsed.as_secs_f64() * 1e6 / f64::from(u32::try_from(executions).unwrap()),
+                elapsed.as_secs_f64() * 1e3 / f64::from(u32::try_from(cycles).unwrap())
             );
         }
         store.close().await;
