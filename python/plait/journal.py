@@ -64,10 +64,7 @@ class Journal:
 
         Also when the first one after `until_ms` is due (None: there is none).
         """
-        timers = await self.timers()
-        within = [t for t in timers if after_ms < t[2] <= until_ms]
-        following = min((t[2] for t in timers if t[2] > until_ms), default=None)
-        return within, following
+        raise NotImplementedError
 
     async def with_status(self, status: Status) -> list[str]:
         """Ids of the executions with `status`."""
@@ -116,6 +113,11 @@ class MemoryJournal(Journal):
 
     async def timers(self) -> list[tuple[str, str, int]]:  # noqa: D102
         return self.store.timers()
+
+    async def timers_between(  # noqa: D102
+        self, after_ms: int, until_ms: int
+    ) -> tuple[list[tuple[str, str, int]], int | None]:
+        return self.store.timers_between(after_ms, until_ms)
 
     async def with_status(self, status: Status) -> list[str]:  # noqa: D102
         return self.store.with_status(status)
@@ -316,6 +318,15 @@ class SqlJournal(Journal):
     async def timers(self) -> list[tuple[str, str, int]]:  # noqa: D102
         store = self.store
         result: list[tuple[str, str, int]] = await _bridge.call(store.timers)
+        return result
+
+    async def timers_between(  # noqa: D102
+        self, after_ms: int, until_ms: int
+    ) -> tuple[list[tuple[str, str, int]], int | None]:
+        store = self.store
+        result: tuple[list[tuple[str, str, int]], int | None] = await _bridge.call(
+            lambda bridge: store.timers_between(bridge, after_ms, until_ms)
+        )
         return result
 
     async def with_status(self, status: Status) -> list[str]:  # noqa: D102
