@@ -14,7 +14,7 @@
 
 use rustc_hash::FxHashMap;
 
-/// How many numbers the writer keeps, at most. Two generations of half that each: about 16 MB
+/// How many numbers the writer keeps, at most. Two generations of half that each: about 10 MB
 /// at 32-character ids, and enough for every execution in flight many times over.
 pub(super) const CAPACITY: usize = 128 * 1024;
 
