@@ -15,7 +15,7 @@ import pytest
 import plait
 from plait._native import MemoryStore, SqlStore
 from plait.engine import engine_for
-from plait.journal import SqlJournal
+from plait.journal import FLUSH_AT, SqlJournal
 from tests.workflow_support import poll_until
 
 seen: dict[str, list[str]] = {}
@@ -112,11 +112,13 @@ async def test_a_child_starts_after_the_parents_steps_are_committed(
 async def test_a_result_reaches_its_caller_only_once_committed(
     plait_engine: plait.Engine,
 ) -> None:
-    results = await asyncio.gather(*(two_steps(tag=f"many-{n}") for n in range(50)))
-    assert results == [f"many-{n}" for n in range(50)]
+    # More than FLUSH_AT writes in one loop iteration: they reach the store in several batches.
+    count = 3 * FLUSH_AT
+    results = await asyncio.gather(*(two_steps(tag=f"many-{n}") for n in range(count)))
+    assert results == [f"many-{n}" for n in range(count)]
     journal = plait_engine.journal
     assert journal is not None
-    for n in range(50):
+    for n in range(count):
         record = await journal.execution(two_steps.execution_id({"tag": f"many-{n}"}))
         assert record is not None
         assert record[3] == "complete"

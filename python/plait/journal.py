@@ -32,6 +32,13 @@ __all__ = ["Journal", "MemoryJournal", "Record", "Snapshot", "SqlJournal", "Stat
 
 R = TypeVar("R")
 Op = tuple[Any, ...]
+#: A batch goes to the store once it holds this many ops, without waiting for the end of the
+#: loop iteration: the writer commits the first ops while the loop produces the rest (the Rust
+#: writer merges what queues meanwhile into its next transaction). With 1,000 workflows in
+#: flight, sending everything at the end of the iteration made the loop and the writer take
+#: turns; sending every 128 ops let them overlap (SQLite: ~10,000 -> ~13,000 workflows/s, and
+#: the loss at a million journal rows went from ~20% to within the noise).
+FLUSH_AT = 128
 Status = Literal["running", "suspended", "complete"]
 # (workflow, payload, parent, status, result, interrupted)
 Record = tuple[str, bytes, str | None, str, bytes | None, bool]
@@ -241,7 +248,10 @@ class SqlJournal(Journal):
             batch = self._batch = Batch()
             self._loop.call_soon(self._flush)
         self._ops.append(op)
-        return batch, len(self._ops) - 1
+        index = len(self._ops) - 1
+        if index + 1 >= FLUSH_AT:
+            self._flush()
+        return batch, index
 
     def wait(self, batch: Batch, index: int) -> asyncio.Future[Any]:
         """A future of the caller's own: op `index`'s result once its batch is durable."""

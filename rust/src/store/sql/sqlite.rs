@@ -50,6 +50,9 @@ const CHECKPOINTER_CACHE_KIB: i64 = 2 * 1024;
 /// checkpointer that fell this far behind (or failed), not the usual path. 64 MB at 4 KiB pages.
 const WRITER_CHECKPOINT_PAGES: i64 = 16 * 1024;
 
+/// The least time between two checkpoint passes.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Every statement, with the table prefix filled in.
 struct Sql {
     start: String,
@@ -214,8 +217,8 @@ fn execution(conn: &Connection, sql: &Sql, id: &str) -> Result<Option<(i64, Exec
     )))
 }
 
-/// Copies the WAL into the database file on a thread and connection of its own, after each
-/// commit of the writer's.
+/// Copies the WAL into the database file on a thread and connection of its own, after the
+/// writer's commits, at most once every `CHECKPOINT_PAUSE`.
 ///
 /// SQLite checkpoints in the connection that commits, once the WAL passes a size: every few
 /// commits the writer stopped to copy a thousand pages and fsync the database, which was a
@@ -235,11 +238,28 @@ impl Checkpointer {
             "plait-sqlite-checkpointer",
             move || connect(&path, durability, CHECKPOINTER_CACHE_KIB),
             move |conn| {
+                let mut last: Option<std::time::Instant> = None;
                 while nudged.recv().is_ok() {
+                    // Commits that land meanwhile are copied by the same pass: each pass ends
+                    // with an fsync of the database file, which a pass per commit paid each time.
+                    if let Some(until) = last.map(|at| at + CHECKPOINT_PAUSE) {
+                        loop {
+                            let now = std::time::Instant::now();
+                            if now >= until {
+                                break;
+                            }
+                            if let Err(std_mpsc::RecvTimeoutError::Disconnected) =
+                                nudged.recv_timeout(until - now)
+                            {
+                                return;
+                            }
+                        }
+                    }
                     // PASSIVE never waits on a lock and copies what no reader still needs; what
                     // it leaves, the next pass copies. A failed pass is no worse than a skipped
                     // one: the writer's own checkpoint is the backstop.
                     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    last = Some(std::time::Instant::now());
                 }
                 drop(conn);
             },
