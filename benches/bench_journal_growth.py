@@ -17,8 +17,8 @@ def test_journal_growth_smoke(backend: str) -> None:
     if backend == "postgres" and (reason := postgres_missing()):
         pytest.skip(reason)
     with database(backend, POSTGRES_ADMIN) as url:
-        points = asyncio.run(journal_growth.grow(url, rows=3_000, rounds=1, per_round=100))
-    # Checkpoints of 0, 300, 1,000 and 3,000 rows: the fill tops up what the rounds stored
-    # (100 workflows of 3 steps each), in whole executions.
-    assert [p.rows for p in points] == [0, 300, 999, 3_000]
+        points = asyncio.run(journal_growth.grow(url, rows=30_000, rounds=1, per_round=100))
+    # Checkpoints of 0, 3,000, 10,000 and 30,000 rows: the fill tops up what the rounds stored
+    # (a warm-up of 1,000 and 100 workflows, 3 steps each), in whole executions.
+    assert [p.rows for p in points] == [0, 3_300, 9_999, 30_000]
     assert all(len(p.rates) == 1 and p.median > 0 for p in points)

@@ -269,7 +269,7 @@ async def dbos_session(backend: Backend, url: str) -> AsyncIterator[Callable[[st
 # Databases -----------------------------------------------------------------------------------
 
 
-def _psql(admin_url: str, sql: str, timeout: float = 60) -> str:
+def psql(admin_url: str, sql: str, timeout: float = 60) -> str:
     done = subprocess.run(
         ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", admin_url, "-c", sql],
         capture_output=True,
@@ -287,7 +287,7 @@ def postgres_missing(admin_url: str = POSTGRES_ADMIN) -> str | None:
     if shutil.which("psql") is None:
         return "psql is not installed"
     try:
-        _psql(admin_url, "select 1", timeout=10)
+        psql(admin_url, "select 1", timeout=10)
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         return f"PostgreSQL unreachable at {admin_url}: {err}"
     return None
@@ -310,11 +310,11 @@ def fresh_database(system: System, backend: Backend, admin_url: str) -> Iterator
             yield path if system == "plait" else f"sqlite:///{path}"
     else:
         name = f"compare_{system.lower()}_{os.getpid()}_{next(_databases)}"
-        _psql(admin_url, f'CREATE DATABASE "{name}"')
+        psql(admin_url, f'CREATE DATABASE "{name}"')
         try:
             yield _database_url(admin_url, name)
         finally:
-            _psql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            psql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # Measuring -----------------------------------------------------------------------------------
@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for reason in (dbos_missing, sql_missing, pg_missing):
         if reason:
             notes.append(f"skipped: {reason}")
-    pg_version = "" if pg_missing else _psql(args.postgres, "show server_version")
+    pg_version = "" if pg_missing else psql(args.postgres, "show server_version")
 
     results: list[Result] = []
     started = time.perf_counter()

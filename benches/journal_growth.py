@@ -6,8 +6,10 @@ On a fresh database, the workflow of three activities runs 1,000 in flight (`--r
 batches of `--per-round` workflows); then the journal is filled, through the store's own
 write path, with finished executions of three steps each (as many as the engine would have
 left behind) up to each checkpoint (1/10, 1/3 and all of `--rows` journal rows), and the
-workload runs again. Printed: workflows/s at each size, the median of the rounds, and the
-ratio to the empty journal.
+workload runs again on a new engine, once the database has written the fill back
+(PostgreSQL `CHECKPOINT`, `sync`). Each measurement starts with a round of 1,000 workflows
+not counted. Printed: workflows/s at each size, the median of the rounds, and the ratio to
+the empty journal.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import os
 import statistics
 import sys
 import time
 from typing import Any
 
 import plait
-from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure
+from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure, psql
 from benches.databases import database, usable_backends
 from plait import _bridge
 
@@ -60,6 +63,18 @@ async def fill(engine: plait.Engine, start: int, stop: int) -> None:
         assert results[0] is None, "fill executions must be new"
 
 
+def settle(url: str) -> None:
+    """Lets the database write the fill back before measuring, so a round does not share the
+    disk with it: PostgreSQL checkpoints (which needs a superuser or `pg_checkpoint`), and the
+    OS flushes its dirty pages."""
+    if not url.startswith("sqlite"):
+        try:
+            psql(url, "CHECKPOINT", timeout=600)
+        except RuntimeError as err:
+            print(f"    (no CHECKPOINT: {err})", flush=True)
+    os.sync()
+
+
 async def rates(engine: plait.Engine, rounds: int, per_round: int) -> list[float]:
     """Workflows/s of `rounds` rounds, 1,000 in flight."""
     workflow = PLAIT_WORKFLOWS["three"]
@@ -68,6 +83,7 @@ async def rates(engine: plait.Engine, rounds: int, per_round: int) -> list[float
         result: int = await workflow.execute({"x": x}, engine=engine)
         return result
 
+    await measure(call, "three", 1_000, 1_000)  # warm-up: caches, the id -> number cache
     out = []
     for _ in range(rounds):
         elapsed, _ = await measure(call, "three", per_round, 1_000)
@@ -80,26 +96,28 @@ async def grow(url: str, rows: int, rounds: int, per_round: int) -> list[Point]:
     checkpoints = sorted({0, rows // 10, rows // 3, rows})
     points: list[Point] = []
     filled = 0  # executions written by `fill`
-    stored = 0  # journal rows the workload itself left
+    stored = 0  # journal rows the workload itself left (warm-up rounds included)
     for target in checkpoints:
-        async with plait.Engine.url(url) as engine:
-            executions = max(0, (target - stored) // len(STEPS))
+        executions = max(0, (target - stored) // len(STEPS))
+        if executions > filled:
             began = time.perf_counter()
-            await fill(engine, filled, executions)
-            if executions > filled:
-                took = time.perf_counter() - began
-                print(f"    filled to {target:,} rows in {took:.0f} s", flush=True)
-                filled = executions
-            rows_before = filled * len(STEPS) + stored
+            async with plait.Engine.url(url) as engine:
+                await fill(engine, filled, executions)
+            settle(url)
+            took = time.perf_counter() - began
+            print(f"    filled to {target:,} rows in {took:.0f} s", flush=True)
+            filled = executions
+        rows_before = filled * len(STEPS) + stored
+        async with plait.Engine.url(url) as engine:
             measured = await rates(engine, rounds, per_round)
-            stored += rounds * per_round * len(STEPS)
-            points.append(Point(rows_before, measured))
-            print(
-                f"    {points[-1].rows:>12,} rows: "
-                + ", ".join(f"{r:,.0f}" for r in measured)
-                + " workflows/s",
-                flush=True,
-            )
+        stored += (rounds * per_round + 1_000) * len(STEPS)
+        points.append(Point(rows_before, measured))
+        print(
+            f"    {points[-1].rows:>12,} rows: "
+            + ", ".join(f"{r:,.0f}" for r in measured)
+            + " workflows/s",
+            flush=True,
+        )
     return points
 
 
@@ -107,7 +125,7 @@ def main() -> int:
     """Runs the measurement on each backend and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=10_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     parser.add_argument("--postgres", default=POSTGRES_ADMIN, help="admin URL of the server")
