@@ -1,5 +1,5 @@
 """Smoke test of `compare_dbos.py`: a tiny run of every workload on each system and backend,
-checking the results. The comparison itself: `.venv/bin/python benches/compare_dbos.py`."""
+checking the results. The comparison itself: `.venv/bin/python -m benches.compare_dbos`."""
 
 from __future__ import annotations
 

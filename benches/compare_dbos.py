@@ -3,7 +3,7 @@
 Runs the same workflows on plait and on DBOS (`pip install -r requirements-bench.txt`), on
 SQLite and on PostgreSQL, each run on a fresh database, and prints one table:
 
-    .venv/bin/python benches/compare_dbos.py [--quick] [--postgres ADMIN_URL]
+    .venv/bin/python -m benches.compare_dbos [--quick] [--postgres ADMIN_URL]
 
 Workloads: the workflow of three steps (x+1, x*2, x-1) one after another (300, or 100 with
 `--quick`) and 1,000 in flight (two batches, or one), the same for the workflow with no step,
@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import plait
+from benches import machine
 from plait import _native
 
 System: TypeAlias = Literal["plait", "DBOS"]
@@ -502,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"skipped: {reason}")
     pg_version = "" if pg_missing else psql(args.postgres, "show server_version")
 
+    speed_before = machine.speed()
     results: list[Result] = []
     started = time.perf_counter()
     backends: list[Backend] = ["memory", "sqlite", "postgres"]
@@ -530,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" · {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
         + (f" · PostgreSQL {pg_version} at {_server(args.postgres)}" if pg_version else "")
     )
+    print(f"Machine speed before: {speed_before}; after: {machine.speed()}")
     print(
         "Fresh database per row; fresh inputs and ids per workflow; asyncio event loop."
         f" Sequential rows: {sequential} workflows (10 steps: {sequential // 3}); in flight:"

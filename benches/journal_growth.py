@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import plait
+from benches import machine
 from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure, psql
 from benches.databases import database, usable_backends
 from plait import _bridge
@@ -131,6 +132,7 @@ def main() -> int:
     parser.add_argument("--postgres", default=POSTGRES_ADMIN, help="admin URL of the server")
     args = parser.parse_args()
     backends = usable_backends(args.backend, args.postgres)
+    speed_before = machine.speed()
     table = [
         "| backend | journal rows | workflows/s (median) | rounds | vs. empty |",
         "| --- | ---: | ---: | --- | ---: |",
@@ -152,6 +154,7 @@ def main() -> int:
         "Workload: 3 activities, 1,000 in flight; durability full. Rows: journal rows (step"
         " results) stored before the round, filled through the store's write path."
     )
+    print(f"Machine speed before: {speed_before}; after: {machine.speed()}")
     return 0
 
 
