@@ -99,15 +99,16 @@ async def grow(url: str, rows: int, rounds: int, per_round: int) -> list[Point]:
     filled = 0  # executions written by `fill`
     stored = 0  # journal rows the workload itself left (warm-up rounds included)
     for target in checkpoints:
-        executions = max(0, (target - stored) // len(STEPS))
+        executions = max(0, -(-(target - stored) // len(STEPS)))  # at least `target` rows
         if executions > filled:
             began = time.perf_counter()
             async with plait.Engine.url(url) as engine:
                 await fill(engine, filled, executions)
             settle(url)
             took = time.perf_counter() - began
-            print(f"    filled to {target:,} rows in {took:.0f} s", flush=True)
             filled = executions
+            rows_filled = filled * len(STEPS) + stored
+            print(f"    filled to {rows_filled:,} rows in {took:.0f} s", flush=True)
         rows_before = filled * len(STEPS) + stored
         async with plait.Engine.url(url) as engine:
             measured = await rates(engine, rounds, per_round)
