@@ -190,31 +190,47 @@ fn execution(conn: &Connection, sql: &Sql, id: &str) -> Result<Option<(i64, Exec
     let row = conn
         .prepare_cached(&sql.execution)?
         .query_row([id], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, Option<Vec<u8>>>(5)?,
-                row.get::<_, bool>(6)?,
-            ))
+            Ok((row.get::<_, i64>(0)?, execution_columns(row)?))
         })
         .optional()?;
-    let Some((no, workflow, payload, parent, status, result, interrupted)) = row else {
+    let Some((no, columns)) = row else {
         return Ok(None);
     };
-    Ok(Some((
-        no,
-        Execution {
-            workflow,
-            payload,
-            parent,
-            status: stored_status(id, &status)?,
-            result,
-            interrupted,
-        },
-    )))
+    Ok(Some((no, stored_execution(id, columns)?)))
+}
+
+/// An execution row's columns after its key (column 0), the status still as stored.
+type ExecutionColumns = (
+    String,
+    Vec<u8>,
+    Option<String>,
+    String,
+    Option<Vec<u8>>,
+    bool,
+);
+
+fn execution_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionColumns> {
+    Ok((
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+/// The execution `id` of `columns`; an unknown status is corrupt data, named as such.
+fn stored_execution(id: &str, columns: ExecutionColumns) -> Result<Execution, Failure> {
+    let (workflow, payload, parent, status, result, interrupted) = columns;
+    Ok(Execution {
+        workflow,
+        payload,
+        parent,
+        status: stored_status(id, &status)?,
+        result,
+        interrupted,
+    })
 }
 
 /// Copies the WAL into the database file on a thread and connection of its own, after the
@@ -542,30 +558,11 @@ fn execution_by_no(conn: &Connection, sql: &Sql, id: &str, no: i64) -> Result<Ex
     let row = conn
         .prepare_cached(&sql.execution_by_no)?
         .query_row([no], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, Option<Vec<u8>>>(5)?,
-                row.get::<_, bool>(6)?,
-            ))
+            Ok((row.get::<_, String>(0)?, execution_columns(row)?))
         })
         .optional()?;
     match row {
-        Some((stored_id, workflow, payload, parent, status, result, interrupted))
-            if stored_id == id =>
-        {
-            Ok(Execution {
-                workflow,
-                payload,
-                parent,
-                status: stored_status(id, &status)?,
-                result,
-                interrupted,
-            })
-        }
+        Some((stored_id, columns)) if stored_id == id => stored_execution(id, columns),
         _ => Err(Failure::Refused(format!(
             "execution {id:?} is not number {no} as the writer remembered: was it deleted?"
         ))),
