@@ -147,6 +147,29 @@ async def test_an_op_the_store_refuses_fails_alone(plait_engine: plait.Engine) -
         assert await journal.execution(good) is not None
 
 
+async def test_ops_written_together_commit_together(plait_engine: plait.Engine) -> None:
+    """`write_together` keeps its ops in one batch, so one transaction, even when the ops
+    queued before them bring the batch to its flush size (as a timer's firing must: its
+    deferred, the execution's running mark and the timer's removal, all or none)."""
+    journal = plait_engine.journal
+    if not isinstance(journal, SqlJournal):
+        assert isinstance(plait_engine.store, MemoryStore)
+        pytest.skip("the memory store applies each op at once")
+    execution = "together"
+    assert await journal.write(("start", execution, "Together", b"{}", None)) is None
+    queued = [
+        journal.queue(("append", execution, f"step/{n}", n, b"1")) for n in range(FLUSH_AT - 1)
+    ]
+    together = journal.write_together(
+        [("deferred", execution, "gate", b"1"), ("status", execution, "running", None)]
+    )
+    assert await asyncio.gather(*together) == [True, True]
+    assert await asyncio.gather(*(journal.wait(*q) for q in queued)) == [True] * (FLUSH_AT - 1)
+    batch = queued[0][0]
+    assert all(b is batch for b, _ in queued)
+    assert len(batch.results) == FLUSH_AT + 1  # the appends and both ops: one commit
+
+
 @pytest.mark.parametrize(
     "name", ["", "with\0nul", "lone \ud800 surrogate"], ids=["empty", "nul", "surrogate"]
 )

@@ -1152,13 +1152,37 @@ class Engine:
             implemented = (
                 self._workflows.get(workflow_name) or _registry.get(workflow_name)
             ) is not None
-        journal = self._journal()
-        # One transaction: the result, and the mark that the execution has a run to make, so
-        # an engine that starts after a crash resumes it.
-        stored = journal.write(("deferred", execution_id, name, encoded))
-        woken = journal.write(("status", execution_id, "running", None))
-        if isinstance(stored, asyncio.Future):  # one commit: both resolve together
-            stored, woken = await stored, await woken
+        return await self._store_deferred(
+            execution_id, name, encoded, unimplemented=None if implemented else workflow_name
+        )
+
+    async def _store_deferred(
+        self,
+        execution_id: str,
+        name: str,
+        encoded: bytes,
+        *,
+        unimplemented: str | None = None,
+        timer: bool = False,
+    ) -> bool:
+        """Stores a deferred's result and wakes its execution, once the token is checked.
+
+        `unimplemented` names the workflow when this engine has no implementation of it;
+        `timer` also removes the timer that fired.
+        """
+        # One transaction: the result, the mark that the execution has a run to make (so an
+        # engine that starts after a crash resumes it) and, for a timer, the timer's removal: a
+        # crash keeps all or none.
+        ops: list[tuple[Any, ...]] = [
+            ("deferred", execution_id, name, encoded),
+            ("status", execution_id, "running", None),
+        ]
+        if timer:
+            ops.append(("untimer", execution_id, name))
+        results = self._journal().write_together(ops)
+        if isinstance(results[0], asyncio.Future):  # one commit: all resolve together
+            results = [await result for result in results]
+        stored, woken = results[0], results[1]
         if not stored:
             return False
         if not woken:  # complete: nothing to wake
@@ -1168,8 +1192,8 @@ class Engine:
             if not ex.run.deliver(name, encoded):
                 ex.wake = True
             return True
-        if not implemented:  # stored as running: an engine that implements it resumes it
-            self._unimplemented(workflow_name or "", execution_id)
+        if unimplemented is not None:  # stored as running: an engine implementing it resumes it
+            self._unimplemented(unimplemented, execution_id)
             return True
         try:
             await self._resume(execution_id)
@@ -1226,11 +1250,7 @@ class Engine:
         self._timers_stored_next = following
 
     async def _fire(self, execution_id: str, name: str) -> None:
-        # In the transaction that completes the deferred: a crash keeps both or neither.
-        untimed = self._journal().write(("untimer", execution_id, name))
-        await self.complete_deferred(None, execution_id, name, _VOID)
-        if isinstance(untimed, asyncio.Future):
-            await untimed
+        await self._store_deferred(execution_id, name, _VOID, timer=True)
 
     async def _fire_timers(self) -> None:
         wheel, changed = self._wheel, self._timers_changed

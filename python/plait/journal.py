@@ -52,6 +52,10 @@ class Journal:
         """Applies `op`: its result, or a future of it once durable."""
         raise NotImplementedError
 
+    def write_together(self, ops: list[Op]) -> list[Any]:
+        """Applies `ops` in one transaction: their results, or futures of them once durable."""
+        raise NotImplementedError
+
     def snapshot(self, execution_id: str) -> Awaitable[Snapshot | None]:
         """The execution with its whole journal, in one read."""
         raise NotImplementedError
@@ -111,6 +115,9 @@ class MemoryJournal(Journal):
             return False
         msg = f"unknown journal op {kind!r}"
         raise ValueError(msg)
+
+    def write_together(self, ops: list[Op]) -> list[Any]:  # noqa: D102
+        return [self.write(op) for op in ops]
 
     async def snapshot(self, execution_id: str) -> Snapshot | None:  # noqa: D102
         return self.store.snapshot(execution_id)
@@ -241,17 +248,33 @@ class SqlJournal(Journal):
     def write(self, op: Op) -> asyncio.Future[Any]:  # noqa: D102
         return self.wait(*self.queue(op))
 
+    def write_together(self, ops: list[Op]) -> list[asyncio.Future[Any]]:  # noqa: D102
+        # One batch, which the writer commits in one transaction: no flush between the ops.
+        batch = self._batch
+        if batch is None:
+            batch = self._new_batch()
+        first = len(self._ops)
+        self._ops.extend(ops)
+        futures = [self.wait(batch, first + n) for n in range(len(ops))]
+        if len(self._ops) >= FLUSH_AT:
+            self._flush()
+        return futures
+
     def queue(self, op: Op) -> tuple[Batch, int]:
         """Queues `op` for this iteration's commit: its batch and its index there."""
         batch = self._batch
         if batch is None:
-            batch = self._batch = Batch()
-            self._loop.call_soon(self._flush)
+            batch = self._new_batch()
         self._ops.append(op)
         index = len(self._ops) - 1
         if index + 1 >= FLUSH_AT:
             self._flush()
         return batch, index
+
+    def _new_batch(self) -> Batch:
+        batch = self._batch = Batch()
+        self._loop.call_soon(self._flush)
+        return batch
 
     def wait(self, batch: Batch, index: int) -> asyncio.Future[Any]:
         """A future of the caller's own: op `index`'s result once its batch is durable."""
