@@ -732,26 +732,31 @@ async fn close_commits_what_is_queued() {
     }
 }
 
+/// Brings `place`'s database up to migration `version` only, as an older plait left it.
+async fn migrate_to(place: &Place, version: i64) {
+    let migrations = migrator(place.dialect, &place.prefix);
+    match place.dialect {
+        Dialect::Sqlite => {
+            let options = SqliteConnectOptions::from_str(&place.url)
+                .unwrap()
+                .create_if_missing(true);
+            let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+            migrations.run_to(version, &mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+        Dialect::Postgres => {
+            let options = PgConnectOptions::from_str(&place.url).unwrap();
+            let mut conn = PgConnection::connect_with(&options).await.unwrap();
+            migrations.run_to(version, &mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
     for place in Place::all().await {
-        let first_only = migrator(place.dialect, &place.prefix);
-        match place.dialect {
-            Dialect::Sqlite => {
-                let options = SqliteConnectOptions::from_str(&place.url)
-                    .unwrap()
-                    .create_if_missing(true);
-                let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-                first_only.run_to(1, &mut conn).await.unwrap();
-                conn.close().await.unwrap();
-            }
-            Dialect::Postgres => {
-                let options = PgConnectOptions::from_str(&place.url).unwrap();
-                let mut conn = PgConnection::connect_with(&options).await.unwrap();
-                first_only.run_to(1, &mut conn).await.unwrap();
-                conn.close().await.unwrap();
-            }
-        }
+        migrate_to(&place, 1).await;
         store_rows_of_the_first_migration(&place).await;
 
         let store = place.open().await;

@@ -254,23 +254,7 @@ async fn with_status_stays_right_through_many_transitions() {
 #[tokio::test]
 async fn a_database_at_the_third_migration_is_migrated_on_open() {
     for place in Place::all().await {
-        let up_to_3 = migrator(place.dialect, &place.prefix);
-        match place.dialect {
-            Dialect::Sqlite => {
-                let options = SqliteConnectOptions::from_str(&place.url)
-                    .unwrap()
-                    .create_if_missing(true);
-                let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-                up_to_3.run_to(3, &mut conn).await.unwrap();
-                conn.close().await.unwrap();
-            }
-            Dialect::Postgres => {
-                let options = PgConnectOptions::from_str(&place.url).unwrap();
-                let mut conn = PgConnection::connect_with(&options).await.unwrap();
-                up_to_3.run_to(3, &mut conn).await.unwrap();
-                conn.close().await.unwrap();
-            }
-        }
+        migrate_to(&place, 3).await;
         store_rows_of_the_third_migration(&place).await;
 
         let store = place.open().await;
