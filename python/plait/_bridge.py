@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from plait._native import AsyncBridge, _after_fork_in_child
 
-__all__ = ["LoopBridge", "call", "for_loop", "for_running_loop"]
+__all__ = ["LoopBridge", "call", "for_loop", "for_running_loop", "watch"]
 
 
 class LoopBridge:
@@ -27,13 +27,15 @@ class LoopBridge:
     bridge aborts whatever Rust tasks it still had.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_futures", "_loop", "native")
+    __slots__ = ("__weakref__", "_callbacks", "_futures", "_loop", "_watches", "native")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.native = AsyncBridge()
         self._loop = weakref.ref(loop)
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._callbacks: dict[int, Callable[[bool, Any], None]] = {}
+        # Waits on something that may never happen (a lease lost): not work in flight.
+        self._watches: dict[int, asyncio.Future[Any]] = {}
         loop.add_reader(self.native.fileno(), self._drain)
 
     def _drain(self) -> None:
@@ -44,6 +46,8 @@ class LoopBridge:
                 callback(ok, value)
                 continue
             future = futures.pop(token, None)
+            if future is None:
+                future = self._watches.pop(token, None)
             if future is None or future.done():
                 continue
             if ok:
@@ -59,18 +63,21 @@ class LoopBridge:
         """
         self._callbacks[token] = callback
 
-    async def wait(self, token: int) -> Any:
+    async def wait(self, token: int, *, watch: bool = False) -> Any:
         """The result of the task behind `token`.
 
         However the wait ends early (cancelled, or the coroutine closed), the task is stopped.
+        `watch`: the task waits for an event that may never come (a lease lost), so it is not
+        counted as work in flight.
         """
         future = asyncio.get_running_loop().create_future()
-        self._futures[token] = future
+        waiting = self._watches if watch else self._futures
+        waiting[token] = future
         try:
             return await future
         finally:
             # Still registered means no result was delivered: nobody will take it now.
-            if self._futures.pop(token, None) is not None:
+            if waiting.pop(token, None) is not None:
                 self.native.cancel(token)
 
 
@@ -106,3 +113,9 @@ async def call(start: Callable[[AsyncBridge], int]) -> Any:
     """Starts a Rust task with `start(bridge)` and waits for its result."""
     bridge = for_running_loop()
     return await bridge.wait(start(bridge.native))
+
+
+async def watch(start: Callable[[AsyncBridge], int]) -> Any:
+    """As `call`, for a task that waits for an event that may never come (not work in flight)."""
+    bridge = for_running_loop()
+    return await bridge.wait(start(bridge.native), watch=True)

@@ -303,13 +303,18 @@ class SqlStore:
         StoreConnectError: The database cannot be reached or opened (URL shown, password
             masked).
         EngineLockedError: Another engine holds this database and prefix.
+        EngineFencedError: Another engine took the database over; nothing more is written.
         StoreError: The database refused a statement, a read stayed unreachable for 30 s, or
             the store is closed.
     """
 
     @staticmethod
     def open(
-        bridge: AsyncBridge, url: str, prefix: str = "plait_", durability: str = "full"
+        bridge: AsyncBridge,
+        url: str,
+        prefix: str = "plait_",
+        durability: str = "full",
+        lease_ttl_ms: int | None = None,
     ) -> int:
         """Opens, migrates and locks the store at `url`; resolves to a `SqlStore`.
 
@@ -320,6 +325,8 @@ class SqlStore:
             prefix: Prefix of every table name: `[a-z_][a-z0-9_]{0,30}`.
             durability: `"full"` (a commit survives a crash or power cut) or `"normal"`
                 (faster; a crash may lose the last commits but never corrupts).
+            lease_ttl_ms: PostgreSQL: how long the engine's lease lasts unrenewed (default
+                35,000); it is renewed every 10/35 of that.
 
         Raises:
             InvalidArgumentError: Another URL scheme, an in-memory SQLite URL, a bad prefix or
@@ -376,6 +383,9 @@ class SqlStore:
 
     def with_status(self, bridge: AsyncBridge, status: _Status) -> int:
         """Resolves to the ids of the executions with `status`."""
+
+    def lost(self, bridge: AsyncBridge) -> int:
+        """Resolves to why the store lost its lease, or None once it closes (at once on SQLite)."""
 
     def close(self, bridge: AsyncBridge) -> int:
         """Commits what is queued, releases the lock and the connections; resolves to None."""

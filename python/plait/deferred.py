@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Generator, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic
 
+import pydantic
+from pydantic_core import PydanticSerializationError
 from typing_extensions import TypeVar
 
 from plait import _context
@@ -15,7 +17,7 @@ from plait import engine as _engine
 from plait._native import encode_deferred_token, parse_deferred_token
 from plait.activity import Activity, in_memory_sleep_activity
 from plait.clocks import seconds
-from plait.errors import DeferredTokenError
+from plait.errors import DeferredTokenError, DeferredValueError
 from plait.exits import Exit, ExitCodec, Failure, Success
 from plait.ids import checked_name
 
@@ -94,12 +96,19 @@ class DurableDeferred(Generic[T]):
             MalformedTokenError: The token is not a deferred token.
             DeferredTokenError: It names another deferred, an unknown execution, or an
                 execution of another workflow.
+            DeferredValueError: A success value that the deferred's `success` type does not
+                hold; nothing is stored, so a valid completion still works.
         """
         workflow_name, execution_id, name = parse_deferred_token(token)
         if name != self.name:
             msg = f"token is for deferred {name!r}, not {self.name!r}"
             raise DeferredTokenError(msg)
-        encoded = self.codec.settle(exit)[0]
+        try:
+            encoded = self.codec.encode_checked(exit)
+        except pydantic.ValidationError as err:
+            raise DeferredValueError(self.name, err.errors(include_url=False), str(err)) from None
+        except PydanticSerializationError as err:
+            raise DeferredValueError(self.name, [], str(err)) from None
         found = _engine.engine_for(engine)
         return await found.complete_deferred(workflow_name, execution_id, name, encoded)
 

@@ -15,17 +15,20 @@ import contextlib
 import contextvars
 import itertools
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from plait import _bridge, _context, _native
 from plait._native import MemoryStore, TimerWheel
-from plait.clocks import Clock, SystemClock
+from plait.clocks import Clock, SystemClock, seconds
 from plait.errors import (
     Defect,
     DeferredTokenError,
     EngineClosedError,
+    EngineFencedError,
     Interrupted,
     JournalDecodeError,
     NoEngineError,
@@ -54,6 +57,17 @@ TIMER_HORIZON_MS = 60_000
 #: Executions resumed at once on start and by firing timers (each: a read, then its run).
 RECOVERY_CONCURRENCY = 1_000
 _registry: dict[str, Workflow[Any, Any]] = {}
+
+
+class _StoredFirst(Exception):
+    """The store kept another result for a step this run made: replay with the stored one.
+
+    First write wins. A run whose step result was not stored must not go on with it: it stops
+    without recording anything and a new run replays the journal.
+    """
+
+    def __init__(self, execution_id: str, key: str) -> None:
+        super().__init__(f"execution {execution_id}: the store kept an earlier result of {key}")
 
 
 def register(workflow: Workflow[Any, Any]) -> None:
@@ -245,8 +259,9 @@ class _Run:
         self.body_done = False
         self.fatal: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
-        # This run's step results queued for a commit and not yet known to be durable.
-        self.unsynced: list[tuple[Batch, int]] = []
+        # This run's step results queued for a commit and not yet known to be durable: the
+        # batch, the op's index there, and the step's key.
+        self.unsynced: list[tuple[Batch, int, str]] = []
 
     def load(
         self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
@@ -338,7 +353,7 @@ class _Run:
         journal = self.engine.journal
         assert isinstance(journal, SqlJournal)
         while unsynced:
-            batch, index = unsynced[-1]
+            batch, index, key = unsynced[-1]
             if not batch.done:
                 try:
                     await journal.wait(batch, index)
@@ -350,6 +365,8 @@ class _Run:
             error = batch.error_of(index)
             if error is not None:
                 self.fail(error)
+            if batch.results[index] is False:
+                self.fail(_StoredFirst(self.execution.id, key))
             unsynced.pop()
 
     async def await_deferred(self, deferred: DurableDeferred[Any]) -> Any:
@@ -474,6 +491,9 @@ class Engine:
         self._recovery_workers = 0
         self._timers_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        # Why the engine stopped on its own: another engine took the database over.
+        self._fenced: EngineFencedError | None = None
 
     @classmethod
     def memory(cls, *, clock: Clock | None = None) -> Engine:
@@ -509,14 +529,25 @@ class Engine:
         *,
         prefix: str = "plait_",
         durability: Literal["full", "normal"] = "full",
+        lease_ttl: timedelta | float | None = None,
         clock: Clock | None = None,
     ) -> Engine:
         """An engine on PostgreSQL (`postgres://user:password@host/db`).
 
-        `durability="normal"` turns off `synchronous_commit`: faster, may lose the last
-        commits if the server crashes.
+        The engine holds a lease on the database (and table prefix) that the database checks
+        in every commit: if another engine takes the database over, this one's writes are
+        refused and it shuts down (`EngineFencedError`).
+
+        Args:
+            url: The database.
+            prefix: Prefix of plait's table names.
+            durability: `"full"` (default), or `"normal"`: `synchronous_commit` off, faster,
+                may lose the last commits if the server crashes.
+            lease_ttl: How long the lease outlives a paused or cut-off engine (default 35 s).
+                A crashed engine's lease goes at once: the database sees its session end.
+            clock: The time source (default: the system clock).
         """
-        return cls.url(url, prefix=prefix, durability=durability, clock=clock)
+        return cls.url(url, prefix=prefix, durability=durability, lease_ttl=lease_ttl, clock=clock)
 
     @classmethod
     def url(
@@ -525,13 +556,15 @@ class Engine:
         *,
         prefix: str = "plait_",
         durability: str = "full",
+        lease_ttl: timedelta | float | None = None,
         clock: Clock | None = None,
     ) -> Engine:
         """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
+        lease_ttl_ms = None if lease_ttl is None else math.ceil(seconds(lease_ttl) * 1000)
 
         async def open_store() -> SqlStore:
             store: SqlStore = await _bridge.call(
-                lambda bridge: _native.SqlStore.open(bridge, url, prefix, durability)
+                lambda bridge: _native.SqlStore.open(bridge, url, prefix, durability, lease_ttl_ms)
             )
             return store
 
@@ -569,6 +602,7 @@ class Engine:
         journal = self._journal()
         self._loop = loop
         self._closing = False
+        self._fenced = None
         ctx = contextvars.copy_context()
         for var in (_context.current_run, _context.current_race):
             ctx.run(var.set, None)
@@ -580,21 +614,26 @@ class Engine:
         await self._load_timers(self.clock.now_ms())
         self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
+        if isinstance(self.store, _native.SqlStore):
+            self._lease_task = self._loop.create_task(self._watch_lease(self.store), context=ctx)
+            self._lease_task.add_done_callback(_log_crash)
         for execution_id in await journal.with_status("running"):
             self._recover(execution_id, None)
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
 
-        The executions stay stored; a durable engine started later resumes them.
+        The executions stay stored; a durable engine started later resumes them. After the
+        engine lost the database to another one, callers get `EngineFencedError` instead.
         """
         if self._loop is None:
             return
         self._closing = True
         tasks = [ex.run.task for ex in self._live.values() if ex.run and ex.run.task]
         tasks += self._background
-        if self._timer_task is not None:
-            tasks.append(self._timer_task)
+        for task in (self._timer_task, self._lease_task):
+            if task is not None and task is not asyncio.current_task():
+                tasks.append(task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -603,7 +642,8 @@ class Engine:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(
-                        EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
+                        self._fenced
+                        or EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
                     )
         self._live.clear()
         self._recovery.clear()
@@ -611,12 +651,31 @@ class Engine:
         self._timer_keys.clear()
         self._loop = None
         self._timer_task = None
+        self._lease_task = None
         if self._open is not None and self.journal is not None:
             journal, self.journal, self.store = self.journal, None, None
             await journal.close()
 
+    async def _watch_lease(self, store: SqlStore) -> None:
+        """Shuts the engine down if its lease on the database is lost.
+
+        The database refuses this engine's commits from then on (they are fenced), so its runs
+        could only fail: they stop now, and their callers hear `EngineFencedError`.
+        """
+        why: str | None = await _bridge.watch(store.lost)
+        if why is None or self._closing:
+            return
+        self._fenced = EngineFencedError(
+            f"this engine lost its lease on {store.url} ({why}); another engine runs its "
+            "executions now, and this one stops"
+        )
+        log.warning("%s", self._fenced)
+        await self.close()
+
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
+            if self._fenced is not None:
+                raise self._fenced
             msg = "the engine is not started: use `async with engine:`"
             raise NoEngineError(msg)
         return self._loop
@@ -922,7 +981,8 @@ class Engine:
         # completion arriving now marks the execution for a new run instead of starting one.
         if isinstance(result, Complete):
             assert encoded is not None
-            await self._write(("status", ex.id, "complete", encoded))
+            if not await self._write(("status", ex.id, "complete", encoded)):
+                result = await self._result_stored_first(ex, result)
             ex.finalizers.clear()
             ex.compensated.clear()
         elif isinstance(result, Suspended):
@@ -931,9 +991,15 @@ class Engine:
                 if result.cause is None
                 else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
             )
-            await self._write(("status", ex.id, "suspended", cause))
+            if not await self._write(("status", ex.id, "suspended", cause)):
+                result = await self._result_stored_first(ex, result)
         ex.run = None
         run.task = None  # the task holds the run in its context: no cycle left behind
+        if isinstance(result, _StoredFirst):
+            # Nothing of this run was recorded: a new run replays the stored results.
+            log.warning("%s; replaying it", result)
+            await self._resume(ex.id)
+            return
         for waiter in ex.run_waiters:
             if not waiter.done():
                 if isinstance(result, BaseException):
@@ -961,6 +1027,23 @@ class Engine:
             return
         if not ex.waiters and not ex.finalizers and ex.run is None:
             self._live.pop(ex.id, None)
+
+    async def _result_stored_first(
+        self, ex: _Execution, result: Complete[Any] | Suspended
+    ) -> Complete[Any] | Suspended:
+        """The result when the store refused this run's: the one it holds (first write wins).
+
+        The store refuses a status only for an execution that is complete already.
+        """
+        stored = await self._stored_result(ex.id, ex.workflow)
+        if isinstance(stored, Complete):
+            log.warning(
+                "execution %s was complete in the store already; its callers get the stored "
+                "result, not this run's",
+                ex.id,
+            )
+            return stored
+        return result
 
     async def _stored_result(
         self, execution_id: str, workflow: Workflow[Any, Any]
@@ -1291,9 +1374,9 @@ class Engine:
         op = ("append", run.execution.id, key, seq, value)
         journal = self._journal()
         if isinstance(journal, SqlJournal):
-            run.unsynced.append(journal.queue(op))
-        else:
-            journal.write(op)
+            run.unsynced.append((*journal.queue(op), key))
+        elif journal.write(op) is False:
+            run.fail(_StoredFirst(run.execution.id, key))
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -81,6 +81,22 @@ class PayloadError(InvalidArgumentError):
         self.errors = errors
 
 
+class DeferredValueError(InvalidArgumentError):
+    """A deferred's completion value failed validation against its `success` type.
+
+    Nothing was stored: the deferred can still be completed with a valid value.
+
+    Attributes:
+        deferred: The deferred's name.
+        errors: pydantic's error details, one dict per problem.
+    """
+
+    def __init__(self, deferred: str, errors: list[Any], message: str) -> None:
+        super().__init__(f"invalid value for deferred {deferred!r}: {message}")
+        self.deferred = deferred
+        self.errors = errors
+
+
 class WorkflowNotImplementedError(PlaitError):
     """The workflow has no implementation registered (see `Workflow.implement`)."""
 
@@ -202,3 +218,12 @@ class StoreConnectError(StoreError):
 
 class EngineLockedError(StoreError):
     """Another engine already runs on this database (and table prefix)."""
+
+
+class EngineFencedError(StoreError):
+    """This engine lost its claim on the database, and the database refused its writes.
+
+    Another engine took the database over (its lock session ended, or this process was paused
+    past its lease). Nothing this engine tried to write after that was stored; the engine stops
+    its runs and shuts down, and the executions continue on the engine that holds the claim.
+    """

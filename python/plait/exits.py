@@ -191,6 +191,18 @@ class ExitCodec:
         encoded = self._encode_failure(outcome.error)
         return encoded, self.decode(encoded)
 
+    def encode_checked(self, outcome: Exit) -> bytes:
+        """Encodes `outcome` as `settle` does, but refuses a value its schema does not hold.
+
+        Raises:
+            pydantic.ValidationError: A success value that does not validate.
+            PydanticSerializationError: One that validates but cannot be written as JSON.
+        """
+        if isinstance(outcome, Success) and not self._void:
+            value = self._adapter.validate_python(outcome.value)  # type: ignore[union-attr]
+            return _SUCCESS_PREFIX + self._adapter.dump_json(value) + b"}"  # type: ignore[union-attr]
+        return self.settle(outcome)[0]
+
     def _schema_error(self, err: Exception) -> ResultSchemaError:
         return ResultSchemaError(
             "plait.ResultSchemaError",

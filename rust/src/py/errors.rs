@@ -24,6 +24,7 @@ import_exception!(plait.errors, ExecutionCompleteError);
 import_exception!(plait.errors, StoreError);
 import_exception!(plait.errors, StoreConnectError);
 import_exception!(plait.errors, EngineLockedError);
+import_exception!(plait.errors, EngineFencedError);
 
 impl From<snowflake::Error> for PyErr {
     fn from(err: snowflake::Error) -> Self {
@@ -81,6 +82,7 @@ impl From<store::sql::SqlError> for PyErr {
             SqlError::InvalidArgument(_) => InvalidArgumentError::new_err(message),
             SqlError::Connect { .. } => StoreConnectError::new_err(message),
             SqlError::Locked { .. } => EngineLockedError::new_err(message),
+            SqlError::Fenced { .. } => EngineFencedError::new_err(message),
             SqlError::Migrate { .. }
             | SqlError::Database { .. }
             | SqlError::Unavailable { .. }

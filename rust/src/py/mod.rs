@@ -40,6 +40,13 @@ mod _native {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // The core's `log` records (commit retries, a lost lease) go to Python's `logging`,
+        // under the logger names they give (`plait.store`). Loggers are cached, levels are
+        // not: a level set later (or by a test) still applies. Records are rare (warnings),
+        // so taking the GIL for each costs nothing that matters.
+        let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers)?;
+        // Another extension of the process may have installed a logger already: keep it.
+        let _ = logger.install();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add(
             "DEFAULT_SHARDS_PER_GROUP",

@@ -1,7 +1,7 @@
 //! The durable journal store for Python. Every call starts a Rust task through an
 //! [`AsyncBridge`] and returns its token; records cross as the same tuples as `MemoryStore`'s.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use pyo3::{
     exceptions::PyTypeError,
@@ -223,9 +223,19 @@ impl SqlStore {
 impl SqlStore {
     /// Opens (creating, migrating and locking) the store at `url`; resolves to a `SqlStore`.
     #[staticmethod]
-    #[pyo3(signature = (bridge, url, prefix = "plait_", durability = "full"))]
-    fn open(bridge: &AsyncBridge, url: Text, prefix: &str, durability: &str) -> PyResult<u64> {
-        let config = sql::Config::new(&url, prefix, durability)?;
+    #[pyo3(signature = (bridge, url, prefix = "plait_", durability = "full", lease_ttl_ms = None))]
+    fn open(
+        bridge: &AsyncBridge,
+        url: Text,
+        prefix: &str,
+        durability: &str,
+        lease_ttl_ms: Option<Int<u64>>,
+    ) -> PyResult<u64> {
+        let mut config = sql::Config::new(&url, prefix, durability)?;
+        if let Some(Int(ttl_ms)) = lease_ttl_ms {
+            config =
+                config.with_lease_times(sql::LeaseTimes::for_ttl(Duration::from_millis(ttl_ms)))?;
+        }
         bridge.spawn(async move {
             let store = sql::SqlStore::open(&config).await?;
             Ok(SqlStore {
@@ -332,6 +342,13 @@ impl SqlStore {
         let store = self.store()?;
         let status = Status::parse(status)?;
         bridge.spawn(async move { Ok(store.with_status(status).await?) })
+    }
+
+    /// Resolves to why the store lost its lease (another engine took the database over), or to
+    /// None once the store closes; at once to None on SQLite, whose file lock cannot lapse.
+    fn lost(&self, bridge: &AsyncBridge) -> PyResult<u64> {
+        let store = self.store()?;
+        bridge.spawn(async move { Ok(store.lost().await) })
     }
 
     /// Commits what is queued, releases the engine lock and the connections; resolves to None.

@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 
 use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
-use super::SqlError;
+use super::{lease::LeaseTimes, SqlError};
 
 /// The table prefix used when none is given.
 pub const DEFAULT_PREFIX: &str = "plait_";
@@ -78,6 +78,8 @@ pub struct Config {
     pub(super) secrets: Vec<String>,
     pub(super) prefix: String,
     pub(super) durability: Durability,
+    /// How the engine lease is timed (PostgreSQL).
+    pub(super) lease_times: LeaseTimes,
 }
 
 impl fmt::Debug for Config {
@@ -140,7 +142,25 @@ impl Config {
             secrets,
             prefix: prefix.to_owned(),
             durability: Durability::parse(durability)?,
+            lease_times: LeaseTimes::default(),
         })
+    }
+
+    /// Times the engine lease (PostgreSQL) with `times` instead of the defaults.
+    ///
+    /// # Errors
+    /// [`SqlError::InvalidArgument`] unless `0 < check_every <= renew_every < ttl`.
+    pub fn with_lease_times(mut self, times: LeaseTimes) -> Result<Self, SqlError> {
+        if times.check_every.is_zero()
+            || times.check_every > times.renew_every
+            || times.renew_every >= times.ttl
+        {
+            return Err(SqlError::InvalidArgument(format!(
+                "lease times must satisfy 0 < check_every <= renew_every < ttl, got {times:?}"
+            )));
+        }
+        self.lease_times = times;
+        Ok(self)
     }
 
     /// The URL with any password replaced by `***`.

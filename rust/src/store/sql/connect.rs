@@ -5,6 +5,7 @@ use std::{
     ffi::OsString,
     fs::{File, OpenOptions, TryLockError},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -16,8 +17,11 @@ use sqlx::{
     AssertSqlSafe, Connection, SqlSafeStr,
 };
 
+use tokio::{sync::watch, task::JoinHandle};
+
 use super::{
     config::{Config, Durability, Target},
+    lease::{AcquireError, Lease},
     SqlError,
 };
 
@@ -62,12 +66,19 @@ pub(super) fn migrator(dialect: Dialect, prefix: &str) -> Migrator {
     migrator
 }
 
+/// The name of the lease a single engine holds on its database and table prefix.
+pub(super) const ENGINE_LEASE: &str = "engine";
+
 /// What keeps a second engine off the database until it is dropped (or the process dies).
 pub(super) enum EngineLock {
     /// An exclusive `flock` on `<database file>.lock`.
     File(File),
-    /// A session advisory lock, held by this connection.
-    Postgres { conn: PgConnection, key: i64 },
+    /// The fenced lease `engine`, kept by a task that also holds its advisory lock.
+    Postgres {
+        lease: Arc<Lease>,
+        stop: watch::Sender<bool>,
+        keeper: JoinHandle<Option<PgConnection>>,
+    },
 }
 
 impl EngineLock {
@@ -76,23 +87,27 @@ impl EngineLock {
         match self {
             // Closing the file releases the lock.
             EngineLock::File(file) => drop(file),
-            EngineLock::Postgres { mut conn, key } => {
-                // Ending the session releases the lock even if unlocking fails; a server that
-                // stopped answering is not waited on for long.
-                let unlock = async {
-                    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(key)
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
-                };
-                let _ = tokio::time::timeout(CONNECT_TIMEOUT, unlock).await;
+            EngineLock::Postgres {
+                lease,
+                stop,
+                keeper,
+            } => {
+                stop.send_replace(true);
+                if let Ok(Some(mut conn)) = keeper.await {
+                    // Ending the session releases the advisory lock even if unlocking fails;
+                    // a server that stopped answering is not waited on for long.
+                    lease.release(&mut conn).await;
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.close()).await;
+                } else {
+                    lease.release_quietly();
+                }
             }
         }
     }
 }
 
-/// The advisory lock key of a table prefix: the same in every process and version.
+/// The advisory lock key of a table prefix's engine lease: the same in every process and
+/// version (engines from before leases took the same lock).
 pub(super) fn advisory_key(prefix: &str) -> i64 {
     let digest = Sha256::digest(format!("plait engine lock\0{prefix}").as_bytes());
     let mut bytes = [0; 8];
@@ -128,6 +143,8 @@ pub(super) enum Opened {
         writer: PgConnection,
         options: Box<PgConnectOptions>,
         lock: EngineLock,
+        /// The engine's lease, which every commit is fenced by.
+        lease: Arc<Lease>,
     },
 }
 
@@ -175,7 +192,14 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
             if config.durability == Durability::Normal {
                 options = options.options([("synchronous_commit", "off")]);
             }
-            let lock = lock_postgres(config, &options).await?;
+            let mut lock_conn =
+                match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                    .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => return Err(connect_error(config, err)),
+                    Err(_) => return Err(connect_error(config, "timed out")),
+                };
             let pool = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 PgPoolOptions::new()
@@ -199,10 +223,21 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 Ok(Err(err)) => return Err(connect_error(config, err)),
                 Err(_) => return Err(connect_error(config, "timed out")),
             };
+            // Migrations take a lock of their own, so engines opening together apply them once;
+            // the lease table they create is needed before the lease can be taken.
             migrator(Dialect::Postgres, &config.prefix)
                 .run(&pool)
                 .await
                 .map_err(|err| migrate_error(config, &err))?;
+            let lease = lease_postgres(config, &mut lock_conn).await?;
+            let (stop, stopped) = watch::channel(false);
+            let keeper =
+                tokio::spawn(Arc::clone(&lease).keep(Some(lock_conn), options.clone(), stopped));
+            let lock = EngineLock::Postgres {
+                lease: Arc::clone(&lease),
+                stop,
+                keeper,
+            };
             let writer =
                 match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
                     .await
@@ -216,6 +251,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 writer,
                 options: Box::new(options),
                 lock,
+                lease,
             })
         }
     }
@@ -246,32 +282,26 @@ fn lock_file(config: &Config, options: &SqliteConnectOptions) -> Result<EngineLo
     }
 }
 
-async fn lock_postgres(
-    config: &Config,
-    options: &PgConnectOptions,
-) -> Result<EngineLock, SqlError> {
-    let mut conn =
-        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return Err(connect_error(config, err)),
-            Err(_) => return Err(connect_error(config, "timed out")),
-        };
-    let key = advisory_key(&config.prefix);
-    let taken = tokio::time::timeout(
+/// Takes the engine lease on `conn`, which keeps its advisory lock.
+async fn lease_postgres(config: &Config, conn: &mut PgConnection) -> Result<Arc<Lease>, SqlError> {
+    let holder = format!("plait engine, process {}", std::process::id());
+    let acquired = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn),
+        Lease::acquire(
+            conn,
+            &config.prefix,
+            ENGINE_LEASE,
+            advisory_key(&config.prefix),
+            &holder,
+            config.lease_times,
+        ),
     )
     .await;
-    match taken {
-        Ok(Ok(true)) => Ok(EngineLock::Postgres { conn, key }),
-        Ok(Ok(false)) => {
-            let _ = conn.close().await;
-            Err(locked(config))
-        }
-        Ok(Err(err)) => Err(connect_error(config, err)),
-        Err(_) => Err(connect_error(config, "timed out taking the engine lock")),
+    match acquired {
+        Ok(Ok(lease)) => Ok(lease),
+        Ok(Err(AcquireError::Held)) => Err(locked(config)),
+        Ok(Err(AcquireError::Database(err))) => Err(connect_error(config, err)),
+        Err(_) => Err(connect_error(config, "timed out taking the engine lease")),
     }
 }
 

@@ -38,6 +38,7 @@
 
 mod config;
 mod connect;
+mod lease;
 mod numbers;
 mod postgres;
 mod sqlite;
@@ -59,6 +60,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{check_prefix, Config, Durability, DEFAULT_PREFIX};
 use connect::EngineLock;
+use lease::Lease;
+pub use lease::{Fence, LeaseState, LeaseTimes};
 
 use super::{Entry, Execution, Snapshot, Status, Timer};
 
@@ -139,6 +142,16 @@ pub enum SqlError {
     Closed {
         /// The URL, password masked.
         url: String,
+    },
+    /// This process no longer holds the lease its writes depend on: another process took the
+    /// database (or the shard) over, and the database refused the write. Nothing of it was
+    /// applied, and no later write of this store will be.
+    #[error("the plait store at {url} refused the write: this process lost its lease ({message})")]
+    Fenced {
+        /// The URL, password masked.
+        url: String,
+        /// Why the lease is lost.
+        message: String,
     },
 }
 
@@ -315,10 +328,18 @@ enum Failure {
     /// The store closed under the attempt.
     #[error("the store is closed")]
     Closed,
+    /// The lease the attempt depends on is not held (expired, or taken over).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl From<sqlx::Error> for Failure {
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            if db.code().as_deref() == Some(lease::FENCED) {
+                return Failure::Fenced(db.message().to_owned());
+            }
+        }
         if is_transient(&err) {
             Failure::Transient(err.to_string())
         } else {
@@ -436,6 +457,17 @@ impl WriterContext {
             message: config::scrub(message.to_owned(), &self.secrets),
         }
     }
+
+    fn scrubbed(&self, message: &str) -> String {
+        config::scrub(message.to_owned(), &self.secrets)
+    }
+
+    fn fenced(&self, message: &str) -> SqlError {
+        SqlError::Fenced {
+            url: self.url.clone(),
+            message: config::scrub(message.to_owned(), &self.secrets),
+        }
+    }
 }
 
 /// The reads of either backend.
@@ -459,6 +491,8 @@ pub struct SqlStore {
     /// Wakes the SQLite writer from a backoff sleep when the store closes.
     writer_thread: Option<std::thread::Thread>,
     transactions: Arc<AtomicU64>,
+    /// The lease every write depends on (PostgreSQL; SQLite's file lock cannot lapse).
+    lease: Option<Arc<Lease>>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -488,6 +522,7 @@ impl SqlStore {
             secrets: config.secrets.clone(),
             transactions: Arc::clone(&transactions),
         };
+        let mut lease = None;
         let (backend, writer_thread) = match opened {
             connect::Opened::Sqlite { path, lock } => {
                 let fail = |err: Failure| SqlError::Connect {
@@ -516,6 +551,7 @@ impl SqlStore {
                 writer,
                 options,
                 lock,
+                lease: engine_lease,
             } => {
                 let statements = Arc::new(postgres::Statements::new(&config.prefix));
                 let task = postgres::Writer::new(
@@ -524,7 +560,9 @@ impl SqlStore {
                     Arc::clone(&statements),
                     context,
                     closing_rx,
+                    Arc::clone(&engine_lease),
                 );
+                lease = Some(engine_lease);
                 tokio::spawn(task.run(receiver, lock, finished));
                 (
                     Backend::Postgres(postgres::Reads::new(pool, statements)),
@@ -542,6 +580,7 @@ impl SqlStore {
             writer: tokio::sync::Mutex::new(Some(writer)),
             writer_thread,
             transactions,
+            lease,
         })
     }
 
@@ -581,11 +620,15 @@ impl SqlStore {
     {
         check_ops(&ops)?;
         let (reply, results) = oneshot::channel();
-        self.sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .ok_or_else(|| self.closed())?
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = sender.as_ref().ok_or_else(|| self.closed())?;
+        if let Some(LeaseState::Lost(why)) = self.lease_state() {
+            return Err(SqlError::Fenced {
+                url: self.url.clone(),
+                message: why,
+            });
+        }
+        sender
             .send(Batch { ops, reply })
             .map_err(|_| self.closed())?;
         let closed = self.closed();
@@ -627,6 +670,12 @@ impl SqlStore {
                     })
                 }
                 Err(Failure::Closed) => return Err(self.closed()),
+                Err(Failure::Fenced(message)) => {
+                    return Err(SqlError::Fenced {
+                        url: self.url.clone(),
+                        message: config::scrub(message, &self.secrets),
+                    })
+                }
             }
         }
     }
@@ -734,6 +783,23 @@ impl SqlStore {
             Backend::Sqlite(readers) => self.read(|| readers.with_status(status)).await,
             Backend::Postgres(reads) => self.read(|| reads.with_status(status)).await,
         }
+    }
+
+    /// Where the store's lease stands: `None` on SQLite, whose file lock cannot lapse.
+    pub fn lease_state(&self) -> Option<LeaseState> {
+        self.lease.as_ref().map(|lease| lease.state())
+    }
+
+    /// Waits until this store loses its lease, and returns why; `None` once the store is
+    /// closed, or at once on SQLite (whose file lock cannot lapse).
+    pub async fn lost(&self) -> Option<String> {
+        let lease = self.lease.as_ref()?;
+        let mut closing = self.closing.subscribe();
+        let why = tokio::select! {
+            why = lease.lost() => why,
+            _ = closing.wait_for(|closing| *closing) => return None,
+        };
+        (!*self.closing.borrow()).then_some(why)
     }
 
     /// Stops taking writes, lets the writer commit what is queued (giving up on it if the

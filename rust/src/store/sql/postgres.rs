@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     connect::CONNECT_TIMEOUT,
     corrupt, due_to_i64, gather,
+    lease::{Fence, Lease},
     numbers::{self, Learned, Numbers},
     stored_due, stored_seq, stored_status, Backoff, Batch, EngineLock, Failure, Op, OpResult,
     Results, SqlError, WriterContext,
@@ -73,7 +74,7 @@ impl Statements {
             apply: sql(
                 "SELECT outcome, found_no, found_workflow, found_payload, found_parent, \
                  found_status, found_result, found_interrupted \
-                 FROM {p}apply($1, $2, $3, $4, $5, $6, $7, $8)",
+                 FROM {p}apply_fenced($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 prefix,
             ),
             // The executions, then their steps, then their deferreds, each part in write
@@ -271,14 +272,16 @@ fn outcome(op: &Op, row: &PgRow) -> Result<OpResult, Failure> {
     })
 }
 
-/// Applies every batch, in order, as one statement in its own transaction. Returns the results
-/// and the execution numbers worth keeping, which are committed with it.
+/// Applies every batch, in order, as one statement in its own transaction, provided every lease
+/// of `fences` is still held. Returns the results and the execution numbers worth keeping,
+/// which are committed with it.
 async fn apply<'a>(
     conn: &mut PgConnection,
     statements: &Statements,
     numbers: &Numbers,
     batches: &[&'a [Op]],
     now_ms: i64,
+    fences: &[Fence],
 ) -> Result<(Results, Learned<'a>), Failure> {
     let count = batches.iter().map(|batch| batch.len()).sum();
     let mut columns = Columns::with_capacity(count);
@@ -294,6 +297,8 @@ async fn apply<'a>(
         .bind(columns.blobs.as_slice())
         .bind(columns.parents.as_slice())
         .bind(now_ms)
+        .bind(fences.iter().map(|f| f.name.as_str()).collect::<Vec<_>>())
+        .bind(fences.iter().map(|f| f.epoch).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != count {
@@ -326,6 +331,8 @@ async fn apply<'a>(
 
 /// The writer task: it owns a connection of its own (commits never wait behind reads for a
 /// pooled connection, nor pay a pool's liveness pings) and holds the engine lock until it ends.
+/// Every commit is fenced by the engine's lease: the database refuses it unless the lease is
+/// still this engine's.
 pub(super) struct Writer {
     /// `None` after a connection error, until the next attempt reconnects.
     conn: Option<PgConnection>,
@@ -334,6 +341,7 @@ pub(super) struct Writer {
     context: WriterContext,
     closing: watch::Receiver<bool>,
     numbers: Numbers,
+    lease: Arc<Lease>,
 }
 
 impl Writer {
@@ -343,6 +351,7 @@ impl Writer {
         statements: Arc<Statements>,
         context: WriterContext,
         closing: watch::Receiver<bool>,
+        lease: Arc<Lease>,
     ) -> Self {
         Self {
             conn: Some(conn),
@@ -351,6 +360,7 @@ impl Writer {
             context,
             closing,
             numbers: Numbers::new(numbers::CAPACITY),
+            lease,
         }
     }
 
@@ -401,13 +411,22 @@ impl Writer {
 
     /// One try at applying `batches`, (re)connecting first if needed.
     async fn attempt(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
+        let fence = self.lease.fence().map_err(Failure::Fenced)?;
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(connect(&self.options).await?),
         };
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
         // The statement commits as it returns: what it learned is committed.
-        let (results, learned) = apply(conn, &self.statements, &self.numbers, batches, now).await?;
+        let (results, learned) = apply(
+            conn,
+            &self.statements,
+            &self.numbers,
+            batches,
+            now,
+            std::slice::from_ref(&fence),
+        )
+        .await?;
         self.numbers.keep(learned);
         Ok(results)
     }
@@ -422,7 +441,48 @@ impl Writer {
                     self.context.committed();
                     return Ok(results);
                 }
+                Err(Failure::Fenced(message)) => {
+                    // Expired without being taken over (this process or its database paused
+                    // past the expiry): renewing on the same epoch makes the commit good again.
+                    // A new epoch means another engine took over: nothing more is written.
+                    if let Some(conn) = self.conn.as_mut() {
+                        match self.lease.renew(conn).await {
+                            Ok(true) => {
+                                log::warn!(
+                                    target: "plait.store",
+                                    "a commit was refused ({message}); the lease {:?} was \
+                                     renewed and the commit is retried",
+                                    self.lease.name()
+                                );
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(err) => {
+                                // The connection failed: retried as any connection error.
+                                self.conn = None;
+                                if self.closing() {
+                                    return Err(self.context.abandoned(&err.to_string()));
+                                }
+                                tokio::select! {
+                                    () = tokio::time::sleep(backoff.next()) => {}
+                                    _ = self.closing.wait_for(|closing| *closing) => {}
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    let why = match self.lease.state() {
+                        super::LeaseState::Lost(why) => why,
+                        super::LeaseState::Held(_) => message,
+                    };
+                    return Err(self.context.fenced(&why));
+                }
                 Err(Failure::Transient(message)) => {
+                    log::warn!(
+                        target: "plait.store",
+                        "a commit failed on a connection error and is retried: {}",
+                        self.context.scrubbed(&message)
+                    );
                     // A connection that no longer answers is replaced at the next attempt.
                     if let Some(mut conn) = self.conn.take() {
                         if ping(&mut conn).await {

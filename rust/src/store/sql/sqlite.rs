@@ -403,6 +403,11 @@ impl Writer {
                     if queue.is_closed() {
                         return Err(self.context.abandoned(&message));
                     }
+                    log::warn!(
+                        target: "plait.store",
+                        "a commit found the database busy and is retried: {}",
+                        self.context.scrubbed(&message)
+                    );
                     let until = Instant::now() + backoff.next();
                     // Woken early by `close` (or spuriously): either way, look again.
                     while !queue.is_closed() {

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::store::{memory::MemoryStore, StoreError};
 
+mod leases;
 mod numbers_and_timers;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -176,7 +177,8 @@ impl Place {
         if self.dialect == Dialect::Postgres {
             self.execute(
                 "DROP TABLE IF EXISTS {p}executions, {p}journal, {p}deferreds, {p}timers, \
-                 {p}active, {p}migrations; DROP FUNCTION IF EXISTS {p}apply",
+                 {p}active, {p}leases, {p}migrations; DROP FUNCTION IF EXISTS {p}apply_fenced; \
+                 DROP FUNCTION IF EXISTS {p}apply",
             )
             .await;
         }
