@@ -1,6 +1,7 @@
 """A worker process for the fencing tests: an engine on PostgreSQL whose lease is taken away.
 
-Usage: `python -m tests.fencing_worker <database url> <tag> <side-effect file> <results file> <n>`
+Usage: `python -m tests.fencing_worker <url> <tag> <side-effect file> <results file> <n> [ttl]`
+(`ttl`: the engine lease's, in seconds).
 
 Starts `n` executions of a three-step workflow and waits for each. Every step appends
 `<i> <step> <tag>` to the side-effect file before returning the token `<tag>:<i>:<step>`; a
@@ -66,11 +67,13 @@ async def call(i: int, results: str) -> None:
     append_line(results, f"{i} {outcome}")
 
 
-async def main(url: str, results: str, count: int) -> None:
-    async with plait.Engine.postgres(url):
+async def main(url: str, results: str, count: int, lease_ttl: float | None) -> None:
+    async with plait.Engine.postgres(url, lease_ttl=lease_ttl):
+        print("started", flush=True)
         await asyncio.gather(*(call(i, results) for i in range(count)))
 
 
 if __name__ == "__main__":
     url, TAG, SIDE_EFFECTS, results_path, n = sys.argv[1:6]
-    asyncio.run(main(url, results_path, int(n)))
+    ttl = float(sys.argv[6]) if len(sys.argv) > 6 else None
+    asyncio.run(main(url, results_path, int(n), ttl))

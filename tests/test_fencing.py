@@ -10,9 +10,12 @@ the stored result: never a result made of step results the store did not keep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -100,7 +103,10 @@ def check_consistent(url: str, results: list[str], side_effects: Path, engines: 
             assert 1 <= runs[f"{i} {step}"] <= engines, f"{i} {step} ran {runs[f'{i} {step}']}"
 
 
-def start_worker(url: str, tag: str, side_effects: Path, results: Path) -> subprocess.Popen[str]:
+def start_worker(
+    url: str, tag: str, side_effects: Path, results: Path, lease_ttl: float | None = None
+) -> subprocess.Popen[str]:
+    ttl = [] if lease_ttl is None else [str(lease_ttl)]
     return subprocess.Popen(
         [
             sys.executable,
@@ -111,6 +117,7 @@ def start_worker(url: str, tag: str, side_effects: Path, results: Path) -> subpr
             str(side_effects),
             str(results),
             str(WORKFLOWS),
+            *ttl,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -160,6 +167,51 @@ async def test_a_second_engine_after_the_lock_session_ends_fences_the_first(
     check_consistent(postgres_url, outcomes_a + lines(results_b), side_effects, engines=2)
     reruns = len(lines(side_effects)) - 3 * WORKFLOWS
     print(f"{reruns} steps ran on both engines; none of their results reached a caller")
+
+
+async def test_an_engine_paused_past_its_lease_is_fenced_when_it_wakes(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    side_effects, results_a, results_b = (
+        tmp_path / "side_effects",
+        tmp_path / "results_a",
+        tmp_path / "results_b",
+    )
+    worker = start_worker(postgres_url, "A", side_effects, results_a, lease_ttl=2.0)
+    deadline = time.monotonic() + 60
+    while len(lines(side_effects)) < WORKFLOWS // 2:
+        assert worker.poll() is None, worker.communicate()
+        assert time.monotonic() < deadline, "the first engine made no progress"
+        await asyncio.sleep(0.005)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        # Its lock session lives on, but its lease runs out: a second engine takes it then.
+        fencing_worker.TAG, fencing_worker.SIDE_EFFECTS = "B", str(side_effects)
+        engine = plait.Engine.postgres(postgres_url, lease_ttl=2.0)
+        started = time.monotonic()
+        while True:
+            try:
+                await engine.__aenter__()
+                break
+            except plait.EngineLockedError:
+                assert time.monotonic() - started < 10, "the lease never ran out"
+                await asyncio.sleep(0.1)
+        assert time.monotonic() - started > 0.5, "taken before the lease ran out"
+        try:
+            await asyncio.gather(
+                *(fencing_worker.call(i, str(results_b)) for i in range(WORKFLOWS))
+            )
+            os.kill(worker.pid, signal.SIGCONT)
+            # Awake, the first engine cannot commit: it finds out, says so, and stops.
+            _, err = await asyncio.to_thread(worker.communicate, timeout=60)
+        finally:
+            await engine.__aexit__(None, None, None)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGCONT)
+    assert worker.returncode == 0, err
+    assert "lost its lease" in err
+    check_consistent(postgres_url, lines(results_a) + lines(results_b), side_effects, engines=2)
 
 
 async def run_all(url: str, tmp_path: Path, fault: Callable[[], None]) -> list[str]:
