@@ -311,6 +311,31 @@ async def test_a_zero_sleep_returns_at_once(plait_engine: plait.Engine) -> None:
     assert await deferred_names(plait_engine, execution_id) == set()
 
 
+async def test_a_fractional_millisecond_sleep_is_rounded_up_and_never_fires_early(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    # Effect rounds a timer's duration up: 1.4 ms waits 2 ms, on a stored timer and in process
+    # alike (rounding to nearest made both fire after 1 ms).
+    events: list[str] = []
+    implement_napper(events)
+    start_ms = plait_clock.now_ms()
+    durable = await Napper.execute(nap("fraction durable", 0.0014, threshold=0), discard=True)
+    in_process = await Napper.execute(nap("fraction in process", 0.0014), discard=True)
+    await poll_until(Napper, durable, plait.Suspended)
+    assert await timers(plait_engine) == [(durable, "DurableClock/nap", start_ms + 2)]
+    await settle()
+    await plait_clock.advance(0.001)
+    await settle()
+    assert await Napper.poll(durable) == plait.Suspended()
+    assert await Napper.poll(in_process) is None
+    assert events == ["run", "run"]
+    await plait_clock.advance(0.001)
+    rested: plait.Complete[str] = plait.Complete(plait.Success("rested"))
+    assert await poll_until(Napper, durable, plait.Complete) == rested
+    assert await poll_until(Napper, in_process, plait.Complete) == rested
+    assert plait_clock.now_ms() == start_ms + 2
+
+
 async def test_one_clock_name_used_twice_sleeps_twice(
     plait_engine: plait.Engine, plait_clock: VirtualClock
 ) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from plait import _bridge, _context, _native
 from plait._native import MemoryStore, TimerWheel
-from plait.clocks import Clock, SystemClock
+from plait.clocks import Clock, SystemClock, milliseconds_ceil
 from plait.errors import (
     Defect,
     DeferredTokenError,
@@ -1213,7 +1213,8 @@ class Engine:
 
     async def schedule_clock(self, execution_id: str, name: str, seconds: float) -> None:
         """Completes deferred `name` of the execution after `seconds`, durably."""
-        due = self.clock.now_ms() + max(0, round(seconds * 1000))
+        # Rounded up: a timer never fires before its time (Effect's rule too).
+        due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
         if await self._write(("timer", execution_id, name, due)):
             if due <= self._timers_loaded_until:
                 self._add_timer(execution_id, name, due)
