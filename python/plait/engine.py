@@ -315,7 +315,9 @@ class _Run:
                     task = asyncio.current_task()
                     if task is None or task.cancelling():
                         raise
-                    outcome = await activity.run_body(self.engine)
+                    # Cancelled from inside: that was the first attempt of the interrupt
+                    # retries, so `run_body` goes on with the first delay, not another run.
+                    outcome = await activity.run_body(self.engine, interrupted=True)
                 except Exception as exc:  # the codec sorts declared errors from defects
                     outcome = Failure(exc)
             else:
