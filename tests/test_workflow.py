@@ -238,6 +238,154 @@ async def test_executing_again_after_a_defect_runs_again_even_with_a_workflow_sc
     assert finalized == [plait.Success("recovered on run 2")] * 2
 
 
+# Base exceptions that are neither an Exception nor the engine's cancellation -------------------
+
+
+class Halt(BaseException):
+    """Like KeyboardInterrupt, a BaseException that is not an Exception, but of the user's own."""
+
+
+Halting: plait.Workflow[Any, str] = plait.Workflow(
+    "WfHalting", payload={"id": str, "how": str}, success=str
+)
+
+
+def raise_base_exception(how: str) -> None:
+    if how == "group":  # what asyncio.TaskGroup raises when a child failed and one was cancelled
+        raise BaseExceptionGroup("mixed", [ValueError("bad input"), asyncio.CancelledError()])
+    if how == "cancelled":  # a CancelledError of the body's own: its task was not cancelled
+        raise asyncio.CancelledError("given up")
+    raise Halt("stop here")
+
+
+BASE_DEFECTS = {
+    "group": ("BaseExceptionGroup", "mixed (2 sub-exceptions)"),
+    "cancelled": ("asyncio.exceptions.CancelledError", "given up"),
+    "halt": (f"{__name__}.Halt", "stop here"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BASE_DEFECTS))
+async def test_a_body_raising_a_base_exception_completes_with_a_defect_even_after_a_restart(
+    make_engine: EngineFactory, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The run task died with the exception: `execute` never returned, `poll` stayed None, and a
+    # durable engine found the execution running after every restart and failed the same way.
+    runs: list[str] = []
+
+    @Halting.implement
+    async def halting(payload: Any, execution_id: str) -> str:
+        runs.append(payload.how)
+        raise_base_exception(payload.how)
+        return "unreachable"
+
+    payload = {"id": how, "how": how}
+    execution_id = Halting.execution_id(payload)
+    defect = plait.Defect(*BASE_DEFECTS[how])
+    first = make_engine()
+    async with first:
+        with pytest.raises(plait.Defect) as err:
+            await asyncio.wait_for(Halting.execute(payload), 10)
+        assert err.value == defect
+        assert await Halting.poll(execution_id) == plait.Complete(plait.Failure(defect))
+    assert f"execution {execution_id}" in caplog.text
+    assert "recorded as a defect" in caplog.text
+    async with make_engine.reopen(first):
+        await settle()
+        with pytest.raises(plait.Defect) as err:
+            await asyncio.wait_for(Halting.execute(payload), 10)
+        assert err.value == defect
+    assert runs == [how]
+
+
+StrictHalting: plait.Workflow[Any, str] = plait.Workflow(
+    "WfStrictHalting", payload={"id": str, "how": str}, success=str, capture_defects=False
+)
+
+
+async def test_without_capture_defects_a_base_exception_fails_the_callers_not_the_execution(
+    plait_engine: plait.Engine,
+) -> None:
+    @StrictHalting.implement
+    async def strict_halting(payload: Any, execution_id: str) -> str:
+        raise_base_exception(payload.how)
+        return "unreachable"
+
+    with pytest.raises(plait.Defect) as err:
+        await asyncio.wait_for(StrictHalting.execute({"id": "strict", "how": "halt"}), 10)
+    assert err.value == plait.Defect(*BASE_DEFECTS["halt"])
+    assert (
+        await StrictHalting.poll(StrictHalting.execution_id({"id": "strict", "how": "halt"}))
+        is None
+    )
+
+
+async def test_an_activity_raising_a_base_exception_fails_the_step_with_a_defect(
+    plait_engine: plait.Engine,
+) -> None:
+    calls: list[str] = []
+
+    def halt_sync() -> None:
+        calls.append("sync")
+        raise_base_exception("halt")
+
+    async def halt_async() -> None:
+        calls.append("async")
+        raise_base_exception("group")
+
+    @Halting.implement
+    async def halting(payload: Any, execution_id: str) -> str:
+        seen = []
+        for name, body in (("HaltSync", halt_sync), ("HaltAsync", halt_async)):
+            try:
+                await plait.Activity(name, execute=body)
+            except plait.Defect as err:
+                seen.append(err.type_name)
+        return ",".join(seen) + f"|{await Gate}"
+
+    execution_id = await Halting.execute({"id": "activities", "how": ""}, discard=True)
+    await poll_until(Halting, execution_id, plait.Suspended)
+    assert await journal_keys(plait_engine, execution_id) == ["HaltSync/1", "HaltAsync/1"]
+    # The replay reads both defects from the journal: neither body runs again.
+    await Gate.succeed(gate_token(Halting, execution_id), "!")
+    assert await poll_until(Halting, execution_id, plait.Complete) == plait.Complete(
+        plait.Success(f"{__name__}.Halt,BaseExceptionGroup|!")
+    )
+    assert calls == ["sync", "async"]
+
+
+async def test_a_finalizer_or_compensation_raising_a_base_exception_makes_a_defect(
+    plait_engine: plait.Engine,
+) -> None:
+    undone: list[str] = []
+
+    def undo(value: str) -> None:
+        undone.append(value)
+        raise_base_exception("cancelled")
+
+    def finalizer(exit_: plait.Exit) -> None:
+        raise_base_exception("halt")
+
+    @Halting.implement
+    async def halting(payload: Any, execution_id: str) -> str:
+        plait.add_finalizer(finalizer)
+        if payload.how == "compensate":
+            await plait.with_compensation(
+                plait.Activity("Book", execute=lambda: "booked", success=str), undo
+            )
+            raise OutOfStock(sku="x", wanted=1)
+        return "ok"
+
+    with pytest.raises(plait.Defect) as err:
+        await asyncio.wait_for(Halting.execute({"id": "finalizer", "how": "finalize"}), 10)
+    assert err.value == plait.Defect(*BASE_DEFECTS["halt"])
+    # A failure stays the failure it was; the compensation still ran.
+    with pytest.raises(plait.Defect) as err:
+        await asyncio.wait_for(Halting.execute({"id": "compensation", "how": "compensate"}), 10)
+    assert err.value.type_name == f"{__name__}.OutOfStock"
+    assert undone == ["booked"]
+
+
 Fragile: plait.Workflow[Any, str] = plait.Workflow(
     "WfFragile", payload={"id": str}, success=str, suspend_on_failure=True
 )

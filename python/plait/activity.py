@@ -146,6 +146,10 @@ class Activity(Generic[T]):
                 interrupted = True
             except Exception as exc:
                 return Failure(exc)
+            except BaseException as exc:
+                if _engine.passes_through(exc):
+                    raise
+                return _engine.unexpected(f"activity {self.name!r}", exc)
 
     @staticmethod
     async def retry(

@@ -84,6 +84,35 @@ def current_instance() -> WorkflowInstance:
     return WorkflowInstance(_run_or_raise("current_instance()"))
 
 
+def passes_through(exc: BaseException) -> bool:
+    """Whether `exc`, raised by user code in a run, goes on up rather than being recorded.
+
+    `KeyboardInterrupt` and `SystemExit` stop the process (asyncio raises them out of its
+    loop), and a cancellation (a `CancelledError`, or a group of nothing else) while the
+    current task is being cancelled is the engine suspending, interrupting or closing the run.
+    Any other exception is an outcome: a declared error or a `Defect`.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.split(asyncio.CancelledError)[1] is not None:
+            return False
+    elif not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def unexpected(what: str, exc: BaseException) -> Failure:
+    """Logs `exc`, which is not an `Exception`, and returns it as the failure of `what`.
+
+    Recorded like any undeclared exception (the codec makes it a `Defect`), so that no run
+    ends without an outcome and its callers are never left waiting.
+    """
+    log.error("%s raised %s; it is recorded as a defect", what, type(exc).__name__, exc_info=exc)
+    return Failure(exc)
+
+
 def _run_or_raise(what: str) -> _Run:
     run = _context.current_run.get()
     if run is None:
@@ -320,6 +349,10 @@ class _Run:
                     outcome = await activity.run_body(self.engine, interrupted=True)
                 except Exception as exc:  # the codec sorts declared errors from defects
                     outcome = Failure(exc)
+                except BaseException as exc:
+                    if passes_through(exc):
+                        raise
+                    outcome = unexpected(f"activity {activity.name!r}", exc)
             else:
                 outcome = await activity.run_body(self.engine)
             encoded, outcome = activity.codec.settle(outcome)
@@ -845,16 +878,27 @@ class Engine:
             value = await handler(ex.payload, ex.id)
             run.body_done = True
             outcome = Success(value)
-        except asyncio.CancelledError:
-            run.body_done = True
-            if not run.suspended or self._closing:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
         except Exception as exc:
             run.body_done = True
             outcome = Failure(exc)
+        except BaseException as exc:
+            run.body_done = True
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if passes_through(exc):
+                # Cancelled to suspend: the run ends `Suspended`. Cancelled otherwise (the
+                # engine or its loop closing): nothing is recorded, the stored execution
+                # stays running for a later engine.
+                if not run.suspended or self._closing:
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+            else:
+                # Raised by the body itself (a group mixing a failure and a cancellation, a
+                # CancelledError of its own, a BaseException subclass): a defect like any
+                # other. Letting it end the task left the execution without an outcome.
+                outcome = unexpected(f"workflow {workflow.name!r}, execution {ex.id}", exc)
         result: Complete[Any] | Suspended | BaseException = self._into_result(run, outcome)
         if isinstance(result, Complete) and ex.finalizers and run.unsynced:
             # Finalizers and compensations act on the world: the steps they answer to first.
@@ -909,7 +953,9 @@ class Engine:
                 pending = finalizer(exit_)
                 if pending is not None:
                     await pending
-            except Exception as exc:
+            except BaseException as exc:
+                if passes_through(exc):
+                    raise
                 log.exception("finalizer of execution %s failed", ex.id)
                 if isinstance(exit_, Success):
                     exit_ = Failure(defect_of(exc))
