@@ -340,6 +340,105 @@ async def test_race_all_first_success_wins_and_losers_are_cancelled(
     assert after_calls == ["after"]
 
 
+def napping_contender(events: list[str]) -> plait.Activity[str]:
+    """An activity whose body sleeps two minutes on a durable clock (past the 60 s threshold)."""
+
+    async def napping() -> str:
+        events.append("napper started")
+        await plait.DurableClock.sleep("nap", timedelta(minutes=2))
+        events.append("napper woke")
+        return "napper"
+
+    return plait.Activity("Napper", execute=napping, success=str)
+
+
+async def test_an_activity_on_a_durable_clock_cannot_win_a_race_before_a_replay(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    # As in Effect, the napping activity suspends instead of waiting in memory: its timer
+    # firing while the other contender runs does not make it the winner (it did).
+    events: list[str] = []
+
+    async def slow() -> str:
+        events.append("slow started")
+        await plait_clock.sleep(300)
+        events.append("slow done")
+        return "slow"
+
+    @Racing.implement
+    async def racing(payload: Any, execution_id: str) -> str:
+        contenders = [napping_contender(events), plait.Activity("Slow", execute=slow, success=str)]
+        return str(await plait.Activity.race_all("naps", contenders))
+
+    execution_id = await Racing.execute({"id": "nap vs slow"}, discard=True)
+    await settle()
+    await plait_clock.advance(timedelta(minutes=2))  # the nap's timer fires
+    await settle()
+    assert await Racing.poll(execution_id) is None
+    assert sorted(events) == ["napper started", "slow started"]
+    await plait_clock.advance(timedelta(minutes=3))
+    assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("slow")
+    )
+    assert sorted(events) == ["napper started", "slow done", "slow started"]
+    assert "DurableClock/nap" in await deferred_names(plait_engine, execution_id)
+
+
+async def test_an_activity_on_a_durable_clock_suspends_and_wins_the_race_on_the_replay(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    events: list[str] = []
+
+    def failing() -> str:
+        events.append("failing")
+        raise RuntimeError("no luck")
+
+    @Racing.implement
+    async def racing(payload: Any, execution_id: str) -> str:
+        contenders = [
+            napping_contender(events),
+            plait.Activity("Failing", execute=failing, success=str),
+        ]
+        return str(await plait.Activity.race_all("naps", contenders))
+
+    # The other contender failed: nothing can win in memory, so the execution suspends.
+    execution_id = await Racing.execute({"id": "nap vs failure"}, discard=True)
+    await poll_until(Racing, execution_id, plait.Suspended)
+    assert sorted(events) == ["failing", "napper started"]
+    assert await journal_keys(plait_engine, execution_id) == ["Failing/1"]
+    await settle()
+    # The timer resumes it; the replay runs the napping body again, which now passes its
+    # sleep and wins, and reads the failure from the journal.
+    await plait_clock.advance(timedelta(minutes=2))
+    assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("napper")
+    )
+    assert sorted(events) == ["failing", "napper started", "napper started", "napper woke"]
+
+
+async def test_an_activity_awaiting_a_deferred_suspends_the_workflow_and_runs_again(
+    plait_engine: plait.Engine,
+) -> None:
+    bodies: list[str] = []
+
+    async def waits_for_gate() -> str:
+        bodies.append("started")
+        return f"gate said {await Gate}"
+
+    @Racing.implement
+    async def racing(payload: Any, execution_id: str) -> str:
+        return await plait.Activity("WaitsForGate", execute=waits_for_gate, success=str)
+
+    execution_id = await Racing.execute({"id": "gate in activity"}, discard=True)
+    await poll_until(Racing, execution_id, plait.Suspended)
+    assert await journal_keys(plait_engine, execution_id) == []
+    await Gate.succeed(gate_token(Racing, execution_id), "go")
+    assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("gate said go")
+    )
+    assert bodies == ["started", "started"]
+
+
 fetched: list[int] = []
 
 

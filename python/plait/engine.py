@@ -84,16 +84,30 @@ def current_instance() -> WorkflowInstance:
     return WorkflowInstance(_run_or_raise("current_instance()"))
 
 
+class _ActivitySuspended(BaseException):
+    """Raised in an activity body that awaits a deferred (or a durable clock) with no result.
+
+    As in Effect, such an activity suspends the workflow instead of waiting in memory: its step
+    stores nothing and parks, and a later run executes the body again. A `BaseException`, so
+    that the body's `except Exception` does not swallow it.
+    """
+
+
 def passes_through(exc: BaseException) -> bool:
     """Whether `exc`, raised by user code in a run, goes on up rather than being recorded.
 
     `KeyboardInterrupt` and `SystemExit` stop the process (asyncio raises them out of its
-    loop), and a cancellation (a `CancelledError`, or a group of nothing else) while the
-    current task is being cancelled is the engine suspending, interrupting or closing the run.
-    Any other exception is an outcome: a declared error or a `Defect`.
+    loop), `_ActivitySuspended` is the engine's, and so is a cancellation (a `CancelledError`,
+    or a group of nothing else) while the current task is being cancelled: the run suspends,
+    is interrupted or closes. Any other exception is an outcome: a declared error or a `Defect`.
     """
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, _ActivitySuspended)):
         return True
+    return engine_cancelled(exc)
+
+
+def engine_cancelled(exc: BaseException) -> bool:
+    """Whether `exc` is only cancellation, raised while the current task is being cancelled."""
     if isinstance(exc, BaseExceptionGroup):
         if exc.split(asyncio.CancelledError)[1] is not None:
             return False
@@ -334,32 +348,41 @@ class _Run:
         if stored is not None:
             return self.decode(activity.codec, stored).unwrap()
         self.in_flight += 1
+        inside = _context.current_activity.set(self)
+        outcome: Exit | None
         try:
             if self.unsynced:  # the body may have side effects: what came before is durable
                 await self.sync()
-            if activity.is_async:  # the common case, without run_body's extra coroutine
-                try:
-                    outcome: Exit = Success(await activity.execute())
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is None or task.cancelling():
-                        raise
-                    # Cancelled from inside: that was the first attempt of the interrupt
-                    # retries, so `run_body` goes on with the first delay, not another run.
-                    outcome = await activity.run_body(self.engine, interrupted=True)
-                except Exception as exc:  # the codec sorts declared errors from defects
-                    outcome = Failure(exc)
-                except BaseException as exc:
-                    if passes_through(exc):
-                        raise
-                    outcome = unexpected(f"activity {activity.name!r}", exc)
-            else:
-                outcome = await activity.run_body(self.engine)
-            encoded, outcome = activity.codec.settle(outcome)
-            self.engine.append(self, key, seq, encoded)
+            try:
+                if activity.is_async:  # the common case, without run_body's extra coroutine
+                    try:
+                        outcome = Success(await activity.execute())
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise
+                        # Cancelled from inside: that was the first attempt of the interrupt
+                        # retries, so `run_body` goes on with the first delay, not another run.
+                        outcome = await activity.run_body(self.engine, interrupted=True)
+                    except Exception as exc:  # the codec sorts declared errors from defects
+                        outcome = Failure(exc)
+                    except BaseException as exc:
+                        if passes_through(exc):
+                            raise
+                        outcome = unexpected(f"activity {activity.name!r}", exc)
+                else:
+                    outcome = await activity.run_body(self.engine)
+            except _ActivitySuspended:
+                outcome = None  # nothing stored: a later run executes the body again
+            if outcome is not None:
+                encoded, outcome = activity.codec.settle(outcome)
+                self.engine.append(self, key, seq, encoded)
         finally:
+            _context.current_activity.reset(inside)
             self.in_flight -= 1
             self.maybe_suspend()
+        if outcome is None:
+            await self.wait_forever()
         return outcome.unwrap()
 
     async def sync(self) -> None:
@@ -394,6 +417,7 @@ class _Run:
         stored = self.deferreds.get(name)
         if stored is not None:
             return stored
+        self.suspend_activity_body()
         future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
         race = _context.current_race.get()
         owner: _Run | _Race = self if race is None or race.run is not self else race
@@ -421,14 +445,31 @@ class _Run:
         # A run already suspending (its parked awaits being cancelled) needs a new run.
         return taken and not self.suspended
 
-    async def wait_forever(self) -> None:
-        """Parks the run for good: it suspends once no activity is in flight."""
+    async def wait_forever(self) -> NoReturn:
+        """Parks the run for good: it suspends once no activity is in flight.
+
+        In a race's branch it parks the race, which parks the run once no branch can win.
+        """
+        self.suspend_activity_body()
         future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
-        self.park()
+        race = _context.current_race.get()
+        owner: _Run | _Race = self if race is None or race.run is not self else race
+        owner.park()
         try:
             await future
         finally:
-            self.unpark()
+            owner.unpark()
+        raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
+
+    def suspend_activity_body(self) -> None:
+        """In one of this run's activity bodies, raises `_ActivitySuspended` (Effect's rule).
+
+        An activity that waits on a deferred, a durable clock or a suspended child suspends the
+        workflow; it does not wait in memory while the run goes on, so in a race it cannot win
+        before a replay runs it again.
+        """
+        if _context.current_activity.get() is self:
+            raise _ActivitySuspended
 
     # Suspension ----------------------------------------------------------------------------
 
@@ -605,7 +646,7 @@ class Engine:
         self._loop = loop
         self._closing = False
         ctx = contextvars.copy_context()
-        for var in (_context.current_run, _context.current_race):
+        for var in (_context.current_run, _context.current_race, _context.current_activity):
             ctx.run(var.set, None)
         ctx.run(_context.current_attempt.set, 1)
         self._base_context = ctx
@@ -885,7 +926,7 @@ class Engine:
             run.body_done = True
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            if passes_through(exc):
+            if engine_cancelled(exc):
                 # Cancelled to suspend: the run ends `Suspended`. Cancelled otherwise (the
                 # engine or its loop closing): nothing is recorded, the stored execution
                 # stays running for a later engine.
@@ -1125,7 +1166,6 @@ class Engine:
         if isinstance(result, Complete):
             return result.exit.unwrap()
         await parent.wait_forever()
-        raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
 
     async def _name_of(self, execution_id: str) -> str:
         record = await self._journal().execution(execution_id)
