@@ -1291,7 +1291,7 @@ class Engine:
         return True
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
-        """Stores a race's outcome as deferred `name`; returns the stored one (the first)."""
+        """Stores a race's (or `into`'s) outcome as deferred `name`; returns the first stored."""
         if await self._write(("deferred", execution_id, name, encoded)):
             return encoded
         snapshot = await self._journal().snapshot(execution_id)
