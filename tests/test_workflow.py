@@ -619,6 +619,155 @@ async def test_an_interrupt_during_an_activity_ends_the_execution_interrupted(
     assert steps == ["slow done", "after slow"]
 
 
+Unsafe: plait.Workflow[Any, str] = plait.Workflow("WfUnsafe", payload={"id": str}, success=str)
+
+
+def implement_unsafe(engine: plait.Engine, events: list[str]) -> None:
+    def book() -> str:
+        events.append("booked")
+        return "booking"
+
+    async def slow() -> str:
+        events.append("slow started")
+        try:
+            await engine.clock.sleep(3600)
+        except asyncio.CancelledError:
+            events.append("slow cancelled")
+            raise
+        events.append("slow done")
+        return "slow"
+
+    def never() -> str:
+        events.append("after")
+        return "after"
+
+    @Unsafe.implement
+    async def unsafe(payload: Any, execution_id: str) -> str:
+        events.append("run")
+        plait.add_finalizer(lambda exit_: events.append(f"finalizer {type(exit_).__name__}"))
+        booking = await plait.with_compensation(
+            plait.Activity("Book", execute=book, success=str),
+            lambda value: events.append(f"undo {value}"),
+        )
+        if payload.id == "suspended":
+            await Gate
+        else:
+            await plait.Activity("Slow", execute=slow, success=str)
+        return booking + await plait.Activity("After", execute=never, success=str)
+
+
+async def test_interrupt_unsafe_cancels_the_running_activity_now(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    # `interrupt` lets the hour-long activity finish first; `interrupt_unsafe` does not wait.
+    events: list[str] = []
+    implement_unsafe(plait_engine, events)
+    caller = asyncio.ensure_future(Unsafe.execute({"id": "running"}))
+    execution_id = Unsafe.execution_id({"id": "running"})
+    await settle()
+    assert events == ["run", "booked", "slow started"]
+    await Unsafe.interrupt_unsafe(execution_id)
+    with pytest.raises(plait.Interrupted):
+        await asyncio.wait_for(caller, 10)  # no clock advance: nothing waited for the hour
+    assert events == [
+        "run",
+        "booked",
+        "slow started",
+        "slow cancelled",
+        "undo booking",
+        "finalizer Failure",
+    ]
+    assert await Unsafe.poll(execution_id) == plait.Complete(
+        plait.Failure(plait.Interrupted(execution_id))
+    )
+    assert await journal_keys(plait_engine, execution_id) == ["Book/1"]
+    await plait_clock.advance(3600)
+    await settle()
+    assert "slow done" not in events
+
+
+async def test_interrupt_unsafe_of_a_suspended_execution_replays_and_starts_nothing(
+    plait_engine: plait.Engine,
+) -> None:
+    events: list[str] = []
+    implement_unsafe(plait_engine, events)
+    execution_id = await Unsafe.execute({"id": "suspended"}, discard=True)
+    await poll_until(Unsafe, execution_id, plait.Suspended)
+    await Unsafe.interrupt_unsafe(execution_id)
+    interrupted: plait.Complete[str] = plait.Complete(
+        plait.Failure(plait.Interrupted(execution_id))
+    )
+    assert await poll_until(Unsafe, execution_id, plait.Complete) == interrupted
+    # The replay read the booking from the journal and stopped at the gate: the booking did
+    # not run again and its compensation ran once, between the finalizers each run added.
+    assert events == [
+        "run",
+        "booked",
+        "run",
+        "finalizer Failure",
+        "undo booking",
+        "finalizer Failure",
+    ]
+    # Completing the gate afterwards changes nothing.
+    await Gate.succeed(gate_token(Unsafe, execution_id), "late")
+    await settle()
+    assert await Unsafe.poll(execution_id) == interrupted
+    assert events.count("after") == 0
+
+
+StrictUnsafe: plait.Workflow[Any, str] = plait.Workflow(
+    "WfStrictUnsafe", payload={"id": str}, success=str, capture_defects=False
+)
+
+
+async def test_interrupt_unsafe_without_a_run_replays_the_journal_and_runs_no_new_step(
+    plait_engine: plait.Engine,
+) -> None:
+    events: list[str] = []
+
+    def step(name: str) -> plait.Activity[str]:
+        def run() -> str:
+            events.append(name)
+            return name
+
+        return plait.Activity(name, execute=run, success=str)
+
+    @StrictUnsafe.implement
+    async def strict_unsafe(payload: Any, execution_id: str) -> str:
+        events.append("run")
+        booking = await plait.with_compensation(
+            step("Book"), lambda value: events.append(f"undo {value}")
+        )
+        if events.count("run") == 1:
+            raise RuntimeError("transient")  # no result: stored as running, with no run
+        return booking + await step("After")
+
+    with pytest.raises(plait.Defect):
+        await StrictUnsafe.execute({"id": "no run"})
+    execution_id = StrictUnsafe.execution_id({"id": "no run"})
+    await StrictUnsafe.interrupt_unsafe(execution_id)
+    assert await poll_until(StrictUnsafe, execution_id, plait.Complete) == plait.Complete(
+        plait.Failure(plait.Interrupted(execution_id))
+    )
+    # `interrupt` would have let this run go on to `After`; the unsafe one stops before it.
+    assert events == ["run", "Book", "run", "undo Book"]
+    assert await journal_keys(plait_engine, execution_id) == ["Book/1"]
+
+
+async def test_interrupt_unsafe_of_a_complete_or_unknown_execution_does_nothing(
+    plait_engine: plait.Engine,
+) -> None:
+    @Echo.implement
+    async def echo(payload: Any, execution_id: str) -> str:
+        return str(payload.text)
+
+    assert await Echo.execute({"text": "done"}) == "done"
+    execution_id = Echo.execution_id({"text": "done"})
+    await Echo.interrupt_unsafe(execution_id)
+    await Echo.interrupt_unsafe("0" * 32)
+    assert await Echo.poll(execution_id) == plait.Complete(plait.Success("done"))
+
+
 # Sagas ------------------------------------------------------------------------------------------
 
 Trip: plait.Workflow[Any, str] = plait.Workflow(

@@ -268,5 +268,7 @@ class DurableClock:
         key = run.key_of(f"DurableClock/{name}", 0, consume=True)
         deferred_name = key.rsplit("/", 1)[0]
         if deferred_name not in run.deferreds:
+            if run.interrupting:
+                await run.stop_here()
             await run.engine.schedule_clock(run.execution.id, deferred_name, length)
         await run.deferred_value(deferred_name)

@@ -259,6 +259,7 @@ class _Run:
         "fatal",
         "in_flight",
         "interrupted",
+        "interrupting",
         "journal",
         "next_seq",
         "parked",
@@ -285,6 +286,8 @@ class _Run:
         self.suspended = False
         self.suspend_scheduled = False
         self.interrupted = False
+        # An unsafe interrupt: the body is cancelled, and a replay starts nothing new.
+        self.interrupting = False
         self.body_done = False
         self.fatal: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
@@ -347,6 +350,8 @@ class _Run:
         stored = self.journal.get(key)
         if stored is not None:
             return self.decode(activity.codec, stored).unwrap()
+        if self.interrupting:
+            await self.stop_here()
         self.in_flight += 1
         inside = _context.current_activity.set(self)
         outcome: Exit | None
@@ -418,6 +423,8 @@ class _Run:
         if stored is not None:
             return stored
         self.suspend_activity_body()
+        if self.interrupting:
+            await self.stop_here()
         future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
         race = _context.current_race.get()
         owner: _Run | _Race = self if race is None or race.run is not self else race
@@ -470,6 +477,27 @@ class _Run:
         """
         if _context.current_activity.get() is self:
             raise _ActivitySuspended
+
+    # Unsafe interrupts ---------------------------------------------------------------------
+
+    def stop_now(self) -> None:
+        """Marks the run interrupted at once and cancels its body, unless the body has ended."""
+        self.interrupting = True
+        if self.task is not None and not self.body_done:
+            self.task.cancel()
+
+    async def stop_here(self) -> None:
+        """Stops the run where the body would start something new (an unsafe interrupt).
+
+        The replay of an interrupted run goes as far as the journal holds, which registers the
+        compensations of the steps done, and no further: no activity body, child, timer or park.
+        """
+        if self.task is None or self.body_done:
+            return  # a finalizer's step: the body is over, nothing to cancel
+        self.stop_now()
+        # In the run's task, the cancellation lands here at once; in a race's branch, the race
+        # cancels this branch as the run's cancellation reaches it.
+        await self.engine._require_loop().create_future()
 
     # Suspension ----------------------------------------------------------------------------
 
@@ -530,6 +558,8 @@ class Engine:
         self._live: dict[str, _Execution] = {}
         self._resuming: set[str] = set()
         self._rewake: set[str] = set()
+        # Executions interrupted with `interrupt_unsafe`: their runs start nothing new.
+        self._interrupt_now: set[str] = set()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._unimplemented_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -682,6 +712,7 @@ class Engine:
                         EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
                     )
         self._live.clear()
+        self._interrupt_now.clear()
         self._recovery.clear()
         self._timers.clear()
         self._timer_keys.clear()
@@ -754,6 +785,8 @@ class Engine:
         parent = _context.current_run.get()
         if parent is not None and parent.engine is not self:
             parent = None
+        if parent is not None and parent.interrupting:
+            await parent.stop_here()
         if parent is not None and parent.unsynced:
             await parent.sync()
         await self._attach(workflow, execution_id, payload, parent)
@@ -803,6 +836,7 @@ class Engine:
         loop = self._require_loop()
         assert self._base_context is not None
         run = _Run(self, ex)
+        run.interrupting = ex.id in self._interrupt_now
         if snapshot is not None:
             run.load(*snapshot)
         ex.run = run
@@ -927,14 +961,16 @@ class Engine:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             if engine_cancelled(exc):
-                # Cancelled to suspend: the run ends `Suspended`. Cancelled otherwise (the
-                # engine or its loop closing): nothing is recorded, the stored execution
-                # stays running for a later engine.
-                if not run.suspended or self._closing:
+                # Cancelled to suspend: the run ends `Suspended`; by an unsafe interrupt: it
+                # ends `Interrupted`. Cancelled otherwise (the engine or its loop closing):
+                # nothing is recorded, the stored execution stays running for a later engine.
+                if not (run.suspended or run.interrupting) or self._closing:
                     raise
                 task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
+                while task is not None and task.cancelling():
+                    task.uncancel()  # finalizers run next, uncancelled
+                if run.interrupting:
+                    outcome = Failure(Interrupted(ex.id))
             else:
                 # Raised by the body itself (a group mixing a failure and a cancellation, a
                 # CancelledError of its own, a BaseException subclass): a defect like any
@@ -1012,6 +1048,7 @@ class Engine:
         if isinstance(result, Complete):
             assert encoded is not None
             await self._write(("status", ex.id, "complete", encoded))
+            self._interrupt_now.discard(ex.id)
             ex.finalizers.clear()
             ex.compensated.clear()
         elif isinstance(result, Suspended):
@@ -1196,6 +1233,30 @@ class Engine:
         ex = self._live.get(execution_id)
         if ex is not None:
             ex.interrupted = True
+        await self._resume(execution_id)
+
+    async def interrupt_unsafe(self, execution_id: str) -> None:
+        """Interrupts the execution at once (Effect's `WorkflowEngine.interruptUnsafe`).
+
+        Unlike `interrupt`, which lets the current run go on to its end, the running body is
+        cancelled now, with the activity it awaits (an async body is cancelled; a sync one runs
+        on in its worker thread and its result is dropped). Then its compensations and
+        finalizers run, it completes as `Interrupted` and interrupts its children. An execution
+        with no run here gets one that replays what its journal holds, registering the
+        compensations of the steps done, and starts nothing new. The stored flag is the
+        ordinary interrupt's: an engine that recovers the execution after a crash interrupts it
+        the ordinary way.
+        """
+        self._require_loop()
+        if not await self._write(("interrupt", execution_id)):
+            return
+        self._interrupt_now.add(execution_id)
+        ex = self._live.get(execution_id)
+        if ex is not None:
+            ex.interrupted = True
+            if ex.run is not None:
+                ex.run.stop_now()
+        # A run ending as `Suspended` meanwhile is followed by one that ends interrupted.
         await self._resume(execution_id)
 
     async def resume(self, execution_id: str) -> None:
