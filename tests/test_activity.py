@@ -131,6 +131,76 @@ async def test_retry_raises_the_last_failure_once_the_retries_run_out(
     assert attempts == [1, 2, 3]
 
 
+SelfCancelling: plait.Workflow[Any, str] = plait.Workflow(
+    "ActSelfCancelling", payload={"id": str, "sync": bool, "retried": bool}, success=str
+)
+
+
+async def wait_for(done: Any, *, within: float = 10.0) -> None:
+    """Lets the engine (and its worker threads) run until `done()` holds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not done():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("retried", [False, True], ids=["alone", "under-retry"])
+async def test_a_body_cancelled_from_inside_runs_once_per_attempt_each_after_its_delay(
+    plait_engine: plait.Engine, plait_clock: VirtualClock, sync: bool, retried: bool
+) -> None:
+    # An async body that raised CancelledError ran again at once (a 12th run under an
+    # 11-attempt interrupt retry, the first retry without its delay); a sync one did not.
+    start = plait_clock.now_ms()
+    runs: list[tuple[int, int]] = []  # (attempt, virtual ms since start)
+
+    def cancelled() -> str:
+        runs.append((plait.current_attempt(), plait_clock.now_ms() - start))
+        raise asyncio.CancelledError
+
+    async def cancelled_async() -> str:
+        return cancelled()
+
+    @SelfCancelling.implement
+    async def self_cancelling(payload: Any, execution_id: str) -> str:
+        body: Any = cancelled if payload.sync else cancelled_async
+        step: plait.Activity[str] = plait.Activity(
+            "Cancels",
+            execute=body,
+            success=str,
+            interrupt_retry=plait.Schedule.spaced(1, times=10 if not payload.retried else 2),
+        )
+        try:
+            if payload.retried:
+                return await plait.Activity.retry(step, schedule=plait.Schedule.spaced(5, times=1))
+            return await step
+        except plait.Defect as err:
+            return err.message
+
+    if retried:  # 3 runs an attempt, 1 s apart; the 2nd attempt 5 s after the 1st gave up
+        expected = [(1, 0), (1, 1000), (1, 2000), (2, 7000), (2, 8000), (2, 9000)]
+    else:  # the first run and 10 retries, 1 s apart
+        expected = [(1, n * 1000) for n in range(11)]
+    execution_id = await SelfCancelling.execute(
+        {"id": f"{sync}-{retried}", "sync": sync, "retried": retried}, discard=True
+    )
+    for count, (_, at) in enumerate(expected):
+        since = plait_clock.now_ms() - start
+        if at > since:
+            await plait_clock.advance((at - since - 1) / 1000)
+            await settle()
+            await asyncio.sleep(0.01)  # a worker thread would have run by now
+            await settle()
+            assert len(runs) == count, "a retry ran before its delay"
+            await plait_clock.advance(0.001)
+        await wait_for(lambda count=count: len(runs) > count)
+        await settle()
+    assert await poll_until(SelfCancelling, execution_id, plait.Complete) == plait.Complete(
+        plait.Success('Activity "Cancels" interrupted and retry attempts exhausted')
+    )
+    assert runs == expected
+
+
 Keyed: plait.Workflow[Any, list[str]] = plait.Workflow(
     "ActKeyed", payload={"id": str}, success=list[str]
 )
@@ -268,6 +338,105 @@ async def test_race_all_first_success_wins_and_losers_are_cancelled(
     assert runs == 2
     assert len(events) == 6
     assert after_calls == ["after"]
+
+
+def napping_contender(events: list[str]) -> plait.Activity[str]:
+    """An activity whose body sleeps two minutes on a durable clock (past the 60 s threshold)."""
+
+    async def napping() -> str:
+        events.append("napper started")
+        await plait.DurableClock.sleep("nap", timedelta(minutes=2))
+        events.append("napper woke")
+        return "napper"
+
+    return plait.Activity("Napper", execute=napping, success=str)
+
+
+async def test_an_activity_on_a_durable_clock_cannot_win_a_race_before_a_replay(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    # As in Effect, the napping activity suspends instead of waiting in memory: its timer
+    # firing while the other contender runs does not make it the winner (it did).
+    events: list[str] = []
+
+    async def slow() -> str:
+        events.append("slow started")
+        await plait_clock.sleep(300)
+        events.append("slow done")
+        return "slow"
+
+    @Racing.implement
+    async def racing(payload: Any, execution_id: str) -> str:
+        contenders = [napping_contender(events), plait.Activity("Slow", execute=slow, success=str)]
+        return str(await plait.Activity.race_all("naps", contenders))
+
+    execution_id = await Racing.execute({"id": "nap vs slow"}, discard=True)
+    await settle()
+    await plait_clock.advance(timedelta(minutes=2))  # the nap's timer fires
+    await settle()
+    assert await Racing.poll(execution_id) is None
+    assert sorted(events) == ["napper started", "slow started"]
+    await plait_clock.advance(timedelta(minutes=3))
+    assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("slow")
+    )
+    assert sorted(events) == ["napper started", "slow done", "slow started"]
+    assert "DurableClock/nap" in await deferred_names(plait_engine, execution_id)
+
+
+async def test_an_activity_on_a_durable_clock_suspends_and_wins_the_race_on_the_replay(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    events: list[str] = []
+
+    def failing() -> str:
+        events.append("failing")
+        raise RuntimeError("no luck")
+
+    @Racing.implement
+    async def racing(payload: Any, execution_id: str) -> str:
+        contenders = [
+            napping_contender(events),
+            plait.Activity("Failing", execute=failing, success=str),
+        ]
+        return str(await plait.Activity.race_all("naps", contenders))
+
+    # The other contender failed: nothing can win in memory, so the execution suspends.
+    execution_id = await Racing.execute({"id": "nap vs failure"}, discard=True)
+    await poll_until(Racing, execution_id, plait.Suspended)
+    assert sorted(events) == ["failing", "napper started"]
+    assert await journal_keys(plait_engine, execution_id) == ["Failing/1"]
+    await settle()
+    # The timer resumes it; the replay runs the napping body again, which now passes its
+    # sleep and wins, and reads the failure from the journal.
+    await plait_clock.advance(timedelta(minutes=2))
+    assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("napper")
+    )
+    assert sorted(events) == ["failing", "napper started", "napper started", "napper woke"]
+
+
+async def test_an_activity_awaiting_a_deferred_suspends_the_workflow_and_runs_again(
+    plait_engine: plait.Engine,
+) -> None:
+    bodies: list[str] = []
+
+    async def waits_for_gate() -> str:
+        bodies.append("started")
+        return f"gate said {await Gate}"
+
+    @Racing.implement
+    async def racing(payload: Any, execution_id: str) -> str:
+        return await plait.Activity("WaitsForGate", execute=waits_for_gate, success=str)
+
+    execution_id = await Racing.execute({"id": "gate in activity"}, discard=True)
+    await poll_until(Racing, execution_id, plait.Suspended)
+    assert await journal_keys(plait_engine, execution_id) == []
+    await Gate.succeed(gate_token(Racing, execution_id), "go")
+    assert await poll_until(Racing, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("gate said go")
+    )
+    assert bodies == ["started", "started"]
 
 
 fetched: list[int] = []

@@ -213,6 +213,97 @@ async def test_failing_a_deferred_with_an_undeclared_error_raises_a_defect(
     assert result == plait.Complete(plait.Failure(plait.Defect("PermissionError", "no")))
 
 
+# Running into a deferred --------------------------------------------------------------------------
+
+Charged: plait.DurableDeferred[str] = plait.DurableDeferred(
+    "Charged", success=str, error=CardDeclined
+)
+Noted: plait.DurableDeferred[str] = plait.DurableDeferred("Noted", success=str)
+IntoGate: plait.DurableDeferred[str] = plait.DurableDeferred("IntoGate", success=str)
+Into: plait.Workflow[Any, str] = plait.Workflow(
+    "DcInto", payload={"id": str, "fail": bool, "late": bool}, success=str
+)
+
+
+def implement_into(calls: list[str]) -> None:
+    def charge(fail: bool) -> str:
+        calls.append("charge")
+        if fail:
+            raise CardDeclined(reason="insufficient funds", code=51)
+        return "ch_1"
+
+    async def note() -> str:  # a coroutine, not an activity
+        calls.append("note")
+        return "noted"
+
+    def after() -> str:
+        calls.append("after")
+        return "after"
+
+    @Into.implement
+    async def into(payload: Any, execution_id: str) -> str:
+        if payload.late:
+            await IntoGate
+        step = plait.Activity(
+            "Charge", execute=lambda: charge(payload.fail), success=str, error=CardDeclined
+        )
+        try:
+            charged = await Charged.into(step)
+        except CardDeclined as err:
+            charged = f"declined: {err.reason}"
+        # Right after the skipped step: a replay would put it at `Charge`'s position if the
+        # steps inside `into` did not share the position of `into` itself.
+        later = await plait.Activity("After", execute=after, success=str)
+        noted = await plait.DurableDeferred.into(Noted, note())
+        try:
+            seen = await Charged  # the deferred itself holds what `into` stored
+        except CardDeclined:
+            seen = "declined"
+        gate = "" if payload.late else await IntoGate
+        return f"{charged}|{noted}|{later}|{seen}|{gate}"
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["success", "failure"])
+async def test_into_completes_the_deferred_with_the_outcome_and_a_replay_reads_it(
+    plait_engine: plait.Engine, fail: bool
+) -> None:
+    calls: list[str] = []
+    implement_into(calls)
+    execution_id = await Into.execute({"id": "into", "fail": fail, "late": False}, discard=True)
+    await poll_until(Into, execution_id, plait.Suspended)
+    assert calls == ["charge", "after", "note"]
+    assert {"Charged", "Noted"} <= await deferred_names(plait_engine, execution_id)
+    assert await journal_keys(plait_engine, execution_id) == ["Charge/1", "After/1"]
+    # The replay takes both outcomes from the deferreds: neither awaitable runs again, and
+    # `After` keeps its place in call order.
+    await IntoGate.succeed(IntoGate.token_from_execution_id(Into, execution_id), "!")
+    charged = "declined: insufficient funds" if fail else "ch_1"
+    seen = "declined" if fail else "ch_1"
+    assert await poll_until(Into, execution_id, plait.Complete) == plait.Complete(
+        plait.Success(f"{charged}|noted|after|{seen}|!")
+    )
+    assert calls == ["charge", "after", "note"]
+    # Completing the deferred from outside now changes nothing: the first result stays.
+    assert not await Charged.succeed(Charged.token_from_execution_id(Into, execution_id), "late")
+
+
+async def test_into_a_deferred_completed_from_outside_does_not_run_its_awaitable(
+    plait_engine: plait.Engine,
+) -> None:
+    calls: list[str] = []
+    implement_into(calls)
+    execution_id = await Into.execute({"id": "late", "fail": False, "late": True}, discard=True)
+    await poll_until(Into, execution_id, plait.Suspended)
+    assert await Charged.succeed(Charged.token_from_execution_id(Into, execution_id), "ch_outside")
+    await settle()
+    await poll_until(Into, execution_id, plait.Suspended)
+    await IntoGate.succeed(IntoGate.token_from_execution_id(Into, execution_id), "go")
+    assert await poll_until(Into, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("ch_outside|noted|after|ch_outside|")
+    )
+    assert calls == ["after", "note"]
+
+
 # Durable clocks -----------------------------------------------------------------------------------
 
 Napper: plait.Workflow[Any, str] = plait.Workflow(
@@ -309,6 +400,31 @@ async def test_a_zero_sleep_returns_at_once(plait_engine: plait.Engine) -> None:
     assert events == ["run", "woke"]
     assert await journal_keys(plait_engine, execution_id) == []
     assert await deferred_names(plait_engine, execution_id) == set()
+
+
+async def test_a_fractional_millisecond_sleep_is_rounded_up_and_never_fires_early(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    # Effect rounds a timer's duration up: 1.4 ms waits 2 ms, on a stored timer and in process
+    # alike (rounding to nearest made both fire after 1 ms).
+    events: list[str] = []
+    implement_napper(events)
+    start_ms = plait_clock.now_ms()
+    durable = await Napper.execute(nap("fraction durable", 0.0014, threshold=0), discard=True)
+    in_process = await Napper.execute(nap("fraction in process", 0.0014), discard=True)
+    await poll_until(Napper, durable, plait.Suspended)
+    assert await timers(plait_engine) == [(durable, "DurableClock/nap", start_ms + 2)]
+    await settle()
+    await plait_clock.advance(0.001)
+    await settle()
+    assert await Napper.poll(durable) == plait.Suspended()
+    assert await Napper.poll(in_process) is None
+    assert events == ["run", "run"]
+    await plait_clock.advance(0.001)
+    rested: plait.Complete[str] = plait.Complete(plait.Success("rested"))
+    assert await poll_until(Napper, durable, plait.Complete) == rested
+    assert await poll_until(Napper, in_process, plait.Complete) == rested
+    assert plait_clock.now_ms() == start_ms + 2
 
 
 async def test_one_clock_name_used_twice_sleeps_twice(

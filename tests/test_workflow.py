@@ -238,6 +238,154 @@ async def test_executing_again_after_a_defect_runs_again_even_with_a_workflow_sc
     assert finalized == [plait.Success("recovered on run 2")] * 2
 
 
+# Base exceptions that are neither an Exception nor the engine's cancellation -------------------
+
+
+class Halt(BaseException):
+    """Like KeyboardInterrupt, a BaseException that is not an Exception, but of the user's own."""
+
+
+Halting: plait.Workflow[Any, str] = plait.Workflow(
+    "WfHalting", payload={"id": str, "how": str}, success=str
+)
+
+
+def raise_base_exception(how: str) -> None:
+    if how == "group":  # what asyncio.TaskGroup raises when a child failed and one was cancelled
+        raise BaseExceptionGroup("mixed", [ValueError("bad input"), asyncio.CancelledError()])
+    if how == "cancelled":  # a CancelledError of the body's own: its task was not cancelled
+        raise asyncio.CancelledError("given up")
+    raise Halt("stop here")
+
+
+BASE_DEFECTS = {
+    "group": ("BaseExceptionGroup", "mixed (2 sub-exceptions)"),
+    "cancelled": ("asyncio.exceptions.CancelledError", "given up"),
+    "halt": (f"{__name__}.Halt", "stop here"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BASE_DEFECTS))
+async def test_a_body_raising_a_base_exception_completes_with_a_defect_even_after_a_restart(
+    make_engine: EngineFactory, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The run task died with the exception: `execute` never returned, `poll` stayed None, and a
+    # durable engine found the execution running after every restart and failed the same way.
+    runs: list[str] = []
+
+    @Halting.implement
+    async def halting(payload: Any, execution_id: str) -> str:
+        runs.append(payload.how)
+        raise_base_exception(payload.how)
+        return "unreachable"
+
+    payload = {"id": how, "how": how}
+    execution_id = Halting.execution_id(payload)
+    defect = plait.Defect(*BASE_DEFECTS[how])
+    first = make_engine()
+    async with first:
+        with pytest.raises(plait.Defect) as err:
+            await asyncio.wait_for(Halting.execute(payload), 10)
+        assert err.value == defect
+        assert await Halting.poll(execution_id) == plait.Complete(plait.Failure(defect))
+    assert f"execution {execution_id}" in caplog.text
+    assert "recorded as a defect" in caplog.text
+    async with make_engine.reopen(first):
+        await settle()
+        with pytest.raises(plait.Defect) as err:
+            await asyncio.wait_for(Halting.execute(payload), 10)
+        assert err.value == defect
+    assert runs == [how]
+
+
+StrictHalting: plait.Workflow[Any, str] = plait.Workflow(
+    "WfStrictHalting", payload={"id": str, "how": str}, success=str, capture_defects=False
+)
+
+
+async def test_without_capture_defects_a_base_exception_fails_the_callers_not_the_execution(
+    plait_engine: plait.Engine,
+) -> None:
+    @StrictHalting.implement
+    async def strict_halting(payload: Any, execution_id: str) -> str:
+        raise_base_exception(payload.how)
+        return "unreachable"
+
+    with pytest.raises(plait.Defect) as err:
+        await asyncio.wait_for(StrictHalting.execute({"id": "strict", "how": "halt"}), 10)
+    assert err.value == plait.Defect(*BASE_DEFECTS["halt"])
+    assert (
+        await StrictHalting.poll(StrictHalting.execution_id({"id": "strict", "how": "halt"}))
+        is None
+    )
+
+
+async def test_an_activity_raising_a_base_exception_fails_the_step_with_a_defect(
+    plait_engine: plait.Engine,
+) -> None:
+    calls: list[str] = []
+
+    def halt_sync() -> None:
+        calls.append("sync")
+        raise_base_exception("halt")
+
+    async def halt_async() -> None:
+        calls.append("async")
+        raise_base_exception("group")
+
+    @Halting.implement
+    async def halting(payload: Any, execution_id: str) -> str:
+        seen = []
+        for name, body in (("HaltSync", halt_sync), ("HaltAsync", halt_async)):
+            try:
+                await plait.Activity(name, execute=body)
+            except plait.Defect as err:
+                seen.append(err.type_name)
+        return ",".join(seen) + f"|{await Gate}"
+
+    execution_id = await Halting.execute({"id": "activities", "how": ""}, discard=True)
+    await poll_until(Halting, execution_id, plait.Suspended)
+    assert await journal_keys(plait_engine, execution_id) == ["HaltSync/1", "HaltAsync/1"]
+    # The replay reads both defects from the journal: neither body runs again.
+    await Gate.succeed(gate_token(Halting, execution_id), "!")
+    assert await poll_until(Halting, execution_id, plait.Complete) == plait.Complete(
+        plait.Success(f"{__name__}.Halt,BaseExceptionGroup|!")
+    )
+    assert calls == ["sync", "async"]
+
+
+async def test_a_finalizer_or_compensation_raising_a_base_exception_makes_a_defect(
+    plait_engine: plait.Engine,
+) -> None:
+    undone: list[str] = []
+
+    def undo(value: str) -> None:
+        undone.append(value)
+        raise_base_exception("cancelled")
+
+    def finalizer(exit_: plait.Exit) -> None:
+        raise_base_exception("halt")
+
+    @Halting.implement
+    async def halting(payload: Any, execution_id: str) -> str:
+        plait.add_finalizer(finalizer)
+        if payload.how == "compensate":
+            await plait.with_compensation(
+                plait.Activity("Book", execute=lambda: "booked", success=str), undo
+            )
+            raise OutOfStock(sku="x", wanted=1)
+        return "ok"
+
+    with pytest.raises(plait.Defect) as err:
+        await asyncio.wait_for(Halting.execute({"id": "finalizer", "how": "finalize"}), 10)
+    assert err.value == plait.Defect(*BASE_DEFECTS["halt"])
+    # A failure stays the failure it was; the compensation still ran.
+    with pytest.raises(plait.Defect) as err:
+        await asyncio.wait_for(Halting.execute({"id": "compensation", "how": "compensate"}), 10)
+    assert err.value.type_name == f"{__name__}.OutOfStock"
+    assert undone == ["booked"]
+
+
 Fragile: plait.Workflow[Any, str] = plait.Workflow(
     "WfFragile", payload={"id": str}, success=str, suspend_on_failure=True
 )
@@ -469,6 +617,155 @@ async def test_an_interrupt_during_an_activity_ends_the_execution_interrupted(
     with pytest.raises(plait.Interrupted):
         await caller
     assert steps == ["slow done", "after slow"]
+
+
+Unsafe: plait.Workflow[Any, str] = plait.Workflow("WfUnsafe", payload={"id": str}, success=str)
+
+
+def implement_unsafe(engine: plait.Engine, events: list[str]) -> None:
+    def book() -> str:
+        events.append("booked")
+        return "booking"
+
+    async def slow() -> str:
+        events.append("slow started")
+        try:
+            await engine.clock.sleep(3600)
+        except asyncio.CancelledError:
+            events.append("slow cancelled")
+            raise
+        events.append("slow done")
+        return "slow"
+
+    def never() -> str:
+        events.append("after")
+        return "after"
+
+    @Unsafe.implement
+    async def unsafe(payload: Any, execution_id: str) -> str:
+        events.append("run")
+        plait.add_finalizer(lambda exit_: events.append(f"finalizer {type(exit_).__name__}"))
+        booking = await plait.with_compensation(
+            plait.Activity("Book", execute=book, success=str),
+            lambda value: events.append(f"undo {value}"),
+        )
+        if payload.id == "suspended":
+            await Gate
+        else:
+            await plait.Activity("Slow", execute=slow, success=str)
+        return booking + await plait.Activity("After", execute=never, success=str)
+
+
+async def test_interrupt_unsafe_cancels_the_running_activity_now(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    # `interrupt` lets the hour-long activity finish first; `interrupt_unsafe` does not wait.
+    events: list[str] = []
+    implement_unsafe(plait_engine, events)
+    caller = asyncio.ensure_future(Unsafe.execute({"id": "running"}))
+    execution_id = Unsafe.execution_id({"id": "running"})
+    await settle()
+    assert events == ["run", "booked", "slow started"]
+    await Unsafe.interrupt_unsafe(execution_id)
+    with pytest.raises(plait.Interrupted):
+        await asyncio.wait_for(caller, 10)  # no clock advance: nothing waited for the hour
+    assert events == [
+        "run",
+        "booked",
+        "slow started",
+        "slow cancelled",
+        "undo booking",
+        "finalizer Failure",
+    ]
+    assert await Unsafe.poll(execution_id) == plait.Complete(
+        plait.Failure(plait.Interrupted(execution_id))
+    )
+    assert await journal_keys(plait_engine, execution_id) == ["Book/1"]
+    await plait_clock.advance(3600)
+    await settle()
+    assert "slow done" not in events
+
+
+async def test_interrupt_unsafe_of_a_suspended_execution_replays_and_starts_nothing(
+    plait_engine: plait.Engine,
+) -> None:
+    events: list[str] = []
+    implement_unsafe(plait_engine, events)
+    execution_id = await Unsafe.execute({"id": "suspended"}, discard=True)
+    await poll_until(Unsafe, execution_id, plait.Suspended)
+    await Unsafe.interrupt_unsafe(execution_id)
+    interrupted: plait.Complete[str] = plait.Complete(
+        plait.Failure(plait.Interrupted(execution_id))
+    )
+    assert await poll_until(Unsafe, execution_id, plait.Complete) == interrupted
+    # The replay read the booking from the journal and stopped at the gate: the booking did
+    # not run again and its compensation ran once, between the finalizers each run added.
+    assert events == [
+        "run",
+        "booked",
+        "run",
+        "finalizer Failure",
+        "undo booking",
+        "finalizer Failure",
+    ]
+    # Completing the gate afterwards changes nothing.
+    await Gate.succeed(gate_token(Unsafe, execution_id), "late")
+    await settle()
+    assert await Unsafe.poll(execution_id) == interrupted
+    assert events.count("after") == 0
+
+
+StrictUnsafe: plait.Workflow[Any, str] = plait.Workflow(
+    "WfStrictUnsafe", payload={"id": str}, success=str, capture_defects=False
+)
+
+
+async def test_interrupt_unsafe_without_a_run_replays_the_journal_and_runs_no_new_step(
+    plait_engine: plait.Engine,
+) -> None:
+    events: list[str] = []
+
+    def step(name: str) -> plait.Activity[str]:
+        def run() -> str:
+            events.append(name)
+            return name
+
+        return plait.Activity(name, execute=run, success=str)
+
+    @StrictUnsafe.implement
+    async def strict_unsafe(payload: Any, execution_id: str) -> str:
+        events.append("run")
+        booking = await plait.with_compensation(
+            step("Book"), lambda value: events.append(f"undo {value}")
+        )
+        if events.count("run") == 1:
+            raise RuntimeError("transient")  # no result: stored as running, with no run
+        return booking + await step("After")
+
+    with pytest.raises(plait.Defect):
+        await StrictUnsafe.execute({"id": "no run"})
+    execution_id = StrictUnsafe.execution_id({"id": "no run"})
+    await StrictUnsafe.interrupt_unsafe(execution_id)
+    assert await poll_until(StrictUnsafe, execution_id, plait.Complete) == plait.Complete(
+        plait.Failure(plait.Interrupted(execution_id))
+    )
+    # `interrupt` would have let this run go on to `After`; the unsafe one stops before it.
+    assert events == ["run", "Book", "run", "undo Book"]
+    assert await journal_keys(plait_engine, execution_id) == ["Book/1"]
+
+
+async def test_interrupt_unsafe_of_a_complete_or_unknown_execution_does_nothing(
+    plait_engine: plait.Engine,
+) -> None:
+    @Echo.implement
+    async def echo(payload: Any, execution_id: str) -> str:
+        return str(payload.text)
+
+    assert await Echo.execute({"text": "done"}) == "done"
+    execution_id = Echo.execution_id({"text": "done"})
+    await Echo.interrupt_unsafe(execution_id)
+    await Echo.interrupt_unsafe("0" * 32)
+    assert await Echo.poll(execution_id) == plait.Complete(plait.Success("done"))
 
 
 # Sagas ------------------------------------------------------------------------------------------

@@ -12,3 +12,5 @@ current_engine: ContextVar[Engine | None] = ContextVar("plait.engine", default=N
 current_run: ContextVar[_Run | None] = ContextVar("plait.run", default=None)
 current_race: ContextVar[_Race | None] = ContextVar("plait.race", default=None)
 current_attempt: ContextVar[int] = ContextVar("plait.attempt", default=1)
+# The run whose activity body is running here (None in the workflow body itself).
+current_activity: ContextVar[_Run | None] = ContextVar("plait.activity", default=None)

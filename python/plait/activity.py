@@ -115,10 +115,22 @@ class Activity(Generic[T]):
         run = _engine.run_state(f"activity {self.name!r}")
         return run.activity(self, _attempt.get()).__await__()
 
-    async def run_body(self, engine: _engine.Engine) -> Exit:
-        """Runs the body once (retrying interrupts) and returns how it ended."""
-        delays = None
+    async def run_body(self, engine: _engine.Engine, *, interrupted: bool = False) -> Exit:
+        """Runs the body once (retrying interrupts) and returns how it ended.
+
+        Args:
+            engine: The engine whose clock times the retries.
+            interrupted: The body already ran once and was cancelled from inside: that run was
+                the first attempt, so this one starts with the first retry's delay.
+        """
+        delays = self.interrupt_retry.delays()
         while True:
+            if interrupted:
+                delay = next(delays, None)
+                if delay is None:
+                    message = f'Activity "{self.name}" interrupted and retry attempts exhausted'
+                    return Failure(Defect("asyncio.CancelledError", message))
+                await engine.clock.sleep(delay)
             try:
                 if self.is_async:
                     value = await self.execute()  # type: ignore[misc]
@@ -131,14 +143,13 @@ class Activity(Generic[T]):
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
                     raise
-                delays = delays or self.interrupt_retry.delays()
-                delay = next(delays, None)
-                if delay is None:
-                    message = f'Activity "{self.name}" interrupted and retry attempts exhausted'
-                    return Failure(Defect("asyncio.CancelledError", message))
-                await engine.clock.sleep(delay)
+                interrupted = True
             except Exception as exc:
                 return Failure(exc)
+            except BaseException as exc:
+                if _engine.passes_through(exc):
+                    raise
+                return _engine.unexpected(f"activity {self.name!r}", exc)
 
     @staticmethod
     async def retry(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from plait._native import wall_clock_ms
 from plait.errors import InvalidArgumentError
 
-__all__ = ["Clock", "SystemClock", "VirtualClock", "seconds"]
+__all__ = ["Clock", "SystemClock", "VirtualClock", "milliseconds_ceil", "seconds"]
 
 
 def seconds(duration: timedelta | float) -> float:
@@ -22,6 +23,19 @@ def seconds(duration: timedelta | float) -> float:
         msg = f"a duration must be a timedelta or a number of seconds, got {duration!r}"
         raise InvalidArgumentError(msg)
     return float(duration)
+
+
+def milliseconds_ceil(seconds: float) -> int:
+    """`seconds` in whole milliseconds, rounded up: a timer due after it never fires early.
+
+    Effect rounds timer durations up too. Float noise below a nanosecond is dropped first, so
+    that `1.1` s is 1100 ms and not 1101.
+
+    Example:
+        >>> milliseconds_ceil(0.0014), milliseconds_ceil(1.1), milliseconds_ceil(0)
+        (2, 1100, 0)
+    """
+    return math.ceil(round(seconds * 1000, 6))
 
 
 class Clock(Protocol):
@@ -77,13 +91,14 @@ class VirtualClock:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        """Returns once the clock has been advanced past now + `seconds`."""
+        """Returns once the clock has been advanced past now + `seconds` (rounded up to a ms)."""
         if seconds <= 0:
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(
-            self._sleepers, (self._now + round(seconds * 1000), next(self._order), future)
+            self._sleepers,
+            (self._now + milliseconds_ceil(seconds), next(self._order), future),
         )
         await future
 
@@ -96,7 +111,8 @@ class VirtualClock:
         if step < 0:
             msg = f"a virtual clock only moves forward, got {duration!r}"
             raise InvalidArgumentError(msg)
-        target = self._now + round(step * 1000)
+        # Rounded up as sleeps are: advancing by a sleep's duration always wakes it.
+        target = self._now + milliseconds_ceil(step)
         await _settle()
         while self._sleepers and self._sleepers[0][0] <= target:
             due, _, future = heapq.heappop(self._sleepers)

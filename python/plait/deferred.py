@@ -112,6 +112,58 @@ class DurableDeferred(Generic[T]):
         found = _engine.engine_for(engine)
         return await found.complete_deferred(workflow_name, execution_id, name, encoded)
 
+    # Running into a deferred -------------------------------------------------------------
+
+    async def into(self, awaitable: Awaitable[T]) -> T:
+        """Awaits `awaitable` and completes this deferred with its outcome, which it returns.
+
+        Effect's `DurableDeferred.into`: the value, or the failure (a declared error, else a
+        `Defect`), is stored as the deferred's result, returned or raised here, and given to
+        whoever awaits the deferred. A run that finds the deferred's result stored (by an
+        earlier run, or completed from outside with its token) returns it without awaiting
+        `awaitable`, which is closed if it is a coroutine. Call it as `deferred.into(step)` or
+        `DurableDeferred.into(deferred, step)`.
+
+        The steps awaited inside take one position in the run's call order, as a race's
+        branches do, so a replay that skips them keeps later steps in place. An `Activity`
+        passed directly keeps its name's numbering on such a replay; steps of another
+        awaitable do not (as with `race_all`).
+
+        Raises:
+            NotInWorkflowError: Called outside a workflow run.
+        """
+        run = _engine.run_state(f"{self.name}.into()")
+        seq = run.position()
+        stored = run.deferreds.get(self.name)
+        if stored is not None:
+            if isinstance(awaitable, Activity):
+                run.key_of(awaitable.name, _context.current_attempt.get(), consume=True)
+            _close_unused([awaitable])
+            return run.decode(self.codec, stored).unwrap()  # type: ignore[no-any-return]
+        race = _context.current_race.get()
+        scope = race if race is not None and race.run is run else _engine._Race(run, 1, seq)
+        token = _context.current_race.set(scope)
+        try:
+            outcome: Exit = Success(await awaitable)
+        except Exception as exc:
+            if run.fatal is not None:
+                raise
+            outcome = Failure(exc)
+        except BaseException as exc:
+            if run.fatal is not None or _engine.passes_through(exc):
+                raise  # the run suspends, is interrupted or closes: nothing to store
+            outcome = _engine.unexpected(f"{self.name}.into()", exc)
+        finally:
+            _context.current_race.reset(token)
+        if run.suspended:  # the awaitable ignored the suspension: no result (Effect's rule)
+            return outcome.unwrap()  # type: ignore[no-any-return]
+        encoded, outcome = self.codec.settle(outcome)
+        stored = await run.engine.store_race(run.execution.id, self.name, encoded)
+        if stored != encoded:  # completed from outside meanwhile: the first result stays
+            encoded, outcome = stored, run.decode(self.codec, stored)
+        run.deliver(self.name, encoded)
+        return outcome.unwrap()  # type: ignore[no-any-return]
+
     # Races -------------------------------------------------------------------------------
 
     @staticmethod
@@ -225,5 +277,7 @@ class DurableClock:
         key = run.key_of(f"DurableClock/{name}", 0, consume=True)
         deferred_name = key.rsplit("/", 1)[0]
         if deferred_name not in run.deferreds:
+            if run.interrupting:
+                await run.stop_here()
             await run.engine.schedule_clock(run.execution.id, deferred_name, length)
         await run.deferred_value(deferred_name)

@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 import itertools
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from plait import _bridge, _context, _native
 from plait._native import MemoryStore, TimerWheel
-from plait.clocks import Clock, SystemClock, seconds
+from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.errors import (
     Defect,
     DeferredTokenError,
@@ -96,6 +95,49 @@ def current_instance() -> WorkflowInstance:
         NotInWorkflowError: Called outside a workflow run.
     """
     return WorkflowInstance(_run_or_raise("current_instance()"))
+
+
+class _ActivitySuspended(BaseException):
+    """Raised in an activity body that awaits a deferred (or a durable clock) with no result.
+
+    As in Effect, such an activity suspends the workflow instead of waiting in memory: its step
+    stores nothing and parks, and a later run executes the body again. A `BaseException`, so
+    that the body's `except Exception` does not swallow it.
+    """
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Whether `exc`, raised by user code in a run, goes on up rather than being recorded.
+
+    `KeyboardInterrupt` and `SystemExit` stop the process (asyncio raises them out of its
+    loop), `_ActivitySuspended` is the engine's, and so is a cancellation (a `CancelledError`,
+    or a group of nothing else) while the current task is being cancelled: the run suspends,
+    is interrupted or closes. Any other exception is an outcome: a declared error or a `Defect`.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, _ActivitySuspended)):
+        return True
+    return engine_cancelled(exc)
+
+
+def engine_cancelled(exc: BaseException) -> bool:
+    """Whether `exc` is only cancellation, raised while the current task is being cancelled."""
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.split(asyncio.CancelledError)[1] is not None:
+            return False
+    elif not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def unexpected(what: str, exc: BaseException) -> Failure:
+    """Logs `exc`, which is not an `Exception`, and returns it as the failure of `what`.
+
+    Recorded like any undeclared exception (the codec makes it a `Defect`), so that no run
+    ends without an outcome and its callers are never left waiting.
+    """
+    log.error("%s raised %s; it is recorded as a defect", what, type(exc).__name__, exc_info=exc)
+    return Failure(exc)
 
 
 def _run_or_raise(what: str) -> _Run:
@@ -230,6 +272,7 @@ class _Run:
         "fatal",
         "in_flight",
         "interrupted",
+        "interrupting",
         "journal",
         "next_seq",
         "parked",
@@ -256,6 +299,8 @@ class _Run:
         self.suspended = False
         self.suspend_scheduled = False
         self.interrupted = False
+        # An unsafe interrupt: the body is cancelled, and a replay starts nothing new.
+        self.interrupting = False
         self.body_done = False
         self.fatal: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
@@ -319,27 +364,44 @@ class _Run:
         stored = self.journal.get(key)
         if stored is not None:
             return self.decode(activity.codec, stored).unwrap()
+        if self.interrupting:
+            await self.stop_here()
         self.in_flight += 1
+        inside = _context.current_activity.set(self)
+        outcome: Exit | None
         try:
             if self.unsynced:  # the body may have side effects: what came before is durable
                 await self.sync()
-            if activity.is_async:  # the common case, without run_body's extra coroutine
-                try:
-                    outcome: Exit = Success(await activity.execute())
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is None or task.cancelling():
-                        raise
+            try:
+                if activity.is_async:  # the common case, without run_body's extra coroutine
+                    try:
+                        outcome = Success(await activity.execute())
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise
+                        # Cancelled from inside: that was the first attempt of the interrupt
+                        # retries, so `run_body` goes on with the first delay, not another run.
+                        outcome = await activity.run_body(self.engine, interrupted=True)
+                    except Exception as exc:  # the codec sorts declared errors from defects
+                        outcome = Failure(exc)
+                    except BaseException as exc:
+                        if passes_through(exc):
+                            raise
+                        outcome = unexpected(f"activity {activity.name!r}", exc)
+                else:
                     outcome = await activity.run_body(self.engine)
-                except Exception as exc:  # the codec sorts declared errors from defects
-                    outcome = Failure(exc)
-            else:
-                outcome = await activity.run_body(self.engine)
-            encoded, outcome = activity.codec.settle(outcome)
-            self.engine.append(self, key, seq, encoded)
+            except _ActivitySuspended:
+                outcome = None  # nothing stored: a later run executes the body again
+            if outcome is not None:
+                encoded, outcome = activity.codec.settle(outcome)
+                self.engine.append(self, key, seq, encoded)
         finally:
+            _context.current_activity.reset(inside)
             self.in_flight -= 1
             self.maybe_suspend()
+        if outcome is None:
+            await self.wait_forever()
         return outcome.unwrap()
 
     async def sync(self) -> None:
@@ -376,6 +438,9 @@ class _Run:
         stored = self.deferreds.get(name)
         if stored is not None:
             return stored
+        self.suspend_activity_body()
+        if self.interrupting:
+            await self.stop_here()
         future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
         race = _context.current_race.get()
         owner: _Run | _Race = self if race is None or race.run is not self else race
@@ -403,14 +468,52 @@ class _Run:
         # A run already suspending (its parked awaits being cancelled) needs a new run.
         return taken and not self.suspended
 
-    async def wait_forever(self) -> None:
-        """Parks the run for good: it suspends once no activity is in flight."""
+    async def wait_forever(self) -> NoReturn:
+        """Parks the run for good: it suspends once no activity is in flight.
+
+        In a race's branch it parks the race, which parks the run once no branch can win.
+        """
+        self.suspend_activity_body()
         future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
-        self.park()
+        race = _context.current_race.get()
+        owner: _Run | _Race = self if race is None or race.run is not self else race
+        owner.park()
         try:
             await future
         finally:
-            self.unpark()
+            owner.unpark()
+        raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
+
+    def suspend_activity_body(self) -> None:
+        """In one of this run's activity bodies, raises `_ActivitySuspended` (Effect's rule).
+
+        An activity that waits on a deferred, a durable clock or a suspended child suspends the
+        workflow; it does not wait in memory while the run goes on, so in a race it cannot win
+        before a replay runs it again.
+        """
+        if _context.current_activity.get() is self:
+            raise _ActivitySuspended
+
+    # Unsafe interrupts ---------------------------------------------------------------------
+
+    def stop_now(self) -> None:
+        """Marks the run interrupted at once and cancels its body, unless the body has ended."""
+        self.interrupting = True
+        if self.task is not None and not self.body_done:
+            self.task.cancel()
+
+    async def stop_here(self) -> None:
+        """Stops the run where the body would start something new (an unsafe interrupt).
+
+        The replay of an interrupted run goes as far as the journal holds, which registers the
+        compensations of the steps done, and no further: no activity body, child, timer or park.
+        """
+        if self.task is None or self.body_done:
+            return  # a finalizer's step: the body is over, nothing to cancel
+        self.stop_now()
+        # In the run's task, the cancellation lands here at once; in a race's branch, the race
+        # cancels this branch as the run's cancellation reaches it.
+        await self.engine._require_loop().create_future()
 
     # Suspension ----------------------------------------------------------------------------
 
@@ -471,6 +574,8 @@ class Engine:
         self._live: dict[str, _Execution] = {}
         self._resuming: set[str] = set()
         self._rewake: set[str] = set()
+        # Executions interrupted with `interrupt_unsafe`: their runs start nothing new.
+        self._interrupt_now: set[str] = set()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._unimplemented_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -560,7 +665,7 @@ class Engine:
         clock: Clock | None = None,
     ) -> Engine:
         """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
-        lease_ttl_ms = None if lease_ttl is None else math.ceil(seconds(lease_ttl) * 1000)
+        lease_ttl_ms = None if lease_ttl is None else milliseconds_ceil(seconds(lease_ttl))
 
         async def open_store() -> SqlStore:
             store: SqlStore = await _bridge.call(
@@ -604,7 +709,7 @@ class Engine:
         self._closing = False
         self._fenced = None
         ctx = contextvars.copy_context()
-        for var in (_context.current_run, _context.current_race):
+        for var in (_context.current_run, _context.current_race, _context.current_activity):
             ctx.run(var.set, None)
         ctx.run(_context.current_attempt.set, 1)
         self._base_context = ctx
@@ -646,6 +751,7 @@ class Engine:
                         or EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
                     )
         self._live.clear()
+        self._interrupt_now.clear()
         self._recovery.clear()
         self._timers.clear()
         self._timer_keys.clear()
@@ -737,6 +843,8 @@ class Engine:
         parent = _context.current_run.get()
         if parent is not None and parent.engine is not self:
             parent = None
+        if parent is not None and parent.interrupting:
+            await parent.stop_here()
         if parent is not None and parent.unsynced:
             await parent.sync()
         await self._attach(workflow, execution_id, payload, parent)
@@ -786,6 +894,7 @@ class Engine:
         loop = self._require_loop()
         assert self._base_context is not None
         run = _Run(self, ex)
+        run.interrupting = ex.id in self._interrupt_now
         if snapshot is not None:
             run.load(*snapshot)
         ex.run = run
@@ -902,16 +1011,29 @@ class Engine:
             value = await handler(ex.payload, ex.id)
             run.body_done = True
             outcome = Success(value)
-        except asyncio.CancelledError:
-            run.body_done = True
-            if not run.suspended or self._closing:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
         except Exception as exc:
             run.body_done = True
             outcome = Failure(exc)
+        except BaseException as exc:
+            run.body_done = True
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if engine_cancelled(exc):
+                # Cancelled to suspend: the run ends `Suspended`; by an unsafe interrupt: it
+                # ends `Interrupted`. Cancelled otherwise (the engine or its loop closing):
+                # nothing is recorded, the stored execution stays running for a later engine.
+                if not (run.suspended or run.interrupting) or self._closing:
+                    raise
+                task = asyncio.current_task()
+                while task is not None and task.cancelling():
+                    task.uncancel()  # finalizers run next, uncancelled
+                if run.interrupting:
+                    outcome = Failure(Interrupted(ex.id))
+            else:
+                # Raised by the body itself (a group mixing a failure and a cancellation, a
+                # CancelledError of its own, a BaseException subclass): a defect like any
+                # other. Letting it end the task left the execution without an outcome.
+                outcome = unexpected(f"workflow {workflow.name!r}, execution {ex.id}", exc)
         result: Complete[Any] | Suspended | BaseException = self._into_result(run, outcome)
         if isinstance(result, Complete) and ex.finalizers and run.unsynced:
             # Finalizers and compensations act on the world: the steps they answer to first.
@@ -966,7 +1088,9 @@ class Engine:
                 pending = finalizer(exit_)
                 if pending is not None:
                     await pending
-            except Exception as exc:
+            except BaseException as exc:
+                if passes_through(exc):
+                    raise
                 log.exception("finalizer of execution %s failed", ex.id)
                 if isinstance(exit_, Success):
                     exit_ = Failure(defect_of(exc))
@@ -983,6 +1107,7 @@ class Engine:
             assert encoded is not None
             if not await self._write(("status", ex.id, "complete", encoded)):
                 result = await self._result_stored_first(ex, result)
+            self._interrupt_now.discard(ex.id)
             ex.finalizers.clear()
             ex.compensated.clear()
         elif isinstance(result, Suspended):
@@ -1160,7 +1285,6 @@ class Engine:
         if isinstance(result, Complete):
             return result.exit.unwrap()
         await parent.wait_forever()
-        raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
 
     async def _name_of(self, execution_id: str) -> str:
         record = await self._journal().execution(execution_id)
@@ -1191,6 +1315,30 @@ class Engine:
         ex = self._live.get(execution_id)
         if ex is not None:
             ex.interrupted = True
+        await self._resume(execution_id)
+
+    async def interrupt_unsafe(self, execution_id: str) -> None:
+        """Interrupts the execution at once (Effect's `WorkflowEngine.interruptUnsafe`).
+
+        Unlike `interrupt`, which lets the current run go on to its end, the running body is
+        cancelled now, with the activity it awaits (an async body is cancelled; a sync one runs
+        on in its worker thread and its result is dropped). Then its compensations and
+        finalizers run, it completes as `Interrupted` and interrupts its children. An execution
+        with no run here gets one that replays what its journal holds, registering the
+        compensations of the steps done, and starts nothing new. The stored flag is the
+        ordinary interrupt's: an engine that recovers the execution after a crash interrupts it
+        the ordinary way.
+        """
+        self._require_loop()
+        if not await self._write(("interrupt", execution_id)):
+            return
+        self._interrupt_now.add(execution_id)
+        ex = self._live.get(execution_id)
+        if ex is not None:
+            ex.interrupted = True
+            if ex.run is not None:
+                ex.run.stop_now()
+        # A run ending as `Suspended` meanwhile is followed by one that ends interrupted.
         await self._resume(execution_id)
 
     async def resume(self, execution_id: str) -> None:
@@ -1286,7 +1434,7 @@ class Engine:
         return True
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
-        """Stores a race's outcome as deferred `name`; returns the stored one (the first)."""
+        """Stores a race's (or `into`'s) outcome as deferred `name`; returns the first stored."""
         if await self._write(("deferred", execution_id, name, encoded)):
             return encoded
         snapshot = await self._journal().snapshot(execution_id)
@@ -1296,7 +1444,8 @@ class Engine:
 
     async def schedule_clock(self, execution_id: str, name: str, seconds: float) -> None:
         """Completes deferred `name` of the execution after `seconds`, durably."""
-        due = self.clock.now_ms() + max(0, round(seconds * 1000))
+        # Rounded up: a timer never fires before its time (Effect's rule too).
+        due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
         if await self._write(("timer", execution_id, name, due)):
             if due <= self._timers_loaded_until:
                 self._add_timer(execution_id, name, due)

@@ -198,6 +198,18 @@ class Workflow(Generic[P, S]):
         """
         await _engine.engine_for(engine).interrupt(execution_id)
 
+    async def interrupt_unsafe(
+        self, execution_id: str, *, engine: _engine.Engine | None = None
+    ) -> None:
+        """Interrupts the execution at once, cancelling its running body.
+
+        Effect's `interruptUnsafe`. Where `interrupt` lets the current run finish first, this
+        cancels the body (and the activity it awaits) now; compensations and finalizers then
+        run and the execution completes as `Interrupted`, interrupting its children. See
+        `Engine.interrupt_unsafe`.
+        """
+        await _engine.engine_for(engine).interrupt_unsafe(execution_id)
+
     async def resume(self, execution_id: str, *, engine: _engine.Engine | None = None) -> None:
         """Runs a suspended execution again (nothing if it is running or complete)."""
         await _engine.engine_for(engine).resume(execution_id)
