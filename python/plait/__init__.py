@@ -45,7 +45,13 @@ from plait.ids import DeferredToken, activity_idempotency_key, execution_id, exe
 from plait.schedule import Schedule
 from plait.snowflake import Snowflake, SnowflakeGenerator, SnowflakeParts
 from plait.timers import TimerService, TimerWheel, wall_clock_ms
-from plait.workflow import Workflow, add_finalizer, with_compensation, workflow
+from plait.workflow import (
+    Workflow,
+    WorkflowFunction,
+    add_finalizer,
+    with_compensation,
+    workflow,
+)
 
 __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
@@ -92,6 +98,7 @@ __all__ = [
     "UnknownExecutionError",
     "UnknownRunnerError",
     "Workflow",
+    "WorkflowFunction",
     "WorkflowInstance",
     "WorkflowNotImplementedError",
     "__version__",
