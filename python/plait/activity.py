@@ -10,6 +10,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Union, overload
 
 from plait import engine as _engine
 from plait._context import current_attempt as _attempt
+from plait._definitions import Definitions, function_site
 from plait._native import activity_idempotency_key
 from plait.errors import (
     Defect,
@@ -251,6 +252,10 @@ class ActivityFunction(Generic[Params, T]):
         return f"@activity {self.name!r}"
 
 
+#: Decorated activities by name: two live functions must not share one (see `activity`).
+_decorated: Definitions[ActivityFunction[..., Any]] = Definitions("activity", keep_latest=False)
+
+
 class _ActivityDecorator(Protocol):
     """What `@activity(...)` without `success=` returns: keeps the function's result type."""
 
@@ -325,6 +330,11 @@ def activity(
     Calling it inside a workflow gives an awaitable step. The name defaults to the
     function's qualified name, the success type to its return annotation.
 
+    Raises:
+        DuplicateNameError: Another decorated function with the same activity name, defined
+            elsewhere, is still referenced. One defined at the same place (a factory called
+            again) is replaced.
+
     Example:
         >>> @activity
         ... async def charge(order_id: str, cents: int) -> str:
@@ -337,7 +347,9 @@ def activity(
         step_name = checked_name("an activity", fn.__qualname__ if name is None else name)
         success_type = return_type(fn, Any) if success is ... else success
         codec = ExitCodec(f"activity {step_name}", success_type, error)
-        return ActivityFunction(fn, step_name, codec, interrupt_retry)
+        made: ActivityFunction[..., Any] = ActivityFunction(fn, step_name, codec, interrupt_retry)
+        _decorated.claim(step_name, made, function_site(fn, made))
+        return made
 
     return wrap if fn is None else wrap(fn)
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from plait import engine as _engine
+from plait._definitions import caller_site, function_site
 from plait._native import execution_id as _execution_id
 from plait.errors import InvalidArgumentError, JournalDecodeError, PayloadError
 from plait.exits import Complete, Exit, ExitCodec, Failure, Suspended
@@ -33,7 +34,7 @@ class Workflow(Generic[P, S]):
     """A durable workflow: a name, a payload schema, a result schema and a handler.
 
     Args:
-        name: Unique among workflows; part of every execution id.
+        name: Unique among workflows (see `implement`); part of every execution id.
         payload: A pydantic model class, or a dict `{field: type}` to build one from.
         success: The type of the result (default `None`: no result is kept).
         error: Exception classes the workflow may fail with, stored and raised again as
@@ -121,6 +122,8 @@ class Workflow(Generic[P, S]):
         self.capture_defects = capture_defects
         self.suspend_on_failure = suspend_on_failure
         self.handler: Handler | None = None
+        # Where the user's code defines it: two workflows of one name are told apart by it.
+        self._site = caller_site(self)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r})"
@@ -128,12 +131,18 @@ class Workflow(Generic[P, S]):
     def implement(
         self, handler: Callable[[P, str], Awaitable[S]]
     ) -> Callable[[P, str], Awaitable[S]]:
-        """Registers `handler(payload, execution_id)` as the workflow's body (a decorator)."""
+        """Registers `handler(payload, execution_id)` as the workflow's body (a decorator).
+
+        Raises:
+            DuplicateNameError: Another workflow of this name, defined elsewhere, is still
+                referenced. One defined at the same place (a factory called again) is
+                replaced.
+        """
         if not inspect.iscoroutinefunction(handler):
             msg = f"workflow {self.name!r}: the handler must be an async function"
             raise TypeError(msg)
+        _engine.register(self, self._site)  # first: a refused workflow stays unimplemented
         self.handler = handler
-        _engine.register(self)
         return handler
 
     # Payloads ----------------------------------------------------------------------------
@@ -322,6 +331,7 @@ def workflow(
             capture_defects=capture_defects,
             suspend_on_failure=suspend_on_failure,
         )
+        wf._site = function_site(fn, wf)
 
         async def handler(payload: BaseModel, execution_id: str) -> S:
             kwargs = {field: getattr(payload, field) for field in fields}
