@@ -1,16 +1,14 @@
 """plait: durable workflows and sharded entities for Python, with a Rust core.
 
-Everything public is importable from here; `plait._native` is private.
+The workflow API is importable from here. The primitives under it have their own modules:
+`plait.sharding` (shard routing), `plait.timers` (the timer wheel and service) and
+`plait.snowflake` (snowflake ids). `plait._native` is private.
 """
 
-from plait._native import (
-    DEFAULT_SHARDS_PER_GROUP,
-    HashRing,
-    __version__,
-    hash_string,
-    shard_id,
-    shard_ids,
-)
+from plait import sharding as sharding
+from plait import snowflake as snowflake
+from plait import timers as timers
+from plait._native import __version__
 from plait.activity import Activity, ActivityFunction, activity, current_attempt
 from plait.clocks import SystemClock
 from plait.deferred import DurableClock, DurableDeferred
@@ -44,8 +42,6 @@ from plait.errors import (
 from plait.exits import Complete, Exit, Failure, Success, Suspended, TaggedError
 from plait.ids import DeferredToken, activity_idempotency_key, execution_id, execution_ids
 from plait.schedule import Schedule
-from plait.snowflake import Snowflake, SnowflakeGenerator, SnowflakeParts
-from plait.timers import TimerService, TimerWheel, wall_clock_ms
 from plait.workflow import (
     Workflow,
     WorkflowFunction,
@@ -55,7 +51,6 @@ from plait.workflow import (
 )
 
 __all__ = [
-    "DEFAULT_SHARDS_PER_GROUP",
     "Activity",
     "ActivityFunction",
     "ClosedError",
@@ -73,7 +68,6 @@ __all__ = [
     "Exit",
     "Failure",
     "ForkedProcessError",
-    "HashRing",
     "Interrupted",
     "InvalidArgumentError",
     "JournalDecodeError",
@@ -85,9 +79,6 @@ __all__ = [
     "PlaitError",
     "ResultSchemaError",
     "Schedule",
-    "Snowflake",
-    "SnowflakeGenerator",
-    "SnowflakeParts",
     "StoreConnectError",
     "StoreError",
     "Success",
@@ -95,8 +86,6 @@ __all__ = [
     "SuspendedRetryExhaustedError",
     "SystemClock",
     "TaggedError",
-    "TimerService",
-    "TimerWheel",
     "UnknownExecutionError",
     "UnknownRunnerError",
     "Workflow",
@@ -111,10 +100,6 @@ __all__ = [
     "current_instance",
     "execution_id",
     "execution_ids",
-    "hash_string",
-    "shard_id",
-    "shard_ids",
-    "wall_clock_ms",
     "with_compensation",
     "workflow",
 ]
