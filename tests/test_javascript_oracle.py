@@ -1,5 +1,5 @@
-"""plait against JavaScript itself: node runs the hash from Effect's source (as quoted in
-`reference/effect-api.md` §4.1) and the real `JSON.stringify`, on the same random strings."""
+"""plait against JavaScript itself: node runs the hash from Effect's source (its
+`Hash.string`) and the real `JSON.stringify`, on the same random strings."""
 
 from __future__ import annotations
 
