@@ -11,6 +11,7 @@ import gc
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 import plait
 from plait._native import MemoryStore
@@ -180,3 +181,19 @@ def test_inline_activities_are_steps_not_definitions() -> None:
     first = plait.Activity("DupInline", execute=lambda: 1, success=int)
     second = plait.Activity("DupInline", execute=lambda: 2, success=int)
     assert first.name == second.name
+
+
+class Billing(plait.Workflow[BaseModel, str]):
+    """A user's subclass: its `__init__` is not where a workflow is defined."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, success=str)
+
+
+def test_a_subclass_defines_workflows_where_they_are_built() -> None:
+    first = Billing("DupSubclass")  # first Billing
+    first.implement(_body)
+    with pytest.raises(plait.DuplicateNameError) as caught:
+        Billing("DupSubclass").implement(_other_body)  # second Billing
+    assert caught.value.first == f"{HERE}:{_line_of('first Billing')}"
+    assert caught.value.second == f"{HERE}:{_line_of('second Billing')}"

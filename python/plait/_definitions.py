@@ -57,11 +57,16 @@ def _in_plait(frame: FrameType) -> bool:
 def caller_site(made: object) -> DefinitionSite:
     """The line outside plait that is making `made`.
 
-    Frames of plait itself are skipped, and so are methods of `made` (a subclass's
-    `__init__` calling ours), so that the site is where the user's code builds it.
+    Frames of plait itself are skipped, and so are the `__init__`s of `made`'s class and its
+    bases (a subclass's calling ours), so that the site is where the user's code builds it.
     """
+    inits = {
+        code
+        for cls in type(made).__mro__
+        if (code := getattr(cls.__dict__.get("__init__"), "__code__", None)) is not None
+    }
     frame = sys._getframe(1)
-    while frame.f_back is not None and (_in_plait(frame) or frame.f_locals.get("self") is made):
+    while frame.f_back is not None and (_in_plait(frame) or frame.f_code in inits):
         frame = frame.f_back
     return _site_of(frame)
 
