@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 import plait
+from plait.sharding import HashRing, shard_id, shard_ids
+from plait.snowflake import SnowflakeGenerator
+from plait.timers import TimerService, TimerWheel
 from tests import effect_reference
 
 N = 10_000
@@ -25,12 +28,12 @@ TIMERS = [(n, (n * 2_654_435_761) % 86_400_000 + 1) for n in range(100_000)]
 
 @pytest.mark.benchmark(group="shard ids of 10k entity ids")
 def test_shard_ids_batch(benchmark: Any) -> None:
-    assert benchmark(plait.shard_ids, CHANNELS) == [plait.shard_id(c) for c in CHANNELS]
+    assert benchmark(shard_ids, CHANNELS) == [shard_id(c) for c in CHANNELS]
 
 
 @pytest.mark.benchmark(group="shard ids of 10k entity ids")
 def test_shard_id_per_item(benchmark: Any) -> None:
-    benchmark(lambda: [plait.shard_id(c) for c in CHANNELS])
+    benchmark(lambda: [shard_id(c) for c in CHANNELS])
 
 
 @pytest.mark.benchmark(group="shard ids of 10k entity ids")
@@ -57,19 +60,19 @@ def test_execution_id_hashlib(benchmark: Any) -> None:
 
 @pytest.mark.benchmark(group="10k snowflake ids")
 def test_snowflakes_batch(benchmark: Any) -> None:
-    generator = plait.SnowflakeGenerator(7)
+    generator = SnowflakeGenerator(7)
     benchmark(generator.next_ids, N)
 
 
 @pytest.mark.benchmark(group="10k snowflake ids")
 def test_snowflakes_per_item(benchmark: Any) -> None:
-    generator = plait.SnowflakeGenerator(7)
+    generator = SnowflakeGenerator(7)
     benchmark(lambda: [generator.next_id() for _ in range(N)])
 
 
 @pytest.mark.benchmark(group="300 shards over 3 runners")
 def test_ring_assignment(benchmark: Any) -> None:
-    ring = plait.HashRing()
+    ring = HashRing()
     reference = effect_reference.Ring()
     for runner in ("runner1:34431", "runner2:34431", "runner3:34431"):
         ring.add(runner)
@@ -86,7 +89,7 @@ def test_ring_assignment_pure_python(benchmark: Any) -> None:
 
 
 def _wheel_day() -> int:
-    wheel = plait.TimerWheel(now_ms=0)
+    wheel = TimerWheel(now_ms=0)
     wheel.insert_many(TIMERS)
     return sum(len(wheel.advance(hour * 3_600_000)) for hour in range(1, 25))
 
@@ -113,7 +116,7 @@ def test_timer_heapq(benchmark: Any) -> None:
 
 
 async def _bridge_sequential(count: int) -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     for n in range(count):
         timers.schedule(n, 0)
         assert await timers.poll() == [n]
@@ -139,7 +142,7 @@ async def _asyncio_sequential(count: int) -> None:
 
 
 async def _bridge_concurrent(count: int) -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     timers.schedule_many([(n, 0) for n in range(count)])
     got = await asyncio.gather(*(timers.poll(max_timers=1) for _ in range(count)))
     assert len(got) == count
@@ -184,7 +187,7 @@ def test_await_asyncio_futures_concurrent(benchmark: Any) -> None:
 
 MEMORY_PROBE = """
 import os, sys
-import plait
+from plait.timers import TimerWheel
 
 def rss() -> int:
     with open("/proc/self/statm") as statm:
@@ -194,7 +197,7 @@ n = int(sys.argv[1])
 year_ms = 365 * 86_400_000
 timers = [(i, (i * 2_654_435_761) % year_ms + 1) for i in range(n)]
 before = rss()
-wheel = plait.TimerWheel(now_ms=0)
+wheel = TimerWheel(now_ms=0)
 for start in range(0, n, 100_000):
     wheel.insert_many(timers[start : start + 100_000])
 assert len(wheel) == n

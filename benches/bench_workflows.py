@@ -16,23 +16,11 @@ import uvloop
 
 import plait
 
+# The comparison's steps: one function holds an activity's name in a process.
+from benches.compare_dbos import add_one, double, subtract_one
+
 IN_FLIGHT = 1_000
 _fresh = itertools.count()
-
-
-@plait.activity
-async def add_one(x: int) -> int:
-    return x + 1
-
-
-@plait.activity
-async def double(x: int) -> int:
-    return x * 2
-
-
-@plait.activity
-async def subtract_one(x: int) -> int:
-    return x - 1
 
 
 @plait.workflow(name="BenchThreeSteps", idempotency_key=lambda p: str(p.x))

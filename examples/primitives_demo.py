@@ -11,6 +11,9 @@ import time
 from collections import Counter
 
 import plait
+from plait.sharding import HashRing, shard_ids
+from plait.snowflake import Snowflake, SnowflakeGenerator
+from plait.timers import TimerService, TimerWheel, wall_clock_ms
 
 
 def ids() -> None:
@@ -34,13 +37,13 @@ def sharding() -> None:
     print("\n== Entities to shards to runners")
     channels = [f"channel-{n}" for n in range(100_000)]
     started = time.perf_counter()
-    shards = plait.shard_ids(channels)
+    shards = shard_ids(channels)
     elapsed = time.perf_counter() - started
     print(
         f"shards of 100,000 channel ids in one call: {elapsed * 1000:.1f} ms; "
         f"channel-7 lives on shard {shards[7]}"
     )
-    ring = plait.HashRing()
+    ring = HashRing()
     for host in ("runner1:34431", "runner2:34431", "runner3:34431"):
         ring.add(host)
     before = ring.shards(300)
@@ -56,11 +59,11 @@ def sharding() -> None:
 
 def snowflakes() -> None:
     print("\n== Snowflake ids")
-    generator = plait.SnowflakeGenerator(machine_id=7)
+    generator = SnowflakeGenerator(machine_id=7)
     started = time.perf_counter()
     batch = generator.next_ids(1_000_000)
     elapsed = time.perf_counter() - started
-    first = plait.Snowflake(batch[0])
+    first = Snowflake(batch[0])
     print(
         f"1,000,000 ids in one call: {elapsed * 1000:.1f} ms, strictly increasing: "
         f"{all(a < b for a, b in itertools.pairwise(batch))}"
@@ -73,7 +76,7 @@ def snowflakes() -> None:
 
 async def timers() -> None:
     print("\n== Timers")
-    wheel = plait.TimerWheel(now_ms=0)
+    wheel = TimerWheel(now_ms=0)
     day_ms = 86_400_000
     started = time.perf_counter()
     wheel.insert_many((n, (n * 2_654_435_761) % (365 * day_ms) + 1) for n in range(1_000_000))
@@ -86,8 +89,8 @@ async def timers() -> None:
         f"the first day's {len(first_day)} fire in {advanced * 1000:.1f} ms"
     )
 
-    service = plait.TimerService()
-    now = plait.wall_clock_ms()
+    service = TimerService()
+    now = wall_clock_ms()
     service.schedule_many([(1, now + 150), (2, now + 50), (3, now + 100)])
     fired: list[int] = []
     started = time.perf_counter()

@@ -13,6 +13,9 @@ import plait
 from plait.testing import VirtualClock
 from tests.workflow_support import EngineFactory
 
+# Type-checked by tests/test_typecheck.py, never imported: --doctest-modules would run them.
+collect_ignore = ["typecheck"]
+
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> random.Random:

@@ -1,5 +1,6 @@
-"""Pure-Python statements of Effect's routing algorithms, written from `reference/effect-api.md`
-(§4.1 and §7) and Effect's `HashRing.ts`, to check the Rust port against on random inputs."""
+"""Pure-Python statements of Effect's routing algorithms, written from Effect's published
+behaviour (its string hash, shard ids and `HashRing.ts`), to check the Rust port against on
+random inputs."""
 
 from __future__ import annotations
 

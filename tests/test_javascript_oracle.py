@@ -1,5 +1,5 @@
-"""plait against JavaScript itself: node runs the hash from Effect's source (as quoted in
-`reference/effect-api.md` §4.1) and the real `JSON.stringify`, on the same random strings."""
+"""plait against JavaScript itself: node runs the hash from Effect's source (its
+`Hash.string`) and the real `JSON.stringify`, on the same random strings."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 import plait
+from plait.sharding import hash_string, shard_ids
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -71,6 +72,6 @@ def test_hashes_shards_and_tokens_match_javascript(rng: random.Random) -> None:
     strings = [random_string(rng, surrogates=True) for _ in range(3000)]
     triples = [[random_string(rng, surrogates=False) for _ in range(3)] for _ in range(2000)]
     js = run_node({"strings": strings, "triples": triples})
-    assert [plait.hash_string(s) for s in strings] == js["hashes"]
-    assert plait.shard_ids(strings) == js["shards"]
+    assert [hash_string(s) for s in strings] == js["hashes"]
+    assert shard_ids(strings) == js["shards"]
     assert [plait.DeferredToken(*t).encode() for t in triples] == js["tokens"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import inspect
 import subprocess
 import sys
@@ -19,6 +20,28 @@ def test_public_names_resolve() -> None:
     for name in plait.__all__:
         assert hasattr(plait, name), name
     assert "_native" not in plait.__all__
+
+
+def test_primitives_live_in_their_own_modules() -> None:
+    moved = {
+        "sharding": (
+            "DEFAULT_SHARDS_PER_GROUP",
+            "HashRing",
+            "hash_string",
+            "shard_id",
+            "shard_ids",
+        ),
+        "timers": ("TimerService", "TimerWheel", "wall_clock_ms"),
+        "snowflake": ("Snowflake", "SnowflakeGenerator", "SnowflakeParts"),
+    }
+    for module, names in moved.items():
+        found = importlib.import_module(f"plait.{module}")
+        assert getattr(plait, module) is found
+        for name in names:
+            assert name in found.__all__, (module, name)
+            assert not hasattr(plait, name), name
+    for name in ("execution_id", "activity_idempotency_key", "DeferredToken"):
+        assert name in plait.__all__
 
 
 def test_every_exception_derives_from_plait_error() -> None:
@@ -67,7 +90,7 @@ def test_one_abi3_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> Non
         timeout=300,
     )
     done = subprocess.run(
-        [python, "-c", "import plait; print(plait.shard_id('entity-1'))"],
+        [python, "-c", "from plait.sharding import shard_id; print(shard_id('entity-1'))"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 import plait
+from plait.sharding import HashRing, shard_id
+from plait.snowflake import SnowflakeGenerator
 from tests.child import run_python
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -39,6 +41,11 @@ def test_bad_input_examples_raise_what_they_say(line: str) -> None:
     statement, comment = line.split("#", 1)
     error_name, message = comment.strip().split(": ", 1)
     error = getattr(plait, error_name)
-    namespace: dict[str, object] = {"plait": plait, "ring": plait.HashRing()}
+    namespace: dict[str, object] = {
+        "plait": plait,
+        "ring": HashRing(),
+        "shard_id": shard_id,
+        "SnowflakeGenerator": SnowflakeGenerator,
+    }
     with pytest.raises(error, match=re.escape(message.removesuffix("...").strip())):
         exec(statement, namespace)

@@ -201,13 +201,17 @@ def test_a_corrupted_journal_row_fails_only_its_execution(tmp_path: Path) -> Non
 
 def test_an_incompatible_payload_change_names_the_workflow_and_the_field(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'plait.db'}"
-    old = plait.Workflow("Evolving", payload=Before, success=str, idempotency_key=lambda p: p.key)
-
-    @old.implement
-    async def old_body(payload: Before, execution_id: str) -> str:
-        return str(await Gate)
 
     async def first() -> str:
+        # The first process's code: gone with it, so the new code can take the name.
+        old = plait.Workflow(
+            "Evolving", payload=Before, success=str, idempotency_key=lambda p: p.key
+        )
+
+        @old.implement
+        async def old_body(payload: Before, execution_id: str) -> str:
+            return str(await Gate)
+
         async with plait.Engine.url(url):
             execution_id = await old.execute(Before(key="k", count=1), discard=True)
             await settle(lambda: _is(old, execution_id, plait.Suspended))

@@ -13,12 +13,14 @@ import pytest
 
 import plait
 from plait import _bridge, _native
+from plait.sharding import shard_id
+from plait.timers import TimerService, wall_clock_ms
 from tests.child import run_python
 
 
 async def test_many_concurrent_rust_awaits_resolve() -> None:
-    timers = plait.TimerService()
-    timers.schedule_many([(n, plait.wall_clock_ms() + 20) for n in range(1_000)])
+    timers = TimerService()
+    timers.schedule_many([(n, wall_clock_ms() + 20) for n in range(1_000)])
     waits = [_bridge.call(timers._ref.wait_due) for _ in range(2_000)]
     assert await asyncio.gather(*waits) == [None] * 2_000
     assert len(_bridge.for_running_loop().native) == 0
@@ -26,7 +28,7 @@ async def test_many_concurrent_rust_awaits_resolve() -> None:
 
 
 async def test_exceptions_from_rust_keep_their_class() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     timers.close()
     with pytest.raises(plait.ClosedError, match="closed"):
         await _bridge.call(timers._ref.wait_due)
@@ -35,7 +37,7 @@ async def test_exceptions_from_rust_keep_their_class() -> None:
 def test_cancel_aborts_the_rust_task() -> None:
     # A bridge no loop watches, so its results can be looked at directly.
     bridge = _native.AsyncBridge()
-    timers = plait.TimerService()
+    timers = TimerService()
     cancelled = timers._ref.wait_due(bridge)
     kept = timers._ref.wait_due(bridge)
     assert bridge.cancel(cancelled) is True
@@ -52,7 +54,7 @@ def test_cancel_aborts_the_rust_task() -> None:
 
 
 def test_dropping_a_bridge_stops_its_tasks() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(50):
         bridge = _native.AsyncBridge()
@@ -69,7 +71,7 @@ def test_a_loop_closed_with_awaits_pending_leaks_nothing() -> None:
     for _ in range(30):
         loop = asyncio.new_event_loop()
         loops.append(weakref.ref(loop))
-        timers = plait.TimerService()
+        timers = TimerService()
         pending = loop.create_task(timers.poll())  # never due
         loop.run_until_complete(asyncio.sleep(0.001))
         loop.close()  # without cancelling the pending poll
@@ -81,7 +83,7 @@ def test_a_loop_closed_with_awaits_pending_leaks_nothing() -> None:
 
 
 async def test_a_closed_coroutine_stops_its_rust_task() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     bridge = _bridge.for_running_loop()
     waiting = bridge.wait(timers._ref.wait_due(bridge.native))
     waiting.send(None)  # runs up to the await
@@ -91,7 +93,7 @@ async def test_a_closed_coroutine_stops_its_rust_task() -> None:
 
 
 async def test_cancelling_an_await_stops_the_rust_task() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     bridge = _bridge.for_running_loop()
     wait = asyncio.ensure_future(bridge.wait(timers._ref.wait_due(bridge.native)))
     await asyncio.sleep(0.01)
@@ -101,7 +103,7 @@ async def test_cancelling_an_await_stops_the_rust_task() -> None:
         await wait
     assert len(bridge.native) == 0
     # The service is unaffected: a later wait sees a later timer.
-    timers.schedule(1, plait.wall_clock_ms())
+    timers.schedule(1, wall_clock_ms())
     assert await asyncio.wait_for(timers.poll(), timeout=5) == [1]
 
 
@@ -109,8 +111,8 @@ def test_event_loops_in_threads() -> None:
     results: list[list[int]] = []
 
     def worker(n: int) -> None:
-        timers = plait.TimerService()
-        timers.schedule(n, plait.wall_clock_ms() + 10)
+        timers = TimerService()
+        timers.schedule(n, wall_clock_ms() + 10)
         results.append(asyncio.run(timers.poll()))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
@@ -126,7 +128,7 @@ def test_a_finished_loop_is_not_kept_alive() -> None:
 
     async def use_bridge() -> None:
         loops.append(weakref.ref(asyncio.get_running_loop()))
-        timers = plait.TimerService()
+        timers = TimerService()
         timers.schedule(1, 0)
         await timers.poll()
 
@@ -140,7 +142,7 @@ def test_a_panic_is_an_exception_not_an_abort() -> None:
         _native._panic("boom in rust")
     assert type(caught.value).__name__ == "PanicException"
     # The interpreter and the module carry on.
-    assert plait.shard_id("entity-1") == 231
+    assert shard_id("entity-1") == 231
 
 
 async def test_a_panic_in_a_rust_task_is_an_exception() -> None:
@@ -169,11 +171,11 @@ def test_a_panic_does_not_kill_the_process() -> None:
 
 FORK_SCRIPT = """
 import asyncio, os
-import plait
+from plait.timers import TimerService, wall_clock_ms
 
 async def one_timer(n):
-    timers = plait.TimerService()
-    timers.schedule(n, plait.wall_clock_ms() + 10)
+    timers = TimerService()
+    timers.schedule(n, wall_clock_ms() + 10)
     return await timers.poll()
 
 assert asyncio.run(one_timer(1)) == [1]  # the parent's runtime is up before the fork
@@ -192,9 +194,11 @@ print("child exit", os.waitstatus_to_exitcode(status))
 INHERITED_SCRIPT = """
 import asyncio, os
 import plait
+from plait.snowflake import SnowflakeGenerator
+from plait.timers import TimerService
 
-generator = plait.SnowflakeGenerator(3)
-timers = plait.TimerService()
+generator = SnowflakeGenerator(3)
+timers = TimerService()
 timers.schedule(1, 0)
 assert asyncio.run(timers.poll()) == [1]
 parent_next = generator.next_id()
@@ -207,7 +211,7 @@ if pid == 0:
             outcomes.append("worked")
         except plait.ForkedProcessError:
             outcomes.append("refused")
-    fresh = plait.SnowflakeGenerator(4).next_id()
+    fresh = SnowflakeGenerator(4).next_id()
     os._exit(0 if outcomes == ["refused"] * 3 and fresh else 1)
 _, status = os.waitpid(pid, 0)
 assert generator.next_id() > parent_next  # the parent's objects carry on

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 import plait
+from plait.snowflake import Snowflake, SnowflakeGenerator, SnowflakeParts
+from plait.timers import wall_clock_ms
 from tests.vectors import EFFECT
 
 JUNE_1_NOON = datetime(2025, 6, 1, 12, tzinfo=UTC)
@@ -14,22 +16,22 @@ JUNE_1_NOON = datetime(2025, 6, 1, 12, tzinfo=UTC)
 def test_effect_vector() -> None:
     v = EFFECT["snowflake"]
     assert v["timestamp_ms"] == int(JUNE_1_NOON.timestamp() * 1000)
-    s = plait.Snowflake.make(JUNE_1_NOON, machine_id=v["machine_id"], sequence=v["sequence"])
+    s = Snowflake.make(JUNE_1_NOON, machine_id=v["machine_id"], sequence=v["sequence"])
     assert s == v["snowflake"]
-    assert s.parts == plait.SnowflakeParts(v["timestamp_ms"], v["machine_id"], v["sequence"])
+    assert s.parts == SnowflakeParts(v["timestamp_ms"], v["machine_id"], v["sequence"])
     assert (s.machine_id, s.sequence, s.timestamp) == (7, 42, JUNE_1_NOON)
 
 
 def test_make_accepts_ms_and_any_timezone() -> None:
     ms = int(JUNE_1_NOON.timestamp() * 1000)
-    assert plait.Snowflake.make(ms, 7, 42) == 54901761638428714
+    assert Snowflake.make(ms, 7, 42) == 54901761638428714
     plus_two = JUNE_1_NOON.astimezone(timezone(timedelta(hours=2)))
-    assert plait.Snowflake.make(plus_two, 7, 42) == 54901761638428714
+    assert Snowflake.make(plus_two, 7, 42) == 54901761638428714
 
 
 def test_extremes() -> None:
-    assert plait.Snowflake.make(plait.snowflake.EPOCH, 0, 0) == 0
-    top = plait.Snowflake(2**64 - 1)
+    assert Snowflake.make(plait.snowflake.EPOCH, 0, 0) == 0
+    top = Snowflake(2**64 - 1)
     assert (top.machine_id, top.sequence) == (1023, 4095)
     assert top.timestamp_ms == 1735689600000 + 2**42 - 1
 
@@ -49,29 +51,29 @@ def test_out_of_range_parts_are_named(
     timestamp: datetime | int, machine_id: int, sequence: int, named: str
 ) -> None:
     with pytest.raises(plait.InvalidArgumentError, match=named):
-        plait.Snowflake.make(timestamp, machine_id, sequence)
+        Snowflake.make(timestamp, machine_id, sequence)
 
 
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(plait.InvalidArgumentError, match="naive"):
-        plait.Snowflake.make(datetime(2025, 6, 1, 12), 7, 42)
+        Snowflake.make(datetime(2025, 6, 1, 12), 7, 42)
 
 
 def test_not_a_snowflake() -> None:
     with pytest.raises(plait.InvalidArgumentError, match="-5"):
-        plait.Snowflake(-5).parts  # noqa: B018
+        Snowflake(-5).parts  # noqa: B018
 
 
 def test_generator_ids_increase_and_carry_the_machine() -> None:
-    generator = plait.SnowflakeGenerator(machine_id=513)
-    before = plait.wall_clock_ms()
+    generator = SnowflakeGenerator(machine_id=513)
+    before = wall_clock_ms()
     one_by_one = [generator.next_id() for _ in range(10_000)]
-    middle = plait.wall_clock_ms()
+    middle = wall_clock_ms()
     ids = one_by_one + generator.next_ids(100_000)
-    after = plait.wall_clock_ms()
+    after = wall_clock_ms()
     assert all(a < b for a, b in itertools.pairwise(ids))
     assert len(set(ids)) == len(ids)
-    parts = [plait.Snowflake(i).parts for i in (ids[0], ids[-1])]
+    parts = [Snowflake(i).parts for i in (ids[0], ids[-1])]
     assert all(p.machine_id == 513 for p in parts)
     assert before <= parts[0].timestamp_ms
     # Ids run ahead of the clock only by the sequence space they need (4,096 a millisecond):
@@ -82,10 +84,10 @@ def test_generator_ids_increase_and_carry_the_machine() -> None:
 
 
 def test_machine_id_can_be_set_later() -> None:
-    generator = plait.SnowflakeGenerator(0)
+    generator = SnowflakeGenerator(0)
     generator.machine_id = 1023
     assert generator.machine_id == 1023
-    assert plait.Snowflake(generator.next_id()).machine_id == 1023
+    assert Snowflake(generator.next_id()).machine_id == 1023
     with pytest.raises(plait.InvalidArgumentError, match="1024"):
         generator.machine_id = 1024
     assert generator.machine_id == 1023
@@ -94,9 +96,9 @@ def test_machine_id_can_be_set_later() -> None:
 @pytest.mark.parametrize("machine_id", [1024, -1, 5000])
 def test_generator_rejects_bad_machine_ids(machine_id: int) -> None:
     with pytest.raises(plait.InvalidArgumentError, match=str(machine_id)):
-        plait.SnowflakeGenerator(machine_id)
+        SnowflakeGenerator(machine_id)
 
 
 def test_next_ids_rejects_negative_counts() -> None:
     with pytest.raises(plait.InvalidArgumentError, match="-1"):
-        plait.SnowflakeGenerator(0).next_ids(-1)
+        SnowflakeGenerator(0).next_ids(-1)

@@ -8,12 +8,13 @@ import time
 import pytest
 
 import plait
+from plait.timers import TimerService, TimerWheel, wall_clock_ms
 
 YEAR_MS = 365 * 86_400_000
 
 
 def test_fires_in_due_order_then_insertion_order() -> None:
-    wheel = plait.TimerWheel(now_ms=1_000)
+    wheel = TimerWheel(now_ms=1_000)
     wheel.insert_many([(1, 1_500), (2, 1_200), (3, 9_000), (4, 1_200), (5, 1_001)])
     assert wheel.next_due() == 1_001
     assert wheel.advance(1_000) == []
@@ -25,8 +26,8 @@ def test_fires_in_due_order_then_insertion_order() -> None:
 
 
 def test_past_due_and_far_future() -> None:
-    now = plait.wall_clock_ms()
-    wheel = plait.TimerWheel(now_ms=now)
+    now = wall_clock_ms()
+    wheel = TimerWheel(now_ms=now)
     wheel.insert(1, now - 60_000)
     wheel.insert(2, now + 10 * YEAR_MS)
     wheel.insert(3, 2**64 - 1)
@@ -38,7 +39,7 @@ def test_past_due_and_far_future() -> None:
 
 
 def test_cancel_and_move() -> None:
-    wheel = plait.TimerWheel(now_ms=0)
+    wheel = TimerWheel(now_ms=0)
     assert wheel.insert(1, 100) is False
     assert wheel.insert(1, 50) is True
     assert wheel.insert(2, 70) is False
@@ -49,7 +50,7 @@ def test_cancel_and_move() -> None:
 
 
 def test_against_a_heap(rng: random.Random) -> None:
-    wheel = plait.TimerWheel(now_ms=0)
+    wheel = TimerWheel(now_ms=0)
     heap: list[tuple[int, int, int]] = []  # (due, seq, id); cancelled entries are skipped
     live: dict[int, tuple[int, int]] = {}
     now = seq = 0
@@ -83,7 +84,7 @@ def test_against_a_heap(rng: random.Random) -> None:
 
 @pytest.mark.parametrize("bad", [-1, 2**64])
 def test_bad_ids_and_instants_are_named(bad: int) -> None:
-    wheel = plait.TimerWheel(now_ms=0)
+    wheel = TimerWheel(now_ms=0)
     with pytest.raises(plait.InvalidArgumentError, match=str(bad)):
         wheel.insert(bad, 10)
     with pytest.raises(plait.InvalidArgumentError, match=str(bad)):
@@ -95,8 +96,8 @@ def test_bad_ids_and_instants_are_named(bad: int) -> None:
 
 
 async def test_service_wakes_the_loop_in_due_order() -> None:
-    timers = plait.TimerService()
-    now = plait.wall_clock_ms()
+    timers = TimerService()
+    now = wall_clock_ms()
     timers.schedule_many([(1, now + 120), (2, now + 40), (3, now + 80)])
     ticks = 0
 
@@ -117,22 +118,22 @@ async def test_service_wakes_the_loop_in_due_order() -> None:
     assert waited >= 0.1
     # The loop kept running while the service waited in Rust.
     assert ticks >= 10
-    assert plait.wall_clock_ms() >= now + 120
+    assert wall_clock_ms() >= now + 120
 
 
 async def test_an_earlier_timer_wakes_a_waiting_poll() -> None:
-    timers = plait.TimerService()
-    timers.schedule(1, plait.wall_clock_ms() + 600_000)
+    timers = TimerService()
+    timers.schedule(1, wall_clock_ms() + 600_000)
     poll = asyncio.create_task(timers.poll())
     await asyncio.sleep(0.02)
-    timers.schedule(2, plait.wall_clock_ms() + 10)
+    timers.schedule(2, wall_clock_ms() + 10)
     assert await asyncio.wait_for(poll, timeout=5) == [2]
     assert len(timers) == 1
 
 
 async def test_poll_batches_respect_max() -> None:
-    timers = plait.TimerService()
-    past = plait.wall_clock_ms() - 1_000
+    timers = TimerService()
+    past = wall_clock_ms() - 1_000
     timers.schedule_many([(n, past + n) for n in range(10)])
     assert await timers.poll(max_timers=4) == [0, 1, 2, 3]
     assert timers.cancel(4) is True
@@ -140,7 +141,7 @@ async def test_poll_batches_respect_max() -> None:
 
 
 async def test_cancelled_poll_loses_no_timer() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     timers.schedule(1, 0)  # due now
     poll = asyncio.ensure_future(timers.poll())
     await asyncio.sleep(0)  # the poll starts its wait in Rust
@@ -155,8 +156,8 @@ async def test_cancelled_poll_loses_no_timer() -> None:
 
 
 async def test_batches_come_earliest_first_across_polls() -> None:
-    timers = plait.TimerService()
-    now = plait.wall_clock_ms()
+    timers = TimerService()
+    now = wall_clock_ms()
     timers.schedule_many([(1, now - 1_000), (2, now - 900), (3, now - 800)])
     assert await timers.poll(max_timers=1) == [1]
     timers.schedule(4, now - 10_000)  # due before the leftovers
@@ -164,7 +165,7 @@ async def test_batches_come_earliest_first_across_polls() -> None:
 
 
 async def test_close_wakes_waiters_with_closed_error() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     waiter = asyncio.create_task(timers.poll())
     await asyncio.sleep(0.01)
     timers.close()
@@ -175,7 +176,7 @@ async def test_close_wakes_waiters_with_closed_error() -> None:
 
 
 def test_service_works_across_event_loops() -> None:
-    timers = plait.TimerService()
+    timers = TimerService()
     for n in range(3):
-        timers.schedule(n, plait.wall_clock_ms() + 5)
+        timers.schedule(n, wall_clock_ms() + 5)
         assert asyncio.run(timers.poll()) == [n]

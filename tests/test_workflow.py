@@ -1025,7 +1025,7 @@ greeter_runs: list[str] = []
 
 
 @plait.workflow(name="WfGreeter", idempotency_key=lambda p: f"{p.a}/{p.b}")
-async def greeter(a: int, b: str, execution_id: str) -> str:
+async def greeter(a: int, b: str, execution_id: str = "") -> str:
     greeter_runs.append(execution_id)
     return f"{b * a}@{execution_id}"
 
@@ -1042,9 +1042,9 @@ async def test_workflow_decorator_payload_from_the_signature(plait_engine: plait
     assert greeter_runs == [execution_id]
     assert await greeter(a=3, b="y") == f"yyy@{plait.execution_id('WfGreeter', '3/y')}"
     with pytest.raises(plait.PayloadError):
-        await greeter(a=1)
+        await greeter(a=1)  # type: ignore[call-arg]
     with pytest.raises(plait.PayloadError):
-        await greeter(a="not a number", b="x")
+        await greeter(a="not a number", b="x")  # type: ignore[arg-type]
 
 
 Located: plait.Workflow[Any, str] = plait.Workflow("WfLocated", payload={"id": str}, success=str)

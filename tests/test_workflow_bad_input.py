@@ -78,7 +78,7 @@ def test_definitions_refuse_bad_arguments() -> None:
     with pytest.raises(plait.InvalidArgumentError):
         plait.Workflow("")
     with pytest.raises(TypeError):
-        plait.Workflow("BadPayloadSpec", payload=42)  # type: ignore[arg-type]
+        plait.Workflow("BadPayloadSpec", payload=42)  # type: ignore[call-overload]
     with pytest.raises(TypeError):
         plait.Workflow("BadErrorSpec", error=int)  # type: ignore[arg-type]
     with pytest.raises(plait.InvalidArgumentError):

@@ -1,16 +1,14 @@
 """plait: durable workflows and sharded entities for Python, with a Rust core.
 
-Everything public is importable from here; `plait._native` is private.
+The workflow API is importable from here. The primitives under it have their own modules:
+`plait.sharding` (shard routing), `plait.timers` (the timer wheel and service) and
+`plait.snowflake` (snowflake ids). `plait._native` is private.
 """
 
-from plait._native import (
-    DEFAULT_SHARDS_PER_GROUP,
-    HashRing,
-    __version__,
-    hash_string,
-    shard_id,
-    shard_ids,
-)
+from plait import sharding as sharding
+from plait import snowflake as snowflake
+from plait import timers as timers
+from plait._native import __version__
 from plait.activity import Activity, ActivityFunction, activity, current_attempt
 from plait.clocks import SystemClock
 from plait.deferred import DurableClock, DurableDeferred
@@ -20,6 +18,7 @@ from plait.errors import (
     Defect,
     DeferredTokenError,
     DeferredValueError,
+    DuplicateNameError,
     EngineClosedError,
     EngineFencedError,
     EngineLockedError,
@@ -45,12 +44,15 @@ from plait.errors import (
 from plait.exits import Complete, Exit, Failure, Success, Suspended, TaggedError
 from plait.ids import DeferredToken, activity_idempotency_key, execution_id, execution_ids
 from plait.schedule import Schedule
-from plait.snowflake import Snowflake, SnowflakeGenerator, SnowflakeParts
-from plait.timers import TimerService, TimerWheel, wall_clock_ms
-from plait.workflow import Workflow, add_finalizer, with_compensation, workflow
+from plait.workflow import (
+    Workflow,
+    WorkflowFunction,
+    add_finalizer,
+    with_compensation,
+    workflow,
+)
 
 __all__ = [
-    "DEFAULT_SHARDS_PER_GROUP",
     "Activity",
     "ActivityFunction",
     "ClosedError",
@@ -59,6 +61,7 @@ __all__ = [
     "DeferredToken",
     "DeferredTokenError",
     "DeferredValueError",
+    "DuplicateNameError",
     "DurableClock",
     "DurableDeferred",
     "Engine",
@@ -69,7 +72,6 @@ __all__ = [
     "Exit",
     "Failure",
     "ForkedProcessError",
-    "HashRing",
     "Interrupted",
     "InvalidArgumentError",
     "JournalDecodeError",
@@ -81,9 +83,6 @@ __all__ = [
     "PlaitError",
     "ResultSchemaError",
     "Schedule",
-    "Snowflake",
-    "SnowflakeGenerator",
-    "SnowflakeParts",
     "StoreConnectError",
     "StoreError",
     "Success",
@@ -91,11 +90,10 @@ __all__ = [
     "SuspendedRetryExhaustedError",
     "SystemClock",
     "TaggedError",
-    "TimerService",
-    "TimerWheel",
     "UnknownExecutionError",
     "UnknownRunnerError",
     "Workflow",
+    "WorkflowFunction",
     "WorkflowInstance",
     "WorkflowNotImplementedError",
     "__version__",
@@ -106,10 +104,6 @@ __all__ = [
     "current_instance",
     "execution_id",
     "execution_ids",
-    "hash_string",
-    "shard_id",
-    "shard_ids",
-    "wall_clock_ms",
     "with_compensation",
     "workflow",
 ]

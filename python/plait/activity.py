@@ -6,10 +6,11 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Generator, Iterable
-from typing import Any, Generic, Protocol, TypeVar, Union, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Union, overload
 
 from plait import engine as _engine
 from plait._context import current_attempt as _attempt
+from plait._definitions import Definitions, function_site
 from plait._native import activity_idempotency_key
 from plait.errors import (
     Defect,
@@ -26,6 +27,8 @@ from plait.schema import return_type
 __all__ = ["Activity", "activity", "current_attempt"]
 
 T = TypeVar("T")
+Params = ParamSpec("Params")
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...] | None
 
 #: Effect v4's policy for activities interrupted from inside: 400 ms x1.5 up to 10 s, 10 times.
 INTERRUPT_RETRY = Schedule.exponential(0.4, factor=1.5, max_delay=10.0, times=10)
@@ -55,31 +58,43 @@ class Activity(Generic[T]):
 
     __slots__ = ("codec", "execute", "interrupt_retry", "is_async", "name")
 
+    # The result is what `success` says, the body's value validated into it: `success=str`
+    # makes `Activity[str]`, no `success` keeps no result (`Activity[None]`), and a type form
+    # that is not a class (`int | None`, `Literal[...]`) gives `Activity[Any]`.
     @overload
     def __init__(
-        self,
+        self: Activity[None],
         name: str,
-        execute: Callable[[], Awaitable[T]],
-        success: object = ...,
-        error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        execute: Callable[[], object],
+        success: None = ...,
+        error: ErrorTypes = ...,
         interrupt_retry: Schedule = ...,
     ) -> None: ...
     @overload
     def __init__(
-        self,
+        self: Activity[T],
         name: str,
-        execute: Callable[[], T],
+        execute: Callable[[], object],
+        success: type[T] = ...,
+        error: ErrorTypes = ...,
+        interrupt_retry: Schedule = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Activity[Any],
+        name: str,
+        execute: Callable[[], object],
         success: object = ...,
-        error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        error: ErrorTypes = ...,
         interrupt_retry: Schedule = ...,
     ) -> None: ...
 
     def __init__(
         self,
         name: str,
-        execute: Callable[[], T | Awaitable[T]],
+        execute: Callable[[], object],
         success: object = None,
-        error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        error: ErrorTypes = None,
         interrupt_retry: Schedule = INTERRUPT_RETRY,
     ) -> None:
         checked_name("an activity", name)
@@ -89,7 +104,8 @@ class Activity(Generic[T]):
             )
             raise TypeError(msg)
         self.name = name
-        self.execute = execute
+        # Its value (or what it awaits to) is checked at run time, against `success`.
+        self.execute: Callable[[], Any] = execute
         self.codec = ExitCodec(f"activity {name}", success, error)
         self.interrupt_retry = interrupt_retry
         self.is_async = inspect.iscoroutinefunction(execute)
@@ -133,7 +149,7 @@ class Activity(Generic[T]):
                 await engine.clock.sleep(delay)
             try:
                 if self.is_async:
-                    value = await self.execute()  # type: ignore[misc]
+                    value = await self.execute()
                 else:
                     value = await asyncio.to_thread(self.execute)
                     if inspect.isawaitable(value):
@@ -222,11 +238,15 @@ class Activity(Generic[T]):
         )
 
 
-class ActivityFunction(Generic[T]):
-    """A function made into a reusable activity by `@activity`; call it to get an `Activity`."""
+class ActivityFunction(Generic[Params, T]):
+    """A function made into a reusable activity by `@activity`; call it to get an `Activity`.
+
+    The call takes the function's parameters; awaiting the activity gives its result, of the
+    function's return type (or of `success=`).
+    """
 
     def __init__(
-        self, fn: Callable[..., Any], name: str, codec: ExitCodec, interrupt_retry: Schedule
+        self, fn: Callable[Params, object], name: str, codec: ExitCodec, interrupt_retry: Schedule
     ) -> None:
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
@@ -235,7 +255,7 @@ class ActivityFunction(Generic[T]):
         self._is_async = inspect.iscoroutinefunction(fn)
         self.interrupt_retry = interrupt_retry
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Activity[T]:
+    def __call__(self, *args: Params.args, **kwargs: Params.kwargs) -> Activity[T]:
         execute = functools.partial(self.__wrapped__, *args, **kwargs)
         return Activity._made(self.name, execute, self._codec, self._is_async, self.interrupt_retry)
 
@@ -243,29 +263,68 @@ class ActivityFunction(Generic[T]):
         return f"@activity {self.name!r}"
 
 
+#: Decorated activities by name: two live functions must not share one (see `activity`).
+_decorated: Definitions[ActivityFunction[..., Any]] = Definitions("activity", keep_latest=False)
+
+
 class _ActivityDecorator(Protocol):
-    """What `@activity(...)` with arguments returns: keeps the function's result type."""
+    """What `@activity(...)` without `success=` returns: keeps the function's result type."""
 
     @overload
-    def __call__(self, fn: Callable[..., Awaitable[T]], /) -> ActivityFunction[T]: ...
+    def __call__(self, fn: Callable[Params, Awaitable[T]], /) -> ActivityFunction[Params, T]: ...
     @overload
-    def __call__(self, fn: Callable[..., T], /) -> ActivityFunction[T]: ...
+    def __call__(self, fn: Callable[Params, T], /) -> ActivityFunction[Params, T]: ...
+
+
+class _ActivityDecoratorOf(Protocol[T]):
+    """What `@activity(success=...)` returns: the result has the `success` type."""
+
+    def __call__(self, fn: Callable[Params, object], /) -> ActivityFunction[Params, T]: ...
 
 
 @overload
-def activity(fn: Callable[..., Awaitable[T]], /) -> ActivityFunction[T]: ...
+def activity(fn: Callable[Params, Awaitable[T]], /) -> ActivityFunction[Params, T]: ...
 @overload
-def activity(fn: Callable[..., T], /) -> ActivityFunction[T]: ...
+def activity(fn: Callable[Params, T], /) -> ActivityFunction[Params, T]: ...
 @overload
 def activity(
     fn: None = None,
     /,
     *,
     name: str | None = ...,
-    success: object = ...,
-    error: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+    error: ErrorTypes = ...,
     interrupt_retry: Schedule = ...,
 ) -> _ActivityDecorator: ...
+@overload
+def activity(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = ...,
+    success: None,
+    error: ErrorTypes = ...,
+    interrupt_retry: Schedule = ...,
+) -> _ActivityDecoratorOf[None]: ...
+@overload
+def activity(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = ...,
+    success: type[T],
+    error: ErrorTypes = ...,
+    interrupt_retry: Schedule = ...,
+) -> _ActivityDecoratorOf[T]: ...
+@overload
+def activity(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = ...,
+    success: object,
+    error: ErrorTypes = ...,
+    interrupt_retry: Schedule = ...,
+) -> _ActivityDecoratorOf[Any]: ...
 
 
 def activity(
@@ -274,14 +333,18 @@ def activity(
     *,
     name: str | None = None,
     success: object = ...,
-    error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    error: ErrorTypes = None,
     interrupt_retry: Schedule = INTERRUPT_RETRY,
 ) -> Any:
     """Makes a function a reusable activity.
 
     Calling it inside a workflow gives an awaitable step. The name defaults to the
-    function's qualified name, the success type to its return
-    annotation.
+    function's qualified name, the success type to its return annotation.
+
+    Raises:
+        DuplicateNameError: Another decorated function with the same activity name, defined
+            elsewhere, is still referenced. One defined at the same place (a factory called
+            again) is replaced.
 
     Example:
         >>> @activity
@@ -291,11 +354,13 @@ def activity(
         Activity('charge')
     """
 
-    def wrap(fn: Callable[..., Any]) -> ActivityFunction[Any]:
+    def wrap(fn: Callable[..., Any]) -> ActivityFunction[..., Any]:
         step_name = checked_name("an activity", fn.__qualname__ if name is None else name)
         success_type = return_type(fn, Any) if success is ... else success
         codec = ExitCodec(f"activity {step_name}", success_type, error)
-        return ActivityFunction(fn, step_name, codec, interrupt_retry)
+        made: ActivityFunction[..., Any] = ActivityFunction(fn, step_name, codec, interrupt_retry)
+        _decorated.claim(step_name, made, function_site(fn, made))
+        return made
 
     return wrap if fn is None else wrap(fn)
 

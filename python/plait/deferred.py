@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Generator, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 import pydantic
 from pydantic_core import PydanticSerializationError
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["DurableClock", "DurableDeferred"]
 
 T = TypeVar("T", default=Any)
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...] | None
 
 
 class DurableDeferred(Generic[T]):
@@ -43,11 +44,35 @@ class DurableDeferred(Generic[T]):
 
     __slots__ = ("codec", "name")
 
+    # As for activities: `success=bool` makes `DurableDeferred[bool]`, no `success` keeps no
+    # value (`DurableDeferred[None]`), a type form that is not a class gives `Any`.
+    @overload
+    def __init__(
+        self: DurableDeferred[None],
+        name: str,
+        success: None = ...,
+        error: ErrorTypes = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: DurableDeferred[T],
+        name: str,
+        success: type[T] = ...,
+        error: ErrorTypes = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: DurableDeferred[Any],
+        name: str,
+        success: object = ...,
+        error: ErrorTypes = ...,
+    ) -> None: ...
+
     def __init__(
         self,
         name: str,
-        success: type[T] | Any = None,
-        error: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        success: object = None,
+        error: ErrorTypes = None,
     ) -> None:
         self.name = checked_name("a deferred", name)
         self.codec = ExitCodec(f"deferred {name}", success, error)

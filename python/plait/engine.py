@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from plait import _bridge, _context, _native
+from plait._definitions import Definitions, DefinitionSite
 from plait._native import MemoryStore, TimerWheel
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.errors import (
@@ -55,7 +56,7 @@ _VOID = b'{"_tag":"Success","value":null}'
 TIMER_HORIZON_MS = 60_000
 #: Executions resumed at once on start and by firing timers (each: a read, then its run).
 RECOVERY_CONCURRENCY = 1_000
-_registry: dict[str, Workflow[Any, Any]] = {}
+_registry: Definitions[Workflow[Any, Any]] = Definitions("workflow", keep_latest=True)
 
 
 class _StoredFirst(Exception):
@@ -69,9 +70,13 @@ class _StoredFirst(Exception):
         super().__init__(f"execution {execution_id}: the store kept an earlier result of {key}")
 
 
-def register(workflow: Workflow[Any, Any]) -> None:
-    """Makes `workflow` findable by name, for runs started by a deferred or a timer."""
-    _registry[workflow.name] = workflow
+def register(workflow: Workflow[Any, Any], site: DefinitionSite) -> None:
+    """Makes `workflow`, defined at `site`, findable by name for runs a deferred or timer starts.
+
+    Raises:
+        DuplicateNameError: Another live workflow, defined elsewhere, has the name.
+    """
+    _registry.claim(workflow.name, workflow, site)
 
 
 def engine_for(engine: Engine | None) -> Engine:

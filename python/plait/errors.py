@@ -6,6 +6,7 @@ __all__ = [
     "ClosedError",
     "Defect",
     "DeferredTokenError",
+    "DuplicateNameError",
     "EngineClosedError",
     "EngineLockedError",
     "ExecutionCompleteError",
@@ -95,6 +96,32 @@ class DeferredValueError(InvalidArgumentError):
         super().__init__(f"invalid value for deferred {deferred!r}: {message}")
         self.deferred = deferred
         self.errors = errors
+
+
+class DuplicateNameError(PlaitError, ValueError):
+    """Two live definitions share a name: two workflows, or two `@activity` functions.
+
+    The name is what the journal knows a workflow or a step by, so a second definition made
+    elsewhere would take over the first one's executions or results. A definition nothing
+    references any more frees its name, and defining again at the same place (the same file
+    and line) replaces the earlier definition.
+
+    Attributes:
+        kind: "workflow" or "activity".
+        name: The name both definitions use.
+        first: Where the definition holding the name was made (`module:line`).
+        second: Where the refused one was made.
+    """
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"{kind} name {name!r} is already used by the {kind} defined at {first}; "
+            f"the {kind} defined at {second} needs another name"
+        )
+        self.kind = kind
+        self.name = name
+        self.first = first
+        self.second = second
 
 
 class WorkflowNotImplementedError(PlaitError):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, Literal, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, overload
 
 import pydantic
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from plait import engine as _engine
+from plait._definitions import caller_site, function_site
 from plait._native import execution_id as _execution_id
 from plait.errors import InvalidArgumentError, JournalDecodeError, PayloadError
 from plait.exits import Complete, Exit, ExitCodec, Failure, Suspended
@@ -18,11 +19,12 @@ from plait.ids import checked_name
 from plait.schedule import Schedule
 from plait.schema import model_from_signature, payload_model, return_type
 
-__all__ = ["Workflow", "add_finalizer", "with_compensation", "workflow"]
+__all__ = ["Workflow", "WorkflowFunction", "add_finalizer", "with_compensation", "workflow"]
 
 P = TypeVar("P", bound=BaseModel, default=BaseModel)
 S = TypeVar("S", default=Any)
 T = TypeVar("T")
+Params = ParamSpec("Params")
 
 Handler = Callable[[Any, str], Awaitable[Any]]
 ErrorTypes = type[BaseException] | tuple[type[BaseException], ...] | None
@@ -32,7 +34,7 @@ class Workflow(Generic[P, S]):
     """A durable workflow: a name, a payload schema, a result schema and a handler.
 
     Args:
-        name: Unique among workflows; part of every execution id.
+        name: Unique among workflows (see `implement`); part of every execution id.
         payload: A pydantic model class, or a dict `{field: type}` to build one from.
         success: The type of the result (default `None`: no result is kept).
         error: Exception classes the workflow may fail with, stored and raised again as
@@ -57,11 +59,54 @@ class Workflow(Generic[P, S]):
         '7abae80e8ecd721cd1c8a2ab35382b13'
     """
 
+    # The overloads give the type of the result: `success=str` makes `Workflow[..., str]`, no
+    # `success` makes `Workflow[..., None]`, and a type form that is not a class
+    # (`int | None`, `Literal[...]`) `Any`. The payload class (else `BaseModel`) gives `P`.
+    @overload
+    def __init__(
+        self: Workflow[P, None],
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = ...,
+        success: None = ...,
+        error: ErrorTypes = ...,
+        idempotency_key: Callable[[P], str] | None = ...,
+        suspended_retry: Schedule | None = ...,
+        *,
+        capture_defects: bool = ...,
+        suspend_on_failure: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Workflow[P, S],
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = ...,
+        success: type[S] = ...,
+        error: ErrorTypes = ...,
+        idempotency_key: Callable[[P], str] | None = ...,
+        suspended_retry: Schedule | None = ...,
+        *,
+        capture_defects: bool = ...,
+        suspend_on_failure: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Workflow[P, Any],
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = ...,
+        success: object = ...,
+        error: ErrorTypes = ...,
+        idempotency_key: Callable[[P], str] | None = ...,
+        suspended_retry: Schedule | None = ...,
+        *,
+        capture_defects: bool = ...,
+        suspend_on_failure: bool = ...,
+    ) -> None: ...
+
     def __init__(
         self,
         name: str,
         payload: type[P] | Mapping[str, object] | None = None,
-        success: type[S] | Any = None,
+        success: object = None,
         error: ErrorTypes = None,
         idempotency_key: Callable[[P], str] | None = None,
         suspended_retry: Schedule | None = None,
@@ -77,7 +122,8 @@ class Workflow(Generic[P, S]):
         self.capture_defects = capture_defects
         self.suspend_on_failure = suspend_on_failure
         self.handler: Handler | None = None
-        self._signature: inspect.Signature | None = None
+        # Where the user's code defines it: two workflows of one name are told apart by it.
+        self._site = caller_site(self)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r})"
@@ -85,12 +131,18 @@ class Workflow(Generic[P, S]):
     def implement(
         self, handler: Callable[[P, str], Awaitable[S]]
     ) -> Callable[[P, str], Awaitable[S]]:
-        """Registers `handler(payload, execution_id)` as the workflow's body (a decorator)."""
+        """Registers `handler(payload, execution_id)` as the workflow's body (a decorator).
+
+        Raises:
+            DuplicateNameError: Another workflow of this name, defined elsewhere, is still
+                referenced. One defined at the same place (a factory called again) is
+                replaced.
+        """
         if not inspect.iscoroutinefunction(handler):
             msg = f"workflow {self.name!r}: the handler must be an async function"
             raise TypeError(msg)
+        _engine.register(self, self._site)  # first: a refused workflow stays unimplemented
         self.handler = handler
-        _engine.register(self)
         return handler
 
     # Payloads ----------------------------------------------------------------------------
@@ -214,11 +266,28 @@ class Workflow(Generic[P, S]):
         """Runs a suspended execution again (nothing if it is running or complete)."""
         await _engine.engine_for(engine).resume(execution_id)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[S]:
-        """Executes a workflow made with `@plait.workflow` with the function's arguments."""
-        if self._signature is None:
+    if not TYPE_CHECKING:  # only `@workflow`'s workflows are callable, as type checkers see
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            """Refused: only a workflow made by `@workflow` takes arguments; use `execute`."""
             msg = f"workflow {self.name!r} is not callable; use .execute(payload)"
             raise TypeError(msg)
+
+
+class WorkflowFunction(Workflow[BaseModel, S], Generic[Params, S]):
+    """A workflow made of an `async def` by `@workflow`; call it with the function's arguments.
+
+    Calling it executes the workflow with the arguments as the payload, as `execute` does.
+    """
+
+    _signature: inspect.Signature
+
+    def __call__(self, *args: Params.args, **kwargs: Params.kwargs) -> Awaitable[S]:
+        """Executes the workflow with the function's arguments as the payload.
+
+        Raises:
+            PayloadError: The arguments do not fit the function, or do not validate.
+        """
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as err:
@@ -238,11 +307,15 @@ def workflow(
     suspended_retry: Schedule | None = None,
     capture_defects: bool = True,
     suspend_on_failure: bool = False,
-) -> Callable[[Callable[..., Awaitable[S]]], Workflow[Any, S]]:
+) -> Callable[[Callable[Params, Awaitable[S]]], WorkflowFunction[Params, S]]:
     """Makes a workflow of an `async def`.
 
-    Its typed parameters are the payload, its return annotation the success type; a
-    parameter named `execution_id` receives the id.
+    Its typed parameters are the payload, its return annotation the success type. Calling the
+    workflow takes the function's arguments, and type checkers check them.
+
+    A parameter named `execution_id` receives the id and is not part of the payload. Type
+    checkers see it among the parameters, so give it a default (`execution_id: str = ""`)
+    for callers to leave it out; passing it is refused.
 
     Example:
         >>> @workflow(name="Add", idempotency_key=lambda p: f"{p.a}+{p.b}")
@@ -252,13 +325,15 @@ def workflow(
         dict_keys(['a', 'b'])
     """
 
-    def wrap(fn: Callable[..., Awaitable[S]]) -> Workflow[Any, S]:
+    def wrap(fn: Callable[Params, Awaitable[S]]) -> WorkflowFunction[Params, S]:
         wf_name = name or fn.__name__
         signature = inspect.signature(fn)
         takes_id = "execution_id" in signature.parameters
         model = model_from_signature(f"{wf_name}Payload", fn, frozenset({"execution_id"}))
         fields = tuple(model.model_fields)
-        wf: Workflow[Any, S] = Workflow(
+        # The handler calls with the payload's fields, by name: not a `Params` call.
+        body: Callable[..., Awaitable[S]] = fn
+        wf: WorkflowFunction[Params, S] = WorkflowFunction(
             wf_name,
             payload=model,
             success=return_type(fn, Any),
@@ -268,12 +343,13 @@ def workflow(
             capture_defects=capture_defects,
             suspend_on_failure=suspend_on_failure,
         )
+        wf._site = function_site(fn, wf)
 
         async def handler(payload: BaseModel, execution_id: str) -> S:
             kwargs = {field: getattr(payload, field) for field in fields}
             if takes_id:
                 kwargs["execution_id"] = execution_id
-            return await fn(**kwargs)
+            return await body(**kwargs)
 
         if not inspect.iscoroutinefunction(fn):
             msg = f"@workflow {wf_name!r}: decorate an async function"

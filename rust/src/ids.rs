@@ -192,7 +192,7 @@ mod tests {
     const TOKEN: &str =
         "WyJFbWFpbFdvcmtmbG93IiwiZGEwOTI3OGVlY2E0NmY1M2NjMDVlMmVkNzI4OTI0YWEiLCJFbWFpbFRyaWdnZXIiXQ";
 
-    /// Effect's vectors (`reference/effect-api.md` §2.1 and §2.4).
+    /// Effect's vectors (`tests/vectors/effect.json`: an execution id and a deferred token).
     #[test]
     fn effect_vectors() {
         let v = crate::vectors::effect();

@@ -205,7 +205,7 @@ mod tests {
 
     const JUNE_1_NOON: u64 = 1_748_779_200_000; // 2025-06-01T12:00:00Z
 
-    /// Effect's vector (`reference/effect-api.md` §14).
+    /// Effect's vector (`tests/vectors/effect.json`: `@effect/cluster`'s snowflake).
     #[test]
     fn effect_vector() {
         let v = crate::vectors::effect()["snowflake"].clone();

@@ -97,7 +97,7 @@ impl PyTimerWheel {
     }
 }
 
-/// Handle on a wall-clock timer service; `plait.TimerService` wraps it.
+/// Handle on a wall-clock timer service; `plait.timers.TimerService` wraps it.
 #[pyclass(module = "plait._native", frozen)]
 pub struct TimerServiceRef {
     service: Arc<timer::TimerService>,

@@ -120,7 +120,7 @@ mod tests {
         NonZeroU32::new(n).unwrap()
     }
 
-    /// Effect's vectors (`reference/effect-api.md` §4.1), checked against node.
+    /// Effect's vectors (`tests/vectors/effect.json`: `Hash.string`), checked against node.
     #[test]
     fn hash_vectors() {
         for (s, h) in crate::vectors::pairs("hash_string") {

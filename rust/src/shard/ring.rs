@@ -319,7 +319,7 @@ mod tests {
         ("runner3:34431", 1.0),
     ];
 
-    /// Effect's vectors (`reference/effect-api.md` §7).
+    /// Effect's vectors (`tests/vectors/effect.json`: Effect's `HashRing`).
     #[test]
     fn effect_ring_vectors() {
         let vectors = crate::vectors::effect()["ring"].clone();
