@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import plait
+import plait.engine.recovery
 from plait.testing import VirtualClock
 from tests.workflow_support import (
     EngineFactory,
@@ -481,6 +482,13 @@ async def test_a_stored_timer_fires_in_a_new_engine_on_the_same_store(
     assert events == ["run", "run", "woke"]
 
 
+def in_memory(engine: plait.Engine) -> set[tuple[str, str]]:
+    """The timers an engine holds in its wheel, as (execution id, deferred name)."""
+    assert engine._timers is not None
+    assert set(engine._timers.keys_by_id.values()) == set(engine._timers.ids_by_key)
+    return set(engine._timers.ids_by_key)
+
+
 async def test_only_timers_due_within_the_horizon_are_in_memory(
     plait_engine: plait.Engine, plait_clock: VirtualClock
 ) -> None:
@@ -492,18 +500,18 @@ async def test_only_timers_due_within_the_horizon_are_in_memory(
     await poll_until(Napper, soon, plait.Suspended)
     await poll_until(Napper, later, plait.Suspended)
     # 90 s is past the 60 s horizon too: neither is in memory yet.
-    assert plait_engine._timers == {}
+    assert in_memory(plait_engine) == set()
     assert len(await timers(plait_engine)) == 2
     # Loaded half a horizon ahead of its time, with the next window.
     await plait_clock.advance(59)
     await settle()
-    assert plait_engine._timers == {}
+    assert in_memory(plait_engine) == set()
     await plait_clock.advance(2)
     await settle()
-    assert set(plait_engine._timer_keys) == {(soon, "DurableClock/nap")}
+    assert in_memory(plait_engine) == {(soon, "DurableClock/nap")}
     await plait_clock.advance(29)
     assert await poll_until(Napper, soon, plait.Complete) == plait.Complete(plait.Success("rested"))
-    assert plait_engine._timers == {}
+    assert in_memory(plait_engine) == set()
     await plait_clock.advance(timedelta(hours=2, minutes=58))
     await settle()
     assert await Napper.poll(later) == plait.Suspended()
@@ -527,7 +535,7 @@ async def test_many_timers_due_at_once_fire_through_a_bounded_number_of_workers(
         )
         for execution_id in ids:
             await poll_until(Napper, execution_id, plait.Suspended)
-    monkeypatch.setattr(plait.engine, "RECOVERY_CONCURRENCY", 3)
+    monkeypatch.setattr(plait.engine.recovery, "RECOVERY_CONCURRENCY", 3)
     firing = [0, 0]  # now, most at once
     fire = plait.Engine._fire
 
@@ -544,7 +552,7 @@ async def test_many_timers_due_at_once_fire_through_a_bounded_number_of_workers(
     async with make_engine.reopen(first, later) as engine:
         for execution_id in ids:
             await poll_until(Napper, execution_id, plait.Complete, engine=engine)
-        assert engine._recovery_workers == 0
+        assert engine._recovery.workers == 0
     # In memory nothing waits, so one worker takes every timer in turn.
     assert firing == [0, 1 if make_engine.backend == "memory" else 3]
     assert events.count("woke") == 40

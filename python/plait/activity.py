@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Union, overload
 
 from plait import engine as _engine
-from plait._context import current_attempt as _attempt
 from plait._definitions import Definitions, function_site
 from plait._native import activity_idempotency_key
+from plait.clocks import Clock
+from plait.engine import current_attempt as _attempt
 from plait.errors import (
     Defect,
     Interrupted,
@@ -131,11 +132,11 @@ class Activity(Generic[T]):
         run = _engine.run_state(f"activity {self.name!r}")
         return run.activity(self, _attempt.get()).__await__()
 
-    async def run_body(self, engine: _engine.Engine, *, interrupted: bool = False) -> Exit:
+    async def run_body(self, clock: Clock, *, interrupted: bool = False) -> Exit:
         """Runs the body once (retrying interrupts) and returns how it ended.
 
         Args:
-            engine: The engine whose clock times the retries.
+            clock: The engine's clock, which times the retries.
             interrupted: The body already ran once and was cancelled from inside: that run was
                 the first attempt, so this one starts with the first retry's delay.
         """
@@ -146,7 +147,7 @@ class Activity(Generic[T]):
                 if delay is None:
                     message = f'Activity "{self.name}" interrupted and retry attempts exhausted'
                     return Failure(Defect("asyncio.CancelledError", message))
-                await engine.clock.sleep(delay)
+                await clock.sleep(delay)
             try:
                 if self.is_async:
                     value = await self.execute()
@@ -198,7 +199,7 @@ class Activity(Generic[T]):
                 result: T = await run.activity(activity, attempt)
                 return result
             except Exception as err:
-                if run.fatal is not None or isinstance(err, _NOT_RETRIED):
+                if run.stopped or isinstance(err, _NOT_RETRIED):
                     raise
                 delay = next(delays, None)
                 if delay is None:
@@ -206,8 +207,8 @@ class Activity(Generic[T]):
             finally:
                 _attempt.reset(token)
             attempt += 1
-            if run.key_of(activity.name, attempt, consume=False) not in run.journal:
-                await run.engine.clock.sleep(delay)
+            if not run.has_step(activity.name, attempt):
+                await run.clock.sleep(delay)
 
     @staticmethod
     def idempotency_key(name: str, *, include_attempt: bool = False) -> str:
@@ -217,7 +218,7 @@ class Activity(Generic[T]):
         """
         run = _engine.run_state("Activity.idempotency_key()")
         return activity_idempotency_key(
-            run.execution.id, name, _attempt.get() if include_attempt else None
+            run.execution_id, name, _attempt.get() if include_attempt else None
         )
 
     @staticmethod
@@ -227,15 +228,15 @@ class Activity(Generic[T]):
         The winner is stored as the deferred `raceAll/Activity/<name>`; the others are
         cancelled.
         """
-        from plait.deferred import DurableDeferred
-
+        race_name = checked_name("a race", f"Activity/{name}")
+        run = _engine.run_state(f"race_all({race_name!r})")
         steps = list(activities)
         successes = tuple({a.codec.success for a in steps})
         errors = tuple({e for a in steps for e in a.codec.error_types})
         success: object = successes[0] if len(successes) == 1 else Union[successes]  # noqa: UP007
-        return await DurableDeferred.race_all(
-            f"Activity/{name}", steps, success=success, error=errors or None
-        )
+        codec = ExitCodec(f"race {race_name}", success, errors or None)
+        names: list[str | None] = [step.name for step in steps]
+        return await _engine.race(run, f"raceAll/{race_name}", codec, steps, names)
 
 
 class ActivityFunction(Generic[Params, T]):
@@ -365,10 +366,10 @@ def activity(
     return wrap if fn is None else wrap(fn)
 
 
-def in_memory_sleep_activity(name: str, seconds: float, engine: _engine.Engine) -> Activity[None]:
-    """The activity a short `DurableClock.sleep` runs: a sleep on the engine's clock."""
+def in_memory_sleep_activity(name: str, seconds: float, clock: Clock) -> Activity[None]:
+    """The activity a short `DurableClock.sleep` runs: a sleep on the engine's `clock`."""
 
     async def sleep() -> None:
-        await engine.clock.sleep(seconds)
+        await clock.sleep(seconds)
 
     return Activity(name, execute=sleep)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Awaitable, Generator, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, overload
@@ -12,7 +10,6 @@ import pydantic
 from pydantic_core import PydanticSerializationError
 from typing_extensions import TypeVar
 
-from plait import _context
 from plait import engine as _engine
 from plait._native import encode_deferred_token, parse_deferred_token
 from plait.activity import Activity, in_memory_sleep_activity
@@ -89,7 +86,7 @@ class DurableDeferred(Generic[T]):
     def token(self) -> str:
         """The token of this deferred in the current execution."""
         run = _engine.run_state(f"{self.name}.token()")
-        return encode_deferred_token(run.execution.workflow.name, run.execution.id, self.name)
+        return encode_deferred_token(run.workflow_name, run.execution_id, self.name)
 
     def token_from_execution_id(self, workflow: Workflow[Any, Any], execution_id: str) -> str:
         """The token of this deferred in execution `execution_id` of `workflow`."""
@@ -158,36 +155,9 @@ class DurableDeferred(Generic[T]):
             NotInWorkflowError: Called outside a workflow run.
         """
         run = _engine.run_state(f"{self.name}.into()")
-        seq = run.position()
-        stored = run.deferreds.get(self.name)
-        if stored is not None:
-            if isinstance(awaitable, Activity):
-                run.key_of(awaitable.name, _context.current_attempt.get(), consume=True)
-            _close_unused([awaitable])
-            return run.decode(self.codec, stored).unwrap()  # type: ignore[no-any-return]
-        race = _context.current_race.get()
-        scope = race if race is not None and race.run is run else _engine._Race(run, 1, seq)
-        token = _context.current_race.set(scope)
-        try:
-            outcome: Exit = Success(await awaitable)
-        except Exception as exc:
-            if run.fatal is not None:
-                raise
-            outcome = Failure(exc)
-        except BaseException as exc:
-            if run.fatal is not None or _engine.passes_through(exc):
-                raise  # the run suspends, is interrupted or closes: nothing to store
-            outcome = _engine.unexpected(f"{self.name}.into()", exc)
-        finally:
-            _context.current_race.reset(token)
-        if run.suspended:  # the awaitable ignored the suspension: no result (Effect's rule)
-            return outcome.unwrap()  # type: ignore[no-any-return]
-        encoded, outcome = self.codec.settle(outcome)
-        stored = await run.engine.store_race(run.execution.id, self.name, encoded)
-        if stored != encoded:  # completed from outside meanwhile: the first result stays
-            encoded, outcome = stored, run.decode(self.codec, stored)
-        run.deliver(self.name, encoded)
-        return outcome.unwrap()  # type: ignore[no-any-return]
+        step = awaitable.name if isinstance(awaitable, Activity) else None
+        result: T = await _engine.into(run, self.name, self.codec, awaitable, step)
+        return result
 
     # Races -------------------------------------------------------------------------------
 
@@ -208,69 +178,10 @@ class DurableDeferred(Generic[T]):
         """
         checked_name("a race", name)
         run = _engine.run_state(f"race_all({name!r})")
-        deferred_name = f"raceAll/{name}"
         codec = ExitCodec(f"race {name}", success, error)
         branches = list(awaitables)
-        seq = run.position()
-        stored = run.deferreds.get(deferred_name)
-        if stored is not None:
-            # The first run's activity branches each used their name once: so does the replay.
-            attempt = _context.current_attempt.get()
-            for branch in branches:
-                if isinstance(branch, Activity):
-                    run.key_of(branch.name, attempt, consume=True)
-            _close_unused(branches)
-            return run.decode(codec, stored).unwrap()
-        if not branches:
-            msg = f"race_all({name!r}) needs at least one awaitable"
-            raise ValueError(msg)
-        race = _engine._Race(run, len(branches), seq)
-        loop = asyncio.get_running_loop()
-        tasks = []
-        for branch in branches:
-            ctx = contextvars.copy_context()
-            ctx.run(_context.current_race.set, race)
-            tasks.append(loop.create_task(_await(branch), context=ctx))
-        outcome: Exit | None = None
-        try:
-            pending: set[asyncio.Task[Any]] = set(tasks)
-            first_failure: BaseException | None = None
-            while pending and outcome is None:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in (t for t in tasks if t in done):
-                    failure = asyncio.CancelledError() if task.cancelled() else task.exception()
-                    if failure is None:
-                        outcome = Success(task.result())
-                        break
-                    if run.fatal is not None:
-                        raise run.fatal
-                    first_failure = first_failure or failure
-                    race.failed += 1
-                    race.check()
-            if outcome is None:
-                assert first_failure is not None
-                outcome = Failure(first_failure)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        encoded, outcome = codec.settle(outcome)
-        stored = await run.engine.store_race(run.execution.id, deferred_name, encoded)
-        if stored != encoded:  # another run stored its outcome first
-            encoded, outcome = stored, run.decode(codec, stored)
-        run.deferreds[deferred_name] = encoded
-        return outcome.unwrap()
-
-
-async def _await(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
-def _close_unused(awaitables: list[Awaitable[Any]]) -> None:
-    for awaitable in awaitables:
-        close = getattr(awaitable, "close", None)
-        if asyncio.iscoroutine(awaitable) and close is not None:
-            close()
+        steps = [branch.name if isinstance(branch, Activity) else None for branch in branches]
+        return await _engine.race(run, f"raceAll/{name}", codec, branches, steps)
 
 
 class DurableClock:
@@ -297,12 +208,6 @@ class DurableClock:
         if length <= 0:
             return
         if length <= seconds(in_memory_threshold):
-            await in_memory_sleep_activity(f"DurableClock/{name}", length, run.engine)
+            await in_memory_sleep_activity(f"DurableClock/{name}", length, run.clock)
             return
-        key = run.key_of(f"DurableClock/{name}", 0, consume=True)
-        deferred_name = key.rsplit("/", 1)[0]
-        if deferred_name not in run.deferreds:
-            if run.interrupting:
-                await run.stop_here()
-            await run.engine.schedule_clock(run.execution.id, deferred_name, length)
-        await run.deferred_value(deferred_name)
+        await run.durable_sleep(name, length)

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from plait import _native
-from plait._native import activity_idempotency_key, execution_id, execution_ids
+from plait._native import (
+    activity_idempotency_key,
+    encode_deferred_token,
+    execution_id,
+    execution_ids,
+    parse_deferred_token,
+)
 from plait.errors import InvalidArgumentError
 
 __all__ = ["DeferredToken", "activity_idempotency_key", "execution_id", "execution_ids"]
@@ -56,7 +61,7 @@ class DeferredToken(NamedTuple):
 
     def encode(self) -> str:
         """The token string: unpadded base64url of `[workflow, execution id, deferred]`."""
-        return _native.encode_deferred_token(*self)
+        return encode_deferred_token(*self)
 
     @classmethod
     def parse(cls, token: str) -> DeferredToken:
@@ -65,4 +70,4 @@ class DeferredToken(NamedTuple):
         Raises:
             MalformedTokenError: The string is not a deferred token.
         """
-        return cls(*_native.parse_deferred_token(token))
+        return cls(*parse_deferred_token(token))

@@ -10,8 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from plait import _native
-from plait._native import SnowflakeGenerator
+from plait._native import SnowflakeGenerator, snowflake_make, snowflake_parts
 from plait.errors import InvalidArgumentError
 
 __all__ = ["EPOCH", "Snowflake", "SnowflakeGenerator", "SnowflakeParts"]
@@ -60,12 +59,12 @@ class Snowflake(int):
                     f"timestamp {timestamp.isoformat()} is naive: give it a timezone"
                 )
             timestamp = (timestamp - datetime(1970, 1, 1, tzinfo=UTC)) // _ONE_MS
-        return cls(_native.snowflake_make(timestamp, machine_id, sequence))
+        return cls(snowflake_make(timestamp, machine_id, sequence))
 
     @property
     def parts(self) -> SnowflakeParts:
         """Timestamp (ms since the Unix epoch), machine id and sequence."""
-        return SnowflakeParts(*_native.snowflake_parts(self))
+        return SnowflakeParts(*snowflake_parts(self))
 
     @property
     def timestamp_ms(self) -> int:

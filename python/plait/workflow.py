@@ -370,7 +370,7 @@ def add_finalizer(finalizer: Callable[[Exit], Awaitable[None] | None]) -> None:
     Raises:
         NotInWorkflowError: Called outside a workflow run.
     """
-    _engine.run_state("add_finalizer()").execution.finalizers.append(finalizer)
+    _engine.run_state("add_finalizer()").add_finalizer(finalizer)
 
 
 async def with_compensation(step: Awaitable[T], undo: Callable[[T], Awaitable[Any] | None]) -> T:
@@ -388,15 +388,11 @@ async def with_compensation(step: Awaitable[T], undo: Callable[[T], Awaitable[An
             hotel = await with_compensation(reserve_hotel(trip), cancel_hotel)
     """
     run = _engine.run_state("with_compensation()")
-    run.compensations += 1
-    call = run.compensations
+    call = run.next_compensation()
     value = await step
-    ex = run.execution
-    if call not in ex.compensated:
-        ex.compensated.add(call)
 
-        def compensate(exit_: Exit) -> Awaitable[Any] | None:
-            return undo(value) if isinstance(exit_, Failure) else None
+    def compensate(exit_: Exit) -> Awaitable[Any] | None:
+        return undo(value) if isinstance(exit_, Failure) else None
 
-        ex.finalizers.append(compensate)
+    run.add_compensation(call, compensate)
     return value

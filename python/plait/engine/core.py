@@ -1,29 +1,36 @@
-"""The engine: runs workflow executions by replay over a journal store.
+"""The engine: starts, joins and finishes executions, and drives their runs.
 
-A run executes the workflow body from the top. Each step (activity, deferred, clock) looks up
-its result in the journal read at the start of the run; a missing activity result runs the
-activity and is durable before the body continues. Awaiting a deferred with no result parks
-the run; once no activity is in flight the run is cancelled and ends `Suspended`, holding no
-memory. Completing the deferred (or the timer firing, or a child finishing) starts a new run.
+The `Engine` owns what lives across runs: the executions it holds in memory, their waiters,
+the store, the durable timers and recovery. Each run's replay is `plait.engine.run.Run`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
-import itertools
-import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal, cast
 
-from plait import _bridge, _context, _native
-from plait._definitions import Definitions, DefinitionSite
-from plait._native import MemoryStore, TimerWheel
+from plait import _bridge
+from plait._native import MemoryStore, SqlStore
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
+from plait.engine import registry
+from plait.engine.recovery import Recovery
+from plait.engine.run import (
+    Execution,
+    Run,
+    current_activity,
+    current_attempt,
+    current_race,
+    current_run,
+)
+from plait.engine.scope import close_scope
+from plait.engine.signals import StoredFirst, engine_cancelled, log, unexpected
+from plait.engine.specs import WorkflowSpec
+from plait.engine.timers import DurableTimers
 from plait.errors import (
     Defect,
     DeferredTokenError,
@@ -32,513 +39,35 @@ from plait.errors import (
     Interrupted,
     JournalDecodeError,
     NoEngineError,
-    NonDeterminismError,
-    NotInWorkflowError,
     SuspendedRetryExhaustedError,
     UnknownExecutionError,
     WorkflowNotImplementedError,
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
-from plait.journal import Batch, Journal, MemoryJournal, SqlJournal
+from plait.journal import Journal, MemoryJournal, SqlJournal
 
-if TYPE_CHECKING:
-    from plait._native import SqlStore
-    from plait.activity import Activity
-    from plait.deferred import DurableDeferred
-    from plait.workflow import Workflow
-
-__all__ = ["Engine", "WorkflowInstance", "current_instance"]
-
-log = logging.getLogger("plait")
+__all__ = ["Engine", "current_engine", "engine_for"]
 
 _VOID = b'{"_tag":"Success","value":null}'
-#: Timers due within this much of now are in memory (the wheel); later ones only in the store.
-TIMER_HORIZON_MS = 60_000
-#: Executions resumed at once on start and by firing timers (each: a read, then its run).
-RECOVERY_CONCURRENCY = 1_000
-_registry: Definitions[Workflow[Any, Any]] = Definitions("workflow", keep_latest=True)
 
-
-class _StoredFirst(Exception):
-    """The store kept another result for a step this run made: replay with the stored one.
-
-    First write wins. A run whose step result was not stored must not go on with it: it stops
-    without recording anything and a new run replays the journal.
-    """
-
-    def __init__(self, execution_id: str, key: str) -> None:
-        super().__init__(f"execution {execution_id}: the store kept an earlier result of {key}")
-
-
-def register(workflow: Workflow[Any, Any], site: DefinitionSite) -> None:
-    """Makes `workflow`, defined at `site`, findable by name for runs a deferred or timer starts.
-
-    Raises:
-        DuplicateNameError: Another live workflow, defined elsewhere, has the name.
-    """
-    _registry.claim(workflow.name, workflow, site)
+#: The engine of the enclosing `async with engine:`.
+current_engine: contextvars.ContextVar[Engine | None] = contextvars.ContextVar(
+    "plait.engine", default=None
+)
 
 
 def engine_for(engine: Engine | None) -> Engine:
     """`engine`, else the engine of the current run, else the one of `async with engine:`."""
     if engine is not None:
         return engine
-    run = _context.current_run.get()
+    run = current_run.get()
     if run is not None:
-        return run.engine
-    found = _context.current_engine.get()
+        return cast("Engine", run.engine)
+    found = current_engine.get()
     if found is None:
         msg = "no engine: pass engine=, or call inside `async with engine:`"
         raise NoEngineError(msg)
     return found
-
-
-def current_instance() -> WorkflowInstance:
-    """The workflow run this code is part of.
-
-    Raises:
-        NotInWorkflowError: Called outside a workflow run.
-    """
-    return WorkflowInstance(_run_or_raise("current_instance()"))
-
-
-class _ActivitySuspended(BaseException):
-    """Raised in an activity body that awaits a deferred (or a durable clock) with no result.
-
-    As in Effect, such an activity suspends the workflow instead of waiting in memory: its step
-    stores nothing and parks, and a later run executes the body again. A `BaseException`, so
-    that the body's `except Exception` does not swallow it.
-    """
-
-
-def passes_through(exc: BaseException) -> bool:
-    """Whether `exc`, raised by user code in a run, goes on up rather than being recorded.
-
-    `KeyboardInterrupt` and `SystemExit` stop the process (asyncio raises them out of its
-    loop), `_ActivitySuspended` is the engine's, and so is a cancellation (a `CancelledError`,
-    or a group of nothing else) while the current task is being cancelled: the run suspends,
-    is interrupted or closes. Any other exception is an outcome: a declared error or a `Defect`.
-    """
-    if isinstance(exc, (KeyboardInterrupt, SystemExit, _ActivitySuspended)):
-        return True
-    return engine_cancelled(exc)
-
-
-def engine_cancelled(exc: BaseException) -> bool:
-    """Whether `exc` is only cancellation, raised while the current task is being cancelled."""
-    if isinstance(exc, BaseExceptionGroup):
-        if exc.split(asyncio.CancelledError)[1] is not None:
-            return False
-    elif not isinstance(exc, asyncio.CancelledError):
-        return False
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def unexpected(what: str, exc: BaseException) -> Failure:
-    """Logs `exc`, which is not an `Exception`, and returns it as the failure of `what`.
-
-    Recorded like any undeclared exception (the codec makes it a `Defect`), so that no run
-    ends without an outcome and its callers are never left waiting.
-    """
-    log.error("%s raised %s; it is recorded as a defect", what, type(exc).__name__, exc_info=exc)
-    return Failure(exc)
-
-
-def _run_or_raise(what: str) -> _Run:
-    run = _context.current_run.get()
-    if run is None:
-        msg = f"{what} can only be used inside a workflow run"
-        raise NotInWorkflowError(msg)
-    return run
-
-
-class WorkflowInstance:
-    """What a run knows about itself.
-
-    Attributes:
-        execution_id: The execution this run belongs to.
-        workflow: The workflow's name.
-        interrupted: Whether the run ended because the execution was interrupted; workflow
-            finalizers see it, the body never does.
-        suspended: Whether the run is ending as `Suspended`.
-    """
-
-    __slots__ = ("_run", "execution_id", "workflow")
-
-    def __init__(self, run: _Run) -> None:
-        self._run = run
-        self.execution_id = run.execution.id
-        self.workflow = run.execution.workflow.name
-
-    @property
-    def interrupted(self) -> bool:  # noqa: D102
-        return self._run.interrupted
-
-    @property
-    def suspended(self) -> bool:  # noqa: D102
-        return self._run.suspended
-
-
-class _Execution:
-    """An execution this engine is running, or keeping state for between runs."""
-
-    __slots__ = (
-        "children",
-        "compensated",
-        "finalizers",
-        "id",
-        "interrupted",
-        "parent",
-        "payload",
-        "run",
-        "run_waiters",
-        "waiters",
-        "wake",
-        "workflow",
-    )
-
-    def __init__(
-        self, execution_id: str, workflow: Workflow[Any, Any], payload: Any, parent: str | None
-    ) -> None:
-        self.id = execution_id
-        self.workflow = workflow
-        self.payload = payload
-        self.parent = parent
-        self.interrupted = False
-        self.run: _Run | None = None
-        # Waiters for the final result, and for the end of the current run (child awaits).
-        self.waiters: list[asyncio.Future[Complete[Any]]] = []
-        self.run_waiters: list[asyncio.Future[Complete[Any] | Suspended]] = []
-        # The workflow scope: lives across runs of this execution in this process.
-        self.finalizers: list[Callable[[Exit], Awaitable[None] | None]] = []
-        # Which `with_compensation` calls (by order in a run) registered their undo.
-        self.compensated: set[int] = set()
-        self.children: set[str] = set()
-        self.wake = False
-
-
-class _Park:
-    """One await parked on a deferred with no result yet."""
-
-    __slots__ = ("future", "owner")
-
-    def __init__(self, future: asyncio.Future[bytes], owner: _Run | _Race) -> None:
-        self.future = future
-        self.owner = owner
-
-    def release(self) -> None:
-        self.owner.unpark()
-
-
-class _Race:
-    """Branches of a race; parked as a whole only when no branch can still win.
-
-    The race takes one position in the run's call order, shared by every step of its
-    branches: a replay that finds the race's result stored runs no branch.
-    """
-
-    __slots__ = ("branches", "failed", "parked", "run", "run_parked", "seq")
-
-    def __init__(self, run: _Run, branches: int, seq: int) -> None:
-        self.run = run
-        self.branches = branches
-        self.seq = seq
-        self.parked = 0
-        self.failed = 0
-        self.run_parked = False
-
-    def park(self) -> None:
-        self.parked += 1
-        self.check()
-
-    def unpark(self) -> None:
-        self.parked -= 1
-        if self.run_parked:
-            self.run_parked = False
-            self.run.unpark()
-
-    def check(self) -> None:
-        if not self.run_parked and self.parked and self.parked + self.failed >= self.branches:
-            self.run_parked = True
-            self.run.park()
-
-
-class _Run:
-    """One run of an execution: the journal it replays and its suspension bookkeeping."""
-
-    __slots__ = (
-        "body_done",
-        "compensations",
-        "counts",
-        "deferreds",
-        "engine",
-        "execution",
-        "fatal",
-        "in_flight",
-        "interrupted",
-        "interrupting",
-        "journal",
-        "next_seq",
-        "parked",
-        "parks",
-        "seqs",
-        "suspend_scheduled",
-        "suspended",
-        "task",
-        "unsynced",
-    )
-
-    def __init__(self, engine: Engine, execution: _Execution) -> None:
-        self.engine = engine
-        self.execution = execution
-        self.journal: dict[str, bytes] = {}
-        self.seqs: dict[int, str] = {}
-        self.deferreds: dict[str, bytes] = {}
-        self.counts: dict[tuple[str, int], int] = {}
-        self.compensations = 0
-        self.next_seq = 0
-        self.in_flight = 0
-        self.parked = 0
-        self.parks: dict[str, list[_Park]] = {}
-        self.suspended = False
-        self.suspend_scheduled = False
-        self.interrupted = False
-        # An unsafe interrupt: the body is cancelled, and a replay starts nothing new.
-        self.interrupting = False
-        self.body_done = False
-        self.fatal: BaseException | None = None
-        self.task: asyncio.Task[None] | None = None
-        # This run's step results queued for a commit and not yet known to be durable: the
-        # batch, the op's index there, and the step's key.
-        self.unsynced: list[tuple[Batch, int, str]] = []
-
-    def load(
-        self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
-    ) -> None:
-        for key, seq, value in entries:
-            self.journal[key] = value
-            self.seqs[seq] = key
-        self.deferreds.update(deferreds)
-
-    # Steps -------------------------------------------------------------------------------
-
-    def key_of(self, name: str, attempt: int, *, consume: bool) -> str:
-        """The journal key of the next use of `name` at `attempt` (`name#2/1` the 2nd time)."""
-        count = self.counts.get((name, attempt), 0) + 1
-        if consume:
-            self.counts[(name, attempt)] = count
-        return f"{name}/{attempt}" if count == 1 else f"{name}#{count}/{attempt}"
-
-    def position(self) -> int:
-        """The next position in call order: inside a race, the race's own."""
-        race = _context.current_race.get()
-        if race is not None and race.run is self:
-            return race.seq
-        seq = self.next_seq
-        self.next_seq += 1
-        return seq
-
-    def step(self, name: str, attempt: int) -> tuple[str, int]:
-        key = self.key_of(name, attempt, consume=True)
-        race = _context.current_race.get()
-        if race is not None and race.run is self:
-            return key, race.seq  # a race's branches may step in any order: not checked
-        seq = self.next_seq
-        self.next_seq += 1
-        expected = self.seqs.get(seq)
-        if expected is not None and expected != key:
-            self.fail(NonDeterminismError(self.execution.id, seq, expected, key))
-        return key, seq
-
-    def fail(self, error: BaseException) -> NoReturn:
-        """Stops the run without recording anything; user code cannot swallow this."""
-        if self.fatal is None:
-            self.fatal = error
-        raise error
-
-    def decode(self, codec: ExitCodec, data: bytes) -> Exit:
-        try:
-            return codec.decode(data)
-        except JournalDecodeError as err:
-            where = f"workflow {self.execution.workflow.name!r}, execution {self.execution.id}"
-            self.fail(JournalDecodeError(f"{where}: {err}"))
-
-    async def activity(self, activity: Activity[Any], attempt: int) -> Any:
-        key, seq = self.step(activity.name, attempt)
-        stored = self.journal.get(key)
-        if stored is not None:
-            return self.decode(activity.codec, stored).unwrap()
-        if self.interrupting:
-            await self.stop_here()
-        self.in_flight += 1
-        inside = _context.current_activity.set(self)
-        outcome: Exit | None
-        try:
-            if self.unsynced:  # the body may have side effects: what came before is durable
-                await self.sync()
-            try:
-                if activity.is_async:  # the common case, without run_body's extra coroutine
-                    try:
-                        outcome = Success(await activity.execute())
-                    except asyncio.CancelledError:
-                        task = asyncio.current_task()
-                        if task is None or task.cancelling():
-                            raise
-                        # Cancelled from inside: that was the first attempt of the interrupt
-                        # retries, so `run_body` goes on with the first delay, not another run.
-                        outcome = await activity.run_body(self.engine, interrupted=True)
-                    except Exception as exc:  # the codec sorts declared errors from defects
-                        outcome = Failure(exc)
-                    except BaseException as exc:
-                        if passes_through(exc):
-                            raise
-                        outcome = unexpected(f"activity {activity.name!r}", exc)
-                else:
-                    outcome = await activity.run_body(self.engine)
-            except _ActivitySuspended:
-                outcome = None  # nothing stored: a later run executes the body again
-            if outcome is not None:
-                encoded, outcome = activity.codec.settle(outcome)
-                self.engine.append(self, key, seq, encoded)
-        finally:
-            _context.current_activity.reset(inside)
-            self.in_flight -= 1
-            self.maybe_suspend()
-        if outcome is None:
-            await self.wait_forever()
-        return outcome.unwrap()
-
-    async def sync(self) -> None:
-        """Waits until every step result of this run is durable.
-
-        Results are committed in the background while the body goes on; nothing leaves the
-        run (an activity body, a child, a finalizer, the result) before they are durable.
-        A commit that failed stops the run.
-        """
-        unsynced = self.unsynced
-        journal = self.engine.journal
-        assert isinstance(journal, SqlJournal)
-        while unsynced:
-            batch, index, key = unsynced[-1]
-            if not batch.done:
-                try:
-                    await journal.wait(batch, index)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:
-                    self.fail(err)
-                continue
-            error = batch.error_of(index)
-            if error is not None:
-                self.fail(error)
-            if batch.results[index] is False:
-                self.fail(_StoredFirst(self.execution.id, key))
-            unsynced.pop()
-
-    async def await_deferred(self, deferred: DurableDeferred[Any]) -> Any:
-        return self.decode(deferred.codec, await self.deferred_value(deferred.name)).unwrap()
-
-    async def deferred_value(self, name: str) -> bytes:
-        stored = self.deferreds.get(name)
-        if stored is not None:
-            return stored
-        self.suspend_activity_body()
-        if self.interrupting:
-            await self.stop_here()
-        future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
-        race = _context.current_race.get()
-        owner: _Run | _Race = self if race is None or race.run is not self else race
-        park = _Park(future, owner)
-        self.parks.setdefault(name, []).append(park)
-        owner.park()
-        try:
-            return await future
-        finally:
-            if not future.done() or future.cancelled():
-                parks = self.parks.get(name, [])
-                if park in parks:
-                    parks.remove(park)
-                    park.release()
-
-    def deliver(self, name: str, value: bytes) -> bool:
-        """A deferred completed during this run. Returns whether a parked await took it."""
-        self.deferreds[name] = value
-        taken = False
-        for park in self.parks.pop(name, []):
-            park.release()
-            if not park.future.done():
-                park.future.set_result(value)
-                taken = True
-        # A run already suspending (its parked awaits being cancelled) needs a new run.
-        return taken and not self.suspended
-
-    async def wait_forever(self) -> NoReturn:
-        """Parks the run for good: it suspends once no activity is in flight.
-
-        In a race's branch it parks the race, which parks the run once no branch can win.
-        """
-        self.suspend_activity_body()
-        future: asyncio.Future[bytes] = self.engine._require_loop().create_future()
-        race = _context.current_race.get()
-        owner: _Run | _Race = self if race is None or race.run is not self else race
-        owner.park()
-        try:
-            await future
-        finally:
-            owner.unpark()
-        raise AssertionError  # pragma: no cover - a parked run is cancelled, never resumed
-
-    def suspend_activity_body(self) -> None:
-        """In one of this run's activity bodies, raises `_ActivitySuspended` (Effect's rule).
-
-        An activity that waits on a deferred, a durable clock or a suspended child suspends the
-        workflow; it does not wait in memory while the run goes on, so in a race it cannot win
-        before a replay runs it again.
-        """
-        if _context.current_activity.get() is self:
-            raise _ActivitySuspended
-
-    # Unsafe interrupts ---------------------------------------------------------------------
-
-    def stop_now(self) -> None:
-        """Marks the run interrupted at once and cancels its body, unless the body has ended."""
-        self.interrupting = True
-        if self.task is not None and not self.body_done:
-            self.task.cancel()
-
-    async def stop_here(self) -> None:
-        """Stops the run where the body would start something new (an unsafe interrupt).
-
-        The replay of an interrupted run goes as far as the journal holds, which registers the
-        compensations of the steps done, and no further: no activity body, child, timer or park.
-        """
-        if self.task is None or self.body_done:
-            return  # a finalizer's step: the body is over, nothing to cancel
-        self.stop_now()
-        # In the run's task, the cancellation lands here at once; in a race's branch, the race
-        # cancels this branch as the run's cancellation reaches it.
-        await self.engine._require_loop().create_future()
-
-    # Suspension ----------------------------------------------------------------------------
-
-    def park(self) -> None:
-        self.parked += 1
-        self.maybe_suspend()
-
-    def unpark(self) -> None:
-        self.parked -= 1
-
-    def maybe_suspend(self) -> None:
-        if self.parked and not self.in_flight and not self.suspend_scheduled:
-            self.suspend_scheduled = True
-            self.engine._require_loop().call_soon(self._suspend_if_still_parked)
-
-    def _suspend_if_still_parked(self) -> None:
-        self.suspend_scheduled = False
-        if self.parked and not self.in_flight and not self.body_done and self.task is not None:
-            self.suspended = True
-            self.task.cancel()
 
 
 class Engine:
@@ -576,31 +105,21 @@ class Engine:
         else:
             self.store, self.journal, self._open = None, None, store
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self._live: dict[str, _Execution] = {}
+        self._live: dict[str, Execution] = {}
         self._resuming: set[str] = set()
         self._rewake: set[str] = set()
         # Executions interrupted with `interrupt_unsafe`: their runs start nothing new.
         self._interrupt_now: set[str] = set()
-        self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._workflows: dict[str, WorkflowSpec] = {}
         self._unimplemented_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._context_token: contextvars.Token[Engine | None] | None = None
         self._base_context: contextvars.Context | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._wheel: TimerWheel | None = None
-        # Timers due within TIMER_HORIZON_MS, in the wheel: (execution id, deferred) by wheel id.
-        self._timers: dict[int, tuple[str, str]] = {}
-        self._timer_keys: dict[tuple[str, str], int] = {}
-        self._timer_ids = itertools.count(1)
-        # Stored timers due up to here are in the wheel; the next one after, if known.
-        self._timers_loaded_until = -1
-        self._timers_stored_next: int | None = None
-        # Work of recovery (timers that fired, executions found running) and its workers.
-        self._recovery: collections.deque[tuple[str, str | None]] = collections.deque()
-        self._recovery_workers = 0
-        self._timers_changed: asyncio.Event | None = None
+        self._timers: DurableTimers | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self._recovery = Recovery(self._spawn, self._resume, self._fire)
         self._lease_task: asyncio.Task[None] | None = None
         # Why the engine stopped on its own: another engine took the database over.
         self._fenced: EngineFencedError | None = None
@@ -674,7 +193,7 @@ class Engine:
 
         async def open_store() -> SqlStore:
             store: SqlStore = await _bridge.call(
-                lambda bridge: _native.SqlStore.open(bridge, url, prefix, durability, lease_ttl_ms)
+                lambda bridge: SqlStore.open(bridge, url, prefix, durability, lease_ttl_ms)
             )
             return store
 
@@ -684,12 +203,12 @@ class Engine:
 
     async def __aenter__(self) -> Engine:
         await self.start()
-        self._context_token = _context.current_engine.set(self)
+        self._context_token = current_engine.set(self)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._context_token is not None:
-            _context.current_engine.reset(self._context_token)
+            current_engine.reset(self._context_token)
             self._context_token = None
         await self.close()
 
@@ -714,21 +233,19 @@ class Engine:
         self._closing = False
         self._fenced = None
         ctx = contextvars.copy_context()
-        for var in (_context.current_run, _context.current_race, _context.current_activity):
+        for var in (current_run, current_race, current_activity):
             ctx.run(var.set, None)
-        ctx.run(_context.current_attempt.set, 1)
+        ctx.run(current_attempt.set, 1)
         self._base_context = ctx
-        self._wheel = TimerWheel(now_ms=self.clock.now_ms())
-        self._timers_changed = asyncio.Event()
-        self._timers_loaded_until = -1
-        await self._load_timers(self.clock.now_ms())
-        self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
+        self._timers = DurableTimers(self.clock, journal, self._recovery.add)
+        await self._timers.load()
+        self._timer_task = self._loop.create_task(self._timers.run(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
-        if isinstance(self.store, _native.SqlStore):
+        if isinstance(self.store, SqlStore):
             self._lease_task = self._loop.create_task(self._watch_lease(self.store), context=ctx)
             self._lease_task.add_done_callback(_log_crash)
         for execution_id in await journal.with_status("running"):
-            self._recover(execution_id, None)
+            self._recovery.add(execution_id)
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
@@ -758,8 +275,8 @@ class Engine:
         self._live.clear()
         self._interrupt_now.clear()
         self._recovery.clear()
-        self._timers.clear()
-        self._timer_keys.clear()
+        if self._timers is not None:
+            self._timers.clear()
         self._loop = None
         self._timer_task = None
         self._lease_task = None
@@ -783,7 +300,13 @@ class Engine:
         log.warning("%s", self._fenced)
         await self.close()
 
-    def _require_loop(self) -> asyncio.AbstractEventLoop:
+    def require_loop(self) -> asyncio.AbstractEventLoop:
+        """The engine's event loop.
+
+        Raises:
+            NoEngineError: The engine is not started.
+            EngineFencedError: It stopped because another engine took its database over.
+        """
         if self._loop is None:
             if self._fenced is not None:
                 raise self._fenced
@@ -805,7 +328,7 @@ class Engine:
         leaving it never awaited.
         """
         assert self._base_context is not None
-        task = self._require_loop().create_task(work, context=self._base_context.copy())
+        task = self.require_loop().create_task(work, context=self._base_context.copy())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
@@ -818,8 +341,8 @@ class Engine:
 
     # Executions ----------------------------------------------------------------------------
 
-    def _workflow(self, name: str) -> Workflow[Any, Any]:
-        workflow = self._workflows.get(name) or _registry.get(name)
+    def _workflow(self, name: str) -> WorkflowSpec:
+        workflow = self._workflows.get(name) or registry.lookup(name)
         if workflow is None or workflow.handler is None:
             msg = f"workflow {name!r} has no implementation registered"
             raise WorkflowNotImplementedError(msg)
@@ -827,7 +350,7 @@ class Engine:
 
     async def execute(
         self,
-        workflow: Workflow[Any, Any],
+        workflow: WorkflowSpec,
         payload: Any,
         *,
         discard: bool = False,
@@ -836,7 +359,7 @@ class Engine:
 
         Waits for its result unless `discard`.
         """
-        self._require_loop()
+        self.require_loop()
         if workflow.handler is None:
             msg = (
                 f"workflow {workflow.name!r} has no implementation: "
@@ -845,7 +368,7 @@ class Engine:
             raise WorkflowNotImplementedError(msg)
         self._workflows[workflow.name] = workflow
         execution_id = workflow.execution_id(payload)
-        parent = _context.current_run.get()
+        parent = current_run.get()
         if parent is not None and parent.engine is not self:
             parent = None
         if parent is not None and parent.interrupting:
@@ -860,14 +383,14 @@ class Engine:
         if workflow.suspended_retry is None:
             ex = self._live.get(execution_id)
             if ex is not None and ex.run is not None:  # running: wait for its completion
-                waiter: asyncio.Future[Complete[Any]] = self._require_loop().create_future()
+                waiter: asyncio.Future[Complete[Any]] = self.require_loop().create_future()
                 ex.waiters.append(waiter)
                 return (await waiter).exit.unwrap()
         result = await self._await_complete(execution_id, workflow)
         return result.exit.unwrap()
 
     async def _attach(
-        self, workflow: Workflow[Any, Any], execution_id: str, payload: Any, parent: _Run | None
+        self, workflow: WorkflowSpec, execution_id: str, payload: Any, parent: Run | None
     ) -> None:
         if parent is not None:
             parent.execution.children.add(execution_id)
@@ -877,7 +400,7 @@ class Engine:
         # Held from now, so concurrent callers of the same id join this execution. No payload
         # until the start creates the execution: if it exists, its stored payload is the one a
         # run uses (decoded by `_resume`, maybe a concurrent one, such as recovery's).
-        ex = _Execution(execution_id, workflow, None, parent_id)
+        ex = Execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
         existing = await self._write(
             ("start", execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
@@ -893,19 +416,19 @@ class Engine:
 
     def _launch(
         self,
-        ex: _Execution,
+        ex: Execution,
         snapshot: tuple[list[tuple[str, int, bytes]], list[tuple[str, bytes]]] | None,
     ) -> None:
-        loop = self._require_loop()
+        loop = self.require_loop()
         assert self._base_context is not None
-        run = _Run(self, ex)
+        run = Run(self, ex)
         run.interrupting = ex.id in self._interrupt_now
         if snapshot is not None:
             run.load(*snapshot)
         ex.run = run
         ex.wake = False
         ctx = self._base_context.copy()
-        ctx.run(_context.current_run.set, run)
+        ctx.run(current_run.set, run)
         run.task = loop.create_task(self._drive(run), context=ctx)
 
     async def _resume(self, execution_id: str) -> bool:
@@ -932,7 +455,7 @@ class Engine:
             if ex is None or ex.payload is None:
                 if ex is not None:
                     workflow = ex.workflow
-                elif (found := self._workflows.get(name) or _registry.get(name)) is not None:
+                elif (found := self._workflows.get(name) or registry.lookup(name)) is not None:
                     workflow = found
                 else:
                     self._unimplemented(name, execution_id)
@@ -945,7 +468,7 @@ class Engine:
                     )
                     raise
                 if ex is None:
-                    ex = _Execution(execution_id, workflow, payload, parent)
+                    ex = Execution(execution_id, workflow, payload, parent)
                     self._live[execution_id] = ex
                 ex.payload = payload
             ex.interrupted = ex.interrupted or interrupted
@@ -960,30 +483,6 @@ class Engine:
             self._rewake.discard(execution_id)
             ex.wake = True
         return True
-
-    def _recover(self, execution_id: str, timer: str | None) -> None:
-        """Queues the resumption of an execution (found running on start), or its timer `timer`.
-
-        `RECOVERY_CONCURRENCY` workers take them in order.
-        """
-        self._recovery.append((execution_id, timer))
-        if self._recovery_workers < RECOVERY_CONCURRENCY:
-            self._recovery_workers += 1
-            self._spawn(self._recovery_worker())
-
-    async def _recovery_worker(self) -> None:
-        try:
-            while self._recovery:
-                execution_id, timer = self._recovery.popleft()
-                try:
-                    if timer is None:
-                        await self._resume(execution_id)
-                    else:
-                        await self._fire(execution_id, timer)
-                except Exception:
-                    log.exception("recovery of execution %s failed", execution_id)
-        finally:
-            self._recovery_workers -= 1
 
     def _unimplemented(self, workflow_name: str, execution_id: str) -> None:
         """Notes once per workflow that its executions wait for an engine implementing it."""
@@ -1006,7 +505,7 @@ class Engine:
         ex.waiters.clear()
         ex.run_waiters.clear()
 
-    async def _drive(self, run: _Run) -> None:
+    async def _drive(self, run: Run) -> None:
         ex = run.execution
         workflow = ex.workflow
         handler = workflow.handler
@@ -1047,13 +546,13 @@ class Engine:
             except Exception as err:
                 result = err
         if isinstance(result, Complete):
-            result, encoded = await self._close_scope(run, result)
+            result, encoded = await close_scope(run, result)
             await self._finish(run, result, encoded)
         else:
             await self._finish(run, result, None)
 
     def _into_result(
-        self, run: _Run, outcome: Exit | None
+        self, run: Run, outcome: Exit | None
     ) -> Complete[Any] | Suspended | BaseException:
         ex = run.execution
         workflow = ex.workflow
@@ -1078,32 +577,8 @@ class Engine:
             result = Complete(Failure(Interrupted(ex.id)))
         return result
 
-    async def _close_scope(self, run: _Run, result: Complete[Any]) -> tuple[Complete[Any], bytes]:
-        """Runs the workflow scope's finalizers, last added first, with the final exit.
-
-        Returns the final result and its encoding.
-        """
-        ex = run.execution
-        encoded, exit_ = ex.workflow.codec.settle(result.exit)
-        if not ex.finalizers:
-            return Complete(exit_), encoded
-        while ex.finalizers:
-            finalizer = ex.finalizers.pop()
-            try:
-                pending = finalizer(exit_)
-                if pending is not None:
-                    await pending
-            except BaseException as exc:
-                if passes_through(exc):
-                    raise
-                log.exception("finalizer of execution %s failed", ex.id)
-                if isinstance(exit_, Success):
-                    exit_ = Failure(defect_of(exc))
-        encoded, exit_ = ex.workflow.codec.settle(exit_)
-        return Complete(exit_), encoded
-
     async def _finish(
-        self, run: _Run, result: Complete[Any] | Suspended | BaseException, encoded: bytes | None
+        self, run: Run, result: Complete[Any] | Suspended | BaseException, encoded: bytes | None
     ) -> None:
         ex = run.execution
         # The result is durable before anyone hears of it; meanwhile `ex.run` stays set, so a
@@ -1125,7 +600,7 @@ class Engine:
                 result = await self._result_stored_first(ex, result)
         ex.run = None
         run.task = None  # the task holds the run in its context: no cycle left behind
-        if isinstance(result, _StoredFirst):
+        if isinstance(result, StoredFirst):
             # Nothing of this run was recorded: a new run replays the stored results.
             log.warning("%s; replaying it", result)
             await self._resume(ex.id)
@@ -1159,7 +634,7 @@ class Engine:
             self._live.pop(ex.id, None)
 
     async def _result_stored_first(
-        self, ex: _Execution, result: Complete[Any] | Suspended
+        self, ex: Execution, result: Complete[Any] | Suspended
     ) -> Complete[Any] | Suspended:
         """The result when the store refused this run's: the one it holds (first write wins).
 
@@ -1176,7 +651,7 @@ class Engine:
         return result
 
     async def _stored_result(
-        self, execution_id: str, workflow: Workflow[Any, Any]
+        self, execution_id: str, workflow: WorkflowSpec
     ) -> Complete[Any] | Suspended | None:
         record = await self._journal().execution(execution_id)
         if record is None:
@@ -1196,9 +671,7 @@ class Engine:
             )
         return None
 
-    async def _await_complete(
-        self, execution_id: str, workflow: Workflow[Any, Any]
-    ) -> Complete[Any]:
+    async def _await_complete(self, execution_id: str, workflow: WorkflowSpec) -> Complete[Any]:
         delays = None if workflow.suspended_retry is None else workflow.suspended_retry.delays()
         while True:
             ex = self._live.get(execution_id)
@@ -1215,9 +688,9 @@ class Engine:
                 ex = self._live.get(execution_id)
                 if ex is None:
                     payload = workflow.decode_payload(record[1])
-                    ex = _Execution(execution_id, workflow, payload, record[2])
+                    ex = Execution(execution_id, workflow, payload, record[2])
                     self._live[execution_id] = ex
-            loop = self._require_loop()
+            loop = self.require_loop()
             if delays is None:
                 waiter: asyncio.Future[Complete[Any]] = loop.create_future()
                 ex.waiters.append(waiter)
@@ -1249,7 +722,7 @@ class Engine:
             await self._resume(execution_id)
 
     async def _rejoin(
-        self, ex: _Execution, workflow: Workflow[Any, Any], waiter: asyncio.Future[Complete[Any]]
+        self, ex: Execution, workflow: WorkflowSpec, waiter: asyncio.Future[Complete[Any]]
     ) -> None:
         """Makes sure a waiter registered on an execution with no run here gets a result.
 
@@ -1267,13 +740,13 @@ class Engine:
             with contextlib.suppress(JournalDecodeError):
                 await self._resume(ex.id)
 
-    async def _await_child(self, parent: _Run, execution_id: str) -> Any:
+    async def _await_child(self, parent: Run, execution_id: str) -> Any:
         ex = self._live.get(execution_id)
         parent.in_flight += 1
         try:
             if ex is not None and ex.run is not None:
                 waiter: asyncio.Future[Complete[Any] | Suspended] = (
-                    self._require_loop().create_future()
+                    self.require_loop().create_future()
                 )
                 ex.run_waiters.append(waiter)
                 result = await waiter
@@ -1300,7 +773,7 @@ class Engine:
     # Operations on stored executions --------------------------------------------------------
 
     async def poll(
-        self, workflow: Workflow[Any, Any], execution_id: str
+        self, workflow: WorkflowSpec, execution_id: str
     ) -> Complete[Any] | Suspended | None:
         """The result of the execution: None if unknown or running."""
         ex = self._live.get(execution_id)
@@ -1314,7 +787,7 @@ class Engine:
         Its current run (or a new one) ends it as `Interrupted`, running compensations and
         finalizers, and interrupting its children.
         """
-        self._require_loop()
+        self.require_loop()
         if not await self._write(("interrupt", execution_id)):
             return
         ex = self._live.get(execution_id)
@@ -1334,7 +807,7 @@ class Engine:
         ordinary interrupt's: an engine that recovers the execution after a crash interrupts it
         the ordinary way.
         """
-        self._require_loop()
+        self.require_loop()
         if not await self._write(("interrupt", execution_id)):
             return
         self._interrupt_now.add(execution_id)
@@ -1348,7 +821,7 @@ class Engine:
 
     async def resume(self, execution_id: str) -> None:
         """Starts a new run of a suspended execution (nothing if running or complete)."""
-        self._require_loop()
+        self.require_loop()
         await self._resume(execution_id)
 
     async def complete_deferred(
@@ -1369,7 +842,7 @@ class Engine:
         Raises:
             DeferredTokenError: No such execution, or it belongs to another workflow.
         """
-        self._require_loop()
+        self.require_loop()
         implemented = True
         if workflow_name is not None:
             record = await self._journal().execution(execution_id)
@@ -1386,7 +859,7 @@ class Engine:
                 )
                 raise DeferredTokenError(msg)
             implemented = (
-                self._workflows.get(workflow_name) or _registry.get(workflow_name)
+                self._workflows.get(workflow_name) or registry.lookup(workflow_name)
             ) is not None
         return await self._store_deferred(
             execution_id, name, encoded, unimplemented=None if implemented else workflow_name
@@ -1451,75 +924,15 @@ class Engine:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         # Rounded up: a timer never fires before its time (Effect's rule too).
         due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
-        if await self._write(("timer", execution_id, name, due)):
-            if due <= self._timers_loaded_until:
-                self._add_timer(execution_id, name, due)
-            elif self._timers_stored_next is None or due < self._timers_stored_next:
-                self._timers_stored_next = due
-                self._note_timers_changed()
-
-    def _add_timer(self, execution_id: str, name: str, due: int) -> None:
-        assert self._wheel is not None
-        key = (execution_id, name)
-        if key in self._timer_keys:  # loaded from the store and added by its writer both
-            return
-        timer_id = next(self._timer_ids)
-        self._timers[timer_id] = key
-        self._timer_keys[key] = timer_id
-        self._wheel.insert(timer_id, due)
-        self._note_timers_changed()
-
-    def _note_timers_changed(self) -> None:
-        assert self._timers_changed is not None
-        self._timers_changed.set()
-
-    async def _load_timers(self, now: int) -> None:
-        """Loads the stored timers due within `TIMER_HORIZON_MS` of `now` into the wheel.
-
-        Only those: a timer further ahead costs no memory until it comes near.
-        """
-        after, until = self._timers_loaded_until, now + TIMER_HORIZON_MS
-        # Set first: a timer scheduled during the read goes into the wheel directly.
-        self._timers_loaded_until = until
-        timers, following = await self._journal().timers_between(after, until)
-        for execution_id, name, due in timers:
-            self._add_timer(execution_id, name, due)
-        self._timers_stored_next = following
+        if await self._write(("timer", execution_id, name, due)) and self._timers is not None:
+            self._timers.scheduled(execution_id, name, due)
 
     async def _fire(self, execution_id: str, name: str) -> None:
         await self._store_deferred(execution_id, name, _VOID, timer=True)
 
-    async def _fire_timers(self) -> None:
-        wheel, changed = self._wheel, self._timers_changed
-        assert wheel is not None
-        assert changed is not None
-        while True:
-            changed.clear()
-            now = self.clock.now_ms()
-            following = self._timers_stored_next
-            if following is not None and following - TIMER_HORIZON_MS // 2 <= now:
-                await self._load_timers(now)
-                continue
-            for timer_id in wheel.advance(max(now, wheel.elapsed_ms)):
-                key = self._timers.pop(timer_id)
-                del self._timer_keys[key]
-                self._recover(*key)
-            wake = wheel.next_due()
-            if following is not None:
-                load_at = following - TIMER_HORIZON_MS // 2
-                wake = load_at if wake is None else min(wake, load_at)
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
-            if wake is not None:
-                waits.append(asyncio.ensure_future(self.clock.sleep(max(0, wake - now) / 1000)))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-
     # Journal writes ------------------------------------------------------------------------
 
-    def append(self, run: _Run, key: str, seq: int, value: bytes) -> None:
+    def append(self, run: Run, key: str, seq: int, value: bytes) -> None:
         """Stores a step result of `run`.
 
         In memory it is stored at once. Otherwise it commits with every other write of this
@@ -1530,7 +943,7 @@ class Engine:
         if isinstance(journal, SqlJournal):
             run.unsynced.append((*journal.queue(op), key))
         elif journal.write(op) is False:
-            run.fail(_StoredFirst(run.execution.id, key))
+            run.fail(StoredFirst(run.execution.id, key))
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
@@ -1541,8 +954,3 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("plait engine task %s crashed", task.get_name(), exc_info=task.exception())
-
-
-def run_state(what: str) -> _Run:
-    """The current run, for the workflow API."""
-    return _run_or_raise(what)
