@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from plait import _bridge, _context, _native
-from plait._native import MemoryStore, TimerWheel
+from plait import _bridge, _context
+from plait._native import Op, Store, TimerWheel
 from plait.clocks import Clock, SystemClock, seconds
 from plait.errors import (
     Defect,
@@ -39,10 +39,9 @@ from plait.errors import (
     WorkflowNotImplementedError,
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
-from plait.journal import Batch, Journal, MemoryJournal, SqlJournal
+from plait.journal import Batch, Journal, Snapshot
 
 if TYPE_CHECKING:
-    from plait._native import SqlStore
     from plait.activity import Activity
     from plait.deferred import DurableDeferred
     from plait.workflow import Workflow
@@ -263,13 +262,13 @@ class _Run:
         # batch, the op's index there, and the step's key.
         self.unsynced: list[tuple[Batch, int, str]] = []
 
-    def load(
-        self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
-    ) -> None:
-        for key, seq, value in entries:
-            self.journal[key] = value
-            self.seqs[seq] = key
-        self.deferreds.update(deferreds)
+    def load(self, snapshot: Snapshot) -> None:
+        for entry in snapshot.entries:
+            key = entry.key
+            self.journal[key] = entry.value
+            self.seqs[entry.seq] = key
+        for deferred in snapshot.deferreds:
+            self.deferreds[deferred.name] = deferred.value
 
     # Steps -------------------------------------------------------------------------------
 
@@ -350,8 +349,7 @@ class _Run:
         A commit that failed stops the run.
         """
         unsynced = self.unsynced
-        journal = self.engine.journal
-        assert isinstance(journal, SqlJournal)
+        journal = self.engine._journal()
         while unsynced:
             batch, index, key = unsynced[-1]
             if not batch.done:
@@ -362,12 +360,16 @@ class _Run:
                 except Exception as err:
                     self.fail(err)
                 continue
-            error = batch.error_of(index)
-            if error is not None:
-                self.fail(error)
-            if batch.results[index] is False:
-                self.fail(_StoredFirst(self.execution.id, key))
+            self.synced(batch, index, key)
             unsynced.pop()
+
+    def synced(self, batch: Batch, index: int, key: str) -> None:
+        """Checks the committed result of step `key`: op `index` of `batch`."""
+        error = batch.error_of(index)
+        if error is not None:
+            self.fail(error)
+        if batch.results[index] is False:
+            self.fail(_StoredFirst(self.execution.id, key))
 
     async def await_deferred(self, deferred: DurableDeferred[Any]) -> Any:
         return self.decode(deferred.codec, await self.deferred_value(deferred.name)).unwrap()
@@ -456,15 +458,15 @@ class Engine:
 
     def __init__(
         self,
-        store: MemoryStore | Callable[[], Awaitable[SqlStore]],
+        store: Store | Callable[[], Awaitable[Store]],
         *,
         clock: Clock | None = None,
     ) -> None:
-        self._open: Callable[[], Awaitable[SqlStore]] | None = None
-        self.store: MemoryStore | SqlStore | None
+        self._open: Callable[[], Awaitable[Store]] | None = None
+        self.store: Store | None
         self.journal: Journal | None
-        if isinstance(store, MemoryStore):
-            self.store, self.journal = store, MemoryJournal(store)
+        if isinstance(store, Store):
+            self.store, self.journal = store, Journal(store)
         else:
             self.store, self.journal, self._open = None, None, store
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -498,7 +500,7 @@ class Engine:
     @classmethod
     def memory(cls, *, clock: Clock | None = None) -> Engine:
         """An engine whose journal lives in this process (in Rust); nothing survives it."""
-        return cls(MemoryStore(), clock=clock)
+        return cls(Store.memory(), clock=clock)
 
     @classmethod
     def sqlite(
@@ -562,9 +564,9 @@ class Engine:
         """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
         lease_ttl_ms = None if lease_ttl is None else math.ceil(seconds(lease_ttl) * 1000)
 
-        async def open_store() -> SqlStore:
-            store: SqlStore = await _bridge.call(
-                lambda bridge: _native.SqlStore.open(bridge, url, prefix, durability, lease_ttl_ms)
+        async def open_store() -> Store:
+            store: Store = await _bridge.call(
+                lambda bridge: Store.open(bridge, url, prefix, durability, lease_ttl_ms)
             )
             return store
 
@@ -598,8 +600,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         if self._open is not None:
             store = await self._open()
-            self.store, self.journal = store, SqlJournal(store, loop)
+            self.store, self.journal = store, Journal(store)
         journal = self._journal()
+        journal.bind(loop)
         self._loop = loop
         self._closing = False
         self._fenced = None
@@ -614,7 +617,7 @@ class Engine:
         await self._load_timers(self.clock.now_ms())
         self._timer_task = self._loop.create_task(self._fire_timers(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
-        if isinstance(self.store, _native.SqlStore):
+        if self.store is not None and not journal.immediate:
             self._lease_task = self._loop.create_task(self._watch_lease(self.store), context=ctx)
             self._lease_task.add_done_callback(_log_crash)
         for execution_id in await journal.with_status("running"):
@@ -656,7 +659,7 @@ class Engine:
             journal, self.journal, self.store = self.journal, None, None
             await journal.close()
 
-    async def _watch_lease(self, store: SqlStore) -> None:
+    async def _watch_lease(self, store: Store) -> None:
         """Shuts the engine down if its lease on the database is lost.
 
         The database refuses this engine's commits from then on (they are fenced), so its runs
@@ -699,11 +702,8 @@ class Engine:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
-    async def _write(self, op: tuple[Any, ...]) -> Any:
-        result = self._journal().write(op)
-        if isinstance(result, asyncio.Future):
-            return await result
-        return result
+    async def _write(self, op: Op) -> Any:
+        return await self._journal().write(op)
 
     # Executions ----------------------------------------------------------------------------
 
@@ -767,27 +767,23 @@ class Engine:
         ex = _Execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
         existing = await self._write(
-            ("start", execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
+            Op.start(execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
         )
         if existing is None:
             ex.payload = payload
             self._launch(ex, None)
             return
-        if existing[3] == "running":
+        if existing.status == "running":
             await self._resume(execution_id)
-        elif existing[3] == "complete" and not ex.waiters:
+        elif existing.status == "complete" and not ex.waiters:
             self._live.pop(execution_id, None)
 
-    def _launch(
-        self,
-        ex: _Execution,
-        snapshot: tuple[list[tuple[str, int, bytes]], list[tuple[str, bytes]]] | None,
-    ) -> None:
+    def _launch(self, ex: _Execution, snapshot: Snapshot | None) -> None:
         loop = self._require_loop()
         assert self._base_context is not None
         run = _Run(self, ex)
         if snapshot is not None:
-            run.load(*snapshot)
+            run.load(snapshot)
         ex.run = run
         ex.wake = False
         ctx = self._base_context.copy()
@@ -811,7 +807,8 @@ class Engine:
             snapshot = await self._journal().snapshot(execution_id)
             if snapshot is None:
                 return False
-            (name, payload_json, parent, status, _, interrupted), entries, deferreds = snapshot
+            record = snapshot.execution
+            name, status = record.workflow, record.status
             if status == "complete":
                 return False
             ex = self._live.get(execution_id)
@@ -824,22 +821,22 @@ class Engine:
                     self._unimplemented(name, execution_id)
                     return False
                 try:
-                    payload = workflow.decode_payload(payload_json)
+                    payload = workflow.decode_payload(record.payload)
                 except JournalDecodeError as err:
                     self._fail_waiters(
                         execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
                     )
                     raise
                 if ex is None:
-                    ex = _Execution(execution_id, workflow, payload, parent)
+                    ex = _Execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
                 ex.payload = payload
-            ex.interrupted = ex.interrupted or interrupted
+            ex.interrupted = ex.interrupted or record.interrupted
             if status != "running":
-                await self._write(("status", execution_id, "running", None))
+                await self._write(Op.status(execution_id, "running", None))
             if ex.run is not None:  # started while we read
                 return False
-            self._launch(ex, (entries, deferreds))
+            self._launch(ex, snapshot)
         finally:
             self._resuming.discard(execution_id)
         if execution_id in self._rewake:
@@ -981,7 +978,7 @@ class Engine:
         # completion arriving now marks the execution for a new run instead of starting one.
         if isinstance(result, Complete):
             assert encoded is not None
-            if not await self._write(("status", ex.id, "complete", encoded)):
+            if not await self._write(Op.status(ex.id, "complete", encoded)):
                 result = await self._result_stored_first(ex, result)
             ex.finalizers.clear()
             ex.compensated.clear()
@@ -991,7 +988,7 @@ class Engine:
                 if result.cause is None
                 else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
             )
-            if not await self._write(("status", ex.id, "suspended", cause)):
+            if not await self._write(Op.status(ex.id, "suspended", cause)):
                 result = await self._result_stored_first(ex, result)
         ex.run = None
         run.task = None  # the task holds the run in its context: no cycle left behind
@@ -1051,7 +1048,7 @@ class Engine:
         record = await self._journal().execution(execution_id)
         if record is None:
             return None
-        status, data = record[3], record[4]
+        status, data = record.status, record.result
         if status == "complete":
             assert data is not None
             return Complete(workflow.codec.decode(data))
@@ -1084,8 +1081,8 @@ class Engine:
                     raise UnknownExecutionError(f"unknown execution {execution_id!r}")
                 ex = self._live.get(execution_id)
                 if ex is None:
-                    payload = workflow.decode_payload(record[1])
-                    ex = _Execution(execution_id, workflow, payload, record[2])
+                    payload = workflow.decode_payload(record.payload)
+                    ex = _Execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
             loop = self._require_loop()
             if delays is None:
@@ -1166,7 +1163,7 @@ class Engine:
         record = await self._journal().execution(execution_id)
         if record is None:
             raise UnknownExecutionError(f"unknown execution {execution_id!r}")
-        return record[0]
+        return record.workflow
 
     # Operations on stored executions --------------------------------------------------------
 
@@ -1186,7 +1183,7 @@ class Engine:
         finalizers, and interrupting its children.
         """
         self._require_loop()
-        if not await self._write(("interrupt", execution_id)):
+        if not await self._write(Op.interrupt(execution_id)):
             return
         ex = self._live.get(execution_id)
         if ex is not None:
@@ -1226,10 +1223,10 @@ class Engine:
                     "which is not stored"
                 )
                 raise DeferredTokenError(msg)
-            if record[0] != workflow_name:
+            if record.workflow != workflow_name:
                 msg = (
                     f"token names workflow {workflow_name!r} but execution {execution_id!r} "
-                    f"belongs to workflow {record[0]!r}"
+                    f"belongs to workflow {record.workflow!r}"
                 )
                 raise DeferredTokenError(msg)
             implemented = (
@@ -1256,15 +1253,13 @@ class Engine:
         # One transaction: the result, the mark that the execution has a run to make (so an
         # engine that starts after a crash resumes it) and, for a timer, the timer's removal: a
         # crash keeps all or none.
-        ops: list[tuple[Any, ...]] = [
-            ("deferred", execution_id, name, encoded),
-            ("status", execution_id, "running", None),
+        ops = [
+            Op.deferred(execution_id, name, encoded),
+            Op.status(execution_id, "running", None),
         ]
         if timer:
-            ops.append(("untimer", execution_id, name))
-        results = self._journal().write_together(ops)
-        if isinstance(results[0], asyncio.Future):  # one commit: all resolve together
-            results = [await result for result in results]
+            ops.append(Op.untimer(execution_id, name))
+        results = await self._journal().write_together(ops)
         stored, woken = results[0], results[1]
         if not stored:
             return False
@@ -1287,17 +1282,19 @@ class Engine:
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
         """Stores a race's outcome as deferred `name`; returns the stored one (the first)."""
-        if await self._write(("deferred", execution_id, name, encoded)):
+        if await self._write(Op.deferred(execution_id, name, encoded)):
             return encoded
         snapshot = await self._journal().snapshot(execution_id)
-        return dict(snapshot[2])[name] if snapshot else encoded
+        if snapshot is None:
+            return encoded
+        return next(d.value for d in snapshot.deferreds if d.name == name)
 
     # Durable timers ------------------------------------------------------------------------
 
     async def schedule_clock(self, execution_id: str, name: str, seconds: float) -> None:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         due = self.clock.now_ms() + max(0, round(seconds * 1000))
-        if await self._write(("timer", execution_id, name, due)):
+        if await self._write(Op.timer(execution_id, name, due)):
             if due <= self._timers_loaded_until:
                 self._add_timer(execution_id, name, due)
             elif self._timers_stored_next is None or due < self._timers_stored_next:
@@ -1328,8 +1325,8 @@ class Engine:
         # Set first: a timer scheduled during the read goes into the wheel directly.
         self._timers_loaded_until = until
         timers, following = await self._journal().timers_between(after, until)
-        for execution_id, name, due in timers:
-            self._add_timer(execution_id, name, due)
+        for timer in timers:
+            self._add_timer(timer.execution_id, timer.name, timer.due_ms)
         self._timers_stored_next = following
 
     async def _fire(self, execution_id: str, name: str) -> None:
@@ -1371,12 +1368,11 @@ class Engine:
         In memory it is stored at once. Otherwise it commits with every other write of this
         loop iteration, and `run.sync()` waits for that.
         """
-        op = ("append", run.execution.id, key, seq, value)
-        journal = self._journal()
-        if isinstance(journal, SqlJournal):
-            run.unsynced.append((*journal.queue(op), key))
-        elif journal.write(op) is False:
-            run.fail(_StoredFirst(run.execution.id, key))
+        batch, index = self._journal().queue(Op.append(run.execution.id, key, seq, value))
+        if not batch.done:
+            run.unsynced.append((batch, index, key))
+        elif batch.results[index] is not True:  # answered at once (memory), and not stored
+            run.synced(batch, index, key)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
