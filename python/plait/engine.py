@@ -702,8 +702,8 @@ class Engine:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
-    async def _write(self, op: Op) -> Any:
-        return await self._journal().write(op)
+    def _write(self, op: Op) -> Awaitable[Any]:
+        return self._journal().write(op)
 
     # Executions ----------------------------------------------------------------------------
 

@@ -12,8 +12,7 @@ use pyo3::{
     exceptions::PyTypeError,
     prelude::*,
     pybacked::PyBackedBytes,
-    types::{PyBytes, PyList, PyString, PyTuple},
-    IntoPyObjectExt,
+    types::{PyBool, PyBytes, PyList, PyString, PyTuple},
 };
 
 use super::{
@@ -328,25 +327,38 @@ impl PyTimer {
 /// `InvalidArgumentError` (not raised: the other ops were applied).
 struct Written(Vec<store::OpResult>);
 
+/// One op's result, as [`Written`] gives it.
+struct Answered(store::OpResult);
+
+impl<'py> IntoPyObject<'py> for Answered {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        match self.0 {
+            store::OpResult::Created | store::OpResult::UnknownExecution => {
+                Ok(py.None().into_bound(py))
+            }
+            store::OpResult::Existing(execution) => {
+                Ok(Bound::new(py, PyExecution(execution))?.into_any())
+            }
+            store::OpResult::Done(done) => Ok(PyBool::new(py, done).to_owned().into_any()),
+            store::OpResult::Refused(why) => Ok(InvalidArgumentError::new_err(why)
+                .into_value(py)
+                .into_bound(py)
+                .into_any()),
+        }
+    }
+}
+
 impl<'py> IntoPyObject<'py> for Written {
     type Target = PyList;
     type Output = Bound<'py, PyList>;
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        let items = self
-            .0
-            .into_iter()
-            .map(|result| match result {
-                store::OpResult::Created | store::OpResult::UnknownExecution => Ok(py.None()),
-                store::OpResult::Existing(execution) => PyExecution(execution).into_py_any(py),
-                store::OpResult::Done(done) => done.into_py_any(py),
-                store::OpResult::Refused(why) => {
-                    Ok(InvalidArgumentError::new_err(why).into_value(py).into_any())
-                }
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        PyList::new(py, self.0.into_iter().map(Answered))
     }
 }
 
@@ -534,7 +546,12 @@ impl PyStore {
     /// Applies `ops` at once and returns one result per op: an immediate store only.
     fn write_now(&self, ops: &Bound<'_, PyAny>) -> PyResult<Written> {
         let store = self.immediate_store("write")?;
-        Ok(Written(now(store.write(extract_ops(ops)?)?)?))
+        match store.write_now(extract_ops(ops)?) {
+            Some(results) => Ok(Written(results)),
+            None => Err(StoreError::new_err(
+                "an immediate store did not answer at once",
+            )),
+        }
     }
 
     /// Resolves to one snapshot or None per id, in order.

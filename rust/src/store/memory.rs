@@ -265,6 +265,10 @@ impl Store for MemoryStore {
         Ok(Box::pin(ready(Ok(self.apply(ops)))))
     }
 
+    fn write_now(&self, ops: Vec<Op>) -> Option<Vec<OpResult>> {
+        Some(self.apply(ops))
+    }
+
     fn snapshots<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Snapshot>>> {
         let inner = self.lock();
         let found = ids.iter().map(|id| inner.snapshot(id)).collect();
@@ -546,6 +550,10 @@ mod tests {
         assert_eq!(found[0].as_ref().unwrap().execution.workflow, "W");
         assert_eq!(found[1], None);
         assert!(store.immediate());
+        assert_eq!(
+            store.write_now(vec![Op::Interrupt { id: "e".into() }]),
+            Some(vec![OpResult::Done(true)])
+        );
         assert_eq!(store.lost().as_mut().poll(&mut context), Poll::Ready(None));
     }
 

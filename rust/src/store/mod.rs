@@ -151,6 +151,14 @@ pub trait Store: Send + Sync {
     /// answer when the batch could not be committed.
     fn write(&self, ops: Vec<Op>) -> Result<Answer<'static, Vec<OpResult>>, StoreError>;
 
+    /// [`Store::write`] answered at once, without a future, for an immediate store: the
+    /// memory engine writes a few ops per step, and a boxed future per write cost more than
+    /// the write. `None` (nothing written) for a store that answers later.
+    fn write_now(&self, ops: Vec<Op>) -> Option<Vec<OpResult>> {
+        let _ = ops;
+        None
+    }
+
     /// The executions `ids` with their journals and deferred results: one item per id, in
     /// order, `None` for an id the store does not hold. Each snapshot is consistent in itself.
     fn snapshots<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Snapshot>>>;

@@ -350,6 +350,7 @@ async fn every_op_answers_as_the_memory_store_does() {
             write_in_batches(stores[1], &ops).await,
         ];
         assert!(memory.immediate() && !sql.immediate());
+        assert_eq!(Store::write_now(&sql, vec![start("never")]), None);
         for (expected, written) in expected.iter().zip(&written) {
             assert_eq!(written, expected);
         }
