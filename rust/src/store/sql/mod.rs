@@ -80,7 +80,7 @@ const READ_CHUNK: usize = 500;
 /// What can go wrong with a SQL store.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum SqlError {
-    /// A bad argument: URL scheme, table prefix, durability, or an op's value.
+    /// A bad argument: URL scheme, table prefix, durability or lease times.
     #[error("{0}")]
     InvalidArgument(String),
     /// The database could not be reached or opened. `url` has its password masked.
@@ -251,7 +251,7 @@ fn stored_due(due: i64) -> Result<u64, Failure> {
     u64::try_from(due).map_err(|_| corrupt(&format!("a timer is due at {due}")))
 }
 
-/// A due instant as the database stores it (`check_ops` refused larger ones).
+/// A due instant as the database stores it (`Op::check` refused larger ones).
 fn due_to_i64(due_ms: u64) -> Result<i64, Failure> {
     i64::try_from(due_ms)
         .map_err(|_| Failure::Refused(format!("due_ms {due_ms} is above 2^63 - 1")))
