@@ -146,8 +146,8 @@ PLAIT_WORKFLOWS: dict[str, plait.Workflow[Any, int]] = {
 
 def plait_sql_missing() -> str | None:
     """Why plait's SQL engines cannot run in this build, or None when they can."""
-    if not hasattr(_native, "SqlStore"):
-        return "plait._native has no SqlStore yet (extension built before the SQL stores)"
+    if not hasattr(_native, "Store"):
+        return "plait._native has no Store yet (extension built before the SQL stores)"
     return None
 
 

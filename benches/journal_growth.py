@@ -22,13 +22,13 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
 
 import plait
 from benches import machine
 from benches.compare_dbos import PLAIT_WORKFLOWS, POSTGRES_ADMIN, measure, psql
 from benches.databases import database, usable_backends
 from plait import _bridge
+from plait._native import Op
 
 STEPS = ("add_one/1", "double/1", "subtract_one/1")
 FILL_BATCH = 8_000  # ops per store write: 1,600 executions
@@ -49,17 +49,17 @@ class Point:
 async def fill(engine: plait.Engine, start: int, stop: int) -> None:
     """Stores finished executions `start..stop` of three steps each, as the engine would."""
     store = engine.store
-    assert isinstance(store, plait._native.SqlStore)
+    assert store is not None
     value = b'{"_tag":"Success","value":1}'
     payload = b'{"x":1}'
     per_batch = FILL_BATCH // (len(STEPS) + 2)
     for at in range(start, stop, per_batch):
-        ops: list[tuple[Any, ...]] = []
+        ops: list[Op] = []
         for n in range(at, min(at + per_batch, stop)):
             execution_id = plait.execution_id("GrowthFill", str(n))
-            ops.append(("start", execution_id, "GrowthFill", payload, None))
-            ops.extend(("append", execution_id, key, seq, value) for seq, key in enumerate(STEPS))
-            ops.append(("status", execution_id, "complete", value))
+            ops.append(Op.start(execution_id, "GrowthFill", payload, None))
+            ops.extend(Op.append(execution_id, key, seq, value) for seq, key in enumerate(STEPS))
+            ops.append(Op.status(execution_id, "complete", value))
         results = await _bridge.call(functools.partial(store.write, ops=ops))
         assert results[0] is None, "fill executions must be new"
 

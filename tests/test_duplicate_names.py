@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 import plait
-from plait._native import MemoryStore
+from plait._native import Store
 from tests.workflow_support import poll_until
 
 HERE = __name__
@@ -103,7 +103,7 @@ def _waiting(name: str) -> plait.Workflow[Any, str]:
 
 def test_a_workflow_only_plait_holds_is_still_found_by_name() -> None:
     """A new engine runs a registered workflow whose definer dropped it, as before."""
-    store = MemoryStore()
+    store = Store.memory()
 
     async def start() -> str:
         waiting = _waiting("DupOnlyRegistered")

@@ -8,14 +8,12 @@ through the engine's store, whose reads see only committed data.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 import plait
-from plait._native import MemoryStore, SqlStore
 from plait.engine import engine_for
-from plait.journal import FLUSH_AT, SqlJournal
+from plait.journal import FLUSH_AT, Op
 from tests.workflow_support import poll_until
 
 seen: dict[str, list[str]] = {}
@@ -27,7 +25,7 @@ async def stored_keys(execution_id: str) -> list[str]:
     assert journal is not None
     snapshot = await journal.snapshot(execution_id)
     assert snapshot is not None
-    return [key for key, _, _ in snapshot[1]]
+    return [entry.key for entry in snapshot.entries]
 
 
 @plait.activity
@@ -121,21 +119,20 @@ async def test_a_result_reaches_its_caller_only_once_committed(
     for n in range(count):
         record = await journal.execution(two_steps.execution_id({"tag": f"many-{n}"}))
         assert record is not None
-        assert record[3] == "complete"
+        assert record.status == "complete"
 
 
 async def test_an_op_the_store_refuses_fails_alone(plait_engine: plait.Engine) -> None:
     """A write the store cannot take (here a NUL in an id) fails only its own op, even when
     it shares a loop iteration, and so a commit, with others."""
     journal = plait_engine.journal
-    if not isinstance(journal, SqlJournal):
-        assert isinstance(plait_engine.store, MemoryStore)
+    assert journal is not None
+    if journal.immediate:
         pytest.skip("the memory store applies each op at once")
-    assert isinstance(plait_engine.store, SqlStore)
-    ops: list[tuple[Any, ...]] = [
-        ("start", "good-1", "Alone", b"{}", None),
-        ("start", "bad\0id", "Alone", b"{}", None),
-        ("start", "good-2", "Alone", b"{}", None),
+    ops = [
+        Op.start("good-1", "Alone", b"{}", None),
+        Op.start("bad\0id", "Alone", b"{}", None),
+        Op.start("good-2", "Alone", b"{}", None),
     ]
     futures = [journal.write(op) for op in ops]
     results = await asyncio.gather(*futures, return_exceptions=True)
@@ -152,18 +149,18 @@ async def test_ops_written_together_commit_together(plait_engine: plait.Engine) 
     queued before them bring the batch to its flush size (as a timer's firing must: its
     deferred, the execution's running mark and the timer's removal, all or none)."""
     journal = plait_engine.journal
-    if not isinstance(journal, SqlJournal):
-        assert isinstance(plait_engine.store, MemoryStore)
+    assert journal is not None
+    if journal.immediate:
         pytest.skip("the memory store applies each op at once")
     execution = "together"
-    assert await journal.write(("start", execution, "Together", b"{}", None)) is None
+    assert await journal.write(Op.start(execution, "Together", b"{}", None)) is None
     queued = [
-        journal.queue(("append", execution, f"step/{n}", n, b"1")) for n in range(FLUSH_AT - 1)
+        journal.queue(Op.append(execution, f"step/{n}", n, b"1")) for n in range(FLUSH_AT - 1)
     ]
     together = journal.write_together(
-        [("deferred", execution, "gate", b"1"), ("status", execution, "running", None)]
+        [Op.deferred(execution, "gate", b"1"), Op.status(execution, "running", None)]
     )
-    assert await asyncio.gather(*together) == [True, True]
+    assert await together == [True, True]
     assert await asyncio.gather(*(journal.wait(*q) for q in queued)) == [True] * (FLUSH_AT - 1)
     batch = queued[0][0]
     assert all(b is batch for b, _ in queued)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import plait
+from plait.journal import Op
 from plait.testing import VirtualClock
 from tests.workflow_support import poll_until, settle
 
@@ -32,7 +33,7 @@ async def test_a_step_result_the_store_did_not_keep_is_replaced_by_the_stored_on
             if len(bodies) == 1:
                 # Another writer stores this step's result first.
                 plait_engine._journal().write(
-                    ("append", execution_id, "Pick/1", 0, b'{"_tag":"Success","value":"theirs"}')
+                    Op.append(execution_id, "Pick/1", 0, b'{"_tag":"Success","value":"theirs"}')
                 )
             return "mine"
 
@@ -53,7 +54,7 @@ async def test_a_final_result_the_store_did_not_keep_is_not_what_callers_get(
         async def finish_elsewhere() -> None:
             # Another writer completes the execution first.
             plait_engine._journal().write(
-                ("status", execution_id, "complete", b'{"_tag":"Success","value":"stored"}')
+                Op.status(execution_id, "complete", b'{"_tag":"Success","value":"stored"}')
             )
 
         await plait.Activity("FinishElsewhere", execute=finish_elsewhere)

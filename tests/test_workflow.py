@@ -887,7 +887,7 @@ async def test_a_child_that_completes_at_once_gives_its_result_to_the_parent(
     child_id = Child.execution_id({"id": "instant"})
     child = await record(plait_engine, child_id)
     assert child is not None
-    assert child[2] == Parent.execution_id({"id": "instant"})
+    assert child.parent == Parent.execution_id({"id": "instant"})
 
 
 async def test_a_suspended_child_suspends_the_parent_and_its_completion_resumes_it(
@@ -965,7 +965,7 @@ async def test_closing_the_engine_fails_waiting_callers_with_engine_closed(
     async with make_engine.reopen(engine, VirtualClock()) as again:
         busy_record = await record(again, Forever.execution_id({"id": "busy"}))
     assert busy_record is not None
-    assert busy_record[3] == "running"
+    assert busy_record.status == "running"
 
 
 # Non-determinism ------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 import plait
 from plait import _bridge
-from plait._native import MemoryStore
 from plait.clocks import Clock
-from plait.journal import Journal, Record, Status
+from plait.journal import Execution, Journal, Status
 
 R = TypeVar("R", plait.Complete[Any], plait.Suspended)
 
@@ -52,7 +51,8 @@ class EngineFactory:
         """
         url = self._urls.get(id(engine))
         if url is None:
-            assert isinstance(engine.store, MemoryStore)
+            assert engine.store is not None
+            assert engine.store.immediate
             return self._made(plait.Engine(engine.store, clock=clock), None)
         return self._made(plait.Engine.url(url, clock=clock), url)
 
@@ -134,8 +134,8 @@ def journal_of(engine: plait.Engine) -> Journal:
     return engine.journal
 
 
-async def record(engine: plait.Engine, execution_id: str) -> Record | None:
-    """The stored record of the execution: (workflow, payload, parent, status, result, ...)."""
+async def record(engine: plait.Engine, execution_id: str) -> Execution | None:
+    """The stored record of the execution (`.workflow`, `.payload`, `.parent`, `.status`, ...)."""
     return await journal_of(engine).execution(execution_id)
 
 
@@ -147,18 +147,18 @@ async def stored_count(engine: plait.Engine) -> int:
 
 async def timers(engine: plait.Engine) -> list[tuple[str, str, int]]:
     """Every stored timer as (execution_id, name, due_ms), earliest first."""
-    return await journal_of(engine).timers()
+    return [(t.execution_id, t.name, t.due_ms) for t in await journal_of(engine).timers()]
 
 
 async def journal_keys(engine: plait.Engine, execution_id: str) -> list[str]:
     """The step keys stored for the execution, in call order."""
     snapshot = await journal_of(engine).snapshot(execution_id)
     assert snapshot is not None
-    return [key for key, _seq, _value in sorted(snapshot[1], key=lambda entry: entry[1])]
+    return [entry.key for entry in sorted(snapshot.entries, key=lambda entry: entry.seq)]
 
 
 async def deferred_names(engine: plait.Engine, execution_id: str) -> set[str]:
     """The names of the deferreds with a stored result in the execution."""
     snapshot = await journal_of(engine).snapshot(execution_id)
     assert snapshot is not None
-    return {name for name, _value in snapshot[2]}
+    return {deferred.name for deferred in snapshot.deferreds}

@@ -4,13 +4,20 @@
 from collections.abc import Iterable
 from typing import Literal, TypeAlias, final
 
+from plait.errors import InvalidArgumentError
+
 __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
     "AsyncBridge",
+    "Deferred",
+    "Entry",
+    "Execution",
     "HashRing",
-    "MemoryStore",
+    "Op",
+    "Snapshot",
     "SnowflakeGenerator",
-    "SqlStore",
+    "Store",
+    "Timer",
     "TimerServiceRef",
     "TimerWheel",
     "__version__",
@@ -210,103 +217,208 @@ class TimerWheel:
     def __len__(self) -> int: ...
     def __contains__(self, timer_id: object, /) -> bool: ...
 
+# the journal store
+
 _Status: TypeAlias = Literal["running", "suspended", "complete"]
-# (workflow, payload, parent, status, result, interrupted)
-_ExecutionRecord: TypeAlias = tuple[str, bytes, str | None, _Status, bytes | None, bool]
+_OpKind: TypeAlias = Literal[
+    "start", "append", "deferred", "status", "interrupt", "timer", "untimer"
+]
 
 @final
-class MemoryStore:
-    """Executions, their journals, deferred results and timers, held in this process."""
+class Op:
+    """One write for `Store.write`, made by its constructors.
 
-    def __new__(cls) -> MemoryStore: ...
-    def start(
-        self, id: str, workflow: str, payload: bytes, parent: str | None = None
-    ) -> _ExecutionRecord | None:
-        """Records a new running execution unless `id` exists; returns the existing one, or None."""
+    The store applies the ops of one write in order, in one transaction with whatever it
+    commits beside them, and answers each as its constructor says. Every op is idempotent.
 
-    def execution(self, id: str) -> _ExecutionRecord | None:
-        """The execution `id`, or None."""
+    Example:
+        >>> store = Store.memory()
+        >>> store.write_now([Op.start("e", "Greet", b"{}"), Op.append("e", "Hello/1", 0, b"1")])
+        [None, True]
+        >>> store.write_now([Op.start("e", "Greet", b"{}")])[0].status
+        'running'
+    """
 
-    def snapshot(
-        self, id: str
-    ) -> tuple[_ExecutionRecord, list[tuple[str, int, bytes]], list[tuple[str, bytes]]] | None:
-        """The execution, its step results `(key, seq, value)` and deferreds `(name, value)`."""
+    @staticmethod
+    def start(id: str, workflow: str, payload: bytes, parent: str | None = None) -> Op:
+        """Records a new running execution unless `id` exists.
 
-    def append(self, entries: Iterable[tuple[str, str, int, bytes]]) -> list[bool]:
-        """Appends `(execution_id, key, seq, value)` step results, all or nothing.
-
-        Returns, per entry, whether it was stored (False: the key already had a result).
+        Answers None if created, else the stored `Execution` (unchanged).
         """
 
-    def complete_deferred(self, id: str, name: str, value: bytes) -> bool:
-        """Stores a deferred's result unless it has one; returns whether it was stored."""
+    @staticmethod
+    def append(id: str, key: str, seq: int, value: bytes) -> Op:
+        """Stores a step result unless `key` has one.
 
-    def set_status(self, id: str, status: _Status, result: bytes | None = None) -> None:
-        """Moves an execution to `status` (`running`, `suspended` or `complete`) with `result`."""
-
-    def interrupt(self, id: str) -> bool:
-        """Records an interrupt request; False if the execution had completed."""
-
-    def schedule_timer(self, execution_id: str, name: str, due_ms: int) -> bool:
-        """Stores a durable timer unless one with that execution and name exists."""
-
-    def remove_timer(self, execution_id: str, name: str) -> bool:
-        """Forgets a timer; returns whether it was stored."""
-
-    def timers(self) -> list[tuple[str, str, int]]:
-        """Every stored timer as `(execution_id, name, due_ms)`, earliest first."""
-
-    def timers_between(
-        self, after_ms: int, until_ms: int
-    ) -> tuple[list[tuple[str, str, int]], int | None]:
-        """The timers due in `(after_ms, until_ms]`, earliest first, and the next due after.
-
-        Returns `([(execution_id, name, due_ms)], next_due)`: `next_due` is when the first timer
-        after `until_ms` is due, None if there is none. `after_ms` -1 takes every timer due up
-        to `until_ms`. Ties come by execution id, then name.
+        Answers whether it was stored (False: the key had a result, or unknown execution).
         """
 
-    def with_status(self, status: _Status) -> list[str]:
-        """Ids of the executions with `status`."""
+    @staticmethod
+    def deferred(id: str, name: str, value: bytes) -> Op:
+        """Stores a deferred's result unless it has one.
 
-    def __len__(self) -> int: ...
+        Answers True (stored), False (it had one) or None (unknown execution).
+        """
 
-# ops for SqlStore.write, applied in order in one transaction:
-#   ("start", id, workflow, payload, parent) -> None if created, else the existing record
-#   ("append", id, key, seq, value) -> stored (False: the key had a result, or unknown execution)
-#   ("deferred", id, name, value) -> True stored, False had one, None unknown execution
-#   ("status", id, status, result) -> False if complete or unknown; completing drops its timers
-#   ("interrupt", id) -> True, False (complete), None (unknown execution)
-#   ("timer", execution_id, name, due_ms) -> stored (False: exists, or unknown execution)
-#   ("untimer", execution_id, name) -> removed
-_Op: TypeAlias = (
-    tuple[Literal["start"], str, str, bytes, str | None]
-    | tuple[Literal["append"], str, str, int, bytes]
-    | tuple[Literal["deferred"], str, str, bytes]
-    | tuple[Literal["status"], str, _Status, bytes | None]
-    | tuple[Literal["interrupt"], str]
-    | tuple[Literal["timer"], str, str, int]
-    | tuple[Literal["untimer"], str, str]
-)
+    @staticmethod
+    def status(id: str, status: _Status, result: bytes | None = None) -> Op:
+        """Moves an execution to `status` with `result`; completing it drops its timers.
+
+        Answers False if the execution is complete (its result is final) or unknown.
+
+        Raises:
+            InvalidArgumentError: `status` is not running, suspended or complete.
+        """
+
+    @staticmethod
+    def interrupt(id: str) -> Op:
+        """Records an interrupt request. Answers True, False (complete) or None (unknown)."""
+
+    @staticmethod
+    def timer(execution_id: str, name: str, due_ms: int) -> Op:
+        """Stores a durable timer unless one with that execution and name exists.
+
+        Answers whether it was stored (False: it exists, or unknown execution).
+        """
+
+    @staticmethod
+    def untimer(execution_id: str, name: str) -> Op:
+        """Forgets a timer. Answers whether it was stored."""
+
+    @property
+    def kind(self) -> _OpKind:
+        """The op's kind: the name of its constructor."""
+
+    @property
+    def execution_id(self) -> str:
+        """The execution the op is about."""
 
 @final
-class SqlStore:
-    """The journal in SQLite (one file, WAL) or PostgreSQL; awaited through `_bridge.call`.
+class Execution:
+    """An execution as the store holds it."""
 
-    Every method but `url` starts a Rust task and returns its token, which resolves as its
-    docstring says: `await _bridge.call(lambda b: store.write(b, ops))`. Writes from every
-    caller are committed together, one transaction per round (group commit); connection errors
-    are retried. One engine per database and table prefix: `open` takes a lock held until
-    `close`, the store's collection, or the process's death.
+    @property
+    def workflow(self) -> str:
+        """The workflow's name."""
+
+    @property
+    def payload(self) -> bytes:
+        """The encoded payload."""
+
+    @property
+    def parent(self) -> str | None:
+        """The execution that started this one from inside its run, if any."""
+
+    @property
+    def status(self) -> _Status:
+        """Where it stands."""
+
+    @property
+    def result(self) -> bytes | None:
+        """The encoded result: the exit when complete, the cause (if any) when suspended."""
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether an interrupt was requested; it takes effect when the current run ends."""
+
+@final
+class Entry:
+    """A step result of an execution's journal."""
+
+    @property
+    def key(self) -> str:
+        """The step's key (name, attempt and repeat number)."""
+
+    @property
+    def seq(self) -> int:
+        """The step's position in the run's call order."""
+
+    @property
+    def value(self) -> bytes:
+        """The encoded exit."""
+
+@final
+class Deferred:
+    """A deferred's stored result."""
+
+    @property
+    def name(self) -> str:
+        """The deferred's name."""
+
+    @property
+    def value(self) -> bytes:
+        """The encoded exit."""
+
+@final
+class Snapshot:
+    """An execution with its whole journal and deferred results, read at once."""
+
+    @property
+    def execution(self) -> Execution:
+        """The execution itself."""
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Its step results, in write order."""
+
+    @property
+    def deferreds(self) -> list[Deferred]:
+        """Its completed deferreds, in the order they completed."""
+
+@final
+class Timer:
+    """A durable timer: completes deferred `name` of `execution_id` at `due_ms`."""
+
+    @property
+    def execution_id(self) -> str:
+        """The execution to wake."""
+
+    @property
+    def name(self) -> str:
+        """The deferred it completes."""
+
+    @property
+    def due_ms(self) -> int:
+        """When, in ms since the Unix epoch."""
+
+# What a write answers, per op: None, a bool or the existing Execution; in the place of an op
+# the store refused (a NUL in a name, a due instant past 2**63 - 1), its InvalidArgumentError,
+# not raised: the store applied the other ops.
+_OpResult: TypeAlias = Execution | bool | InvalidArgumentError | None
+
+@final
+class Store:
+    """Executions, their journals, deferred results and timers: the journal store.
+
+    `Store.memory()` keeps them in this process; `Store.open(bridge, url)` in SQLite (one file,
+    WAL) or PostgreSQL. Every store keeps one contract:
+
+    - `write` queues its ops when called, so writes apply in call order, and resolves to one
+      result per op once they are durable. First write wins: a step or deferred result is never
+      replaced, and a complete execution's status and result are final. Writes from every
+      caller are committed together, one transaction per round (group commit); connection
+      errors are retried.
+    - Reads take many ids at once and answer one item per id, in order.
+    - The methods taking a `bridge` start a Rust task and return its token, which resolves as
+      their docstring says: `await _bridge.call(lambda b: store.write(b, ops))`.
+    - The memory store answers every call at once (`immediate`): the `*_now` methods answer
+      without a token. A store that answers later refuses them.
+
+    One engine per database and table prefix: `open` takes a lock held until `close`, the
+    store's collection, or the process's death.
 
     Raises:
         StoreConnectError: The database cannot be reached or opened (URL shown, password
             masked).
         EngineLockedError: Another engine holds this database and prefix.
         EngineFencedError: Another engine took the database over; nothing more is written.
-        StoreError: The database refused a statement, a read stayed unreachable for 30 s, or
-            the store is closed.
+        StoreError: The database refused a statement, a read stayed unreachable for 30 s, the
+            store is closed, or a `*_now` method was called on a store that answers later.
     """
+
+    @staticmethod
+    def memory() -> Store:
+        """A store in this process: nothing survives it."""
 
     @staticmethod
     def open(
@@ -316,7 +428,7 @@ class SqlStore:
         durability: str = "full",
         lease_ttl_ms: int | None = None,
     ) -> int:
-        """Opens, migrates and locks the store at `url`; resolves to a `SqlStore`.
+        """Opens, migrates and locks the store at `url`; resolves to a `Store`.
 
         Args:
             bridge: The running loop's bridge.
@@ -333,21 +445,30 @@ class SqlStore:
                 durability.
         """
 
-    def write(self, bridge: AsyncBridge, ops: Iterable[_Op]) -> int:
+    @property
+    def immediate(self) -> bool:
+        """Whether the store answers every call at once (the memory store)."""
+
+    @property
+    def url(self) -> str | None:
+        """A SQL store's URL, with any password replaced by `***`; None for the memory store."""
+
+    def write(self, bridge: AsyncBridge, ops: Iterable[Op]) -> int:
         """Queues the ops now; resolves to one result per op once they are committed.
 
-        Batches apply in the order `write` was called. Cancelling the await does not withdraw
-        the batch.
+        Writes apply in the order `write` was called. Cancelling the await does not withdraw
+        them.
 
         Raises:
-            InvalidArgumentError: An op is malformed (the message names `ops[<index>]`).
+            TypeError: `ops` is a single str, or an item is not an `Op` (the message names
+                `ops[<index>]`).
         """
 
-    def snapshot(self, bridge: AsyncBridge, id: str) -> int:
-        """Resolves to `(record, [(key, seq, value)], [(name, value)])` in write order, or None."""
+    def write_now(self, ops: Iterable[Op]) -> list[_OpResult]:
+        """Applies the ops at once; returns one result per op (an immediate store only)."""
 
     def snapshots(self, bridge: AsyncBridge, ids: Iterable[str]) -> int:
-        """Resolves to a list with one snapshot (as `snapshot`'s) or None per id, in order.
+        """Resolves to a list with one `Snapshot` or None per id, in order.
 
         Reads a few hundred ids per query, each such chunk in one read transaction, so every
         snapshot is consistent in itself; for many executions at once (recovery).
@@ -358,22 +479,22 @@ class SqlStore:
             InvalidArgumentError: An id is not valid Unicode (the message names `ids[<index>]`).
         """
 
-    def execution(self, bridge: AsyncBridge, id: str) -> int:
-        """Resolves to the execution record, or None."""
+    def snapshots_now(self, ids: Iterable[str]) -> list[Snapshot | None]:
+        """One `Snapshot` or None per id, in order, at once (an immediate store only)."""
 
     def executions(self, bridge: AsyncBridge, ids: Iterable[str]) -> int:
-        """Resolves to a list with one execution record or None per id, in order.
+        """Resolves to a list with one `Execution` or None per id, in order.
 
         Raises:
             TypeError: `ids` is a single str, or an item is not a str.
             InvalidArgumentError: An id is not valid Unicode.
         """
 
-    def timers(self, bridge: AsyncBridge) -> int:
-        """Resolves to every timer as `(execution_id, name, due_ms)`, earliest first."""
+    def executions_now(self, ids: Iterable[str]) -> list[Execution | None]:
+        """One `Execution` or None per id, in order, at once (an immediate store only)."""
 
     def timers_between(self, bridge: AsyncBridge, after_ms: int, until_ms: int) -> int:
-        """Resolves to `([(execution_id, name, due_ms)], next_due)`.
+        """Resolves to `([Timer], next_due)`.
 
         The timers due in `(after_ms, until_ms]`, earliest first (ties by execution id, then
         name), read as a range of the index on due instants however many timers are stored;
@@ -381,18 +502,26 @@ class SqlStore:
         `after_ms` -1 takes every timer due up to `until_ms`.
         """
 
+    def timers_between_now(self, after_ms: int, until_ms: int) -> tuple[list[Timer], int | None]:
+        """As `timers_between`, at once (an immediate store only)."""
+
     def with_status(self, bridge: AsyncBridge, status: _Status) -> int:
         """Resolves to the ids of the executions with `status`."""
 
+    def with_status_now(self, status: _Status) -> list[str]:
+        """The ids of the executions with `status`, at once (an immediate store only)."""
+
     def lost(self, bridge: AsyncBridge) -> int:
-        """Resolves to why the store lost its lease, or None once it closes (at once on SQLite)."""
+        """Resolves to why the store lost its lease, or None once it closes.
+
+        At once to None for a store without a lease (memory, SQLite).
+        """
 
     def close(self, bridge: AsyncBridge) -> int:
-        """Commits what is queued, releases the lock and the connections; resolves to None."""
+        """Commits what is queued, releases the lock and the connections; resolves to None.
 
-    @property
-    def url(self) -> str:
-        """The URL, with any password replaced by `***`."""
+        The memory store has nothing to release and stays usable.
+        """
 
 @final
 class TimerServiceRef:

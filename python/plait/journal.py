@@ -1,37 +1,40 @@
 """The engine's view of a journal store: writes as ops, reads as awaitables.
 
-A write op is a tuple, as `SqlStore.write` takes it:
+One `Journal` over `_native.Store`, whatever the backend. A write is an `Op`, made by its
+typed constructor, and each op answers:
 
-- `("start", id, workflow, payload, parent)` → None if created, else the stored record
-- `("append", id, key, seq, value)` → whether the step result was stored
-- `("deferred", id, name, value)` → True stored, False had one, None unknown execution
-- `("status", id, status, result)` → False if the execution is complete or unknown
-- `("interrupt", id)` → True, False (complete) or None (unknown)
-- `("timer", id, name, due_ms)` / `("untimer", id, name)` → whether it changed anything
+- `Op.start(id, workflow, payload, parent)` → None if created, else the stored `Execution`
+- `Op.append(id, key, seq, value)` → whether the step result was stored
+- `Op.deferred(id, name, value)` → True stored, False had one, None unknown execution
+- `Op.status(id, status, result)` → False if the execution is complete or unknown
+- `Op.interrupt(id)` → True, False (complete) or None (unknown)
+- `Op.timer(id, name, due_ms)` / `Op.untimer(id, name)` → whether it changed anything
 
-The memory store applies an op at once and `write` returns its result. A SQL store commits the
-ops queued in one loop iteration together (the Rust writer merges concurrent batches into one
-transaction too), and `write` returns a future resolved after the commit.
+An op the store refuses (a NUL in a name, say) fails alone with `InvalidArgumentError`; the
+store applies the others.
+
+A durable store commits the ops queued in one loop iteration together (its writer merges
+concurrent batches into one transaction too), and a write resolves after the commit. The memory
+store answers at once: its writes and reads cost no event-loop round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from plait import _bridge
-from plait._native import MemoryStore
-from plait.errors import ExecutionCompleteError, UnknownExecutionError
+from plait._native import Execution, Op, Snapshot, Store, Timer
 
 if TYPE_CHECKING:
-    from plait._native import AsyncBridge, SqlStore
+    from plait._native import AsyncBridge
 
-__all__ = ["Journal", "MemoryJournal", "Record", "Snapshot", "SqlJournal", "Status"]
+__all__ = ["FLUSH_AT", "Batch", "Execution", "Journal", "Op", "Snapshot", "Status", "Timer"]
 
 R = TypeVar("R")
-Op = tuple[Any, ...]
 #: A batch goes to the store once it holds this many ops, without waiting for the end of the
 #: loop iteration: the writer commits the first ops while the loop produces the rest (the Rust
 #: writer merges what queues meanwhile into its next transaction). With 1,000 workflows in
@@ -40,143 +43,75 @@ Op = tuple[Any, ...]
 #: the loss at a million journal rows went from ~20% to within the noise).
 FLUSH_AT = 128
 Status = Literal["running", "suspended", "complete"]
-# (workflow, payload, parent, status, result, interrupted)
-Record = tuple[str, bytes, str | None, str, bytes | None, bool]
-Snapshot = tuple[Record, list[tuple[str, int, bytes]], list[tuple[str, bytes]]]
-
-
-class Journal:
-    """A store as the engine uses it."""
-
-    def write(self, op: Op) -> Any:
-        """Applies `op`: its result, or a future of it once durable."""
-        raise NotImplementedError
-
-    def write_together(self, ops: list[Op]) -> list[Any]:
-        """Applies `ops` in one transaction: their results, or futures of them once durable."""
-        raise NotImplementedError
-
-    def snapshot(self, execution_id: str) -> Awaitable[Snapshot | None]:
-        """The execution with its whole journal, in one read."""
-        raise NotImplementedError
-
-    def execution(self, execution_id: str) -> Awaitable[Record | None]:
-        """The execution's record."""
-        raise NotImplementedError
-
-    async def timers(self) -> list[tuple[str, str, int]]:
-        """Every stored timer, earliest first."""
-        raise NotImplementedError
-
-    async def timers_between(
-        self, after_ms: int, until_ms: int
-    ) -> tuple[list[tuple[str, str, int]], int | None]:
-        """The stored timers due in `(after_ms, until_ms]`, earliest first.
-
-        Also when the first one after `until_ms` is due (None: there is none).
-        """
-        raise NotImplementedError
-
-    async def with_status(self, status: Status) -> list[str]:
-        """Ids of the executions with `status`."""
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        """Waits for pending writes, then releases the store."""
-
-
-class MemoryJournal(Journal):
-    """The in-process store: every op applies at once."""
-
-    def __init__(self, store: MemoryStore) -> None:
-        self.store = store
-
-    def write(self, op: Op) -> Any:  # noqa: D102
-        store, kind = self.store, op[0]
-        try:
-            if kind == "append":
-                return store.append((op[1:],))[0]
-            if kind == "start":
-                return store.start(*op[1:])
-            if kind == "deferred":
-                return store.complete_deferred(*op[1:])
-            if kind == "status":
-                store.set_status(*op[1:])
-                return True
-            if kind == "interrupt":
-                return store.interrupt(op[1])
-            if kind == "timer":
-                return store.schedule_timer(*op[1:])
-            if kind == "untimer":
-                return store.remove_timer(*op[1:])
-        except UnknownExecutionError:
-            return None if kind in ("deferred", "interrupt") else False
-        except ExecutionCompleteError:
-            return False
-        msg = f"unknown journal op {kind!r}"
-        raise ValueError(msg)
-
-    def write_together(self, ops: list[Op]) -> list[Any]:  # noqa: D102
-        return [self.write(op) for op in ops]
-
-    async def snapshot(self, execution_id: str) -> Snapshot | None:  # noqa: D102
-        return self.store.snapshot(execution_id)
-
-    async def execution(self, execution_id: str) -> Record | None:  # noqa: D102
-        return self.store.execution(execution_id)
-
-    async def timers(self) -> list[tuple[str, str, int]]:  # noqa: D102
-        return self.store.timers()
-
-    async def timers_between(  # noqa: D102
-        self, after_ms: int, until_ms: int
-    ) -> tuple[list[tuple[str, str, int]], int | None]:
-        return self.store.timers_between(after_ms, until_ms)
-
-    async def with_status(self, status: Status) -> list[str]:  # noqa: D102
-        return self.store.with_status(status)
+#: Every timer: `timers_between` over every due instant a store can hold.
+_ALL_TIMERS = (-1, 2**63 - 1)
 
 
 class Batch:
-    """The ops queued in one loop iteration, committed together.
+    """Ops sent to the store in one call.
 
-    Callers never await it (a cancelled waiter would cancel it for everyone): `SqlJournal.wait`
-    gives each one a future of its own for one op.
+    The ops of one loop iteration, or one op the memory store answered at once. Callers never
+    await it (a cancelled waiter would cancel it for everyone): `Journal.wait` gives each one a
+    future of its own. `results` holds one result per op once `done`; an op the store refused
+    has its exception in its place.
     """
 
-    __slots__ = ("done", "error", "errors", "results", "waiters")
+    __slots__ = ("done", "error", "results", "waiters")
 
-    def __init__(self) -> None:
-        self.done = False
-        self.results: list[Any] = []
-        # Why the whole batch failed, or, per op when some failed alone, why (None: committed).
+    def __init__(self, results: list[Any] | None = None) -> None:
+        self.done = results is not None
+        self.results: list[Any] = results or []
+        # Why the whole batch failed (nothing of it is durable).
         self.error: BaseException | None = None
-        self.errors: list[BaseException | None] | None = None
-        self.waiters: list[tuple[asyncio.Future[Any], int]] = []
+        self.waiters: list[tuple[asyncio.Future[Any], int | slice]] = []
 
     def error_of(self, index: int) -> BaseException | None:
-        """Why op `index` failed, or None if it committed."""
+        """Why op `index` failed, or None if it is durable."""
         if self.error is not None:
             return self.error
-        return None if self.errors is None else self.errors[index]
+        result = self.results[index]
+        return result if isinstance(result, BaseException) else None
 
-    def settle(
-        self,
-        results: list[Any],
-        errors: list[BaseException | None] | None = None,
-        error: BaseException | None = None,
-    ) -> None:
+    def deliver(self, future: asyncio.Future[Any], index: int | slice) -> None:
+        """Resolves `future` with op `index`'s result, or fails it with why the op failed.
+
+        A slice of ops: the list of their results, or the first failure.
+        """
+        error = self.error
+        if error is None:
+            result = self.results[index]
+            if isinstance(index, slice):
+                error = _first_error(result)
+            elif isinstance(result, BaseException):
+                error = result
+            if error is None:
+                future.set_result(result)
+                return
+        future.set_exception(error)
+
+    def settle(self, results: list[Any], error: BaseException | None = None) -> None:
         """Records the outcome and resolves the waiters."""
-        self.done, self.results, self.errors, self.error = True, results, errors, error
+        self.done, self.results, self.error = True, results, error
         for future, index in self.waiters:
-            if future.done():
-                continue
-            error = self.error_of(index)
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(results[index])
+            if not future.done():
+                self.deliver(future, index)
         self.waiters.clear()
+
+
+def _first_error(results: list[Any]) -> BaseException | None:
+    """The first exception among `results`: an op the store refused."""
+    for result in results:
+        if isinstance(result, BaseException):
+            return result
+    return None
+
+
+def _answered(results: list[Any]) -> list[Any]:
+    """`results` of ops answered at once; raises why the first refused op failed."""
+    error = _first_error(results)
+    if error is not None:
+        raise error
+    return results
 
 
 class _Reads(Generic[R]):
@@ -228,40 +163,66 @@ def _fail(futures: list[asyncio.Future[Any]], error: BaseException) -> None:
             future.set_exception(error)
 
 
-class SqlJournal(Journal):
-    """SQLite or PostgreSQL: ops queued in one loop iteration commit together."""
+@types.coroutine
+def _now(value: R) -> Generator[Any, None, R]:
+    """`value`, as an awaitable: an answer the memory store gave at once.
 
-    def __init__(self, store: SqlStore, loop: asyncio.AbstractEventLoop) -> None:
+    A generator-based coroutine: as cheap to await as an `async def` one, and, like a future, it
+    may be dropped unawaited (the write is done either way) without a warning.
+    """
+    return value
+    yield  # a generator that returns at once
+
+
+#: What the memory store answers to most ops it applies at once, as settled batches. A settled
+#: batch never changes, so these are shared rather than made per op.
+_TRUE, _FALSE = Batch([True]), Batch([False])
+
+
+class Journal:
+    """A store as the engine uses it.
+
+    Writes of one loop iteration go to the store in one call (`FLUSH_AT` ops at most), reads of
+    one kind in one call too. The memory store (`store.immediate`) answers every call at once:
+    a write is applied when made and a read needs no loop iteration. `loop` is needed for a
+    store that answers later, and may come after construction (`bind`).
+    """
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.store = store
-        self._loop = loop
+        #: Whether the store answers every call at once (the memory store).
+        self.immediate = store.immediate
         self._ops: list[Op] = []
         self._batch: Batch | None = None
         self._committing = 0
         self._idle: asyncio.Future[None] | None = None
-        self._snapshots: _Reads[Snapshot | None] = _Reads(
-            loop, lambda bridge, ids: store.snapshots(bridge, ids)
-        )
-        self._executions: _Reads[Record | None] = _Reads(
-            loop, lambda bridge, ids: store.executions(bridge, ids)
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._snapshots: _Reads[Snapshot | None] | None = None
+        self._executions: _Reads[Execution | None] | None = None
+        if loop is not None:
+            self.bind(loop)
 
-    def write(self, op: Op) -> asyncio.Future[Any]:  # noqa: D102
-        return self.wait(*self.queue(op))
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Uses `loop` for the batches and reads from now on."""
+        store = self.store
+        self._loop = loop
+        self._snapshots = _Reads(loop, lambda bridge, ids: store.snapshots(bridge, ids))
+        self._executions = _Reads(loop, lambda bridge, ids: store.executions(bridge, ids))
 
-    def write_together(self, ops: list[Op]) -> list[asyncio.Future[Any]]:  # noqa: D102
-        # One batch, which the writer commits in one transaction: no flush between the ops.
-        batch = self._batch
-        if batch is None:
-            batch = self._new_batch()
-        first = len(self._ops)
-        self._ops.extend(ops)
-        futures = [self.wait(batch, first + n) for n in range(len(ops))]
-        if len(self._ops) >= FLUSH_AT:
-            self._flush()
-        return futures
+    # Writes --------------------------------------------------------------------------------
 
     def queue(self, op: Op) -> tuple[Batch, int]:
-        """Queues `op` for this iteration's commit: its batch and its index there."""
+        """Queues `op` for this iteration's commit: its batch and its index there.
+
+        The memory store applies it at once: the batch is done when returned.
+        """
+        if self.immediate:
+            result = self.store.write_now((op,))[0]
+            if result is True:
+                return _TRUE, 0
+            if result is False:
+                return _FALSE, 0
+            return Batch([result]), 0
         batch = self._batch
         if batch is None:
             batch = self._new_batch()
@@ -271,20 +232,46 @@ class SqlJournal(Journal):
             self._flush()
         return batch, index
 
+    def write(self, op: Op) -> Awaitable[Any]:
+        """Applies `op`: its result once durable."""
+        if self.immediate:
+            result = self.store.write_now((op,))[0]
+            if isinstance(result, BaseException):  # refused
+                raise result
+            return _now(result)
+        return self.wait(*self.queue(op))
+
+    def write_together(self, ops: list[Op]) -> Awaitable[list[Any]]:
+        """Applies `ops` in one transaction: their results once durable (or the first failure).
+
+        Never split, whatever `FLUSH_AT` says.
+        """
+        if self.immediate:
+            return _now(_answered(self.store.write_now(ops)))
+        batch = self._batch
+        if batch is None:
+            batch = self._new_batch()
+        first = len(self._ops)
+        self._ops.extend(ops)
+        future = self.wait(batch, slice(first, first + len(ops)))
+        if len(self._ops) >= FLUSH_AT:
+            self._flush()
+        return future
+
     def _new_batch(self) -> Batch:
+        assert self._loop is not None, "a journal on a store that answers later needs a loop"
         batch = self._batch = Batch()
         self._loop.call_soon(self._flush)
         return batch
 
-    def wait(self, batch: Batch, index: int) -> asyncio.Future[Any]:
+    def wait(self, batch: Batch, index: int | slice) -> asyncio.Future[Any]:
         """A future of the caller's own: op `index`'s result once its batch is durable."""
+        assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        if not batch.done:
-            batch.waiters.append((future, index))
-        elif (error := batch.error_of(index)) is not None:
-            future.set_exception(error)
+        if batch.done:
+            batch.deliver(future, index)
         else:
-            future.set_result(batch.results[index])
+            batch.waiters.append((future, index))
         return future
 
     def _flush(self) -> None:
@@ -292,43 +279,15 @@ class SqlJournal(Journal):
         self._ops, self._batch = [], None
         if batch is None:
             return
-        native = _bridge.for_loop(self._loop)
+        assert self._loop is not None
+        bridge = _bridge.for_loop(self._loop)
         try:
-            token = self.store.write(native.native, ops)
-        except Exception as err:  # an op the store refuses: the others must not fail with it
-            if len(ops) == 1:
-                batch.settle([], error=err)
-                return
-            self._write_each(native, ops, batch)
+            token = self.store.write(bridge.native, ops)
+        except Exception as err:  # the store takes no writes (closed, or its lease lost)
+            batch.settle([], error=err)
             return
         self._committing += 1
-        native.on_result(token, lambda ok, value: self._committed(batch, ok, value))
-
-    def _write_each(self, native: _bridge.LoopBridge, ops: list[Op], batch: Batch) -> None:
-        results: list[Any] = [None] * len(ops)
-        errors: list[BaseException | None] = [None] * len(ops)
-        left = len(ops)
-
-        def one_done(index: int, ok: bool, value: Any) -> None:
-            nonlocal left
-            if ok:
-                results[index] = value[0]
-            else:
-                errors[index] = value
-            left -= 1
-            if left == 0:
-                self._committing -= 1
-                batch.settle(results, errors)
-                self._check_idle()
-
-        self._committing += 1
-        for index, op in enumerate(ops):
-            try:
-                token = self.store.write(native.native, [op])
-            except Exception as err:
-                one_done(index, False, err)
-                continue
-            native.on_result(token, functools.partial(one_done, index))
+        bridge.on_result(token, functools.partial(self._committed, batch))
 
     def _committed(self, batch: Batch, ok: bool, value: Any) -> None:
         self._committing -= 1
@@ -336,41 +295,62 @@ class SqlJournal(Journal):
             batch.settle(value)
         else:
             batch.settle([], error=value)
-        self._check_idle()
-
-    def _check_idle(self) -> None:
         if not self._committing and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    def snapshot(self, execution_id: str) -> asyncio.Future[Snapshot | None]:  # noqa: D102
+    # Reads ---------------------------------------------------------------------------------
+
+    def snapshot(self, execution_id: str) -> Awaitable[Snapshot | None]:
+        """The execution with its whole journal, in one read."""
+        if self.immediate:
+            return _now(self.store.snapshots_now((execution_id,))[0])
+        assert self._snapshots is not None
         return self._snapshots.get(execution_id)
 
-    def execution(self, execution_id: str) -> asyncio.Future[Record | None]:  # noqa: D102
+    def execution(self, execution_id: str) -> Awaitable[Execution | None]:
+        """The execution's record."""
+        if self.immediate:
+            return _now(self.store.executions_now((execution_id,))[0])
+        assert self._executions is not None
         return self._executions.get(execution_id)
 
-    async def timers(self) -> list[tuple[str, str, int]]:  # noqa: D102
-        store = self.store
-        result: list[tuple[str, str, int]] = await _bridge.call(store.timers)
-        return result
+    async def timers(self) -> list[Timer]:
+        """Every stored timer, earliest first."""
+        timers, _ = await self.timers_between(*_ALL_TIMERS)
+        return timers
 
-    async def timers_between(  # noqa: D102
-        self, after_ms: int, until_ms: int
-    ) -> tuple[list[tuple[str, str, int]], int | None]:
+    async def timers_between(self, after_ms: int, until_ms: int) -> tuple[list[Timer], int | None]:
+        """The stored timers due in `(after_ms, until_ms]`, earliest first.
+
+        Also when the first one after `until_ms` is due (None: there is none).
+        """
         store = self.store
-        result: tuple[list[tuple[str, str, int]], int | None] = await _bridge.call(
+        if self.immediate:
+            return store.timers_between_now(after_ms, until_ms)
+        answer: tuple[list[Timer], int | None] = await _bridge.call(
             lambda bridge: store.timers_between(bridge, after_ms, until_ms)
         )
-        return result
+        return answer
 
-    async def with_status(self, status: Status) -> list[str]:  # noqa: D102
+    async def with_status(self, status: Status) -> list[str]:
+        """Ids of the executions with `status`."""
         store = self.store
-        result: list[str] = await _bridge.call(lambda bridge: store.with_status(bridge, status))
-        return result
+        if self.immediate:
+            return store.with_status_now(status)
+        ids: list[str] = await _bridge.call(lambda bridge: store.with_status(bridge, status))
+        return ids
 
-    async def close(self) -> None:  # noqa: D102
+    async def close(self) -> None:
+        """Waits for pending writes, then releases the store.
+
+        The memory store holds nothing to release, and stays usable.
+        """
+        if self.immediate:
+            return
         if self._ops:
             self._flush()
         if self._committing:
+            assert self._loop is not None
             self._idle = self._loop.create_future()
             await self._idle
         store = self.store

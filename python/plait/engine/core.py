@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, Literal, cast
 
 from plait import _bridge
-from plait._native import MemoryStore, SqlStore
+from plait._native import Op, Store
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine import registry
 from plait.engine.recovery import Recovery
@@ -44,7 +44,7 @@ from plait.errors import (
     WorkflowNotImplementedError,
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
-from plait.journal import Journal, MemoryJournal, SqlJournal
+from plait.journal import Journal, Snapshot
 
 __all__ = ["Engine", "current_engine", "engine_for"]
 
@@ -93,15 +93,15 @@ class Engine:
 
     def __init__(
         self,
-        store: MemoryStore | Callable[[], Awaitable[SqlStore]],
+        store: Store | Callable[[], Awaitable[Store]],
         *,
         clock: Clock | None = None,
     ) -> None:
-        self._open: Callable[[], Awaitable[SqlStore]] | None = None
-        self.store: MemoryStore | SqlStore | None
+        self._open: Callable[[], Awaitable[Store]] | None = None
+        self.store: Store | None
         self.journal: Journal | None
-        if isinstance(store, MemoryStore):
-            self.store, self.journal = store, MemoryJournal(store)
+        if isinstance(store, Store):
+            self.store, self.journal = store, Journal(store)
         else:
             self.store, self.journal, self._open = None, None, store
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -127,7 +127,7 @@ class Engine:
     @classmethod
     def memory(cls, *, clock: Clock | None = None) -> Engine:
         """An engine whose journal lives in this process (in Rust); nothing survives it."""
-        return cls(MemoryStore(), clock=clock)
+        return cls(Store.memory(), clock=clock)
 
     @classmethod
     def sqlite(
@@ -191,9 +191,9 @@ class Engine:
         """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
         lease_ttl_ms = None if lease_ttl is None else milliseconds_ceil(seconds(lease_ttl))
 
-        async def open_store() -> SqlStore:
-            store: SqlStore = await _bridge.call(
-                lambda bridge: SqlStore.open(bridge, url, prefix, durability, lease_ttl_ms)
+        async def open_store() -> Store:
+            store: Store = await _bridge.call(
+                lambda bridge: Store.open(bridge, url, prefix, durability, lease_ttl_ms)
             )
             return store
 
@@ -227,8 +227,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         if self._open is not None:
             store = await self._open()
-            self.store, self.journal = store, SqlJournal(store, loop)
+            self.store, self.journal = store, Journal(store)
         journal = self._journal()
+        journal.bind(loop)
         self._loop = loop
         self._closing = False
         self._fenced = None
@@ -241,7 +242,7 @@ class Engine:
         await self._timers.load()
         self._timer_task = self._loop.create_task(self._timers.run(), context=ctx)
         self._timer_task.add_done_callback(_log_crash)
-        if isinstance(self.store, SqlStore):
+        if self.store is not None and not journal.immediate:
             self._lease_task = self._loop.create_task(self._watch_lease(self.store), context=ctx)
             self._lease_task.add_done_callback(_log_crash)
         for execution_id in await journal.with_status("running"):
@@ -284,7 +285,7 @@ class Engine:
             journal, self.journal, self.store = self.journal, None, None
             await journal.close()
 
-    async def _watch_lease(self, store: SqlStore) -> None:
+    async def _watch_lease(self, store: Store) -> None:
         """Shuts the engine down if its lease on the database is lost.
 
         The database refuses this engine's commits from then on (they are fenced), so its runs
@@ -333,11 +334,8 @@ class Engine:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
-    async def _write(self, op: tuple[Any, ...]) -> Any:
-        result = self._journal().write(op)
-        if isinstance(result, asyncio.Future):
-            return await result
-        return result
+    def _write(self, op: Op) -> Awaitable[Any]:
+        return self._journal().write(op)
 
     # Executions ----------------------------------------------------------------------------
 
@@ -403,28 +401,24 @@ class Engine:
         ex = Execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
         existing = await self._write(
-            ("start", execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
+            Op.start(execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
         )
         if existing is None:
             ex.payload = payload
             self._launch(ex, None)
             return
-        if existing[3] == "running":
+        if existing.status == "running":
             await self._resume(execution_id)
-        elif existing[3] == "complete" and not ex.waiters:
+        elif existing.status == "complete" and not ex.waiters:
             self._live.pop(execution_id, None)
 
-    def _launch(
-        self,
-        ex: Execution,
-        snapshot: tuple[list[tuple[str, int, bytes]], list[tuple[str, bytes]]] | None,
-    ) -> None:
+    def _launch(self, ex: Execution, snapshot: Snapshot | None) -> None:
         loop = self.require_loop()
         assert self._base_context is not None
         run = Run(self, ex)
         run.interrupting = ex.id in self._interrupt_now
         if snapshot is not None:
-            run.load(*snapshot)
+            run.load(snapshot)
         ex.run = run
         ex.wake = False
         ctx = self._base_context.copy()
@@ -448,7 +442,8 @@ class Engine:
             snapshot = await self._journal().snapshot(execution_id)
             if snapshot is None:
                 return False
-            (name, payload_json, parent, status, _, interrupted), entries, deferreds = snapshot
+            record = snapshot.execution
+            name, status = record.workflow, record.status
             if status == "complete":
                 return False
             ex = self._live.get(execution_id)
@@ -461,22 +456,22 @@ class Engine:
                     self._unimplemented(name, execution_id)
                     return False
                 try:
-                    payload = workflow.decode_payload(payload_json)
+                    payload = workflow.decode_payload(record.payload)
                 except JournalDecodeError as err:
                     self._fail_waiters(
                         execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
                     )
                     raise
                 if ex is None:
-                    ex = Execution(execution_id, workflow, payload, parent)
+                    ex = Execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
                 ex.payload = payload
-            ex.interrupted = ex.interrupted or interrupted
+            ex.interrupted = ex.interrupted or record.interrupted
             if status != "running":
-                await self._write(("status", execution_id, "running", None))
+                await self._write(Op.status(execution_id, "running", None))
             if ex.run is not None:  # started while we read
                 return False
-            self._launch(ex, (entries, deferreds))
+            self._launch(ex, snapshot)
         finally:
             self._resuming.discard(execution_id)
         if execution_id in self._rewake:
@@ -585,7 +580,7 @@ class Engine:
         # completion arriving now marks the execution for a new run instead of starting one.
         if isinstance(result, Complete):
             assert encoded is not None
-            if not await self._write(("status", ex.id, "complete", encoded)):
+            if not await self._write(Op.status(ex.id, "complete", encoded)):
                 result = await self._result_stored_first(ex, result)
             self._interrupt_now.discard(ex.id)
             ex.finalizers.clear()
@@ -596,7 +591,7 @@ class Engine:
                 if result.cause is None
                 else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
             )
-            if not await self._write(("status", ex.id, "suspended", cause)):
+            if not await self._write(Op.status(ex.id, "suspended", cause)):
                 result = await self._result_stored_first(ex, result)
         ex.run = None
         run.task = None  # the task holds the run in its context: no cycle left behind
@@ -656,7 +651,7 @@ class Engine:
         record = await self._journal().execution(execution_id)
         if record is None:
             return None
-        status, data = record[3], record[4]
+        status, data = record.status, record.result
         if status == "complete":
             assert data is not None
             return Complete(workflow.codec.decode(data))
@@ -687,8 +682,8 @@ class Engine:
                     raise UnknownExecutionError(f"unknown execution {execution_id!r}")
                 ex = self._live.get(execution_id)
                 if ex is None:
-                    payload = workflow.decode_payload(record[1])
-                    ex = Execution(execution_id, workflow, payload, record[2])
+                    payload = workflow.decode_payload(record.payload)
+                    ex = Execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
             loop = self.require_loop()
             if delays is None:
@@ -768,7 +763,7 @@ class Engine:
         record = await self._journal().execution(execution_id)
         if record is None:
             raise UnknownExecutionError(f"unknown execution {execution_id!r}")
-        return record[0]
+        return record.workflow
 
     # Operations on stored executions --------------------------------------------------------
 
@@ -788,7 +783,7 @@ class Engine:
         finalizers, and interrupting its children.
         """
         self.require_loop()
-        if not await self._write(("interrupt", execution_id)):
+        if not await self._write(Op.interrupt(execution_id)):
             return
         ex = self._live.get(execution_id)
         if ex is not None:
@@ -808,7 +803,7 @@ class Engine:
         the ordinary way.
         """
         self.require_loop()
-        if not await self._write(("interrupt", execution_id)):
+        if not await self._write(Op.interrupt(execution_id)):
             return
         self._interrupt_now.add(execution_id)
         ex = self._live.get(execution_id)
@@ -852,10 +847,10 @@ class Engine:
                     "which is not stored"
                 )
                 raise DeferredTokenError(msg)
-            if record[0] != workflow_name:
+            if record.workflow != workflow_name:
                 msg = (
                     f"token names workflow {workflow_name!r} but execution {execution_id!r} "
-                    f"belongs to workflow {record[0]!r}"
+                    f"belongs to workflow {record.workflow!r}"
                 )
                 raise DeferredTokenError(msg)
             implemented = (
@@ -882,15 +877,13 @@ class Engine:
         # One transaction: the result, the mark that the execution has a run to make (so an
         # engine that starts after a crash resumes it) and, for a timer, the timer's removal: a
         # crash keeps all or none.
-        ops: list[tuple[Any, ...]] = [
-            ("deferred", execution_id, name, encoded),
-            ("status", execution_id, "running", None),
+        ops = [
+            Op.deferred(execution_id, name, encoded),
+            Op.status(execution_id, "running", None),
         ]
         if timer:
-            ops.append(("untimer", execution_id, name))
-        results = self._journal().write_together(ops)
-        if isinstance(results[0], asyncio.Future):  # one commit: all resolve together
-            results = [await result for result in results]
+            ops.append(Op.untimer(execution_id, name))
+        results = await self._journal().write_together(ops)
         stored, woken = results[0], results[1]
         if not stored:
             return False
@@ -913,10 +906,12 @@ class Engine:
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
         """Stores a race's (or `into`'s) outcome as deferred `name`; returns the first stored."""
-        if await self._write(("deferred", execution_id, name, encoded)):
+        if await self._write(Op.deferred(execution_id, name, encoded)):
             return encoded
         snapshot = await self._journal().snapshot(execution_id)
-        return dict(snapshot[2])[name] if snapshot else encoded
+        if snapshot is None:
+            return encoded
+        return next(d.value for d in snapshot.deferreds if d.name == name)
 
     # Durable timers ------------------------------------------------------------------------
 
@@ -924,7 +919,7 @@ class Engine:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         # Rounded up: a timer never fires before its time (Effect's rule too).
         due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
-        if await self._write(("timer", execution_id, name, due)) and self._timers is not None:
+        if await self._write(Op.timer(execution_id, name, due)) and self._timers is not None:
             self._timers.scheduled(execution_id, name, due)
 
     async def _fire(self, execution_id: str, name: str) -> None:
@@ -938,12 +933,11 @@ class Engine:
         In memory it is stored at once. Otherwise it commits with every other write of this
         loop iteration, and `run.sync()` waits for that.
         """
-        op = ("append", run.execution.id, key, seq, value)
-        journal = self._journal()
-        if isinstance(journal, SqlJournal):
-            run.unsynced.append((*journal.queue(op), key))
-        elif journal.write(op) is False:
-            run.fail(StoredFirst(run.execution.id, key))
+        batch, index = self._journal().queue(Op.append(run.execution.id, key, seq, value))
+        if not batch.done:
+            run.unsynced.append((batch, index, key))
+        elif batch.results[index] is not True:  # answered at once (memory), and not stored
+            run.synced(batch, index, key)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -27,7 +27,7 @@ from plait.engine.signals import (
 from plait.engine.specs import DeferredSpec, StepSpec, WorkflowSpec
 from plait.errors import JournalDecodeError, NonDeterminismError, NotInWorkflowError
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended
-from plait.journal import Batch, Journal, SqlJournal
+from plait.journal import Batch, Journal, Snapshot
 
 __all__ = [
     "Execution",
@@ -272,14 +272,14 @@ class Run:
         # batch, the op's index there, and the step's key.
         self.unsynced: list[tuple[Batch, int, str]] = []
 
-    def load(
-        self, entries: list[tuple[str, int, bytes]], deferreds: list[tuple[str, bytes]]
-    ) -> None:
+    def load(self, snapshot: Snapshot) -> None:
         """Takes the stored step results and deferred results to replay."""
-        for key, seq, value in entries:
-            self.journal[key] = value
-            self.seqs[seq] = key
-        self.deferreds.update(deferreds)
+        for entry in snapshot.entries:
+            key = entry.key
+            self.journal[key] = entry.value
+            self.seqs[entry.seq] = key
+        for deferred in snapshot.deferreds:
+            self.deferreds[deferred.name] = deferred.value
 
     # What the API reads ------------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class Run:
         """
         unsynced = self.unsynced
         journal = self.engine.journal
-        assert isinstance(journal, SqlJournal)
+        assert journal is not None
         while unsynced:
             batch, index, key = unsynced[-1]
             if not batch.done:
@@ -418,12 +418,16 @@ class Run:
                 except Exception as err:
                     self.fail(err)
                 continue
-            error = batch.error_of(index)
-            if error is not None:
-                self.fail(error)
-            if batch.results[index] is False:
-                self.fail(StoredFirst(self.execution.id, key))
+            self.synced(batch, index, key)
             unsynced.pop()
+
+    def synced(self, batch: Batch, index: int, key: str) -> None:
+        """Checks the committed result of step `key`: op `index` of `batch`."""
+        error = batch.error_of(index)
+        if error is not None:
+            self.fail(error)
+        if batch.results[index] is False:
+            self.fail(StoredFirst(self.execution.id, key))
 
     # Deferreds ---------------------------------------------------------------------------
 

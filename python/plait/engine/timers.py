@@ -77,8 +77,8 @@ class DurableTimers:
         # Set first: a timer scheduled during the read goes into the wheel directly.
         self._loaded_until = until
         timers, following = await self._journal.timers_between(after, until)
-        for execution_id, name, due in timers:
-            self._add(execution_id, name, due)
+        for timer in timers:
+            self._add(timer.execution_id, timer.name, timer.due_ms)
         self._stored_next = following
 
     async def run(self) -> None:

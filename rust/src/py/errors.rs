@@ -19,8 +19,6 @@ import_exception!(plait.errors, MalformedTokenError);
 import_exception!(plait.errors, UnknownRunnerError);
 import_exception!(plait.errors, ClosedError);
 import_exception!(plait.errors, ForkedProcessError);
-import_exception!(plait.errors, UnknownExecutionError);
-import_exception!(plait.errors, ExecutionCompleteError);
 import_exception!(plait.errors, StoreError);
 import_exception!(plait.errors, StoreConnectError);
 import_exception!(plait.errors, EngineLockedError);
@@ -63,13 +61,8 @@ impl From<timer::Closed> for PyErr {
 impl From<store::StoreError> for PyErr {
     fn from(err: store::StoreError) -> Self {
         match err {
-            store::StoreError::UnknownExecution(_) => {
-                UnknownExecutionError::new_err(err.to_string())
-            }
-            store::StoreError::AlreadyComplete(_) => {
-                ExecutionCompleteError::new_err(err.to_string())
-            }
             store::StoreError::UnknownStatus(_) => InvalidArgumentError::new_err(err.to_string()),
+            store::StoreError::Sql(err) => err.into(),
         }
     }
 }

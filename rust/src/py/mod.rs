@@ -10,7 +10,6 @@ mod errors;
 mod ids;
 mod shard;
 mod snowflake;
-mod sql;
 mod store;
 mod timer;
 
@@ -30,9 +29,7 @@ mod _native {
     #[pymodule_export]
     use super::snowflake::{snowflake_make, snowflake_parts, SnowflakeGenerator};
     #[pymodule_export]
-    use super::sql::SqlStore;
-    #[pymodule_export]
-    use super::store::MemoryStore;
+    use super::store::{PyDeferred, PyEntry, PyExecution, PyOp, PySnapshot, PyStore, PyTimer};
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
 

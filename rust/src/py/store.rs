@@ -1,177 +1,648 @@
-//! The journal store for Python: records cross as tuples of str, int and bytes.
+//! The journal store for Python: one `Store` class over every backend, ops made by typed
+//! constructors, and records read by attribute.
+//!
+//! Every store answers through an [`AsyncBridge`] token; the memory store, which answers at
+//! once, is also called synchronously (`write_now`, `snapshots_now`, ...), so that the memory
+//! engine pays no event-loop round trip per write.
 
-use pyo3::{prelude::*, pybacked::PyBackedBytes, types::PyBytes};
+use std::{sync::Arc, time::Duration};
 
-use super::errors::{at_item, capacity_hint, Int};
-use crate::store::{self, memory, Status};
+use futures_util::FutureExt;
+use pyo3::{
+    exceptions::PyTypeError,
+    prelude::*,
+    pybacked::PyBackedBytes,
+    types::{PyBool, PyBytes, PyList, PyString, PyTuple},
+};
 
-/// `(workflow, payload, parent, status, result, interrupted)`.
-pub(super) type ExecutionTuple<'py> = (
-    String,
-    Bound<'py, PyBytes>,
-    Option<String>,
-    &'static str,
-    Option<Bound<'py, PyBytes>>,
-    bool,
-);
+use super::{
+    bridge::AsyncBridge,
+    errors::{
+        at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, StoreError, Text,
+    },
+};
+use crate::{
+    runtime,
+    store::{self, memory::MemoryStore, sql, Answer, Status},
+};
 
-pub(super) fn execution_tuple(py: Python<'_>, execution: store::Execution) -> ExecutionTuple<'_> {
-    (
-        execution.workflow,
-        PyBytes::new(py, &execution.payload),
-        execution.parent,
-        execution.status.as_str(),
-        execution.result.map(|r| PyBytes::new(py, &r)),
-        execution.interrupted,
-    )
+/// One write for `Store.write`, made by its constructors (`Op.start(...)`, `Op.append(...)`).
+#[pyclass(module = "plait._native", name = "Op", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyOp {
+    op: store::Op,
 }
 
-/// Executions, their journals, deferred results and timers, held in this process.
-#[pyclass(module = "plait._native", frozen)]
-pub struct MemoryStore {
-    store: memory::MemoryStore,
+impl From<store::Op> for PyOp {
+    fn from(op: store::Op) -> Self {
+        Self { op }
+    }
 }
 
 #[pymethods]
-impl MemoryStore {
-    #[new]
-    fn new() -> Self {
-        Self {
-            store: memory::MemoryStore::default(),
-        }
-    }
-
-    /// Records a new running execution unless `id` exists; returns the existing one, or None.
+impl PyOp {
+    /// Records a new running execution unless `id` exists.
+    #[staticmethod]
     #[pyo3(signature = (id, workflow, payload, parent = None))]
-    fn start<'py>(
-        &self,
-        py: Python<'py>,
-        id: &str,
-        workflow: &str,
-        payload: PyBackedBytes,
-        parent: Option<String>,
-    ) -> Option<ExecutionTuple<'py>> {
-        self.store
-            .start(id, workflow, payload.to_vec(), parent)
-            .map(|e| execution_tuple(py, e))
+    fn start(id: Text, workflow: Text, payload: PyBackedBytes, parent: Option<Text>) -> Self {
+        Self::from(store::Op::Start {
+            id: id.to_owned(),
+            workflow: workflow.to_owned(),
+            payload: payload.to_vec(),
+            parent: parent.map(|p| p.to_owned()),
+        })
     }
 
-    /// The execution `id`, or None.
-    fn execution<'py>(&self, py: Python<'py>, id: &str) -> Option<ExecutionTuple<'py>> {
-        self.store.execution(id).map(|e| execution_tuple(py, e))
+    /// Stores a step result unless its key has one.
+    #[staticmethod]
+    fn append(id: Text, key: Text, seq: Int<u32>, value: PyBackedBytes) -> Self {
+        Self::from(store::Op::Append {
+            id: id.to_owned(),
+            entry: store::Entry {
+                key: key.to_owned(),
+                seq: seq.0,
+                value: value.to_vec(),
+            },
+        })
     }
 
-    /// The execution, its step results `(key, seq, value)` and deferred results `(name, value)`.
-    #[allow(clippy::type_complexity)]
-    fn snapshot<'py>(
-        &self,
-        py: Python<'py>,
-        id: &str,
-    ) -> Option<(
-        ExecutionTuple<'py>,
-        Vec<(String, u32, Bound<'py, PyBytes>)>,
-        Vec<(String, Bound<'py, PyBytes>)>,
-    )> {
-        let snapshot = self.store.snapshot(id)?;
-        let entries = snapshot
-            .entries
-            .into_iter()
-            .map(|e| (e.key, e.seq, PyBytes::new(py, &e.value)))
-            .collect();
-        let deferreds = snapshot
-            .deferreds
-            .into_iter()
-            .map(|(name, value)| (name, PyBytes::new(py, &value)))
-            .collect();
-        Some((execution_tuple(py, snapshot.execution), entries, deferreds))
+    /// Stores a deferred's result unless it has one.
+    #[staticmethod]
+    fn deferred(id: Text, name: Text, value: PyBackedBytes) -> Self {
+        Self::from(store::Op::Deferred {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            value: value.to_vec(),
+        })
     }
 
-    /// Appends `(execution_id, key, seq, value)` step results, all or nothing; returns, per
-    /// entry, whether it was stored (False: the key already had a result).
-    fn append(&self, entries: &Bound<'_, PyAny>) -> PyResult<Vec<bool>> {
-        let py = entries.py();
-        let mut batch = Vec::with_capacity(capacity_hint(entries));
-        for (index, item) in entries.try_iter()?.enumerate() {
-            let (id, key, Int(seq), value): (String, String, Int<u32>, PyBackedBytes) = item
-                .and_then(|item| item.extract())
-                .map_err(|err| at_item(py, err, "entries", index))?;
-            batch.push((
-                id,
-                store::Entry {
-                    key,
-                    seq,
-                    value: value.to_vec(),
-                },
-            ));
-        }
-        Ok(self.store.append(batch)?)
-    }
-
-    /// Stores a deferred's result unless it has one; returns whether it was stored.
-    fn complete_deferred(&self, id: &str, name: &str, value: PyBackedBytes) -> PyResult<bool> {
-        Ok(self.store.complete_deferred(id, name, value.to_vec())?)
-    }
-
-    /// Moves an execution to `status` (`running`, `suspended` or `complete`) with `result`.
+    /// Moves an execution to `status` with `result`.
+    #[staticmethod]
     #[pyo3(signature = (id, status, result = None))]
-    fn set_status(&self, id: &str, status: &str, result: Option<PyBackedBytes>) -> PyResult<()> {
-        let status = Status::parse(status)?;
-        Ok(self
-            .store
-            .set_status(id, status, result.map(|r| r.to_vec()))?)
+    fn status(id: Text, status: &str, result: Option<PyBackedBytes>) -> PyResult<Self> {
+        Ok(Self::from(store::Op::Status {
+            id: id.to_owned(),
+            status: Status::parse(status)?,
+            result: result.map(|r| r.to_vec()),
+        }))
     }
 
-    /// Records an interrupt request; False if the execution had completed.
-    fn interrupt(&self, id: &str) -> PyResult<bool> {
-        Ok(self.store.interrupt(id)?)
+    /// Records an interrupt request.
+    #[staticmethod]
+    fn interrupt(id: Text) -> Self {
+        Self::from(store::Op::Interrupt { id: id.to_owned() })
     }
 
     /// Stores a durable timer unless one with that execution and name exists.
-    fn schedule_timer(&self, execution_id: &str, name: &str, due_ms: Int<u64>) -> PyResult<bool> {
-        Ok(self.store.schedule_timer(store::Timer {
+    #[staticmethod]
+    fn timer(execution_id: Text, name: Text, due_ms: Int<u64>) -> Self {
+        Self::from(store::Op::Timer(store::Timer {
             execution_id: execution_id.to_owned(),
             name: name.to_owned(),
             due_ms: due_ms.0,
-        })?)
+        }))
     }
 
-    /// Forgets a timer; returns whether it was stored.
-    fn remove_timer(&self, execution_id: &str, name: &str) -> bool {
-        self.store.remove_timer(execution_id, name)
+    /// Forgets a timer.
+    #[staticmethod]
+    fn untimer(execution_id: Text, name: Text) -> Self {
+        Self::from(store::Op::Untimer {
+            execution_id: execution_id.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
-    /// Every stored timer as `(execution_id, name, due_ms)`, earliest first.
-    fn timers(&self) -> Vec<(String, String, u64)> {
-        self.store
-            .timers()
-            .into_iter()
-            .map(|t| (t.execution_id, t.name, t.due_ms))
-            .collect()
+    /// The op's kind: the name of its constructor.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match &self.op {
+            store::Op::Start { .. } => "start",
+            store::Op::Append { .. } => "append",
+            store::Op::Deferred { .. } => "deferred",
+            store::Op::Status { .. } => "status",
+            store::Op::Interrupt { .. } => "interrupt",
+            store::Op::Timer(_) => "timer",
+            store::Op::Untimer { .. } => "untimer",
+        }
     }
 
-    /// The timers due in `(after_ms, until_ms]` as `(execution_id, name, due_ms)`, earliest
-    /// first, and when the first one after `until_ms` is due (None: there is none). `after_ms`
-    /// -1 takes every timer due up to `until_ms`.
-    #[allow(clippy::type_complexity)]
+    /// The execution the op is about.
+    #[getter]
+    fn execution_id(&self) -> &str {
+        match &self.op {
+            store::Op::Start { id, .. }
+            | store::Op::Append { id, .. }
+            | store::Op::Deferred { id, .. }
+            | store::Op::Status { id, .. }
+            | store::Op::Interrupt { id } => id,
+            store::Op::Timer(store::Timer { execution_id, .. })
+            | store::Op::Untimer { execution_id, .. } => execution_id,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Op {} {:?}>", self.kind(), self.execution_id())
+    }
+}
+
+/// An execution as the store holds it.
+#[pyclass(module = "plait._native", name = "Execution", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyExecution(store::Execution);
+
+#[pymethods]
+impl PyExecution {
+    /// The workflow's name.
+    #[getter]
+    fn workflow(&self) -> &str {
+        &self.0.workflow
+    }
+
+    /// The encoded payload.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.payload)
+    }
+
+    /// The execution that started this one from inside its run, if any.
+    #[getter]
+    fn parent(&self) -> Option<&str> {
+        self.0.parent.as_deref()
+    }
+
+    /// `running`, `suspended` or `complete`.
+    #[getter]
+    fn status(&self) -> &'static str {
+        self.0.status.as_str()
+    }
+
+    /// The encoded result: the exit when complete, the cause (if any) when suspended.
+    #[getter]
+    fn result<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.0.result.as_deref().map(|r| PyBytes::new(py, r))
+    }
+
+    /// Whether an interrupt was requested.
+    #[getter]
+    fn interrupted(&self) -> bool {
+        self.0.interrupted
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Execution workflow={:?} status={} parent={:?} interrupted={}>",
+            self.0.workflow,
+            self.0.status.as_str(),
+            self.0.parent,
+            self.0.interrupted
+        )
+    }
+}
+
+/// A step result of an execution's journal.
+#[pyclass(module = "plait._native", name = "Entry", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyEntry(store::Entry);
+
+#[pymethods]
+impl PyEntry {
+    /// The step's key (name, attempt and repeat number).
+    #[getter]
+    fn key(&self) -> &str {
+        &self.0.key
+    }
+
+    /// The step's position in call order.
+    #[getter]
+    fn seq(&self) -> u32 {
+        self.0.seq
+    }
+
+    /// The encoded exit.
+    #[getter]
+    fn value<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.value)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Entry key={:?} seq={}>", self.0.key, self.0.seq)
+    }
+}
+
+/// A deferred's stored result.
+#[pyclass(module = "plait._native", name = "Deferred", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyDeferred(store::Deferred);
+
+#[pymethods]
+impl PyDeferred {
+    /// The deferred's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The encoded exit.
+    #[getter]
+    fn value<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.value)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Deferred name={:?}>", self.0.name)
+    }
+}
+
+/// An execution with its journal and deferred results, read at once.
+#[pyclass(module = "plait._native", name = "Snapshot", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PySnapshot(store::Snapshot);
+
+#[pymethods]
+impl PySnapshot {
+    /// The execution itself.
+    #[getter]
+    fn execution(&self) -> PyExecution {
+        PyExecution(self.0.execution.clone())
+    }
+
+    /// Its step results, in write order.
+    #[getter]
+    fn entries(&self) -> Vec<PyEntry> {
+        self.0.entries.iter().cloned().map(PyEntry).collect()
+    }
+
+    /// Its completed deferreds, in the order they completed.
+    #[getter]
+    fn deferreds(&self) -> Vec<PyDeferred> {
+        self.0.deferreds.iter().cloned().map(PyDeferred).collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Snapshot workflow={:?} status={} entries={} deferreds={}>",
+            self.0.execution.workflow,
+            self.0.execution.status.as_str(),
+            self.0.entries.len(),
+            self.0.deferreds.len()
+        )
+    }
+}
+
+/// A durable timer.
+#[pyclass(module = "plait._native", name = "Timer", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyTimer(store::Timer);
+
+#[pymethods]
+impl PyTimer {
+    /// The execution to wake.
+    #[getter]
+    fn execution_id(&self) -> &str {
+        &self.0.execution_id
+    }
+
+    /// The deferred it completes.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// When, in ms since the Unix epoch.
+    #[getter]
+    fn due_ms(&self) -> u64 {
+        self.0.due_ms
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Timer execution_id={:?} name={:?} due_ms={}>",
+            self.0.execution_id, self.0.name, self.0.due_ms
+        )
+    }
+}
+
+/// One result per op: `None` (created, or unknown execution), the existing `Execution` (a
+/// start that found it), a bool, or, in the place of an op the store refused, its
+/// `InvalidArgumentError` (not raised: the other ops were applied).
+struct Written(Vec<store::OpResult>);
+
+/// One op's result, as [`Written`] gives it.
+struct Answered(store::OpResult);
+
+impl<'py> IntoPyObject<'py> for Answered {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        match self.0 {
+            store::OpResult::Created | store::OpResult::UnknownExecution => {
+                Ok(py.None().into_bound(py))
+            }
+            store::OpResult::Existing(execution) => {
+                Ok(Bound::new(py, PyExecution(execution))?.into_any())
+            }
+            store::OpResult::Done(done) => Ok(PyBool::new(py, done).to_owned().into_any()),
+            store::OpResult::Refused(why) => Ok(InvalidArgumentError::new_err(why)
+                .into_value(py)
+                .into_bound(py)
+                .into_any()),
+        }
+    }
+}
+
+impl<'py> IntoPyObject<'py> for Written {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        PyList::new(py, self.0.into_iter().map(Answered))
+    }
+}
+
+fn snapshots(found: Vec<Option<store::Snapshot>>) -> Vec<Option<PySnapshot>> {
+    found.into_iter().map(|s| s.map(PySnapshot)).collect()
+}
+
+fn executions(found: Vec<Option<store::Execution>>) -> Vec<Option<PyExecution>> {
+    found.into_iter().map(|e| e.map(PyExecution)).collect()
+}
+
+fn timers((timers, next): (Vec<store::Timer>, Option<u64>)) -> (Vec<PyTimer>, Option<u64>) {
+    (timers.into_iter().map(PyTimer).collect(), next)
+}
+
+/// Reads a batch of ops: an iterable of `Op`.
+fn extract_ops(ops: &Bound<'_, PyAny>) -> PyResult<Vec<store::Op>> {
+    if ops.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "ops must be an iterable of Op, not a single str",
+        ));
+    }
+    let py = ops.py();
+    let mut batch = Vec::with_capacity(capacity_hint(ops));
+    let op = |index: usize, item: &Bound<'_, PyAny>| -> PyResult<store::Op> {
+        let op = item.cast::<PyOp>().map_err(|_| {
+            let found = item
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".to_owned(), |name| name.to_string());
+            at_item(
+                py,
+                PyTypeError::new_err(format!("expected an Op, got {found}")),
+                "ops",
+                index,
+            )
+        })?;
+        Ok(op.get().op.clone())
+    };
+    // The journal hands over a tuple or a list: read without the iterator protocol.
+    if let Ok(tuple) = ops.cast::<PyTuple>() {
+        for (index, item) in tuple.iter().enumerate() {
+            batch.push(op(index, &item)?);
+        }
+    } else if let Ok(list) = ops.cast::<PyList>() {
+        for (index, item) in list.iter().enumerate() {
+            batch.push(op(index, &item)?);
+        }
+    } else {
+        for (index, item) in ops.try_iter()?.enumerate() {
+            batch.push(op(index, &item?)?);
+        }
+    }
+    Ok(batch)
+}
+
+/// Reads a batch of execution ids: an iterable of str (a single str is refused).
+fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    not_a_single_str(ids, "ids")?;
+    let py = ids.py();
+    let mut out = Vec::with_capacity(capacity_hint(ids));
+    for (index, id) in ids.try_iter()?.enumerate() {
+        let id: Text = id
+            .and_then(|id| id.extract())
+            .map_err(|err| at_item(py, err, "ids", index))?;
+        out.push(id.to_owned());
+    }
+    Ok(out)
+}
+
+/// Executions, their journals, deferred results and timers: in this process
+/// (`Store.memory()`), or in SQLite or PostgreSQL (`Store.open(bridge, url)`).
+#[pyclass(module = "plait._native", name = "Store", frozen)]
+pub struct PyStore {
+    store: Arc<dyn store::Store>,
+    /// For a SQL store: its URL (password masked) and table prefix.
+    place: Option<(String, String)>,
+    /// For a SQL store: the process generation it was opened in. Its tasks run on that
+    /// process's runtime, which a forked child does not have.
+    born: Option<u64>,
+}
+
+impl Drop for PyStore {
+    fn drop(&mut self) {
+        let Some(born) = self.born else { return };
+        if runtime::check_not_forked(born, "Store").is_err() {
+            // The parent's runtime has no threads here, and its locks may be held forever:
+            // leak the store rather than touch them.
+            std::mem::forget(Arc::clone(&self.store));
+            return;
+        }
+        // Dropping the last handle lets the writer finish what is queued and release the
+        // engine lock; anything dropped here that wants the runtime finds it.
+        let _runtime = runtime::runtime().enter();
+        let store = Arc::clone(&self.store);
+        drop(store);
+    }
+}
+
+impl PyStore {
+    fn store(&self) -> PyResult<Arc<dyn store::Store>> {
+        if let Some(born) = self.born {
+            runtime::check_not_forked(born, "Store")?;
+        }
+        Ok(Arc::clone(&self.store))
+    }
+
+    /// The store, for a synchronous call: only an immediate store answers one.
+    fn immediate_store(&self, call: &str) -> PyResult<&dyn store::Store> {
+        if self.store.immediate() {
+            return Ok(&*self.store);
+        }
+        Err(StoreError::new_err(format!(
+            "the store at {} answers later: await {call}(bridge, ...) instead of {call}_now",
+            self.url().unwrap_or("?")
+        )))
+    }
+
+    fn url(&self) -> Option<&str> {
+        self.place.as_ref().map(|(url, _)| url.as_str())
+    }
+}
+
+/// The answer of an immediate store.
+fn now<T>(answer: Answer<'_, T>) -> PyResult<T> {
+    match answer.now_or_never() {
+        Some(result) => Ok(result?),
+        None => Err(StoreError::new_err(
+            "an immediate store did not answer at once",
+        )),
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    /// A store in this process: nothing survives it. It answers every call at once.
+    #[staticmethod]
+    fn memory() -> Self {
+        Self {
+            store: Arc::new(MemoryStore::default()),
+            place: None,
+            born: None,
+        }
+    }
+
+    /// Opens (creating, migrating and locking) the store at `url`; resolves to a `Store`.
+    #[staticmethod]
+    #[pyo3(signature = (bridge, url, prefix = "plait_", durability = "full", lease_ttl_ms = None))]
+    fn open(
+        bridge: &AsyncBridge,
+        url: Text,
+        prefix: &str,
+        durability: &str,
+        lease_ttl_ms: Option<Int<u64>>,
+    ) -> PyResult<u64> {
+        let mut config = sql::Config::new(&url, prefix, durability)?;
+        if let Some(Int(ttl_ms)) = lease_ttl_ms {
+            config =
+                config.with_lease_times(sql::LeaseTimes::for_ttl(Duration::from_millis(ttl_ms)))?;
+        }
+        bridge.spawn(async move {
+            let store = sql::SqlStore::open(&config).await?;
+            let place = (store.url().to_owned(), store.prefix().to_owned());
+            Ok(PyStore {
+                store: Arc::new(store),
+                place: Some(place),
+                born: Some(runtime::generation()),
+            })
+        })
+    }
+
+    /// Whether the store answers every call at once (the memory store).
+    #[getter]
+    fn immediate(&self) -> bool {
+        self.store.immediate()
+    }
+
+    /// Queues `ops` now; resolves to one result per op once they are durable.
+    fn write(&self, bridge: &AsyncBridge, ops: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let store = self.store()?;
+        let written = store.write(extract_ops(ops)?)?;
+        bridge.spawn(async move { Ok(Written(written.await?)) })
+    }
+
+    /// Applies `ops` at once and returns one result per op: an immediate store only.
+    fn write_now(&self, ops: &Bound<'_, PyAny>) -> PyResult<Written> {
+        let store = self.immediate_store("write")?;
+        match store.write_now(extract_ops(ops)?) {
+            Some(results) => Ok(Written(results)),
+            None => Err(StoreError::new_err(
+                "an immediate store did not answer at once",
+            )),
+        }
+    }
+
+    /// Resolves to one snapshot or None per id, in order.
+    fn snapshots(&self, bridge: &AsyncBridge, ids: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let store = self.store()?;
+        let ids = extract_ids(ids)?;
+        bridge.spawn(async move { Ok(snapshots(store.snapshots(&ids).await?)) })
+    }
+
+    /// One snapshot or None per id, in order, at once: an immediate store only.
+    fn snapshots_now(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Option<PySnapshot>>> {
+        let store = self.immediate_store("snapshots")?;
+        let ids = extract_ids(ids)?;
+        Ok(snapshots(now(store.snapshots(&ids))?))
+    }
+
+    /// Resolves to one execution record or None per id, in order.
+    fn executions(&self, bridge: &AsyncBridge, ids: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let store = self.store()?;
+        let ids = extract_ids(ids)?;
+        bridge.spawn(async move { Ok(executions(store.executions(&ids).await?)) })
+    }
+
+    /// One execution record or None per id, in order, at once: an immediate store only.
+    fn executions_now(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Option<PyExecution>>> {
+        let store = self.immediate_store("executions")?;
+        let ids = extract_ids(ids)?;
+        Ok(executions(now(store.executions(&ids))?))
+    }
+
+    /// Resolves to `([Timer], next_due)`: the timers due in `(after_ms, until_ms]`.
     fn timers_between(
+        &self,
+        bridge: &AsyncBridge,
+        after_ms: Int<i64>,
+        until_ms: Int<i64>,
+    ) -> PyResult<u64> {
+        let store = self.store()?;
+        let (Int(after_ms), Int(until_ms)) = (after_ms, until_ms);
+        bridge.spawn(async move { Ok(timers(store.timers_between(after_ms, until_ms).await?)) })
+    }
+
+    /// `([Timer], next_due)` at once: an immediate store only.
+    fn timers_between_now(
         &self,
         after_ms: Int<i64>,
         until_ms: Int<i64>,
-    ) -> (Vec<(String, String, u64)>, Option<u64>) {
-        let (timers, next) = self.store.timers_between(after_ms.0, until_ms.0);
-        let timers = timers
-            .into_iter()
-            .map(|t| (t.execution_id, t.name, t.due_ms))
-            .collect();
-        (timers, next)
+    ) -> PyResult<(Vec<PyTimer>, Option<u64>)> {
+        let store = self.immediate_store("timers_between")?;
+        Ok(timers(now(store.timers_between(after_ms.0, until_ms.0))?))
     }
 
-    /// Ids of the executions with `status`.
-    fn with_status(&self, status: &str) -> PyResult<Vec<String>> {
-        Ok(self.store.with_status(Status::parse(status)?))
+    /// Resolves to the ids of the executions with `status`.
+    fn with_status(&self, bridge: &AsyncBridge, status: &str) -> PyResult<u64> {
+        let store = self.store()?;
+        let status = Status::parse(status)?;
+        bridge.spawn(async move { Ok(store.with_status(status).await?) })
     }
 
-    fn __len__(&self) -> usize {
-        self.store.len()
+    /// The ids of the executions with `status`, at once: an immediate store only.
+    fn with_status_now(&self, status: &str) -> PyResult<Vec<String>> {
+        let store = self.immediate_store("with_status")?;
+        now(store.with_status(Status::parse(status)?))
+    }
+
+    /// Resolves to why the store lost its lease (another engine took the database over), or to
+    /// None once the store closes; at once to None for a store without a lease.
+    fn lost(&self, bridge: &AsyncBridge) -> PyResult<u64> {
+        let store = self.store()?;
+        bridge.spawn(async move { Ok(store.lost().await) })
+    }
+
+    /// Commits what is queued, releases the engine lock and the connections; resolves to None.
+    fn close(&self, bridge: &AsyncBridge) -> PyResult<u64> {
+        let store = self.store()?;
+        bridge.spawn(async move {
+            store.close().await;
+            Ok(())
+        })
+    }
+
+    /// A SQL store's URL, with any password replaced by `***`; None for the memory store.
+    #[getter(url)]
+    fn get_url(&self) -> Option<&str> {
+        self.url()
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.place {
+            Some((url, prefix)) => format!("<Store {url} prefix={prefix:?}>"),
+            None => "<Store memory>".to_owned(),
+        }
     }
 }

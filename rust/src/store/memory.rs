@@ -1,23 +1,27 @@
 //! The in-process store: the journal of every execution in hash maps behind one lock.
 //!
-//! Nothing survives the process; it backs `Engine.memory()` and the tests.
+//! Nothing survives the process; it backs `Engine.memory()` and the tests. It is the immediate
+//! store of the contract: a write is applied when called, and every answer is ready at once.
 
 use std::{
-    collections::BTreeSet,
+    collections::{hash_map, BTreeSet},
+    future::ready,
     ops::Bound,
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{Entry, Execution, Snapshot, Status, StoreError, Timer};
+use super::{
+    Answer, Deferred, Entry, Execution, Op, OpResult, Pending, Refusals, Snapshot, Status, Store,
+    StoreError, Timer,
+};
 
-#[derive(Default)]
 struct Journal {
-    execution: Option<Execution>,
+    execution: Execution,
     entries: Vec<Entry>,
     keys: FxHashSet<String>,
-    deferreds: Vec<(String, Vec<u8>)>,
+    deferreds: Vec<Deferred>,
     deferred_names: FxHashSet<String>,
 }
 
@@ -31,19 +35,124 @@ struct Inner {
 }
 
 impl Inner {
-    /// The journal of a known execution.
-    fn journal_mut(&mut self, id: &str) -> Result<&mut Journal, StoreError> {
-        self.journals
-            .get_mut(id)
-            .filter(|j| j.execution.is_some())
-            .ok_or_else(|| StoreError::UnknownExecution(id.to_owned()))
+    /// Applies one op (already checked), as [`Op`] documents it.
+    fn apply(&mut self, op: Op) -> OpResult {
+        match op {
+            Op::Start {
+                id,
+                workflow,
+                payload,
+                parent,
+            } => match self.journals.entry(id) {
+                hash_map::Entry::Occupied(found) => {
+                    OpResult::Existing(found.get().execution.clone())
+                }
+                hash_map::Entry::Vacant(place) => {
+                    place.insert(Journal {
+                        execution: Execution {
+                            workflow,
+                            payload,
+                            parent,
+                            status: Status::Running,
+                            result: None,
+                            interrupted: false,
+                        },
+                        entries: Vec::new(),
+                        keys: FxHashSet::default(),
+                        deferreds: Vec::new(),
+                        deferred_names: FxHashSet::default(),
+                    });
+                    OpResult::Created
+                }
+            },
+            Op::Append { id, entry } => {
+                let Some(journal) = self.journals.get_mut(&id) else {
+                    return OpResult::Done(false);
+                };
+                let fresh = journal.keys.insert(entry.key.clone());
+                if fresh {
+                    journal.entries.push(entry);
+                }
+                OpResult::Done(fresh)
+            }
+            Op::Deferred { id, name, value } => {
+                let Some(journal) = self.journals.get_mut(&id) else {
+                    return OpResult::UnknownExecution;
+                };
+                if !journal.deferred_names.insert(name.clone()) {
+                    return OpResult::Done(false);
+                }
+                journal.deferreds.push(Deferred { name, value });
+                OpResult::Done(true)
+            }
+            Op::Status { id, status, result } => {
+                let Some(journal) = self.journals.get_mut(&id) else {
+                    return OpResult::Done(false);
+                };
+                let execution = &mut journal.execution;
+                if execution.status == Status::Complete {
+                    return OpResult::Done(false);
+                }
+                execution.status = status;
+                execution.result = result;
+                if status == Status::Complete {
+                    self.drop_timers(&id);
+                }
+                OpResult::Done(true)
+            }
+            Op::Interrupt { id } => {
+                let Some(journal) = self.journals.get_mut(&id) else {
+                    return OpResult::UnknownExecution;
+                };
+                if journal.execution.status == Status::Complete {
+                    return OpResult::Done(false);
+                }
+                journal.execution.interrupted = true;
+                OpResult::Done(true)
+            }
+            Op::Timer(timer) => {
+                if !self.journals.contains_key(&timer.execution_id) {
+                    return OpResult::Done(false);
+                }
+                let key = (timer.execution_id, timer.name);
+                if self.timers.contains_key(&key) {
+                    return OpResult::Done(false);
+                }
+                self.by_due
+                    .insert((timer.due_ms, key.0.clone(), key.1.clone()));
+                self.timers.insert(key, timer.due_ms);
+                OpResult::Done(true)
+            }
+            Op::Untimer { execution_id, name } => {
+                let key = (execution_id, name);
+                let Some(due) = self.timers.remove(&key) else {
+                    return OpResult::Done(false);
+                };
+                self.by_due.remove(&(due, key.0, key.1));
+                OpResult::Done(true)
+            }
+        }
     }
 
-    fn execution_mut(&mut self, id: &str) -> Result<&mut Execution, StoreError> {
-        self.journal_mut(id)?
-            .execution
-            .as_mut()
-            .ok_or_else(|| StoreError::UnknownExecution(id.to_owned()))
+    /// Forgets the timers of execution `id` (it completed).
+    fn drop_timers(&mut self, id: &str) {
+        let Inner { timers, by_due, .. } = self;
+        timers.retain(|(execution_id, name), due| {
+            let keep = execution_id != id;
+            if !keep {
+                by_due.remove(&(*due, execution_id.clone(), name.clone()));
+            }
+            keep
+        });
+    }
+
+    fn snapshot(&self, id: &str) -> Option<Snapshot> {
+        let journal = self.journals.get(id)?;
+        Some(Snapshot {
+            execution: journal.execution.clone(),
+            entries: journal.entries.clone(),
+            deferreds: journal.deferreds.clone(),
+        })
     }
 }
 
@@ -53,13 +162,14 @@ impl Inner {
 /// never replaced, so a late duplicate cannot change what a replay sees.
 ///
 /// ```
-/// use _native::store::{memory::MemoryStore, Entry, Status};
+/// use _native::store::{memory::MemoryStore, Entry, Op, OpResult, Status};
 ///
 /// let store = MemoryStore::default();
-/// assert!(store.start("e1", "Greet", b"{}".to_vec(), None).is_none());
+/// let start = Op::Start { id: "e1".into(), workflow: "Greet".into(), payload: b"{}".to_vec(), parent: None };
 /// let step = Entry { key: "Hello/1".into(), seq: 0, value: b"1".to_vec() };
-/// assert_eq!(store.append(vec![("e1".into(), step)]), Ok(vec![true]));
-/// store.set_status("e1", Status::Complete, Some(b"2".to_vec())).unwrap();
+/// let done = Op::Status { id: "e1".into(), status: Status::Complete, result: Some(b"2".to_vec()) };
+/// let results = store.apply(vec![start, Op::Append { id: "e1".into(), entry: step }, done]);
+/// assert_eq!(results, [OpResult::Created, OpResult::Done(true), OpResult::Done(true)]);
 /// assert_eq!(store.execution("e1").unwrap().status, Status::Complete);
 /// ```
 #[derive(Default)]
@@ -73,175 +183,23 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a new running execution, unless `id` exists.
-    ///
-    /// Returns `None` when it was created, or the existing execution (unchanged).
-    pub fn start(
-        &self,
-        id: &str,
-        workflow: &str,
-        payload: Vec<u8>,
-        parent: Option<String>,
-    ) -> Option<Execution> {
+    /// Applies `ops` in order, at once, and answers each (see [`Store::write`]).
+    pub fn apply(&self, mut ops: Vec<Op>) -> Vec<OpResult> {
+        let refusals = Refusals::take(&mut ops);
         let mut inner = self.lock();
-        let journal = inner.journals.entry(id.to_owned()).or_default();
-        if let Some(existing) = &journal.execution {
-            return Some(existing.clone());
-        }
-        journal.execution = Some(Execution {
-            workflow: workflow.to_owned(),
-            payload,
-            parent,
-            status: Status::Running,
-            result: None,
-            interrupted: false,
-        });
-        None
+        let results = ops.into_iter().map(|op| inner.apply(op)).collect();
+        drop(inner);
+        refusals.answer(results)
     }
 
     /// The execution `id`, if the store holds it.
     pub fn execution(&self, id: &str) -> Option<Execution> {
-        self.lock()
-            .journals
-            .get(id)
-            .and_then(|j| j.execution.clone())
+        self.lock().journals.get(id).map(|j| j.execution.clone())
     }
 
     /// The execution with its whole journal and deferred results, in one read.
     pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
-        let inner = self.lock();
-        let journal = inner.journals.get(id)?;
-        Some(Snapshot {
-            execution: journal.execution.clone()?,
-            entries: journal.entries.clone(),
-            deferreds: journal.deferreds.clone(),
-        })
-    }
-
-    /// Appends step results of any executions, all or nothing.
-    ///
-    /// Returns, per entry, whether it was stored (`false`: that key already had a result).
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownExecution`] if any entry names an unknown execution; then nothing
-    /// is stored.
-    pub fn append(&self, entries: Vec<(String, Entry)>) -> Result<Vec<bool>, StoreError> {
-        let mut inner = self.lock();
-        if let Some((id, _)) = entries.iter().find(|(id, _)| {
-            inner
-                .journals
-                .get(id.as_str())
-                .is_none_or(|j| j.execution.is_none())
-        }) {
-            return Err(StoreError::UnknownExecution(id.clone()));
-        }
-        let mut stored = Vec::with_capacity(entries.len());
-        for (id, entry) in entries {
-            let journal = inner.journal_mut(&id)?;
-            let fresh = journal.keys.insert(entry.key.clone());
-            if fresh {
-                journal.entries.push(entry);
-            }
-            stored.push(fresh);
-        }
-        Ok(stored)
-    }
-
-    /// Stores the result of deferred `name` of execution `id`, unless it has one.
-    ///
-    /// Returns whether it was stored.
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownExecution`] if the store does not hold `id`.
-    pub fn complete_deferred(
-        &self,
-        id: &str,
-        name: &str,
-        value: Vec<u8>,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let journal = inner.journal_mut(id)?;
-        if !journal.deferred_names.insert(name.to_owned()) {
-            return Ok(false);
-        }
-        journal.deferreds.push((name.to_owned(), value));
-        Ok(true)
-    }
-
-    /// Moves execution `id` to `status` with `result`.
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownExecution`], or [`StoreError::AlreadyComplete`] if it had
-    /// completed: a final result is never replaced.
-    pub fn set_status(
-        &self,
-        id: &str,
-        status: Status,
-        result: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let execution = inner.execution_mut(id)?;
-        if execution.status == Status::Complete {
-            return Err(StoreError::AlreadyComplete(id.to_owned()));
-        }
-        execution.status = status;
-        execution.result = result;
-        if status == Status::Complete {
-            let Inner { timers, by_due, .. } = &mut *inner;
-            timers.retain(|(execution_id, name), due| {
-                let keep = execution_id != id;
-                if !keep {
-                    by_due.remove(&(*due, execution_id.clone(), name.clone()));
-                }
-                keep
-            });
-        }
-        Ok(())
-    }
-
-    /// Records an interrupt request. Returns `false` if the execution had already completed.
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownExecution`] if the store does not hold `id`.
-    pub fn interrupt(&self, id: &str) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let execution = inner.execution_mut(id)?;
-        if execution.status == Status::Complete {
-            return Ok(false);
-        }
-        execution.interrupted = true;
-        Ok(true)
-    }
-
-    /// Stores a durable timer unless one with the same execution and name exists.
-    ///
-    /// Returns whether it was stored.
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownExecution`] if the store does not hold the timer's execution.
-    pub fn schedule_timer(&self, timer: Timer) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        inner.execution_mut(&timer.execution_id)?;
-        let key = (timer.execution_id, timer.name);
-        if inner.timers.contains_key(&key) {
-            return Ok(false);
-        }
-        inner
-            .by_due
-            .insert((timer.due_ms, key.0.clone(), key.1.clone()));
-        inner.timers.insert(key, timer.due_ms);
-        Ok(true)
-    }
-
-    /// Forgets a timer (it fired). Returns whether it was stored.
-    pub fn remove_timer(&self, execution_id: &str, name: &str) -> bool {
-        let mut inner = self.lock();
-        let key = (execution_id.to_owned(), name.to_owned());
-        let Some(due) = inner.timers.remove(&key) else {
-            return false;
-        };
-        inner.by_due.remove(&(due, key.0, key.1));
-        true
+        self.lock().snapshot(id)
     }
 
     /// Every stored timer, earliest first (then by execution id and name).
@@ -249,9 +207,7 @@ impl MemoryStore {
         self.lock().by_due.iter().map(timer).collect()
     }
 
-    /// The timers due in `(after_ms, until_ms]`, earliest first (then by execution id and name),
-    /// and when the first timer after `until_ms` is due (`None`: there is none). An `after_ms`
-    /// below 0 takes every timer due up to `until_ms`.
+    /// See [`Store::timers_between`].
     pub fn timers_between(&self, after_ms: i64, until_ms: i64) -> (Vec<Timer>, Option<u64>) {
         let inner = self.lock();
         // Due instants are unsigned: the bounds as the first due instant in and the first out.
@@ -284,23 +240,71 @@ impl MemoryStore {
         self.lock()
             .journals
             .iter()
-            .filter(|(_, j)| j.execution.as_ref().is_some_and(|e| e.status == status))
+            .filter(|(_, j)| j.execution.status == status)
             .map(|(id, _)| id.clone())
             .collect()
     }
 
     /// How many executions the store holds.
     pub fn len(&self) -> usize {
-        self.lock()
-            .journals
-            .values()
-            .filter(|j| j.execution.is_some())
-            .count()
+        self.lock().journals.len()
     }
 
     /// Whether the store holds no execution.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Store for MemoryStore {
+    fn immediate(&self) -> bool {
+        true
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<Answer<'static, Vec<OpResult>>, StoreError> {
+        Ok(Box::pin(ready(Ok(self.apply(ops)))))
+    }
+
+    fn write_now(&self, ops: Vec<Op>) -> Option<Vec<OpResult>> {
+        Some(self.apply(ops))
+    }
+
+    fn snapshots<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Snapshot>>> {
+        let inner = self.lock();
+        let found = ids.iter().map(|id| inner.snapshot(id)).collect();
+        Box::pin(ready(Ok(found)))
+    }
+
+    fn executions<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Execution>>> {
+        let inner = self.lock();
+        let found = ids
+            .iter()
+            .map(|id| inner.journals.get(id).map(|j| j.execution.clone()))
+            .collect();
+        Box::pin(ready(Ok(found)))
+    }
+
+    fn timers_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Answer<'_, (Vec<Timer>, Option<u64>)> {
+        Box::pin(ready(Ok(MemoryStore::timers_between(
+            self, after_ms, until_ms,
+        ))))
+    }
+
+    fn with_status(&self, status: Status) -> Answer<'_, Vec<String>> {
+        Box::pin(ready(Ok(MemoryStore::with_status(self, status))))
+    }
+
+    fn lost(&self) -> Pending<'_, Option<String>> {
+        Box::pin(ready(None))
+    }
+
+    fn close(&self) -> Pending<'_, ()> {
+        // Nothing to release: the records stay for the next engine on this store.
+        Box::pin(ready(()))
     }
 }
 
@@ -325,13 +329,64 @@ mod tests {
         }
     }
 
+    fn start(id: &str, workflow: &str, payload: &[u8], parent: Option<&str>) -> Op {
+        Op::Start {
+            id: id.into(),
+            workflow: workflow.into(),
+            payload: payload.to_vec(),
+            parent: parent.map(Into::into),
+        }
+    }
+
+    fn append(id: &str, entry: Entry) -> Op {
+        Op::Append {
+            id: id.into(),
+            entry,
+        }
+    }
+
+    fn deferred(id: &str, name: &str, value: &[u8]) -> Op {
+        Op::Deferred {
+            id: id.into(),
+            name: name.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn status(id: &str, status: Status, result: Option<&[u8]>) -> Op {
+        Op::Status {
+            id: id.into(),
+            status,
+            result: result.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn timer(id: &str, name: &str, due_ms: u64) -> Op {
+        Op::Timer(Timer {
+            execution_id: id.into(),
+            name: name.into(),
+            due_ms,
+        })
+    }
+
+    fn untimer(id: &str, name: &str) -> Op {
+        Op::Untimer {
+            execution_id: id.into(),
+            name: name.into(),
+        }
+    }
+
+    fn one(store: &MemoryStore, op: Op) -> OpResult {
+        store.apply(vec![op]).remove(0)
+    }
+
     #[test]
     fn start_creates_once_and_returns_the_existing_execution() {
         let store = MemoryStore::default();
-        assert!(store.start("e", "W", b"1".to_vec(), None).is_none());
-        let existing = store
-            .start("e", "Other", b"2".to_vec(), Some("p".into()))
-            .unwrap();
+        assert_eq!(one(&store, start("e", "W", b"1", None)), OpResult::Created);
+        let OpResult::Existing(existing) = one(&store, start("e", "Other", b"2", Some("p"))) else {
+            panic!("a second start returns the execution");
+        };
         assert_eq!(existing.workflow, "W");
         assert_eq!(existing.payload, b"1");
         assert_eq!(existing.parent, None);
@@ -342,110 +397,164 @@ mod tests {
     #[test]
     fn first_step_result_wins_and_snapshot_keeps_write_order() {
         let store = MemoryStore::default();
-        store.start("e", "W", vec![], None);
-        let stored = store
-            .append(vec![
-                ("e".into(), entry("b/1", 1, b"B")),
-                ("e".into(), entry("a/1", 0, b"A")),
-                ("e".into(), entry("b/1", 1, b"late")),
-            ])
-            .unwrap();
-        assert_eq!(stored, vec![true, true, false]);
+        let results = store.apply(vec![
+            start("e", "W", b"", None),
+            append("e", entry("b/1", 1, b"B")),
+            append("e", entry("a/1", 0, b"A")),
+            append("e", entry("b/1", 1, b"late")),
+            append("missing", entry("a/1", 0, b"A")),
+        ]);
+        assert_eq!(
+            results[1..],
+            [
+                OpResult::Done(true),
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::Done(false)
+            ]
+        );
         let snapshot = store.snapshot("e").unwrap();
         assert_eq!(
             snapshot.entries,
             vec![entry("b/1", 1, b"B"), entry("a/1", 0, b"A")]
         );
-    }
-
-    #[test]
-    fn a_batch_naming_an_unknown_execution_stores_nothing() {
-        let store = MemoryStore::default();
-        store.start("e", "W", vec![], None);
-        let err = store
-            .append(vec![
-                ("e".into(), entry("a/1", 0, b"A")),
-                ("missing".into(), entry("a/1", 0, b"A")),
-            ])
-            .unwrap_err();
-        assert_eq!(err, StoreError::UnknownExecution("missing".into()));
-        assert!(store.snapshot("e").unwrap().entries.is_empty());
         assert!(store.snapshot("missing").is_none());
     }
 
     #[test]
     fn first_deferred_result_wins() {
         let store = MemoryStore::default();
-        store.start("e", "W", vec![], None);
-        assert_eq!(store.complete_deferred("e", "d", b"1".to_vec()), Ok(true));
-        assert_eq!(store.complete_deferred("e", "d", b"2".to_vec()), Ok(false));
+        let results = store.apply(vec![
+            start("e", "W", b"", None),
+            deferred("e", "d", b"1"),
+            deferred("e", "d", b"2"),
+            deferred("x", "d", b""),
+        ]);
         assert_eq!(
-            store.snapshot("e").unwrap().deferreds,
-            vec![("d".to_owned(), b"1".to_vec())]
+            results[1..],
+            [
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::UnknownExecution
+            ]
         );
         assert_eq!(
-            store.complete_deferred("x", "d", vec![]),
-            Err(StoreError::UnknownExecution("x".into()))
+            store.snapshot("e").unwrap().deferreds,
+            vec![Deferred {
+                name: "d".into(),
+                value: b"1".to_vec()
+            }]
         );
     }
 
     #[test]
     fn a_complete_result_is_final_and_drops_its_timers() {
         let store = MemoryStore::default();
-        store.start("e", "W", vec![], None);
-        let timer = Timer {
-            execution_id: "e".into(),
-            name: "DurableClock/t".into(),
-            due_ms: 5,
-        };
-        assert_eq!(store.schedule_timer(timer.clone()), Ok(true));
-        assert_eq!(store.schedule_timer(timer), Ok(false));
-        store.set_status("e", Status::Suspended, None).unwrap();
-        assert_eq!(store.with_status(Status::Suspended), vec!["e".to_owned()]);
-        store
-            .set_status("e", Status::Complete, Some(b"r".to_vec()))
-            .unwrap();
-        assert!(store.timers().is_empty());
+        let results = store.apply(vec![
+            start("e", "W", b"", None),
+            timer("e", "DurableClock/t", 5),
+            timer("e", "DurableClock/t", 5),
+            status("e", Status::Suspended, None),
+        ]);
         assert_eq!(
-            store.set_status("e", Status::Running, None),
-            Err(StoreError::AlreadyComplete("e".into()))
+            results[1..],
+            [
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::Done(true)
+            ]
         );
-        assert_eq!(store.interrupt("e"), Ok(false));
+        assert_eq!(store.with_status(Status::Suspended), vec!["e".to_owned()]);
+        let results = store.apply(vec![
+            status("e", Status::Complete, Some(b"r")),
+            status("e", Status::Running, None),
+            Op::Interrupt { id: "e".into() },
+            status("x", Status::Running, None),
+        ]);
+        assert_eq!(
+            results,
+            [
+                OpResult::Done(true),
+                OpResult::Done(false),
+                OpResult::Done(false),
+                OpResult::Done(false)
+            ]
+        );
+        assert!(store.timers().is_empty());
         assert_eq!(store.execution("e").unwrap().result, Some(b"r".to_vec()));
     }
 
     #[test]
     fn timers_come_out_earliest_first_and_are_removed_once() {
         let store = MemoryStore::default();
-        store.start("a", "W", vec![], None);
-        store.start("b", "W", vec![], None);
+        let mut ops = vec![start("a", "W", b"", None), start("b", "W", b"", None)];
         for (id, due) in [("a", 30), ("b", 10), ("a", 20)] {
-            let name = format!("t{due}");
-            store
-                .schedule_timer(Timer {
-                    execution_id: id.into(),
-                    name,
-                    due_ms: due,
-                })
-                .unwrap();
+            ops.push(timer(id, &format!("t{due}"), due));
         }
+        ops.push(timer("unknown", "t", 1));
+        let results = store.apply(ops);
+        assert_eq!(results.last(), Some(&OpResult::Done(false)));
         let dues: Vec<u64> = store.timers().iter().map(|t| t.due_ms).collect();
         assert_eq!(dues, vec![10, 20, 30]);
-        assert!(store.remove_timer("b", "t10"));
-        assert!(!store.remove_timer("b", "t10"));
+        assert_eq!(
+            store.apply(vec![untimer("b", "t10"), untimer("b", "t10")]),
+            [OpResult::Done(true), OpResult::Done(false)]
+        );
         assert_eq!(store.timers().len(), 2);
     }
 
     #[test]
     fn interrupt_sets_the_flag_until_completion() {
         let store = MemoryStore::default();
-        store.start("e", "W", vec![], None);
-        assert_eq!(store.interrupt("e"), Ok(true));
+        one(&store, start("e", "W", b"", None));
+        assert_eq!(
+            one(&store, Op::Interrupt { id: "e".into() }),
+            OpResult::Done(true)
+        );
         assert!(store.execution("e").unwrap().interrupted);
         assert_eq!(
-            store.interrupt("nope"),
-            Err(StoreError::UnknownExecution("nope".into()))
+            one(&store, Op::Interrupt { id: "nope".into() }),
+            OpResult::UnknownExecution
         );
+    }
+
+    #[test]
+    fn an_op_no_store_could_keep_is_refused_alone() {
+        let store = MemoryStore::default();
+        let results = store.apply(vec![
+            start("e", "W", b"", None),
+            deferred("e", "bad\0name", b""),
+            deferred("e", "good", b""),
+        ]);
+        assert_eq!(results[0], OpResult::Created);
+        assert!(matches!(&results[1], OpResult::Refused(why) if why.starts_with("ops[1]: name")));
+        assert_eq!(results[2], OpResult::Done(true));
+        assert_eq!(store.snapshot("e").unwrap().deferreds.len(), 1);
+    }
+
+    #[test]
+    fn every_answer_is_ready_at_once() {
+        use std::task::{Context, Poll, Waker};
+
+        let store = MemoryStore::default();
+        let mut context = Context::from_waker(Waker::noop());
+        let mut written = Store::write(&store, vec![start("e", "W", b"", None)]).unwrap();
+        assert_eq!(
+            written.as_mut().poll(&mut context),
+            Poll::Ready(Ok(vec![OpResult::Created]))
+        );
+        let ids = ["e".to_owned(), "x".to_owned()];
+        let Poll::Ready(Ok(found)) = store.snapshots(&ids).as_mut().poll(&mut context) else {
+            panic!("not ready");
+        };
+        assert_eq!(found[0].as_ref().unwrap().execution.workflow, "W");
+        assert_eq!(found[1], None);
+        assert!(store.immediate());
+        assert_eq!(
+            store.write_now(vec![Op::Interrupt { id: "e".into() }]),
+            Some(vec![OpResult::Done(true)])
+        );
+        assert_eq!(store.lost().as_mut().poll(&mut context), Poll::Ready(None));
     }
 
     #[test]
@@ -462,22 +571,16 @@ mod tests {
     #[test]
     fn timers_between_takes_a_range_of_due_instants() {
         let store = MemoryStore::default();
-        store.start("a", "W", vec![], None);
-        store.start("b", "W", vec![], None);
+        let mut ops = vec![start("a", "W", b"", None), start("b", "W", b"", None)];
         for (id, name, due) in [
             ("b", "t", 20),
             ("a", "t", 10),
             ("a", "u", 20),
             ("a", "v", 30),
         ] {
-            store
-                .schedule_timer(Timer {
-                    execution_id: id.into(),
-                    name: name.into(),
-                    due_ms: due,
-                })
-                .unwrap();
+            ops.push(timer(id, name, due));
         }
+        store.apply(ops);
         let between = |after, until| {
             let (timers, next) = store.timers_between(after, until);
             let timers: Vec<(String, String, u64)> = timers
@@ -500,8 +603,7 @@ mod tests {
         assert_eq!(between(i64::MIN, -5), (vec![], Some(10)));
         assert_eq!(store.timers().len(), 4);
         // Timers that go, go from the ranges too.
-        assert!(store.remove_timer("a", "t"));
-        store.set_status("b", Status::Complete, None).unwrap();
+        store.apply(vec![untimer("a", "t"), status("b", Status::Complete, None)]);
         assert_eq!(
             between(-1, 100),
             (vec![t("a", "u", 20), t("a", "v", 30)], None)

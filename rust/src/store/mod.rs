@@ -2,13 +2,20 @@
 //! durable timers.
 //!
 //! Values are opaque bytes (JSON written by the Python side); the store never decodes them.
-//! [`memory::MemoryStore`] keeps everything in process; [`sql::SqlStore`] keeps the same records,
-//! with the same semantics, in SQLite or PostgreSQL.
+//! [`Store`] is the contract every backend keeps: [`memory::MemoryStore`] in process,
+//! [`sql::SqlStore`] in SQLite or PostgreSQL. Writes are batches of [`Op`]s, each answered by
+//! an [`OpResult`]; reads come in batches too.
 
 pub mod memory;
+mod op;
 pub mod sql;
 
+use std::{future::Future, pin::Pin};
+
 use thiserror::Error;
+
+pub(crate) use op::Refusals;
+pub use op::{Op, OpResult};
 
 /// Where an execution stands, as the store records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,8 +87,17 @@ pub struct Snapshot {
     pub execution: Execution,
     /// Its step results, in the order they were written.
     pub entries: Vec<Entry>,
-    /// Its completed deferreds: `(name, encoded exit)`, in the order they completed.
-    pub deferreds: Vec<(String, Vec<u8>)>,
+    /// Its completed deferreds, in the order they completed.
+    pub deferreds: Vec<Deferred>,
+}
+
+/// A deferred's stored result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// The deferred's name within the execution.
+    pub name: String,
+    /// The encoded exit.
+    pub value: Vec<u8>,
 }
 
 /// A durable timer: complete the deferred `name` of `execution_id` at `due_ms`.
@@ -96,15 +112,74 @@ pub struct Timer {
 }
 
 /// What can go wrong in a store call.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
-    /// The call names an execution the store does not hold.
-    #[error("unknown execution {0:?}")]
-    UnknownExecution(String),
     /// A status name that is not one of `running`, `suspended`, `complete`.
     #[error("unknown execution status {0:?}; expected running, suspended or complete")]
     UnknownStatus(String),
-    /// A completed execution cannot change status again.
-    #[error("execution {0:?} is complete; its result is final")]
-    AlreadyComplete(String),
+    /// A SQL store failed (see [`sql::SqlError`]).
+    #[error(transparent)]
+    Sql(#[from] sql::SqlError),
+}
+
+/// What a store answers with: a future that is ready at once on an immediate store.
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A future the store hands out, boxed so that [`Store`] can be used as `dyn Store`.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The contract of a journal store, whatever keeps the records.
+///
+/// - **Writes** are batches of [`Op`]s. [`Store::write`] queues its batch when called, so
+///   batches apply in call order; the answer, one [`OpResult`] per op, comes once the batch is
+///   durable. First write wins: a step or deferred result, once stored, is never replaced, and a
+///   complete execution's status and result are final. An op no store could keep is refused
+///   alone ([`OpResult::Refused`]); the rest of its batch is applied.
+/// - **Reads** take many ids at once and answer one item per id, in order.
+/// - An **immediate** store (the memory store) answers every call at once: its futures are
+///   ready when returned, so a caller may take the answer without awaiting (`now_or_never`).
+/// - A store may depend on a **lease** (PostgreSQL's fenced lease): [`Store::lost`] resolves
+///   when it is lost, and every later write fails. Stores without one never lose it.
+pub trait Store: Send + Sync {
+    /// Whether every answer is ready when the call returns.
+    fn immediate(&self) -> bool;
+
+    /// Queues `ops` now; the answer comes once they are durable.
+    ///
+    /// # Errors
+    /// At once when the store takes no more writes (closed, or its lease lost); from the
+    /// answer when the batch could not be committed.
+    fn write(&self, ops: Vec<Op>) -> Result<Answer<'static, Vec<OpResult>>, StoreError>;
+
+    /// [`Store::write`] answered at once, without a future, for an immediate store: the
+    /// memory engine writes a few ops per step, and a boxed future per write cost more than
+    /// the write. `None` (nothing written) for a store that answers later.
+    fn write_now(&self, ops: Vec<Op>) -> Option<Vec<OpResult>> {
+        let _ = ops;
+        None
+    }
+
+    /// The executions `ids` with their journals and deferred results: one item per id, in
+    /// order, `None` for an id the store does not hold. Each snapshot is consistent in itself.
+    fn snapshots<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Snapshot>>>;
+
+    /// The executions `ids`: one item per id, in order, `None` for one the store does not hold.
+    fn executions<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Execution>>>;
+
+    /// The timers due in `(after_ms, until_ms]`, earliest first (then by execution id and
+    /// name), and when the first one after `until_ms` is due (`None`: there is none). An
+    /// `after_ms` below 0 takes every timer due up to `until_ms`.
+    fn timers_between(&self, after_ms: i64, until_ms: i64)
+        -> Answer<'_, (Vec<Timer>, Option<u64>)>;
+
+    /// Ids of the executions with `status`.
+    fn with_status(&self, status: Status) -> Answer<'_, Vec<String>>;
+
+    /// Resolves to why the store lost its lease; to `None` once it closes, or at once for a
+    /// store without a lease.
+    fn lost(&self) -> Pending<'_, Option<String>>;
+
+    /// Stops taking writes, lets what is queued commit and releases what the store holds.
+    /// Calling it again does nothing; a store with nothing to release stays usable.
+    fn close(&self) -> Pending<'_, ()>;
 }

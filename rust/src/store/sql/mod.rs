@@ -1,19 +1,19 @@
 //! The durable journal store, on SQLite (one file, WAL) or PostgreSQL.
 //!
-//! Same records and semantics as [`super::memory::MemoryStore`]: first write wins for step
-//! results and deferred results, a complete execution's status and result are final and its
-//! timers go when it completes.
+//! Keeps the [`Store`] contract as [`super::memory::MemoryStore`] does: first write wins for
+//! step results and deferred results, a complete execution's status and result are final and
+//! its timers go when it completes.
 //!
-//! - **Group commit.** Writes are batches of [`Op`]s. One writer per store takes the first batch
-//!   waiting plus every batch queued behind it, applies them all, in order, in one transaction,
-//!   commits, then answers each batch. Throughput comes from concurrency; the latency of a write
-//!   stays about one commit.
+//! - **Group commit.** Writes are batches of [`Op`]s. One writer per store (`writer.rs`, the
+//!   same loop for both backends) takes the first batch waiting plus every batch queued behind
+//!   it, has the backend apply them all, in order, in one transaction, then answers each batch.
+//!   Throughput comes from concurrency; the latency of a write stays about one commit.
 //! - **Few hops per commit.** On PostgreSQL the writer is a tokio task that sends a whole
-//!   transaction as one statement, a call of the `<prefix>apply` function the migrations create
-//!   (one round trip, commit included). On SQLite it is an OS thread of its own that runs the
-//!   transaction through rusqlite with cached statements: one thread hop in and one out per
-//!   commit, where sqlx's SQLite driver hopped threads twice per statement. SQLite reads run on
-//!   reader threads the same way.
+//!   transaction as one statement, a call of the `<prefix>apply_fenced` function the migrations
+//!   create (one round trip, commit included). On SQLite it is an OS thread of its own (the
+//!   writer loop under a current-thread runtime) that runs the transaction through rusqlite with
+//!   cached statements: one thread hop in and one out per commit, where sqlx's SQLite driver
+//!   hopped threads twice per statement. SQLite reads run on reader threads the same way.
 //! - **Writes independent of table size.** Executions have an integer key in insertion order
 //!   (`no`) beside their random id; journal and deferred rows are keyed by it, so their inserts
 //!   land at the right edge of their B-trees. The writer remembers the `no` of the executions it
@@ -32,7 +32,7 @@
 //!   waiter.
 //! - **One engine per database and table prefix.** [`SqlStore::open`] takes an exclusive lock
 //!   held until [`SqlStore::close`], drop or the death of the process: an `flock` of
-//!   `<database file>.lock` on SQLite, a session advisory lock on PostgreSQL.
+//!   `<database file>.lock` on SQLite, a fenced lease on PostgreSQL (`lease.rs`).
 //! - **Migrations** are embedded (`rust/migrations/`) and applied by `open`, with the table
 //!   prefix filled in; their bookkeeping lives in `<prefix>migrations`.
 
@@ -44,6 +44,7 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::{
     future::Future,
@@ -63,16 +64,15 @@ use connect::EngineLock;
 use lease::Lease;
 pub use lease::{Fence, LeaseState, LeaseTimes};
 
-use super::{Entry, Execution, Snapshot, Status, Timer};
+use super::{
+    Answer, Execution, Op, OpResult, Pending, Refusals, Snapshot, Status, Store, StoreError, Timer,
+};
+#[cfg(test)]
+use writer::MAX_OPS_PER_TRANSACTION;
+use writer::{Backoff, Batch, Writer, WriterContext};
 
-/// First wait before retrying after a connection error.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-/// Longest wait between retries.
-const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a read keeps retrying before it fails.
 const READ_GIVE_UP: Duration = Duration::from_secs(30);
-/// The writer stops merging queued batches into a transaction past this many ops.
-const MAX_OPS_PER_TRANSACTION: usize = 8192;
 /// Batched reads take this many ids per query (or read transaction): enough to amortise the
 /// round trip, few enough that one answer stays a few MB.
 const READ_CHUNK: usize = 500;
@@ -80,7 +80,7 @@ const READ_CHUNK: usize = 500;
 /// What can go wrong with a SQL store.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum SqlError {
-    /// A bad argument: URL scheme, table prefix, durability, or an op's value.
+    /// A bad argument: URL scheme, table prefix, durability or lease times.
     #[error("{0}")]
     InvalidArgument(String),
     /// The database could not be reached or opened. `url` has its password masked.
@@ -153,140 +153,6 @@ pub enum SqlError {
         /// Why the lease is lost.
         message: String,
     },
-}
-
-/// One write, applied in a transaction with the rest of its batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Records a new running execution unless `id` exists. [`OpResult::Created`], or
-    /// [`OpResult::Existing`] with the stored execution (unchanged).
-    Start {
-        /// The execution's id.
-        id: String,
-        /// The workflow's name.
-        workflow: String,
-        /// The encoded payload.
-        payload: Vec<u8>,
-        /// The execution that started this one, if any.
-        parent: Option<String>,
-    },
-    /// Stores a step result unless its key has one. [`OpResult::Done`]: whether it was stored
-    /// (`false` also when the execution is unknown).
-    Append {
-        /// The execution's id.
-        id: String,
-        /// The step result.
-        entry: Entry,
-    },
-    /// Stores a deferred's result unless it has one. [`OpResult::Done`]: whether it was
-    /// stored; [`OpResult::UnknownExecution`].
-    Deferred {
-        /// The execution's id.
-        id: String,
-        /// The deferred's name.
-        name: String,
-        /// The encoded exit.
-        value: Vec<u8>,
-    },
-    /// Moves an execution to `status` with `result`; completing it drops its timers.
-    /// [`OpResult::Done`]: `false` if the execution is complete (its result is final) or
-    /// unknown.
-    Status {
-        /// The execution's id.
-        id: String,
-        /// The new status.
-        status: Status,
-        /// The encoded result.
-        result: Option<Vec<u8>>,
-    },
-    /// Records an interrupt request. [`OpResult::Done`]: `false` if the execution is complete;
-    /// [`OpResult::UnknownExecution`].
-    Interrupt {
-        /// The execution's id.
-        id: String,
-    },
-    /// Stores a durable timer unless one with that execution and name exists.
-    /// [`OpResult::Done`]: whether it was stored (`false` also when the execution is unknown).
-    Timer(Timer),
-    /// Forgets a timer. [`OpResult::Done`]: whether it was stored.
-    Untimer {
-        /// The timer's execution.
-        execution_id: String,
-        /// The timer's name.
-        name: String,
-    },
-}
-
-/// The outcome of one [`Op`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OpResult {
-    /// `Start` created the execution.
-    Created,
-    /// `Start` found the execution already stored, as here.
-    Existing(Execution),
-    /// Whether the op changed anything.
-    Done(bool),
-    /// The op named an execution the store does not hold.
-    UnknownExecution,
-}
-
-impl Op {
-    fn texts(&self) -> Vec<(&'static str, &str)> {
-        match self {
-            Op::Start {
-                id,
-                workflow,
-                parent,
-                ..
-            } => {
-                let mut texts = vec![("id", id.as_str()), ("workflow", workflow.as_str())];
-                if let Some(parent) = parent {
-                    texts.push(("parent", parent.as_str()));
-                }
-                texts
-            }
-            Op::Append { id, entry } => vec![("id", id), ("key", &entry.key)],
-            Op::Deferred { id, name, .. } => vec![("id", id), ("name", name)],
-            Op::Status { id, .. } | Op::Interrupt { id } => vec![("id", id)],
-            Op::Timer(Timer {
-                execution_id, name, ..
-            })
-            | Op::Untimer { execution_id, name } => {
-                vec![("execution_id", execution_id), ("name", name)]
-            }
-        }
-    }
-
-    /// Checks what the database could not store: a NUL character in a text (PostgreSQL refuses
-    /// it; SQLite is held to the same rule) or a due instant past `2^63 - 1`.
-    fn check(&self) -> Result<(), String> {
-        for (field, text) in self.texts() {
-            if text.contains('\0') {
-                return Err(format!("{field} {text:?} holds a NUL character"));
-            }
-        }
-        if let Op::Timer(timer) = self {
-            if i64::try_from(timer.due_ms).is_err() {
-                return Err(format!(
-                    "due_ms {} is out of range: expected at most 2^63 - 1",
-                    timer.due_ms
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Checks every op of a batch before anything is queued.
-///
-/// # Errors
-/// [`SqlError::InvalidArgument`] naming the first bad op: `ops[<index>]: ...`.
-pub fn check_ops(ops: &[Op]) -> Result<(), SqlError> {
-    for (index, op) in ops.iter().enumerate() {
-        op.check()
-            .map_err(|message| SqlError::InvalidArgument(format!("ops[{index}]: {message}")))?;
-    }
-    Ok(())
 }
 
 /// Whether a failure is the database being unreachable (or busy) rather than refusing the
@@ -385,89 +251,10 @@ fn stored_due(due: i64) -> Result<u64, Failure> {
     u64::try_from(due).map_err(|_| corrupt(&format!("a timer is due at {due}")))
 }
 
-/// A due instant as the database stores it (`check_ops` refused larger ones).
+/// A due instant as the database stores it (`Op::check` refused larger ones).
 fn due_to_i64(due_ms: u64) -> Result<i64, Failure> {
     i64::try_from(due_ms)
         .map_err(|_| Failure::Refused(format!("due_ms {due_ms} is above 2^63 - 1")))
-}
-
-/// A write batch and where its results go.
-struct Batch {
-    ops: Vec<Op>,
-    reply: oneshot::Sender<Result<Vec<OpResult>, SqlError>>,
-}
-
-/// One transaction's results, per batch.
-type Results = Vec<Vec<OpResult>>;
-
-/// `first` and every batch queued behind it, up to [`MAX_OPS_PER_TRANSACTION`] ops: what one
-/// transaction takes.
-fn gather(first: Batch, queue: &mut mpsc::UnboundedReceiver<Batch>) -> Vec<Batch> {
-    let mut ops = first.ops.len();
-    let mut batches = vec![first];
-    while ops < MAX_OPS_PER_TRANSACTION {
-        match queue.try_recv() {
-            Ok(batch) => {
-                ops += batch.ops.len();
-                batches.push(batch);
-            }
-            Err(_) => break,
-        }
-    }
-    batches
-}
-
-/// Waits between retries: from [`RETRY_FIRST`], doubling up to [`RETRY_MAX`].
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Self(RETRY_FIRST)
-    }
-
-    fn next(&mut self) -> Duration {
-        let delay = self.0;
-        self.0 = (delay * 2).min(RETRY_MAX);
-        delay
-    }
-}
-
-/// What both writers need besides their connection: how to word errors, and the commit count.
-struct WriterContext {
-    url: String,
-    secrets: Vec<String>,
-    transactions: Arc<AtomicU64>,
-}
-
-impl WriterContext {
-    fn committed(&self) {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn refused(&self, message: &str) -> SqlError {
-        SqlError::Database {
-            url: self.url.clone(),
-            message: config::scrub(message.to_owned(), &self.secrets),
-        }
-    }
-
-    fn abandoned(&self, message: &str) -> SqlError {
-        SqlError::Abandoned {
-            url: self.url.clone(),
-            message: config::scrub(message.to_owned(), &self.secrets),
-        }
-    }
-
-    fn scrubbed(&self, message: &str) -> String {
-        config::scrub(message.to_owned(), &self.secrets)
-    }
-
-    fn fenced(&self, message: &str) -> SqlError {
-        SqlError::Fenced {
-            url: self.url.clone(),
-            message: config::scrub(message.to_owned(), &self.secrets),
-        }
-    }
 }
 
 /// The reads of either backend.
@@ -488,8 +275,6 @@ pub struct SqlStore {
     closing: watch::Sender<bool>,
     /// Resolves to the engine lock when the writer has ended.
     writer: tokio::sync::Mutex<Option<oneshot::Receiver<EngineLock>>>,
-    /// Wakes the SQLite writer from a backoff sleep when the store closes.
-    writer_thread: Option<std::thread::Thread>,
     transactions: Arc<AtomicU64>,
     /// The lease every write depends on (PostgreSQL; SQLite's file lock cannot lapse).
     lease: Option<Arc<Lease>>,
@@ -523,7 +308,7 @@ impl SqlStore {
             transactions: Arc::clone(&transactions),
         };
         let mut lease = None;
-        let (backend, writer_thread) = match opened {
+        let backend = match opened {
             connect::Opened::Sqlite { path, lock } => {
                 let fail = |err: Failure| SqlError::Connect {
                     url: config.masked_url.clone(),
@@ -533,18 +318,12 @@ impl SqlStore {
                     sqlite::Readers::start(path.clone(), &config.prefix, config.durability)
                         .await
                         .map_err(fail)?;
-                let thread = sqlite::Writer::start(
-                    path,
-                    &config.prefix,
-                    config.durability,
-                    context,
-                    receiver,
-                    lock,
-                    finished,
-                )
+                sqlite::start_writer(path, &config.prefix, config.durability, move |connection| {
+                    Writer::new(connection, context, closing_rx).run(receiver, lock, finished)
+                })
                 .await
                 .map_err(fail)?;
-                (Backend::Sqlite(readers), Some(thread))
+                Backend::Sqlite(readers)
             }
             connect::Opened::Postgres {
                 pool,
@@ -554,20 +333,16 @@ impl SqlStore {
                 lease: engine_lease,
             } => {
                 let statements = Arc::new(postgres::Statements::new(&config.prefix));
-                let task = postgres::Writer::new(
+                let connection = postgres::WriteConnection::new(
                     writer,
                     *options,
                     Arc::clone(&statements),
-                    context,
-                    closing_rx,
                     Arc::clone(&engine_lease),
                 );
                 lease = Some(engine_lease);
-                tokio::spawn(task.run(receiver, lock, finished));
-                (
-                    Backend::Postgres(postgres::Reads::new(pool, statements)),
-                    None,
-                )
+                let writer = Writer::new(connection, context, closing_rx);
+                tokio::spawn(writer.run(receiver, lock, finished));
+                Backend::Postgres(postgres::Reads::new(pool, statements))
             }
         };
         Ok(Self {
@@ -578,7 +353,6 @@ impl SqlStore {
             sender: Mutex::new(Some(sender)),
             closing,
             writer: tokio::sync::Mutex::new(Some(writer)),
-            writer_thread,
             transactions,
             lease,
         })
@@ -608,18 +382,19 @@ impl SqlStore {
     /// Queues `ops` for the writer now, and returns the wait for their results, one per op,
     /// which arrive once the transaction holding them has committed. Batches are applied in
     /// the order `write` was called; dropping the returned future does not withdraw the batch.
+    /// An op the database could not store is answered [`OpResult::Refused`] and never sent;
+    /// the others are.
     ///
     /// # Errors
-    /// At once: [`SqlError::InvalidArgument`] for an op the database could not store,
-    /// [`SqlError::Closed`]. From the future: [`SqlError::Database`] if the transaction failed,
-    /// [`SqlError::Abandoned`] if the store was closed while the database was unreachable.
+    /// At once: [`SqlError::Closed`], [`SqlError::Fenced`] once the lease is lost. From the
+    /// future: [`SqlError::Database`] if the transaction failed, [`SqlError::Abandoned`] if the
+    /// store was closed while the database was unreachable.
     pub fn write(
         &self,
-        ops: Vec<Op>,
+        mut ops: Vec<Op>,
     ) -> Result<impl Future<Output = Result<Vec<OpResult>, SqlError>> + Send + 'static, SqlError>
     {
-        check_ops(&ops)?;
-        let (reply, results) = oneshot::channel();
+        let refusals = Refusals::take(&mut ops);
         let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = sender.as_ref().ok_or_else(|| self.closed())?;
         if let Some(LeaseState::Lost(why)) = self.lease_state() {
@@ -628,11 +403,24 @@ impl SqlStore {
                 message: why,
             });
         }
-        sender
-            .send(Batch { ops, reply })
-            .map_err(|_| self.closed())?;
+        // Nothing left to write (every op refused): nothing to wait for.
+        let queued = if ops.is_empty() {
+            None
+        } else {
+            let (reply, results) = oneshot::channel();
+            sender
+                .send(Batch { ops, reply })
+                .map_err(|_| self.closed())?;
+            Some(results)
+        };
         let closed = self.closed();
-        Ok(async move { results.await.unwrap_or(Err(closed)) })
+        Ok(async move {
+            let results = match queued {
+                Some(results) => results.await.unwrap_or(Err(closed))?,
+                None => Vec::new(),
+            };
+            Ok(refusals.answer(results))
+        })
     }
 
     /// Runs a read, retrying connection errors for up to [`READ_GIVE_UP`].
@@ -810,10 +598,8 @@ impl SqlStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        // Wakes the writer from a backoff pause too.
         self.closing.send_replace(true);
-        if let Some(thread) = &self.writer_thread {
-            thread.unpark();
-        }
         let mut writer = self.writer.lock().await;
         if let Some(finished) = writer.take() {
             if let Ok(lock) = finished.await {
@@ -828,17 +614,42 @@ impl SqlStore {
     }
 }
 
-impl Drop for SqlStore {
-    fn drop(&mut self) {
-        // The writer ends once its queue is closed and drained; a writer asleep between
-        // retries should not wait out its backoff to notice.
-        self.sender
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = &self.writer_thread {
-            thread.unpark();
-        }
+impl Store for SqlStore {
+    fn immediate(&self) -> bool {
+        false
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<Answer<'static, Vec<OpResult>>, StoreError> {
+        let written = SqlStore::write(self, ops)?;
+        Ok(Box::pin(async move { Ok(written.await?) }))
+    }
+
+    fn snapshots<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Snapshot>>> {
+        Box::pin(async move { Ok(SqlStore::snapshots(self, ids).await?) })
+    }
+
+    fn executions<'a>(&'a self, ids: &'a [String]) -> Answer<'a, Vec<Option<Execution>>> {
+        Box::pin(async move { Ok(SqlStore::executions(self, ids).await?) })
+    }
+
+    fn timers_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Answer<'_, (Vec<Timer>, Option<u64>)> {
+        Box::pin(async move { Ok(SqlStore::timers_between(self, after_ms, until_ms).await?) })
+    }
+
+    fn with_status(&self, status: Status) -> Answer<'_, Vec<String>> {
+        Box::pin(async move { Ok(SqlStore::with_status(self, status).await?) })
+    }
+
+    fn lost(&self) -> Pending<'_, Option<String>> {
+        Box::pin(SqlStore::lost(self))
+    }
+
+    fn close(&self) -> Pending<'_, ()> {
+        Box::pin(SqlStore::close(self))
     }
 }
 

@@ -1,5 +1,5 @@
-//! PostgreSQL through sqlx: a writer task that sends each group commit as one statement, and
-//! reads that each take one statement per chunk of ids.
+//! PostgreSQL through sqlx: a writer connection that sends each group commit as one statement,
+//! and reads that each take one statement per chunk of ids.
 //!
 //! sqlx cannot pipeline, so a transaction of n statements cost n + 2 round trips, each a
 //! kernel send, a receive and a wake-up of the tokio thread. The `<prefix>apply` function (see
@@ -17,19 +17,19 @@ use sqlx::{
     postgres::{PgConnectOptions, PgRow},
     AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqlSafeStr, SqlStr,
 };
-use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     connect::CONNECT_TIMEOUT,
-    corrupt, due_to_i64, gather,
-    lease::{Fence, Lease},
+    corrupt, due_to_i64,
+    lease::{Fence, Lease, LeaseState},
     numbers::{self, Learned, Numbers},
-    stored_due, stored_seq, stored_status, Backoff, Batch, EngineLock, Failure, Op, OpResult,
-    Results, SqlError, WriterContext,
+    stored_due, stored_seq, stored_status,
+    writer::{Renewal, Results, Transactions},
+    Failure,
 };
 use crate::{
     clock::now_ms,
-    store::{Entry, Execution, Snapshot, Status, Timer},
+    store::{Deferred, Entry, Execution, Op, OpResult, Snapshot, Status, Timer},
 };
 
 /// Every statement the store runs, with the table prefix filled in.
@@ -329,88 +329,41 @@ async fn apply<'a>(
     Ok((results, learned))
 }
 
-/// The writer task: it owns a connection of its own (commits never wait behind reads for a
-/// pooled connection, nor pay a pool's liveness pings) and holds the engine lock until it ends.
-/// Every commit is fenced by the engine's lease: the database refuses it unless the lease is
-/// still this engine's.
-pub(super) struct Writer {
+/// The writer's connection: the PostgreSQL half of the writer (`super::writer`), a tokio task.
+/// It owns a connection of its own (commits never wait behind reads for a pooled connection,
+/// nor pay a pool's liveness pings). Every commit is fenced by the engine's lease: the database
+/// refuses it unless the lease is still this engine's.
+pub(super) struct WriteConnection {
     /// `None` after a connection error, until the next attempt reconnects.
     conn: Option<PgConnection>,
     options: PgConnectOptions,
     statements: Arc<Statements>,
-    context: WriterContext,
-    closing: watch::Receiver<bool>,
     numbers: Numbers,
     lease: Arc<Lease>,
 }
 
-impl Writer {
+impl WriteConnection {
     pub(super) fn new(
         conn: PgConnection,
         options: PgConnectOptions,
         statements: Arc<Statements>,
-        context: WriterContext,
-        closing: watch::Receiver<bool>,
         lease: Arc<Lease>,
     ) -> Self {
         Self {
             conn: Some(conn),
             options,
             statements,
-            context,
-            closing,
             numbers: Numbers::new(numbers::CAPACITY),
             lease,
         }
     }
+}
 
-    /// Applies the batches of `queue` until it is closed and drained, then sends `lock` to
-    /// `finished`.
-    pub(super) async fn run(
-        mut self,
-        mut queue: mpsc::UnboundedReceiver<Batch>,
-        lock: EngineLock,
-        finished: oneshot::Sender<EngineLock>,
-    ) {
-        while let Some(first) = queue.recv().await {
-            let batches = gather(first, &mut queue);
-            let all: Vec<&[Op]> = batches.iter().map(|b| b.ops.as_slice()).collect();
-            match self.commit(&all).await {
-                Ok(results) => {
-                    for (batch, results) in batches.into_iter().zip(results) {
-                        let _ = batch.reply.send(Ok(results));
-                    }
-                }
-                Err(SqlError::Database { .. }) if batches.len() > 1 => {
-                    // One batch may be at fault: give each its own transaction and outcome.
-                    for batch in batches {
-                        let outcome = self
-                            .commit(&[batch.ops.as_slice()])
-                            .await
-                            .map(|mut results| results.pop().unwrap_or_default());
-                        let _ = batch.reply.send(outcome);
-                    }
-                }
-                Err(err) => {
-                    for batch in batches {
-                        let _ = batch.reply.send(Err(err.clone()));
-                    }
-                }
-            }
-        }
-        if let Some(conn) = self.conn.take() {
-            close(conn).await;
-        }
-        let _ = finished.send(lock);
-    }
+impl Transactions for WriteConnection {
+    const TROUBLE: &'static str = "failed on a connection error";
 
-    /// Whether the store is closing (or gone).
-    fn closing(&self) -> bool {
-        *self.closing.borrow() || self.closing.has_changed().is_err()
-    }
-
-    /// One try at applying `batches`, (re)connecting first if needed.
-    async fn attempt(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
+    /// One try, (re)connecting first if needed.
+    async fn apply(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
         let fence = self.lease.fence().map_err(Failure::Fenced)?;
         let conn = match &mut self.conn {
             Some(conn) => conn,
@@ -431,76 +384,42 @@ impl Writer {
         Ok(results)
     }
 
-    /// Applies `batches` in one transaction, retrying it on connection errors until it
-    /// commits or the store closes.
-    async fn commit(&mut self, batches: &[&[Op]]) -> Result<Results, SqlError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.attempt(batches).await {
-                Ok(results) => {
-                    self.context.committed();
-                    return Ok(results);
-                }
-                Err(Failure::Fenced(message)) => {
-                    // Expired without being taken over (this process or its database paused
-                    // past the expiry): renewing on the same epoch makes the commit good again.
-                    // A new epoch means another engine took over: nothing more is written.
-                    if let Some(conn) = self.conn.as_mut() {
-                        match self.lease.renew(conn).await {
-                            Ok(true) => {
-                                log::warn!(
-                                    target: "plait.store",
-                                    "a commit was refused ({message}); the lease {:?} was \
-                                     renewed and the commit is retried",
-                                    self.lease.name()
-                                );
-                                continue;
-                            }
-                            Ok(false) => {}
-                            Err(err) => {
-                                // The connection failed: retried as any connection error.
-                                self.conn = None;
-                                if self.closing() {
-                                    return Err(self.context.abandoned(&err.to_string()));
-                                }
-                                tokio::select! {
-                                    () = tokio::time::sleep(backoff.next()) => {}
-                                    _ = self.closing.wait_for(|closing| *closing) => {}
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    let why = match self.lease.state() {
-                        super::LeaseState::Lost(why) => why,
-                        super::LeaseState::Held(_) => message,
-                    };
-                    return Err(self.context.fenced(&why));
-                }
-                Err(Failure::Transient(message)) => {
-                    log::warn!(
-                        target: "plait.store",
-                        "a commit failed on a connection error and is retried: {}",
-                        self.context.scrubbed(&message)
-                    );
-                    // A connection that no longer answers is replaced at the next attempt.
-                    if let Some(mut conn) = self.conn.take() {
-                        if ping(&mut conn).await {
-                            self.conn = Some(conn);
-                        } else {
-                            close(conn).await;
-                        }
-                    }
-                    if self.closing() {
-                        return Err(self.context.abandoned(&message));
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.next()) => {}
-                        _ = self.closing.wait_for(|closing| *closing) => {}
-                    }
-                }
-                Err(err) => return Err(self.context.refused(&err.to_string())),
+    /// A connection that no longer answers is replaced at the next attempt.
+    async fn recover(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if ping(&mut conn).await {
+                self.conn = Some(conn);
+            } else {
+                close(conn).await;
             }
+        }
+    }
+
+    async fn renew(&mut self, refused: String) -> Result<Renewal, Failure> {
+        if let Some(conn) = self.conn.as_mut() {
+            match self.lease.renew(conn).await {
+                Ok(true) => {
+                    return Ok(Renewal::Renewed {
+                        lease: self.lease.name().to_owned(),
+                    })
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    // The connection failed: retried as any connection error.
+                    self.conn = None;
+                    return Err(Failure::Transient(err.to_string()));
+                }
+            }
+        }
+        Ok(Renewal::Lost(match self.lease.state() {
+            LeaseState::Lost(why) => why,
+            LeaseState::Held(_) => refused,
+        }))
+    }
+
+    async fn close(mut self) {
+        if let Some(conn) = self.conn.take() {
+            close(conn).await;
         }
     }
 }
@@ -582,7 +501,7 @@ impl Reads {
                     value,
                 });
             } else if part == PART_DEFERRED {
-                snapshot.deferreds.push((name, value));
+                snapshot.deferreds.push(Deferred { name, value });
             }
         }
         Ok(found.into_values().collect())

@@ -12,22 +12,23 @@ use std::{
     path::{Path, PathBuf},
     sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
-    due_to_i64, gather,
+    due_to_i64,
     numbers::{self, Learned, Numbers},
-    stored_due, stored_seq, stored_status, Backoff, Batch, Durability, EngineLock, Failure, Op,
-    OpResult, Results, SqlError, WriterContext,
+    stored_due, stored_seq, stored_status,
+    writer::{Results, Transactions},
+    Durability, Failure,
 };
 use crate::{
     clock::now_ms,
-    store::{Entry, Execution, Snapshot, Status, Timer},
+    store::{Deferred, Entry, Execution, Op, OpResult, Snapshot, Status, Timer},
 };
 
 /// How long SQLite waits on a lock held by another connection before failing with
@@ -296,133 +297,82 @@ impl Checkpointer {
     }
 }
 
-/// The writer: its connection, what it reports to, and the numbers of the executions it knows.
-pub(super) struct Writer {
+/// The writer's connection and the numbers of the executions it knows: the SQLite half of the
+/// writer (`super::writer`), which runs on a thread of its own.
+pub(super) struct WriteConnection {
     conn: Connection,
     sql: Sql,
-    context: WriterContext,
     numbers: Numbers,
     checkpointer: Option<Checkpointer>,
 }
 
-impl Writer {
-    /// Opens the writer's connection on a thread of its own, which then applies the batches of
-    /// `queue` until it is closed and drained, and last sends `lock` to `finished`. Returns the
-    /// thread, which [`super::SqlStore::close`] unparks to cut a backoff short.
-    pub(super) async fn start(
-        path: PathBuf,
-        prefix: &str,
-        durability: Durability,
-        context: WriterContext,
-        queue: mpsc::UnboundedReceiver<Batch>,
-        lock: EngineLock,
-        finished: oneshot::Sender<EngineLock>,
-    ) -> Result<thread::Thread, Failure> {
-        let sql = Sql::new(prefix);
-        let checkpointer = Checkpointer::start(path.clone(), durability).await?;
-        let handle = spawn(
-            "plait-sqlite-writer",
-            move || {
-                let conn = connect(&path, durability, WRITER_CACHE_KIB)?;
-                // The pragma answers with the value it set.
-                conn.query_row(
-                    &format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"),
-                    [],
-                    |_| Ok(()),
-                )?;
-                Ok(conn)
-            },
-            move |conn| {
-                let writer = Writer {
-                    conn,
-                    sql,
-                    context,
-                    numbers: Numbers::new(numbers::CAPACITY),
-                    checkpointer: Some(checkpointer),
-                };
-                writer.run(queue);
-                // Closed before the lock goes, so the next engine finds no connection of ours.
-                let _ = finished.send(lock);
-            },
-        )
-        .await?;
-        Ok(handle.thread().clone())
+/// Opens the writer's connection on a thread of its own, then runs there the writer loop that
+/// `run` makes of it, under a current-thread runtime: the loop waits for the store's queue,
+/// and its transactions are synchronous rusqlite calls, so a commit costs one wake-up of this
+/// thread and one of each caller. Resolves once the connection is open (or failed to).
+pub(super) async fn start_writer<R, F>(
+    path: PathBuf,
+    prefix: &str,
+    durability: Durability,
+    run: R,
+) -> Result<(), Failure>
+where
+    R: FnOnce(WriteConnection) -> F + Send + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    let sql = Sql::new(prefix);
+    let checkpointer = Checkpointer::start(path.clone(), durability).await?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|err| Failure::Refused(format!("cannot start the writer's runtime: {err}")))?;
+    spawn(
+        "plait-sqlite-writer",
+        move || {
+            let conn = connect(&path, durability, WRITER_CACHE_KIB)?;
+            // The pragma answers with the value it set.
+            conn.query_row(
+                &format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"),
+                [],
+                |_| Ok(()),
+            )?;
+            Ok(conn)
+        },
+        move |conn| {
+            let connection = WriteConnection {
+                conn,
+                sql,
+                numbers: Numbers::new(numbers::CAPACITY),
+                checkpointer: Some(checkpointer),
+            };
+            runtime.block_on(run(connection));
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+impl Transactions for WriteConnection {
+    const TROUBLE: &'static str = "found the database busy";
+
+    async fn apply(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
+        let results = self.attempt(batches)?;
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.nudge();
+        }
+        Ok(results)
     }
 
-    /// Applies batches until the queue is closed and drained; then stops the checkpointer and
-    /// closes the connection.
-    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Batch>) {
-        while let Some(first) = queue.blocking_recv() {
-            let batches = gather(first, &mut queue);
-            let all: Vec<&[Op]> = batches.iter().map(|b| b.ops.as_slice()).collect();
-            match self.commit(&all, &queue) {
-                Ok(results) => {
-                    for (batch, results) in batches.into_iter().zip(results) {
-                        let _ = batch.reply.send(Ok(results));
-                    }
-                }
-                Err(SqlError::Database { .. }) if batches.len() > 1 => {
-                    // One batch may be at fault: give each its own transaction and outcome.
-                    for batch in batches {
-                        let outcome = self
-                            .commit(&[batch.ops.as_slice()], &queue)
-                            .map(|mut results| results.pop().unwrap_or_default());
-                        let _ = batch.reply.send(outcome);
-                    }
-                }
-                Err(err) => {
-                    for batch in batches {
-                        let _ = batch.reply.send(Err(err.clone()));
-                    }
-                }
-            }
-        }
+    /// Stops the checkpointer and closes the connection (by dropping it): the next engine must
+    /// find no connection of ours.
+    async fn close(mut self) {
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.stop();
         }
     }
+}
 
-    /// Applies `batches` in one transaction, retrying it while the database is busy until it
-    /// commits or the store closes (its queue's sender gone).
-    fn commit(
-        &mut self,
-        batches: &[&[Op]],
-        queue: &mpsc::UnboundedReceiver<Batch>,
-    ) -> Result<Results, SqlError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.attempt(batches) {
-                Ok(results) => {
-                    self.context.committed();
-                    if let Some(checkpointer) = &self.checkpointer {
-                        checkpointer.nudge();
-                    }
-                    return Ok(results);
-                }
-                Err(Failure::Transient(message)) => {
-                    if queue.is_closed() {
-                        return Err(self.context.abandoned(&message));
-                    }
-                    log::warn!(
-                        target: "plait.store",
-                        "a commit found the database busy and is retried: {}",
-                        self.context.scrubbed(&message)
-                    );
-                    let until = Instant::now() + backoff.next();
-                    // Woken early by `close` (or spuriously): either way, look again.
-                    while !queue.is_closed() {
-                        let left = until.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        thread::park_timeout(left);
-                    }
-                }
-                Err(err) => return Err(self.context.refused(&err.to_string())),
-            }
-        }
-    }
-
+impl WriteConnection {
     /// One try at applying `batches` in one transaction.
     fn attempt(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
         let conn = &self.conn;
@@ -435,7 +385,7 @@ impl Writer {
             .map(|batch| {
                 batch
                     .iter()
-                    .map(|op| self.apply(op, now, &mut learned))
+                    .map(|op| self.apply_op(op, now, &mut learned))
                     .collect()
             })
             .collect::<Result<Results, Failure>>()
@@ -470,7 +420,7 @@ impl Writer {
         Ok(no)
     }
 
-    fn apply<'a>(
+    fn apply_op<'a>(
         &self,
         op: &'a Op,
         now: i64,
@@ -678,7 +628,12 @@ impl Readers {
                 }
                 let deferreds = tx
                     .prepare_cached(&sql.deferreds)?
-                    .query_map([no], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .query_map([no], |row| {
+                        Ok(Deferred {
+                            name: row.get(0)?,
+                            value: row.get(1)?,
+                        })
+                    })?
                     .collect::<Result<Vec<_>, _>>()?;
                 found.insert(
                     id,

@@ -19,7 +19,7 @@ use super::{
     connect::{migrator, Dialect},
     *,
 };
-use crate::store::{memory::MemoryStore, StoreError};
+use crate::store::{memory::MemoryStore, Deferred, Entry};
 
 mod leases;
 mod numbers_and_timers;
@@ -241,38 +241,15 @@ fn done(values: &[bool]) -> Vec<OpResult> {
     values.iter().map(|&v| OpResult::Done(v)).collect()
 }
 
-/// What [`MemoryStore`] answers to `op`, in the SQL store's terms.
+/// What [`MemoryStore`] answers to `op`.
 fn apply_to_memory(memory: &MemoryStore, op: &Op) -> OpResult {
-    match op.clone() {
-        Op::Start {
-            id,
-            workflow,
-            payload,
-            parent,
-        } => match memory.start(&id, &workflow, payload, parent) {
-            None => OpResult::Created,
-            Some(existing) => OpResult::Existing(existing),
-        },
-        Op::Append { id, entry } => match memory.append(vec![(id, entry)]) {
-            Ok(stored) => OpResult::Done(stored[0]),
-            Err(StoreError::UnknownExecution(_)) => OpResult::Done(false),
-            Err(err) => panic!("{err}"),
-        },
-        Op::Deferred { id, name, value } => match memory.complete_deferred(&id, &name, value) {
-            Ok(stored) => OpResult::Done(stored),
-            Err(_) => OpResult::UnknownExecution,
-        },
-        Op::Status { id, status, result } => {
-            OpResult::Done(memory.set_status(&id, status, result).is_ok())
-        }
-        Op::Interrupt { id } => match memory.interrupt(&id) {
-            Ok(done) => OpResult::Done(done),
-            Err(_) => OpResult::UnknownExecution,
-        },
-        Op::Timer(timer) => OpResult::Done(memory.schedule_timer(timer).unwrap_or(false)),
-        Op::Untimer { execution_id, name } => {
-            OpResult::Done(memory.remove_timer(&execution_id, &name))
-        }
+    memory.apply(vec![op.clone()]).remove(0)
+}
+
+fn deferred_value(name: &str, value: &[u8]) -> Deferred {
+    Deferred {
+        name: name.into(),
+        value: value.to_vec(),
     }
 }
 
@@ -321,49 +298,66 @@ fn scripted_ops(count: usize) -> Vec<Op> {
         .collect()
 }
 
+/// `ops` written to `store`, through the contract, in batches of varying sizes: the results.
+async fn write_in_batches(store: &dyn Store, ops: &[Op]) -> Vec<Vec<OpResult>> {
+    let mut sizes = [1usize, 3, 7, 2, 15, 1, 30].into_iter().cycle();
+    let mut rest = ops;
+    let mut results = Vec::new();
+    while !rest.is_empty() {
+        let (batch, tail) = rest.split_at(sizes.next().unwrap().min(rest.len()));
+        rest = tail;
+        results.push(store.write(batch.to_vec()).unwrap().await.unwrap());
+    }
+    results
+}
+
+/// What `store` holds, read through the contract: the snapshots and executions of `ids`,
+/// ranges of timers, and the ids of each status (sorted: the order is the store's).
+async fn contents(store: &dyn Store, ids: &[String]) -> Vec<String> {
+    let mut seen = vec![
+        format!("{:?}", store.snapshots(ids).await.unwrap()),
+        format!("{:?}", store.executions(ids).await.unwrap()),
+    ];
+    for (after, until) in [
+        (-1, i64::MAX),
+        (-1, 10),
+        (10, 25),
+        (24, 25),
+        (25, 49),
+        (49, 100),
+        (30, 20),
+    ] {
+        let between = store.timers_between(after, until).await.unwrap();
+        seen.push(format!("({after}, {until}]: {between:?}"));
+    }
+    for which in [Status::Running, Status::Suspended, Status::Complete] {
+        let mut ids = store.with_status(which).await.unwrap();
+        ids.sort();
+        seen.push(format!("{which:?}: {ids:?}"));
+    }
+    seen
+}
+
 #[tokio::test]
 async fn every_op_answers_as_the_memory_store_does() {
     for place in Place::all().await {
-        let store = place.open().await;
+        let sql = place.open().await;
         let memory = MemoryStore::default();
         let ops = scripted_ops(400);
-        let mut sizes = [1usize, 3, 7, 2, 15, 1, 30].into_iter().cycle();
-        let mut rest = ops.as_slice();
-        while !rest.is_empty() {
-            let (batch, tail) = rest.split_at(sizes.next().unwrap().min(rest.len()));
-            rest = tail;
-            let expected: Vec<OpResult> = batch
-                .iter()
-                .map(|op| apply_to_memory(&memory, op))
-                .collect();
-            assert_eq!(write(&store, batch.to_vec()).await, expected, "{batch:?}");
+        let stores: [&dyn Store; 2] = [&memory, &sql];
+        let [expected, written] = [
+            write_in_batches(stores[0], &ops).await,
+            write_in_batches(stores[1], &ops).await,
+        ];
+        assert!(memory.immediate() && !sql.immediate());
+        assert_eq!(Store::write_now(&sql, vec![start("never")]), None);
+        for (expected, written) in expected.iter().zip(&written) {
+            assert_eq!(written, expected);
         }
-        for n in 0..7 {
-            let id = format!("e{n}");
-            assert_eq!(
-                store.snapshot(&id).await.unwrap(),
-                memory.snapshot(&id),
-                "{id}"
-            );
-            assert_eq!(store.execution(&id).await.unwrap(), memory.execution(&id));
-        }
-        let key = |t: &Timer| (t.due_ms, t.execution_id.clone(), t.name.clone());
-        let mut expected = memory.timers();
-        expected.sort_by_key(key);
-        assert_eq!(store.timers().await.unwrap(), expected);
-        for (after, until) in [(-1, 10), (10, 25), (24, 25), (25, 49), (49, 100), (30, 20)] {
-            assert_eq!(
-                store.timers_between(after, until).await.unwrap(),
-                memory.timers_between(after, until),
-                "({after}, {until}]"
-            );
-        }
-        for which in [Status::Running, Status::Suspended, Status::Complete] {
-            let mut expected = memory.with_status(which);
-            expected.sort();
-            assert_eq!(store.with_status(which).await.unwrap(), expected);
-        }
-        store.close().await;
+        let ids: Vec<String> = (0..7).map(|n| format!("e{n}")).collect();
+        assert_eq!(contents(&sql, &ids).await, contents(&memory, &ids).await);
+        Store::close(&sql).await;
+        assert!(Store::lost(&sql).await.is_none());
         place.cleanup().await;
     }
 }
@@ -448,7 +442,7 @@ async fn first_write_wins_and_completion_is_final() {
             snapshot.entries,
             vec![entry("b/1", 1, b"B"), entry("a/1", 0, b"A")]
         );
-        assert_eq!(snapshot.deferreds, vec![("d".to_owned(), b"1".to_vec())]);
+        assert_eq!(snapshot.deferreds, vec![deferred_value("d", b"1")]);
         assert_eq!(store.snapshot("nope").await.unwrap(), None);
         assert_eq!(store.snapshot("nul\0").await.unwrap(), None);
         store.close().await;
@@ -555,7 +549,7 @@ async fn batched_reads_answer_each_id_in_order() {
         let e3 = snapshots[0].as_ref().unwrap();
         let keys: Vec<&str> = e3.entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["k9/1", "k8/1", "k7/1", "k6/1", "k5/1"]);
-        let names: Vec<&str> = e3.deferreds.iter().map(|d| d.0.as_str()).collect();
+        let names: Vec<&str> = e3.deferreds.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["d5", "d4", "d3", "d2", "d1"]);
         assert!(store.snapshots(&[]).await.unwrap().is_empty());
         assert!(store.executions(&[]).await.unwrap().is_empty());
@@ -779,10 +773,7 @@ async fn a_database_made_by_the_first_migration_is_migrated_on_open() {
         );
         assert_eq!(
             a.deferreds,
-            vec![
-                ("y".to_owned(), b"1".to_vec()),
-                ("x".to_owned(), b"2".to_vec())
-            ]
+            vec![deferred_value("y", b"1"), deferred_value("x", b"2")]
         );
         let b = snapshots[1].clone().unwrap();
         assert_eq!(b.execution.workflow, "V");
@@ -1057,21 +1048,39 @@ async fn durability_sets_the_sync_mode() {
 }
 
 #[tokio::test]
-async fn ops_the_database_could_not_store_are_refused_before_queueing() {
+async fn ops_the_database_could_not_store_are_refused_alone_before_queueing() {
     let place = Place::sqlite();
     let store = place.open().await;
-    let err = store
-        .write(vec![start("e"), start("bad\0id")])
-        .err()
-        .unwrap();
     assert_eq!(
-        err,
-        SqlError::InvalidArgument("ops[1]: id \"bad\\0id\" holds a NUL character".into())
+        write(&store, vec![timer("e", "t", u64::MAX)]).await.len(),
+        1
     );
-    let err = store.write(vec![timer("e", "t", u64::MAX)]).err().unwrap();
-    assert!(err.to_string().starts_with("ops[0]: due_ms"), "{err}");
-    assert_eq!(store.transactions(), 0);
     assert_eq!(write(&store, vec![]).await, vec![]);
+    assert_eq!(
+        store.transactions(),
+        0,
+        "nothing left to write: no transaction"
+    );
+    let results = write(
+        &store,
+        vec![start("e"), start("bad\0id"), append("e", "k/1", 0, b"1")],
+    )
+    .await;
+    assert_eq!(
+        results,
+        vec![
+            OpResult::Created,
+            OpResult::Refused("ops[1]: id \"bad\\0id\" holds a NUL character".into()),
+            OpResult::Done(true),
+        ]
+    );
+    let results = write(&store, vec![timer("e", "t", u64::MAX)]).await;
+    assert!(
+        matches!(&results[0], OpResult::Refused(why) if why.starts_with("ops[0]: due_ms")),
+        "{results:?}"
+    );
+    assert_eq!(store.transactions(), 1);
+    assert_eq!(store.snapshot("e").await.unwrap().unwrap().entries.len(), 1);
     store.close().await;
     place.cleanup().await;
 }

@@ -265,25 +265,34 @@ async fn a_database_at_the_third_migration_is_migrated_on_open() {
             ("c", Status::Complete, None),
             ("q", Status::Running, Some("r")),
         ] {
-            memory.start(id, "W", b"{}".to_vec(), parent.map(str::to_owned));
+            let mut ops = vec![Op::Start {
+                id: id.into(),
+                workflow: "W".into(),
+                payload: b"{}".to_vec(),
+                parent: parent.map(str::to_owned),
+            }];
             if id == "s" {
-                memory.interrupt(id).unwrap();
+                ops.push(Op::Interrupt { id: id.into() });
             }
             if id == "s" || id == "c" {
-                memory
-                    .append(vec![(id.into(), entry("k/1", 0, b"1"))])
-                    .unwrap();
+                ops.push(append(id, "k/1", 0, b"1"));
             }
             let result = (status == Status::Complete).then(|| b"{}".to_vec());
-            memory.set_status(id, status, result).unwrap();
+            ops.push(Op::Status {
+                id: id.into(),
+                status,
+                result,
+            });
+            assert!(memory
+                .apply(ops)
+                .iter()
+                .all(|r| matches!(r, OpResult::Created | OpResult::Done(true))));
         }
         for (id, due) in [("s", 5), ("q", 9)] {
-            let timer = Timer {
-                execution_id: id.into(),
-                name: "t".into(),
-                due_ms: due,
-            };
-            memory.schedule_timer(timer).unwrap();
+            assert_eq!(
+                memory.apply(vec![timer(id, "t", due)]),
+                [OpResult::Done(true)]
+            );
         }
         let ids = ["r", "s", "c", "q", "n"];
         same_records(&store, &memory, &ids).await;

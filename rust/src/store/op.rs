@@ -1,0 +1,226 @@
+//! The writes of the store contract: the ops, what each answers, and the check every store
+//! makes before it takes one.
+
+use super::{Entry, Execution, Status, Timer};
+
+/// One write. A store applies the ops of a [`super::Store::write`] in order, together with
+/// every write queued beside it, and answers each with an [`OpResult`].
+///
+/// Every op is idempotent: a write whose outcome was lost (the commit's answer never came) can
+/// be applied again without harm, which is what lets a store retry a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Records a new running execution unless `id` exists. [`OpResult::Created`], or
+    /// [`OpResult::Existing`] with the stored execution (unchanged).
+    Start {
+        /// The execution's id.
+        id: String,
+        /// The workflow's name.
+        workflow: String,
+        /// The encoded payload.
+        payload: Vec<u8>,
+        /// The execution that started this one, if any.
+        parent: Option<String>,
+    },
+    /// Stores a step result unless its key has one. [`OpResult::Done`]: whether it was stored
+    /// (`false` also when the execution is unknown).
+    Append {
+        /// The execution's id.
+        id: String,
+        /// The step result.
+        entry: Entry,
+    },
+    /// Stores a deferred's result unless it has one. [`OpResult::Done`]: whether it was
+    /// stored; [`OpResult::UnknownExecution`].
+    Deferred {
+        /// The execution's id.
+        id: String,
+        /// The deferred's name.
+        name: String,
+        /// The encoded exit.
+        value: Vec<u8>,
+    },
+    /// Moves an execution to `status` with `result`; completing it drops its timers.
+    /// [`OpResult::Done`]: `false` if the execution is complete (its result is final) or
+    /// unknown.
+    Status {
+        /// The execution's id.
+        id: String,
+        /// The new status.
+        status: Status,
+        /// The encoded result.
+        result: Option<Vec<u8>>,
+    },
+    /// Records an interrupt request. [`OpResult::Done`]: `false` if the execution is complete;
+    /// [`OpResult::UnknownExecution`].
+    Interrupt {
+        /// The execution's id.
+        id: String,
+    },
+    /// Stores a durable timer unless one with that execution and name exists.
+    /// [`OpResult::Done`]: whether it was stored (`false` also when the execution is unknown).
+    Timer(Timer),
+    /// Forgets a timer. [`OpResult::Done`]: whether it was stored.
+    Untimer {
+        /// The timer's execution.
+        execution_id: String,
+        /// The timer's name.
+        name: String,
+    },
+}
+
+/// The outcome of one [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// `Start` created the execution.
+    Created,
+    /// `Start` found the execution already stored, as here.
+    Existing(Execution),
+    /// Whether the op changed anything.
+    Done(bool),
+    /// The op named an execution the store does not hold.
+    UnknownExecution,
+    /// The op holds what no store can keep (see [`Op::check`]); it was not applied, the other
+    /// ops of its write were. The message names the op by its index in the write:
+    /// `ops[<index>]: ...`.
+    Refused(String),
+}
+
+impl Op {
+    /// Checks what a database could not store: a NUL character in a text (PostgreSQL refuses
+    /// it; the other stores are held to the same rule, so that the backends answer alike) or a
+    /// due instant past `2^63 - 1`.
+    ///
+    /// # Errors
+    /// What is wrong, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        let text = |field: &str, text: &str| {
+            if text.contains('\0') {
+                Err(format!("{field} {text:?} holds a NUL character"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Op::Start {
+                id,
+                workflow,
+                parent,
+                ..
+            } => {
+                text("id", id)?;
+                text("workflow", workflow)?;
+                parent
+                    .as_deref()
+                    .map_or(Ok(()), |parent| text("parent", parent))
+            }
+            Op::Append { id, entry } => text("id", id).and_then(|()| text("key", &entry.key)),
+            Op::Deferred { id, name, .. } => text("id", id).and_then(|()| text("name", name)),
+            Op::Status { id, .. } | Op::Interrupt { id } => text("id", id),
+            Op::Timer(timer) => {
+                text("execution_id", &timer.execution_id)?;
+                text("name", &timer.name)?;
+                if i64::try_from(timer.due_ms).is_err() {
+                    return Err(format!(
+                        "due_ms {} is out of range: expected at most 2^63 - 1",
+                        timer.due_ms
+                    ));
+                }
+                Ok(())
+            }
+            Op::Untimer { execution_id, name } => {
+                text("execution_id", execution_id).and_then(|()| text("name", name))
+            }
+        }
+    }
+}
+
+/// The ops of one write that failed [`Op::check`], taken out before the rest is applied and
+/// answered in their places afterwards: a refused op fails alone.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals(Vec<(usize, String)>);
+
+impl Refusals {
+    /// Takes every op that fails [`Op::check`] out of `ops`.
+    pub(crate) fn take(ops: &mut Vec<Op>) -> Self {
+        let mut refused = Vec::new();
+        let mut index = 0;
+        ops.retain(|op| {
+            let at = index;
+            index += 1;
+            match op.check() {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.push((at, format!("ops[{at}]: {why}")));
+                    false
+                }
+            }
+        });
+        Self(refused)
+    }
+
+    /// The results of the whole write: `results` (of the ops kept) with the refusals back in
+    /// their places.
+    pub(crate) fn answer(self, results: Vec<OpResult>) -> Vec<OpResult> {
+        if self.0.is_empty() {
+            return results;
+        }
+        let mut all = Vec::with_capacity(results.len() + self.0.len());
+        let mut results = results.into_iter();
+        for (at, why) in self.0 {
+            all.extend(results.by_ref().take(at - all.len()));
+            all.push(OpResult::Refused(why));
+        }
+        all.extend(results);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interrupt(id: &str) -> Op {
+        Op::Interrupt { id: id.into() }
+    }
+
+    #[test]
+    fn refused_ops_are_answered_in_their_places() {
+        let mut ops = vec![
+            interrupt("bad\0"),
+            interrupt("a"),
+            interrupt("b\0"),
+            interrupt("c"),
+            interrupt("\0"),
+        ];
+        let refusals = Refusals::take(&mut ops);
+        assert_eq!(ops, vec![interrupt("a"), interrupt("c")]);
+        let answered = refusals.answer(vec![OpResult::Done(true), OpResult::Done(false)]);
+        assert_eq!(
+            answered,
+            vec![
+                OpResult::Refused("ops[0]: id \"bad\\0\" holds a NUL character".into()),
+                OpResult::Done(true),
+                OpResult::Refused("ops[2]: id \"b\\0\" holds a NUL character".into()),
+                OpResult::Done(false),
+                OpResult::Refused("ops[4]: id \"\\0\" holds a NUL character".into()),
+            ]
+        );
+        let mut good = vec![interrupt("a")];
+        let none = Refusals::take(&mut good);
+        assert_eq!(
+            none.answer(vec![OpResult::UnknownExecution]),
+            vec![OpResult::UnknownExecution]
+        );
+    }
+
+    #[test]
+    fn a_due_instant_past_i64_is_refused() {
+        let timer = Op::Timer(Timer {
+            execution_id: "e".into(),
+            name: "t".into(),
+            due_ms: u64::MAX,
+        });
+        assert!(timer.check().unwrap_err().starts_with("due_ms"));
+    }
+}
