@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 import plait
-import plait.engine.recovery
 from plait.testing import VirtualClock
 from tests.workflow_support import (
     EngineFactory,
@@ -483,10 +482,9 @@ async def test_a_stored_timer_fires_in_a_new_engine_on_the_same_store(
 
 
 def in_memory(engine: plait.Engine) -> set[tuple[str, str]]:
-    """The timers an engine holds in its wheel, as (execution id, deferred name)."""
-    assert engine._timers is not None
-    assert set(engine._timers.keys_by_id.values()) == set(engine._timers.ids_by_key)
-    return set(engine._timers.ids_by_key)
+    """The timers an engine's work source holds in its wheel, as (execution id, deferred)."""
+    assert engine._work is not None
+    return set(engine._work.source.timers_in_memory())
 
 
 async def test_only_timers_due_within_the_horizon_are_in_memory(
@@ -522,9 +520,14 @@ async def test_only_timers_due_within_the_horizon_are_in_memory(
     assert await timers(plait_engine) == []
 
 
-async def test_many_timers_due_at_once_fire_through_a_bounded_number_of_workers(
-    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+async def test_many_timers_due_at_once_all_fire_once_in_a_new_engine(
+    make_engine: EngineFactory,
 ) -> None:
+    """The work source fires them in batches and hands them over a batch at a time.
+
+    (That it never holds more than a bounded number of snapshots for the engine is its own
+    Rust test, `work::tests::no_more_than_the_cap_of_snapshots_waits_for_the_host`.)
+    """
     events: list[str] = []
     implement_napper(events)
     clock = VirtualClock(start=1_700_000_000_000)
@@ -535,26 +538,14 @@ async def test_many_timers_due_at_once_fire_through_a_bounded_number_of_workers(
         )
         for execution_id in ids:
             await poll_until(Napper, execution_id, plait.Suspended)
-    monkeypatch.setattr(plait.engine.recovery, "RECOVERY_CONCURRENCY", 3)
-    firing = [0, 0]  # now, most at once
-    fire = plait.Engine._fire
-
-    async def counted_fire(self: plait.Engine, execution_id: str, name: str) -> None:
-        firing[0] += 1
-        firing[1] = max(firing)
-        try:
-            await fire(self, execution_id, name)
-        finally:
-            firing[0] -= 1
-
-    monkeypatch.setattr(plait.Engine, "_fire", counted_fire)
     later = VirtualClock(start=clock.now_ms() + 3_600_000)
     async with make_engine.reopen(first, later) as engine:
         for execution_id in ids:
             await poll_until(Napper, execution_id, plait.Complete, engine=engine)
-        assert engine._recovery.workers == 0
-    # In memory nothing waits, so one worker takes every timer in turn.
-    assert firing == [0, 1 if make_engine.backend == "memory" else 3]
+        await settle()
+        assert engine._work is not None
+        assert not engine._work.source.busy()
+        assert await timers(engine) == []
     assert events.count("woke") == 40
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import plait
+import plait.engine.work
 from plait import _bridge
 from plait.clocks import Clock
 from plait.journal import Execution, Journal, Status
@@ -85,13 +86,14 @@ async def settle(rounds: int = 50, *, within: float = 10.0) -> None:
     """Lets the engine go on until it has nothing left to do but wait.
 
     Returns after `rounds` loop iterations in a row with no store read or commit in flight
-    (SQLite, PostgreSQL): what the engine does without the clock moving, a deferred completing
-    or a worker thread finishing has happened. On the memory store that is `rounds` iterations.
+    (SQLite, PostgreSQL) and nothing in an engine's work source (a timer firing, a snapshot
+    being read, work not yet taken): what the engine does without the clock moving, a deferred
+    completing or a worker thread finishing has happened.
     """
     deadline = time.monotonic() + within
     idle = 0
     while idle < rounds:
-        if _store_calls_in_flight():
+        if _store_calls_in_flight() or plait.engine.work.busy():
             idle = 0
             if time.monotonic() > deadline:
                 msg = f"the engine still awaits its store after {within} s"

@@ -14,12 +14,14 @@ __all__ = [
     "Execution",
     "HashRing",
     "Op",
+    "Resume",
     "Snapshot",
     "SnowflakeGenerator",
     "Store",
     "Timer",
     "TimerServiceRef",
     "TimerWheel",
+    "WorkSource",
     "__version__",
     "_after_fork_in_child",
     "_panic",
@@ -533,6 +535,53 @@ class TimerServiceRef:
     def wait_due(self, bridge: AsyncBridge) -> int: ...
     def close(self) -> None: ...
     def __len__(self) -> int: ...
+
+# the work source (see plait/engine/work.py)
+
+@final
+class Resume:
+    """An execution to run again, from its snapshot."""
+
+    @property
+    def execution_id(self) -> str: ...
+    @property
+    def snapshot(self) -> Snapshot: ...
+    @property
+    def fired(self) -> str | None:
+        """The deferred whose timer fired to make it runnable, if that is why."""
+
+@final
+class WorkSource:
+    """What one engine owns and what runs next: recovery, durable timers, snapshots to resume.
+
+    On start it lists the executions found running, loads the stored timers due within a
+    minute, and from then on fires timers as they fall due (the deferred, the execution's running
+    mark and the timer's removal in one transaction). Everything to run again comes out of `take`
+    as a `Resume` with its snapshot, read after the event.
+    """
+
+    def __new__(cls, store: Store, manual_now_ms: int | None = None) -> WorkSource:
+        """Starts the source: on the wall clock, or on a manual one that `advance_to` moves."""
+    def wait(self, bridge: AsyncBridge) -> int:
+        """Resolves to None once work is ready to take; raises `ClosedError` once closed."""
+    def started(self, bridge: AsyncBridge) -> int:
+        """Resolves to None once recovery is listed and the first window of timers read."""
+    def take(self, max: int) -> list[Resume]:
+        """Takes up to `max` units of ready work, oldest first."""
+    def scheduled(self, execution_id: str, name: str, due_ms: int) -> None:
+        """A timer was stored: into the wheel if it falls in the loaded window."""
+    def resume(self, ids: Iterable[str]) -> None:
+        """Resumes these executions: their snapshots are read and handed out as work."""
+    def advance_to(self, now_ms: int) -> None:
+        """Moves a manual clock to `now_ms` (never backwards); nothing on the wall clock."""
+    def next_due(self) -> int | None:
+        """When the source next needs time to move (ms), or None."""
+    def busy(self) -> bool:
+        """Whether the source holds work not yet taken."""
+    def timers_in_memory(self) -> list[tuple[str, str]]:
+        """The timers in its wheel, as (execution id, deferred name), sorted."""
+    def close(self) -> None:
+        """Stops the source; waits end with `ClosedError`. The store keeps what was not done."""
 
 # awaiting Rust tasks (see plait/_bridge.py)
 

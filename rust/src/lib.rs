@@ -10,7 +10,9 @@
 //! - [`completion`]: results of Rust tasks handed to an event loop in batches;
 //! - [`clock`]: the wall clock, in milliseconds since the Unix epoch;
 //! - [`store`]: the journal store of executions, step results, deferreds and timers, in memory
-//!   or durable in SQLite / PostgreSQL.
+//!   or durable in SQLite / PostgreSQL;
+//! - [`work`]: the work source: what a process owns and what runs next (recovery, durable
+//!   timers, snapshots to resume), handed to Python in batches.
 //!
 //! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
 
@@ -22,6 +24,7 @@ pub mod shard;
 pub mod snowflake;
 pub mod store;
 pub mod timer;
+pub mod work;
 
 #[cfg(feature = "python")]
 mod py;

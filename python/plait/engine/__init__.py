@@ -1,6 +1,7 @@
 """The engine: runs workflow executions by replay over a journal store.
 
 - `core`: the `Engine` (lifecycle, executions, callers, deferred completion, durable timers).
+- `work`: takes the work of the Rust work source (executions recovered or woken by a timer).
 - `run`: one run's replay, steps, parks and suspension; the interface the public API uses.
 - `races`: races and `into`, stored as deferreds. `scope`: finalizers and compensations.
 - `signals`: how user code's exceptions are sorted. `specs`: what the engine needs of the

@@ -15,10 +15,9 @@ from datetime import timedelta
 from typing import Any, Literal, cast
 
 from plait import _bridge
-from plait._native import Op, Store
+from plait._native import Op, Resume, Store
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine import registry
-from plait.engine.recovery import Recovery
 from plait.engine.run import (
     Execution,
     Run,
@@ -30,7 +29,7 @@ from plait.engine.run import (
 from plait.engine.scope import close_scope
 from plait.engine.signals import StoredFirst, engine_cancelled, log, unexpected
 from plait.engine.specs import WorkflowSpec
-from plait.engine.timers import DurableTimers
+from plait.engine.work import WorkLoop
 from plait.errors import (
     Defect,
     DeferredTokenError,
@@ -48,7 +47,6 @@ from plait.journal import Journal, Snapshot
 
 __all__ = ["Engine", "current_engine", "engine_for"]
 
-_VOID = b'{"_tag":"Success","value":null}'
 
 #: The engine of the enclosing `async with engine:`.
 current_engine: contextvars.ContextVar[Engine | None] = contextvars.ContextVar(
@@ -117,9 +115,9 @@ class Engine:
         self._context_token: contextvars.Token[Engine | None] | None = None
         self._base_context: contextvars.Context | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._timers: DurableTimers | None = None
-        self._timer_task: asyncio.Task[None] | None = None
-        self._recovery = Recovery(self._spawn, self._resume, self._fire)
+        # The work source (recovery, durable timers) and the tasks that take its work.
+        self._work: WorkLoop | None = None
+        self._work_tasks: list[asyncio.Task[None]] = []
         self._lease_task: asyncio.Task[None] | None = None
         # Why the engine stopped on its own: another engine took the database over.
         self._fenced: EngineFencedError | None = None
@@ -238,15 +236,16 @@ class Engine:
             ctx.run(var.set, None)
         ctx.run(current_attempt.set, 1)
         self._base_context = ctx
-        self._timers = DurableTimers(self.clock, journal, self._recovery.add)
-        await self._timers.load()
-        self._timer_task = self._loop.create_task(self._timers.run(), context=ctx)
-        self._timer_task.add_done_callback(_log_crash)
+        assert self.store is not None
+        self._work = WorkLoop(self.store, self.clock, self._resume_from)
+        await self._work.started()
+        for work in self._work.tasks():
+            task = self._loop.create_task(work, context=ctx)
+            task.add_done_callback(_log_crash)
+            self._work_tasks.append(task)
         if self.store is not None and not journal.immediate:
             self._lease_task = self._loop.create_task(self._watch_lease(self.store), context=ctx)
             self._lease_task.add_done_callback(_log_crash)
-        for execution_id in await journal.with_status("running"):
-            self._recovery.add(execution_id)
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
@@ -259,9 +258,11 @@ class Engine:
         self._closing = True
         tasks = [ex.run.task for ex in self._live.values() if ex.run and ex.run.task]
         tasks += self._background
-        for task in (self._timer_task, self._lease_task):
+        for task in (*self._work_tasks, self._lease_task):
             if task is not None and task is not asyncio.current_task():
                 tasks.append(task)
+        if self._work is not None:
+            self._work.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -275,11 +276,8 @@ class Engine:
                     )
         self._live.clear()
         self._interrupt_now.clear()
-        self._recovery.clear()
-        if self._timers is not None:
-            self._timers.clear()
         self._loop = None
-        self._timer_task = None
+        self._work, self._work_tasks = None, []
         self._lease_task = None
         if self._open is not None and self.journal is not None:
             journal, self.journal, self.store = self.journal, None, None
@@ -425,10 +423,11 @@ class Engine:
         ctx.run(current_run.set, run)
         run.task = loop.create_task(self._drive(run), context=ctx)
 
-    async def _resume(self, execution_id: str) -> bool:
+    async def _resume(self, execution_id: str, snapshot: Snapshot | None = None) -> bool:
         """Starts a new run of a stored execution that is not running here.
 
-        Returns whether it did (not when running already, complete, or unknown).
+        Reads its snapshot unless given one. Returns whether it started a run (not when the
+        execution is running already, complete, or unknown).
         """
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
@@ -439,35 +438,12 @@ class Engine:
             return False
         self._resuming.add(execution_id)
         try:
-            snapshot = await self._journal().snapshot(execution_id)
             if snapshot is None:
+                snapshot = await self._journal().snapshot(execution_id)
+            ex = self._prepare(execution_id, snapshot)
+            if ex is None or snapshot is None:
                 return False
-            record = snapshot.execution
-            name, status = record.workflow, record.status
-            if status == "complete":
-                return False
-            ex = self._live.get(execution_id)
-            if ex is None or ex.payload is None:
-                if ex is not None:
-                    workflow = ex.workflow
-                elif (found := self._workflows.get(name) or registry.lookup(name)) is not None:
-                    workflow = found
-                else:
-                    self._unimplemented(name, execution_id)
-                    return False
-                try:
-                    payload = workflow.decode_payload(record.payload)
-                except JournalDecodeError as err:
-                    self._fail_waiters(
-                        execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
-                    )
-                    raise
-                if ex is None:
-                    ex = Execution(execution_id, workflow, payload, record.parent)
-                    self._live[execution_id] = ex
-                ex.payload = payload
-            ex.interrupted = ex.interrupted or record.interrupted
-            if status != "running":
+            if snapshot.execution.status != "running":
                 await self._write(Op.status(execution_id, "running", None))
             if ex.run is not None:  # started while we read
                 return False
@@ -478,6 +454,69 @@ class Engine:
             self._rewake.discard(execution_id)
             ex.wake = True
         return True
+
+    def _prepare(self, execution_id: str, snapshot: Snapshot | None) -> Execution | None:
+        """The execution to run from `snapshot`, held in `_live`; None if there is nothing to run.
+
+        Nothing to run: the execution is unknown or complete, or this engine does not implement
+        its workflow (an engine that does will run it).
+
+        Raises:
+            JournalDecodeError: Its stored payload no longer decodes (its callers hear so too).
+        """
+        if snapshot is None:
+            return None
+        record = snapshot.execution
+        if record.status == "complete":
+            return None
+        ex = self._live.get(execution_id)
+        if ex is None or ex.payload is None:
+            name = record.workflow
+            if ex is not None:
+                workflow = ex.workflow
+            elif (found := self._workflows.get(name) or registry.lookup(name)) is not None:
+                workflow = found
+            else:
+                self._unimplemented(name, execution_id)
+                return None
+            try:
+                payload = workflow.decode_payload(record.payload)
+            except JournalDecodeError as err:
+                self._fail_waiters(
+                    execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
+                )
+                raise
+            if ex is None:
+                ex = Execution(execution_id, workflow, payload, record.parent)
+                self._live[execution_id] = ex
+            ex.payload = payload
+        ex.interrupted = ex.interrupted or record.interrupted
+        return ex
+
+    def _resume_from(self, work: Resume) -> None:
+        """Runs what the work source hands over: an execution recovered, or woken by a timer.
+
+        The source read its snapshot after the event, so a run starts at once, with no read.
+        A run of it already live here takes the fired deferred instead (or runs again after).
+        """
+        execution_id, snapshot = work.execution_id, work.snapshot
+        ex = self._live.get(execution_id)
+        if ex is not None and ex.run is not None:
+            fired = work.fired
+            value = next((d.value for d in snapshot.deferreds if d.name == fired), None)
+            if fired is None or value is None or not ex.run.deliver(fired, value):
+                ex.wake = True
+            return
+        if execution_id in self._resuming or snapshot.execution.status != "running":
+            self._spawn(self._resume(execution_id, snapshot))
+            return
+        try:
+            prepared = self._prepare(execution_id, snapshot)
+        except JournalDecodeError:
+            log.exception("execution %s cannot resume", execution_id)
+            return
+        if prepared is not None and prepared.run is None:
+            self._launch(prepared, snapshot)
 
     def _unimplemented(self, workflow_name: str, execution_id: str) -> None:
         """Notes once per workflow that its executions wait for an engine implementing it."""
@@ -867,22 +906,18 @@ class Engine:
         encoded: bytes,
         *,
         unimplemented: str | None = None,
-        timer: bool = False,
     ) -> bool:
         """Stores a deferred's result and wakes its execution, once the token is checked.
 
-        `unimplemented` names the workflow when this engine has no implementation of it;
-        `timer` also removes the timer that fired.
+        `unimplemented` names the workflow when this engine has no implementation of it.
         """
-        # One transaction: the result, the mark that the execution has a run to make (so an
-        # engine that starts after a crash resumes it) and, for a timer, the timer's removal: a
-        # crash keeps all or none.
+        # One transaction: the result and the mark that the execution has a run to make (so an
+        # engine that starts after a crash resumes it): a crash keeps both or neither. (A timer
+        # that fires is written the same way, by the work source.)
         ops = [
             Op.deferred(execution_id, name, encoded),
             Op.status(execution_id, "running", None),
         ]
-        if timer:
-            ops.append(Op.untimer(execution_id, name))
         results = await self._journal().write_together(ops)
         stored, woken = results[0], results[1]
         if not stored:
@@ -919,11 +954,8 @@ class Engine:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         # Rounded up: a timer never fires before its time (Effect's rule too).
         due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
-        if await self._write(Op.timer(execution_id, name, due)) and self._timers is not None:
-            self._timers.scheduled(execution_id, name, due)
-
-    async def _fire(self, execution_id: str, name: str) -> None:
-        await self._store_deferred(execution_id, name, _VOID, timer=True)
+        if await self._write(Op.timer(execution_id, name, due)) and self._work is not None:
+            self._work.scheduled(execution_id, name, due)
 
     # Journal writes ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ use pyo3::{
     types::{PyBool, PyString},
 };
 
-use crate::{ids, runtime, shard, snowflake, store, timer};
+use crate::{ids, runtime, shard, snowflake, store, timer, work};
 
 import_exception!(plait.errors, InvalidArgumentError);
 import_exception!(plait.errors, MalformedTokenError);
@@ -49,6 +49,12 @@ impl From<ids::Error> for PyErr {
             ids::Error::MalformedToken { .. } => MalformedTokenError::new_err(err.to_string()),
             ids::Error::InvalidAttempt(_) => InvalidArgumentError::new_err(err.to_string()),
         }
+    }
+}
+
+impl From<work::Closed> for PyErr {
+    fn from(err: work::Closed) -> Self {
+        ClosedError::new_err(err.to_string())
     }
 }
 

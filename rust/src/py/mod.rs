@@ -12,6 +12,7 @@ mod shard;
 mod snowflake;
 mod store;
 mod timer;
+mod work;
 
 use pyo3::prelude::*;
 
@@ -32,6 +33,8 @@ mod _native {
     use super::store::{PyDeferred, PyEntry, PyExecution, PyOp, PySnapshot, PyStore, PyTimer};
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
+    #[pymodule_export]
+    use super::work::{PyResume, PyWorkSource};
 
     use super::{Bound, PyModule, PyModuleMethods, PyResult};
 

@@ -256,7 +256,7 @@ impl PyDeferred {
 /// An execution with its journal and deferred results, read at once.
 #[pyclass(module = "plait._native", name = "Snapshot", frozen, eq)]
 #[derive(PartialEq)]
-pub struct PySnapshot(store::Snapshot);
+pub struct PySnapshot(pub(super) store::Snapshot);
 
 #[pymethods]
 impl PySnapshot {
@@ -459,6 +459,11 @@ impl Drop for PyStore {
 }
 
 impl PyStore {
+    /// The store itself, for another native object that works on it (the work source).
+    pub(super) fn shared(&self) -> PyResult<Arc<dyn store::Store>> {
+        self.store()
+    }
+
     fn store(&self) -> PyResult<Arc<dyn store::Store>> {
         if let Some(born) = self.born {
             runtime::check_not_forked(born, "Store")?;

@@ -1,0 +1,615 @@
+//! The work source: what this process owns and what runs next.
+//!
+//! One per engine. It knows the durable timers of the executions this process owns that fall
+//! due within a horizon, fires them (the deferred, the execution's running mark and the timer's
+//! removal in one transaction), recovers the executions found running when it starts, reads the
+//! snapshots of everything that must run again, and hands Python batches of [`Work`]: resume
+//! this execution, from this snapshot (after this timer fired). Python waits with
+//! [`WorkSource::wait`], takes with [`WorkSource::take`] (separate on purpose: a cancelled wait
+//! never drops work), runs user code, and tells the source about timers it stored.
+//!
+//! Time comes from a [`Clock`]: the wall clock, on which the source sleeps by itself, or a
+//! manual one that the host moves ([`WorkSource::advance_to`]), as a test's virtual clock does.
+//!
+//! This is the seam the cluster plugs into: a runner's source will own the executions (and the
+//! entity mailboxes) of the shards it holds, and resume a shard's work when it acquires it.
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    time::Duration,
+};
+
+use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
+
+use crate::{
+    clock::now_ms,
+    store::{Op, OpResult, Snapshot, Status, Store, StoreError},
+    timer::TimerWheel,
+};
+
+/// Timers due within this much of now are in memory; later ones only in the store.
+pub const HORIZON_MS: u64 = 60_000;
+/// Executions whose snapshot was read and that wait for Python: the source stops reading more
+/// until Python has taken some (100,000 to recover never sit in memory at once).
+pub const READY_CAP: usize = 1_000;
+/// Ids per snapshot read, and timers fired per transaction.
+const CHUNK: usize = 500;
+/// The encoded exit of a fired clock: success, no value.
+const VOID: &[u8] = br#"{"_tag":"Success","value":null}"#;
+/// Longest sleep between looks at the wall clock, so a clock that jumps forward delays timers
+/// by at most this much.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// First wait after a store failure; doubled up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Where the source's time comes from.
+#[derive(Debug)]
+pub enum Clock {
+    /// The wall clock; the source sleeps until its next timer by itself.
+    Wall,
+    /// An instant the host sets ([`WorkSource::advance_to`]); the source never sleeps on it.
+    Manual(AtomicU64),
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        match self {
+            Clock::Wall => now_ms(),
+            Clock::Manual(now) => now.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// One unit of work for the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The execution to run again.
+    pub execution_id: String,
+    /// What it has stored, read after the event below.
+    pub snapshot: Snapshot,
+    /// The deferred whose completion (a timer firing) made it runnable, if that is why.
+    pub fired: Option<String>,
+}
+
+/// What Python gets from [`WorkSource::take`].
+pub type Work = Resume;
+
+/// What the source wants done, and what it has ready.
+#[derive(Debug)]
+struct State {
+    wheel: TimerWheel,
+    /// The timers in the wheel: `(execution id, deferred)` by wheel id, and the other way.
+    keys: FxHashMap<u64, (String, String)>,
+    ids: FxHashMap<(String, String), u64>,
+    next_id: u64,
+    /// Stored timers due up to here (ms, or -1 before the first load) are in the wheel.
+    loaded_until: i64,
+    /// When the first stored timer after `loaded_until` is due, if known.
+    stored_next: Option<u64>,
+    /// The earliest timer the host stored beyond the window while a window was being read
+    /// (the read may not see it).
+    stored_during_load: Option<u64>,
+    /// Executions to resume, each with the deferred that fired for it, if any; read next.
+    to_read: VecDeque<(String, Option<String>)>,
+    /// Read and waiting for the host.
+    ready: VecDeque<Work>,
+    /// Whether the host changed something (time, a timer, a resume) that the driver has not
+    /// looked at yet.
+    pending: bool,
+    /// Whether the driver is in a round (listing, loading, firing, reading).
+    driving: bool,
+    /// How far the start has come.
+    phase: Phase,
+}
+
+/// The start of a source: list the executions found running, read the first window of timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Listing,
+    Reading,
+    Started,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    clock: Clock,
+    /// Wakes the driver: a timer was added, time moved, the host took work, or closing.
+    changed: Notify,
+    /// Wakes the host's wait: work is ready, or the source closed.
+    ready: Notify,
+    /// Wakes those waiting for the source to have started (recovery listed, first window read).
+    started: Notify,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent; a panic elsewhere while the lock
+        // was held does not make it unusable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The work source of one engine. See the [module documentation](self).
+#[derive(Debug)]
+pub struct WorkSource {
+    shared: Arc<Shared>,
+}
+
+/// The source was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the work source is closed")]
+pub struct Closed;
+
+impl WorkSource {
+    /// Starts the source on `store`: it lists the executions found running (to resume them),
+    /// loads the timers due within the horizon, and from then on fires timers as they fall due.
+    ///
+    /// Must be called inside a tokio runtime (the driver is a task of it).
+    pub fn start(store: Arc<dyn Store>, clock: Clock) -> Self {
+        let now = clock.now();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                wheel: TimerWheel::new(now),
+                keys: FxHashMap::default(),
+                ids: FxHashMap::default(),
+                next_id: 1,
+                loaded_until: -1,
+                stored_next: None,
+                stored_during_load: None,
+                to_read: VecDeque::new(),
+                ready: VecDeque::new(),
+                pending: true,
+                driving: false,
+                phase: Phase::Listing,
+            }),
+            clock,
+            changed: Notify::new(),
+            ready: Notify::new(),
+            started: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(drive(Arc::clone(&shared), store));
+        Self { shared }
+    }
+
+    /// Waits until work is ready to take.
+    ///
+    /// # Errors
+    /// [`Closed`] once the source is closed.
+    pub async fn wait(&self) -> Result<(), Closed> {
+        loop {
+            let notified = self.shared.ready.notified();
+            tokio::pin!(notified);
+            // Register before looking, so work readied between the look and the wait wakes us.
+            notified.as_mut().enable();
+            if self.shared.closed() {
+                return Err(Closed);
+            }
+            if !self.shared.state().ready.is_empty() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until the source has listed the executions found running and read its first
+    /// window of timers (the work they give may not be ready yet).
+    ///
+    /// # Errors
+    /// [`Closed`] once the source is closed.
+    pub async fn started(&self) -> Result<(), Closed> {
+        loop {
+            let notified = self.shared.started.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.closed() {
+                return Err(Closed);
+            }
+            if self.shared.state().has_started() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes up to `max` units of ready work, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Work> {
+        let taken: Vec<Work> = {
+            let mut state = self.shared.state();
+            let count = max.min(state.ready.len());
+            state.ready.drain(..count).collect()
+        };
+        if !taken.is_empty() {
+            // Room to read more.
+            self.shared.changed.notify_one();
+        }
+        taken
+    }
+
+    /// The host stored a timer: it goes into the wheel if it falls within the loaded window,
+    /// else it may move the next load earlier.
+    pub fn scheduled(&self, execution_id: &str, name: &str, due_ms: u64) {
+        {
+            let mut state = self.shared.state();
+            let due = i64::try_from(due_ms).unwrap_or(i64::MAX);
+            if due <= state.loaded_until {
+                add_timer(&mut state, execution_id, name, due_ms);
+            } else if state.stored_next.is_none_or(|next| due_ms < next) {
+                state.stored_next = Some(due_ms);
+                state.stored_during_load =
+                    Some(state.stored_during_load.map_or(due_ms, |d| d.min(due_ms)));
+            } else {
+                state.stored_during_load =
+                    Some(state.stored_during_load.map_or(due_ms, |d| d.min(due_ms)));
+                return;
+            }
+            state.pending = true;
+        }
+        self.shared.changed.notify_one();
+    }
+
+    /// Resumes these executions: their snapshots are read and handed out as work.
+    pub fn resume(&self, ids: impl IntoIterator<Item = String>) {
+        {
+            let mut state = self.shared.state();
+            state.to_read.extend(ids.into_iter().map(|id| (id, None)));
+            state.pending = true;
+        }
+        self.shared.changed.notify_one();
+    }
+
+    /// Moves a manual clock to `now_ms` (never backwards); nothing on the wall clock.
+    pub fn advance_to(&self, now_ms: u64) {
+        if let Clock::Manual(now) = &self.shared.clock {
+            let before = now.fetch_max(now_ms, Ordering::AcqRel);
+            if now_ms > before {
+                self.shared.state().pending = true;
+                self.shared.changed.notify_one();
+            }
+        }
+    }
+
+    /// When the source next needs time to move: its earliest timer, or the load of the next
+    /// window. What a host driving a manual clock sleeps until.
+    pub fn next_due(&self) -> Option<u64> {
+        let state = self.shared.state();
+        if !state.has_started() {
+            // Until then it cannot tell: now, so that a host keeps looking.
+            return Some(self.shared.clock.now());
+        }
+        let load_at = state
+            .stored_next
+            .map(|next| next.saturating_sub(HORIZON_MS / 2));
+        match (state.wheel.next_due(), load_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the source holds work not yet taken: a change it has not looked at, a round
+    /// under way (listing, loading, firing, reading), executions to read, or ready work.
+    pub fn busy(&self) -> bool {
+        let state = self.shared.state();
+        state.pending || state.driving || !state.to_read.is_empty() || !state.ready.is_empty()
+    }
+
+    /// The timers in memory, as `(execution id, deferred name)`.
+    pub fn timers_in_memory(&self) -> Vec<(String, String)> {
+        let state = self.shared.state();
+        let mut keys: Vec<_> = state.ids.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Stops the driver; waiters get [`Closed`]. What was not fired or taken stays in the store.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.changed.notify_one();
+        self.shared.ready.notify_waiters();
+        self.shared.started.notify_waiters();
+    }
+}
+
+impl Drop for WorkSource {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl State {
+    fn has_started(&self) -> bool {
+        self.phase == Phase::Started
+    }
+}
+
+fn add_timer(state: &mut State, execution_id: &str, name: &str, due_ms: u64) {
+    let key = (execution_id.to_owned(), name.to_owned());
+    if state.ids.contains_key(&key) {
+        return; // loaded from the store and reported by the host both
+    }
+    let id = state.next_id;
+    state.next_id += 1;
+    state.wheel.insert(id, due_ms);
+    state.keys.insert(id, key.clone());
+    state.ids.insert(key, id);
+}
+
+/// Waits between retries of a failed store call.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (delay * 2).min(RETRY_MAX);
+        delay
+    }
+}
+
+/// The driver: recovery, window loads, firing and reading, until the source closes.
+async fn drive(shared: Arc<Shared>, store: Arc<dyn Store>) {
+    let mut backoff = Backoff(RETRY_FIRST);
+    loop {
+        if shared.closed() {
+            return;
+        }
+        // Registered before the round, so a change during it wakes the wait below at once.
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let mut state = shared.state();
+            state.pending = false;
+            state.driving = true;
+        }
+        let outcome = round(&shared, store.as_ref()).await;
+        shared.state().driving = false;
+        match outcome {
+            Ok(true) => {
+                backoff = Backoff(RETRY_FIRST);
+                continue;
+            }
+            Ok(false) => backoff = Backoff(RETRY_FIRST),
+            Err(err) => {
+                log::warn!(
+                    target: "plait.work",
+                    "the work source could not reach its store ({err}); retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next()) => {}
+                    () = &mut changed => {}
+                }
+                continue;
+            }
+        }
+        let sleep = match shared.clock {
+            Clock::Wall => next_wake(&shared)
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())).min(MAX_SLEEP)),
+            Clock::Manual(_) => None,
+        };
+        match sleep {
+            Some(sleep) => {
+                tokio::select! {
+                    () = tokio::time::sleep(sleep) => {}
+                    () = &mut changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}
+
+/// When the driver must look again on the wall clock: the wheel's next slot deadline (O(1),
+/// never after its next timer) or the next window's load.
+fn next_wake(shared: &Shared) -> Option<u64> {
+    let state = shared.state();
+    let load_at = state
+        .stored_next
+        .map(|next| next.saturating_sub(HORIZON_MS / 2));
+    match (state.wheel.next_deadline(), load_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One round of the driver's work. Returns whether it did something (so another round may
+/// find more at once).
+async fn round(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    if recover(shared, store).await? {
+        return Ok(true);
+    }
+    if load_window(shared, store).await? {
+        return Ok(true);
+    }
+    // Both in each round, so that Python gets the first executions to resume while later
+    // timers are still being fired.
+    let fired = fire_due(shared, store).await?;
+    let read = read_snapshots(shared, store).await?;
+    Ok(fired || read)
+}
+
+/// At start: the executions found running are queued to resume.
+async fn recover(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    if shared.state().phase != Phase::Listing {
+        return Ok(false);
+    }
+    let running = store.with_status(Status::Running).await?;
+    let mut state = shared.state();
+    state
+        .to_read
+        .extend(running.into_iter().map(|id| (id, None)));
+    state.phase = Phase::Reading;
+    Ok(true)
+}
+
+/// Loads the stored timers of the next window, half a horizon before it is needed (and at
+/// start).
+async fn load_window(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    let now = shared.clock.now();
+    let (after, until) = {
+        let mut state = shared.state();
+        let first = state.loaded_until < 0;
+        let due = state
+            .stored_next
+            .is_some_and(|next| next.saturating_sub(HORIZON_MS / 2) <= now);
+        if !first && !due {
+            return Ok(false);
+        }
+        let after = state.loaded_until;
+        let until = i64::try_from(now.saturating_add(HORIZON_MS)).unwrap_or(i64::MAX);
+        // Set first: a timer the host stores during the read goes into the wheel directly.
+        // `stored_next` stays until the read answers, so that `next_due` keeps asking for the
+        // time of this load meanwhile (a host driving a manual clock must not stop looking).
+        state.loaded_until = until;
+        state.stored_during_load = None;
+        (after, until)
+    };
+    let loaded = store.timers_between(after, until).await;
+    let mut state = shared.state();
+    match loaded {
+        Ok((timers, following)) => {
+            if state.phase == Phase::Reading {
+                state.phase = Phase::Started;
+                shared.started.notify_waiters();
+            }
+            for timer in timers {
+                add_timer(&mut state, &timer.execution_id, &timer.name, timer.due_ms);
+            }
+            // A timer the host stored meanwhile beyond the window may be earlier still.
+            state.stored_next = match (state.stored_during_load.take(), following) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok(true)
+        }
+        Err(err) => {
+            // Read again next round (`stored_next` still asks for it, or `loaded_until` is back
+            // below 0 for the first load).
+            state.loaded_until = after;
+            if let Some(during) = state.stored_during_load.take() {
+                state.stored_next = Some(state.stored_next.map_or(during, |next| next.min(during)));
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Fires the timers due now: per timer, the deferred, the execution's running mark and the
+/// timer's removal, all in one write (one transaction), so a crash keeps all or none.
+async fn fire_due(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    let now = shared.clock.now();
+    let due: Vec<(u64, String, String)> = {
+        let mut state = shared.state();
+        let taken = state.wheel.take_due(now, CHUNK);
+        let mut due = Vec::with_capacity(taken.len());
+        for expired in taken {
+            if let Some((execution_id, name)) = state.keys.remove(&expired.id) {
+                state.ids.remove(&(execution_id.clone(), name.clone()));
+                due.push((expired.due_ms, execution_id, name));
+            }
+        }
+        due
+    };
+    if due.is_empty() {
+        return Ok(false);
+    }
+    let mut ops = Vec::with_capacity(due.len() * 3);
+    for (_, execution_id, name) in &due {
+        ops.push(Op::Deferred {
+            id: execution_id.clone(),
+            name: name.clone(),
+            value: VOID.to_vec(),
+        });
+        ops.push(Op::Status {
+            id: execution_id.clone(),
+            status: Status::Running,
+            result: None,
+        });
+        ops.push(Op::Untimer {
+            execution_id: execution_id.clone(),
+            name: name.clone(),
+        });
+    }
+    let written = match store.write(ops) {
+        Ok(answer) => answer.await,
+        Err(err) => Err(err),
+    };
+    let mut state = shared.state();
+    match written {
+        Ok(results) => {
+            for ((_, execution_id, name), outcome) in due.into_iter().zip(results.chunks(3)) {
+                // Stored now, and the execution not complete: it has a run to make.
+                if outcome[0] == OpResult::Done(true) && outcome[1] == OpResult::Done(true) {
+                    state.to_read.push_back((execution_id, Some(name)));
+                }
+            }
+            Ok(true)
+        }
+        Err(err) => {
+            // Back into the wheel, due at once: fired again next round.
+            for (due_ms, execution_id, name) in due {
+                add_timer(&mut state, &execution_id, &name, due_ms);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Reads the snapshots of executions to resume, while there is room for them in `ready`.
+async fn read_snapshots(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    let chunk: Vec<(String, Option<String>)> = {
+        let mut state = shared.state();
+        let room = READY_CAP.saturating_sub(state.ready.len()).min(CHUNK);
+        let count = room.min(state.to_read.len());
+        state.to_read.drain(..count).collect()
+    };
+    if chunk.is_empty() {
+        return Ok(false);
+    }
+    let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+    let read = store.snapshots(&ids).await;
+    let mut state = shared.state();
+    match read {
+        Ok(snapshots) => {
+            let mut readied = false;
+            for ((execution_id, fired), snapshot) in chunk.into_iter().zip(snapshots) {
+                if let Some(snapshot) = snapshot {
+                    if snapshot.execution.status != Status::Complete {
+                        state.ready.push_back(Resume {
+                            execution_id,
+                            snapshot,
+                            fired,
+                        });
+                        readied = true;
+                    }
+                }
+            }
+            drop(state);
+            if readied {
+                shared.ready.notify_waiters();
+            }
+            Ok(true)
+        }
+        Err(err) => {
+            // Back to the front of the queue, in order.
+            for item in chunk.into_iter().rev() {
+                state.to_read.push_front(item);
+            }
+            Err(err)
+        }
+    }
+}

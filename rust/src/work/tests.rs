@@ -1,0 +1,289 @@
+//! The work source on the memory store and a real SQLite file: recovery, timers within and
+//! beyond the horizon, firing, the cap on ready work, and closing.
+
+use std::{sync::atomic::AtomicU64, time::Instant};
+
+use super::*;
+use crate::store::{memory::MemoryStore, Timer};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn start(id: &str) -> Op {
+    Op::Start {
+        id: id.into(),
+        workflow: "W".into(),
+        payload: b"{}".to_vec(),
+        parent: None,
+    }
+}
+
+fn suspend(id: &str) -> Op {
+    Op::Status {
+        id: id.into(),
+        status: Status::Suspended,
+        result: None,
+    }
+}
+
+fn timer(id: &str, name: &str, due_ms: u64) -> Op {
+    Op::Timer(Timer {
+        execution_id: id.into(),
+        name: name.into(),
+        due_ms,
+    })
+}
+
+async fn write(store: &dyn Store, ops: Vec<Op>) -> Vec<OpResult> {
+    store.write(ops).unwrap().await.unwrap()
+}
+
+fn manual(now: u64) -> Clock {
+    Clock::Manual(AtomicU64::new(now))
+}
+
+/// Waits (up to 10 s) for the source to have ready work, and takes it all.
+async fn next(source: &WorkSource) -> Vec<Work> {
+    tokio::time::timeout(Duration::from_secs(10), source.wait())
+        .await
+        .expect("no work came")
+        .unwrap();
+    source.take(usize::MAX)
+}
+
+/// Waits (up to 10 s) until the source holds nothing.
+async fn idle(source: &WorkSource) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while source.busy() {
+        assert!(Instant::now() < deadline, "the source stayed busy");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn ids(work: &[Work]) -> Vec<&str> {
+    let mut ids: Vec<&str> = work.iter().map(|w| w.execution_id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Three executions, two of them suspended.
+async fn three(store: &dyn Store) {
+    write(
+        store,
+        vec![
+            start("a"),
+            start("b"),
+            start("c"),
+            suspend("b"),
+            suspend("c"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn executions_found_running_are_resumed_from_their_snapshots() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    three(store.as_ref()).await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    let work = next(&source).await;
+    assert_eq!(ids(&work), ["a"]);
+    assert_eq!(work[0].fired, None);
+    assert_eq!(work[0].snapshot.execution.status, Status::Running);
+    idle(&source).await;
+    source.close();
+}
+
+#[tokio::test]
+async fn a_due_timer_fires_in_one_transaction_and_resumes_its_execution() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    three(store.as_ref()).await;
+    write(
+        store.as_ref(),
+        vec![timer("b", "DurableClock/nap", T0 + 5_000)],
+    )
+    .await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    assert_eq!(ids(&next(&source).await), ["a"]);
+    idle(&source).await;
+    assert_eq!(
+        source.timers_in_memory(),
+        [("b".to_owned(), "DurableClock/nap".to_owned())]
+    );
+    assert_eq!(source.next_due(), Some(T0 + 5_000));
+    source.advance_to(T0 + 4_999);
+    idle(&source).await;
+    assert!(source.take(10).is_empty(), "not due yet");
+    source.advance_to(T0 + 5_000);
+    let work = next(&source).await;
+    assert_eq!(ids(&work), ["b"]);
+    assert_eq!(work[0].fired.as_deref(), Some("DurableClock/nap"));
+    let snapshot = &work[0].snapshot;
+    assert_eq!(snapshot.execution.status, Status::Running);
+    assert_eq!(snapshot.deferreds.len(), 1);
+    assert_eq!(snapshot.deferreds[0].name, "DurableClock/nap");
+    assert_eq!(snapshot.deferreds[0].value, VOID);
+    let (left, _) = store.timers_between(-1, i64::MAX).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "the fired timer is removed with its firing"
+    );
+    source.close();
+}
+
+#[tokio::test]
+async fn timers_beyond_the_horizon_stay_in_the_store_until_they_come_near() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    three(store.as_ref()).await;
+    let far = T0 + 3 * HORIZON_MS;
+    write(store.as_ref(), vec![timer("c", "DurableClock/later", far)]).await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    next(&source).await;
+    idle(&source).await;
+    assert!(source.timers_in_memory().is_empty());
+    // The host wakes the source at the load of the next window, half a horizon early.
+    assert_eq!(source.next_due(), Some(far - HORIZON_MS / 2));
+    source.advance_to(far - HORIZON_MS / 2 - 1);
+    idle(&source).await;
+    assert!(source.timers_in_memory().is_empty());
+    source.advance_to(far - HORIZON_MS / 2);
+    idle(&source).await;
+    assert_eq!(source.timers_in_memory().len(), 1);
+    source.advance_to(far);
+    assert_eq!(ids(&next(&source).await), ["c"]);
+    source.close();
+}
+
+#[tokio::test]
+async fn a_timer_the_host_stores_later_is_taken_in_whichever_window_it_falls() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    three(store.as_ref()).await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    next(&source).await;
+    idle(&source).await;
+    // Within the loaded window: straight into the wheel.
+    write(store.as_ref(), vec![timer("b", "soon", T0 + 1_000)]).await;
+    source.scheduled("b", "soon", T0 + 1_000);
+    // Beyond it: only the next load moves earlier.
+    let later = T0 + 10 * HORIZON_MS;
+    write(store.as_ref(), vec![timer("c", "later", later)]).await;
+    source.scheduled("c", "later", later);
+    assert_eq!(
+        source.timers_in_memory(),
+        [("b".to_owned(), "soon".to_owned())]
+    );
+    assert_eq!(source.next_due(), Some(T0 + 1_000));
+    source.advance_to(T0 + 1_000);
+    assert_eq!(ids(&next(&source).await), ["b"]);
+    idle(&source).await;
+    assert_eq!(source.next_due(), Some(later - HORIZON_MS / 2));
+    source.advance_to(later);
+    assert_eq!(ids(&next(&source).await), ["c"]);
+    source.close();
+}
+
+#[tokio::test]
+async fn a_timer_of_a_complete_execution_gives_no_work() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    three(store.as_ref()).await;
+    write(
+        store.as_ref(),
+        vec![
+            timer("b", "nap", T0 + 10),
+            // Completing drops the execution's timers; one stored again after (as a host that
+            // lost a race would) must still not resume it.
+            Op::Status {
+                id: "b".into(),
+                status: Status::Complete,
+                result: Some(b"{}".to_vec()),
+            },
+        ],
+    )
+    .await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    next(&source).await;
+    idle(&source).await;
+    source.scheduled("b", "nap", T0 + 10);
+    source.advance_to(T0 + 10);
+    idle(&source).await;
+    assert!(source.take(10).is_empty());
+    source.close();
+}
+
+#[tokio::test]
+async fn no_more_than_the_cap_of_snapshots_waits_for_the_host() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let count = READY_CAP * 2 + 300;
+    let ops: Vec<Op> = (0..count).map(|n| start(&format!("e{n:05}"))).collect();
+    write(store.as_ref(), ops).await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    let mut seen = Vec::new();
+    loop {
+        tokio::time::timeout(Duration::from_secs(10), source.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        // Let the driver read as far as it may before taking.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let taken = source.take(usize::MAX);
+        assert!(taken.len() <= READY_CAP, "{} ready at once", taken.len());
+        seen.extend(taken.into_iter().map(|w| w.execution_id));
+        if seen.len() == count {
+            break;
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), count);
+    idle(&source).await;
+    source.close();
+}
+
+#[tokio::test]
+async fn the_wall_clock_fires_by_itself() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    three(store.as_ref()).await;
+    let source = WorkSource::start(Arc::clone(&store), Clock::Wall);
+    next(&source).await;
+    let due = now_ms() + 30;
+    write(store.as_ref(), vec![timer("c", "nap", due)]).await;
+    source.scheduled("c", "nap", due);
+    let started = Instant::now();
+    assert_eq!(ids(&next(&source).await), ["c"]);
+    assert!(now_ms() >= due, "fired before its time");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    source.close();
+}
+
+#[tokio::test]
+async fn closing_ends_the_waits() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let source = Arc::new(WorkSource::start(store, manual(T0)));
+    let waiter = tokio::spawn({
+        let source = Arc::clone(&source);
+        async move { source.wait().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    source.close();
+    assert_eq!(waiter.await.unwrap(), Err(Closed));
+    assert_eq!(source.wait().await, Err(Closed));
+}
+
+#[tokio::test]
+async fn on_a_sqlite_file_too() {
+    let dir = std::env::temp_dir().join(format!("plait-work-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("work.db").display());
+    let config = crate::store::sql::Config::new(&url, "plait_", "full").unwrap();
+    let store: Arc<dyn Store> = Arc::new(crate::store::sql::SqlStore::open(&config).await.unwrap());
+    three(store.as_ref()).await;
+    write(store.as_ref(), vec![timer("b", "nap", T0 + 100)]).await;
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    assert_eq!(ids(&next(&source).await), ["a"]);
+    source.advance_to(T0 + 100);
+    let work = next(&source).await;
+    assert_eq!(ids(&work), ["b"]);
+    assert_eq!(work[0].snapshot.deferreds[0].name, "nap");
+    source.close();
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
