@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +19,17 @@ from plait.http import proxy_server
 
 
 @contextlib.asynccontextmanager
-async def live_proxy(app: Any, *, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serves `app` on a free port of `host` until the block ends; yields its base URL."""
-    server = proxy_server(app, host=host, port=0, log_level="warning")
+async def live_proxy(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, grace: int | None = None
+) -> AsyncIterator[str]:
+    """Serves `app` on `port` of `host` (default: a free one) until the block ends.
+
+    Yields its base URL. `grace` shortens how long requests in flight may finish when it
+    stops, in seconds (the server's default: 10).
+    """
+    server = proxy_server(app, host=host, port=port, log_level="warning")
+    if grace is not None:
+        server.config.timeout_graceful_shutdown = grace
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -41,3 +50,11 @@ async def http_client(base_url: str, **kwargs: Any) -> AsyncIterator[httpx.Async
     """A raw HTTP client of the proxy (no plait on the client's side)."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30, **kwargs) as client:
         yield client
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server started later (the client comes first)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -25,6 +25,7 @@ with a 4xx and stores nothing. Routes still to come are kept free: `GET /<name>`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -55,6 +56,7 @@ from plait.http.errors import (
     InvalidRequestError,
     MalformedRequestError,
     NotFoundError,
+    ProxyUnavailableError,
     UnsupportedMediaTypeError,
 )
 from plait.http.guard import AccessGuard, BodyLimit
@@ -152,8 +154,8 @@ def proxy_app(
         >>> from plait.http import proxy_app
         >>> Ping = plait.Workflow("Ping", payload={"n": int}, success=int)
         >>> app = proxy_app([Ping], engine=plait.Engine.memory())
-        >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/ping"))
-        ['/ping', '/ping/discard', '/ping/resume', '/ping/{execution_id}', ...]
+        >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/ping"))[:4]
+        ['/ping', '/ping/discard', '/ping/resume', '/ping/{execution_id}']
     """
     served = _Served(
         engine=engine,
@@ -429,6 +431,15 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
         headers = {EXECUTION_ID_HEADER: execution_id}
         try:
             value = await workflow.execute(payload, engine=engine)
+        except asyncio.CancelledError:
+            # The server is stopping and gave up on requests still waiting. The execution is
+            # stored and goes on under the next engine; a 503 tells the client to retry (it
+            # then joins the same execution), where a dropped request would look like a bug.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            stopping = ProxyUnavailableError("the proxy is stopping; call again to wait on")
+            return _problem(stopping, headers)
         except Exception as error:
             if isinstance(error, EngineClosedError) or not _is_outcome(wire, error):
                 return _problem(error, headers)

@@ -18,7 +18,6 @@ The shapes follow Effect's `HttpApi`, which Effect's `WorkflowProxy` routes use:
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Generic, Literal, Optional, TypeVar, cast
 
@@ -323,8 +322,9 @@ class WorkflowWire(Generic[S]):
     def error_of(self, kind: str | None, body: Any) -> BaseException:
         """The exception a 500 response from a workflow route stands for.
 
-        Without the `Plait-Cause` header (a server that is not plait's), a body naming a
-        declared error is that error, and anything else a defect.
+        Without the `Plait-Cause` header (an Effect server, say), a body naming a declared
+        error is that error, one tagged `Die` or `Interrupt` that cause, one tagged with a plait
+        error that error, and anything else an `UnexpectedResponseError`.
 
         Raises:
             UnexpectedResponseError: A declared error whose fields do not fit its class.
@@ -342,10 +342,9 @@ class WorkflowWire(Generic[S]):
         if declared is not None:
             return declared
         if kind is None and isinstance(body, dict) and isinstance(tag, str):
-            known = error_from_problem(500, body)
-            if not isinstance(known, UnexpectedResponseError):
-                return known
-        return Defect("HTTP 500", json.dumps(body)[:1000])
+            return error_from_problem(500, body)
+        msg = f"workflow {self.workflow.name!r}: the proxy answered 500 with {str(body)[:200]!r}"
+        return UnexpectedResponseError(msg)
 
     def error_from_cause(self, cause: dict[str, Any]) -> BaseException:
         """The exception a cause object (a status's `error`) stands for."""
