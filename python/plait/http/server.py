@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -10,7 +14,7 @@ from plait.http.errors import TokenRequiredError
 from plait.http.guard import is_loopback_host
 from plait.http.wire import DEFAULT_PORT
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "check_bind", "proxy_server", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ProxyServer", "check_bind", "proxy_server", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 #: How long a stopping server lets requests in flight finish before cancelling them.
@@ -33,13 +37,35 @@ def check_bind(host: str, token: str | None) -> None:
         raise TokenRequiredError(msg)
 
 
+class ProxyServer(uvicorn.Server):
+    """uvicorn's server, stopped by SIGINT or SIGTERM without raising the signal again.
+
+    uvicorn raises a stop signal again once it has shut down, which kills a process with the
+    signal's default action before anything after `serve()` runs. Here `serve()` returns, so
+    the engine closes after the server and `plait serve` exits 0 when told to stop.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # noqa: D102
+        if threading.current_thread() is not threading.main_thread():  # only it gets signals
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def proxy_server(
     app: Any,
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     log_level: str = "info",
-) -> uvicorn.Server:
+) -> ProxyServer:
     """A uvicorn server for `app` (from `proxy_app`), not yet started.
 
     `await server.serve()` runs it in the current event loop; `port=0` takes a free port,
@@ -59,7 +85,7 @@ def proxy_server(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    return uvicorn.Server(config)
+    return ProxyServer(config)
 
 
 def serve(
