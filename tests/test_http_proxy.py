@@ -301,6 +301,14 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "PayloadError",
     ),
     ("a list", "POST", "/httpprocessorder", {"json": [ORDER]}, 422, "PayloadError"),
+    (
+        "text that is not Unicode (a lone surrogate)",
+        "POST",
+        "/hold",
+        {"content": b'{"key": "\\ud800"}', "headers": {"content-type": "application/json"}},
+        422,
+        "PayloadError",
+    ),
     ("no body", "POST", "/httpprocessorder/discard", {}, 422, "PayloadError"),
     (
         "oversized body",

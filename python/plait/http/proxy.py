@@ -37,6 +37,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
+from pydantic_core import PydanticSerializationError
 from starlette.exceptions import HTTPException
 
 from plait._native import __version__
@@ -427,7 +428,7 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
     served.payload_routes[f"{path}/discard"] = name
 
     async def execute(payload: Any) -> Response:
-        execution_id = workflow.execution_id(payload)
+        execution_id = _storable(workflow, payload)
         headers = {EXECUTION_ID_HEADER: execution_id}
         try:
             value = await workflow.execute(payload, engine=engine)
@@ -450,6 +451,7 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
         return Response(body_bytes, status_code=200, media_type=media, headers=headers)
 
     async def discard(payload: Any) -> Response:
+        _storable(workflow, payload)
         execution_id = await workflow.execute(payload, discard=True, engine=engine)
         return Response(status_code=204, headers={EXECUTION_ID_HEADER: execution_id})
 
@@ -586,6 +588,24 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
         response_class=Response,
         responses={204: {"description": "Resumed."}, **_REFUSALS, **unknown, **invalid_id},
     )
+
+
+def _storable(workflow: Workflow[Any, Any], payload: Any) -> str:
+    """The execution id of a validated payload, once it is known to be storable.
+
+    JSON text may hold what a payload cannot be stored as: a lone surrogate (the escape of
+    U+D800 alone, say) validates as a `str` but has no UTF-8 encoding. Refused here as the
+    payload's fault (422) before anything is stored, rather than failing in the engine (500).
+
+    Raises:
+        PayloadError: The payload cannot be stored.
+    """
+    try:
+        workflow.encode_payload(payload)
+        return workflow.execution_id(payload)
+    except (PydanticSerializationError, InvalidArgumentError) as err:
+        detail = {"type": "unstorable", "loc": [], "msg": str(err)}
+        raise PayloadError(workflow.name, [detail], str(err)) from None
 
 
 def _is_outcome(wire: WorkflowWire[Any], error: BaseException) -> bool:
