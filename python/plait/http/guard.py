@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import socket
@@ -37,6 +38,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/health"})
 
 
+# Cached: parsing an address costs more than the rest of the guard, and a proxy sees few.
+@functools.lru_cache(maxsize=1024)
 def _is_loopback_ip(text: str) -> bool:
     try:
         address = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
@@ -47,6 +50,7 @@ def _is_loopback_ip(text: str) -> bool:
     return address.is_loopback
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback_name(host: str) -> bool:
     name = host.lower().rstrip(".")
     return name == "localhost" or name.endswith(".localhost") or _is_loopback_ip(name)
