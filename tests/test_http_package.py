@@ -13,7 +13,7 @@ import plait.http.errors
 from tests.child import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
-WEB = ("fastapi", "starlette", "uvicorn", "httpx", "typer", "click", "rich")
+WEB = ("fastapi", "starlette", "uvicorn", "httpx", "aiohttp", "typer", "click", "rich")
 
 LOADED = """
 import json, sys
@@ -37,7 +37,7 @@ def test_import_plait_loads_no_web_library() -> None:
     assert loaded["plait.http"] == []
     # The client alone: no server library. (httpx loads click and rich for its own command
     # line when they are installed.)
-    assert "httpx" in loaded["plait.Client"]
+    assert {"httpx", "aiohttp"} <= set(loaded["plait.Client"])
     assert not {"fastapi", "starlette", "uvicorn", "typer"} & set(loaded["plait.Client"])
     assert {"fastapi", "starlette"} <= set(loaded["plait.http.proxy_app"])
     assert plait.Client is plait.http.Client
@@ -46,7 +46,7 @@ def test_import_plait_loads_no_web_library() -> None:
 def test_the_extra_is_declared_and_pinned_for_development() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extra = {re.split(r"[<>=\[]", spec)[0] for spec in project["optional-dependencies"]["http"]}
-    assert extra == {"fastapi", "uvicorn", "httpx", "typer"}
+    assert extra == {"fastapi", "uvicorn", "httptools", "httpx", "httpx-aiohttp", "typer"}
     assert project["scripts"] == {"plait": "plait.cli:main"}
     pinned = {
         line.split("==")[0].lower()
