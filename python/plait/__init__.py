@@ -3,6 +3,10 @@
 The workflow API is importable from here. The primitives under it have their own modules:
 `plait.sharding` (shard routing), `plait.timers` (the timer wheel and service) and
 `plait.snowflake` (snowflake ids). `plait._native` is private.
+
+The ways in over HTTP need the `http` extra: `plait.http` (the proxy, `RecordingClient`),
+`plait.Client` (loaded on first use, so `import plait` loads no web library) and the `plait`
+command (`plait.cli`).
 """
 
 from typing import TYPE_CHECKING, Any
