@@ -39,8 +39,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[plait.Eng
     if request.param == "sqlite":
         yield plait.Engine.sqlite(tmp_path / "plait.db")
         return
-    name = f"plait_test_{abs(hash(request.node.nodeid)) % 10**12}"
-    psql(f"drop database if exists {name} with (force)")
+    name = f"plait_test_{uuid.uuid4().hex[:12]}"
     psql(f"create database {name}")
     try:
         yield plait.Engine.postgres(f"{POSTGRES}/{name}")

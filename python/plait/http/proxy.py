@@ -325,9 +325,12 @@ def _validation_error(request: Request, exc: RequestValidationError, served: _Se
     """What a request FastAPI could not read was: bad JSON, not JSON, or invalid values."""
     errors = list(exc.errors())
     if any(error.get("type") == "json_invalid" for error in errors):
-        where = errors[0].get("loc", ())[-1:]
-        detail = errors[0].get("ctx", {}).get("error", "")
-        return MalformedRequestError(f"the body is not valid JSON: {detail} at {where}")
+        invalid = next(error for error in errors if error.get("type") == "json_invalid")
+        position = tuple(invalid.get("loc", ()))[-1:] or ("?",)
+        detail = invalid.get("ctx", {}).get("error", "")
+        return MalformedRequestError(
+            f"the body is not valid JSON: {detail} (at character {position[0]})"
+        )
     content_type = request.headers.get("content-type")
     body_errors = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
     if content_type and not _is_json(content_type) and body_errors:
