@@ -3,7 +3,13 @@
 The workflow API is importable from here. The primitives under it have their own modules:
 `plait.sharding` (shard routing), `plait.timers` (the timer wheel and service) and
 `plait.snowflake` (snowflake ids). `plait._native` is private.
+
+The ways in over HTTP need the `http` extra: `plait.http` (the proxy, `RecordingClient`),
+`plait.Client` (loaded on first use, so `import plait` loads no web library) and the `plait`
+command (`plait.cli`).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from plait import sharding as sharding
 from plait import snowflake as snowflake
@@ -51,6 +57,9 @@ from plait.workflow import (
     with_compensation,
     workflow,
 )
+
+if TYPE_CHECKING:
+    from plait.http.client import Client as Client
 
 __all__ = [
     "Activity",
@@ -107,3 +116,17 @@ __all__ = [
     "with_compensation",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `plait.Client` needs httpx, of the `http` extra: loaded on first use, so that
+    # `import plait` imports no web library.
+    if name == "Client":
+        try:
+            from plait.http.client import Client
+        except ImportError as err:
+            msg = f"plait.Client needs the http extra: pip install 'plait[http]' ({err})"
+            raise ImportError(msg) from err
+        return Client
+    msg = f"module 'plait' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -10,6 +10,7 @@ from typing import Any, Literal, assert_type
 from pydantic import BaseModel
 
 import plait
+from plait.http import RecordingClient, WorkflowClient
 
 
 class Order(BaseModel):
@@ -138,3 +139,25 @@ assert_type(plait.DurableDeferred("TcForm", success=int | None), plait.DurableDe
 async def use_deferreds(token: str) -> None:
     assert_type(await Approval, bool)
     assert_type(await Approval.succeed(token, True), bool)
+
+
+# Clients over HTTP: the workflow passed in gives the types ----------------------------------
+
+
+async def use_clients(token: str) -> None:
+    order = Order(order_id="o-1", cents=100)
+    async with plait.Client("http://127.0.0.1:3020") as client:
+        assert_type(await client.execute(ProcessOrder, order), str)
+        assert_type(await client.execute(ProcessOrder, {"order_id": "o", "cents": 1}), str)
+        assert_type(await client.execute(add, {"a": 1, "b": 2}), int)
+        assert_type(await client.discard(ProcessOrder, order), str)
+        assert_type(
+            await client.poll(ProcessOrder, "id"), plait.Complete[str] | plait.Suspended | None
+        )
+        assert_type(await client.succeed(Approval, token, True), bool)
+    recording = RecordingClient()
+    recording.set_result(ProcessOrder, "ch_1")
+    assert_type(await recording.execute(ProcessOrder, order), str)
+    assert_type(recording.payloads(ProcessOrder), list[Order])
+    backend: WorkflowClient = recording
+    assert_type(await backend.execute(ProcessOrder, order), str)

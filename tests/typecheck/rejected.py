@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 import plait
+from plait.http import RecordingClient
 
 
 class Order(BaseModel):
@@ -59,6 +60,13 @@ async def wrong_calls(order: Order) -> None:
     await Approval.succeed("token", "yes")  # E: arg-type
     label: str = await Approval  # E: assignment
     fired: int = await Fire  # E: func-returns-value, assignment
+
+    client = plait.Client()
+    # The workflow passed in types the call: mypy finds no type to solve it with.
+    charged: int = await client.execute(ProcessOrder, order)  # E: arg-type
+    await client.execute(ProcessOrder, Invoice(number=1))  # E: misc
+    await client.succeed(Approval, "token", "yes")  # E: misc
+    RecordingClient().set_result(ProcessOrder, 42)  # E: misc
 
 
 @ProcessOrder.implement  # E: arg-type

@@ -806,6 +806,19 @@ class Engine:
 
     # Operations on stored executions --------------------------------------------------------
 
+    async def workflow_of(self, execution_id: str) -> str | None:
+        """The name of the workflow that execution `execution_id` belongs to.
+
+        `poll` answers None both while an execution runs and when none is stored; this tells
+        the two apart, and which workflow an id from outside (a URL, say) really names.
+
+        Returns:
+            The workflow's name, or None if no such execution is stored.
+        """
+        self.require_loop()
+        record = await self._journal().execution(execution_id)
+        return None if record is None else str(record[0])
+
     async def poll(
         self, workflow: WorkflowSpec, execution_id: str
     ) -> Complete[Any] | Suspended | None:

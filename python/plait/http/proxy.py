@@ -1,0 +1,616 @@
+"""The HTTP proxy: an ASGI application (FastAPI) that runs workflows on an engine.
+
+Routes, for each workflow served (`<name>` is its name in lower case):
+
+=================================== ===============================================================
+`POST /<name>`                      Effect's: execute and wait. 200 with the result as JSON (no
+                                    body for a workflow with no result); a declared error: 500
+                                    with its tagged JSON; a defect or an interruption: 500.
+`POST /<name>/discard`              Effect's: start it; 204, the execution id in the
+                                    `Plait-Execution-Id` header.
+`POST /<name>/resume`               Effect's: `{"executionId": ...}`, resume a suspended
+                                    execution; 204.
+`GET /<name>/<execution_id>`        The status, and the result or error once there is one.
+`POST /<name>/<execution_id>/interrupt`  Interrupt it; 204.
+`POST /<name>/<execution_id>/resume`     Resume it; 204.
+=================================== ===============================================================
+
+And `POST /deferred/<token>` (complete a deferred: a webhook's target), `GET /health`, and the
+OpenAPI schema at `/openapi.json`. A request refused (a payload that does not validate, bad
+JSON, a body over the limit, a malformed token, an unknown workflow or execution) is answered
+with a 4xx and stores nothing. Routes still to come are kept free: `GET /<name>` and
+`/executions` (listing and searching), `/dashboard`, and `POST /<entity>/<rpc>/<entity_id>`
+(entities).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from pydantic_core import PydanticSerializationError
+from starlette.exceptions import HTTPException
+
+from plait._native import __version__
+from plait.deferred import DurableDeferred
+from plait.engine import Engine
+from plait.errors import (
+    Defect,
+    EngineClosedError,
+    Interrupted,
+    InvalidArgumentError,
+    PayloadError,
+    PlaitError,
+    UnknownExecutionError,
+)
+from plait.exits import Exit, Failure, Success
+from plait.http.errors import (
+    InvalidRequestError,
+    MalformedRequestError,
+    NotFoundError,
+    ProxyUnavailableError,
+    UnsupportedMediaTypeError,
+)
+from plait.http.guard import AccessGuard, BodyLimit
+from plait.http.wire import (
+    CAUSE_HEADER,
+    EXECUTION_ID_HEADER,
+    EXECUTION_ID_PATTERN,
+    DeferredCompletion,
+    DeferredStored,
+    DeferredSuccessBody,
+    DeferredWire,
+    Problem,
+    ResumePayload,
+    WorkflowWire,
+    jsonable,
+    problem_of,
+    status_of,
+)
+from plait.ids import DeferredToken
+from plait.workflow import Workflow
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "RESERVED_PATHS", "proxy_app"]
+
+log = logging.getLogger("plait.http")
+
+#: The largest request body accepted unless `max_body_bytes` says otherwise: 1 MiB.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+#: First path segments that no workflow may take: routes of the proxy, now or to come.
+RESERVED_PATHS = frozenset(
+    {"health", "deferred", "openapi.json", "docs", "redoc", "executions", "dashboard", "entities"}
+)
+
+ExecutionId = Annotated[
+    str, Path(pattern=EXECUTION_ID_PATTERN, description="The execution's id: 32 hex digits.")
+]
+
+# The answers every route may give before it runs, whoever calls it.
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "UnauthorizedError: the bearer token is missing."},
+    403: {"model": Problem, "description": "ForbiddenError: not from loopback, and no token."},
+    503: {"model": Problem, "description": "The engine is not running (NoEngineError, ...)."},
+}
+_BODY_REFUSALS: dict[int | str, dict[str, Any]] = {
+    **_REFUSALS,
+    400: {"model": Problem, "description": "MalformedRequestError: the body is not JSON."},
+    413: {"model": Problem, "description": "RequestTooLargeError: the body is too large."},
+    415: {"model": Problem, "description": "UnsupportedMediaTypeError: not application/json."},
+}
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What the proxy serves, found by the routes."""
+
+    engine: Engine
+    workflows: dict[str, WorkflowWire[Any]]  # by route path
+    deferreds: dict[str, DeferredWire]  # by name
+    payload_routes: dict[str, str]  # route path -> workflow name, for PayloadError
+
+
+def proxy_app(
+    workflows: Iterable[Workflow[Any, Any]],
+    *,
+    engine: Engine,
+    deferreds: Iterable[DurableDeferred[Any]] = (),
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    title: str = "plait workflow proxy",
+) -> FastAPI:
+    """The proxy for `workflows` on `engine`, as an ASGI application.
+
+    Run it with `plait serve`, `plait.http.serve`, or any ASGI server; or mount it in your own
+    application (`app.mount("/workflows", proxy_app(...))`). Run standalone, it starts the
+    engine when the server starts and closes it when the server stops (unless the engine was
+    started already). Mounted, it does not: start the engine in your application's lifespan.
+
+    Args:
+        workflows: The workflows to serve; each gets the routes under `/<name in lower case>`.
+        engine: The engine that runs them.
+        deferreds: The deferreds that `POST /deferred/<token>` may complete; a completion's
+            value is validated against the deferred's `success` type.
+        token: A bearer token every request must carry (all but `GET /health`). Without one
+            the proxy answers only requests on loopback addresses, to loopback host names.
+        max_body_bytes: The largest request body accepted; larger gets 413.
+        title: The title of the OpenAPI schema.
+
+    Raises:
+        InvalidArgumentError: Two workflows (or deferreds) share a route (or a name), a
+            workflow's name cannot be a path segment or takes a reserved one, or the token is
+            empty or holds whitespace.
+
+    Example:
+        >>> import plait
+        >>> from plait.http import proxy_app
+        >>> Ping = plait.Workflow("Ping", payload={"n": int}, success=int)
+        >>> app = proxy_app([Ping], engine=plait.Engine.memory())
+        >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/ping"))[:4]
+        ['/ping', '/ping/discard', '/ping/resume', '/ping/{execution_id}']
+    """
+    served = _Served(
+        engine=engine,
+        workflows=_workflow_wires(workflows),
+        deferreds=_deferred_wires(deferreds),
+        payload_routes={},
+    )
+    _check_token(token)
+    if max_body_bytes < 1:
+        msg = f"max_body_bytes must be at least 1, got {max_body_bytes}"
+        raise InvalidArgumentError(msg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        owned = not _started(engine)
+        if owned:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await engine.close()
+
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description="Durable workflows over HTTP: Effect's WorkflowProxy routes and plait's.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        separate_input_output_schemas=False,
+    )
+    app.state.plait_token = token
+    _add_error_handlers(app, served)
+    _add_service_routes(app, served)
+    for wire in served.workflows.values():
+        _add_workflow_routes(app, served, wire)
+    # The last added runs first: the token before the body is read.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(AccessGuard, token=token)
+    app.openapi()  # built now, so a schema pydantic cannot express fails here, not on a request
+    return app
+
+
+# Building -----------------------------------------------------------------------------------
+
+
+def _workflow_wires(workflows: Iterable[Workflow[Any, Any]]) -> dict[str, WorkflowWire[Any]]:
+    wires: dict[str, WorkflowWire[Any]] = {}
+    for workflow in workflows:
+        if not isinstance(workflow, Workflow):
+            msg = f"proxy_app serves plait.Workflow objects, got {workflow!r}"
+            raise InvalidArgumentError(msg)
+        wire = WorkflowWire(workflow)
+        segment = wire.path[1:]
+        if any(c in segment for c in "/{}") or segment in {".", ".."}:
+            msg = f"workflow {workflow.name!r}: its name cannot be a URL path segment"
+            raise InvalidArgumentError(msg)
+        if segment in RESERVED_PATHS:
+            msg = f"workflow {workflow.name!r}: /{segment} is one of the proxy's own routes"
+            raise InvalidArgumentError(msg)
+        other = wires.get(wire.path)
+        if other is not None and other.workflow is not workflow:
+            msg = (
+                f"workflows {other.workflow.name!r} and {workflow.name!r} share the route "
+                f"{wire.path}"
+            )
+            raise InvalidArgumentError(msg)
+        wires[wire.path] = wire
+    return wires
+
+
+def _deferred_wires(deferreds: Iterable[DurableDeferred[Any]]) -> dict[str, DeferredWire]:
+    wires: dict[str, DeferredWire] = {}
+    for deferred in deferreds:
+        if not isinstance(deferred, DurableDeferred):
+            msg = f"deferreds= takes plait.DurableDeferred objects, got {deferred!r}"
+            raise InvalidArgumentError(msg)
+        other = wires.get(deferred.name)
+        if other is not None and other.deferred is not deferred:
+            msg = f"two deferreds are named {deferred.name!r}; a token names a deferred by name"
+            raise InvalidArgumentError(msg)
+        wires[deferred.name] = DeferredWire(deferred)
+    return wires
+
+
+def _check_token(token: str | None) -> None:
+    if token is None:
+        return
+    # It travels in an HTTP header: printable ASCII, no spaces.
+    if not token or not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
+        msg = "the token must be a non-empty string of printable ASCII characters, without spaces"
+        raise InvalidArgumentError(msg)
+
+
+def _started(engine: Engine) -> bool:
+    try:
+        engine.require_loop()
+    except PlaitError:
+        return False
+    return True
+
+
+def _endpoint(
+    fn: Callable[..., Awaitable[Response]], params: dict[str, Any]
+) -> Callable[..., Awaitable[Response]]:
+    """`fn` with the signature FastAPI reads its parameters (and their schemas) from."""
+    kind = inspect.Parameter.KEYWORD_ONLY
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, kind, annotation=tp) for name, tp in params.items()],
+        return_annotation=Response,
+    )
+    return fn
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _problem(error: BaseException, headers: dict[str, str] | None = None) -> Response:
+    status, problem = problem_of(error)
+    if status == 500:
+        log.error("plait proxy: %s", problem.message, exc_info=error)
+    return Response(
+        problem.model_dump_json().encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+# Errors -------------------------------------------------------------------------------------
+
+
+def _add_error_handlers(app: FastAPI, served: _Served) -> None:
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return _problem(_validation_error(request, exc, served))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            served_paths = ", ".join(sorted(served.workflows)) or "none"
+            message = f"no route {request.method} {request.url.path}; workflows: {served_paths}"
+            return _problem(NotFoundError(message))
+        if exc.status_code == 400:  # a body FastAPI could not even decode
+            return _problem(MalformedRequestError(f"the body cannot be read: {exc.detail}"))
+        problem = Problem(_tag="HTTPError", message=str(exc.detail))
+        return Response(
+            problem.model_dump_json().encode(),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=exc.headers,
+        )
+
+    async def plait_error(_request: Request, exc: Exception) -> Response:
+        return _problem(exc)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(PlaitError, plait_error)
+
+
+def _validation_error(request: Request, exc: RequestValidationError, served: _Served) -> Exception:
+    """What a request FastAPI could not read was: bad JSON, not JSON, or invalid values."""
+    errors = list(exc.errors())
+    if any(error.get("type") == "json_invalid" for error in errors):
+        invalid = next(error for error in errors if error.get("type") == "json_invalid")
+        position = tuple(invalid.get("loc", ()))[-1:] or ("?",)
+        detail = invalid.get("ctx", {}).get("error", "")
+        return MalformedRequestError(
+            f"the body is not valid JSON: {detail} (at character {position[0]})"
+        )
+    content_type = request.headers.get("content-type")
+    body_errors = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
+    if content_type and not _is_json(content_type) and body_errors:
+        msg = f"the body must be application/json, not {content_type}"
+        return UnsupportedMediaTypeError(msg)
+    details = [
+        {k: v for k, v in error.items() if k != "url"}
+        | {"loc": list(error.get("loc", ()))[1:] if error in body_errors else error.get("loc")}
+        for error in errors
+    ]
+    details = jsonable(details)
+    summary = "; ".join(
+        f"{'.'.join(map(str, d['loc'])) or 'body'}: {d.get('msg', '')}" for d in details
+    )
+    route = request.scope.get("route")
+    workflow = served.payload_routes.get(getattr(route, "path", ""))
+    if workflow is not None and body_errors:
+        return PayloadError(workflow, details, summary)
+    return InvalidRequestError(f"invalid request: {summary}", details)
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
+# Routes -------------------------------------------------------------------------------------
+
+
+def _add_service_routes(app: FastAPI, served: _Served) -> None:
+    engine = served.engine
+
+    async def health() -> Response:
+        """`ok` while the engine runs (503 otherwise); needs no token."""
+        engine.require_loop()
+        return PlainTextResponse("ok")
+
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        tags=["health"],
+        operation_id="health",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+
+    async def complete_deferred(token: str, body: Any) -> Response:
+        parsed = DeferredToken.parse(token)
+        wire = served.deferreds.get(parsed.deferred_name)
+        if wire is None:
+            msg = f"deferred {parsed.deferred_name!r} is not served by this proxy"
+            raise NotFoundError(msg)
+        exit_: Exit = (
+            Success(body.value)
+            if isinstance(body, DeferredSuccessBody)
+            else Failure(wire.error_of(body.error))
+        )
+        stored = await wire.deferred.done(token, exit_, engine=engine)
+        return _json(DeferredStored(stored=stored).model_dump())
+
+    app.add_api_route(
+        "/deferred/{token}",
+        _endpoint(
+            complete_deferred,
+            {
+                "token": Annotated[str, Path(description="The deferred's token.")],
+                "body": DeferredCompletion,
+            },
+        ),
+        methods=["POST"],
+        tags=["deferreds"],
+        operation_id="completeDeferred",
+        summary="Complete a deferred by its token (a webhook's target)",
+        description=(
+            "Stores the deferred's result, validated against its type, and wakes its "
+            "execution. `stored` is false if it had a result already (the first one stays)."
+        ),
+        response_class=Response,
+        responses={
+            200: {"model": DeferredStored},
+            **_BODY_REFUSALS,
+            400: {"model": Problem, "description": "MalformedTokenError, MalformedRequestError"},
+            404: {"model": Problem, "description": "DeferredTokenError, NotFoundError"},
+            422: {"model": Problem, "description": "DeferredValueError: pydantic's details."},
+        },
+    )
+
+
+def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any]) -> None:
+    engine = served.engine
+    workflow = wire.workflow
+    name, path = workflow.name, wire.path
+    payload_model = workflow.payload_model
+    served.payload_routes[path] = name
+    served.payload_routes[f"{path}/discard"] = name
+
+    async def execute(payload: Any) -> Response:
+        execution_id = _storable(workflow, payload)
+        headers = {EXECUTION_ID_HEADER: execution_id}
+        try:
+            value = await workflow.execute(payload, engine=engine)
+        except asyncio.CancelledError:
+            # The server is stopping and gave up on requests still waiting. The execution is
+            # stored and goes on under the next engine; a 503 tells the client to retry (it
+            # then joins the same execution), where a dropped request would look like a bug.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            stopping = ProxyUnavailableError("the proxy is stopping; call again to wait on")
+            return _problem(stopping, headers)
+        except Exception as error:
+            if isinstance(error, EngineClosedError) or not _is_outcome(wire, error):
+                return _problem(error, headers)
+            cause, body = wire.cause(error)
+            return _json(body, 500, {**headers, CAUSE_HEADER: cause})
+        body_bytes = wire.encode_value(value)
+        media = "application/json" if body_bytes else None
+        return Response(body_bytes, status_code=200, media_type=media, headers=headers)
+
+    async def discard(payload: Any) -> Response:
+        _storable(workflow, payload)
+        execution_id = await workflow.execute(payload, discard=True, engine=engine)
+        return Response(status_code=204, headers={EXECUTION_ID_HEADER: execution_id})
+
+    async def owned(execution_id: str) -> None:
+        if await engine.workflow_of(execution_id) != name:
+            msg = f"no execution {execution_id} of workflow {name!r}"
+            raise UnknownExecutionError(msg)
+
+    async def resume(body: ResumePayload) -> Response:
+        await owned(body.execution_id)
+        await workflow.resume(body.execution_id, engine=engine)
+        return Response(status_code=204)
+
+    async def status(execution_id: str) -> Response:
+        await owned(execution_id)
+        result = await workflow.poll(execution_id, engine=engine)
+        return _json(status_of(wire, execution_id, result).model_dump(mode="json"))
+
+    async def interrupt(execution_id: str) -> Response:
+        await owned(execution_id)
+        await workflow.interrupt(execution_id, engine=engine)
+        return Response(status_code=204)
+
+    async def resume_by_id(execution_id: str) -> Response:
+        await owned(execution_id)
+        await workflow.resume(execution_id, engine=engine)
+        return Response(status_code=204)
+
+    id_header = {
+        EXECUTION_ID_HEADER: {
+            "description": "The execution's id.",
+            "schema": {"type": "string", "pattern": EXECUTION_ID_PATTERN},
+        }
+    }
+    unknown: dict[int | str, dict[str, Any]] = {
+        404: {"model": Problem, "description": "UnknownExecutionError"}
+    }
+    invalid_payload: dict[int | str, dict[str, Any]] = {
+        422: {"model": Problem, "description": "PayloadError: pydantic's details."}
+    }
+    invalid_id: dict[int | str, dict[str, Any]] = {
+        422: {"model": Problem, "description": "InvalidArgumentError: a malformed id."}
+    }
+    success: dict[str, Any] = {"description": "Completed: its result.", "headers": id_header}
+    if wire.void:
+        success["description"] = "Completed (the workflow has no result: no body)."
+    else:
+        success["model"] = wire.success_type
+    app.add_api_route(
+        path,
+        _endpoint(execute, {"payload": payload_model}),
+        methods=["POST"],
+        tags=["workflows"],
+        operation_id=name,
+        summary=f"Execute {name} and wait for its result",
+        description=(
+            "Effect's WorkflowProxy route. The same payload always names the same execution: "
+            "calling again joins it, or returns its stored result."
+        ),
+        response_class=Response,
+        responses={
+            200: success,
+            **_BODY_REFUSALS,
+            **invalid_payload,
+            500: {
+                "model": wire.failure_union(),
+                "description": (
+                    "The workflow failed: a declared error as its tagged JSON, or a defect "
+                    "(`Die`) or an interruption (`Interrupt`); the Plait-Cause header says "
+                    "which (Fail, Die, Interrupt)."
+                ),
+            },
+        },
+    )
+    app.add_api_route(
+        f"{path}/discard",
+        _endpoint(discard, {"payload": payload_model}),
+        methods=["POST"],
+        tags=["workflows"],
+        operation_id=f"{name}Discard",
+        summary=f"Start {name} without waiting",
+        status_code=204,
+        response_class=Response,
+        responses={
+            204: {"description": "Started (or joined).", "headers": id_header},
+            **_BODY_REFUSALS,
+            **invalid_payload,
+        },
+    )
+    app.add_api_route(
+        f"{path}/resume",
+        _endpoint(resume, {"body": ResumePayload}),
+        methods=["POST"],
+        tags=["workflows"],
+        operation_id=f"{name}Resume",
+        summary=f"Resume a suspended execution of {name}",
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "Resumed."}, **_BODY_REFUSALS, **unknown, **invalid_id},
+    )
+    app.add_api_route(
+        f"{path}/{{execution_id}}",
+        _endpoint(status, {"execution_id": ExecutionId}),
+        methods=["GET"],
+        tags=["executions"],
+        operation_id=f"{name}Status",
+        summary=f"The status of an execution of {name}, and its result or error",
+        response_class=Response,
+        responses={200: {"model": wire.status_model()}, **_REFUSALS, **unknown, **invalid_id},
+    )
+    app.add_api_route(
+        f"{path}/{{execution_id}}/interrupt",
+        _endpoint(interrupt, {"execution_id": ExecutionId}),
+        methods=["POST"],
+        tags=["executions"],
+        operation_id=f"{name}Interrupt",
+        summary=f"Interrupt an execution of {name}",
+        description=(
+            "It completes as interrupted when its current run ends, after running its "
+            "compensations and finalizers; its child executions are interrupted too."
+        ),
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "Interrupted."}, **_REFUSALS, **unknown, **invalid_id},
+    )
+    app.add_api_route(
+        f"{path}/{{execution_id}}/resume",
+        _endpoint(resume_by_id, {"execution_id": ExecutionId}),
+        methods=["POST"],
+        tags=["executions"],
+        operation_id=f"{name}ResumeById",
+        summary=f"Resume a suspended execution of {name}",
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "Resumed."}, **_REFUSALS, **unknown, **invalid_id},
+    )
+
+
+def _storable(workflow: Workflow[Any, Any], payload: Any) -> str:
+    """The execution id of a validated payload, once it is known to be storable.
+
+    JSON text may hold what a payload cannot be stored as: a lone surrogate (the escape of
+    U+D800 alone, say) validates as a `str` but has no UTF-8 encoding. Refused here as the
+    payload's fault (422) before anything is stored, rather than failing in the engine (500).
+
+    Raises:
+        PayloadError: The payload cannot be stored.
+    """
+    try:
+        workflow.encode_payload(payload)
+        return workflow.execution_id(payload)
+    except (PydanticSerializationError, InvalidArgumentError) as err:
+        detail = {"type": "unstorable", "loc": [], "msg": str(err)}
+        raise PayloadError(workflow.name, [detail], str(err)) from None
+
+
+def _is_outcome(wire: WorkflowWire[Any], error: BaseException) -> bool:
+    """Whether `error` is the workflow's own failure (else one of plait's, or a bug)."""
+    return isinstance(error, (Defect, Interrupted, *wire.workflow.codec.error_types))

@@ -1,0 +1,226 @@
+"""A `WorkflowClient` for tests: it records the calls and answers what the test set.
+
+What Hazel's tests do with a mock HTTP layer, typed: code under test gets a `RecordingClient`
+where it would get a `Client`, and the test reads which workflows it started with which
+payloads, and sets the results or errors they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from plait.deferred import DurableDeferred
+from plait.errors import DeferredTokenError, InvalidArgumentError, UnknownExecutionError
+from plait.exits import Complete, Exit, Failure, Success, Suspended
+from plait.http.errors import ResultNotSetError, UnexpectedResponseError
+from plait.http.wire import DeferredWire, WorkflowWire
+from plait.http.workflow_client import WorkflowClient
+from plait.ids import DeferredToken
+from plait.workflow import Workflow
+
+__all__ = ["RecordedCall", "RecordingClient"]
+
+P = TypeVar("P", bound=BaseModel)
+S = TypeVar("S")
+
+CallKind = Literal["execute", "discard", "poll", "interrupt", "resume", "done"]
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One call made on a `RecordingClient`.
+
+    Attributes:
+        kind: Which method: execute, discard, poll, interrupt, resume or done (a deferred).
+        name: The workflow's name (the deferred's, for `done`).
+        execution_id: The execution it named.
+        payload: The validated payload (execute, discard).
+        exit: The deferred's outcome (done).
+    """
+
+    kind: CallKind
+    name: str
+    execution_id: str
+    payload: BaseModel | None = None
+    exit: Exit | None = None
+
+
+@dataclass
+class _Outcomes:
+    by_workflow: dict[str, Exit] = field(default_factory=dict)
+    by_execution: dict[str, Exit] = field(default_factory=dict)
+
+
+class RecordingClient(WorkflowClient):
+    """Records the workflows started and the deferreds completed; answers what tests set.
+
+    Payloads are validated as the real client validates them (`PayloadError`), results are
+    checked against the workflow's success type, and errors travel as they would over HTTP:
+    a declared error comes back as itself, any other as a `Defect`.
+
+    A workflow with no result (`success=None`) succeeds unless told otherwise; one with a
+    result needs `set_result` or `set_error` first.
+
+    Example:
+        >>> import asyncio, plait
+        >>> from plait.http import RecordingClient
+        >>> Notify = plait.Workflow("RecNotify", payload={"message_id": str})
+        >>> Name = plait.Workflow("RecName", payload={"thread": str}, success=str)
+        >>> client = RecordingClient()
+        >>> client.set_result(Name, "Lunch plans")
+        >>> async def backend() -> str:
+        ...     await client.execute(Notify, {"message_id": "m-1"})
+        ...     return await client.execute(Name, {"thread": "t-1"})
+        >>> asyncio.run(backend())
+        'Lunch plans'
+        >>> [(c.name, dict(c.payload)) for c in client.started()]
+        [('RecNotify', {'message_id': 'm-1'}), ('RecName', {'thread': 't-1'})]
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[RecordedCall] = []
+        self._outcomes = _Outcomes()
+        self._wires: dict[str, WorkflowWire[Any]] = {}
+        self._started: set[str] = set()
+        self._deferreds: set[tuple[str, str]] = set()
+
+    # What tests set ----------------------------------------------------------------------
+
+    def set_result(
+        self,
+        workflow: Workflow[P, S],
+        value: S,
+        *,
+        payload: P | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Makes executions of `workflow` (only the one for `payload`, if given) return `value`.
+
+        Raises:
+            InvalidArgumentError: `value` does not fit the workflow's success type.
+        """
+        wire = self._wire(workflow)
+        try:
+            checked = wire.decode_value(value, json_text=False)
+        except UnexpectedResponseError as err:
+            msg = f"{value!r} is not a result of workflow {workflow.name!r}: {err}"
+            raise InvalidArgumentError(msg) from None
+        self._set(workflow, Success(checked), payload)
+
+    def set_error(
+        self,
+        workflow: Workflow[P, Any],
+        error: BaseException,
+        *,
+        payload: P | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Makes executions of `workflow` (only the one for `payload`, if given) fail."""
+        wire = self._wire(workflow)
+        # As it would come back over HTTP: a declared error as itself, others as a Defect.
+        cause, body = wire.cause(error)
+        self._set(workflow, Failure(wire.error_of(cause, body)), payload)
+
+    def _set(
+        self, workflow: Workflow[P, Any], exit_: Exit, payload: P | Mapping[str, Any] | None
+    ) -> None:
+        if payload is None:
+            self._outcomes.by_workflow[workflow.name] = exit_
+        else:
+            self._outcomes.by_execution[workflow.execution_id(payload)] = exit_
+
+    # What tests read ---------------------------------------------------------------------
+
+    def started(self, workflow: Workflow[Any, Any] | None = None) -> list[RecordedCall]:
+        """The executions started (`execute` and `discard`), of `workflow` or of all."""
+        return [
+            call
+            for call in self.calls
+            if call.kind in ("execute", "discard")
+            and (workflow is None or call.name == workflow.name)
+        ]
+
+    def payloads(self, workflow: Workflow[P, Any]) -> list[P]:
+        """The payloads `workflow` was started with, in order."""
+        return [call.payload for call in self.started(workflow)]  # type: ignore[misc]
+
+    # The client --------------------------------------------------------------------------
+
+    async def execute(self, workflow: Workflow[P, S], payload: P | Mapping[str, Any]) -> S:  # noqa: D102
+        model = workflow.validate(payload)
+        execution_id = self._record("execute", workflow, model)
+        outcome = self._outcome(workflow, execution_id)
+        if outcome is None:
+            msg = (
+                f"RecordingClient: no result set for workflow {workflow.name!r}; "
+                f"call set_result({workflow.name}, ...) or set_error first"
+            )
+            raise ResultNotSetError(msg)
+        if isinstance(outcome, Failure):
+            raise outcome.error
+        value: S = outcome.value
+        return value
+
+    async def discard(self, workflow: Workflow[P, Any], payload: P | Mapping[str, Any]) -> str:  # noqa: D102
+        return self._record("discard", workflow, workflow.validate(payload))
+
+    async def poll(  # noqa: D102
+        self, workflow: Workflow[Any, S], execution_id: str
+    ) -> Complete[S] | Suspended | None:
+        self.calls.append(RecordedCall("poll", workflow.name, execution_id))
+        if execution_id not in self._started:
+            msg = f"no execution {execution_id} of workflow {workflow.name!r} was started"
+            raise UnknownExecutionError(msg)
+        outcome = self._outcome(workflow, execution_id)
+        return None if outcome is None else Complete(outcome)
+
+    async def interrupt(self, workflow: Workflow[Any, Any] | str, execution_id: str) -> None:  # noqa: D102
+        self.calls.append(RecordedCall("interrupt", _name(workflow), execution_id))
+
+    async def resume(self, workflow: Workflow[Any, Any] | str, execution_id: str) -> None:  # noqa: D102
+        self.calls.append(RecordedCall("resume", _name(workflow), execution_id))
+
+    async def done(self, deferred: DurableDeferred[Any], token: str, exit: Exit) -> bool:  # noqa: D102
+        parsed = DeferredToken.parse(token)
+        if parsed.deferred_name != deferred.name:
+            msg = f"token is for deferred {parsed.deferred_name!r}, not {deferred.name!r}"
+            raise DeferredTokenError(msg)
+        wire = DeferredWire(deferred)  # checks the value as the real client does
+        if isinstance(exit, Success):
+            wire.success_body(exit.value)
+        else:
+            wire.failure_body(exit.error)
+        self.calls.append(RecordedCall("done", deferred.name, parsed.execution_id, exit=exit))
+        key = (parsed.execution_id, deferred.name)
+        first = key not in self._deferreds
+        self._deferreds.add(key)
+        return first
+
+    # Plumbing ----------------------------------------------------------------------------
+
+    def _record(self, kind: CallKind, workflow: Workflow[Any, Any], model: BaseModel) -> str:
+        execution_id = workflow.execution_id(model)
+        self.calls.append(RecordedCall(kind, workflow.name, execution_id, payload=model))
+        self._started.add(execution_id)
+        return execution_id
+
+    def _outcome(self, workflow: Workflow[Any, Any], execution_id: str) -> Exit | None:
+        outcome = self._outcomes.by_execution.get(execution_id)
+        if outcome is None:
+            outcome = self._outcomes.by_workflow.get(workflow.name)
+        if outcome is None and self._wire(workflow).void:
+            outcome = Success(None)
+        return outcome
+
+    def _wire(self, workflow: Workflow[Any, S]) -> WorkflowWire[S]:
+        wire = self._wires.get(workflow.name)
+        if wire is None or wire.workflow is not workflow:
+            wire = WorkflowWire(workflow)
+            self._wires[workflow.name] = wire
+        return wire
+
+
+def _name(workflow: Workflow[Any, Any] | str) -> str:
+    return workflow if isinstance(workflow, str) else workflow.name

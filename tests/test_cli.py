@@ -1,0 +1,306 @@
+"""The `plait` command through its real entry point, in child processes: `plait serve` serving
+a module's workflows on a loopback port, and the commands that act on them through it.
+
+The exit codes are part of the interface (`plait.cli.ExitCode`): each test checks them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import plait
+from plait.cli import ExitCode
+from tests import http_workflows as wf
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER: dict[str, Any] = {"order_id": "o-cli", "email": "a@example.org", "amount_cents": 250_000}
+
+
+def entry_point() -> list[str]:
+    """The `plait` console script, as pip installs it from pyproject.toml's `[project.scripts]`.
+
+    The installed script when there is one (`./dev setup` installs it); else the same call,
+    which is all a console script does: import the entry point and exit with what it returns.
+    """
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"plait": "plait.cli:main"}
+    installed = Path(sys.executable).with_name("plait")
+    if installed.exists() and "plait.cli" in installed.read_text():
+        return [str(installed)]
+    return [sys.executable, "-c", "import sys; from plait.cli import main; sys.exit(main())"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLAIT_")}
+    env["PYTHONPATH"] = f"{ROOT / 'python'}{os.pathsep}{ROOT}"
+    env["COLUMNS"] = "200"  # rich wraps at the terminal's width: keep lines whole
+    return {**env, **extra}
+
+
+def plait_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*entry_point(), *args],
+        cwd=ROOT,
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Served:
+    """A `plait serve` child process and the URL it serves on; its stderr is kept in `log`."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str, log: list[str]) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+        # Read on, so a full pipe never blocks the server.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def stop(self) -> int:
+        """Stops it as an operator would (SIGTERM); its exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=30)
+        self._reader.join(timeout=10)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return status
+
+
+def start_serving(database: str, *extra: str) -> Served:
+    command = ["serve", "tests.http_workflows", "--port", "0", "--database", database, *extra]
+    process = subprocess.Popen(
+        [*entry_point(), *command],
+        cwd=ROOT,
+        env=child_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        found = re.search(r"Uvicorn running on (http://\S+)", line)
+        if found:
+            return Served(process, found[1], seen)
+    process.kill()
+    process.wait()
+    process.stderr.close()
+    msg = f"plait serve did not start: {''.join(seen)}"
+    raise AssertionError(msg)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    server = start_serving(f"sqlite://{tmp_path / 'plait.db'}")
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            assert server.stop() == 0
+
+
+def test_help_on_every_command() -> None:
+    done = plait_cli("--help")
+    assert done.returncode == ExitCode.OK, done.stderr
+    for command in ("serve", "status", "interrupt", "resume", "migrate"):
+        assert command in done.stdout
+        helped = plait_cli(command, "--help")
+        assert helped.returncode == ExitCode.OK, (command, helped.stderr)
+        assert "Usage" in helped.stdout
+    assert "Exit codes" in done.stdout
+    assert plait_cli().returncode == ExitCode.USAGE  # no command: the help, and exit 2
+    assert plait_cli("status").returncode == ExitCode.USAGE
+    assert plait_cli("frobnicate").returncode == ExitCode.USAGE
+
+
+def test_status_interrupt_and_resume_through_the_served_proxy(served: Served) -> None:
+    started = httpx.post(f"{served.url}/httpprocessorder/discard", json=ORDER, timeout=30)
+    execution_id = started.headers["plait-execution-id"]
+    url = ("--url", served.url)
+    deadline = time.monotonic() + 30
+    status = plait_cli("status", "HttpProcessOrder", execution_id, *url, "--json")
+    while json.loads(status.stdout)["status"] == "running" and time.monotonic() < deadline:
+        status = plait_cli("status", "HttpProcessOrder", execution_id, *url, "--json")
+    assert status.returncode == ExitCode.OK, status.stderr
+    assert json.loads(status.stdout) == {
+        "executionId": execution_id,
+        "workflow": "HttpProcessOrder",
+        "status": "suspended",
+        "result": None,
+        "error": None,
+    }
+    text = plait_cli("status", "httpprocessorder", execution_id, *url)  # any case
+    assert text.returncode == ExitCode.OK
+    assert re.search(r"status\s+suspended", text.stdout), text.stdout
+
+    resumed = plait_cli("resume", "HttpProcessOrder", execution_id, *url, "--json")
+    assert resumed.returncode == ExitCode.OK, resumed.stderr
+    assert json.loads(resumed.stdout)["resumed"] is True
+
+    interrupted = plait_cli("interrupt", "HttpProcessOrder", execution_id, *url)
+    assert interrupted.returncode == ExitCode.OK, interrupted.stderr
+    assert f"interrupted HttpProcessOrder {execution_id}" in interrupted.stdout
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        final = json.loads(
+            plait_cli("status", "HttpProcessOrder", execution_id, *url, "--json").stdout
+        )
+        if final["status"] != "suspended":
+            break
+    assert final["status"] == "failed"
+    assert final["error"] == {"_tag": "Interrupt", "executionId": execution_id}
+
+
+def test_exit_codes_scripts_rely_on(served: Served) -> None:
+    url = ("--url", served.url)
+    unknown = plait_cli("status", "HttpProcessOrder", "0" * 32, *url, "--json")
+    assert unknown.returncode == ExitCode.NOT_FOUND
+    assert json.loads(unknown.stdout)["error"]["_tag"] == "UnknownExecutionError"
+    no_workflow = plait_cli("status", "NoSuchWorkflow", "0" * 32, *url)
+    assert no_workflow.returncode == ExitCode.NOT_FOUND
+    assert "NotFoundError" in no_workflow.stderr
+    malformed = plait_cli("interrupt", "HttpProcessOrder", "not-an-id", *url, "--json")
+    assert malformed.returncode == ExitCode.INVALID
+    assert json.loads(malformed.stdout)["error"]["_tag"] == "InvalidRequestError"
+    nobody = plait_cli("status", "HttpProcessOrder", "0" * 32, "--url", "http://127.0.0.1:9")
+    assert nobody.returncode == ExitCode.UNREACHABLE
+    assert "ProxyUnavailableError" in nobody.stderr
+
+
+def test_a_served_token_is_required(tmp_path: Path) -> None:
+    token = uuid.uuid4().hex * 2
+    server = start_serving(f"sqlite://{tmp_path / 'plait.db'}", "--token", token)
+    try:
+        url = ("--url", server.url)
+        refused = plait_cli("status", "Hold", "0" * 32, *url)
+        wrong = plait_cli("status", "Hold", "0" * 32, *url, "--token", token[::-1])
+        allowed = plait_cli("status", "Hold", "0" * 32, *url, PLAIT_TOKEN=token)
+        health = httpx.get(f"{server.url}/health", timeout=10)
+    finally:
+        assert server.stop() == 0
+    assert refused.returncode == wrong.returncode == ExitCode.REFUSED
+    assert "UnauthorizedError" in refused.stderr
+    assert allowed.returncode == ExitCode.NOT_FOUND  # let in; no such execution
+    assert health.status_code == 200
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
+    database = f"sqlite://{tmp_path / 'plait.db'}"
+    beyond = plait_cli("serve", "tests.http_workflows", "--host", "0.0.0.0", "--database", database)
+    assert beyond.returncode == ExitCode.REFUSED
+    assert "TokenRequiredError" in beyond.stderr
+    assert not (tmp_path / "plait.db").exists()  # refused before opening anything
+    missing = plait_cli("serve", "tests.no_such_module", "--database", database)
+    assert missing.returncode == ExitCode.NOT_FOUND
+    assert "ModuleNotFoundError" in missing.stderr
+    empty = plait_cli("serve", "tests.conftest", "--database", database)
+    assert empty.returncode == ExitCode.NOT_FOUND
+    assert "defines no plait.Workflow" in empty.stderr
+
+
+def test_serve_from_a_file_on_a_database_another_engine_holds(tmp_path: Path) -> None:
+    database = f"sqlite://{tmp_path / 'plait.db'}"
+    server = start_serving(database)
+    try:
+        held = plait_cli("serve", str(ROOT / "tests" / "http_workflows.py"), "--database", database)
+        migrating = plait_cli("migrate", database, "--json")
+    finally:
+        assert server.stop() == 0
+    assert held.returncode == ExitCode.REFUSED
+    assert "EngineLockedError" in held.stderr
+    assert migrating.returncode == ExitCode.REFUSED
+    assert json.loads(migrating.stdout)["error"]["_tag"] == "EngineLockedError"
+
+
+def test_migrate_creates_the_tables(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    done = plait_cli("migrate", f"sqlite://{path}")
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert "current schema" in done.stdout
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+    assert {"plait_executions", "plait_journal", "plait_deferreds", "plait_timers"} <= tables
+    again = plait_cli("migrate", f"sqlite://{path}", "--json")
+    assert again.returncode == ExitCode.OK
+    assert json.loads(again.stdout)["migrated"] is True
+
+
+def test_migrate_postgres_and_an_unreachable_one(postgres_url: str) -> None:
+    done = plait_cli("migrate", postgres_url, "--prefix", "app_", "--json")
+    assert done.returncode == ExitCode.OK, done.stdout + done.stderr
+    assert json.loads(done.stdout) == {"database": postgres_url, "prefix": "app_", "migrated": True}
+    name = postgres_url.rsplit("/", 1)[1]
+    listed = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            name,
+            "-qAtc",
+            "select tablename from pg_tables where tablename like 'app_%'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "app_executions" in listed.stdout.split()
+    unreachable = plait_cli("migrate", "postgres://plait:secret@127.0.0.1:9/none", "--json")
+    assert unreachable.returncode == ExitCode.UNREACHABLE
+    error = json.loads(unreachable.stdout)["error"]
+    assert error["_tag"] == "StoreConnectError"
+    assert "secret" not in unreachable.stdout + unreachable.stderr
+
+
+def test_served_workflows_run_and_survive_a_restart(tmp_path: Path) -> None:
+    database = f"sqlite://{tmp_path / 'plait.db'}"
+    server = start_serving(database)
+    try:
+        started = httpx.post(f"{server.url}/httpprocessorder/discard", json=ORDER, timeout=30)
+        execution_id = started.headers["plait-execution-id"]
+    finally:
+        assert server.stop() == 0
+    server = start_serving(database)
+    try:
+        token = wf.Approval.token_from_execution_id(wf.ProcessOrder, execution_id)
+        completed = httpx.post(
+            f"{server.url}/deferred/{token}", json={"_tag": "Success", "value": "cli"}, timeout=30
+        )
+        assert completed.json() == {"stored": True}
+        result = httpx.post(f"{server.url}/httpprocessorder", json=ORDER, timeout=30)
+    finally:
+        assert server.stop() == 0
+    assert result.status_code == 200
+    assert result.json()["approved_by"] == "cli"
+    assert plait.execution_id("HttpProcessOrder", ORDER["order_id"]) == execution_id
