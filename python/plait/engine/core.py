@@ -817,7 +817,7 @@ class Engine:
         """
         self.require_loop()
         record = await self._journal().execution(execution_id)
-        return None if record is None else str(record[0])
+        return None if record is None else record.workflow
 
     async def poll(
         self, workflow: WorkflowSpec, execution_id: str
