@@ -399,6 +399,32 @@ def run_cell(
         return Result(system, backend, workload, error=f"{type(err).__name__}: {err}")
 
 
+def insert_floor(admin_url: str, rounds: int = 300) -> list[float] | str:
+    """One bare durable INSERT round trip after another on the PostgreSQL server, in ms.
+
+    The floor under any durable commit from this machine: a statement in autocommit with the
+    server's default `synchronous_commit` (a WAL flush per INSERT), on psycopg (which DBOS
+    brings). Returns why it could not be measured instead, if it could not.
+    """
+    try:
+        # A benchmark-only dependency, imported by name so that checks run without it.
+        psycopg = importlib.import_module("psycopg")
+    except ImportError:
+        return "psycopg is not installed (it comes with requirements-bench.txt)"
+    with (
+        fresh_database("plait", "postgres", admin_url) as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        conn.execute("CREATE TABLE floor (id BIGINT PRIMARY KEY, value TEXT NOT NULL)")
+        latencies = []
+        for n in range(rounds + 10):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO floor VALUES (%s, %s)", (n, "x"))
+            if n >= 10:  # the first few warm the connection and the plan
+                latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
 # Report --------------------------------------------------------------------------------------
 
 
@@ -548,9 +574,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "DBOS concurrency: async workflows and steps awaited directly under SetWorkflowID,"
         " asyncio.gather of the batch (checkpoints in DBOS's own thread pool)."
     )
+    floor = None if pg_missing else insert_floor(args.postgres)
     print()
     print(table(results))
     print("plait/DBOS: plait's workflows/s over DBOS's, same backend and workload.")
+    if isinstance(floor, list):
+        floor.sort()
+        sequential_pg = next(
+            (
+                r
+                for r in results
+                if r.system == "plait"
+                and r.backend == "postgres"
+                and r.workload == Workload("three", 0)
+                and not r.error
+            ),
+            None,
+        )
+        beside = (
+            f"; plait's 3 steps one after another: p50 {_ms(sequential_pg.quantile_ms(50))} ms"
+            f" = {sequential_pg.quantile_ms(50) / statistics.median(floor):.1f} round trips"
+            " (4 commits in series)"
+            if sequential_pg
+            else ""
+        )
+        print(
+            f"PostgreSQL floor, a bare durable INSERT round trip (psycopg, autocommit):"
+            f" p50 {_ms(statistics.median(floor))} ms,"
+            f" p99 {_ms(floor[int(len(floor) * 0.99) - 1])} ms{beside}"
+        )
+    elif floor is not None:
+        notes.append(f"no PostgreSQL floor: {floor}")
     for note in notes:
         print(f"- {note}")
     print(f"\n{time.perf_counter() - started:.0f} s in all")
