@@ -17,6 +17,20 @@ from plait import timers as timers
 from plait._native import __version__
 from plait.activity import Activity, ActivityFunction, activity, current_attempt
 from plait.clocks import SystemClock
+from plait.cluster import (
+    AlreadyProcessingMessage,
+    ClusterError,
+    Entity,
+    EntityClient,
+    EntityContext,
+    EntityNotAssignedToRunner,
+    MailboxFull,
+    MalformedMessage,
+    PersistenceError,
+    Rpc,
+    RunnerNotRegistered,
+    RunnerUnavailable,
+)
 from plait.deferred import DurableClock, DurableDeferred
 from plait.engine import Engine, WorkflowInstance, current_instance
 from plait.errors import (
@@ -64,7 +78,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Activity",
     "ActivityFunction",
+    "AlreadyProcessingMessage",
     "ClosedError",
+    "ClusterError",
     "Complete",
     "Defect",
     "DeferredToken",
@@ -77,6 +93,10 @@ __all__ = [
     "EngineClosedError",
     "EngineFencedError",
     "EngineLockedError",
+    "Entity",
+    "EntityClient",
+    "EntityContext",
+    "EntityNotAssignedToRunner",
     "ExecutionCompleteError",
     "Exit",
     "Failure",
@@ -84,13 +104,19 @@ __all__ = [
     "Interrupted",
     "InvalidArgumentError",
     "JournalDecodeError",
+    "MailboxFull",
+    "MalformedMessage",
     "MalformedTokenError",
     "NoEngineError",
     "NonDeterminismError",
     "NotInWorkflowError",
     "PayloadError",
+    "PersistenceError",
     "PlaitError",
     "ResultSchemaError",
+    "Rpc",
+    "RunnerNotRegistered",
+    "RunnerUnavailable",
     "Schedule",
     "StoreConnectError",
     "StoreError",

@@ -105,6 +105,12 @@ class Definitions(Generic[D]):
         found = self._latest.get(name)
         return found if found is not None else self._live.get(name)
 
+    def values(self) -> list[D]:
+        """Every definition holding a name, by name."""
+        with self._lock:
+            names = sorted(set(self._live.keys()) | set(self._latest))
+        return [found for name in names if (found := self.get(name)) is not None]
+
     def claim(self, name: str, definition: D, site: DefinitionSite) -> None:
         """Makes `definition`, made at `site`, the one holding `name`.
 

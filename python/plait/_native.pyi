@@ -2,7 +2,7 @@
 # module by `python -m mypy.stubtest plait._native`.
 
 from collections.abc import Iterable
-from typing import Literal, TypeAlias, final
+from typing import Literal, Protocol, TypeAlias, final
 
 from plait.errors import InvalidArgumentError
 
@@ -10,10 +10,13 @@ __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
     "AsyncBridge",
     "Deferred",
+    "Deliver",
     "Entry",
     "Execution",
     "HashRing",
     "Op",
+    "Passivate",
+    "Refusal",
     "Resume",
     "Snapshot",
     "SnowflakeGenerator",
@@ -550,6 +553,61 @@ class Resume:
     def fired(self) -> str | None:
         """The deferred whose timer fired to make it runnable, if that is why."""
 
+class _Outgoing(Protocol):
+    """An entity request offered to the mailboxes (any object with these attributes)."""
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def entity_type(self) -> str: ...
+    @property
+    def entity_id(self) -> str: ...
+    @property
+    def tag(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def persisted(self) -> bool: ...
+
+@final
+class Deliver:
+    """An entity request that may run now: its instance has a free slot."""
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def entity_type(self) -> str: ...
+    @property
+    def entity_id(self) -> str: ...
+    @property
+    def tag(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def persisted(self) -> bool: ...
+    @property
+    def activates(self) -> bool:
+        """Whether the instance became resident with this request (make it first)."""
+
+@final
+class Passivate:
+    """An entity instance idle long enough: the host drops it."""
+
+    @property
+    def entity_type(self) -> str: ...
+    @property
+    def entity_id(self) -> str: ...
+
+@final
+class Refusal:
+    """Why a mailbox did not take a request."""
+
+    @property
+    def kind(self) -> str:
+        """One of NotRegistered, MailboxFull or AlreadyProcessing."""
+    @property
+    def message(self) -> str: ...
+
 @final
 class WorkSource:
     """What one engine owns and what runs next: recovery, durable timers, snapshots to resume.
@@ -566,8 +624,28 @@ class WorkSource:
         """Resolves to None once work is ready to take; raises `ClosedError` once closed."""
     def started(self, bridge: AsyncBridge) -> int:
         """Resolves to None once recovery is listed and the first window of timers read."""
-    def take(self, max: int) -> list[Resume]:
-        """Takes up to `max` units of ready work, oldest first."""
+    def take(self, max: int) -> list[Deliver | Passivate | Resume]:
+        """Takes up to `max` units of ready work: entity requests, idle instances, executions."""
+    def register_entity(
+        self,
+        entity_type: str,
+        concurrency: int,
+        mailbox_capacity: int | None,
+        max_idle_ms: int | None,
+    ) -> None:
+        """Registers an entity type with its mailbox options (None: unbounded / never)."""
+    def set_max_resident(self, max_resident: int | None) -> None:
+        """Bounds the resident entity instances (None: unbounded)."""
+    def offer(self, messages: Iterable[_Outgoing]) -> tuple[list[Refusal | None], list[Deliver]]:
+        """Offers entity requests: one answer per request, and every request that may run now."""
+    def done(self, finished: list[Deliver]) -> list[Deliver]:
+        """These requests have their final reply (or were dropped); returns what may run now."""
+    def keep_alive(self, entity_type: str, entity_id: str, enabled: bool) -> bool:
+        """Keeps an instance resident whatever its idle time; returns whether it is resident."""
+    def evict(self, entity_type: str, entity_id: str) -> list[int]:
+        """Drops an instance and what it held; returns the request ids it held."""
+    def resident(self) -> int:
+        """Resident entity instances."""
     def scheduled(self, execution_id: str, name: str, due_ms: int) -> None:
         """A timer was stored: into the wheel if it falls in the loaded window."""
     def resume(self, ids: Iterable[str]) -> None:

@@ -9,6 +9,7 @@
 //! - [`runtime`]: the process-wide tokio runtime;
 //! - [`completion`]: results of Rust tasks handed to an event loop in batches;
 //! - [`clock`]: the wall clock, in milliseconds since the Unix epoch;
+//! - [`cluster`]: entities and their mailboxes, spread over runners by shard;
 //! - [`store`]: the journal store of executions, step results, deferreds and timers, in memory
 //!   or durable in SQLite / PostgreSQL;
 //! - [`work`]: the work source: what a process owns and what runs next (recovery, durable
@@ -17,6 +18,7 @@
 //! The Python bindings live in `py/` alone, behind the `python` feature that maturin enables.
 
 pub mod clock;
+pub mod cluster;
 pub mod completion;
 pub mod ids;
 pub mod runtime;

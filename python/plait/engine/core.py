@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, Literal, cast
 
 from plait import _bridge
-from plait._native import Op, Resume, Store
+from plait._native import Deliver, Op, Passivate, Resume, Store, WorkSource
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine import registry
 from plait.engine.run import (
@@ -28,7 +28,7 @@ from plait.engine.run import (
 )
 from plait.engine.scope import close_scope
 from plait.engine.signals import StoredFirst, engine_cancelled, log, unexpected
-from plait.engine.specs import WorkflowSpec
+from plait.engine.specs import EntityHost, WorkflowSpec
 from plait.engine.work import WorkLoop
 from plait.errors import (
     Defect,
@@ -118,6 +118,8 @@ class Engine:
         # The work source (recovery, durable timers) and the tasks that take its work.
         self._work: WorkLoop | None = None
         self._work_tasks: list[asyncio.Task[None]] = []
+        #: What runs this engine's entities (set by `plait.cluster` when the engine starts).
+        self.entity_host: EntityHost | None = None
         self._lease_task: asyncio.Task[None] | None = None
         # Why the engine stopped on its own: another engine took the database over.
         self._fenced: EngineFencedError | None = None
@@ -237,7 +239,9 @@ class Engine:
         ctx.run(current_attempt.set, 1)
         self._base_context = ctx
         assert self.store is not None
-        self._work = WorkLoop(self.store, self.clock, self._resume_from)
+        self._work = WorkLoop(self.store, self.clock, self._take_work)
+        for hook in registry.start_hooks():
+            hook(self)
         await self._work.started()
         for work in self._work.tasks():
             task = self._loop.create_task(work, context=ctx)
@@ -274,6 +278,9 @@ class Engine:
                         self._fenced
                         or EngineClosedError(ex.id, f"engine closed while waiting for {ex.id}")
                     )
+        if self.entity_host is not None:
+            host, self.entity_host = self.entity_host, None
+            host.close(self._fenced or EngineClosedError("", "the engine closed"))
         self._live.clear()
         self._interrupt_now.clear()
         self._loop = None
@@ -492,6 +499,40 @@ class Engine:
             ex.payload = payload
         ex.interrupted = ex.interrupted or record.interrupted
         return ex
+
+    @property
+    def work_source(self) -> WorkSource:
+        """The engine's work source (for what runs on the engine beside workflows: entities).
+
+        Raises:
+            NoEngineError: The engine is not started.
+        """
+        if self._work is None:
+            msg = "the engine is not started: use `async with engine:`"
+            raise NoEngineError(msg)
+        return self._work.source
+
+    def work_changed(self) -> None:
+        """Tells the work loop that the source's next wake-up may have moved.
+
+        Entities became resident or idle; a clock the loop moves looks at `next_due` again.
+        """
+        if self._work is not None:
+            self._work.changed()
+
+    def _take_work(self, batch: list[Deliver | Passivate | Resume]) -> None:
+        """Hands each unit of the work source's work to what runs it."""
+        entity_work: list[Deliver | Passivate] = []
+        for work in batch:
+            if isinstance(work, Resume):
+                self._resume_from(work)
+            else:
+                entity_work.append(work)
+        if entity_work:
+            if self.entity_host is None:
+                log.error("entity work came with nothing to run it: %s", entity_work[:3])
+                return
+            self.entity_host.take(entity_work)
 
     def _resume_from(self, work: Resume) -> None:
         """Runs what the work source hands over: an execution recovered, or woken by a timer.

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from plait._native import Deliver, Passivate
 from plait.clocks import Clock
 from plait.exits import Exit, ExitCodec
 from plait.schedule import Schedule
 
-__all__ = ["DeferredSpec", "StepSpec", "WorkflowSpec"]
+__all__ = ["DeferredSpec", "EntityHost", "StepSpec", "WorkflowSpec"]
 
 
 class WorkflowSpec(Protocol):
@@ -102,4 +103,16 @@ class DeferredSpec(Protocol):
     @property
     def codec(self) -> ExitCodec:
         """Encodes the deferred's exits."""
+        ...
+
+
+class EntityHost(Protocol):
+    """What runs an engine's entities (`plait.cluster`), as the engine hands it work."""
+
+    def take(self, work: list[Deliver | Passivate]) -> None:
+        """Entity requests that may run now, and instances to drop, from the work source."""
+        ...
+
+    def close(self, error: BaseException) -> None:
+        """The engine closes: callers still waiting get `error`."""
         ...

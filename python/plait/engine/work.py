@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plait import _bridge
-from plait._native import Resume, Store, WorkSource
+from plait._native import Deliver, Passivate, Resume, Store, WorkSource
 from plait.clocks import Clock, SystemClock
 
 __all__ = ["BATCH", "WorkLoop", "busy"]
@@ -41,10 +41,15 @@ class WorkLoop:
         store: The engine's store.
         clock: The engine's clock: the system clock lets the source sleep on its own; any other
             is followed by a task that moves the source's time.
-        run: Called with each unit of work, on the loop.
+        run: Called with each batch of work taken, on the loop.
     """
 
-    def __init__(self, store: Store, clock: Clock, run: Callable[[Resume], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        run: Callable[[list[Deliver | Passivate | Resume]], None],
+    ) -> None:
         self._clock = clock
         manual = None if isinstance(clock, SystemClock) else clock.now_ms()
         self.source = WorkSource(store, manual)
@@ -68,6 +73,14 @@ class WorkLoop:
         self.source.scheduled(execution_id, name, due_ms)
         self._changed.set()
 
+    def changed(self) -> None:
+        """Something the source's next wake-up depends on changed.
+
+        An entity became resident or idle: a clock other than the system one looks at
+        `next_due` again.
+        """
+        self._changed.set()
+
     def close(self) -> None:
         """Stops the source; what it did not fire or hand out stays in the store."""
         self.source.close()
@@ -76,8 +89,7 @@ class WorkLoop:
         source = self.source
         while True:
             await _bridge.watch(source.wait)
-            for work in source.take(BATCH):
-                self._run(work)
+            self._run(source.take(BATCH))
 
     async def _follow_clock(self) -> None:
         """Moves the source's time to the engine's clock each time it reaches the next due."""

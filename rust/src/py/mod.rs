@@ -34,7 +34,7 @@ mod _native {
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
     #[pymodule_export]
-    use super::work::{PyResume, PyWorkSource};
+    use super::work::{PyDeliver, PyPassivate, PyRefusal, PyResume, PyWorkSource};
 
     use super::{Bound, PyModule, PyModuleMethods, PyResult};
 

@@ -2,14 +2,17 @@
 
 use std::sync::{atomic::AtomicU64, Arc};
 
-use pyo3::prelude::*;
+use pyo3::{prelude::*, pybacked::PyBackedBytes, types::PyBytes};
 
 use super::{
     bridge::AsyncBridge,
-    errors::{at_item, capacity_hint, not_a_single_str, Int, Text},
+    errors::{at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, Text},
     store::{PySnapshot, PyStore},
 };
-use crate::{runtime, work};
+use crate::{
+    cluster::mailbox::{self, Address, EntityOptions},
+    runtime, work,
+};
 
 /// An execution to run again, from its snapshot.
 #[pyclass(module = "plait._native", name = "Resume", frozen)]
@@ -45,6 +48,162 @@ impl PyResume {
             self.execution_id,
             self.fired.as_deref()
         )
+    }
+}
+
+/// An entity request that may run now: its instance has a free slot.
+#[pyclass(module = "plait._native", name = "Deliver", frozen)]
+pub struct PyDeliver {
+    delivery: mailbox::Delivery,
+}
+
+#[pymethods]
+impl PyDeliver {
+    /// The request's id.
+    #[getter]
+    fn request_id(&self) -> i64 {
+        self.delivery.message.request_id
+    }
+
+    /// The entity type.
+    #[getter]
+    fn entity_type(&self) -> &str {
+        &self.delivery.message.address.entity_type
+    }
+
+    /// The entity id.
+    #[getter]
+    fn entity_id(&self) -> &str {
+        &self.delivery.message.address.entity_id
+    }
+
+    /// The RPC's name.
+    #[getter]
+    fn tag(&self) -> &str {
+        &self.delivery.message.tag
+    }
+
+    /// The encoded payload.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.delivery.message.payload)
+    }
+
+    /// Whether the request is stored (its reply must be too).
+    #[getter]
+    fn persisted(&self) -> bool {
+        self.delivery.message.persisted
+    }
+
+    /// Whether the instance became resident with this request (make it first).
+    #[getter]
+    fn activates(&self) -> bool {
+        self.delivery.activates
+    }
+
+    fn __repr__(&self) -> String {
+        let message = &self.delivery.message;
+        format!(
+            "<Deliver {} to {}/{} {}>",
+            message.request_id, message.address.entity_type, message.address.entity_id, message.tag
+        )
+    }
+}
+
+/// An entity instance that was idle long enough: the host drops it.
+#[pyclass(module = "plait._native", name = "Passivate", frozen)]
+pub struct PyPassivate {
+    address: Address,
+}
+
+#[pymethods]
+impl PyPassivate {
+    /// The entity type.
+    #[getter]
+    fn entity_type(&self) -> &str {
+        &self.address.entity_type
+    }
+
+    /// The entity id.
+    #[getter]
+    fn entity_id(&self) -> &str {
+        &self.address.entity_id
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Passivate {}/{}>",
+            self.address.entity_type, self.address.entity_id
+        )
+    }
+}
+
+/// Why a mailbox did not take a request.
+#[pyclass(module = "plait._native", name = "Refusal", frozen)]
+pub struct PyRefusal {
+    refusal: mailbox::Refusal,
+}
+
+#[pymethods]
+impl PyRefusal {
+    /// `"NotRegistered"`, `"MailboxFull"` or `"AlreadyProcessing"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.refusal {
+            mailbox::Refusal::NotRegistered(_) => "NotRegistered",
+            mailbox::Refusal::MailboxFull { .. } => "MailboxFull",
+            mailbox::Refusal::AlreadyProcessing { .. } => "AlreadyProcessing",
+        }
+    }
+
+    /// What happened, in words.
+    #[getter]
+    fn message(&self) -> String {
+        self.refusal.to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Refusal {}: {}>", self.kind(), self.refusal)
+    }
+}
+
+/// An entity request offered to the mailboxes: any object with these attributes.
+#[derive(FromPyObject)]
+struct Outgoing {
+    request_id: i64,
+    entity_type: Text,
+    entity_id: Text,
+    tag: Text,
+    payload: PyBackedBytes,
+    persisted: bool,
+}
+
+impl Outgoing {
+    fn message(self) -> mailbox::Message {
+        mailbox::Message {
+            request_id: self.request_id,
+            address: Address {
+                entity_type: self.entity_type.to_owned(),
+                entity_id: self.entity_id.to_owned(),
+            },
+            tag: self.tag.to_owned(),
+            payload: self.payload.to_vec(),
+            persisted: self.persisted,
+        }
+    }
+}
+
+fn deliveries(ready: Vec<mailbox::Delivery>) -> Vec<PyDeliver> {
+    ready
+        .into_iter()
+        .map(|delivery| PyDeliver { delivery })
+        .collect()
+}
+
+fn address(entity_type: Text, entity_id: Text) -> Address {
+    Address {
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
     }
 }
 
@@ -95,19 +254,122 @@ impl PyWorkSource {
         bridge.spawn(async move { Ok(source.started().await?) })
     }
 
-    /// Takes up to `max` units of ready work, oldest first.
-    fn take(&self, py: Python<'_>, max: Int<usize>) -> PyResult<Vec<PyResume>> {
+    /// Takes up to `max` units of ready work: entity requests (`Deliver`), idle instances
+    /// (`Passivate`), then executions to resume (`Resume`).
+    fn take(&self, py: Python<'_>, max: Int<usize>) -> PyResult<Vec<Py<PyAny>>> {
         self.source()?
             .take(max.0)
             .into_iter()
             .map(|work| {
-                Ok(PyResume {
-                    execution_id: work.execution_id,
-                    snapshot: Py::new(py, PySnapshot(work.snapshot))?,
-                    fired: work.fired,
+                Ok(match work {
+                    work::Work::Resume(resume) => Py::new(
+                        py,
+                        PyResume {
+                            execution_id: resume.execution_id,
+                            snapshot: Py::new(py, PySnapshot(resume.snapshot))?,
+                            fired: resume.fired,
+                        },
+                    )?
+                    .into_any(),
+                    work::Work::Deliver(delivery) => {
+                        Py::new(py, PyDeliver { delivery })?.into_any()
+                    }
+                    work::Work::Passivate(address) => {
+                        Py::new(py, PyPassivate { address })?.into_any()
+                    }
                 })
             })
             .collect()
+    }
+
+    /// Registers an entity type: its instances run `concurrency` requests at once, hold at most
+    /// `mailbox_capacity` (None: unbounded) and are passivated after `max_idle_ms` idle (None:
+    /// never).
+    #[pyo3(signature = (entity_type, concurrency, mailbox_capacity, max_idle_ms))]
+    fn register_entity(
+        &self,
+        entity_type: Text,
+        concurrency: Int<usize>,
+        mailbox_capacity: Option<Int<usize>>,
+        max_idle_ms: Option<Int<u64>>,
+    ) -> PyResult<()> {
+        if concurrency.0 == 0 {
+            return Err(InvalidArgumentError::new_err(
+                "concurrency must be at least 1, got 0",
+            ));
+        }
+        self.source()?.register_entity(
+            &entity_type,
+            EntityOptions {
+                concurrency: concurrency.0,
+                mailbox_capacity: mailbox_capacity.map(|c| c.0),
+                max_idle_ms: max_idle_ms.map(|m| m.0),
+            },
+        );
+        Ok(())
+    }
+
+    /// Bounds the resident entity instances (None: unbounded).
+    fn set_max_resident(&self, max_resident: Option<Int<usize>>) -> PyResult<()> {
+        self.source()?.set_max_resident(max_resident.map(|m| m.0));
+        Ok(())
+    }
+
+    /// Offers entity requests (objects with `request_id`, `entity_type`, `entity_id`, `tag`,
+    /// `payload`, `persisted`): one answer per request (None: taken; else a `Refusal`), and
+    /// every request that may run now.
+    fn offer(
+        &self,
+        messages: &Bound<'_, PyAny>,
+    ) -> PyResult<(Vec<Option<PyRefusal>>, Vec<PyDeliver>)> {
+        not_a_single_str(messages, "messages")?;
+        let py = messages.py();
+        let mut batch = Vec::with_capacity(capacity_hint(messages));
+        for (index, item) in messages.try_iter()?.enumerate() {
+            let outgoing: Outgoing = item
+                .and_then(|item| item.extract())
+                .map_err(|err| at_item(py, err, "messages", index))?;
+            batch.push(outgoing.message());
+        }
+        let (answers, ready) = self.source()?.offer(batch);
+        let answers = answers
+            .into_iter()
+            .map(|answer| answer.err().map(|refusal| PyRefusal { refusal }))
+            .collect();
+        Ok((answers, deliveries(ready)))
+    }
+
+    /// These requests (the `Deliver`s taken) have their final reply, or were dropped: their
+    /// slots free. Returns every request that may run now.
+    fn done(&self, finished: Vec<PyRef<'_, PyDeliver>>) -> PyResult<Vec<PyDeliver>> {
+        let finished: Vec<(Address, i64)> = finished
+            .iter()
+            .map(|d| {
+                (
+                    d.delivery.message.address.clone(),
+                    d.delivery.message.request_id,
+                )
+            })
+            .collect();
+        Ok(deliveries(self.source()?.done(&finished)))
+    }
+
+    /// Keeps an entity instance resident whatever its idle time, or lets it go idle again.
+    /// Returns whether it is resident.
+    fn keep_alive(&self, entity_type: Text, entity_id: Text, enabled: bool) -> PyResult<bool> {
+        Ok(self
+            .source()?
+            .keep_alive(&address(entity_type, entity_id), enabled))
+    }
+
+    /// Drops an entity instance and what it held; returns the request ids it held.
+    fn evict(&self, entity_type: Text, entity_id: Text) -> PyResult<Vec<i64>> {
+        Ok(self.source()?.evict(&address(entity_type, entity_id)))
+    }
+
+    /// Resident entity instances.
+    fn resident(&self) -> PyResult<usize> {
+        Ok(self.source()?.resident())
     }
 
     /// A timer was stored: the source puts it in its wheel if it falls in the loaded window.

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 use crate::{
     clock::now_ms,
+    cluster::mailbox::{Address, Delivery, EntityOptions, Mailboxes, Message, Refusal},
     store::{Op, OpResult, Snapshot, Status, Store, StoreError},
     timer::TimerWheel,
 };
@@ -81,7 +82,15 @@ pub struct Resume {
 }
 
 /// What Python gets from [`WorkSource::take`].
-pub type Work = Resume;
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Run an execution again, from its snapshot.
+    Resume(Resume),
+    /// Run an entity's request now (its instance has a free slot).
+    Deliver(Delivery),
+    /// An entity instance was idle long enough: drop it.
+    Passivate(Address),
+}
 
 /// What the source wants done, and what it has ready.
 #[derive(Debug)]
@@ -101,7 +110,11 @@ struct State {
     /// Executions to resume, each with the deferred that fired for it, if any; read next.
     to_read: VecDeque<(String, Option<String>)>,
     /// Read and waiting for the host.
-    ready: VecDeque<Work>,
+    ready: VecDeque<Resume>,
+    /// The mailboxes of the entities this source's runner holds.
+    mail: Mailboxes,
+    /// Instances passivated and not yet reported to the host.
+    passivated: Vec<Address>,
     /// Whether the host changed something (time, a timer, a resume) that the driver has not
     /// looked at yet.
     pending: bool,
@@ -173,6 +186,8 @@ impl WorkSource {
                 stored_during_load: None,
                 to_read: VecDeque::new(),
                 ready: VecDeque::new(),
+                mail: Mailboxes::new(None),
+                passivated: Vec::new(),
                 pending: true,
                 driving: false,
                 phase: Phase::Listing,
@@ -200,7 +215,7 @@ impl WorkSource {
             if self.shared.closed() {
                 return Err(Closed);
             }
-            if !self.shared.state().ready.is_empty() {
+            if self.shared.state().has_work() {
                 return Ok(());
             }
             notified.await;
@@ -228,17 +243,88 @@ impl WorkSource {
     }
 
     /// Takes up to `max` units of ready work, oldest first.
+    /// Entity requests come first, then passivations, then executions to resume.
     pub fn take(&self, max: usize) -> Vec<Work> {
-        let taken: Vec<Work> = {
+        let (taken, resumed) = {
             let mut state = self.shared.state();
-            let count = max.min(state.ready.len());
-            state.ready.drain(..count).collect()
+            let mut taken: Vec<Work> = state
+                .mail
+                .take(max)
+                .into_iter()
+                .map(Work::Deliver)
+                .collect();
+            let passivated = (max - taken.len()).min(state.passivated.len());
+            taken.extend(state.passivated.drain(..passivated).map(Work::Passivate));
+            let resumes = (max - taken.len()).min(state.ready.len());
+            taken.extend(state.ready.drain(..resumes).map(Work::Resume));
+            (taken, resumes)
         };
-        if !taken.is_empty() {
+        if resumed > 0 {
             // Room to read more.
             self.shared.changed.notify_one();
         }
         taken
+    }
+
+    /// Registers an entity type, so that its requests are taken (and its instances passivated
+    /// by its options).
+    pub fn register_entity(&self, entity_type: &str, options: EntityOptions) {
+        self.shared.state().mail.register(entity_type, options);
+        self.shared.changed.notify_one();
+    }
+
+    /// Bounds the resident entity instances (`None`: unbounded).
+    pub fn set_max_resident(&self, max_resident: Option<usize>) {
+        self.shared.state().mail.set_max_resident(max_resident);
+    }
+
+    /// Offers entity requests to their mailboxes: one answer per message (taken, or why not),
+    /// and every request that may run now, these and any readied meanwhile.
+    pub fn offer(&self, messages: Vec<Message>) -> (Vec<Result<(), Refusal>>, Vec<Delivery>) {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state();
+        let answers = messages
+            .into_iter()
+            .map(|message| state.mail.offer(message, now))
+            .collect();
+        let ready = state.mail.take(usize::MAX);
+        drop(state);
+        // A new resident instance may be the next to passivate.
+        self.shared.changed.notify_one();
+        (answers, ready)
+    }
+
+    /// Requests that got their final reply (or were dropped) free their slots: returns every
+    /// request that may run now.
+    pub fn done(&self, finished: &[(Address, i64)]) -> Vec<Delivery> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state();
+        for (address, request_id) in finished {
+            state.mail.done(address, *request_id, now);
+        }
+        let ready = state.mail.take(usize::MAX);
+        drop(state);
+        self.shared.changed.notify_one();
+        ready
+    }
+
+    /// Keeps an entity instance resident whatever its idle time, or lets it go idle again.
+    /// Returns whether it is resident.
+    pub fn keep_alive(&self, address: &Address, enabled: bool) -> bool {
+        let kept = self.shared.state().mail.keep_alive(address, enabled);
+        self.shared.changed.notify_one();
+        kept
+    }
+
+    /// Drops an entity instance and what it held (a handler defect restarts it): the request
+    /// ids it held, running first.
+    pub fn evict(&self, address: &Address) -> Vec<i64> {
+        self.shared.state().mail.evict(address)
+    }
+
+    /// Resident entity instances.
+    pub fn resident(&self) -> usize {
+        self.shared.state().mail.resident()
     }
 
     /// The host stored a timer: it goes into the wheel if it falls within the loaded window,
@@ -295,17 +381,18 @@ impl WorkSource {
         let load_at = state
             .stored_next
             .map(|next| next.saturating_sub(HORIZON_MS / 2));
-        match (state.wheel.next_due(), load_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest([
+            state.wheel.next_due(),
+            load_at,
+            state.mail.next_passivation(),
+        ])
     }
 
     /// Whether the source holds work not yet taken: a change it has not looked at, a round
     /// under way (listing, loading, firing, reading), executions to read, or ready work.
     pub fn busy(&self) -> bool {
         let state = self.shared.state();
-        state.pending || state.driving || !state.to_read.is_empty() || !state.ready.is_empty()
+        state.pending || state.driving || !state.to_read.is_empty() || state.has_work()
     }
 
     /// The timers in memory, as `(execution id, deferred name)`.
@@ -331,7 +418,17 @@ impl Drop for WorkSource {
     }
 }
 
+/// The earliest of some instants.
+fn earliest(instants: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    instants.into_iter().flatten().min()
+}
+
 impl State {
+    /// Whether anything waits for the host to take it.
+    fn has_work(&self) -> bool {
+        !self.ready.is_empty() || self.mail.ready() > 0 || !self.passivated.is_empty()
+    }
+
     fn has_started(&self) -> bool {
         self.phase == Phase::Started
     }
@@ -420,10 +517,11 @@ fn next_wake(shared: &Shared) -> Option<u64> {
     let load_at = state
         .stored_next
         .map(|next| next.saturating_sub(HORIZON_MS / 2));
-    match (state.wheel.next_deadline(), load_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    earliest([
+        state.wheel.next_deadline(),
+        load_at,
+        state.mail.next_passivation(),
+    ])
 }
 
 /// One round of the driver's work. Returns whether it did something (so another round may
@@ -435,11 +533,24 @@ async fn round(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
     if load_window(shared, store).await? {
         return Ok(true);
     }
+    passivate(shared);
     // Both in each round, so that Python gets the first executions to resume while later
     // timers are still being fired.
     let fired = fire_due(shared, store).await?;
     let read = read_snapshots(shared, store).await?;
     Ok(fired || read)
+}
+
+/// Passivates the entity instances idle long enough, for the host to drop.
+fn passivate(shared: &Shared) {
+    let now = shared.clock.now();
+    let mut state = shared.state();
+    let gone = state.mail.passivate_idle(now);
+    if !gone.is_empty() {
+        state.passivated.extend(gone);
+        drop(state);
+        shared.ready.notify_waiters();
+    }
 }
 
 /// At start: the executions found running are queued to resume.

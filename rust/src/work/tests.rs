@@ -4,7 +4,10 @@
 use std::{sync::atomic::AtomicU64, time::Instant};
 
 use super::*;
-use crate::store::{memory::MemoryStore, Timer};
+use crate::{
+    cluster::mailbox::{Address, EntityOptions, Message, Refusal},
+    store::{memory::MemoryStore, Timer},
+};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -41,13 +44,23 @@ fn manual(now: u64) -> Clock {
     Clock::Manual(AtomicU64::new(now))
 }
 
-/// Waits (up to 10 s) for the source to have ready work, and takes it all.
-async fn next(source: &WorkSource) -> Vec<Work> {
+/// Waits (up to 10 s) for the source to have ready work, and takes it all: here, executions
+/// to resume.
+async fn next(source: &WorkSource) -> Vec<Resume> {
     tokio::time::timeout(Duration::from_secs(10), source.wait())
         .await
         .expect("no work came")
         .unwrap();
-    source.take(usize::MAX)
+    resumes(source.take(usize::MAX))
+}
+
+fn resumes(work: Vec<Work>) -> Vec<Resume> {
+    work.into_iter()
+        .map(|work| match work {
+            Work::Resume(resume) => resume,
+            other => panic!("not a resume: {other:?}"),
+        })
+        .collect()
 }
 
 /// Waits (up to 10 s) until the source holds nothing.
@@ -59,7 +72,7 @@ async fn idle(source: &WorkSource) {
     }
 }
 
-fn ids(work: &[Work]) -> Vec<&str> {
+fn ids(work: &[Resume]) -> Vec<&str> {
     let mut ids: Vec<&str> = work.iter().map(|w| w.execution_id.as_str()).collect();
     ids.sort_unstable();
     ids
@@ -224,7 +237,7 @@ async fn no_more_than_the_cap_of_snapshots_waits_for_the_host() {
             .unwrap();
         // Let the driver read as far as it may before taking.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let taken = source.take(usize::MAX);
+        let taken = resumes(source.take(usize::MAX));
         assert!(taken.len() <= READY_CAP, "{} ready at once", taken.len());
         seen.extend(taken.into_iter().map(|w| w.execution_id));
         if seen.len() == count {
@@ -286,4 +299,64 @@ async fn on_a_sqlite_file_too() {
     source.close();
     store.close().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn mail(request_id: i64, entity_id: &str) -> Message {
+    Message {
+        request_id,
+        address: Address {
+            entity_type: "Counter".into(),
+            entity_id: entity_id.into(),
+        },
+        tag: "increment".into(),
+        payload: b"{}".to_vec(),
+        persisted: false,
+    }
+}
+
+#[tokio::test]
+async fn entity_requests_run_as_their_mailboxes_allow_and_idle_instances_passivate() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let source = WorkSource::start(Arc::clone(&store), manual(T0));
+    tokio::time::timeout(Duration::from_secs(10), source.started())
+        .await
+        .unwrap()
+        .unwrap();
+    let (answers, ready) = source.offer(vec![mail(1, "a")]);
+    assert!(matches!(answers[0], Err(Refusal::NotRegistered(_))));
+    assert!(ready.is_empty());
+    source.register_entity(
+        "Counter",
+        EntityOptions {
+            max_idle_ms: Some(1_000),
+            ..EntityOptions::default()
+        },
+    );
+    let (answers, ready) = source.offer(vec![mail(1, "a"), mail(2, "a"), mail(3, "b")]);
+    assert!(answers.iter().all(Result::is_ok));
+    let ready: Vec<i64> = ready.iter().map(|d| d.message.request_id).collect();
+    assert_eq!(ready, [1, 3], "one at a time per instance");
+    let address = mail(1, "a").address;
+    let freed = source.done(&[(address.clone(), 1)]);
+    assert_eq!(freed.len(), 1);
+    assert_eq!(freed[0].message.request_id, 2);
+    source.done(&[(address.clone(), 2), (mail(3, "b").address, 3)]);
+    assert_eq!(source.resident(), 2);
+    assert_eq!(source.next_due(), Some(T0 + 1_000));
+    idle(&source).await;
+    source.advance_to(T0 + 1_000);
+    tokio::time::timeout(Duration::from_secs(10), source.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let gone: Vec<Work> = source.take(10);
+    assert_eq!(
+        gone,
+        [
+            Work::Passivate(address),
+            Work::Passivate(mail(3, "b").address)
+        ]
+    );
+    assert_eq!(source.resident(), 0);
+    source.close();
 }

@@ -1,0 +1,32 @@
+"""The cluster: entities addressed by id, with typed RPCs, volatile or persisted.
+
+`plait.Entity`, `plait.EntityContext` and the cluster's errors are re-exported from `plait`.
+"""
+
+from plait.cluster.entity import Entity, EntityClient, Rpc
+from plait.cluster.errors import (
+    AlreadyProcessingMessage,
+    ClusterError,
+    EntityNotAssignedToRunner,
+    MailboxFull,
+    MalformedMessage,
+    PersistenceError,
+    RunnerNotRegistered,
+    RunnerUnavailable,
+)
+from plait.cluster.runtime import EntityContext
+
+__all__ = [
+    "AlreadyProcessingMessage",
+    "ClusterError",
+    "Entity",
+    "EntityClient",
+    "EntityContext",
+    "EntityNotAssignedToRunner",
+    "MailboxFull",
+    "MalformedMessage",
+    "PersistenceError",
+    "Rpc",
+    "RunnerNotRegistered",
+    "RunnerUnavailable",
+]

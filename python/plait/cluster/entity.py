@@ -1,0 +1,356 @@
+"""Entities: addressable instances that answer typed RPCs, one request at a time by default.
+
+An entity type has a name and RPCs; an instance is addressed by the type and an entity id,
+made on its first request, and passivated when idle. An RPC is *volatile* (answered in
+memory, never stored) or *persisted* (the request is stored before it runs, deduplicated by its
+primary key, and answered once with a stored reply, across crashes).
+
+Example:
+    >>> import asyncio
+    >>> import plait
+    >>> Greeter = plait.Entity("DocGreeter")
+    >>> @Greeter.rpc()
+    ... async def greet(ctx: plait.EntityContext, name: str) -> str:
+    ...     return f"hello {name} from {ctx.entity_id}"
+    >>> async def main() -> str:
+    ...     async with plait.Engine.memory():
+    ...         return await greet.call("greeter-1", "Ada")
+    >>> asyncio.run(main())
+    'hello Ada from greeter-1'
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Generic, Protocol, overload
+
+import pydantic
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
+from typing_extensions import TypeVar
+
+from plait import engine as _engine
+from plait._definitions import caller_site
+from plait.clocks import milliseconds_ceil, seconds
+from plait.cluster.errors import MalformedMessage
+from plait.cluster.runtime import EntityContext, define, runtime_of
+from plait.exits import ExitCodec
+from plait.ids import checked_name
+from plait.schema import adapter
+
+__all__ = ["Entity", "EntityClient", "Rpc"]
+
+P = TypeVar("P")
+S = TypeVar("S")
+StateT = TypeVar("StateT", default=None)
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...] | None
+
+
+class Rpc(Generic[P, S]):
+    """One RPC of an entity type: its handler, schemas and delivery.
+
+    Made by `Entity.rpc`; call it with an entity id and a payload to send a request to that
+    instance and get its reply: `await increment.call("counter-7", Increment(by=2))`.
+    """
+
+    __slots__ = (
+        "codec",
+        "entity",
+        "handler",
+        "name",
+        "payload_adapter",
+        "payload_type",
+        "persisted",
+        "primary_key",
+        "takes_payload",
+    )
+
+    def __init__(
+        self,
+        entity: Entity[Any],
+        name: str,
+        handler: Callable[..., Awaitable[Any]],
+        *,
+        persisted: bool,
+        primary_key: Callable[[Any], str] | None,
+        error: ErrorTypes,
+    ) -> None:
+        self.entity = entity
+        self.name = checked_name("an RPC", name)
+        self.handler = handler
+        self.persisted = persisted
+        self.primary_key = primary_key
+        hints = _hints(handler)
+        params = list(inspect.signature(handler).parameters.values())
+        if not params or len(params) > 2:
+            msg = (
+                f"RPC {entity.name}.{name}: the handler takes the context and at most one "
+                f"payload, got {len(params)} parameters"
+            )
+            raise TypeError(msg)
+        self.takes_payload = len(params) == 2
+        self.payload_type: object = hints.get(params[1].name, Any) if self.takes_payload else None
+        self.payload_adapter = adapter(self.payload_type) if self.takes_payload else None
+        success = hints.get("return", Any)
+        self.codec = ExitCodec(f"RPC {entity.name}.{name}", success, error)
+
+    def __repr__(self) -> str:
+        return f"Rpc({self.entity.name}.{self.name})"
+
+    def encode_payload(self, payload: object) -> bytes:
+        """The payload as it travels: JSON.
+
+        Raises:
+            MalformedMessage: It does not validate against the RPC's payload type.
+        """
+        if self.payload_adapter is None:
+            if payload is not None:
+                msg = f"RPC {self.entity.name}.{self.name} takes no payload, got {payload!r}"
+                raise MalformedMessage(msg)
+            return b"null"
+        try:
+            value = self.payload_adapter.validate_python(payload)
+            return self.payload_adapter.dump_json(value)
+        except pydantic.ValidationError as err:
+            msg = f"invalid payload for RPC {self.entity.name}.{self.name}: {err}"
+            raise MalformedMessage(msg, err.errors(include_url=False)) from None
+        except PydanticSerializationError as err:
+            msg = f"payload of RPC {self.entity.name}.{self.name} cannot be encoded: {err}"
+            raise MalformedMessage(msg) from None
+
+    def decode_payload(self, data: bytes) -> Any:
+        """A payload as it arrived.
+
+        Raises:
+            MalformedMessage: It no longer matches the RPC's payload type.
+        """
+        if self.payload_adapter is None:
+            return None
+        try:
+            return self.payload_adapter.validate_json(data)
+        except pydantic.ValidationError as err:
+            msg = f"payload of RPC {self.entity.name}.{self.name} does not decode: {err}"
+            raise MalformedMessage(msg, err.errors(include_url=False)) from None
+
+    @overload
+    async def call(
+        self: Rpc[None, S],
+        entity_id: str,
+        payload: None = None,
+        *,
+        discard: bool = False,
+        engine: _engine.Engine | None = None,
+    ) -> S: ...
+
+    @overload
+    async def call(
+        self,
+        entity_id: str,
+        payload: P,
+        *,
+        discard: bool = False,
+        engine: _engine.Engine | None = None,
+    ) -> S: ...
+
+    async def call(
+        self,
+        entity_id: str,
+        payload: Any = None,
+        *,
+        discard: bool = False,
+        engine: _engine.Engine | None = None,
+    ) -> Any:
+        """Sends the request to instance `entity_id` and waits for its reply.
+
+        With `discard=True` it returns once the request is taken (for a persisted RPC: stored)
+        without waiting for the reply, and gives None.
+
+        Raises:
+            MalformedMessage: The payload does not validate (nothing is sent).
+            MailboxFull: The instance's mailbox (or the runner's residency) is full.
+            PersistenceError: A persisted request could not be stored.
+        """
+        found = _engine.engine_for(engine)
+        return await runtime_of(found).send(self, entity_id, payload, discard=discard)
+
+
+class EntityClient:
+    """The RPCs of one entity instance, as methods: `await client.increment(Increment(by=2))`.
+
+    Each method takes the RPC's payload (none for an RPC without one) and `discard=`.
+    `Rpc.call` is the typed way to the same thing.
+    """
+
+    __slots__ = ("_engine", "entity", "entity_id")
+
+    def __init__(self, entity: Entity[Any], entity_id: str, engine: _engine.Engine | None) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        self._engine = engine
+
+    def __repr__(self) -> str:
+        return f"EntityClient({self.entity.name!r}, {self.entity_id!r})"
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        rpc = self.entity.rpcs.get(name)
+        if rpc is None:
+            msg = f"entity {self.entity.name!r} has no RPC {name!r}"
+            raise AttributeError(msg)
+
+        async def send(payload: object = None, *, discard: bool = False) -> Any:
+            return await rpc.call(self.entity_id, payload, discard=discard, engine=self._engine)
+
+        return send
+
+
+class RpcDecorator(Protocol[StateT]):
+    """What `Entity.rpc(...)` returns: makes a handler an `Rpc`, typed by its signature."""
+
+    @overload
+    def __call__(self, fn: Callable[[EntityContext[StateT]], Awaitable[S]]) -> Rpc[None, S]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[EntityContext[StateT], P], Awaitable[S]]) -> Rpc[P, S]: ...
+
+
+class Entity(Generic[StateT]):
+    """An entity type: a name, its RPCs, and how its instances run.
+
+    Args:
+        name: Unique among entity types; part of every address.
+        state: A pydantic model of the instance's durable state (a plait extension): loaded when
+            the instance is made, written with the reply of each persisted request, in the same
+            transaction. None: no state.
+        concurrency: Requests an instance runs at once (1: one after another, Effect's default).
+        mailbox_capacity: Requests an instance holds, running and waiting (None: unbounded);
+            above it a volatile request fails with `MailboxFull`, a persisted one waits in
+            storage.
+        max_idle_time: An instance with nothing to do for this long is passivated (None: never).
+
+    Example:
+        >>> Counter = Entity("DocCounter", concurrency=1)
+        >>> Counter.name
+        'DocCounter'
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "concurrency",
+        "mailbox_capacity",
+        "max_idle_ms",
+        "name",
+        "rpcs",
+        "state_model",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        state: type[StateT] | None = None,
+        concurrency: int = 1,
+        mailbox_capacity: int | None = 4_096,
+        max_idle_time: timedelta | float | None = timedelta(minutes=1),
+    ) -> None:
+        self.name = checked_name("an entity", name)
+        if state is not None and not (isinstance(state, type) and issubclass(state, BaseModel)):
+            msg = f"entity {name!r}: state= takes a pydantic model class, got {state!r}"
+            raise TypeError(msg)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            msg = f"entity {name!r}: concurrency must be an int of at least 1, got {concurrency!r}"
+            raise ValueError(msg)
+        if state is not None and concurrency != 1:
+            msg = f"entity {name!r}: an entity with state runs one request at a time"
+            raise ValueError(msg)
+        if mailbox_capacity is not None and (
+            isinstance(mailbox_capacity, bool)
+            or not isinstance(mailbox_capacity, int)
+            or mailbox_capacity < 1
+        ):
+            msg = f"entity {name!r}: mailbox_capacity must be None or at least 1"
+            raise ValueError(msg)
+        self.state_model: type[BaseModel] | None = state
+        self.concurrency = concurrency
+        self.mailbox_capacity = mailbox_capacity
+        self.max_idle_ms = (
+            None if max_idle_time is None else milliseconds_ceil(seconds(max_idle_time))
+        )
+        self.rpcs: dict[str, Rpc[Any, Any]] = {}
+        define(self, caller_site(self))
+
+    def __repr__(self) -> str:
+        return f"Entity({self.name!r})"
+
+    @overload
+    def rpc(
+        self,
+        *,
+        name: str | None = None,
+        persisted: bool = False,
+        primary_key: Callable[[Any], str] | None = None,
+        error: ErrorTypes = None,
+    ) -> RpcDecorator[StateT]: ...
+
+    @overload
+    def rpc(self, fn: Callable[[EntityContext[StateT]], Awaitable[S]]) -> Rpc[None, S]: ...
+
+    @overload
+    def rpc(self, fn: Callable[[EntityContext[StateT], P], Awaitable[S]]) -> Rpc[P, S]: ...
+
+    def rpc(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        *,
+        name: str | None = None,
+        persisted: bool = False,
+        primary_key: Callable[[Any], str] | None = None,
+        error: ErrorTypes = None,
+    ) -> Any:
+        """Makes an async function `(ctx, payload) -> result` (or `(ctx) -> result`) an RPC.
+
+        Args:
+            fn: The handler (when used as `@entity.rpc` without arguments).
+            name: The RPC's name (default: the function's).
+            persisted: Store the request before it runs and its reply with it (durable,
+                deduplicated by `primary_key`, answered once across crashes).
+            primary_key: Payload → the string that identifies the request for deduplication
+                (persisted RPCs; default: none, every request is new).
+            error: Exception classes the handler may fail with, sent back and raised again as
+                themselves; anything else is a `Defect`.
+        """
+        if primary_key is not None and not persisted:
+            msg = f"entity {self.name!r}: primary_key= needs persisted=True"
+            raise ValueError(msg)
+
+        def make(handler: Callable[..., Awaitable[Any]]) -> Rpc[Any, Any]:
+            if not inspect.iscoroutinefunction(handler):
+                msg = f"entity {self.name!r}: an RPC handler must be an async function"
+                raise TypeError(msg)
+            rpc_name = handler.__name__ if name is None else name
+            made: Rpc[Any, Any] = Rpc(
+                self,
+                rpc_name,
+                handler,
+                persisted=persisted,
+                primary_key=primary_key,
+                error=error,
+            )
+            self.rpcs[made.name] = made
+            return made
+
+        return make if fn is None else make(fn)
+
+    def client(self, entity_id: str, *, engine: _engine.Engine | None = None) -> EntityClient:
+        """The instance `entity_id`'s RPCs as methods (see `EntityClient`)."""
+        return EntityClient(self, checked_name("an entity id", entity_id), engine)
+
+
+def _hints(fn: Callable[..., object]) -> dict[str, object]:
+    try:
+        import typing
+
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        return dict(getattr(fn, "__annotations__", {}))

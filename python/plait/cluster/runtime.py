@@ -1,0 +1,430 @@
+"""The entities of one engine: requests out, deliveries in, handlers run, replies back.
+
+The mailbox bookkeeping is Rust's (the engine's work source: which requests may run now,
+residency, passivation); this module runs user code. Requests sent in one event-loop
+iteration go to the mailboxes in one `offer` call, and the requests that may run come back
+from it at once; replies of one iteration free their slots in one `done` call. Requests that
+become runnable later (stored ones, after a restart) and idle instances to drop come through
+the engine's work poll (`EntityHost.take`).
+
+Volatile requests are encoded and decoded even in process (Effect's
+`simulateRemoteSerialization`), so a payload or reply that would not survive the wire fails
+here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar
+
+from plait._definitions import Definitions, DefinitionSite
+from plait._native import Deliver, Passivate, SnowflakeGenerator
+from plait.cluster.errors import AlreadyProcessingMessage, MailboxFull, MalformedMessage
+from plait.engine import Engine, passes_through, registry, unexpected
+from plait.errors import Defect
+from plait.exits import Exit, ExitCodec, Failure, Success
+
+if TYPE_CHECKING:
+    from plait._native import Refusal, WorkSource
+
+__all__ = [
+    "EntityContext",
+    "EntityRuntime",
+    "EntitySpec",
+    "Instance",
+    "RpcSpec",
+    "all_entities",
+    "define",
+    "lookup",
+    "runtime_of",
+]
+
+StateT = TypeVar("StateT", default=None)
+
+
+class RpcSpec(Protocol):
+    """What the runtime needs of an RPC (`plait.cluster.Rpc` has it)."""
+
+    @property
+    def name(self) -> str:
+        """The RPC's name."""
+        ...
+
+    @property
+    def entity(self) -> EntitySpec:
+        """Its entity type."""
+        ...
+
+    @property
+    def persisted(self) -> bool:
+        """Whether its requests and replies are stored."""
+        ...
+
+    @property
+    def takes_payload(self) -> bool:
+        """Whether the handler takes a payload after the context."""
+        ...
+
+    @property
+    def codec(self) -> ExitCodec:
+        """Encodes its replies."""
+        ...
+
+    @property
+    def handler(self) -> Callable[..., Awaitable[Any]]:
+        """`handler(ctx[, payload])`."""
+        ...
+
+    def encode_payload(self, payload: object) -> bytes:
+        """The payload as it travels (raises `MalformedMessage` if it does not validate)."""
+        ...
+
+    def decode_payload(self, data: bytes) -> Any:
+        """A payload as it arrived (raises `MalformedMessage` if it does not decode)."""
+        ...
+
+
+class EntitySpec(Protocol):
+    """What the runtime needs of an entity type (`plait.cluster.Entity` has it)."""
+
+    @property
+    def name(self) -> str:
+        """The entity type's name."""
+        ...
+
+    @property
+    def rpcs(self) -> dict[str, Any]:
+        """Its RPCs by name."""
+        ...
+
+    @property
+    def concurrency(self) -> int:
+        """Requests an instance runs at once."""
+        ...
+
+    @property
+    def mailbox_capacity(self) -> int | None:
+        """Requests an instance holds (None: unbounded)."""
+        ...
+
+    @property
+    def max_idle_ms(self) -> int | None:
+        """Idle time before passivation (None: never)."""
+        ...
+
+    @property
+    def state_model(self) -> type[BaseModel] | None:
+        """The model of its durable state, if any."""
+        ...
+
+
+_entities: Definitions[EntitySpec] = Definitions("entity", keep_latest=True)
+
+
+def define(entity: EntitySpec, site: DefinitionSite) -> None:
+    """Makes `entity`, defined at `site`, the one holding its name.
+
+    Raises:
+        DuplicateNameError: Another live entity type, defined elsewhere, has the name.
+    """
+    _entities.claim(entity.name, entity, site)
+
+
+def lookup(name: str) -> EntitySpec | None:
+    """The entity type registered under `name`, if any."""
+    return _entities.get(name)
+
+
+def all_entities() -> list[EntitySpec]:
+    """Every entity type defined and still referenced."""
+    return _entities.values()
+
+
+class EntityContext(Generic[StateT]):
+    """What a handler knows of the instance it runs in and of the request.
+
+    Attributes:
+        entity_type: The entity's type.
+        entity_id: The entity's id.
+        request_id: The request being handled (a snowflake).
+    """
+
+    __slots__ = ("_instance", "entity_id", "entity_type", "request_id")
+
+    def __init__(self, instance: Instance, request_id: int) -> None:
+        self._instance = instance
+        self.entity_type = instance.entity.name
+        self.entity_id = instance.entity_id
+        self.request_id = request_id
+
+    @property
+    def state(self) -> StateT:
+        """The instance's state: the entity's `state` model (None when it declares none)."""
+        state: StateT = self._instance.state
+        return state
+
+    @state.setter
+    def state(self, value: StateT) -> None:
+        self._instance.state = value
+
+    def keep_alive(self, enabled: bool = True) -> None:
+        """Keeps the instance resident however long it is idle (or lets it go again)."""
+        self._instance.keep_alive(enabled)
+
+
+log = logging.getLogger("plait.cluster")
+
+def runtime_of(engine: Engine) -> EntityRuntime:
+    """The entity runtime of `engine`, made when it started (the engine's `entity_host`)."""
+    host = engine.entity_host
+    if isinstance(host, EntityRuntime):
+        return host
+    return EntityRuntime(engine)
+
+
+def _attach(engine: Engine) -> None:
+    EntityRuntime(engine)
+
+
+registry.on_engine_start(_attach)
+
+
+class Outgoing:
+    """A request on its way to a mailbox (what `WorkSource.offer` reads)."""
+
+    __slots__ = ("entity_id", "entity_type", "payload", "persisted", "request_id", "tag")
+
+    def __init__(
+        self,
+        request_id: int,
+        entity_type: str,
+        entity_id: str,
+        tag: str,
+        payload: bytes,
+        persisted: bool,
+    ) -> None:
+        self.request_id = request_id
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.tag = tag
+        self.payload = payload
+        self.persisted = persisted
+
+
+class Instance:
+    """One resident entity instance: its state, and where its requests run."""
+
+    __slots__ = ("entity", "entity_id", "runtime", "state")
+
+    def __init__(self, runtime: EntityRuntime, entity: EntitySpec, entity_id: str) -> None:
+        self.runtime = runtime
+        self.entity = entity
+        self.entity_id = entity_id
+        self.state: Any = entity.state_model() if entity.state_model is not None else None
+
+    def keep_alive(self, enabled: bool) -> None:
+        """Keeps the instance resident however long it is idle (or lets it go again)."""
+        self.runtime.source.keep_alive(self.entity.name, self.entity_id, enabled)
+
+
+class EntityRuntime:
+    """The entities of one engine. Made when the engine starts; the engine's `entity_host`.
+
+    Args:
+        engine: The started engine.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.source: WorkSource = engine.work_source
+        self.loop = engine.require_loop()
+        # Unique among this engine's requests; the cluster gives runners their machine ids.
+        self.ids = SnowflakeGenerator(os.getpid() % 1024)
+        self.instances: dict[tuple[str, str], Instance] = {}
+        # Callers waiting for the final reply of a request: its decoded exit goes to them.
+        self.callers: dict[int, list[asyncio.Future[Exit]]] = {}
+        self.registered: set[str] = set()
+        self._outbox: list[Outgoing] = []
+        self._outbox_rpcs: list[RpcSpec] = []
+        self._finished: list[Deliver] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: BaseException | None = None
+        for entity in all_entities():
+            self.register(entity)
+        engine.entity_host = self
+
+    # Registration ---------------------------------------------------------------------------
+
+    def register(self, entity: EntitySpec) -> None:
+        """Makes the mailboxes take `entity`'s requests, with its options."""
+        self.source.register_entity(
+            entity.name, entity.concurrency, entity.mailbox_capacity, entity.max_idle_ms
+        )
+        self.registered.add(entity.name)
+
+    # Sending --------------------------------------------------------------------------------
+
+    async def send(self, rpc: RpcSpec, entity_id: str, payload: object, *, discard: bool) -> Any:
+        """Sends a request and waits for its reply (or, with `discard`, only until it is taken).
+
+        Raises:
+            MalformedMessage: The payload does not validate; nothing is sent.
+            MailboxFull: The instance or the runner has no room.
+        """
+        if self._closed is not None:
+            raise self._closed
+        if rpc.persisted:
+            msg = f"RPC {rpc.entity.name}.{rpc.name}: persisted RPCs are not built yet"
+            raise NotImplementedError(msg)
+        if rpc.entity.name not in self.registered:
+            self.register(rpc.entity)
+        encoded = rpc.encode_payload(payload)
+        request_id = self.ids.next_id()
+        reply: asyncio.Future[Exit] = self.loop.create_future()
+        self.callers[request_id] = [reply]
+        self._outbox.append(
+            Outgoing(request_id, rpc.entity.name, entity_id, rpc.name, encoded, rpc.persisted)
+        )
+        self._outbox_rpcs.append(rpc)
+        self._schedule_flush()
+        if discard:
+            # Taken, or refused: the offer answers within this loop iteration.
+            reply.add_done_callback(_ignore)
+            await asyncio.sleep(0)
+            return None
+        exit_ = await reply
+        return exit_.unwrap()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Offers the requests of this iteration, frees the slots of its replies, runs what may."""
+        self._flush_scheduled = False
+        outbox, rpcs = self._outbox, self._outbox_rpcs
+        finished = self._finished
+        self._outbox, self._outbox_rpcs, self._finished = [], [], []
+        ready: list[Deliver] = []
+        if finished:
+            ready.extend(self.source.done(finished))
+        if outbox:
+            answers, runnable = self.source.offer(outbox)
+            for outgoing, answer in zip(outbox, answers, strict=True):
+                if answer is not None:
+                    self._refused(outgoing, answer)
+            ready.extend(runnable)
+        self._run(ready)
+        del rpcs
+        # Instances became resident or idle: their passivation moves the next wake-up.
+        self.engine.work_changed()
+
+    def _refused(self, outgoing: Outgoing, refusal: Refusal) -> None:
+        kind = refusal.kind
+        error: BaseException
+        if kind == "MailboxFull":
+            error = MailboxFull(outgoing.entity_type, outgoing.entity_id, refusal.message)
+        elif kind == "AlreadyProcessing":
+            error = AlreadyProcessingMessage(refusal.message)
+        else:
+            error = MalformedMessage(refusal.message)
+        self._answer(outgoing.request_id, Failure(error))
+
+    def _answer(self, request_id: int, exit_: Exit) -> None:
+        for caller in self.callers.pop(request_id, ()):
+            if not caller.done():
+                caller.set_result(exit_)
+
+    # Running --------------------------------------------------------------------------------
+
+    def take(self, work: list[Deliver | Passivate]) -> None:
+        """Work from the engine's poll: requests that may run now, instances to drop."""
+        ready: list[Deliver] = []
+        for item in work:
+            if isinstance(item, Deliver):
+                ready.append(item)
+            else:
+                self.instances.pop((item.entity_type, item.entity_id), None)
+        self._run(ready)
+
+    def _run(self, ready: list[Deliver]) -> None:
+        for delivery in ready:
+            key = (delivery.entity_type, delivery.entity_id)
+            instance = self.instances.get(key)
+            if instance is None:
+                entity = lookup(delivery.entity_type)
+                if entity is None:
+                    self._reply(
+                        delivery,
+                        None,
+                        Failure(Defect("plait.cluster", f"entity type {key[0]!r} is unknown")),
+                    )
+                    continue
+                instance = self.instances[key] = Instance(self, entity, delivery.entity_id)
+            task = self.loop.create_task(self._handle(instance, delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, instance: Instance, delivery: Deliver) -> None:
+        rpc: RpcSpec | None = instance.entity.rpcs.get(delivery.tag)
+        if rpc is None:
+            error = MalformedMessage(f"entity {instance.entity.name!r} has no RPC {delivery.tag!r}")
+            self._reply(
+                delivery, None, Failure(Defect("plait.cluster.MalformedMessage", str(error)))
+            )
+            return
+        outcome: Exit
+        try:
+            payload = rpc.decode_payload(delivery.payload)
+            ctx: EntityContext[Any] = EntityContext(instance, delivery.request_id)
+            if rpc.takes_payload:
+                value = await rpc.handler(ctx, payload)
+            else:
+                value = await rpc.handler(ctx)
+            outcome = Success(value)
+        except Exception as exc:  # the codec sorts declared errors from defects
+            outcome = Failure(exc)
+        except BaseException as exc:
+            if passes_through(exc):
+                raise
+            outcome = unexpected(f"RPC {instance.entity.name}.{rpc.name}", exc)
+        self._reply(delivery, rpc, outcome)
+
+    def _reply(self, delivery: Deliver, rpc: RpcSpec | None, outcome: Exit) -> None:
+        """Answers a request: its caller gets the exit as it would over the wire."""
+        if rpc is not None:
+            encoded, _ = rpc.codec.settle(outcome)
+            try:
+                outcome = rpc.codec.decode(encoded)
+            except Exception as err:  # a reply that does not survive its own schema
+                outcome = Failure(MalformedMessage(f"reply of {rpc!r} does not decode: {err}"))
+        self._answer(delivery.request_id, outcome)
+        self._finished.append(delivery)
+        self._schedule_flush()
+
+    # Closing --------------------------------------------------------------------------------
+
+    def close(self, error: BaseException) -> None:
+        """The engine closes: handlers stop and callers still waiting get `error`."""
+        self._closed = error
+        for task in self._tasks:
+            task.cancel()
+        for callers in self.callers.values():
+            for caller in callers:
+                if not caller.done():
+                    caller.set_exception(error)
+        self.callers.clear()
+        self.instances.clear()
+
+
+def _ignore(future: asyncio.Future[Exit]) -> None:
+    if not future.cancelled():
+        future.exception()

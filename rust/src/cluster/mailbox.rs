@@ -1,0 +1,505 @@
+//! The mailboxes of the entities this runner holds: who may run what, now.
+//!
+//! Pure bookkeeping, no I/O and no clock of its own (callers pass `now_ms`): an entity instance
+//! becomes resident on its first message, runs at most `concurrency` requests at once, holds at
+//! most `mailbox_capacity` requests (running and waiting), and is passivated once it has been
+//! idle for `max_idle_ms`. A runner-wide cap bounds the resident instances. What may run is
+//! queued as [`Delivery`]s for the host to take.
+//!
+//! Effect's rules (its `EntityManager` and `EntityReaper`), with one difference of shape: the
+//! waiting requests of an instance are queued here, in order, rather than in a server fiber.
+
+use std::collections::VecDeque;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+/// An entity instance's address: its type and id. The shard follows from the id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    /// The entity type.
+    pub entity_type: String,
+    /// The entity id.
+    pub entity_id: String,
+}
+
+/// How an entity type's instances run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntityOptions {
+    /// Requests run at once per instance (Effect's default: 1).
+    pub concurrency: usize,
+    /// Requests an instance may hold, running and waiting; `None`: unbounded (Effect's default
+    /// is 4,096).
+    pub mailbox_capacity: Option<usize>,
+    /// Idle time after which an instance with nothing to do is passivated; `None`: never.
+    pub max_idle_ms: Option<u64>,
+}
+
+impl Default for EntityOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            mailbox_capacity: Some(4_096),
+            max_idle_ms: Some(60_000),
+        }
+    }
+}
+
+/// A request for an entity, as the mailbox holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The request's id (a snowflake).
+    pub request_id: i64,
+    /// Where it goes.
+    pub address: Address,
+    /// The RPC's name.
+    pub tag: String,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+    /// Whether it is stored (its reply will be too).
+    pub persisted: bool,
+}
+
+/// A request the host may run now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The request.
+    pub message: Message,
+    /// Whether the instance became resident with this request: the host makes it (and loads
+    /// its durable state, if any) before running the request.
+    pub activates: bool,
+}
+
+/// Why the mailbox did not take a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The entity type is not registered on this runner.
+    #[error("entity type {0:?} is not registered")]
+    NotRegistered(String),
+    /// The instance holds `mailbox_capacity` requests already, or the runner holds its cap of
+    /// resident instances and this one is not among them (Effect's `MailboxFull` for both).
+    #[error("the mailbox of {entity_type}/{entity_id} is full")]
+    MailboxFull {
+        /// The entity type.
+        entity_type: String,
+        /// The entity id.
+        entity_id: String,
+    },
+    /// The request is running or waiting already (Effect's `AlreadyProcessingMessage`).
+    #[error("request {request_id} is already being processed by {entity_type}/{entity_id}")]
+    AlreadyProcessing {
+        /// The request.
+        request_id: i64,
+        /// The entity type.
+        entity_type: String,
+        /// The entity id.
+        entity_id: String,
+    },
+}
+
+/// One resident instance.
+#[derive(Debug)]
+struct Instance {
+    /// Requests running now.
+    running: usize,
+    /// Requests waiting their turn, in arrival order.
+    waiting: VecDeque<Message>,
+    /// Request ids running or waiting.
+    ids: FxHashSet<i64>,
+    /// When it last had something to do.
+    last_active_ms: u64,
+    /// Kept resident whatever its idle time (Effect's `keepAlive`).
+    keep_alive: bool,
+}
+
+/// Every mailbox of a runner. See the [module documentation](self).
+#[derive(Debug, Default)]
+pub struct Mailboxes {
+    types: FxHashMap<String, EntityOptions>,
+    resident: FxHashMap<Address, Instance>,
+    /// Resident instances at most; `None`: unbounded (Effect's default is 10,000).
+    max_resident: Option<usize>,
+    ready: VecDeque<Delivery>,
+}
+
+impl Mailboxes {
+    /// Empty mailboxes, with at most `max_resident` instances resident at once.
+    pub fn new(max_resident: Option<usize>) -> Self {
+        Self {
+            max_resident,
+            ..Self::default()
+        }
+    }
+
+    /// Bounds the resident instances (`None`: unbounded); those resident stay.
+    pub fn set_max_resident(&mut self, max_resident: Option<usize>) {
+        self.max_resident = max_resident;
+    }
+
+    /// Registers (or re-registers) an entity type with its options.
+    pub fn register(&mut self, entity_type: &str, options: EntityOptions) {
+        self.types.insert(entity_type.to_owned(), options);
+    }
+
+    /// Whether `entity_type` is registered.
+    pub fn is_registered(&self, entity_type: &str) -> bool {
+        self.types.contains_key(entity_type)
+    }
+
+    /// Resident instances now.
+    pub fn resident(&self) -> usize {
+        self.resident.len()
+    }
+
+    /// Whether the instance at `address` is resident.
+    pub fn is_resident(&self, address: &Address) -> bool {
+        self.resident.contains_key(address)
+    }
+
+    /// Whether a message for `address` could be taken now (registered, room in its mailbox
+    /// and, if not resident, room for one more resident instance). What a storage read asks
+    /// before claiming a stored request for delivery.
+    pub fn has_room(&self, address: &Address) -> bool {
+        let Some(options) = self.types.get(&address.entity_type) else {
+            return false;
+        };
+        match self.resident.get(address) {
+            Some(instance) => options
+                .mailbox_capacity
+                .is_none_or(|cap| instance.ids.len() < cap),
+            None => self
+                .max_resident
+                .is_none_or(|cap| self.resident.len() < cap),
+        }
+    }
+
+    /// Offers `message`: it runs now if the instance has a free slot, else waits its turn.
+    ///
+    /// # Errors
+    /// [`Refusal`]: not registered, mailbox full (or no room for another resident instance),
+    /// or the request is there already.
+    pub fn offer(&mut self, message: Message, now_ms: u64) -> Result<(), Refusal> {
+        let address = &message.address;
+        let Some(options) = self.types.get(&address.entity_type).copied() else {
+            return Err(Refusal::NotRegistered(address.entity_type.clone()));
+        };
+        let full = || Refusal::MailboxFull {
+            entity_type: address.entity_type.clone(),
+            entity_id: address.entity_id.clone(),
+        };
+        let activates = !self.resident.contains_key(address);
+        if activates
+            && self
+                .max_resident
+                .is_some_and(|cap| self.resident.len() >= cap)
+        {
+            return Err(full());
+        }
+        let instance = self
+            .resident
+            .entry(address.clone())
+            .or_insert_with(|| Instance {
+                running: 0,
+                waiting: VecDeque::new(),
+                ids: FxHashSet::default(),
+                last_active_ms: now_ms,
+                keep_alive: false,
+            });
+        if instance.ids.contains(&message.request_id) {
+            return Err(Refusal::AlreadyProcessing {
+                request_id: message.request_id,
+                entity_type: address.entity_type.clone(),
+                entity_id: address.entity_id.clone(),
+            });
+        }
+        if options
+            .mailbox_capacity
+            .is_some_and(|cap| instance.ids.len() >= cap)
+        {
+            return Err(full());
+        }
+        instance.ids.insert(message.request_id);
+        instance.last_active_ms = now_ms;
+        if instance.running < options.concurrency {
+            instance.running += 1;
+            self.ready.push_back(Delivery { message, activates });
+        } else {
+            instance.waiting.push_back(message);
+        }
+        Ok(())
+    }
+
+    /// Request `request_id` of `address` has its final reply (or was dropped): its slot frees,
+    /// and the next waiting request of the instance may run. Returns whether it was known.
+    pub fn done(&mut self, address: &Address, request_id: i64, now_ms: u64) -> bool {
+        let Some(instance) = self.resident.get_mut(address) else {
+            return false;
+        };
+        if !instance.ids.remove(&request_id) {
+            return false;
+        }
+        instance.last_active_ms = now_ms;
+        // The finished request was running, unless it was still waiting (dropped).
+        if let Some(at) = instance
+            .waiting
+            .iter()
+            .position(|m| m.request_id == request_id)
+        {
+            instance.waiting.remove(at);
+            return true;
+        }
+        instance.running = instance.running.saturating_sub(1);
+        if let Some(next) = instance.waiting.pop_front() {
+            instance.running += 1;
+            self.ready.push_back(Delivery {
+                message: next,
+                activates: false,
+            });
+        }
+        true
+    }
+
+    /// Keeps the instance at `address` resident whatever its idle time, or lets it go idle
+    /// again. Returns whether it is resident.
+    pub fn keep_alive(&mut self, address: &Address, enabled: bool) -> bool {
+        match self.resident.get_mut(address) {
+            Some(instance) => {
+                instance.keep_alive = enabled;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes up to `max` requests that may run now, oldest first.
+    pub fn take(&mut self, max: usize) -> Vec<Delivery> {
+        let count = max.min(self.ready.len());
+        self.ready.drain(..count).collect()
+    }
+
+    /// Requests ready to run and not taken yet.
+    pub fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Passivates the instances idle for their type's `max_idle_ms` by `now_ms` (nothing
+    /// running or waiting, not kept alive), and returns their addresses.
+    pub fn passivate_idle(&mut self, now_ms: u64) -> Vec<Address> {
+        let types = &self.types;
+        let mut gone = Vec::new();
+        self.resident.retain(|address, instance| {
+            let idle_for = types
+                .get(&address.entity_type)
+                .and_then(|options| options.max_idle_ms);
+            let idle = instance.ids.is_empty()
+                && !instance.keep_alive
+                && idle_for
+                    .is_some_and(|max| now_ms.saturating_sub(instance.last_active_ms) >= max);
+            if idle {
+                gone.push(address.clone());
+            }
+            !idle
+        });
+        gone.sort();
+        gone
+    }
+
+    /// When the next idle instance may be passivated, if any may.
+    pub fn next_passivation(&self) -> Option<u64> {
+        self.resident
+            .iter()
+            .filter(|(_, instance)| instance.ids.is_empty() && !instance.keep_alive)
+            .filter_map(|(address, instance)| {
+                let max = self.types.get(&address.entity_type)?.max_idle_ms?;
+                Some(instance.last_active_ms.saturating_add(max))
+            })
+            .min()
+    }
+
+    /// Drops the instance at `address` and everything it holds (its requests are left to
+    /// storage or failed by the caller): a handler defect restarts it, a shard moves away.
+    /// Returns the requests it held, running first.
+    pub fn evict(&mut self, address: &Address) -> Vec<i64> {
+        self.ready.retain(|d| &d.message.address != address);
+        match self.resident.remove(address) {
+            Some(instance) => {
+                let waiting: FxHashSet<i64> =
+                    instance.waiting.iter().map(|m| m.request_id).collect();
+                let mut ids: Vec<i64> = instance
+                    .ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !waiting.contains(id))
+                    .collect();
+                ids.sort_unstable();
+                ids.extend(instance.waiting.iter().map(|m| m.request_id));
+                ids
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(id: &str) -> Address {
+        Address {
+            entity_type: "Counter".into(),
+            entity_id: id.into(),
+        }
+    }
+
+    fn message(id: i64, entity: &str) -> Message {
+        Message {
+            request_id: id,
+            address: address(entity),
+            tag: "increment".into(),
+            payload: b"{}".to_vec(),
+            persisted: true,
+        }
+    }
+
+    fn ids(deliveries: &[Delivery]) -> Vec<i64> {
+        deliveries.iter().map(|d| d.message.request_id).collect()
+    }
+
+    fn mailboxes(options: EntityOptions, max_resident: Option<usize>) -> Mailboxes {
+        let mut boxes = Mailboxes::new(max_resident);
+        boxes.register("Counter", options);
+        boxes
+    }
+
+    #[test]
+    fn one_request_at_a_time_per_instance_by_default_in_arrival_order() {
+        let mut boxes = mailboxes(EntityOptions::default(), None);
+        for id in 1..=3 {
+            boxes.offer(message(id, "a"), 0).unwrap();
+        }
+        boxes.offer(message(10, "b"), 0).unwrap();
+        let first = boxes.take(10);
+        assert_eq!(ids(&first), [1, 10]);
+        assert!(first.iter().all(|d| d.activates));
+        assert!(boxes.take(10).is_empty());
+        assert!(boxes.done(&address("a"), 1, 5));
+        let next = boxes.take(10);
+        assert_eq!(ids(&next), [2]);
+        assert!(!next[0].activates);
+        boxes.done(&address("a"), 2, 6);
+        assert_eq!(ids(&boxes.take(10)), [3]);
+    }
+
+    #[test]
+    fn concurrency_lets_that_many_run() {
+        let options = EntityOptions {
+            concurrency: 2,
+            ..EntityOptions::default()
+        };
+        let mut boxes = mailboxes(options, None);
+        for id in 1..=3 {
+            boxes.offer(message(id, "a"), 0).unwrap();
+        }
+        assert_eq!(ids(&boxes.take(10)), [1, 2]);
+        boxes.done(&address("a"), 2, 0);
+        assert_eq!(ids(&boxes.take(10)), [3]);
+    }
+
+    #[test]
+    fn a_full_mailbox_refuses_and_frees_as_requests_finish() {
+        let options = EntityOptions {
+            mailbox_capacity: Some(2),
+            ..EntityOptions::default()
+        };
+        let mut boxes = mailboxes(options, None);
+        boxes.offer(message(1, "a"), 0).unwrap();
+        boxes.offer(message(2, "a"), 0).unwrap();
+        assert!(!boxes.has_room(&address("a")));
+        assert_eq!(
+            boxes.offer(message(3, "a"), 0),
+            Err(Refusal::MailboxFull {
+                entity_type: "Counter".into(),
+                entity_id: "a".into()
+            })
+        );
+        boxes.take(10);
+        boxes.done(&address("a"), 1, 0);
+        assert!(boxes.has_room(&address("a")));
+        boxes.offer(message(3, "a"), 0).unwrap();
+    }
+
+    #[test]
+    fn a_request_already_there_is_refused() {
+        let mut boxes = mailboxes(EntityOptions::default(), None);
+        boxes.offer(message(1, "a"), 0).unwrap();
+        assert!(matches!(
+            boxes.offer(message(1, "a"), 0),
+            Err(Refusal::AlreadyProcessing { request_id: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_types_are_refused() {
+        let mut boxes = Mailboxes::new(None);
+        assert_eq!(
+            boxes.offer(message(1, "a"), 0),
+            Err(Refusal::NotRegistered("Counter".into()))
+        );
+        assert!(!boxes.has_room(&address("a")));
+    }
+
+    #[test]
+    fn the_resident_cap_refuses_new_instances_until_one_goes() {
+        let options = EntityOptions {
+            max_idle_ms: Some(1_000),
+            ..EntityOptions::default()
+        };
+        let mut boxes = mailboxes(options, Some(2));
+        boxes.offer(message(1, "a"), 0).unwrap();
+        boxes.offer(message(2, "b"), 0).unwrap();
+        assert!(!boxes.has_room(&address("c")));
+        assert!(boxes.offer(message(3, "c"), 0).is_err());
+        // A resident instance still takes more.
+        boxes.offer(message(4, "a"), 0).unwrap();
+        boxes.take(10);
+        for (entity, id) in [("a", 1), ("a", 4), ("b", 2)] {
+            boxes.done(&address(entity), id, 100);
+        }
+        assert_eq!(ids(&boxes.take(10)), [4]);
+        boxes.done(&address("a"), 4, 100);
+        assert_eq!(boxes.next_passivation(), Some(1_100));
+        assert!(boxes.passivate_idle(1_099).is_empty());
+        assert_eq!(boxes.passivate_idle(1_100), [address("a"), address("b")]);
+        assert_eq!(boxes.resident(), 0);
+        boxes.offer(message(3, "c"), 1_200).unwrap();
+        assert!(boxes.take(1)[0].activates);
+    }
+
+    #[test]
+    fn busy_or_kept_alive_instances_are_not_passivated() {
+        let options = EntityOptions {
+            max_idle_ms: Some(10),
+            ..EntityOptions::default()
+        };
+        let mut boxes = mailboxes(options, None);
+        boxes.offer(message(1, "busy"), 0).unwrap();
+        boxes.offer(message(2, "kept"), 0).unwrap();
+        boxes.take(10);
+        boxes.done(&address("kept"), 2, 0);
+        assert!(boxes.keep_alive(&address("kept"), true));
+        assert!(boxes.passivate_idle(1_000).is_empty());
+        boxes.keep_alive(&address("kept"), false);
+        assert_eq!(boxes.passivate_idle(1_000), [address("kept")]);
+    }
+
+    #[test]
+    fn eviction_hands_back_what_the_instance_held() {
+        let mut boxes = mailboxes(EntityOptions::default(), None);
+        for id in [5, 6, 7] {
+            boxes.offer(message(id, "a"), 0).unwrap();
+        }
+        assert_eq!(boxes.evict(&address("a")), [5, 6, 7]);
+        assert!(boxes.take(10).is_empty(), "its ready request went with it");
+        assert!(!boxes.is_resident(&address("a")));
+        assert!(!boxes.done(&address("a"), 6, 0));
+    }
+}

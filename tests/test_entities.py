@@ -1,0 +1,204 @@
+"""Entities on one engine: typed RPCs, mailboxes, concurrency, passivation, errors.
+
+Each test runs on the memory store, a SQLite file and PostgreSQL (volatile RPCs store nothing,
+but run on every engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from pydantic import BaseModel
+
+import plait
+from plait.testing import VirtualClock
+from tests.workflow_support import settle
+
+
+class Increment(BaseModel):
+    by: int
+
+
+class Overdrawn(plait.TaggedError):
+    balance: int
+
+
+Counter = plait.Entity("EtCounter")
+totals: dict[str, int] = {}
+seen: list[tuple[str, str]] = []
+
+
+@Counter.rpc()
+async def increment(ctx: plait.EntityContext, req: Increment) -> int:
+    seen.append((ctx.entity_id, "start"))
+    await asyncio.sleep(0)
+    totals[ctx.entity_id] = totals.get(ctx.entity_id, 0) + req.by
+    seen.append((ctx.entity_id, "end"))
+    return totals[ctx.entity_id]
+
+
+@Counter.rpc()
+async def get(ctx: plait.EntityContext) -> int:
+    return totals.get(ctx.entity_id, 0)
+
+
+@Counter.rpc(error=Overdrawn)
+async def withdraw(ctx: plait.EntityContext, amount: int) -> int:
+    balance = totals.get(ctx.entity_id, 0)
+    if amount > balance:
+        raise Overdrawn(balance=balance)
+    totals[ctx.entity_id] = balance - amount
+    return totals[ctx.entity_id]
+
+
+@Counter.rpc()
+async def crash(ctx: plait.EntityContext) -> None:
+    raise RuntimeError("boom")
+
+
+@pytest.fixture(autouse=True)
+def fresh_totals() -> None:
+    totals.clear()
+    seen.clear()
+
+
+async def test_an_rpc_answers_through_the_client_and_typed_call(plait_engine: plait.Engine) -> None:
+    client = Counter.client("c-1")
+    assert await client.increment(Increment(by=2)) == 2
+    assert await increment.call("c-1", Increment(by=3)) == 5
+    assert await client.get() == 5
+    assert await get.call("c-2", None) == 0
+
+
+async def test_one_request_at_a_time_per_instance_in_arrival_order(
+    plait_engine: plait.Engine,
+) -> None:
+    results = await asyncio.gather(*(increment.call("one", Increment(by=1)) for _ in range(20)))
+    assert results == list(range(1, 21))
+    # Never two requests of one instance interleaved.
+    assert seen == [("one", "start"), ("one", "end")] * 20
+
+
+async def test_instances_run_side_by_side(plait_engine: plait.Engine) -> None:
+    await asyncio.gather(*(increment.call(f"e-{n}", Increment(by=n)) for n in range(50)))
+    assert totals == {f"e-{n}": n for n in range(50)}
+    starts = [entity for entity, what in seen[:50] if what == "start"]
+    assert len(starts) == 50, "every instance started before any finished"
+
+
+async def test_concurrency_lets_an_instance_run_more_at_once(plait_engine: plait.Engine) -> None:
+    Wide = plait.Entity("EtWide", concurrency=3)
+    running: list[int] = []
+    most = [0]
+    gate = asyncio.Event()
+
+    @Wide.rpc()
+    async def work(ctx: plait.EntityContext, n: int) -> int:
+        running.append(n)
+        most[0] = max(most[0], len(running))
+        await gate.wait()
+        running.remove(n)
+        return n
+
+    calls = asyncio.gather(*(work.call("w", n) for n in range(7)))
+    await settle()
+    assert most[0] == 3
+    gate.set()
+    assert await calls == list(range(7))
+
+
+async def test_a_declared_error_comes_back_as_itself_and_a_defect_as_a_defect(
+    plait_engine: plait.Engine,
+) -> None:
+    await increment.call("acct", Increment(by=10))
+    with pytest.raises(Overdrawn) as overdrawn:
+        await withdraw.call("acct", 11)
+    assert overdrawn.value.balance == 10
+    assert await withdraw.call("acct", 4) == 6
+    with pytest.raises(plait.Defect, match="boom"):
+        await crash.call("acct", None)
+    assert await get.call("acct", None) == 6, "the instance goes on after a failed request"
+
+
+async def test_an_invalid_payload_is_refused_before_it_is_sent(plait_engine: plait.Engine) -> None:
+    with pytest.raises(plait.MalformedMessage) as refused:
+        await increment.call("c", {"by": "many"})  # type: ignore[arg-type]
+    assert isinstance(refused.value, plait.PlaitError)
+    assert refused.value.errors[0]["loc"] == ("by",)
+    with pytest.raises(plait.MalformedMessage, match="takes no payload"):
+        await get.call("c", 3)  # type: ignore[call-overload]
+    with pytest.raises(AttributeError, match="has no RPC 'nope'"):
+        Counter.client("c").nope  # noqa: B018
+    assert seen == [], "nothing ran"
+
+
+async def test_a_full_mailbox_refuses_volatile_requests(plait_engine: plait.Engine) -> None:
+    Narrow = plait.Entity("EtNarrow", mailbox_capacity=2)
+    gate = asyncio.Event()
+
+    @Narrow.rpc()
+    async def hold(ctx: plait.EntityContext) -> str:
+        await gate.wait()
+        return "held"
+
+    first = asyncio.ensure_future(hold.call("n", None))
+    second = asyncio.ensure_future(hold.call("n", None))
+    await settle()
+    with pytest.raises(plait.MailboxFull) as full:
+        await hold.call("n", None)
+    assert (full.value.entity_type, full.value.entity_id) == ("EtNarrow", "n")
+    gate.set()
+    assert list(await asyncio.gather(first, second)) == ["held", "held"]
+    assert await hold.call("n", None) == "held", "room again once they finished"
+
+
+async def test_discard_returns_at_once_and_the_request_still_runs(
+    plait_engine: plait.Engine,
+) -> None:
+    assert await increment.call("d", Increment(by=4), discard=True) is None
+    await settle()
+    assert totals["d"] == 4
+
+
+async def test_an_idle_instance_is_passivated_and_made_again_with_fresh_state(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    class Tally(BaseModel):
+        count: int = 0
+
+    Idle = plait.Entity("EtIdle", state=Tally, max_idle_time=timedelta(seconds=30))
+
+    @Idle.rpc()
+    async def bump(ctx: plait.EntityContext[Tally]) -> int:
+        ctx.state.count += 1
+        return ctx.state.count
+
+    assert await bump.call("i", None) == 1
+    assert await bump.call("i", None) == 2
+    source = plait_engine.work_source
+    assert source.resident() == 1
+    await plait_clock.advance(timedelta(seconds=29))
+    await settle()
+    assert source.resident() == 1
+    await plait_clock.advance(timedelta(seconds=1))
+    await settle()
+    assert source.resident() == 0
+    # Volatile state is the instance's memory: a new instance starts from the model's default.
+    assert await bump.call("i", None) == 1
+
+
+def test_entity_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        plait.Entity("EtBad1", concurrency=0)
+    with pytest.raises(ValueError, match="mailbox_capacity"):
+        plait.Entity("EtBad2", mailbox_capacity=0)
+    with pytest.raises(ValueError, match="primary_key= needs persisted=True"):
+        plait.Entity("EtBad3").rpc(primary_key=lambda p: "k")
+
+    def not_async(ctx: plait.EntityContext) -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="async function"):
+        plait.Entity("EtBad4").rpc(not_async)  # type: ignore[arg-type]
