@@ -53,11 +53,6 @@ async def withdraw(ctx: plait.EntityContext, amount: int) -> int:
     return totals[ctx.entity_id]
 
 
-@Counter.rpc()
-async def crash(ctx: plait.EntityContext) -> None:
-    raise RuntimeError("boom")
-
-
 @pytest.fixture(autouse=True)
 def fresh_totals() -> None:
     totals.clear()
@@ -117,8 +112,6 @@ async def test_a_declared_error_comes_back_as_itself_and_a_defect_as_a_defect(
         await withdraw.call("acct", 11)
     assert overdrawn.value.balance == 10
     assert await withdraw.call("acct", 4) == 6
-    with pytest.raises(plait.Defect, match="boom"):
-        await crash.call("acct", None)
     assert await get.call("acct", None) == 6, "the instance goes on after a failed request"
 
 
@@ -202,3 +195,67 @@ def test_entity_options_are_checked() -> None:
 
     with pytest.raises(TypeError, match="async function"):
         plait.Entity("EtBad4").rpc(not_async)  # type: ignore[arg-type]
+
+
+async def test_a_handler_defect_restarts_the_instance_and_runs_its_requests_again(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    class Seen(BaseModel):
+        runs: int = 0
+
+    Flaky = plait.Entity(
+        "EtFlaky", state=Seen, defect_retry=plait.Schedule.spaced(timedelta(seconds=2))
+    )
+    attempts: list[int] = []
+
+    @Flaky.rpc()
+    async def unstable(ctx: plait.EntityContext[Seen]) -> int:
+        ctx.state.runs += 1
+        attempts.append(ctx.state.runs)
+        if len(attempts) < 3:
+            raise RuntimeError("boom")
+        return ctx.state.runs
+
+    caller = asyncio.ensure_future(unstable.call("f", None))
+    await settle()
+    assert attempts == [1]
+    await plait_clock.advance(timedelta(seconds=2))
+    await settle()
+    assert attempts == [1, 1], "made again: its state starts over"
+    await plait_clock.advance(timedelta(seconds=2))
+    assert await caller == 1
+    assert attempts == [1, 1, 1]
+
+
+async def test_a_defect_is_the_reply_when_fatal_defects_are_disabled(
+    plait_engine: plait.Engine,
+) -> None:
+    Tolerant = plait.Entity("EtTolerant", disable_fatal_defects=True)
+
+    @Tolerant.rpc()
+    async def crash(ctx: plait.EntityContext) -> None:
+        raise RuntimeError("boom")
+
+    @Tolerant.rpc()
+    async def fine(ctx: plait.EntityContext) -> str:
+        return "fine"
+
+    with pytest.raises(plait.Defect, match="boom"):
+        await crash.call("t", None)
+    assert await fine.call("t", None) == "fine"
+
+
+async def test_when_the_defect_retries_run_out_the_requests_fail_with_the_defect(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    Doomed = plait.Entity("EtDoomed", defect_retry=plait.Schedule.immediate(2))
+    runs: list[str] = []
+
+    @Doomed.rpc()
+    async def never(ctx: plait.EntityContext) -> None:
+        runs.append("run")
+        raise RuntimeError("always")
+
+    with pytest.raises(plait.Defect, match="always"):
+        await never.call("d", None)
+    assert runs == ["run"] * 3

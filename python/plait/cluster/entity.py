@@ -38,6 +38,7 @@ from plait.cluster.errors import MalformedMessage
 from plait.cluster.runtime import EntityContext, define, runtime_of
 from plait.exits import ExitCodec
 from plait.ids import checked_name
+from plait.schedule import Schedule
 from plait.schema import adapter
 
 __all__ = ["Entity", "EntityClient", "Rpc"]
@@ -228,6 +229,12 @@ class Entity(Generic[StateT]):
             above it a volatile request fails with `MailboxFull`, a persisted one waits in
             storage.
         max_idle_time: An instance with nothing to do for this long is passivated (None: never).
+        defect_retry: When a handler dies (raises an undeclared exception), the instance is
+            made again and runs its requests again after the next delay of this schedule
+            (Effect's fatal defects; default: 0.5 s growing by 1.5 up to 10 s, for ever). When
+            the schedule ends, the requests fail with the defect.
+        disable_fatal_defects: A handler's defect is its request's reply (a `Defect`), and the
+            instance goes on, instead of the restart above.
 
     Example:
         >>> Counter = Entity("DocCounter", concurrency=1)
@@ -238,6 +245,8 @@ class Entity(Generic[StateT]):
     __slots__ = (
         "__weakref__",
         "concurrency",
+        "defect_retry",
+        "disable_fatal_defects",
         "mailbox_capacity",
         "max_idle_ms",
         "name",
@@ -253,6 +262,8 @@ class Entity(Generic[StateT]):
         concurrency: int = 1,
         mailbox_capacity: int | None = 4_096,
         max_idle_time: timedelta | float | None = timedelta(minutes=1),
+        defect_retry: Schedule | None = None,
+        disable_fatal_defects: bool = False,
     ) -> None:
         self.name = checked_name("an entity", name)
         if state is not None and not (isinstance(state, type) and issubclass(state, BaseModel)):
@@ -278,6 +289,12 @@ class Entity(Generic[StateT]):
             None if max_idle_time is None else milliseconds_ceil(seconds(max_idle_time))
         )
         self.rpcs: dict[str, Rpc[Any, Any]] = {}
+        self.defect_retry = (
+            Schedule.exponential(0.5, factor=1.5, max_delay=10.0)
+            if defect_retry is None
+            else defect_retry
+        )
+        self.disable_fatal_defects = disable_fatal_defects
         define(self, caller_site(self))
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from pydantic import BaseModel
@@ -29,6 +29,7 @@ from plait.cluster.errors import AlreadyProcessingMessage, MailboxFull, Malforme
 from plait.engine import Engine, passes_through, registry, unexpected
 from plait.errors import Defect
 from plait.exits import Exit, ExitCodec, Failure, Success
+from plait.schedule import Schedule
 
 if TYPE_CHECKING:
     from plait._native import Refusal, WorkSource
@@ -123,6 +124,16 @@ class EntitySpec(Protocol):
         """The model of its durable state, if any."""
         ...
 
+    @property
+    def defect_retry(self) -> Schedule:
+        """The delays before an instance restarted by a defect runs its requests again."""
+        ...
+
+    @property
+    def disable_fatal_defects(self) -> bool:
+        """Whether a defect is the request's reply instead of restarting the instance."""
+        ...
+
 
 _entities: Definitions[EntitySpec] = Definitions("entity", keep_latest=True)
 
@@ -180,6 +191,7 @@ class EntityContext(Generic[StateT]):
 
 log = logging.getLogger("plait.cluster")
 
+
 def runtime_of(engine: Engine) -> EntityRuntime:
     """The entity runtime of `engine`, made when it started (the engine's `entity_host`)."""
     host = engine.entity_host
@@ -218,15 +230,17 @@ class Outgoing:
 
 
 class Instance:
-    """One resident entity instance: its state, and where its requests run."""
+    """One resident entity instance: its state, and the requests it is running."""
 
-    __slots__ = ("entity", "entity_id", "runtime", "state")
+    __slots__ = ("entity", "entity_id", "running", "runtime", "state")
 
     def __init__(self, runtime: EntityRuntime, entity: EntitySpec, entity_id: str) -> None:
         self.runtime = runtime
         self.entity = entity
         self.entity_id = entity_id
         self.state: Any = entity.state_model() if entity.state_model is not None else None
+        # The requests it runs now, with their tasks: what a restart replays.
+        self.running: dict[int, tuple[Deliver, asyncio.Task[None]]] = {}
 
     def keep_alive(self, enabled: bool) -> None:
         """Keeps the instance resident however long it is idle (or lets it go again)."""
@@ -253,6 +267,8 @@ class EntityRuntime:
         self._outbox: list[Outgoing] = []
         self._outbox_rpcs: list[RpcSpec] = []
         self._finished: list[Deliver] = []
+        # Per instance restarted by defects: the delays left before its next restart.
+        self._defects: dict[tuple[str, str], Iterator[float]] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
@@ -372,6 +388,7 @@ class EntityRuntime:
             task = self.loop.create_task(self._handle(instance, delivery))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            instance.running[delivery.request_id] = (delivery, task)
 
     async def _handle(self, instance: Instance, delivery: Deliver) -> None:
         rpc: RpcSpec | None = instance.entity.rpcs.get(delivery.tag)
@@ -390,13 +407,76 @@ class EntityRuntime:
             else:
                 value = await rpc.handler(ctx)
             outcome = Success(value)
+        except MalformedMessage as exc:
+            outcome = Failure(Defect("plait.cluster.MalformedMessage", str(exc)))
         except Exception as exc:  # the codec sorts declared errors from defects
             outcome = Failure(exc)
         except BaseException as exc:
             if passes_through(exc):
                 raise
             outcome = unexpected(f"RPC {instance.entity.name}.{rpc.name}", exc)
+        if (
+            isinstance(outcome, Failure)
+            and not isinstance(outcome.error, (*rpc.codec.error_types, Defect))
+            and not instance.entity.disable_fatal_defects
+        ):
+            self._restart(instance, rpc, outcome.error)
+            return
+        instance.running.pop(delivery.request_id, None)
+        self._defects.pop((instance.entity.name, instance.entity_id), None)
         self._reply(delivery, rpc, outcome)
+
+    def _restart(self, instance: Instance, rpc: RpcSpec, error: BaseException) -> None:
+        """A handler died: the instance is made again and runs its requests again.
+
+        Effect's fatal defect: after the next delay of the entity's `defect_retry`. Its state
+        is the one loaded anew; the other requests it was running are cancelled and run again
+        too, in the order they came.
+        """
+        key = (instance.entity.name, instance.entity_id)
+        log.error(
+            "defect in entity %s/%s (RPC %s), restarting it",
+            key[0],
+            key[1],
+            rpc.name,
+            exc_info=error,
+            extra={"entity_type": key[0], "entity_id": key[1], "rpc": rpc.name},
+        )
+        if self.instances.get(key) is instance:
+            del self.instances[key]
+        current = asyncio.current_task()
+        for _, task in instance.running.values():
+            if task is not current:
+                task.cancel()
+        held = self.source.evict(*key)
+        replay = [instance.running[i][0] for i in held if i in instance.running]
+        instance.running.clear()
+        delays = self._defects.get(key)
+        if delays is None:
+            delays = self._defects[key] = instance.entity.defect_retry.delays()
+        delay = next(delays, None)
+        if delay is None:  # the schedule ran out: the requests fail with the defect
+            for delivery in replay:
+                self._reply(delivery, rpc, Failure(error))
+            return
+        task = self.loop.create_task(self._replay(replay, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replay(self, replay: list[Deliver], delay: float) -> None:
+        await self.engine.clock.sleep(delay)
+        for delivery in replay:
+            self._outbox.append(
+                Outgoing(
+                    delivery.request_id,
+                    delivery.entity_type,
+                    delivery.entity_id,
+                    delivery.tag,
+                    delivery.payload,
+                    delivery.persisted,
+                )
+            )
+        self._schedule_flush()
 
     def _reply(self, delivery: Deliver, rpc: RpcSpec | None, outcome: Exit) -> None:
         """Answers a request: its caller gets the exit as it would over the wire."""
