@@ -259,3 +259,54 @@ async def test_when_the_defect_retries_run_out_the_requests_fail_with_the_defect
     with pytest.raises(plait.Defect, match="always"):
         await never.call("d", None)
     assert runs == ["run"] * 3
+
+
+def test_the_sharding_config_has_effects_defaults_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = plait.ShardingConfig()
+    assert config.shards_per_group == 300
+    assert config.entity_mailbox_capacity == 4_096
+    assert config.max_resident_entities == 10_000
+    assert config.entity_max_idle_time == timedelta(minutes=1)
+    assert config.effective_refresh_interval == timedelta(seconds=10)
+    assert str(config.runner_address) == "localhost:34431"
+    monkeypatch.setenv("PLAIT_SHARDS_PER_GROUP", "1024")
+    monkeypatch.setenv("PLAIT_ENTITY_MAILBOX_CAPACITY", "unbounded")
+    monkeypatch.setenv("PLAIT_ENTITY_MAX_IDLE_TIME", "30")
+    from_env = plait.ShardingConfig()
+    assert from_env.shards_per_group == 1024
+    assert from_env.entity_mailbox_capacity == "unbounded"
+    assert from_env.entity_max_idle_time == timedelta(seconds=30)
+    assert plait.ShardingConfig(shards_per_group=7).shards_per_group == 7, "code wins"
+    monkeypatch.setenv("PLAIT_SHARDS_PER_GROUP", "zero")
+    with pytest.raises(ValueError, match="shards_per_group"):
+        plait.ShardingConfig()
+    monkeypatch.delenv("PLAIT_SHARDS_PER_GROUP")
+    with pytest.raises(ValueError, match="shard_lock_refresh_interval"):
+        plait.ShardingConfig(
+            shard_lock_refresh_interval=timedelta(seconds=40),
+            shard_lock_expiration=timedelta(seconds=35),
+        )
+    with pytest.raises(ValueError, match="max_resident_entities"):
+        plait.ShardingConfig(max_resident_entities=0)
+
+
+async def test_the_runner_config_sets_the_defaults_of_entities_and_the_resident_cap() -> None:
+    Small = plait.Entity("EtSmall")
+    gate = asyncio.Event()
+
+    @Small.rpc()
+    async def hold(ctx: plait.EntityContext) -> None:
+        await gate.wait()
+
+    config = plait.ShardingConfig(entity_mailbox_capacity=1, max_resident_entities=2)
+    async with plait.Engine.memory(sharding=config):
+        calls = [asyncio.ensure_future(hold.call(f"s-{n}", None)) for n in range(2)]
+        await settle()
+        with pytest.raises(plait.MailboxFull):
+            await hold.call("s-0", None)
+        with pytest.raises(plait.MailboxFull):
+            await hold.call("s-2", None)
+        gate.set()
+        await asyncio.gather(*calls)

@@ -28,8 +28,10 @@ from plait.cluster import (
     MalformedMessage,
     PersistenceError,
     Rpc,
+    RunnerAddress,
     RunnerNotRegistered,
     RunnerUnavailable,
+    ShardingConfig,
 )
 from plait.deferred import DurableClock, DurableDeferred
 from plait.engine import Engine, WorkflowInstance, current_instance
@@ -115,9 +117,11 @@ __all__ = [
     "PlaitError",
     "ResultSchemaError",
     "Rpc",
+    "RunnerAddress",
     "RunnerNotRegistered",
     "RunnerUnavailable",
     "Schedule",
+    "ShardingConfig",
     "StoreConnectError",
     "StoreError",
     "Success",

@@ -3,6 +3,7 @@
 `plait.Entity`, `plait.EntityContext` and the cluster's errors are re-exported from `plait`.
 """
 
+from plait.cluster.config import RunnerAddress, ShardingConfig
 from plait.cluster.entity import Entity, EntityClient, Rpc
 from plait.cluster.errors import (
     AlreadyProcessingMessage,
@@ -27,6 +28,8 @@ __all__ = [
     "MalformedMessage",
     "PersistenceError",
     "Rpc",
+    "RunnerAddress",
     "RunnerNotRegistered",
     "RunnerUnavailable",
+    "ShardingConfig",
 ]

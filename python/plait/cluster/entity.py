@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Generic, Protocol, overload
+from typing import Any, Generic, Literal, Protocol, overload
 
 import pydantic
 from pydantic import BaseModel
@@ -225,10 +225,11 @@ class Entity(Generic[StateT]):
             the instance is made, written with the reply of each persisted request, in the same
             transaction. None: no state.
         concurrency: Requests an instance runs at once (1: one after another, Effect's default).
-        mailbox_capacity: Requests an instance holds, running and waiting (None: unbounded);
-            above it a volatile request fails with `MailboxFull`, a persisted one waits in
-            storage.
-        max_idle_time: An instance with nothing to do for this long is passivated (None: never).
+        mailbox_capacity: Requests an instance holds, running and waiting ("unbounded": no
+            limit; None: the runner's `entity_mailbox_capacity`, 4,096 by default); above it a
+            volatile request fails with `MailboxFull`, a persisted one waits in storage.
+        max_idle_time: An instance with nothing to do for this long is passivated ("never":
+            kept; None: the runner's `entity_max_idle_time`, a minute by default).
         defect_retry: When a handler dies (raises an undeclared exception), the instance is
             made again and runs its requests again after the next delay of this schedule
             (Effect's fatal defects; default: 0.5 s growing by 1.5 up to 10 s, for ever). When
@@ -260,8 +261,8 @@ class Entity(Generic[StateT]):
         *,
         state: type[StateT] | None = None,
         concurrency: int = 1,
-        mailbox_capacity: int | None = 4_096,
-        max_idle_time: timedelta | float | None = timedelta(minutes=1),
+        mailbox_capacity: int | Literal["unbounded"] | None = None,
+        max_idle_time: timedelta | float | Literal["never"] | None = None,
         defect_retry: Schedule | None = None,
         disable_fatal_defects: bool = False,
     ) -> None:
@@ -275,19 +276,23 @@ class Entity(Generic[StateT]):
         if state is not None and concurrency != 1:
             msg = f"entity {name!r}: an entity with state runs one request at a time"
             raise ValueError(msg)
-        if mailbox_capacity is not None and (
+        if mailbox_capacity not in (None, "unbounded") and (
             isinstance(mailbox_capacity, bool)
             or not isinstance(mailbox_capacity, int)
             or mailbox_capacity < 1
         ):
-            msg = f"entity {name!r}: mailbox_capacity must be None or at least 1"
+            msg = f"entity {name!r}: mailbox_capacity must be at least 1, 'unbounded' or None"
             raise ValueError(msg)
         self.state_model: type[BaseModel] | None = state
         self.concurrency = concurrency
         self.mailbox_capacity = mailbox_capacity
-        self.max_idle_ms = (
-            None if max_idle_time is None else milliseconds_ceil(seconds(max_idle_time))
-        )
+        self.max_idle_ms: int | Literal["never"] | None
+        if max_idle_time is None:
+            self.max_idle_ms = None
+        elif max_idle_time == "never":
+            self.max_idle_ms = "never"
+        else:
+            self.max_idle_ms = milliseconds_ceil(seconds(max_idle_time))
         self.rpcs: dict[str, Rpc[Any, Any]] = {}
         self.defect_retry = (
             Schedule.exponential(0.5, factor=1.5, max_delay=10.0)

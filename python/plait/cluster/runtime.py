@@ -18,13 +18,15 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from plait._definitions import Definitions, DefinitionSite
 from plait._native import Deliver, Passivate, SnowflakeGenerator
+from plait.clocks import milliseconds_ceil
+from plait.cluster.config import ShardingConfig
 from plait.cluster.errors import AlreadyProcessingMessage, MailboxFull, MalformedMessage
 from plait.engine import Engine, passes_through, registry, unexpected
 from plait.errors import Defect
@@ -110,13 +112,13 @@ class EntitySpec(Protocol):
         ...
 
     @property
-    def mailbox_capacity(self) -> int | None:
-        """Requests an instance holds (None: unbounded)."""
+    def mailbox_capacity(self) -> int | Literal["unbounded"] | None:
+        """Requests an instance holds ("unbounded", or None: the runner's default)."""
         ...
 
     @property
-    def max_idle_ms(self) -> int | None:
-        """Idle time before passivation (None: never)."""
+    def max_idle_ms(self) -> int | Literal["never"] | None:
+        """Idle time before passivation ("never", or None: the runner's default)."""
         ...
 
     @property
@@ -256,7 +258,12 @@ class EntityRuntime:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.config = (
+            engine.sharding if isinstance(engine.sharding, ShardingConfig) else ShardingConfig()
+        )
         self.source: WorkSource = engine.work_source
+        resident = self.config.max_resident_entities
+        self.source.set_max_resident(None if resident == "unbounded" else resident)
         self.loop = engine.require_loop()
         # Unique among this engine's requests; the cluster gives runners their machine ids.
         self.ids = SnowflakeGenerator(os.getpid() % 1024)
@@ -279,9 +286,18 @@ class EntityRuntime:
     # Registration ---------------------------------------------------------------------------
 
     def register(self, entity: EntitySpec) -> None:
-        """Makes the mailboxes take `entity`'s requests, with its options."""
+        """Makes the mailboxes take `entity`'s requests, with its options (or the runner's)."""
+        capacity = entity.mailbox_capacity
+        if capacity is None:
+            capacity = self.config.entity_mailbox_capacity
+        max_idle = entity.max_idle_ms
+        if max_idle is None:
+            max_idle = milliseconds_ceil(self.config.entity_max_idle_time.total_seconds())
         self.source.register_entity(
-            entity.name, entity.concurrency, entity.mailbox_capacity, entity.max_idle_ms
+            entity.name,
+            entity.concurrency,
+            None if capacity == "unbounded" else capacity,
+            None if max_idle == "never" else max_idle,
         )
         self.registered.add(entity.name)
 

@@ -94,6 +94,7 @@ class Engine:
         store: Store | Callable[[], Awaitable[Store]],
         *,
         clock: Clock | None = None,
+        sharding: object | None = None,
     ) -> None:
         self._open: Callable[[], Awaitable[Store]] | None = None
         self.store: Store | None
@@ -103,6 +104,9 @@ class Engine:
         else:
             self.store, self.journal, self._open = None, None, store
         self.clock: Clock = clock if clock is not None else SystemClock()
+        #: The cluster's configuration (a `plait.ShardingConfig`), for the entities it runs;
+        #: None: the defaults, read from `PLAIT_*` environment variables.
+        self.sharding = sharding
         self._live: dict[str, Execution] = {}
         self._resuming: set[str] = set()
         self._rewake: set[str] = set()
@@ -125,9 +129,9 @@ class Engine:
         self._fenced: EngineFencedError | None = None
 
     @classmethod
-    def memory(cls, *, clock: Clock | None = None) -> Engine:
+    def memory(cls, *, clock: Clock | None = None, sharding: object | None = None) -> Engine:
         """An engine whose journal lives in this process (in Rust); nothing survives it."""
-        return cls(Store.memory(), clock=clock)
+        return cls(Store.memory(), clock=clock, sharding=sharding)
 
     @classmethod
     def sqlite(
@@ -137,6 +141,7 @@ class Engine:
         prefix: str = "plait_",
         durability: Literal["full", "normal"] = "full",
         clock: Clock | None = None,
+        sharding: object | None = None,
     ) -> Engine:
         """An engine on a SQLite file (created if missing): no server, survives `kill -9`.
 
@@ -147,9 +152,11 @@ class Engine:
                 it survives a crash or a power cut (WAL, `synchronous=FULL`). `"normal"`:
                 faster, may lose the last commits on a power cut (never corrupts).
             clock: The time source (default: the system clock).
+            sharding: The cluster's configuration (`plait.ShardingConfig`) for the entities
+                this engine runs (default: Effect's defaults, and `PLAIT_*` variables).
         """
         url = f"sqlite://{os.fspath(path)}"
-        return cls.url(url, prefix=prefix, durability=durability, clock=clock)
+        return cls.url(url, prefix=prefix, durability=durability, clock=clock, sharding=sharding)
 
     @classmethod
     def postgres(
@@ -160,6 +167,7 @@ class Engine:
         durability: Literal["full", "normal"] = "full",
         lease_ttl: timedelta | float | None = None,
         clock: Clock | None = None,
+        sharding: object | None = None,
     ) -> Engine:
         """An engine on PostgreSQL (`postgres://user:password@host/db`).
 
@@ -175,8 +183,17 @@ class Engine:
             lease_ttl: How long the lease outlives a paused or cut-off engine (default 35 s).
                 A crashed engine's lease goes at once: the database sees its session end.
             clock: The time source (default: the system clock).
+            sharding: The cluster's configuration (`plait.ShardingConfig`) for the entities
+                this engine runs (default: Effect's defaults, and `PLAIT_*` variables).
         """
-        return cls.url(url, prefix=prefix, durability=durability, lease_ttl=lease_ttl, clock=clock)
+        return cls.url(
+            url,
+            prefix=prefix,
+            durability=durability,
+            lease_ttl=lease_ttl,
+            clock=clock,
+            sharding=sharding,
+        )
 
     @classmethod
     def url(
@@ -187,6 +204,7 @@ class Engine:
         durability: str = "full",
         lease_ttl: timedelta | float | None = None,
         clock: Clock | None = None,
+        sharding: object | None = None,
     ) -> Engine:
         """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
         lease_ttl_ms = None if lease_ttl is None else milliseconds_ceil(seconds(lease_ttl))
@@ -197,7 +215,7 @@ class Engine:
             )
             return store
 
-        return cls(open_store, clock=clock)
+        return cls(open_store, clock=clock, sharding=sharding)
 
     # Lifecycle ---------------------------------------------------------------------------
 
