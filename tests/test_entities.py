@@ -310,3 +310,18 @@ async def test_the_runner_config_sets_the_defaults_of_entities_and_the_resident_
             await hold.call("s-2", None)
         gate.set()
         await asyncio.gather(*calls)
+
+
+async def test_the_sharding_helpers_answer_for_the_running_engine() -> None:
+    from plait import sharding
+
+    engine = plait.Engine.memory()
+    assert sharding.shard_of("entity-1") == sharding.ShardId("default", 231)
+    async with engine:
+        assert sharding.has_shard_id(sharding.shard_of("anything"))
+        assert not sharding.has_shard_id(sharding.ShardId("other-group", 1))
+        assert not sharding.has_shard_id(sharding.ShardId("default", 301))
+        first, second = sharding.snowflake(), sharding.snowflake()
+        assert second > first
+        assert not sharding.is_shutdown()
+    assert sharding.is_shutdown(engine=engine)

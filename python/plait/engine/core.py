@@ -519,6 +519,11 @@ class Engine:
         return ex
 
     @property
+    def running(self) -> bool:
+        """Whether the engine is started and not closing."""
+        return self._loop is not None and not self._closing
+
+    @property
     def work_source(self) -> WorkSource:
         """The engine's work source (for what runs on the engine beside workflows: entities).
 
