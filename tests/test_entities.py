@@ -325,3 +325,47 @@ async def test_the_sharding_helpers_answer_for_the_running_engine() -> None:
         assert second > first
         assert not sharding.is_shutdown()
     assert sharding.is_shutdown(engine=engine)
+
+
+async def test_a_caller_that_gives_up_interrupts_its_request(plait_engine: plait.Engine) -> None:
+    Slow = plait.Entity("EtSlow")
+    events: list[str] = []
+    gate = asyncio.Event()
+
+    @Slow.rpc()
+    async def wait_for_gate(ctx: plait.EntityContext, n: int) -> int:
+        events.append(f"start {n}")
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            events.append(f"interrupted {n}")
+            raise
+        events.append(f"end {n}")
+        return n
+
+    running = asyncio.ensure_future(wait_for_gate.call("s", 1))
+    waiting = asyncio.ensure_future(wait_for_gate.call("s", 2))
+    third = asyncio.ensure_future(wait_for_gate.call("s", 3))
+    await settle()
+    assert events == ["start 1"]
+    waiting.cancel()  # dropped from the mailbox before it ran
+    running.cancel()  # its handler is cancelled
+    await settle()
+    assert events == ["start 1", "interrupted 1", "start 3"]
+    gate.set()
+    assert await third == 3
+    assert events[-1] == "end 3"
+
+
+async def test_discard_of_a_refused_request_raises(plait_engine: plait.Engine) -> None:
+    Tiny = plait.Entity("EtTiny", mailbox_capacity=1)
+    gate = asyncio.Event()
+
+    @Tiny.rpc()
+    async def hold(ctx: plait.EntityContext) -> None:
+        await gate.wait()
+
+    await hold.call("t", None, discard=True)
+    with pytest.raises(plait.MailboxFull):
+        await hold.call("t", None, discard=True)
+    gate.set()

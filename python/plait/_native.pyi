@@ -640,6 +640,8 @@ class WorkSource:
         """Offers entity requests: one answer per request, and every request that may run now."""
     def done(self, finished: list[Deliver]) -> list[Deliver]:
         """These requests have their final reply (or were dropped); returns what may run now."""
+    def drop_request(self, entity_type: str, entity_id: str, request_id: int) -> list[Deliver]:
+        """Drops a waiting or running request (its caller gave up); returns what may run now."""
     def keep_alive(self, entity_type: str, entity_id: str, enabled: bool) -> bool:
         """Keeps an instance resident whatever its idle time; returns whether it is resident."""
     def evict(self, entity_type: str, entity_id: str) -> list[int]:

@@ -136,37 +136,38 @@ class Rpc(Generic[P, S]):
             raise MalformedMessage(msg, err.errors(include_url=False)) from None
 
     @overload
-    async def call(
+    def call(
         self: Rpc[None, S],
         entity_id: str,
         payload: None = None,
         *,
         discard: bool = False,
         engine: _engine.Engine | None = None,
-    ) -> S: ...
+    ) -> Awaitable[S]: ...
 
     @overload
-    async def call(
+    def call(
         self,
         entity_id: str,
         payload: P,
         *,
         discard: bool = False,
         engine: _engine.Engine | None = None,
-    ) -> S: ...
+    ) -> Awaitable[S]: ...
 
-    async def call(
+    def call(
         self,
         entity_id: str,
         payload: Any = None,
         *,
         discard: bool = False,
         engine: _engine.Engine | None = None,
-    ) -> Any:
-        """Sends the request to instance `entity_id` and waits for its reply.
+    ) -> Awaitable[Any]:
+        """Sends the request to instance `entity_id`; await it for its reply.
 
-        With `discard=True` it returns once the request is taken (for a persisted RPC: stored)
-        without waiting for the reply, and gives None.
+        With `discard=True` it resolves once a mailbox took the request (for a persisted RPC:
+        once stored), without waiting for the reply, to None. Cancelling the wait interrupts
+        the request (Effect's client interrupt).
 
         Raises:
             MalformedMessage: The payload does not validate (nothing is sent).
@@ -174,7 +175,7 @@ class Rpc(Generic[P, S]):
             PersistenceError: A persisted request could not be stored.
         """
         found = _engine.engine_for(engine)
-        return await runtime_of(found).send(self, entity_id, payload, discard=discard)
+        return runtime_of(found).send(self, entity_id, payload, discard=discard)
 
 
 class EntityClient:
@@ -200,8 +201,8 @@ class EntityClient:
             msg = f"entity {self.entity.name!r} has no RPC {name!r}"
             raise AttributeError(msg)
 
-        async def send(payload: object = None, *, discard: bool = False) -> Any:
-            return await rpc.call(self.entity_id, payload, discard=discard, engine=self._engine)
+        def send(payload: object = None, *, discard: bool = False) -> Awaitable[Any]:
+            return rpc.call(self.entity_id, payload, discard=discard, engine=self._engine)
 
         return send
 

@@ -15,6 +15,7 @@ here too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -272,13 +273,17 @@ class EntityRuntime:
         self.callers: dict[int, list[asyncio.Future[Exit]]] = {}
         self.registered: set[str] = set()
         self._outbox: list[Outgoing] = []
-        self._outbox_rpcs: list[RpcSpec] = []
+        # Discarded requests: the future resolved once a mailbox took them (or refused them).
+        self._taken: dict[int, asyncio.Future[Any]] = {}
+        # Requests running now, by id: their delivery and their handler's task.
+        self._running: dict[int, tuple[Deliver, asyncio.Task[None]]] = {}
         self._finished: list[Deliver] = []
         # Per instance restarted by defects: the delays left before its next restart.
         self._defects: dict[tuple[str, str], Iterator[float]] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
+        self._closing = False
         for entity in all_entities():
             self.register(entity)
         engine.entity_host = self
@@ -303,12 +308,18 @@ class EntityRuntime:
 
     # Sending --------------------------------------------------------------------------------
 
-    async def send(self, rpc: RpcSpec, entity_id: str, payload: object, *, discard: bool) -> Any:
-        """Sends a request and waits for its reply (or, with `discard`, only until it is taken).
+    def send(
+        self, rpc: RpcSpec, entity_id: str, payload: object, *, discard: bool
+    ) -> asyncio.Future[Any]:
+        """Sends a request: a future of its reply's value (raising its error).
+
+        With `discard`, a future of None once a mailbox took it.
+
+        Cancelling the future (its caller gave up) interrupts the request: dropped if it
+        waits, its handler cancelled if it runs.
 
         Raises:
             MalformedMessage: The payload does not validate; nothing is sent.
-            MailboxFull: The instance or the runner has no room.
         """
         if self._closed is not None:
             raise self._closed
@@ -319,20 +330,34 @@ class EntityRuntime:
             self.register(rpc.entity)
         encoded = rpc.encode_payload(payload)
         request_id = self.ids.next_id()
-        reply: asyncio.Future[Exit] = self.loop.create_future()
-        self.callers[request_id] = [reply]
-        self._outbox.append(
-            Outgoing(request_id, rpc.entity.name, entity_id, rpc.name, encoded, rpc.persisted)
+        outgoing = Outgoing(
+            request_id, rpc.entity.name, entity_id, rpc.name, encoded, rpc.persisted
         )
-        self._outbox_rpcs.append(rpc)
-        self._schedule_flush()
+        future: asyncio.Future[Any] = self.loop.create_future()
         if discard:
-            # Taken, or refused: the offer answers within this loop iteration.
-            reply.add_done_callback(_ignore)
-            await asyncio.sleep(0)
-            return None
-        exit_ = await reply
-        return exit_.unwrap()
+            self._taken[request_id] = future
+        else:
+            self.callers[request_id] = [future]
+            future.add_done_callback(functools.partial(self._gave_up, outgoing))
+        self._outbox.append(outgoing)
+        self._schedule_flush()
+        return future
+
+    def _gave_up(self, outgoing: Outgoing, future: asyncio.Future[Any]) -> None:
+        """A caller's future ended: if it was cancelled, the request is interrupted."""
+        if not future.cancelled() or self.callers.get(outgoing.request_id) != [future]:
+            return
+        del self.callers[outgoing.request_id]
+        running = self._running.get(outgoing.request_id)
+        if running is not None:
+            running[1].cancel()  # its handler ends; `_handle` frees the slot
+            return
+        if any(o is outgoing for o in self._outbox):
+            self._outbox.remove(outgoing)  # not offered yet
+            return
+        self._run(
+            self.source.drop_request(outgoing.entity_type, outgoing.entity_id, outgoing.request_id)
+        )
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -342,9 +367,8 @@ class EntityRuntime:
     def _flush(self) -> None:
         """Offers the requests of this iteration, frees the slots of its replies, runs what may."""
         self._flush_scheduled = False
-        outbox, rpcs = self._outbox, self._outbox_rpcs
-        finished = self._finished
-        self._outbox, self._outbox_rpcs, self._finished = [], [], []
+        outbox, finished = self._outbox, self._finished
+        self._outbox, self._finished = [], []
         ready: list[Deliver] = []
         if finished:
             ready.extend(self.source.done(finished))
@@ -353,9 +377,12 @@ class EntityRuntime:
             for outgoing, answer in zip(outbox, answers, strict=True):
                 if answer is not None:
                     self._refused(outgoing, answer)
+                elif (
+                    taken := self._taken.pop(outgoing.request_id, None)
+                ) is not None and not taken.done():
+                    taken.set_result(None)
             ready.extend(runnable)
         self._run(ready)
-        del rpcs
         # Instances became resident or idle: their passivation moves the next wake-up.
         self.engine.work_changed()
 
@@ -368,12 +395,20 @@ class EntityRuntime:
             error = AlreadyProcessingMessage(refusal.message)
         else:
             error = MalformedMessage(refusal.message)
+        taken = self._taken.pop(outgoing.request_id, None)
+        if taken is not None and not taken.done():
+            taken.set_exception(error)
         self._answer(outgoing.request_id, Failure(error))
 
     def _answer(self, request_id: int, exit_: Exit) -> None:
-        for caller in self.callers.pop(request_id, ()):
-            if not caller.done():
-                caller.set_result(exit_)
+        callers = self.callers.pop(request_id, ())
+        for caller in callers:
+            if caller.done():
+                continue
+            if isinstance(exit_, Success):
+                caller.set_result(exit_.value)
+            else:
+                caller.set_exception(exit_.error)
 
     # Running --------------------------------------------------------------------------------
 
@@ -405,6 +440,7 @@ class EntityRuntime:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             instance.running[delivery.request_id] = (delivery, task)
+            self._running[delivery.request_id] = (delivery, task)
 
     async def _handle(self, instance: Instance, delivery: Deliver) -> None:
         rpc: RpcSpec | None = instance.entity.rpcs.get(delivery.tag)
@@ -429,6 +465,11 @@ class EntityRuntime:
             outcome = Failure(exc)
         except BaseException as exc:
             if passes_through(exc):
+                if not self._closing and delivery.request_id not in self.callers:
+                    # Its caller gave up (a client interrupt): no reply, the slot frees.
+                    self._forget(instance, delivery)
+                    self._finished.append(delivery)
+                    self._schedule_flush()
                 raise
             outcome = unexpected(f"RPC {instance.entity.name}.{rpc.name}", exc)
         if (
@@ -438,9 +479,13 @@ class EntityRuntime:
         ):
             self._restart(instance, rpc, outcome.error)
             return
-        instance.running.pop(delivery.request_id, None)
+        self._forget(instance, delivery)
         self._defects.pop((instance.entity.name, instance.entity_id), None)
         self._reply(delivery, rpc, outcome)
+
+    def _forget(self, instance: Instance, delivery: Deliver) -> None:
+        instance.running.pop(delivery.request_id, None)
+        self._running.pop(delivery.request_id, None)
 
     def _restart(self, instance: Instance, rpc: RpcSpec, error: BaseException) -> None:
         """A handler died: the instance is made again and runs its requests again.
@@ -466,6 +511,8 @@ class EntityRuntime:
                 task.cancel()
         held = self.source.evict(*key)
         replay = [instance.running[i][0] for i in held if i in instance.running]
+        for request_id in instance.running:
+            self._running.pop(request_id, None)
         instance.running.clear()
         delays = self._defects.get(key)
         if delays is None:
@@ -511,16 +558,13 @@ class EntityRuntime:
     def close(self, error: BaseException) -> None:
         """The engine closes: handlers stop and callers still waiting get `error`."""
         self._closed = error
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for callers in self.callers.values():
+        for callers in [*self.callers.values(), [*self._taken.values()]]:
             for caller in callers:
                 if not caller.done():
                     caller.set_exception(error)
         self.callers.clear()
+        self._taken.clear()
         self.instances.clear()
-
-
-def _ignore(future: asyncio.Future[Exit]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -354,6 +354,18 @@ impl PyWorkSource {
         Ok(deliveries(self.source()?.done(&finished)))
     }
 
+    /// Drops request `request_id` of an instance, waiting or running (its caller gave up):
+    /// its slot frees. Returns every request that may run now.
+    fn drop_request(
+        &self,
+        entity_type: Text,
+        entity_id: Text,
+        request_id: i64,
+    ) -> PyResult<Vec<PyDeliver>> {
+        let dropped = [(address(entity_type, entity_id), request_id)];
+        Ok(deliveries(self.source()?.done(&dropped)))
+    }
+
     /// Keeps an entity instance resident whatever its idle time, or lets it go idle again.
     /// Returns whether it is resident.
     fn keep_alive(&self, entity_type: Text, entity_id: Text, enabled: bool) -> PyResult<bool> {
