@@ -7,6 +7,7 @@ but run on every engine).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -369,3 +370,47 @@ async def test_discard_of_a_refused_request_raises(plait_engine: plait.Engine) -
     with pytest.raises(plait.MailboxFull):
         await hold.call("t", None, discard=True)
     gate.set()
+
+
+async def test_a_streaming_rpc_yields_its_chunks_as_the_reader_takes_them(
+    plait_engine: plait.Engine,
+) -> None:
+    Feed = plait.Entity("EtFeed")
+    produced: list[int] = []
+
+    @Feed.rpc()
+    async def count(ctx: plait.EntityContext, upto: int) -> AsyncIterator[int]:
+        for n in range(upto):
+            produced.append(n)
+            yield n
+
+    @Feed.rpc()
+    async def after(ctx: plait.EntityContext) -> str:
+        return "after"
+
+    chunks = count.stream("f", 3)
+    assert [chunk async for chunk in chunks] == [0, 1, 2]
+    # One chunk ahead of the reader at most.
+    reader = count.stream("f", 100)
+    assert await anext(reader) == 0
+    await settle()
+    assert len(produced) == 3 + 2
+    # Leaving early interrupts it, and the instance takes the next request.
+    await reader.aclose()  # type: ignore[attr-defined]
+    assert await after.call("f", None) == "after"
+    assert len(produced) == 3 + 2
+
+
+async def test_a_stream_that_fails_raises_to_its_reader(plait_engine: plait.Engine) -> None:
+    Broken = plait.Entity("EtBroken", disable_fatal_defects=True)
+
+    @Broken.rpc(error=Overdrawn)
+    async def partial(ctx: plait.EntityContext, upto: int) -> AsyncIterator[int]:
+        yield 1
+        raise Overdrawn(balance=upto)
+
+    reader = partial.stream("b", 7)
+    assert await anext(reader) == 1
+    with pytest.raises(Overdrawn) as failed:
+        await anext(reader)
+    assert failed.value.balance == 7

@@ -22,7 +22,8 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Generic, Literal, Protocol, overload
 
@@ -41,7 +42,7 @@ from plait.ids import checked_name
 from plait.schedule import Schedule
 from plait.schema import adapter
 
-__all__ = ["Entity", "EntityClient", "Rpc"]
+__all__ = ["Entity", "EntityClient", "Rpc", "StreamRpc"]
 
 P = TypeVar("P")
 S = TypeVar("S")
@@ -60,6 +61,7 @@ class Rpc(Generic[P, S]):
         "codec",
         "entity",
         "handler",
+        "is_stream",
         "name",
         "payload_adapter",
         "payload_type",
@@ -72,7 +74,7 @@ class Rpc(Generic[P, S]):
         self,
         entity: Entity[Any],
         name: str,
-        handler: Callable[..., Awaitable[Any]],
+        handler: Callable[..., Any],
         *,
         persisted: bool,
         primary_key: Callable[[Any], str] | None,
@@ -95,6 +97,11 @@ class Rpc(Generic[P, S]):
         self.payload_type: object = hints.get(params[1].name, Any) if self.takes_payload else None
         self.payload_adapter = adapter(self.payload_type) if self.takes_payload else None
         success = hints.get("return", Any)
+        self.is_stream = inspect.isasyncgenfunction(handler)
+        if self.is_stream:
+            # `AsyncIterator[T]` (or a generator's): each chunk is one T.
+            args = typing.get_args(success)
+            success = args[0] if args else Any
         self.codec = ExitCodec(f"RPC {entity.name}.{name}", success, error)
 
     def __repr__(self) -> str:
@@ -178,6 +185,33 @@ class Rpc(Generic[P, S]):
         return runtime_of(found).send(self, entity_id, payload, discard=discard)
 
 
+class StreamRpc(Rpc[P, S]):
+    """An RPC whose handler is an async generator: its reply is a stream of chunks.
+
+    `stream(entity_id, payload)` gives them as an async iterator; the request holds its
+    instance's slot until the stream ends, and leaving the iteration early interrupts it.
+    """
+
+    __slots__ = ()
+
+    def stream(
+        self,
+        entity_id: str,
+        payload: P,
+        *,
+        engine: _engine.Engine | None = None,
+    ) -> AsyncIterator[S]:
+        """Sends the request to instance `entity_id` and yields its reply's chunks as they come.
+
+        Raises:
+            MalformedMessage: The payload does not validate (nothing is sent).
+            MailboxFull: The instance's mailbox (or the runner's residency) is full.
+        """
+        found = _engine.engine_for(engine)
+        chunks: AsyncIterator[S] = runtime_of(found).open_stream(self, entity_id, payload)
+        return chunks
+
+
 class EntityClient:
     """The RPCs of one entity instance, as methods: `await client.increment(Increment(by=2))`.
 
@@ -215,6 +249,11 @@ class RpcDecorator(Protocol[StateT]):
 
     @overload
     def __call__(self, fn: Callable[[EntityContext[StateT], P], Awaitable[S]]) -> Rpc[P, S]: ...
+
+    @overload
+    def __call__(
+        self, fn: Callable[[EntityContext[StateT], P], AsyncIterator[S]]
+    ) -> StreamRpc[P, S]: ...
 
 
 class Entity(Generic[StateT]):
@@ -322,9 +361,14 @@ class Entity(Generic[StateT]):
     @overload
     def rpc(self, fn: Callable[[EntityContext[StateT], P], Awaitable[S]]) -> Rpc[P, S]: ...
 
+    @overload
+    def rpc(
+        self, fn: Callable[[EntityContext[StateT], P], AsyncIterator[S]]
+    ) -> StreamRpc[P, S]: ...
+
     def rpc(
         self,
-        fn: Callable[..., Awaitable[Any]] | None = None,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         persisted: bool = False,
@@ -347,12 +391,17 @@ class Entity(Generic[StateT]):
             msg = f"entity {self.name!r}: primary_key= needs persisted=True"
             raise ValueError(msg)
 
-        def make(handler: Callable[..., Awaitable[Any]]) -> Rpc[Any, Any]:
-            if not inspect.iscoroutinefunction(handler):
+        def make(handler: Callable[..., Any]) -> Rpc[Any, Any]:
+            streams = inspect.isasyncgenfunction(handler)
+            if not (streams or inspect.iscoroutinefunction(handler)):
                 msg = f"entity {self.name!r}: an RPC handler must be an async function"
                 raise TypeError(msg)
+            if streams and persisted:
+                msg = f"entity {self.name!r}: persisted streaming RPCs are not built yet"
+                raise NotImplementedError(msg)
             rpc_name = handler.__name__ if name is None else name
-            made: Rpc[Any, Any] = Rpc(
+            kind = StreamRpc if streams else Rpc
+            made: Rpc[Any, Any] = kind(
                 self,
                 rpc_name,
                 handler,
@@ -372,8 +421,6 @@ class Entity(Generic[StateT]):
 
 def _hints(fn: Callable[..., object]) -> dict[str, object]:
     try:
-        import typing
-
         return typing.get_type_hints(fn)
     except (NameError, TypeError):
         return dict(getattr(fn, "__annotations__", {}))

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 
 from pydantic import BaseModel
@@ -81,8 +81,13 @@ class RpcSpec(Protocol):
         ...
 
     @property
-    def handler(self) -> Callable[..., Awaitable[Any]]:
-        """`handler(ctx[, payload])`."""
+    def handler(self) -> Callable[..., Any]:
+        """`handler(ctx[, payload])`: a coroutine, or for a stream an async generator."""
+        ...
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether the reply is a stream of chunks (the handler is an async generator)."""
         ...
 
     def encode_payload(self, payload: object) -> bytes:
@@ -250,6 +255,48 @@ class Instance:
         self.runtime.source.keep_alive(self.entity.name, self.entity_id, enabled)
 
 
+_END = Success(None)
+
+
+class Stream:
+    """The chunks of a streaming request, as they arrive; leaving early interrupts it."""
+
+    def __init__(self, reply: asyncio.Future[Any]) -> None:
+        # The request's reply: None at the end, or its error; the chunks come by the queue.
+        self.reply = reply
+        reply.add_done_callback(_retrieved)
+        self.queue: asyncio.Queue[Exit] = asyncio.Queue()
+        # One chunk in the queue at most: the handler waits until the reader took the last.
+        self.credit = asyncio.Semaphore(1)
+        self._done = False
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await self.queue.get()
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        self.credit.release()
+        if chunk is _END:
+            self._done = True
+            raise StopAsyncIteration
+        if isinstance(chunk, Failure):
+            self._done = True
+            raise chunk.error
+        return chunk.unwrap()
+
+    async def aclose(self) -> None:
+        """Stops reading: the request is interrupted if its handler still runs."""
+        if not self._done:
+            self._done = True
+            self.reply.cancel()
+
+
 class EntityRuntime:
     """The entities of one engine. Made when the engine starts; the engine's `entity_host`.
 
@@ -268,6 +315,8 @@ class EntityRuntime:
         self.loop = engine.require_loop()
         # Unique among this engine's requests; the cluster gives runners their machine ids.
         self.ids = SnowflakeGenerator(os.getpid() % 1024)
+        # Streams being read, by request id: their chunks go to them as the handler yields.
+        self._streams: dict[int, Stream] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
         # Callers waiting for the final reply of a request: its decoded exit goes to them.
         self.callers: dict[int, list[asyncio.Future[Exit]]] = {}
@@ -321,6 +370,11 @@ class EntityRuntime:
         Raises:
             MalformedMessage: The payload does not validate; nothing is sent.
         """
+        return self._send(rpc, entity_id, payload, discard=discard)[1]
+
+    def _send(
+        self, rpc: RpcSpec, entity_id: str, payload: object, *, discard: bool
+    ) -> tuple[int, asyncio.Future[Any]]:
         if self._closed is not None:
             raise self._closed
         if rpc.persisted:
@@ -341,7 +395,17 @@ class EntityRuntime:
             future.add_done_callback(functools.partial(self._gave_up, outgoing))
         self._outbox.append(outgoing)
         self._schedule_flush()
-        return future
+        return request_id, future
+
+    def open_stream(self, rpc: RpcSpec, entity_id: str, payload: object) -> Stream:
+        """Sends a streaming request: its reply's chunks, as an async iterator.
+
+        Raises:
+            MalformedMessage: The payload does not validate; nothing is sent.
+        """
+        request_id, reply = self._send(rpc, entity_id, payload, discard=False)
+        stream = self._streams[request_id] = Stream(reply)
+        return stream
 
     def _gave_up(self, outgoing: Outgoing, future: asyncio.Future[Any]) -> None:
         """A caller's future ended: if it was cancelled, the request is interrupted."""
@@ -454,7 +518,10 @@ class EntityRuntime:
         try:
             payload = rpc.decode_payload(delivery.payload)
             ctx: EntityContext[Any] = EntityContext(instance, delivery.request_id)
-            if rpc.takes_payload:
+            if rpc.is_stream:
+                await self._run_stream(rpc, ctx, payload, delivery.request_id)
+                value = None
+            elif rpc.takes_payload:
                 value = await rpc.handler(ctx, payload)
             else:
                 value = await rpc.handler(ctx)
@@ -541,9 +608,38 @@ class EntityRuntime:
             )
         self._schedule_flush()
 
+    async def _run_stream(
+        self, rpc: RpcSpec, ctx: EntityContext[Any], payload: object, request_id: int
+    ) -> None:
+        """Runs a streaming handler, handing each chunk to its reader as it would arrive.
+
+        The reader's queue holds one chunk: the handler waits until the reader took the
+        previous one (Effect's acknowledged chunks).
+        """
+        generator = rpc.handler(ctx, payload) if rpc.takes_payload else rpc.handler(ctx)
+        stream = self._streams.get(request_id)
+        try:
+            while True:
+                # The credit first: the handler makes no chunk its reader has no room for.
+                if stream is not None:
+                    await stream.credit.acquire()
+                try:
+                    item = await anext(generator)
+                except StopAsyncIteration:
+                    return
+                encoded, _ = rpc.codec.settle(Success(item))
+                chunk = rpc.codec.decode(encoded)
+                if stream is not None:
+                    stream.queue.put_nowait(chunk)
+        finally:
+            await generator.aclose()
+
     def _reply(self, delivery: Deliver, rpc: RpcSpec | None, outcome: Exit) -> None:
         """Answers a request: its caller gets the exit as it would over the wire."""
-        if rpc is not None:
+        stream = self._streams.pop(delivery.request_id, None)
+        if stream is not None:
+            stream.queue.put_nowait(outcome if isinstance(outcome, Failure) else _END)
+        if rpc is not None and not rpc.is_stream:
             encoded, _ = rpc.codec.settle(outcome)
             try:
                 outcome = rpc.codec.decode(encoded)
@@ -568,3 +664,9 @@ class EntityRuntime:
         self.callers.clear()
         self._taken.clear()
         self.instances.clear()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Marks a future's error as seen (a stream's reads report it instead)."""
+    if not future.cancelled():
+        future.exception()
