@@ -270,6 +270,15 @@ impl Mailboxes {
         }
     }
 
+    /// Hands `message`, of an entity type no one registered, to the host as it is: it answers
+    /// it with a defect (a stored request whose type stayed unknown too long).
+    pub fn deliver_unregistered(&mut self, message: Message) {
+        self.ready.push_back(Delivery {
+            message,
+            activates: true,
+        });
+    }
+
     /// Takes up to `max` requests that may run now, oldest first.
     pub fn take(&mut self, max: usize) -> Vec<Delivery> {
         let count = max.min(self.ready.len());

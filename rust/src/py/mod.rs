@@ -30,7 +30,9 @@ mod _native {
     #[pymodule_export]
     use super::snowflake::{snowflake_make, snowflake_parts, SnowflakeGenerator};
     #[pymodule_export]
-    use super::store::{PyDeferred, PyEntry, PyExecution, PyOp, PySnapshot, PyStore, PyTimer};
+    use super::store::{
+        PyDeferred, PyDuplicate, PyEntry, PyExecution, PyOp, PySnapshot, PyStore, PyTimer,
+    };
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
     #[pymodule_export]

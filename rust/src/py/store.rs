@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     runtime,
-    store::{self, memory::MemoryStore, sql, Answer, Status},
+    store::{self, memory::MemoryStore, messages, sql, Answer, Status},
 };
 
 /// One write for `Store.write`, made by its constructors (`Op.start(...)`, `Op.append(...)`).
@@ -112,6 +112,83 @@ impl PyOp {
         })
     }
 
+    /// Saves a persisted entity request (unprocessed) unless one with its id or its key is
+    /// stored. `primary_key` is the RPC's key for the payload; the stored key is Effect's
+    /// `"<entity type>/<entity id>/<tag>/<primary key>"` (hashed when longer than 255
+    /// characters). `claimed_ms`: saved claimed then (its sender delivers it at once), or
+    /// None for the storage read loop to deliver. Answers None (saved) or a `Duplicate`.
+    #[staticmethod]
+    #[pyo3(signature = (
+        id, shard, entity_type, entity_id, tag, payload,
+        primary_key = None, deliver_at_ms = None, claimed_ms = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        id: Int<i64>,
+        shard: Text,
+        entity_type: Text,
+        entity_id: Text,
+        tag: Text,
+        payload: PyBackedBytes,
+        primary_key: Option<Text>,
+        deliver_at_ms: Option<Int<u64>>,
+        claimed_ms: Option<Int<u64>>,
+    ) -> Self {
+        let key =
+            primary_key.map(|key| messages::message_key(&entity_type, &entity_id, &tag, &key));
+        Self::from(store::Op::Request {
+            request: store::Request {
+                id: id.0,
+                shard: shard.to_owned(),
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                tag: tag.to_owned(),
+                payload: payload.to_vec(),
+                key,
+                deliver_at: deliver_at_ms.map(|at| at.0),
+            },
+            claimed_ms: claimed_ms.map(|at| at.0),
+        })
+    }
+
+    /// Saves the final reply of request `request_id` (the first one wins): answers whether it
+    /// was stored.
+    #[staticmethod]
+    fn reply(request_id: Int<i64>, value: PyBackedBytes) -> Self {
+        Self::from(store::Op::Reply {
+            request_id: request_id.0,
+            value: value.to_vec(),
+        })
+    }
+
+    /// Stores the durable state of an entity instance: answers True.
+    #[staticmethod]
+    fn entity_state(entity_type: Text, entity_id: Text, value: PyBackedBytes) -> Self {
+        Self::from(store::Op::EntityState {
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
+            value: value.to_vec(),
+        })
+    }
+
+    /// Forgets a request's final reply and claim, so it is delivered again: answers whether
+    /// the request is stored.
+    #[staticmethod]
+    fn clear_replies(request_id: Int<i64>) -> Self {
+        Self::from(store::Op::ClearReplies {
+            request_id: request_id.0,
+        })
+    }
+
+    /// Clears a request's claim, so the next storage read delivers it: answers whether it is
+    /// stored and unprocessed.
+    #[staticmethod]
+    fn unclaim(request_id: Int<i64>) -> Self {
+        Self::from(store::Op::Unclaim {
+            request_id: request_id.0,
+        })
+    }
+
     /// The op's kind: the name of its constructor.
     #[getter]
     fn kind(&self) -> &'static str {
@@ -123,20 +200,30 @@ impl PyOp {
             store::Op::Interrupt { .. } => "interrupt",
             store::Op::Timer(_) => "timer",
             store::Op::Untimer { .. } => "untimer",
+            store::Op::Request { .. } => "request",
+            store::Op::Reply { .. } => "reply",
+            store::Op::EntityState { .. } => "entity_state",
+            store::Op::ClearReplies { .. } => "clear_replies",
+            store::Op::Unclaim { .. } => "unclaim",
         }
     }
 
-    /// The execution the op is about.
+    /// The execution the op is about (None for an entity message op).
     #[getter]
-    fn execution_id(&self) -> &str {
+    fn execution_id(&self) -> Option<&str> {
         match &self.op {
             store::Op::Start { id, .. }
             | store::Op::Append { id, .. }
             | store::Op::Deferred { id, .. }
             | store::Op::Status { id, .. }
-            | store::Op::Interrupt { id } => id,
+            | store::Op::Interrupt { id } => Some(id),
             store::Op::Timer(store::Timer { execution_id, .. })
-            | store::Op::Untimer { execution_id, .. } => execution_id,
+            | store::Op::Untimer { execution_id, .. } => Some(execution_id),
+            store::Op::Request { .. }
+            | store::Op::Reply { .. }
+            | store::Op::EntityState { .. }
+            | store::Op::ClearReplies { .. }
+            | store::Op::Unclaim { .. } => None,
         }
     }
 
@@ -322,6 +409,37 @@ impl PyTimer {
     }
 }
 
+/// What saving a request answers when one with the same id or key is stored.
+#[pyclass(module = "plait._native", name = "Duplicate", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyDuplicate {
+    original: i64,
+    reply: Option<Vec<u8>>,
+}
+
+#[pymethods]
+impl PyDuplicate {
+    /// The stored request's id.
+    #[getter]
+    fn original(&self) -> i64 {
+        self.original
+    }
+
+    /// Its final reply (an encoded exit), if saved.
+    #[getter]
+    fn reply<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.reply.as_deref().map(|r| PyBytes::new(py, r))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Duplicate(original={}, replied={})",
+            self.original,
+            self.reply.is_some()
+        )
+    }
+}
+
 /// One result per op: `None` (created, or unknown execution), the existing `Execution` (a
 /// start that found it), a bool, or, in the place of an op the store refused, its
 /// `InvalidArgumentError` (not raised: the other ops were applied).
@@ -344,6 +462,9 @@ impl<'py> IntoPyObject<'py> for Answered {
                 Ok(Bound::new(py, PyExecution(execution))?.into_any())
             }
             store::OpResult::Done(done) => Ok(PyBool::new(py, done).to_owned().into_any()),
+            store::OpResult::Duplicate { original, reply } => {
+                Ok(Bound::new(py, PyDuplicate { original, reply })?.into_any())
+            }
             store::OpResult::Refused(why) => Ok(InvalidArgumentError::new_err(why)
                 .into_value(py)
                 .into_bound(py)
@@ -360,6 +481,35 @@ impl<'py> IntoPyObject<'py> for Written {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
         PyList::new(py, self.0.into_iter().map(Answered))
     }
+}
+
+/// Stored values, one per item asked for: each `bytes` or None in Python.
+struct LazyBytes(Vec<Option<Vec<u8>>>);
+
+impl<'py> IntoPyObject<'py> for LazyBytes {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        PyList::new(
+            py,
+            self.0
+                .into_iter()
+                .map(|value| value.map(|v| PyBytes::new(py, &v))),
+        )
+    }
+}
+
+fn bytes_list(found: Vec<Option<Vec<u8>>>) -> LazyBytes {
+    LazyBytes(found)
+}
+
+fn owned_addresses(addresses: Vec<(Text, Text)>) -> Vec<(String, String)> {
+    addresses
+        .into_iter()
+        .map(|(t, i)| (t.to_owned(), i.to_owned()))
+        .collect()
 }
 
 fn snapshots(found: Vec<Option<store::Snapshot>>) -> Vec<Option<PySnapshot>> {
@@ -620,6 +770,36 @@ impl PyStore {
     fn with_status_now(&self, status: &str) -> PyResult<Vec<String>> {
         let store = self.immediate_store("with_status")?;
         now(store.with_status(Status::parse(status)?))
+    }
+
+    /// Resolves to the final replies (encoded exits) of requests `ids`: one per id, None for
+    /// a request without one.
+    fn replies(&self, bridge: &AsyncBridge, ids: Vec<Int<i64>>) -> PyResult<u64> {
+        let store = self.store()?;
+        let ids: Vec<i64> = ids.into_iter().map(|id| id.0).collect();
+        bridge.spawn(async move { Ok(bytes_list(store.replies(&ids).await?)) })
+    }
+
+    /// The final replies of requests `ids` at once: an immediate store only.
+    fn replies_now(&self, ids: Vec<Int<i64>>) -> PyResult<LazyBytes> {
+        let store = self.immediate_store("replies")?;
+        let ids: Vec<i64> = ids.into_iter().map(|id| id.0).collect();
+        Ok(bytes_list(now(store.replies(&ids))?))
+    }
+
+    /// Resolves to the durable states of the entity instances `(entity type, entity id)`: one
+    /// per address, None for one without stored state.
+    fn entity_states(&self, bridge: &AsyncBridge, addresses: Vec<(Text, Text)>) -> PyResult<u64> {
+        let store = self.store()?;
+        let addresses = owned_addresses(addresses);
+        bridge.spawn(async move { Ok(bytes_list(store.entity_states(&addresses).await?)) })
+    }
+
+    /// The durable states of the entity instances at once: an immediate store only.
+    fn entity_states_now(&self, addresses: Vec<(Text, Text)>) -> PyResult<LazyBytes> {
+        let store = self.immediate_store("entity_states")?;
+        let addresses = owned_addresses(addresses);
+        Ok(bytes_list(now(store.entity_states(&addresses))?))
     }
 
     /// Resolves to why the store lost its lease (another engine took the database over), or to

@@ -309,6 +309,27 @@ impl PyWorkSource {
         Ok(())
     }
 
+    /// Sets how often stored entity requests are read regardless (`poll_ms`), and how long a
+    /// stored request of an unregistered entity type waits for it (then it is delivered, to be
+    /// answered with a defect).
+    fn set_storage_options(
+        &self,
+        poll_ms: Int<u64>,
+        registration_timeout_ms: Int<u64>,
+    ) -> PyResult<()> {
+        self.source()?
+            .set_storage_options(poll_ms.0, registration_timeout_ms.0);
+        Ok(())
+    }
+
+    /// Reads the stored entity requests soon (some were saved and not delivered), or, with
+    /// `deliver_at_ms`, when that instant comes.
+    #[pyo3(signature = (deliver_at_ms = None))]
+    fn poll_storage(&self, deliver_at_ms: Option<Int<u64>>) -> PyResult<()> {
+        self.source()?.poll_storage(deliver_at_ms.map(|at| at.0));
+        Ok(())
+    }
+
     /// Bounds the resident entity instances (None: unbounded).
     fn set_max_resident(&self, max_resident: Option<Int<usize>>) -> PyResult<()> {
         self.source()?.set_max_resident(max_resident.map(|m| m.0));

@@ -4,7 +4,7 @@
 //! store of the contract: a write is applied when called, and every answer is ready at once.
 
 use std::{
-    collections::{hash_map, BTreeSet},
+    collections::{hash_map, BTreeMap, BTreeSet},
     future::ready,
     ops::Bound,
     sync::{Mutex, MutexGuard, PoisonError},
@@ -13,8 +13,8 @@ use std::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
-    Answer, Deferred, Entry, Execution, Op, OpResult, Pending, Refusals, Snapshot, Status, Store,
-    StoreError, Timer,
+    messages::CLAIM_MS, Answer, Deferred, Entry, Execution, Op, OpResult, Pending, Refusals,
+    Request, Shards, Snapshot, Status, Store, StoreError, Timer, Unprocessed,
 };
 
 struct Journal {
@@ -25,6 +25,135 @@ struct Journal {
     deferred_names: FxHashSet<String>,
 }
 
+/// A persisted request and what became of it.
+struct Message {
+    request: Request,
+    /// Its place in save order.
+    seq: u64,
+    /// When it was last claimed, if its claim stands.
+    claimed_ms: Option<u64>,
+    /// Its final reply.
+    reply: Option<Vec<u8>>,
+}
+
+/// The entity messages: requests by id and by key, the unprocessed ones in save order, and the
+/// entity instances' durable states.
+#[derive(Default)]
+struct Messages {
+    by_id: FxHashMap<i64, Message>,
+    by_key: FxHashMap<String, i64>,
+    /// Unprocessed requests: save order → id.
+    unprocessed: BTreeMap<u64, i64>,
+    next_seq: u64,
+    states: FxHashMap<(String, String), Vec<u8>>,
+}
+
+impl Messages {
+    fn save(&mut self, request: Request, claimed_ms: Option<u64>) -> OpResult {
+        let found = self
+            .by_id
+            .get(&request.id)
+            .map(|m| m.request.id)
+            .or_else(|| {
+                request
+                    .key
+                    .as_ref()
+                    .and_then(|key| self.by_key.get(key).copied())
+            });
+        if let Some(original) = found {
+            let reply = self.by_id.get(&original).and_then(|m| m.reply.clone());
+            return OpResult::Duplicate { original, reply };
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(key) = &request.key {
+            self.by_key.insert(key.clone(), request.id);
+        }
+        self.unprocessed.insert(seq, request.id);
+        self.by_id.insert(
+            request.id,
+            Message {
+                request,
+                seq,
+                claimed_ms,
+                reply: None,
+            },
+        );
+        OpResult::Created
+    }
+
+    fn reply(&mut self, request_id: i64, value: Vec<u8>) -> OpResult {
+        let Some(message) = self.by_id.get_mut(&request_id) else {
+            return OpResult::Done(false);
+        };
+        if message.reply.is_some() {
+            return OpResult::Done(false);
+        }
+        message.reply = Some(value);
+        message.claimed_ms = None;
+        self.unprocessed.remove(&message.seq);
+        OpResult::Done(true)
+    }
+
+    fn clear_replies(&mut self, request_id: i64) -> OpResult {
+        let Some(message) = self.by_id.get_mut(&request_id) else {
+            return OpResult::Done(false);
+        };
+        message.reply = None;
+        message.claimed_ms = None;
+        self.unprocessed.insert(message.seq, request_id);
+        OpResult::Done(true)
+    }
+
+    fn unclaim(&mut self, request_id: i64) -> OpResult {
+        match self.by_id.get_mut(&request_id) {
+            Some(message) if message.reply.is_none() => {
+                message.claimed_ms = None;
+                OpResult::Done(true)
+            }
+            _ => OpResult::Done(false),
+        }
+    }
+
+    fn unprocessed(&mut self, shards: Shards<'_>, limit: usize, now_ms: u64) -> Unprocessed {
+        let mut found = Unprocessed::default();
+        for id in self.unprocessed.values() {
+            let Some(message) = self.by_id.get_mut(id) else {
+                continue;
+            };
+            let request = &message.request;
+            if !shards.contains(&request.shard) {
+                continue;
+            }
+            if let Some(at) = request.deliver_at.filter(|at| *at > now_ms) {
+                found.next_deliver_at = Some(found.next_deliver_at.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            let claimed = message
+                .claimed_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) < CLAIM_MS);
+            if claimed || found.requests.len() >= limit {
+                continue;
+            }
+            message.claimed_ms = Some(now_ms);
+            found.requests.push(request.clone());
+        }
+        found
+    }
+
+    fn reset_claims(&mut self, shards: Shards<'_>) -> u64 {
+        let mut cleared = 0;
+        for id in self.unprocessed.values() {
+            if let Some(message) = self.by_id.get_mut(id) {
+                if shards.contains(&message.request.shard) && message.claimed_ms.take().is_some() {
+                    cleared += 1;
+                }
+            }
+        }
+        cleared
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     journals: FxHashMap<String, Journal>,
@@ -32,10 +161,12 @@ struct Inner {
     /// The same timers as `(due_ms, execution_id, name)`, in order: ranges of due instants,
     /// and the timers in order, without a sort.
     by_due: BTreeSet<(u64, String, String)>,
+    messages: Messages,
 }
 
 impl Inner {
     /// Applies one op (already checked), as [`Op`] documents it.
+    #[allow(clippy::too_many_lines)] // one arm per op, each short
     fn apply(&mut self, op: Op) -> OpResult {
         match op {
             Op::Start {
@@ -131,6 +262,21 @@ impl Inner {
                 self.by_due.remove(&(due, key.0, key.1));
                 OpResult::Done(true)
             }
+            Op::Request {
+                request,
+                claimed_ms,
+            } => self.messages.save(request, claimed_ms),
+            Op::Reply { request_id, value } => self.messages.reply(request_id, value),
+            Op::EntityState {
+                entity_type,
+                entity_id,
+                value,
+            } => {
+                self.messages.states.insert((entity_type, entity_id), value);
+                OpResult::Done(true)
+            }
+            Op::ClearReplies { request_id } => self.messages.clear_replies(request_id),
+            Op::Unclaim { request_id } => self.messages.unclaim(request_id),
         }
     }
 
@@ -296,6 +442,41 @@ impl Store for MemoryStore {
 
     fn with_status(&self, status: Status) -> Answer<'_, Vec<String>> {
         Box::pin(ready(Ok(MemoryStore::with_status(self, status))))
+    }
+
+    fn unprocessed<'a>(
+        &'a self,
+        shards: Shards<'a>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Answer<'a, Unprocessed> {
+        let found = self.lock().messages.unprocessed(shards, limit, now_ms);
+        Box::pin(ready(Ok(found)))
+    }
+
+    fn reset_claims<'a>(&'a self, shards: Shards<'a>) -> Answer<'a, u64> {
+        Box::pin(ready(Ok(self.lock().messages.reset_claims(shards))))
+    }
+
+    fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>> {
+        let inner = self.lock();
+        let found = ids
+            .iter()
+            .map(|id| inner.messages.by_id.get(id).and_then(|m| m.reply.clone()))
+            .collect();
+        Box::pin(ready(Ok(found)))
+    }
+
+    fn entity_states<'a>(
+        &'a self,
+        addresses: &'a [(String, String)],
+    ) -> Answer<'a, Vec<Option<Vec<u8>>>> {
+        let inner = self.lock();
+        let found = addresses
+            .iter()
+            .map(|address| inner.messages.states.get(address).cloned())
+            .collect();
+        Box::pin(ready(Ok(found)))
     }
 
     fn lost(&self) -> Pending<'_, Option<String>> {

@@ -1,5 +1,6 @@
 //! The journal store: executions, their journals of step results, deferred results and
-//! durable timers.
+//! durable timers; and entity messages (persisted requests, their replies, entity state; see
+//! [`messages`]).
 //!
 //! Values are opaque bytes (JSON written by the Python side); the store never decodes them.
 //! [`Store`] is the contract every backend keeps: [`memory::MemoryStore`] in process,
@@ -7,6 +8,7 @@
 //! an [`OpResult`]; reads come in batches too.
 
 pub mod memory;
+pub mod messages;
 mod op;
 pub mod sql;
 
@@ -14,6 +16,7 @@ use std::{future::Future, pin::Pin};
 
 use thiserror::Error;
 
+pub use messages::{Request, Shards, Unprocessed};
 pub(crate) use op::Refusals;
 pub use op::{Op, OpResult};
 
@@ -174,6 +177,31 @@ pub trait Store: Send + Sync {
 
     /// Ids of the executions with `status`.
     fn with_status(&self, status: Status) -> Answer<'_, Vec<String>>;
+
+    /// Up to `limit` unprocessed requests of `shards` that may be delivered at `now_ms` (not
+    /// claimed within [`messages::CLAIM_MS`], `deliver_at` reached), in the order they were
+    /// saved, each claimed at `now_ms`; and when the next one held back by `deliver_at` is due.
+    fn unprocessed<'a>(
+        &'a self,
+        shards: Shards<'a>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Answer<'a, Unprocessed>;
+
+    /// Clears the claims of the unprocessed requests of `shards`, so that they are delivered
+    /// again (an engine starting, a runner taking shards over). Answers how many it cleared.
+    fn reset_claims<'a>(&'a self, shards: Shards<'a>) -> Answer<'a, u64>;
+
+    /// The final replies of requests `ids`: one item per id, in order, `None` for a request
+    /// without one (or unknown).
+    fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>>;
+
+    /// The durable states of the entity instances `(entity type, entity id)`: one item per
+    /// address, in order, `None` for one with no stored state.
+    fn entity_states<'a>(
+        &'a self,
+        addresses: &'a [(String, String)],
+    ) -> Answer<'a, Vec<Option<Vec<u8>>>>;
 
     /// Resolves to why the store lost its lease; to `None` once it closes, or at once for a
     /// store without a lease.

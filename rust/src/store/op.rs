@@ -1,7 +1,7 @@
 //! The writes of the store contract: the ops, what each answers, and the check every store
 //! makes before it takes one.
 
-use super::{Entry, Execution, Status, Timer};
+use super::{messages::Request, Entry, Execution, Status, Timer};
 
 /// One write. A store applies the ops of a [`super::Store::write`] in order, together with
 /// every write queued beside it, and answers each with an [`OpResult`].
@@ -67,6 +67,47 @@ pub enum Op {
         /// The timer's name.
         name: String,
     },
+    /// Saves a persisted entity request, unprocessed, unless one with its id, or with its key,
+    /// is stored. [`OpResult::Created`], or [`OpResult::Duplicate`] with the stored one's id and
+    /// final reply (saving the same request again answers its own id).
+    Request {
+        /// The request.
+        request: Request,
+        /// Saved claimed at this instant (ms; its sender delivers it at once), or unclaimed
+        /// (`None`) for a read of unprocessed requests to deliver.
+        claimed_ms: Option<u64>,
+    },
+    /// Saves the final reply of a request, which is processed from then on. [`OpResult::Done`]:
+    /// `false` if it has a final reply already (the first one wins) or is unknown.
+    Reply {
+        /// The request.
+        request_id: i64,
+        /// The encoded exit.
+        value: Vec<u8>,
+    },
+    /// Stores the durable state of an entity instance, replacing what it held.
+    /// [`OpResult::Done`]: `true`.
+    EntityState {
+        /// The entity type.
+        entity_type: String,
+        /// The entity id.
+        entity_id: String,
+        /// The encoded state.
+        value: Vec<u8>,
+    },
+    /// Forgets a request's final reply and claim, so that it is delivered again (Effect's
+    /// `clearReplies`). [`OpResult::Done`]: whether the request is stored.
+    ClearReplies {
+        /// The request.
+        request_id: i64,
+    },
+    /// Clears a request's claim: the next read of unprocessed requests takes it (one read but
+    /// not delivered: its mailbox was full, its entity type not registered yet).
+    /// [`OpResult::Done`]: whether the request is stored and unprocessed.
+    Unclaim {
+        /// The request.
+        request_id: i64,
+    },
 }
 
 /// The outcome of one [`Op`].
@@ -80,6 +121,14 @@ pub enum OpResult {
     Done(bool),
     /// The op named an execution the store does not hold.
     UnknownExecution,
+    /// `Request` found a request with the same id or key stored: its id, and its final reply
+    /// if it has one.
+    Duplicate {
+        /// The stored request's id.
+        original: i64,
+        /// Its final reply, if saved.
+        reply: Option<Vec<u8>>,
+    },
     /// The op holds what no store can keep (see [`Op::check`]); it was not applied, the other
     /// ops of its write were. The message names the op by its index in the write:
     /// `ops[<index>]: ...`.
@@ -131,6 +180,31 @@ impl Op {
             Op::Untimer { execution_id, name } => {
                 text("execution_id", execution_id).and_then(|()| text("name", name))
             }
+            Op::Request { request, .. } => {
+                text("shard", &request.shard)?;
+                text("entity_type", &request.entity_type)?;
+                text("entity_id", &request.entity_id)?;
+                text("tag", &request.tag)?;
+                if let Some(key) = &request.key {
+                    text("key", key)?;
+                }
+                if request
+                    .deliver_at
+                    .is_some_and(|at| i64::try_from(at).is_err())
+                {
+                    return Err(format!(
+                        "deliver_at {} is out of range: expected at most 2^63 - 1",
+                        request.deliver_at.unwrap_or_default()
+                    ));
+                }
+                Ok(())
+            }
+            Op::EntityState {
+                entity_type,
+                entity_id,
+                ..
+            } => text("entity_type", entity_type).and_then(|()| text("entity_id", entity_id)),
+            Op::Reply { .. } | Op::ClearReplies { .. } | Op::Unclaim { .. } => Ok(()),
         }
     }
 }

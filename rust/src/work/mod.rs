@@ -14,6 +14,7 @@
 //! This is the seam the cluster plugs into: a runner's source will own the executions (and the
 //! entity mailboxes) of the shards it holds, and resume a shard's work when it acquires it.
 
+mod messages;
 #[cfg(test)]
 mod tests;
 
@@ -115,6 +116,8 @@ struct State {
     mail: Mailboxes,
     /// Instances passivated and not yet reported to the host.
     passivated: Vec<Address>,
+    /// The stored entity requests still to deliver.
+    storage: messages::Storage,
     /// Whether the host changed something (time, a timer, a resume) that the driver has not
     /// looked at yet.
     pending: bool,
@@ -188,6 +191,7 @@ impl WorkSource {
                 ready: VecDeque::new(),
                 mail: Mailboxes::new(None),
                 passivated: Vec::new(),
+                storage: messages::Storage::new(),
                 pending: true,
                 driving: false,
                 phase: Phase::Listing,
@@ -269,7 +273,39 @@ impl WorkSource {
     /// Registers an entity type, so that its requests are taken (and its instances passivated
     /// by its options).
     pub fn register_entity(&self, entity_type: &str, options: EntityOptions) {
-        self.shared.state().mail.register(entity_type, options);
+        let mut state = self.shared.state();
+        state.mail.register(entity_type, options);
+        // Stored requests of the type may be waiting for it.
+        state.storage.wanted = true;
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    /// Sets how often stored entity requests are read regardless (`poll_ms`), and how long a
+    /// stored request of an unregistered entity type waits for its type before the host gets
+    /// it to answer with a defect.
+    pub fn set_storage_options(&self, poll_ms: u64, registration_timeout_ms: u64) {
+        let mut state = self.shared.state();
+        state.storage.poll_ms = poll_ms;
+        state.storage.registration_timeout_ms = registration_timeout_ms;
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    /// Reads the stored entity requests soon: the host saved some it did not deliver (held
+    /// back by `deliver_at`, or refused by a full mailbox), or (`deliver_at_ms`) one is due
+    /// then.
+    pub fn poll_storage(&self, deliver_at_ms: Option<u64>) {
+        let mut state = self.shared.state();
+        match deliver_at_ms {
+            Some(at) => {
+                let next = &mut state.storage.next_deliver_at;
+                *next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            None => state.storage.wanted = true,
+        }
+        state.pending = true;
+        drop(state);
         self.shared.changed.notify_one();
     }
 
@@ -301,6 +337,11 @@ impl WorkSource {
         let mut state = self.shared.state();
         for (address, request_id) in finished {
             state.mail.done(address, *request_id, now);
+        }
+        if state.storage.refused && !finished.is_empty() {
+            // A slot freed: what a read could not place may fit now.
+            state.storage.refused = false;
+            state.storage.wanted = true;
         }
         let ready = state.mail.take(usize::MAX);
         drop(state);
@@ -385,14 +426,20 @@ impl WorkSource {
             state.wheel.next_due(),
             load_at,
             state.mail.next_passivation(),
+            state.storage.next_read(false),
         ])
     }
 
     /// Whether the source holds work not yet taken: a change it has not looked at, a round
-    /// under way (listing, loading, firing, reading), executions to read, or ready work.
+    /// under way (listing, loading, firing, reading), executions to read, stored requests to
+    /// read, or ready work.
     pub fn busy(&self) -> bool {
         let state = self.shared.state();
-        state.pending || state.driving || !state.to_read.is_empty() || state.has_work()
+        state.pending
+            || state.driving
+            || !state.to_read.is_empty()
+            || state.storage.wanted
+            || state.has_work()
     }
 
     /// The timers in memory, as `(execution id, deferred name)`.
@@ -521,6 +568,7 @@ fn next_wake(shared: &Shared) -> Option<u64> {
         state.wheel.next_deadline(),
         load_at,
         state.mail.next_passivation(),
+        state.storage.next_read(true),
     ])
 }
 
@@ -534,11 +582,12 @@ async fn round(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
         return Ok(true);
     }
     passivate(shared);
+    let delivered = messages::read(shared, store).await?;
     // Both in each round, so that Python gets the first executions to resume while later
     // timers are still being fired.
     let fired = fire_due(shared, store).await?;
     let read = read_snapshots(shared, store).await?;
-    Ok(fired || read)
+    Ok(delivered || fired || read)
 }
 
 /// Passivates the entity instances idle long enough, for the host to drop.

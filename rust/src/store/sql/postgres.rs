@@ -225,6 +225,16 @@ impl<'a> Columns<'a> {
             Op::Untimer { execution_id, name } => {
                 (UNTIMER, execution_id, Some(name.as_str()), None, None, None)
             }
+            // TEMPORARY: entity message storage in SQL is being written (migration 0006).
+            Op::Request { .. }
+            | Op::Reply { .. }
+            | Op::EntityState { .. }
+            | Op::ClearReplies { .. }
+            | Op::Unclaim { .. } => {
+                return Err(Failure::Refused(
+                    "entity messages are not stored in SQL yet".to_owned(),
+                ))
+            }
         };
         // `untimer` never looks its execution up.
         let known = if kind == UNTIMER {

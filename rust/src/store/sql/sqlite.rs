@@ -491,6 +491,16 @@ impl WriteConnection {
             Op::Untimer { execution_id, name } => {
                 OpResult::Done(run(&sql.untimer, params![execution_id, name])?)
             }
+            // TEMPORARY: entity message storage in SQL is being written (migration 0006).
+            Op::Request { .. }
+            | Op::Reply { .. }
+            | Op::EntityState { .. }
+            | Op::ClearReplies { .. }
+            | Op::Unclaim { .. } => {
+                return Err(Failure::Refused(
+                    "entity messages are not stored in SQL yet".to_owned(),
+                ))
+            }
         })
     }
 
