@@ -295,13 +295,15 @@ impl WorkSource {
     /// Reads the stored entity requests soon: the host saved some it did not deliver (held
     /// back by `deliver_at`, or refused by a full mailbox), or (`deliver_at_ms`) one is due
     /// then.
-    pub fn poll_storage(&self, deliver_at_ms: Option<u64>) {
+    /// With `when_room`, not now but once a slot frees (a full mailbox refused one).
+    pub fn poll_storage(&self, deliver_at_ms: Option<u64>, when_room: bool) {
         let mut state = self.shared.state();
         match deliver_at_ms {
             Some(at) => {
                 let next = &mut state.storage.next_deliver_at;
                 *next = Some(next.map_or(at, |n| n.min(at)));
             }
+            None if when_room => state.storage.refused = true,
             None => state.storage.wanted = true,
         }
         state.pending = true;
