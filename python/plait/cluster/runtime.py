@@ -22,10 +22,12 @@ source's storage read loop delivers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 
@@ -272,7 +274,8 @@ class Instance:
         # While its stored state is read: the requests that wait for it.
         self.loading: list[Deliver] | None = None
         # The requests it runs now, with their tasks: what a restart replays.
-        self.running: dict[int, tuple[Deliver, asyncio.Task[None]]] = {}
+        # (None while its handler takes its first step, before it has a task.)
+        self.running: dict[int, tuple[Deliver, asyncio.Task[None] | None]] = {}
 
     def keep_alive(self, enabled: bool) -> None:
         """Keeps the instance resident however long it is idle (or lets it go again)."""
@@ -355,7 +358,7 @@ class EntityRuntime:
         # Discarded requests: the future resolved once a mailbox took them (or refused them).
         self._taken: dict[int, asyncio.Future[Any]] = {}
         # Requests running now, by id: their delivery and their handler's task.
-        self._running: dict[int, tuple[Deliver, asyncio.Task[None]]] = {}
+        self._running: dict[int, tuple[Deliver, asyncio.Task[None] | None]] = {}
         self._finished: list[Deliver] = []
         # Per instance restarted by defects: the delays left before its next restart.
         self._defects: dict[tuple[str, str], Iterator[float]] = {}
@@ -500,7 +503,7 @@ class EntityRuntime:
         del self.callers[outgoing.request_id]
         request_id = outgoing.request_id
         running = self._running.get(request_id)
-        if running is not None:
+        if running is not None and running[1] is not None:
             running[1].cancel()  # its handler ends; `_handle` frees the slot
             return
         if outgoing.persisted:
@@ -734,11 +737,29 @@ class EntityRuntime:
                     self._start(instance, delivery)
 
     def _start(self, instance: Instance, delivery: Deliver) -> None:
-        task = self.loop.create_task(self._handle(instance, delivery))
+        """Runs a request's handler: its first step now, a task only if it has to wait.
+
+        Most handlers of a chat backend answer without waiting on anything; a task each
+        (scheduled, stepped, its callbacks) cost more than the handler. The first step runs in
+        a context of its own, as a task's would, and the task continues in it.
+        """
+        request_id = delivery.request_id
+        entry: tuple[Deliver, asyncio.Task[None] | None] = (delivery, None)
+        instance.running[request_id] = entry
+        self._running[request_id] = entry
+        handling = self._handle(instance, delivery)
+        context = contextvars.copy_context()
+        try:
+            waits_on = context.run(handling.send, None)
+        except StopIteration:
+            return  # answered in its first step (and forgotten by `_handle`)
+        task = self.loop.create_task(_resumed(handling, waits_on), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        instance.running[delivery.request_id] = (delivery, task)
-        self._running[delivery.request_id] = (delivery, task)
+        if instance.running.get(request_id) is entry:
+            instance.running[request_id] = (delivery, task)
+        if self._running.get(request_id) is entry:
+            self._running[request_id] = (delivery, task)
 
     async def _handle(self, instance: Instance, delivery: Deliver) -> None:
         rpc: RpcSpec | None = instance.entity.rpcs.get(delivery.tag)
@@ -812,7 +833,7 @@ class EntityRuntime:
             del self.instances[key]
         current = asyncio.current_task()
         for _, task in instance.running.values():
-            if task is not current:
+            if task is not None and task is not current:
                 task.cancel()
         held = self.source.evict(*key)
         replay = [instance.running[i][0] for i in held if i in instance.running]
@@ -960,6 +981,30 @@ def _epoch_ms(at: datetime) -> int:
         msg = f"deliver_at must be timezone-aware, got {at!r}"
         raise InvalidArgumentError(msg)
     return int(at.timestamp() * 1000)
+
+
+@types.coroutine
+def _resumed(
+    coroutine: Coroutine[Any, Any, None], waits_on: Any
+) -> Generator[Any, Any, None]:
+    """Continues a coroutine that took its first step outside a task: what a task runs.
+
+    It hands the task what the coroutine waits on, and passes in what the task sends or
+    throws (a result, a cancellation) until the coroutine returns.
+    """
+    while True:
+        try:
+            sent = yield waits_on
+        except BaseException as thrown:  # a cancellation, delivered into the coroutine
+            try:
+                waits_on = coroutine.throw(thrown)
+            except StopIteration:
+                return
+        else:
+            try:
+                waits_on = coroutine.send(sent)
+            except StopIteration:
+                return
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
