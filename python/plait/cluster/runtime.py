@@ -984,9 +984,7 @@ def _epoch_ms(at: datetime) -> int:
 
 
 @types.coroutine
-def _resumed(
-    coroutine: Coroutine[Any, Any, None], waits_on: Any
-) -> Generator[Any, Any, None]:
+def _resumed(coroutine: Coroutine[Any, Any, None], waits_on: Any) -> Generator[Any, Any, None]:
     """Continues a coroutine that took its first step outside a task: what a task runs.
 
     It hands the task what the coroutine waits on, and passes in what the task sends or
