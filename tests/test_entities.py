@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import plait
 from plait.testing import EntityTestClient, VirtualClock
-from tests.workflow_support import settle
+from tests.workflow_support import EngineFactory, settle
 
 
 class Increment(BaseModel):
@@ -450,3 +450,28 @@ async def test_the_test_client_runs_handlers_in_process_without_an_engine(
     with pytest.raises(plait.MalformedMessage):
         await client.spend("lots")
     assert client.state == Purse(coins=5)
+
+
+async def test_closing_lets_running_handlers_finish_within_the_termination_timeout(
+    make_engine: EngineFactory, plait_clock: VirtualClock
+) -> None:
+    Slowpoke = plait.Entity("EtSlowpoke")
+    finished: list[str] = []
+
+    @Slowpoke.rpc()
+    async def work(ctx: plait.EntityContext, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        finished.append(ctx.entity_id)
+        return ctx.entity_id
+
+    engine = make_engine(plait_clock)
+    engine.sharding = plait.ShardingConfig(entity_termination_timeout=timedelta(seconds=0.5))
+    async with engine:
+        quick = asyncio.ensure_future(work.call("quick", 0.05))
+        stuck = asyncio.ensure_future(work.call("stuck", 60))
+        await settle()
+    # The quick one finished during the close; the stuck one was cancelled after the timeout.
+    assert await quick == "quick"
+    with pytest.raises(plait.EngineClosedError):
+        await stuck
+    assert finished == ["quick"]

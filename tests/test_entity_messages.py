@@ -92,6 +92,8 @@ async def test_requests_in_flight_are_delivered_again_after_a_restart(
     make_engine: EngineFactory, plait_clock: VirtualClock
 ) -> None:
     first = make_engine(plait_clock)
+    # Stopped at once, as by a crash: no time for the handlers to finish.
+    first.sharding = plait.ShardingConfig(entity_termination_timeout=timedelta(milliseconds=1))
     async with first:
         calls = [
             asyncio.ensure_future(slow_deposit.call("r", Deposit(request_key=f"s{n}", amount=1)))

@@ -22,6 +22,7 @@ source's storage read loop delivers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -47,7 +48,7 @@ from plait.cluster.errors import (
     PersistenceError,
 )
 from plait.engine import Engine, passes_through, registry, unexpected
-from plait.errors import Defect, Interrupted, InvalidArgumentError
+from plait.errors import Defect, EngineClosedError, Interrupted, InvalidArgumentError
 from plait.exits import Exit, ExitCodec, Failure, Success
 from plait.schedule import Schedule
 
@@ -367,6 +368,10 @@ class EntityRuntime:
         self._replies: list[_Reply] = []
         # Persisted requests whose caller gave up: their interrupt reply is (being) stored.
         self._interrupted: set[int] = set()
+        # Writes of saves and replies sent to the store and not answered yet, and what a
+        # drain waits on until there are none.
+        self._writing = 0
+        self._written: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
@@ -534,10 +539,12 @@ class EntityRuntime:
         if self._saves:
             saves, self._saves = self._saves, []
             ops = [op for _, op, _ in saves]
+            self._writing += 1
             self.journal.write_then(ops, functools.partial(self._saved, saves))
         if self._replies:
             replies, self._replies = self._replies, []
             ops = [op for *_, reply_ops in replies for op in reply_ops]
+            self._writing += 1
             self.journal.write_then(ops, functools.partial(self._replied, replies))
         outbox, finished = self._outbox, self._finished
         self._outbox, self._finished = [], []
@@ -560,6 +567,7 @@ class EntityRuntime:
 
     def _saved(self, saves: list[tuple[Outgoing, Op, int | None]], answer: Any) -> None:
         """Persisted requests are durable (or could not be saved): deliver them, or dedup."""
+        self._wrote()
         if isinstance(answer, BaseException):
             error = PersistenceError(f"persisted requests could not be saved: {answer}")
             for outgoing, _, _ in saves:
@@ -587,6 +595,11 @@ class EntityRuntime:
         if self._outbox:
             self._schedule_flush()
 
+    def _wrote(self) -> None:
+        self._writing -= 1
+        if not self._writing and self._written is not None and not self._written.done():
+            self._written.set_result(None)
+
     def _duplicate(self, outgoing: Outgoing, found: Duplicate) -> None:
         """A request with the same key is stored: its callers wait for that one's reply."""
         callers = self.callers.pop(outgoing.request_id, [])
@@ -610,6 +623,7 @@ class EntityRuntime:
 
     def _replied(self, replies: list[_Reply], answer: Any) -> None:
         """Replies are durable: their callers hear of them and their slots free."""
+        self._wrote()
         failed = answer if isinstance(answer, BaseException) else None
         for delivery, rpc, encoded, _ in replies:
             if delivery is None:
@@ -940,6 +954,24 @@ class EntityRuntime:
         self._schedule_flush()
 
     # Closing --------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Takes no more requests and lets those running finish, for the termination timeout.
+
+        Effect's `entityTerminationTimeout`: what is still running after it is cancelled by
+        `close` (a persisted request without its reply is delivered again by the next
+        engine). Replies made meanwhile are stored before this returns.
+        """
+        self._closed = EngineClosedError("", "the engine is closing")
+        timeout = self.config.entity_termination_timeout.total_seconds()
+        deadline = self.loop.time() + timeout
+        if self._tasks and timeout > 0:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        self._flush()  # the replies of what finished, to the store now
+        if self._writing:
+            self._written = self.loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written, max(0.0, deadline - self.loop.time()))
 
     def close(self, error: BaseException) -> None:
         """The engine closes: handlers stop and callers still waiting get `error`."""
