@@ -29,7 +29,12 @@ class Balance(BaseModel):
 
 Account = plait.Entity("EmAccount", state=Balance)
 runs: list[str] = []
-gate = asyncio.Event()
+
+
+class Gate:
+    """What slow handlers wait on: a new event per test (an event binds to one loop)."""
+
+    event = asyncio.Event()
 
 
 @Account.rpc(persisted=True, primary_key=lambda req: req.request_key)
@@ -43,7 +48,7 @@ async def deposit(ctx: plait.EntityContext[Balance], req: Deposit) -> int:
 @Account.rpc(persisted=True, primary_key=lambda req: req.request_key)
 async def slow_deposit(ctx: plait.EntityContext[Balance], req: Deposit) -> int:
     runs.append(req.request_key)
-    await gate.wait()
+    await Gate.event.wait()
     ctx.state.total += req.amount
     return ctx.state.total
 
@@ -56,7 +61,7 @@ async def balance(ctx: plait.EntityContext[Balance]) -> int:
 @pytest.fixture(autouse=True)
 def fresh() -> None:
     runs.clear()
-    gate.clear()
+    Gate.event = asyncio.Event()
 
 
 def now_plus(clock: VirtualClock, seconds: float) -> datetime:
@@ -105,7 +110,7 @@ async def test_requests_in_flight_are_delivered_again_after_a_restart(
         with pytest.raises(plait.PlaitError):
             await call
     runs.clear()
-    gate.set()
+    Gate.event.set()
     second = make_engine.reopen(first, plait_clock)
     async with second:
         # Delivered again by the new engine: every one, each once, in order.
