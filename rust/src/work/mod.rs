@@ -327,8 +327,8 @@ impl WorkSource {
             .collect();
         let ready = state.mail.take(usize::MAX);
         drop(state);
-        // A new resident instance may be the next to passivate.
-        self.shared.changed.notify_one();
+        // Instances that took a request are busy: the next passivation comes no earlier, and
+        // the driver, which wakes for it anyway, need not look now.
         (answers, ready)
     }
 
@@ -337,17 +337,25 @@ impl WorkSource {
     pub fn done(&self, finished: &[(Address, i64)]) -> Vec<Delivery> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state();
+        let next_before = state.mail.next_passivation();
         for (address, request_id) in finished {
             state.mail.done(address, *request_id, now);
         }
+        let mut wake = false;
         if state.storage.refused && !finished.is_empty() {
             // A slot freed: what a read could not place may fit now.
             state.storage.refused = false;
             state.storage.wanted = true;
+            wake = true;
         }
+        // An instance gone idle may be the next to passivate.
+        let next_after = state.mail.next_passivation();
+        wake |= next_after.is_some_and(|after| next_before.is_none_or(|before| after < before));
         let ready = state.mail.take(usize::MAX);
         drop(state);
-        self.shared.changed.notify_one();
+        if wake {
+            self.shared.changed.notify_one();
+        }
         ready
     }
 
