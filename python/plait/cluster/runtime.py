@@ -325,6 +325,27 @@ class Stream:
             self.reply.cancel()
 
 
+class _Awaited(asyncio.Future[Any]):
+    """A caller's future of a reply: cancelling it (the caller gave up) interrupts the request.
+
+    The interrupt hangs on `cancel` rather than on a done callback, which would be scheduled
+    for every reply.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, runtime: EntityRuntime, outgoing: Outgoing
+    ) -> None:
+        super().__init__(loop=loop)
+        self._runtime = runtime
+        self._outgoing = outgoing
+
+    def cancel(self, msg: Any = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._runtime._gave_up(self._outgoing, self)
+        return cancelled
+
+
 class EntityRuntime:
     """The entities of one engine. Made when the engine starts; the engine's `entity_host`.
 
@@ -449,12 +470,13 @@ class EntityRuntime:
         elif deliver_at is not None:
             msg = f"RPC {rpc.entity.name}.{rpc.name}: deliver_at needs a persisted RPC"
             raise InvalidArgumentError(msg)
-        future: asyncio.Future[Any] = self.loop.create_future()
+        future: asyncio.Future[Any]
         if discard:
+            future = self.loop.create_future()
             self._taken[request_id] = future
         else:
+            future = _Awaited(self.loop, self, outgoing)
             self.callers[request_id] = [future]
-            future.add_done_callback(functools.partial(self._gave_up, outgoing))
         if save is not None:
             self._saves.append(save)
         else:
