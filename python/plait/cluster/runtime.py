@@ -766,11 +766,24 @@ class EntityRuntime:
                 if self.instances.get(key) is instance:
                     del self.instances[key]
                 for delivery in waiting:
-                    self._reply(delivery, instance.entity.rpcs.get(delivery.tag), failure)
+                    if delivery.persisted and not ok:
+                        self._retry_later(delivery)
+                    else:
+                        self._reply(delivery, instance.entity.rpcs.get(delivery.tag), failure)
                 continue
             if self.instances.get((instance.entity.name, instance.entity_id)) is instance:
                 for delivery in waiting:
                     self._start(instance, delivery)
+
+    def _retry_later(self, delivery: Deliver) -> None:
+        """Frees a stored request's slot and claim, for a later read to deliver it again.
+
+        For a passing failure (its instance's state could not be read), not its reply.
+        """
+        self.journal.write_then([Op.unclaim(delivery.request_id)], _ignore)
+        self.source.poll_storage(None, when_room=True)
+        self._finished.append(delivery)
+        self._schedule_flush()
 
     def _start(self, instance: Instance, delivery: Deliver) -> None:
         """Runs a request's handler: its first step now, a task only if it has to wait.
