@@ -627,6 +627,14 @@ def targets(rows: Sequence[Row]) -> list[str]:
     return out
 
 
+def _load() -> str:
+    """The machine's load averages: the other work sharing its two cores during the run."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs every row and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -664,6 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             restate = f"could not be installed: {err}"
 
     speed_before = machine.speed()
+    load_before = _load()
     started = time.perf_counter()
     rows: list[Row] = []
     step("plait, volatile")
@@ -721,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" · PostgreSQL {pg_version}" if pg_version else "")
     )
     print(f"Machine speed before: {speed_before}; after: {machine.speed()}")
+    print(f"Load average (1, 5, 15 min) before: {load_before}; after: {_load()}")
     for name, peer in (("Effect", effect), ("Restate", restate)):
         shown = peer if isinstance(peer, str) else peer.versions
         print(f"{name}: {shown}")
