@@ -441,7 +441,7 @@ def effect_rows(
 
     persisted = run("persisted", sizes.persisted, PERSISTED)
     volatile = run("volatile", sizes.volatile, VOLATILE)
-    idle = run("idle", 0, ["idle"])
+    idle = run("idle", 0, ["idle"]) or failed_rows("Effect", "in process", ["idle"], "no figure")
     return persisted, volatile, idle[0]
 
 
@@ -493,11 +493,13 @@ def _ms(value: float) -> str:
 
 
 def _memory(row: Row) -> str:
+    """`{"RSS B": 1953.4, "Python objects": 3.0}` as "1,953 B (RSS); 3.0 Python objects"."""
     parts = []
     for what, value in row.memory.items():
-        unit = what.rsplit(" ", 1)
-        shown = f"{value:,.1f}" if unit[-1] != "B" else f"{value:,.0f} B"
-        parts.append(f"{shown} ({unit[0]})" if unit[-1] == "B" else f"{shown} {what}")
+        if what.endswith(" B"):
+            parts.append(f"{value:,.0f} B ({what.removesuffix(' B')})")
+        else:
+            parts.append(f"{value:,.1f} {what}")
     return "; ".join(parts)
 
 
