@@ -238,6 +238,8 @@ _OpKind: TypeAlias = Literal[
     "entity_state",
     "clear_replies",
     "unclaim",
+    "claim",
+    "reset_claims",
 ]
 
 @final
@@ -708,6 +710,8 @@ class WorkSource:
         """Bounds the resident entity instances (None: unbounded)."""
     def set_storage_options(self, poll_ms: int, registration_timeout_ms: int) -> None:
         """How often stored requests are read, and how long one of an unknown type waits."""
+    def due_changed(self, bridge: AsyncBridge) -> int:
+        """Resolves when `next_due` may have changed by the source's own doing."""
     def poll_storage(self, deliver_at_ms: int | None = None, when_room: bool = False) -> None:
         """Reads the stored requests soon; at `deliver_at_ms`; or once a slot frees."""
     def offer(self, messages: Iterable[_Outgoing]) -> tuple[list[Refusal | None], list[Deliver]]:

@@ -614,6 +614,7 @@ class EntityRuntime:
                 held_until = deliver_ms if held_until is None else min(held_until, deliver_ms)
         if held_until is not None:
             self.source.poll_storage(held_until)
+            self.engine.work_changed()  # a clock the host moves must come to it
         if self._outbox:
             self._schedule_flush()
 

@@ -98,7 +98,10 @@ class WorkLoop:
             changed.clear()
             source.advance_to(clock.now_ms())
             due = source.next_due()
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
+            waits: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(changed.wait()),
+                asyncio.ensure_future(_bridge.watch(source.due_changed)),
+            ]
             if due is not None:
                 # At least a millisecond: what is due now the source fires by itself; what is
                 # due later needs the clock to move.

@@ -205,6 +205,8 @@ impl PyOp {
             store::Op::EntityState { .. } => "entity_state",
             store::Op::ClearReplies { .. } => "clear_replies",
             store::Op::Unclaim { .. } => "unclaim",
+            store::Op::Claim { .. } => "claim",
+            store::Op::ResetClaims { .. } => "reset_claims",
         }
     }
 
@@ -223,7 +225,9 @@ impl PyOp {
             | store::Op::Reply { .. }
             | store::Op::EntityState { .. }
             | store::Op::ClearReplies { .. }
-            | store::Op::Unclaim { .. } => None,
+            | store::Op::Unclaim { .. }
+            | store::Op::Claim { .. }
+            | store::Op::ResetClaims { .. } => None,
         }
     }
 

@@ -247,6 +247,13 @@ impl PyWorkSource {
         bridge.spawn(async move { Ok(source.wait().await?) })
     }
 
+    /// Resolves to None when `next_due` may have changed by the source's own doing (a host
+    /// moving a manual clock waits on it); raises `ClosedError` once closed.
+    fn due_changed(&self, bridge: &AsyncBridge) -> PyResult<u64> {
+        let source = self.source()?;
+        bridge.spawn(async move { Ok(source.due_changed().await?) })
+    }
+
     /// Resolves to None once the source has listed the executions found running and read its
     /// first window of timers; raises `ClosedError` once closed.
     fn started(&self, bridge: &AsyncBridge) -> PyResult<u64> {

@@ -141,16 +141,31 @@ impl Messages {
         found
     }
 
-    fn reset_claims(&mut self, shards: Shards<'_>) -> u64 {
-        let mut cleared = 0;
+    fn reset_claims(&mut self, shards: Shards<'_>) -> bool {
+        let mut cleared = false;
         for id in self.unprocessed.values() {
             if let Some(message) = self.by_id.get_mut(id) {
                 if shards.contains(&message.request.shard) && message.claimed_ms.take().is_some() {
-                    cleared += 1;
+                    cleared = true;
                 }
             }
         }
         cleared
+    }
+
+    fn claim(&mut self, request_id: i64, claimed_ms: u64) -> bool {
+        match self.by_id.get_mut(&request_id) {
+            Some(message)
+                if message.reply.is_none()
+                    && message
+                        .claimed_ms
+                        .is_none_or(|at| claimed_ms.saturating_sub(at) >= CLAIM_MS) =>
+            {
+                message.claimed_ms = Some(claimed_ms);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -277,6 +292,17 @@ impl Inner {
             }
             Op::ClearReplies { request_id } => self.messages.clear_replies(request_id),
             Op::Unclaim { request_id } => self.messages.unclaim(request_id),
+            Op::Claim {
+                request_id,
+                claimed_ms,
+            } => OpResult::Done(self.messages.claim(request_id, claimed_ms)),
+            Op::ResetClaims { shards } => {
+                let shards = match &shards {
+                    Some(only) => Shards::Only(only),
+                    None => Shards::All,
+                };
+                OpResult::Done(self.messages.reset_claims(shards))
+            }
         }
     }
 
@@ -452,10 +478,6 @@ impl Store for MemoryStore {
     ) -> Answer<'a, Unprocessed> {
         let found = self.lock().messages.unprocessed(shards, limit, now_ms);
         Box::pin(ready(Ok(found)))
-    }
-
-    fn reset_claims<'a>(&'a self, shards: Shards<'a>) -> Answer<'a, u64> {
-        Box::pin(ready(Ok(self.lock().messages.reset_claims(shards))))
     }
 
     fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>> {

@@ -188,10 +188,6 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Answer<'a, Unprocessed>;
 
-    /// Clears the claims of the unprocessed requests of `shards`, so that they are delivered
-    /// again (an engine starting, a runner taking shards over). Answers how many it cleared.
-    fn reset_claims<'a>(&'a self, shards: Shards<'a>) -> Answer<'a, u64>;
-
     /// The final replies of requests `ids`: one item per id, in order, `None` for a request
     /// without one (or unknown).
     fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>>;

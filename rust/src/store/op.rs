@@ -108,6 +108,21 @@ pub enum Op {
         /// The request.
         request_id: i64,
     },
+    /// Claims a request for delivery at `claimed_ms`, unless it is processed or claimed less
+    /// than [`super::messages::CLAIM_MS`] before. [`OpResult::Done`]: whether it was claimed.
+    Claim {
+        /// The request.
+        request_id: i64,
+        /// The claim's instant (ms since the Unix epoch).
+        claimed_ms: u64,
+    },
+    /// Clears the claims of every unprocessed request of `shards` (`None`: of every shard),
+    /// so that they are delivered again: an engine starting, a runner taking shards over.
+    /// [`OpResult::Done`]: whether it cleared any.
+    ResetClaims {
+        /// The shards (`"group:id"`), or every one.
+        shards: Option<Vec<String>>,
+    },
 }
 
 /// The outcome of one [`Op`].
@@ -180,7 +195,10 @@ impl Op {
             Op::Untimer { execution_id, name } => {
                 text("execution_id", execution_id).and_then(|()| text("name", name))
             }
-            Op::Request { request, .. } => {
+            Op::Request {
+                request,
+                claimed_ms,
+            } => {
                 text("shard", &request.shard)?;
                 text("entity_type", &request.entity_type)?;
                 text("entity_id", &request.entity_id)?;
@@ -188,14 +206,15 @@ impl Op {
                 if let Some(key) = &request.key {
                     text("key", key)?;
                 }
-                if request
-                    .deliver_at
-                    .is_some_and(|at| i64::try_from(at).is_err())
-                {
-                    return Err(format!(
-                        "deliver_at {} is out of range: expected at most 2^63 - 1",
-                        request.deliver_at.unwrap_or_default()
-                    ));
+                for (field, at) in [
+                    ("deliver_at", request.deliver_at),
+                    ("claimed_ms", *claimed_ms),
+                ] {
+                    if let Some(at) = at.filter(|at| i64::try_from(*at).is_err()) {
+                        return Err(format!(
+                            "{field} {at} is out of range: expected at most 2^63 - 1"
+                        ));
+                    }
                 }
                 Ok(())
             }
@@ -204,6 +223,18 @@ impl Op {
                 entity_id,
                 ..
             } => text("entity_type", entity_type).and_then(|()| text("entity_id", entity_id)),
+            Op::Claim { claimed_ms, .. } => {
+                if i64::try_from(*claimed_ms).is_err() {
+                    return Err(format!(
+                        "claimed_ms {claimed_ms} is out of range: expected at most 2^63 - 1"
+                    ));
+                }
+                Ok(())
+            }
+            Op::ResetClaims { shards } => shards
+                .iter()
+                .flatten()
+                .try_for_each(|shard| text("shard", shard)),
             Op::Reply { .. } | Op::ClearReplies { .. } | Op::Unclaim { .. } => Ok(()),
         }
     }

@@ -22,6 +22,7 @@ const READ_LIMIT: usize = 1_024;
 
 /// What the loop knows of the stored requests.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent flags of one loop
 pub(super) struct Storage {
     /// A read is wanted at once.
     pub(super) wanted: bool,
@@ -33,6 +34,10 @@ pub(super) struct Storage {
     pub(super) next_poll: u64,
     /// When the earliest request held back by `deliver_at` is due.
     pub(super) next_deliver_at: Option<u64>,
+    /// Whether a read is under way, and the earliest `deliver_at` the host reported meanwhile
+    /// (the read may not see its request).
+    pub(super) reading: bool,
+    pub(super) hinted_during_read: Option<u64>,
     /// Requests of unregistered entity types: when each was first read.
     unregistered: FxHashMap<i64, u64>,
     pub(super) poll_ms: u64,
@@ -47,6 +52,8 @@ impl Storage {
             refused: false,
             next_poll: 0,
             next_deliver_at: None,
+            reading: false,
+            hinted_during_read: None,
             unregistered: FxHashMap::default(),
             poll_ms: 10_000,
             registration_timeout_ms: 60_000,
@@ -79,11 +86,19 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
             return Ok(false);
         }
         storage.wanted = false;
+        storage.reading = true;
+        storage.hinted_during_read = None;
         !storage.reset
     };
     if reset {
-        if let Err(err) = store.reset_claims(Shards::All).await {
-            shared.state().storage.wanted = true;
+        let cleared = match store.write(vec![Op::ResetClaims { shards: None }]) {
+            Ok(answer) => answer.await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = cleared {
+            let mut state = shared.state();
+            state.storage.wanted = true;
+            state.storage.reading = false;
             return Err(err);
         }
         shared.state().storage.reset = true;
@@ -91,7 +106,9 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
     let found = match store.unprocessed(Shards::All, READ_LIMIT, now).await {
         Ok(found) => found,
         Err(err) => {
-            shared.state().storage.wanted = true;
+            let mut state = shared.state();
+            state.storage.wanted = true;
+            state.storage.reading = false;
             return Err(err);
         }
     };
@@ -102,7 +119,9 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
         let mut state = shared.state();
         let state = &mut *state;
         state.storage.next_poll = now.saturating_add(state.storage.poll_ms);
-        state.storage.next_deliver_at = found.next_deliver_at;
+        state.storage.reading = false;
+        let hinted = state.storage.hinted_during_read.take();
+        state.storage.next_deliver_at = super::earliest([found.next_deliver_at, hinted]);
         let seen: Vec<i64> = found.requests.iter().map(|r| r.id).collect();
         for request in found.requests {
             if let Some(id) = offer(state, request, now) {

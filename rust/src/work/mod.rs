@@ -145,6 +145,9 @@ struct Shared {
     ready: Notify,
     /// Wakes those waiting for the source to have started (recovery listed, first window read).
     started: Notify,
+    /// Wakes a host moving a manual clock: the next instant it must move to changed by
+    /// something the host did not do itself (a stored request read, held back or unregistered).
+    due_changed: Notify,
     closed: AtomicBool,
 }
 
@@ -200,6 +203,7 @@ impl WorkSource {
             changed: Notify::new(),
             ready: Notify::new(),
             started: Notify::new(),
+            due_changed: Notify::new(),
             closed: AtomicBool::new(false),
         });
         tokio::spawn(drive(Arc::clone(&shared), store));
@@ -300,8 +304,11 @@ impl WorkSource {
         let mut state = self.shared.state();
         match deliver_at_ms {
             Some(at) => {
-                let next = &mut state.storage.next_deliver_at;
-                *next = Some(next.map_or(at, |n| n.min(at)));
+                let storage = &mut state.storage;
+                storage.next_deliver_at = earliest([storage.next_deliver_at, Some(at)]);
+                if storage.reading {
+                    storage.hinted_during_read = earliest([storage.hinted_during_read, Some(at)]);
+                }
             }
             None if when_room => state.storage.refused = true,
             None => state.storage.wanted = true,
@@ -410,6 +417,25 @@ impl WorkSource {
         self.shared.changed.notify_one();
     }
 
+    /// Waits until [`WorkSource::next_due`] may have changed by the source's own doing (what
+    /// a host moving a manual clock waits on beside its own changes).
+    ///
+    /// # Errors
+    /// [`Closed`] once the source is closed.
+    pub async fn due_changed(&self) -> Result<(), Closed> {
+        let notified = self.shared.due_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.shared.closed() {
+            return Err(Closed);
+        }
+        notified.await;
+        if self.shared.closed() {
+            return Err(Closed);
+        }
+        Ok(())
+    }
+
     /// Moves a manual clock to `now_ms` (never backwards); nothing on the wall clock.
     pub fn advance_to(&self, now_ms: u64) {
         if let Clock::Manual(now) = &self.shared.clock {
@@ -466,6 +492,7 @@ impl WorkSource {
         self.shared.changed.notify_one();
         self.shared.ready.notify_waiters();
         self.shared.started.notify_waiters();
+        self.shared.due_changed.notify_waiters();
     }
 }
 
@@ -530,8 +557,16 @@ async fn drive(shared: Arc<Shared>, store: Arc<dyn Store>) {
             state.pending = false;
             state.driving = true;
         }
+        let storage_due = shared.state().storage.next_read(false);
         let outcome = round(&shared, store.as_ref()).await;
-        shared.state().driving = false;
+        let moved = {
+            let mut state = shared.state();
+            state.driving = false;
+            state.storage.next_read(false) != storage_due
+        };
+        if moved && matches!(shared.clock, Clock::Manual(_)) {
+            shared.due_changed.notify_waiters();
+        }
         match outcome {
             Ok(true) => {
                 backoff = Backoff(RETRY_FIRST);

@@ -574,6 +574,92 @@ impl SqlStore {
         }
     }
 
+    /// Up to `limit` unprocessed requests of `shards` that may be delivered at `now_ms`, each
+    /// claimed at `now_ms` (by `Op::Claim` through the writer, so a claim commits like any other
+    /// write, fenced on PostgreSQL), and when the next one held back by `deliver_at` is due.
+    ///
+    /// # Errors
+    /// As a read does, or as a write does (the claims).
+    pub async fn unprocessed(
+        &self,
+        shards: Shards<'_>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Unprocessed, SqlError> {
+        let only = match shards {
+            Shards::All => None,
+            Shards::Only(shards) => Some(shards.to_vec()),
+        };
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let mut found = match &self.backend {
+            Backend::Sqlite(readers) => {
+                self.read(|| readers.unprocessed(only.clone(), limit, now))
+                    .await?
+            }
+            Backend::Postgres(reads) => {
+                self.read(|| reads.unprocessed(only.clone(), limit, now))
+                    .await?
+            }
+        };
+        if found.requests.is_empty() {
+            return Ok(found);
+        }
+        let claims = found
+            .requests
+            .iter()
+            .map(|request| Op::Claim {
+                request_id: request.id,
+                claimed_ms: now_ms,
+            })
+            .collect();
+        let claimed = SqlStore::write(self, claims)?.await?;
+        let mut claimed = claimed.into_iter();
+        found
+            .requests
+            .retain(|_| claimed.next() == Some(OpResult::Done(true)));
+        Ok(found)
+    }
+
+    /// The final replies of requests `ids`, in order.
+    ///
+    /// # Errors
+    /// When the read failed for good (see [`SqlStore::snapshots`]).
+    pub async fn replies(&self, ids: &[i64]) -> Result<Vec<Option<Vec<u8>>>, SqlError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(READ_CHUNK) {
+            let chunk = chunk.to_vec();
+            found.extend(match &self.backend {
+                Backend::Sqlite(readers) => self.read(|| readers.replies(chunk.clone())).await?,
+                Backend::Postgres(reads) => self.read(|| reads.replies(chunk.clone())).await?,
+            });
+        }
+        Ok(found)
+    }
+
+    /// The stored states of the entity instances `addresses`, in order.
+    ///
+    /// # Errors
+    /// When the read failed for good (see [`SqlStore::snapshots`]).
+    pub async fn entity_states(
+        &self,
+        addresses: &[(String, String)],
+    ) -> Result<Vec<Option<Vec<u8>>>, SqlError> {
+        let mut found = Vec::with_capacity(addresses.len());
+        for chunk in addresses.chunks(READ_CHUNK) {
+            // A NUL cannot be stored: nothing is stored for such an address.
+            let chunk: Vec<(String, String)> = chunk.to_vec();
+            found.extend(match &self.backend {
+                Backend::Sqlite(readers) => {
+                    self.read(|| readers.entity_states(chunk.clone())).await?
+                }
+                Backend::Postgres(reads) => {
+                    self.read(|| reads.entity_states(chunk.clone())).await?
+                }
+            });
+        }
+        Ok(found)
+    }
+
     /// Where the store's lease stands: `None` on SQLite, whose file lock cannot lapse.
     pub fn lease_state(&self) -> Option<LeaseState> {
         self.lease.as_ref().map(|lease| lease.state())
@@ -645,32 +731,24 @@ impl Store for SqlStore {
         Box::pin(async move { Ok(SqlStore::with_status(self, status).await?) })
     }
 
-    // TEMPORARY: entity message storage in SQL is being written (migration 0006); until
-    // then a SQL store holds no entity messages.
     fn unprocessed<'a>(
         &'a self,
         shards: Shards<'a>,
         limit: usize,
         now_ms: u64,
     ) -> Answer<'a, Unprocessed> {
-        let _ = (shards, limit, now_ms);
-        Box::pin(async move { Ok(Unprocessed::default()) })
-    }
-
-    fn reset_claims<'a>(&'a self, shards: Shards<'a>) -> Answer<'a, u64> {
-        let _ = shards;
-        Box::pin(async move { Ok(0) })
+        Box::pin(async move { Ok(SqlStore::unprocessed(self, shards, limit, now_ms).await?) })
     }
 
     fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>> {
-        Box::pin(async move { Ok(vec![None; ids.len()]) })
+        Box::pin(async move { Ok(SqlStore::replies(self, ids).await?) })
     }
 
     fn entity_states<'a>(
         &'a self,
         addresses: &'a [(String, String)],
     ) -> Answer<'a, Vec<Option<Vec<u8>>>> {
-        Box::pin(async move { Ok(vec![None; addresses.len()]) })
+        Box::pin(async move { Ok(SqlStore::entity_states(self, addresses).await?) })
     }
 
     fn lost(&self) -> Pending<'_, Option<String>> {

@@ -29,7 +29,10 @@ use super::{
 };
 use crate::{
     clock::now_ms,
-    store::{Deferred, Entry, Execution, Op, OpResult, Snapshot, Status, Timer},
+    store::{
+        messages::CLAIM_MS, Deferred, Entry, Execution, Op, OpResult, Request, Snapshot, Status,
+        Timer, Unprocessed,
+    },
 };
 
 /// Every statement the store runs, with the table prefix filled in.
@@ -41,6 +44,10 @@ pub(super) struct Statements {
     timers_between: SqlStr,
     with_status: SqlStr,
     with_status_complete: SqlStr,
+    unprocessed: SqlStr,
+    next_deliver_at: SqlStr,
+    replies: SqlStr,
+    entity_states: SqlStr,
 }
 
 /// `template` with the prefix filled in, shared so that each use costs a reference count.
@@ -56,12 +63,23 @@ const STATUS: i16 = 3;
 const INTERRUPT: i16 = 4;
 const TIMER: i16 = 5;
 const UNTIMER: i16 = 6;
+/// The codes of the message op kinds in `<prefix>apply_messages`.
+const REQUEST: i16 = 7;
+const REPLY: i16 = 8;
+const ENTITY_STATE: i16 = 9;
+const CLEAR_REPLIES: i16 = 10;
+const UNCLAIM: i16 = 11;
+const CLAIM: i16 = 12;
+const RESET_CLAIMS: i16 = 13;
 
 /// The outcomes `<prefix>apply` returns.
 const FALSE: i16 = 0;
 const TRUE: i16 = 1;
 const UNKNOWN: i16 = 2;
 const FOUND: i16 = 3;
+const DUPLICATE: i16 = 4;
+/// Separates the shards of one `reset_claims` op (a character no text of the store holds).
+const SHARD_SEPARATOR: char = '\u{1f}';
 
 /// Which part of a snapshot a row of the `snapshots` statement holds.
 const PART_EXECUTION: i16 = 0;
@@ -74,7 +92,8 @@ impl Statements {
             apply: sql(
                 "SELECT outcome, found_no, found_workflow, found_payload, found_parent, \
                  found_status, found_result, found_interrupted \
-                 FROM {p}apply_fenced($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 FROM {p}apply_fenced($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
                 prefix,
             ),
             // The executions, then their steps, then their deferreds, each part in write
@@ -139,6 +158,31 @@ impl Statements {
             ),
             with_status_complete: sql(
                 "SELECT id FROM {p}executions WHERE status = $1 ORDER BY id",
+                prefix,
+            ),
+            // Claims older than the claim timeout are void; `deliver_at` holds back. The
+            // caller claims what it gets (through the writer, fenced).
+            unprocessed: sql(
+                "SELECT id, shard_id, entity_type, entity_id, tag, payload, message_key, \
+                 deliver_at FROM {p}messages WHERE NOT processed \
+                 AND (last_read IS NULL OR last_read <= $1) \
+                 AND (deliver_at IS NULL OR deliver_at <= $2) \
+                 AND ($3::text[] IS NULL OR shard_id = ANY($3)) ORDER BY seq LIMIT $4",
+                prefix,
+            ),
+            next_deliver_at: sql(
+                "SELECT min(deliver_at) FROM {p}messages WHERE NOT processed \
+                 AND deliver_at > $1 AND ($2::text[] IS NULL OR shard_id = ANY($2))",
+                prefix,
+            ),
+            replies: sql(
+                "SELECT request_id, payload FROM {p}replies WHERE request_id = ANY($1)",
+                prefix,
+            ),
+            entity_states: sql(
+                "SELECT s.entity_type, s.entity_id, s.value FROM {p}entity_state s \
+                 JOIN unnest($1::text[], $2::text[]) AS a(t, i) \
+                 ON s.entity_type = a.t AND s.entity_id = a.i",
                 prefix,
             ),
         }
@@ -225,15 +269,16 @@ impl<'a> Columns<'a> {
             Op::Untimer { execution_id, name } => {
                 (UNTIMER, execution_id, Some(name.as_str()), None, None, None)
             }
-            // TEMPORARY: entity message storage in SQL is being written (migration 0006).
             Op::Request { .. }
             | Op::Reply { .. }
             | Op::EntityState { .. }
             | Op::ClearReplies { .. }
-            | Op::Unclaim { .. } => {
-                return Err(Failure::Refused(
-                    "entity messages are not stored in SQL yet".to_owned(),
-                ))
+            | Op::Unclaim { .. }
+            | Op::Claim { .. }
+            | Op::ResetClaims { .. } => {
+                return Err(Failure::Refused(format!(
+                    "a message op among the journal's: {op:?}"
+                )))
             }
         };
         // `untimer` never looks its execution up.
@@ -255,11 +300,124 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// A batch's message ops as the parallel arrays `<prefix>apply_messages` takes.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    kinds: Vec<i16>,
+    ids: Vec<Option<i64>>,
+    t1: Vec<Option<String>>,
+    t2: Vec<Option<&'a str>>,
+    t3: Vec<Option<&'a str>>,
+    t4: Vec<Option<&'a str>>,
+    t5: Vec<Option<&'a str>>,
+    n1: Vec<Option<i64>>,
+    n2: Vec<Option<i64>>,
+    blobs: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn push(&mut self, op: &'a Op) -> Result<(), Failure> {
+        let at = |ms: Option<u64>| ms.map(due_to_i64).transpose();
+        let mut row = (None, None, None, None, None, None, None, None, None);
+        let kind = match op {
+            Op::Request {
+                request,
+                claimed_ms,
+            } => {
+                row = (
+                    Some(request.id),
+                    Some(request.shard.clone()),
+                    Some(request.entity_type.as_str()),
+                    Some(request.entity_id.as_str()),
+                    Some(request.tag.as_str()),
+                    request.key.as_deref(),
+                    at(request.deliver_at)?,
+                    at(*claimed_ms)?,
+                    Some(request.payload.as_slice()),
+                );
+                REQUEST
+            }
+            Op::Reply { request_id, value } => {
+                row.0 = Some(*request_id);
+                row.8 = Some(value.as_slice());
+                REPLY
+            }
+            Op::EntityState {
+                entity_type,
+                entity_id,
+                value,
+            } => {
+                row.2 = Some(entity_type.as_str());
+                row.3 = Some(entity_id.as_str());
+                row.8 = Some(value.as_slice());
+                ENTITY_STATE
+            }
+            Op::ClearReplies { request_id } => {
+                row.0 = Some(*request_id);
+                CLEAR_REPLIES
+            }
+            Op::Unclaim { request_id } => {
+                row.0 = Some(*request_id);
+                UNCLAIM
+            }
+            Op::Claim {
+                request_id,
+                claimed_ms,
+            } => {
+                row.0 = Some(*request_id);
+                row.6 = Some(i64::try_from(CLAIM_MS).unwrap_or(i64::MAX));
+                row.7 = at(Some(*claimed_ms))?;
+                CLAIM
+            }
+            Op::ResetClaims { shards } => {
+                row.1 = shards
+                    .as_ref()
+                    .map(|shards| shards.join(SHARD_SEPARATOR.encode_utf8(&mut [0; 4])));
+                RESET_CLAIMS
+            }
+            _ => {
+                return Err(Failure::Refused(format!(
+                    "a journal op among the messages': {op:?}"
+                )))
+            }
+        };
+        self.kinds.push(kind);
+        self.ids.push(row.0);
+        self.t1.push(row.1);
+        self.t2.push(row.2);
+        self.t3.push(row.3);
+        self.t4.push(row.4);
+        self.t5.push(row.5);
+        self.n1.push(row.6);
+        self.n2.push(row.7);
+        self.blobs.push(row.8);
+        Ok(())
+    }
+}
+
+/// Whether `op` is one of the entity message ops (applied by `<prefix>apply_messages`).
+fn is_message(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Request { .. }
+            | Op::Reply { .. }
+            | Op::EntityState { .. }
+            | Op::ClearReplies { .. }
+            | Op::Unclaim { .. }
+            | Op::Claim { .. }
+            | Op::ResetClaims { .. }
+    )
+}
+
 /// What `<prefix>apply` answered for `op`.
 fn outcome(op: &Op, row: &PgRow) -> Result<OpResult, Failure> {
     let code: i16 = row.try_get(0)?;
     Ok(match (code, op) {
-        (TRUE, Op::Start { .. }) => OpResult::Created,
+        (TRUE, Op::Start { .. } | Op::Request { .. }) => OpResult::Created,
+        (DUPLICATE, Op::Request { .. }) => OpResult::Duplicate {
+            original: row.try_get(1)?,
+            reply: row.try_get(6)?,
+        },
         (FOUND, Op::Start { id, .. }) => {
             let status: String = row.try_get(5)?;
             OpResult::Existing(Execution {
@@ -295,8 +453,13 @@ async fn apply<'a>(
 ) -> Result<(Results, Learned<'a>), Failure> {
     let count = batches.iter().map(|batch| batch.len()).sum();
     let mut columns = Columns::with_capacity(count);
+    let mut messages = MessageColumns::default();
     for op in batches.iter().flat_map(|batch| batch.iter()) {
-        columns.push(op, numbers)?;
+        if is_message(op) {
+            messages.push(op)?;
+        } else {
+            columns.push(op, numbers)?;
+        }
     }
     let rows = sqlx::query(statements.apply.clone())
         .bind(columns.kinds.as_slice())
@@ -309,6 +472,16 @@ async fn apply<'a>(
         .bind(now_ms)
         .bind(fences.iter().map(|f| f.name.as_str()).collect::<Vec<_>>())
         .bind(fences.iter().map(|f| f.epoch).collect::<Vec<_>>())
+        .bind(messages.kinds.as_slice())
+        .bind(messages.ids.as_slice())
+        .bind(messages.t1.as_slice())
+        .bind(messages.t2.as_slice())
+        .bind(messages.t3.as_slice())
+        .bind(messages.t4.as_slice())
+        .bind(messages.t5.as_slice())
+        .bind(messages.n1.as_slice())
+        .bind(messages.n2.as_slice())
+        .bind(messages.blobs.as_slice())
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != count {
@@ -317,22 +490,35 @@ async fn apply<'a>(
             rows.len()
         )));
     }
+    // The journal's answers come first, then the messages'.
+    let (journal_rows, message_rows) = rows.split_at(columns.kinds.len());
     let mut learned = Learned::default();
-    for ((row, &id), &learn) in rows.iter().zip(&columns.ids).zip(&columns.learn) {
+    for ((row, &id), &learn) in journal_rows.iter().zip(&columns.ids).zip(&columns.learn) {
         if learn {
             if let Some(no) = row.try_get::<Option<i64>, _>(1)? {
                 learned.insert(id, no);
             }
         }
     }
-    let mut rows = rows.iter();
+    let (mut journal_rows, mut message_rows) = (journal_rows.iter(), message_rows.iter());
     let results = batches
         .iter()
         .map(|batch| {
             batch
                 .iter()
-                .zip(rows.by_ref())
-                .map(|(op, row)| outcome(op, row))
+                .map(|op| {
+                    let rows = if is_message(op) {
+                        &mut message_rows
+                    } else {
+                        &mut journal_rows
+                    };
+                    match rows.next() {
+                        Some(row) => outcome(op, row),
+                        None => Err(Failure::Refused(
+                            "the store's apply function answered too few ops".into(),
+                        )),
+                    }
+                })
                 .collect()
         })
         .collect::<Result<Results, Failure>>()?;
@@ -597,6 +783,83 @@ impl Reads {
             .iter()
             .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` requests that may be delivered at `now_ms`, unclaimed yet, and when the
+    /// next one held back by `deliver_at` is due. The caller claims them.
+    pub(super) async fn unprocessed(
+        &self,
+        shards: Option<Vec<String>>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Unprocessed, Failure> {
+        let void_before = now_ms.saturating_sub(i64::try_from(CLAIM_MS).unwrap_or(i64::MAX));
+        let rows = sqlx::query(self.statements.unprocessed.clone())
+            .bind(void_before)
+            .bind(now_ms)
+            .bind(shards.as_deref())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found = Unprocessed::default();
+        for row in &rows {
+            let deliver_at: Option<i64> = row.try_get(7)?;
+            found.requests.push(Request {
+                id: row.try_get(0)?,
+                shard: row.try_get(1)?,
+                entity_type: row.try_get(2)?,
+                entity_id: row.try_get(3)?,
+                tag: row.try_get(4)?,
+                payload: row.try_get(5)?,
+                key: row.try_get(6)?,
+                deliver_at: deliver_at.map(stored_due).transpose()?,
+            });
+        }
+        let next: Option<i64> = sqlx::query(self.statements.next_deliver_at.clone())
+            .bind(now_ms)
+            .bind(shards.as_deref())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        found.next_deliver_at = next.map(stored_due).transpose()?;
+        Ok(found)
+    }
+
+    /// The final replies of `ids`, in order.
+    pub(super) async fn replies(&self, ids: Vec<i64>) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+        let rows = sqlx::query(self.statements.replies.clone())
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found: FxHashMap<i64, Vec<u8>> = FxHashMap::default();
+        for row in &rows {
+            found.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+
+    /// The stored states of `addresses`, in order.
+    pub(super) async fn entity_states(
+        &self,
+        addresses: Vec<(String, String)>,
+    ) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+        // A NUL cannot be stored, nor sent as a parameter: no state for such an address.
+        let asked: Vec<&(String, String)> = addresses
+            .iter()
+            .filter(|(t, i)| !t.contains('\0') && !i.contains('\0'))
+            .collect();
+        let types: Vec<&str> = asked.iter().map(|(t, _)| t.as_str()).collect();
+        let ids: Vec<&str> = asked.iter().map(|(_, i)| i.as_str()).collect();
+        let rows = sqlx::query(self.statements.entity_states.clone())
+            .bind(&types)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found: FxHashMap<(String, String), Vec<u8>> = FxHashMap::default();
+        for row in &rows {
+            found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+        Ok(addresses.iter().map(|a| found.get(a).cloned()).collect())
     }
 
     /// The pool, for tests that look at a connection's settings.

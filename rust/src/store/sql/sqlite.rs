@@ -28,7 +28,10 @@ use super::{
 };
 use crate::{
     clock::now_ms,
-    store::{Deferred, Entry, Execution, Op, OpResult, Snapshot, Status, Timer},
+    store::{
+        messages::CLAIM_MS, Deferred, Entry, Execution, Op, OpResult, Request, Shards, Snapshot,
+        Status, Timer, Unprocessed,
+    },
 };
 
 /// How long SQLite waits on a lock held by another connection before failing with
@@ -73,6 +76,21 @@ struct Sql {
     timers_between: String,
     next_timer: String,
     with_status: String,
+    message_by_id: String,
+    message_by_key: String,
+    save_request: String,
+    reply_of: String,
+    process: String,
+    save_reply: String,
+    entity_state: String,
+    clear_reply: String,
+    unprocess: String,
+    unclaim: String,
+    claim: String,
+    reset_claims: String,
+    unprocessed: String,
+    next_deliver_at: String,
+    entity_state_of: String,
 }
 
 impl Sql {
@@ -131,6 +149,45 @@ impl Sql {
                  WHERE due_ms > ?1 AND due_ms <= ?2 ORDER BY due_ms, execution_id, name"),
             next_timer: sql("SELECT min(due_ms) FROM {p}timers WHERE due_ms > ?1"),
             with_status: sql("SELECT id FROM {p}executions WHERE status = ?1 ORDER BY id"),
+            message_by_id: sql("SELECT id FROM {p}messages WHERE id = ?1"),
+            message_by_key: sql("SELECT id FROM {p}messages WHERE message_key = ?1"),
+            save_request: sql(
+                "INSERT INTO {p}messages (id, message_key, shard_id, entity_type, entity_id, tag, \
+                 payload, last_read, deliver_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT DO NOTHING",
+            ),
+            reply_of: sql("SELECT payload FROM {p}replies WHERE request_id = ?1"),
+            process: sql("UPDATE {p}messages SET processed = TRUE, last_read = NULL \
+                 WHERE id = ?1 AND NOT processed"),
+            save_reply: sql("INSERT INTO {p}replies (request_id, payload) VALUES (?1, ?2)"),
+            entity_state: sql(
+                "INSERT INTO {p}entity_state (entity_type, entity_id, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (entity_type, entity_id) DO UPDATE SET value = excluded.value",
+            ),
+            clear_reply: sql("DELETE FROM {p}replies WHERE request_id = ?1"),
+            unprocess: sql(
+                "UPDATE {p}messages SET processed = FALSE, last_read = NULL WHERE id = ?1",
+            ),
+            unclaim: sql("UPDATE {p}messages SET last_read = NULL WHERE id = ?1 AND NOT processed"),
+            claim: sql(
+                "UPDATE {p}messages SET last_read = ?2 WHERE id = ?1 AND NOT processed \
+                 AND (last_read IS NULL OR last_read <= ?3)",
+            ),
+            reset_claims: sql("UPDATE {p}messages SET last_read = NULL \
+                 WHERE NOT processed AND last_read IS NOT NULL"),
+            // Claims older than the claim timeout are void; `deliver_at` holds back.
+            unprocessed: sql(
+                "SELECT id, shard_id, entity_type, entity_id, tag, payload, message_key, \
+                 deliver_at FROM {p}messages WHERE NOT processed \
+                 AND (last_read IS NULL OR last_read <= ?1) \
+                 AND (deliver_at IS NULL OR deliver_at <= ?2) ORDER BY seq",
+            ),
+            next_deliver_at: sql(
+                "SELECT min(deliver_at) FROM {p}messages WHERE NOT processed AND deliver_at > ?1",
+            ),
+            entity_state_of: sql(
+                "SELECT value FROM {p}entity_state WHERE entity_type = ?1 AND entity_id = ?2",
+            ),
         }
     }
 }
@@ -491,15 +548,70 @@ impl WriteConnection {
             Op::Untimer { execution_id, name } => {
                 OpResult::Done(run(&sql.untimer, params![execution_id, name])?)
             }
-            // TEMPORARY: entity message storage in SQL is being written (migration 0006).
             Op::Request { .. }
             | Op::Reply { .. }
             | Op::EntityState { .. }
             | Op::ClearReplies { .. }
-            | Op::Unclaim { .. } => {
-                return Err(Failure::Refused(
-                    "entity messages are not stored in SQL yet".to_owned(),
-                ))
+            | Op::Unclaim { .. }
+            | Op::Claim { .. }
+            | Op::ResetClaims { .. } => self.apply_message(op)?,
+        })
+    }
+
+    /// Applies an entity message op (see [`Op`]).
+    fn apply_message(&self, op: &Op) -> Result<OpResult, Failure> {
+        let (conn, sql) = (&self.conn, &self.sql);
+        let run = |statement: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, Failure> {
+            Ok(conn.prepare_cached(statement)?.execute(params)? > 0)
+        };
+        Ok(match op {
+            Op::Request {
+                request,
+                claimed_ms,
+            } => save_request(conn, sql, request, *claimed_ms)?,
+            Op::Reply { request_id, value } => {
+                let processed = run(&sql.process, params![request_id])?;
+                if processed {
+                    run(&sql.save_reply, params![request_id, value])?;
+                }
+                OpResult::Done(processed)
+            }
+            Op::EntityState {
+                entity_type,
+                entity_id,
+                value,
+            } => OpResult::Done(run(
+                &sql.entity_state,
+                params![entity_type, entity_id, value],
+            )?),
+            Op::ClearReplies { request_id } => {
+                run(&sql.clear_reply, params![request_id])?;
+                OpResult::Done(run(&sql.unprocess, params![request_id])?)
+            }
+            Op::Unclaim { request_id } => OpResult::Done(run(&sql.unclaim, params![request_id])?),
+            Op::Claim {
+                request_id,
+                claimed_ms,
+            } => {
+                let at = due_to_i64(*claimed_ms)?;
+                let void_before = at.saturating_sub(claim_ms());
+                OpResult::Done(run(&sql.claim, params![request_id, at, void_before])?)
+            }
+            Op::ResetClaims { shards } => match shards {
+                None => OpResult::Done(run(&sql.reset_claims, params![])?),
+                Some(shards) => {
+                    let mut any = false;
+                    for shard in shards {
+                        let statement = format!("{} AND shard_id = ?1", sql.reset_claims);
+                        any |= run(&statement, params![shard])?;
+                    }
+                    OpResult::Done(any)
+                }
+            },
+            _ => {
+                return Err(Failure::Refused(format!(
+                    "a journal op taken for a message op: {op:?}"
+                )))
             }
         })
     }
@@ -532,6 +644,59 @@ fn execution_by_no(conn: &Connection, sql: &Sql, id: &str, no: i64) -> Result<Ex
             "execution {id:?} is not number {no} as the writer remembered: was it deleted?"
         ))),
     }
+}
+
+/// [`CLAIM_MS`] as the database stores instants.
+fn claim_ms() -> i64 {
+    i64::try_from(CLAIM_MS).unwrap_or(i64::MAX)
+}
+
+/// Saves a request unless one with its id or key is stored (then that one's id and reply).
+fn save_request(
+    conn: &Connection,
+    sql: &Sql,
+    request: &Request,
+    claimed_ms: Option<u64>,
+) -> Result<OpResult, Failure> {
+    let found = |statement: &str, key: &dyn rusqlite::ToSql| -> Result<Option<i64>, Failure> {
+        Ok(conn
+            .prepare_cached(statement)?
+            .query_row([key], |row| row.get(0))
+            .optional()?)
+    };
+    let mut original = found(&sql.message_by_id, &request.id)?;
+    if original.is_none() {
+        let claimed = claimed_ms.map(due_to_i64).transpose()?;
+        let deliver_at = request.deliver_at.map(due_to_i64).transpose()?;
+        let inserted = conn.prepare_cached(&sql.save_request)?.execute(params![
+            request.id,
+            request.key,
+            request.shard,
+            request.entity_type,
+            request.entity_id,
+            request.tag,
+            request.payload,
+            claimed,
+            deliver_at,
+        ])? > 0;
+        if inserted {
+            return Ok(OpResult::Created);
+        }
+        if let Some(key) = &request.key {
+            original = found(&sql.message_by_key, key)?;
+        }
+    }
+    let Some(original) = original else {
+        return Err(Failure::Refused(format!(
+            "request {} neither saved nor found",
+            request.id
+        )));
+    };
+    let reply = conn
+        .prepare_cached(&sql.reply_of)?
+        .query_row([original], |row| row.get(0))
+        .optional()?;
+    Ok(OpResult::Duplicate { original, reply })
 }
 
 /// A read, run on a reader thread with its connection.
@@ -731,6 +896,92 @@ impl Readers {
                 .prepare_cached(&sql.with_status)?
                 .query_map([status.as_str()], |row| row.get(0))?
                 .collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
+    /// Up to `limit` requests that may be delivered at `now_ms` (see
+    /// [`crate::store::Store::unprocessed`]), unclaimed yet, and when the next one held back
+    /// by `deliver_at` is due; in one read transaction. The caller claims them.
+    pub(super) fn unprocessed(
+        &self,
+        shards: Option<Vec<String>>,
+        limit: usize,
+        now_ms: i64,
+    ) -> impl std::future::Future<Output = Result<Unprocessed, Failure>> {
+        self.run(move |conn, sql| {
+            let tx = conn.unchecked_transaction()?;
+            let shards = shards.as_ref().map_or(Shards::All, |s| Shards::Only(s));
+            let mut found = Unprocessed::default();
+            {
+                let mut statement = tx.prepare_cached(&sql.unprocessed)?;
+                let mut rows = statement.query([now_ms.saturating_sub(claim_ms()), now_ms])?;
+                while let Some(row) = rows.next()? {
+                    if found.requests.len() >= limit {
+                        break;
+                    }
+                    let shard: String = row.get(1)?;
+                    if !shards.contains(&shard) {
+                        continue;
+                    }
+                    let deliver_at: Option<i64> = row.get(7)?;
+                    found.requests.push(Request {
+                        id: row.get(0)?,
+                        shard,
+                        entity_type: row.get(2)?,
+                        entity_id: row.get(3)?,
+                        tag: row.get(4)?,
+                        payload: row.get(5)?,
+                        key: row.get(6)?,
+                        deliver_at: deliver_at.map(stored_due).transpose()?,
+                    });
+                }
+            }
+            let next: Option<i64> = tx
+                .prepare_cached(&sql.next_deliver_at)?
+                .query_row([now_ms], |row| row.get(0))?;
+            found.next_deliver_at = next.map(stored_due).transpose()?;
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    /// The final replies of `ids`, in order.
+    pub(super) fn replies(
+        &self,
+        ids: Vec<i64>,
+    ) -> impl std::future::Future<Output = Result<Vec<Option<Vec<u8>>>, Failure>> {
+        self.run(move |conn, sql| {
+            let tx = conn.unchecked_transaction()?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                found.push(
+                    tx.prepare_cached(&sql.reply_of)?
+                        .query_row([id], |row| row.get(0))
+                        .optional()?,
+                );
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    /// The stored states of `addresses`, in order.
+    pub(super) fn entity_states(
+        &self,
+        addresses: Vec<(String, String)>,
+    ) -> impl std::future::Future<Output = Result<Vec<Option<Vec<u8>>>, Failure>> {
+        self.run(move |conn, sql| {
+            let tx = conn.unchecked_transaction()?;
+            let mut found = Vec::with_capacity(addresses.len());
+            for (entity_type, entity_id) in addresses {
+                found.push(
+                    tx.prepare_cached(&sql.entity_state_of)?
+                        .query_row([entity_type, entity_id], |row| row.get(0))
+                        .optional()?,
+                );
+            }
+            tx.commit()?;
+            Ok(found)
         })
     }
 

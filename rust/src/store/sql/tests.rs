@@ -19,7 +19,7 @@ use super::{
     connect::{migrator, Dialect},
     *,
 };
-use crate::store::{memory::MemoryStore, Deferred, Entry};
+use crate::store::{memory::MemoryStore, messages::CLAIM_MS, Deferred, Entry, Request};
 
 mod leases;
 mod numbers_and_timers;
@@ -177,8 +177,9 @@ impl Place {
         if self.dialect == Dialect::Postgres {
             self.execute(
                 "DROP TABLE IF EXISTS {p}executions, {p}journal, {p}deferreds, {p}timers, \
-                 {p}active, {p}leases, {p}migrations; DROP FUNCTION IF EXISTS {p}apply_fenced; \
-                 DROP FUNCTION IF EXISTS {p}apply",
+                 {p}active, {p}leases, {p}migrations, {p}messages, {p}replies, \
+                 {p}entity_state; DROP FUNCTION IF EXISTS {p}apply_fenced; \
+                 DROP FUNCTION IF EXISTS {p}apply; DROP FUNCTION IF EXISTS {p}apply_messages",
             )
             .await;
         }
@@ -1451,6 +1452,232 @@ async fn workload_costs() {
             );
         }
         store.close().await;
+        place.cleanup().await;
+    }
+}
+
+fn request(id: i64, entity_id: &str, key: Option<&str>, deliver_at: Option<u64>) -> Request {
+    Request {
+        id,
+        shard: format!("default:{}", id % 3),
+        entity_type: "Counter".into(),
+        entity_id: entity_id.into(),
+        tag: "increment".into(),
+        payload: format!("{{\"n\":{id}}}").into_bytes(),
+        key: key.map(str::to_owned),
+        deliver_at,
+    }
+}
+
+fn save(request: Request, claimed_ms: Option<u64>) -> Op {
+    Op::Request {
+        request,
+        claimed_ms,
+    }
+}
+
+fn reply(request_id: i64, value: &str) -> Op {
+    Op::Reply {
+        request_id,
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+/// The same entity message ops and reads, through the contract, on the memory store and on
+/// every SQL store: saves, dedup by id and by key, replies (first wins), claims and their
+/// timeout, `deliver_at`, unclaim, `clear_replies`, `reset_claims`, entity state, shards.
+#[allow(clippy::too_many_lines)] // one script, read top to bottom
+async fn message_script(store: &dyn Store) -> Vec<String> {
+    const T: u64 = 1_700_000_000_000;
+    let mut seen = Vec::new();
+    let mut step = |what: &str, value: String| seen.push(format!("{what}: {value}"));
+    let w = |ops: Vec<Op>| async { store.write(ops).unwrap().await.unwrap() };
+    // Saved: one claimed by its sender, others not; one held back; one keyed.
+    let saved = w(vec![
+        save(
+            request(1, "a", Some("Counter/a/increment/k1"), None),
+            Some(T),
+        ),
+        save(request(2, "a", None, None), None),
+        save(request(3, "b", None, Some(T + 5_000)), None),
+        save(request(4, "c", Some("Counter/c/increment/k4"), None), None),
+    ])
+    .await;
+    step("saved", format!("{saved:?}"));
+    // Duplicates: by id, and by key (another id), before any reply.
+    let dup = w(vec![
+        save(request(2, "a", None, None), None),
+        save(request(9, "a", Some("Counter/a/increment/k1"), None), None),
+    ])
+    .await;
+    step("duplicates", format!("{dup:?}"));
+    // The unclaimed ones that may go now, claimed by the read; the held and claimed ones not.
+    let read = store.unprocessed(Shards::All, 10, T).await.unwrap();
+    step("read", format!("{read:?}"));
+    let again = store.unprocessed(Shards::All, 10, T + 1).await.unwrap();
+    step("read again", format!("{again:?}"));
+    // deliver_at reached; a claim past its timeout is void.
+    let later = store
+        .unprocessed(Shards::All, 10, T + CLAIM_MS)
+        .await
+        .unwrap();
+    step("read later", format!("{later:?}"));
+    // Replies: the first wins; unknown requests are not stored.
+    let replied = w(vec![
+        reply(1, "r1"),
+        reply(1, "r1 again"),
+        reply(77, "nobody"),
+        Op::EntityState {
+            entity_type: "Counter".into(),
+            entity_id: "a".into(),
+            value: b"{\"total\":1}".to_vec(),
+        },
+    ])
+    .await;
+    step("replied", format!("{replied:?}"));
+    let dup = w(vec![save(
+        request(10, "a", Some("Counter/a/increment/k1"), None),
+        None,
+    )])
+    .await;
+    step("duplicate after reply", format!("{dup:?}"));
+    step(
+        "replies",
+        format!("{:?}", store.replies(&[1, 2, 77]).await.unwrap()),
+    );
+    // Unclaim, claim, reset, clear.
+    let claims = w(vec![
+        Op::Unclaim { request_id: 2 },
+        Op::Unclaim { request_id: 1 },
+        Op::Claim {
+            request_id: 2,
+            claimed_ms: T + CLAIM_MS + 10,
+        },
+        Op::Claim {
+            request_id: 2,
+            claimed_ms: T + CLAIM_MS + 11,
+        },
+        Op::Claim {
+            request_id: 1,
+            claimed_ms: T + CLAIM_MS + 12,
+        },
+    ])
+    .await;
+    step("claims", format!("{claims:?}"));
+    let reset = w(vec![
+        Op::ResetClaims {
+            shards: Some(vec!["default:0".into()]),
+        },
+        Op::ResetClaims { shards: None },
+        Op::ResetClaims { shards: None },
+    ])
+    .await;
+    step("resets", format!("{reset:?}"));
+    let only = store
+        .unprocessed(
+            Shards::Only(&["default:2".to_owned()]),
+            10,
+            T + CLAIM_MS + 20,
+        )
+        .await
+        .unwrap();
+    step("read one shard", format!("{only:?}"));
+    let cleared = w(vec![
+        Op::ClearReplies { request_id: 1 },
+        Op::ClearReplies { request_id: 78 },
+    ])
+    .await;
+    step("cleared", format!("{cleared:?}"));
+    let limited = store
+        .unprocessed(Shards::All, 1, T + 2 * CLAIM_MS + 40)
+        .await
+        .unwrap();
+    step("read one", format!("{limited:?}"));
+    step(
+        "replies after clear",
+        format!("{:?}", store.replies(&[1, 2]).await.unwrap()),
+    );
+    let states = store
+        .entity_states(&[
+            ("Counter".into(), "a".into()),
+            ("Counter".into(), "zz".into()),
+            ("Counter".into(), "a\0".into()),
+        ])
+        .await
+        .unwrap();
+    step("states", format!("{states:?}"));
+    seen
+}
+
+#[tokio::test]
+async fn entity_messages_answer_as_the_memory_store_does() {
+    let expected = message_script(&MemoryStore::default()).await;
+    for place in Place::all().await {
+        let sql = place.open().await;
+        let seen = message_script(&sql).await;
+        for (expected, seen) in expected.iter().zip(&seen) {
+            assert_eq!(seen, expected, "on {:?}", place.dialect);
+        }
+        assert_eq!(seen.len(), expected.len());
+        Store::close(&sql).await;
+        place.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn message_ops_commit_with_the_journal_and_survive_a_reopen() {
+    for place in Place::all().await {
+        let sql = place.open().await;
+        let written = write(
+            &sql,
+            vec![
+                start("e1"),
+                save(
+                    request(5, "x", Some("Counter/x/increment/k"), None),
+                    Some(1),
+                ),
+                append("e1", "k", 0, b"1"),
+                reply(5, "done"),
+                Op::EntityState {
+                    entity_type: "Counter".into(),
+                    entity_id: "x".into(),
+                    value: b"{}".to_vec(),
+                },
+            ],
+        )
+        .await;
+        assert_eq!(
+            written,
+            [
+                OpResult::Created,
+                OpResult::Created,
+                OpResult::Done(true),
+                OpResult::Done(true),
+                OpResult::Done(true)
+            ]
+        );
+        Store::close(&sql).await;
+        let reopened = place.open().await;
+        assert_eq!(
+            reopened.replies(&[5]).await.unwrap(),
+            [Some(b"done".to_vec())]
+        );
+        let dup = write(
+            &reopened,
+            vec![save(
+                request(6, "x", Some("Counter/x/increment/k"), None),
+                None,
+            )],
+        )
+        .await;
+        assert_eq!(
+            dup,
+            [OpResult::Duplicate {
+                original: 5,
+                reply: Some(b"done".to_vec())
+            }]
+        );
+        Store::close(&reopened).await;
         place.cleanup().await;
     }
 }
