@@ -11,6 +11,7 @@ __all__ = [
     "AsyncBridge",
     "Deferred",
     "Deliver",
+    "Duplicate",
     "Entry",
     "Execution",
     "HashRing",
