@@ -565,7 +565,10 @@ class EntityRuntime:
             self.journal.write_then(ops, functools.partial(self._saved, saves))
         if self._replies:
             replies, self._replies = self._replies, []
-            ops = [op for *_, reply_ops in replies for op in reply_ops]
+            # Every reply, then every state: independent writes, and runs of one kind are
+            # applied a run at a time (a statement per run, not per op) on PostgreSQL.
+            ops = [reply_ops[0] for *_, reply_ops in replies]
+            ops.extend(op for *_, reply_ops in replies for op in reply_ops[1:])
             self._writing += 1
             self.journal.write_then(ops, functools.partial(self._replied, replies))
         outbox, finished = self._outbox, self._finished

@@ -1,13 +1,13 @@
 -- Entity messages (Effect's cluster_messages / cluster_replies, adapted) and entity state.
 --
 -- A persisted request is a row of `messages` until its final reply is saved in `replies`, when
--- it becomes `processed`. `seq` is save order; `message_key` is the dedup key (Effect's primary
+-- it becomes `processed`. Ids are snowflakes, so id order is save order (per sender exactly,
+-- across senders within their clocks' skew); `message_key` is the dedup key (Effect's primary
 -- key string, hashed past 255 characters). `last_read` is the instant of its claim (ms), NULL
 -- when unclaimed; `deliver_at` holds it back until then.
 
 CREATE TABLE {prefix}messages (
     id BIGINT PRIMARY KEY,
-    seq BIGINT GENERATED ALWAYS AS IDENTITY,
     message_key TEXT UNIQUE,
     shard_id TEXT NOT NULL,
     entity_type TEXT NOT NULL,
@@ -20,7 +20,7 @@ CREATE TABLE {prefix}messages (
 );
 -- What a read of unprocessed requests walks, in save order; processed rows leave it, so it
 -- stays as small as the requests in flight however many were ever saved.
-CREATE INDEX {prefix}messages_unprocessed ON {prefix}messages (seq) WHERE NOT processed;
+CREATE INDEX {prefix}messages_unprocessed ON {prefix}messages (id) WHERE NOT processed;
 
 CREATE TABLE {prefix}replies (
     request_id BIGINT PRIMARY KEY,
@@ -68,71 +68,127 @@ CREATE FUNCTION {prefix}apply_messages(
     found_interrupted BOOLEAN
 ) LANGUAGE plpgsql AS $$
 DECLARE
-    original BIGINT;
+    total INT := coalesce(array_length(kinds, 1), 0);
+    i INT := 1;
+    e INT;
+    changed BIGINT[];
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(kinds, 1), 0) LOOP
-        outcome := NULL;
-        found_no := NULL;
-        found_result := NULL;
+    -- The ops go in runs of one kind, in order. Saves, replies and states, the hot path, are
+    -- applied a run at a time by set-based statements, each answering as if its ops were
+    -- applied one after another; the others one by one.
+    WHILE i <= total LOOP
+        e := i;
+        WHILE e < total AND kinds[e + 1] = kinds[i] LOOP
+            e := e + 1;
+        END LOOP;
         CASE kinds[i]
         WHEN 7 THEN
-            SELECT m.id INTO original FROM {prefix}messages m WHERE m.id = ids[i];
-            IF NOT FOUND THEN
+            -- The first row of each id and key not stored yet is saved (ON CONFLICT skips the
+            -- others, in input order); every other row is a duplicate of what its id or key
+            -- names, found once the insert is visible.
+            WITH ins AS (
                 INSERT INTO {prefix}messages (id, message_key, shard_id, entity_type, entity_id,
                                               tag, payload, last_read, deliver_at)
-                VALUES (ids[i], t5[i], t1[i], t2[i], t3[i], t4[i], blobs[i], n2[i], n1[i])
-                ON CONFLICT DO NOTHING;
-                IF FOUND THEN
-                    outcome := 1;
-                ELSE
-                    SELECT m.id INTO original FROM {prefix}messages m
-                    WHERE m.message_key = t5[i] OR m.id = ids[i] LIMIT 1;
-                END IF;
-            END IF;
-            IF outcome IS NULL THEN
-                IF original IS NULL THEN
-                    RAISE EXCEPTION 'request % neither saved nor found', ids[i];
-                END IF;
-                outcome := 4;
-                found_no := original;
-                SELECT r.payload INTO found_result FROM {prefix}replies r
-                WHERE r.request_id = original;
-            END IF;
+                SELECT u.id, u.k, u.shard, u.et, u.eid, u.tag, u.payload, u.claimed, u.deliver_at
+                FROM unnest(ids[i:e], t1[i:e], t2[i:e], t3[i:e], t4[i:e], t5[i:e], n1[i:e],
+                            n2[i:e], blobs[i:e]) WITH ORDINALITY
+                    AS u(id, shard, et, eid, tag, k, deliver_at, claimed, payload, ord)
+                ORDER BY u.ord
+                ON CONFLICT DO NOTHING
+                RETURNING id)
+            SELECT array_agg(ins.id) INTO changed FROM ins;
+            -- Only duplicates look up what they duplicate.
+            RETURN QUERY
+            WITH s AS (
+                SELECT u.id, u.k, u.ord,
+                       (x.id IS NOT NULL
+                        AND row_number() OVER (PARTITION BY u.id ORDER BY u.ord) = 1) AS saved
+                FROM unnest(ids[i:e], t5[i:e]) WITH ORDINALITY AS u(id, k, ord)
+                LEFT JOIN unnest(changed) AS x(id) ON x.id = u.id)
+            SELECT a.outcome, a.found_no, NULL::TEXT, NULL::BYTEA, NULL::TEXT, NULL::TEXT,
+                   a.found_result, NULL::BOOLEAN
+            FROM (
+                SELECT s.ord, 1::SMALLINT AS outcome, NULL::BIGINT AS found_no,
+                       NULL::BYTEA AS found_result
+                FROM s WHERE s.saved
+                UNION ALL
+                SELECT s.ord, 4::SMALLINT, o.id, r.payload
+                FROM s
+                CROSS JOIN LATERAL (
+                    SELECT coalesce(
+                        (SELECT m.id FROM {prefix}messages m WHERE m.id = s.id),
+                        (SELECT m.id FROM {prefix}messages m WHERE m.message_key = s.k)) AS id
+                ) o
+                LEFT JOIN {prefix}replies r ON r.request_id = o.id
+                WHERE NOT s.saved
+            ) a
+            ORDER BY a.ord;
         WHEN 8 THEN
-            UPDATE {prefix}messages m SET processed = TRUE, last_read = NULL
-            WHERE m.id = ids[i] AND NOT m.processed;
-            IF FOUND THEN
-                INSERT INTO {prefix}replies (request_id, payload) VALUES (ids[i], blobs[i]);
-                outcome := 1;
-            ELSE
-                outcome := 0;
-            END IF;
+            -- The first reply of each request not processed yet wins.
+            WITH firsts AS (
+                SELECT DISTINCT ON (u.id) u.id, u.payload
+                FROM unnest(ids[i:e], blobs[i:e]) WITH ORDINALITY AS u(id, payload, ord)
+                ORDER BY u.id, u.ord),
+            done AS (
+                UPDATE {prefix}messages m SET processed = TRUE, last_read = NULL
+                FROM firsts f WHERE m.id = f.id AND NOT m.processed
+                RETURNING m.id),
+            stored AS (
+                INSERT INTO {prefix}replies (request_id, payload)
+                SELECT f.id, f.payload FROM firsts f JOIN done d ON d.id = f.id
+                RETURNING request_id)
+            SELECT array_agg(stored.request_id) INTO changed FROM stored;
+            RETURN QUERY
+            SELECT CASE WHEN x.id IS NOT NULL
+                        AND row_number() OVER (PARTITION BY u.id ORDER BY u.ord) = 1
+                        THEN 1::SMALLINT ELSE 0::SMALLINT END,
+                   NULL::BIGINT, NULL::TEXT, NULL::BYTEA, NULL::TEXT, NULL::TEXT, NULL::BYTEA,
+                   NULL::BOOLEAN
+            FROM unnest(ids[i:e]) WITH ORDINALITY AS u(id, ord)
+            LEFT JOIN unnest(changed) AS x(id) ON x.id = u.id
+            ORDER BY u.ord;
         WHEN 9 THEN
+            -- The last state of each instance wins.
             INSERT INTO {prefix}entity_state (entity_type, entity_id, value)
-            VALUES (t2[i], t3[i], blobs[i])
+            SELECT DISTINCT ON (u.et, u.eid) u.et, u.eid, u.value
+            FROM unnest(t2[i:e], t3[i:e], blobs[i:e]) WITH ORDINALITY AS u(et, eid, value, ord)
+            ORDER BY u.et, u.eid, u.ord DESC
             ON CONFLICT (entity_type, entity_id) DO UPDATE SET value = excluded.value;
-            outcome := 1;
-        WHEN 10 THEN
-            DELETE FROM {prefix}replies r WHERE r.request_id = ids[i];
-            UPDATE {prefix}messages m SET processed = FALSE, last_read = NULL
-            WHERE m.id = ids[i];
-            outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
-        WHEN 11 THEN
-            UPDATE {prefix}messages m SET last_read = NULL
-            WHERE m.id = ids[i] AND NOT m.processed;
-            outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
-        WHEN 12 THEN
-            UPDATE {prefix}messages m SET last_read = n2[i]
-            WHERE m.id = ids[i] AND NOT m.processed
-              AND (m.last_read IS NULL OR m.last_read <= n2[i] - n1[i]);
-            outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
-        WHEN 13 THEN
-            UPDATE {prefix}messages m SET last_read = NULL
-            WHERE NOT m.processed AND m.last_read IS NOT NULL
-              AND (t1[i] IS NULL OR m.shard_id = ANY (string_to_array(t1[i], chr(31))));
-            outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
+            RETURN QUERY
+            SELECT 1::SMALLINT, NULL::BIGINT, NULL::TEXT, NULL::BYTEA, NULL::TEXT, NULL::TEXT,
+                   NULL::BYTEA, NULL::BOOLEAN
+            FROM generate_series(i, e);
+        ELSE
+            FOR j IN i .. e LOOP
+                outcome := NULL;
+                found_no := NULL;
+                found_result := NULL;
+                CASE kinds[j]
+                WHEN 10 THEN
+                    DELETE FROM {prefix}replies r WHERE r.request_id = ids[j];
+                    UPDATE {prefix}messages m SET processed = FALSE, last_read = NULL
+                    WHERE m.id = ids[j];
+                    outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
+                WHEN 11 THEN
+                    UPDATE {prefix}messages m SET last_read = NULL
+                    WHERE m.id = ids[j] AND NOT m.processed;
+                    outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
+                WHEN 12 THEN
+                    UPDATE {prefix}messages m SET last_read = n2[j]
+                    WHERE m.id = ids[j] AND NOT m.processed
+                      AND (m.last_read IS NULL OR m.last_read <= n2[j] - n1[j]);
+                    outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
+                WHEN 13 THEN
+                    UPDATE {prefix}messages m SET last_read = NULL
+                    WHERE NOT m.processed AND m.last_read IS NOT NULL
+                      AND (t1[j] IS NULL
+                           OR m.shard_id = ANY (string_to_array(t1[j], chr(31))));
+                    outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
+                END CASE;
+                RETURN NEXT;
+            END LOOP;
         END CASE;
-        RETURN NEXT;
+        i := e + 1;
     END LOOP;
 END
 $$;

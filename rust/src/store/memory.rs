@@ -4,7 +4,7 @@
 //! store of the contract: a write is applied when called, and every answer is ready at once.
 
 use std::{
-    collections::{hash_map, BTreeMap, BTreeSet},
+    collections::{hash_map, BTreeSet},
     future::ready,
     ops::Bound,
     sync::{Mutex, MutexGuard, PoisonError},
@@ -28,8 +28,6 @@ struct Journal {
 /// A persisted request and what became of it.
 struct Message {
     request: Request,
-    /// Its place in save order.
-    seq: u64,
     /// When it was last claimed, if its claim stands.
     claimed_ms: Option<u64>,
     /// Its final reply.
@@ -42,9 +40,8 @@ struct Message {
 struct Messages {
     by_id: FxHashMap<i64, Message>,
     by_key: FxHashMap<String, i64>,
-    /// Unprocessed requests: save order → id.
-    unprocessed: BTreeMap<u64, i64>,
-    next_seq: u64,
+    /// Unprocessed requests, by id (snowflakes: save order per sender).
+    unprocessed: BTreeSet<i64>,
     states: FxHashMap<(String, String), Vec<u8>>,
 }
 
@@ -64,17 +61,14 @@ impl Messages {
             let reply = self.by_id.get(&original).and_then(|m| m.reply.clone());
             return OpResult::Duplicate { original, reply };
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
         if let Some(key) = &request.key {
             self.by_key.insert(key.clone(), request.id);
         }
-        self.unprocessed.insert(seq, request.id);
+        self.unprocessed.insert(request.id);
         self.by_id.insert(
             request.id,
             Message {
                 request,
-                seq,
                 claimed_ms,
                 reply: None,
             },
@@ -91,7 +85,7 @@ impl Messages {
         }
         message.reply = Some(value);
         message.claimed_ms = None;
-        self.unprocessed.remove(&message.seq);
+        self.unprocessed.remove(&request_id);
         OpResult::Done(true)
     }
 
@@ -101,7 +95,7 @@ impl Messages {
         };
         message.reply = None;
         message.claimed_ms = None;
-        self.unprocessed.insert(message.seq, request_id);
+        self.unprocessed.insert(request_id);
         OpResult::Done(true)
     }
 
@@ -117,7 +111,7 @@ impl Messages {
 
     fn unprocessed(&mut self, shards: Shards<'_>, limit: usize, now_ms: u64) -> Unprocessed {
         let mut found = Unprocessed::default();
-        for id in self.unprocessed.values() {
+        for id in &self.unprocessed {
             let Some(message) = self.by_id.get_mut(id) else {
                 continue;
             };
@@ -143,7 +137,7 @@ impl Messages {
 
     fn reset_claims(&mut self, shards: Shards<'_>) -> bool {
         let mut cleared = false;
-        for id in self.unprocessed.values() {
+        for id in &self.unprocessed {
             if let Some(message) = self.by_id.get_mut(id) {
                 if shards.contains(&message.request.shard) && message.claimed_ms.take().is_some() {
                     cleared = true;

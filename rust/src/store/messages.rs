@@ -63,7 +63,7 @@ pub fn message_key(entity_type: &str, entity_id: &str, tag: &str, primary_key: &
 /// its `deliver_at` is due.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unprocessed {
-    /// The requests, in the order they were saved.
+    /// The requests, in id order (snowflakes: save order per sender).
     pub requests: Vec<Request>,
     /// The earliest `deliver_at` after now among unprocessed requests of these shards.
     pub next_deliver_at: Option<u64>,

@@ -179,8 +179,8 @@ pub trait Store: Send + Sync {
     fn with_status(&self, status: Status) -> Answer<'_, Vec<String>>;
 
     /// Up to `limit` unprocessed requests of `shards` that may be delivered at `now_ms` (not
-    /// claimed within [`messages::CLAIM_MS`], `deliver_at` reached), in the order they were
-    /// saved, each claimed at `now_ms`; and when the next one held back by `deliver_at` is due.
+    /// claimed within [`messages::CLAIM_MS`], `deliver_at` reached), in id order (snowflakes:
+    /// save order per sender), each claimed at `now_ms`; and when the next one held back by `deliver_at` is due.
     fn unprocessed<'a>(
         &'a self,
         shards: Shards<'a>,

@@ -167,7 +167,7 @@ impl Statements {
                  deliver_at FROM {p}messages WHERE NOT processed \
                  AND (last_read IS NULL OR last_read <= $1) \
                  AND (deliver_at IS NULL OR deliver_at <= $2) \
-                 AND ($3::text[] IS NULL OR shard_id = ANY($3)) ORDER BY seq LIMIT $4",
+                 AND ($3::text[] IS NULL OR shard_id = ANY($3)) ORDER BY id LIMIT $4",
                 prefix,
             ),
             next_deliver_at: sql(

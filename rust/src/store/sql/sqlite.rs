@@ -180,7 +180,7 @@ impl Sql {
                 "SELECT id, shard_id, entity_type, entity_id, tag, payload, message_key, \
                  deliver_at FROM {p}messages WHERE NOT processed \
                  AND (last_read IS NULL OR last_read <= ?1) \
-                 AND (deliver_at IS NULL OR deliver_at <= ?2) ORDER BY seq",
+                 AND (deliver_at IS NULL OR deliver_at <= ?2) ORDER BY id",
             ),
             next_deliver_at: sql(
                 "SELECT min(deliver_at) FROM {p}messages WHERE NOT processed AND deliver_at > ?1",

@@ -1606,6 +1606,42 @@ async fn message_script(store: &dyn Store) -> Vec<String> {
         .await
         .unwrap();
     step("states", format!("{states:?}"));
+    // Runs of one kind with repeats inside: the first save and reply win, the last state.
+    let run = w(vec![
+        save(request(20, "r", Some("Counter/r/increment/K"), None), None),
+        save(request(21, "r", Some("Counter/r/increment/K"), None), None),
+        save(request(20, "r", None, None), None),
+        save(request(22, "r", None, None), Some(T)),
+        reply(20, "first"),
+        reply(20, "second"),
+        reply(22, "other"),
+        reply(23, "nobody"),
+        Op::EntityState {
+            entity_type: "Counter".into(),
+            entity_id: "r".into(),
+            value: b"1".to_vec(),
+        },
+        Op::EntityState {
+            entity_type: "Counter".into(),
+            entity_id: "r".into(),
+            value: b"2".to_vec(),
+        },
+        save(request(24, "r", Some("Counter/r/increment/K"), None), None),
+    ])
+    .await;
+    step("runs", format!("{run:?}"));
+    assert!(
+        format!("{run:?}")
+            .contains("Duplicate { original: 20, reply: Some([102, 105, 114, 115, 116]) }"),
+        "{run:?}"
+    );
+    let run_replies = store.replies(&[20, 21, 22]).await.unwrap();
+    step("run replies", format!("{run_replies:?}"));
+    let state = store
+        .entity_states(&[("Counter".into(), "r".into())])
+        .await
+        .unwrap();
+    step("run state", format!("{state:?}"));
     seen
 }
 
