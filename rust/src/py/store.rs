@@ -232,7 +232,26 @@ impl PyOp {
     }
 
     fn __repr__(&self) -> String {
-        format!("<Op {} {:?}>", self.kind(), self.execution_id())
+        match (&self.op, self.execution_id()) {
+            (_, Some(id)) => format!("<Op {} {id:?}>", self.kind()),
+            (store::Op::Request { request, .. }, None) => format!("<Op request {}>", request.id),
+            (
+                store::Op::Reply { request_id, .. }
+                | store::Op::ClearReplies { request_id }
+                | store::Op::Unclaim { request_id }
+                | store::Op::Claim { request_id, .. },
+                None,
+            ) => format!("<Op {} {request_id}>", self.kind()),
+            (
+                store::Op::EntityState {
+                    entity_type,
+                    entity_id,
+                    ..
+                },
+                None,
+            ) => format!("<Op entity_state {entity_type:?} {entity_id:?}>"),
+            (_, None) => format!("<Op {}>", self.kind()),
+        }
     }
 }
 
