@@ -96,8 +96,7 @@ BACKENDS = ["sqlite", "postgres"]
 def persisted(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, Call]]:
-    """A loop and the persisted RPC on a fresh engine of each backend; skipped (before the
-    benchmark fixture is made) while persisted RPCs are not built."""
+    """A loop and the persisted RPC on a fresh engine of each backend."""
     backend: str = request.param
     if backend == "postgres" and (reason := postgres_missing()):
         pytest.skip(reason)
@@ -111,19 +110,12 @@ def persisted(
         loop = asyncio.new_event_loop()
         loop.run_until_complete(engine.start())
         call = entities._persisted_call(engine)
-        why = ""
+        loop.run_until_complete(call("probe", uuid.uuid4().hex))
         try:
-            loop.run_until_complete(call("probe", uuid.uuid4().hex))
-        except NotImplementedError as err:
-            why = f"persisted RPCs are not built yet: {err}"
-        try:
-            if not why:
-                yield loop, call
+            yield loop, call
         finally:
             loop.run_until_complete(engine.close())
             loop.close()
-    if why:
-        pytest.skip(why)
 
 
 @pytest.mark.benchmark(group="persisted RPCs, 500 with 100 in flight over 100 entities")
@@ -156,9 +148,8 @@ def test_the_plait_rows_are_measured_and_checked() -> None:
         assert [r.workload for r in persisted] == entities.PERSISTED
         for row in persisted:
             assert row.error is None, row.error
-            # Until the persisted RPCs land, each row says so instead of a figure.
-            assert row.missing is None or "not built yet" in row.missing
-            assert row.missing is not None or row.count == len(row.latencies_ms) > 0
+            assert row.missing is None
+            assert row.count == len(row.latencies_ms) > 0
 
 
 def test_the_idle_instances_are_measured_in_a_fresh_process() -> None:
