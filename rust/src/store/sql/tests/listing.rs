@@ -20,7 +20,9 @@ fn started(id: &str, workflow: &str) -> Op {
 /// that their creation times differ between batches and tie within one). Results start with
 /// `ok` or `no`, as a caller's encoding of success and failure might.
 async fn store_executions(store: &dyn Store) {
-    let batches: [&[(&str, &str, Option<Status>, Option<&[u8]>)]; 4] = [
+    /// An execution: id, workflow, the status it moves to (if any) and its result.
+    type Stored<'a> = (&'a str, &'a str, Option<Status>, Option<&'a [u8]>);
+    let batches: [&[Stored<'_>]; 4] = [
         &[
             ("a1", "A", Some(Status::Complete), Some(b"ok 1")),
             ("a2", "A", Some(Status::Complete), Some(b"no 2")),
