@@ -416,8 +416,10 @@ class Filter:
         created_from_ms: int | None = None,
         created_before_ms: int | None = None,
     ) -> Filter:
-        """Executions of `workflow`, with `status`, whose result starts with one of
-        `result_prefixes` (none: any), created in `[created_from_ms, created_before_ms)`.
+        """The executions that pass every condition given.
+
+        Of `workflow`, with `status`, whose result starts with one of `result_prefixes` (none:
+        any), created in `[created_from_ms, created_before_ms)`.
 
         Raises:
             StoreError: `status` is not running, suspended or complete.
