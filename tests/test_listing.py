@@ -153,8 +153,9 @@ async def test_listings_filter_by_workflow_status_and_time_and_page(
         "_tag": "Fail",
         "error": {"_tag": "CardDeclined", "reason": "insufficient funds"},
     }
-    assert records[ids["boom"]].error is not None
-    assert records[ids["boom"]].error["_tag"] == "Die"
+    boom_error = records[ids["boom"]].error
+    assert boom_error is not None
+    assert boom_error["_tag"] == "Die"
     assert records[ids["hold"]].error == {"_tag": "Interrupt", "executionId": ids["hold"]}
     assert records[ids["ok-1"]].error is None
     now = datetime.now(UTC)
@@ -243,8 +244,8 @@ async def test_a_timeline_shows_attempts_deferreds_timers_and_the_end(
     assert await Approval.succeed(token, "ops")
     await poll_until(LsOrder, waiting, plait.Complete)
     timeline = await engine.timeline(waiting)
-    kinds = [(e.kind, e.name, e.outcome) for e in timeline.events]
-    assert kinds == [
+    events = [(e.kind, e.name, e.outcome) for e in timeline.events]
+    assert events == [
         ("started", "LsOrder", None),
         ("clock", "cool-off", "success"),
         ("deferred", "LsApproval", "success"),
