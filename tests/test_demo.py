@@ -40,3 +40,15 @@ def test_workflow_demo_runs() -> None:
     assert resumed
     twice = "[2]" if resumed.group(1) else "[]"
     assert f"pages done twice: {twice}" in out
+
+
+def test_entity_demo_runs() -> None:
+    done = run_python(str(EXAMPLES / "entity_demo.py"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for channel in ("general", "random", "design"):
+        for n in range(3):
+            assert f"#{channel} {channel}-{n} -> {n + 1}" in out
+    assert "retried general-0 -> 1 (same number)" in out
+    assert "after the restart: #general general-after -> 4" in out
+    assert "last=4 by_author={'ada': 2, 'grace': 2}" in out

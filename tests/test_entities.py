@@ -7,15 +7,16 @@ but run on every engine).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 import plait
-from plait.testing import VirtualClock
-from tests.workflow_support import settle
+from plait.testing import EntityTestClient, VirtualClock
+from tests.workflow_support import EngineFactory, settle
 
 
 class Increment(BaseModel):
@@ -24,6 +25,10 @@ class Increment(BaseModel):
 
 class Overdrawn(plait.TaggedError):
     balance: int
+
+
+class Purse(BaseModel):
+    coins: int = 10
 
 
 Counter = plait.Entity("EtCounter")
@@ -414,3 +419,59 @@ async def test_a_stream_that_fails_raises_to_its_reader(plait_engine: plait.Engi
     with pytest.raises(Overdrawn) as failed:
         await anext(reader)
     assert failed.value.balance == 7
+
+
+async def test_the_test_client_runs_handlers_in_process_without_an_engine(
+    plait_entity_client: Callable[[plait.Entity[Any], str], EntityTestClient],
+) -> None:
+    Wallet = plait.Entity("EtWallet", state=Purse)
+
+    @Wallet.rpc(error=Overdrawn)
+    async def spend(ctx: plait.EntityContext[Purse], amount: int) -> int:
+        if amount > ctx.state.coins:
+            raise Overdrawn(balance=ctx.state.coins)
+        ctx.state.coins -= amount
+        return ctx.state.coins
+
+    @Wallet.rpc()
+    async def crash(ctx: plait.EntityContext[Purse]) -> None:
+        raise RuntimeError("boom")
+
+    client = plait_entity_client(Wallet, "w")
+    assert await client.spend(3) == 7
+    # Another client of the same id shares the instance and its state.
+    assert await plait_entity_client(Wallet, "w").spend(2) == 5
+    assert await plait_entity_client(Wallet, "other").spend(1) == 9
+    with pytest.raises(Overdrawn) as failed:
+        await client.spend(50)
+    assert failed.value.balance == 5
+    with pytest.raises(plait.Defect, match="boom"):
+        await client.crash()
+    with pytest.raises(plait.MalformedMessage):
+        await client.spend("lots")
+    assert client.state == Purse(coins=5)
+
+
+async def test_closing_lets_running_handlers_finish_within_the_termination_timeout(
+    make_engine: EngineFactory, plait_clock: VirtualClock
+) -> None:
+    Slowpoke = plait.Entity("EtSlowpoke")
+    finished: list[str] = []
+
+    @Slowpoke.rpc()
+    async def work(ctx: plait.EntityContext, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        finished.append(ctx.entity_id)
+        return ctx.entity_id
+
+    engine = make_engine(plait_clock)
+    engine.sharding = plait.ShardingConfig(entity_termination_timeout=timedelta(seconds=0.5))
+    async with engine:
+        quick = asyncio.ensure_future(work.call("quick", 0.05))
+        stuck = asyncio.ensure_future(work.call("stuck", 60))
+        await settle()
+    # The quick one finished during the close; the stuck one was cancelled after the timeout.
+    assert await quick == "quick"
+    with pytest.raises(plait.EngineClosedError):
+        await stuck
+    assert finished == ["quick"]

@@ -27,13 +27,26 @@ def test_workflow_quick_start_runs(tmp_path: Path) -> None:
     ]
 
 
+def test_entity_example_runs(tmp_path: Path) -> None:
+    (example,) = [block for block in BLOCKS if "plait.Entity(" in block]
+    done = run_python("-c", example, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["2", "2", "3"]
+    # Again on the same file: the stored replies and state, nothing applied twice.
+    again = run_python("-c", example, cwd=str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["2", "2", "3"]
+
+
 def test_primitives_quick_start_runs() -> None:
-    done = run_python("-c", BLOCKS[1])
+    (example,) = [block for block in BLOCKS if "HashRing()" in block]
+    done = run_python("-c", example)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1]"
 
 
-ERROR_LINES = [line for line in BLOCKS[2].splitlines() if "#" in line]
+(ERRORS,) = [block for block in BLOCKS if block.startswith("SnowflakeGenerator(machine_id")]
+ERROR_LINES = [line for line in ERRORS.splitlines() if "#" in line]
 
 
 @pytest.mark.parametrize("line", ERROR_LINES)

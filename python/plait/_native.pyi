@@ -232,7 +232,18 @@ class TimerWheel:
 
 _Status: TypeAlias = Literal["running", "suspended", "complete"]
 _OpKind: TypeAlias = Literal[
-    "start", "append", "deferred", "status", "interrupt", "timer", "untimer"
+    "start",
+    "append",
+    "deferred",
+    "status",
+    "interrupt",
+    "timer",
+    "untimer",
+    "request",
+    "reply",
+    "entity_state",
+    "clear_replies",
+    "unclaim",
 ]
 
 @final
@@ -296,13 +307,60 @@ class Op:
     def untimer(execution_id: str, name: str) -> Op:
         """Forgets a timer. Answers whether it was stored."""
 
+    @staticmethod
+    def request(
+        id: int,
+        shard: str,
+        entity_type: str,
+        entity_id: str,
+        tag: str,
+        payload: bytes,
+        primary_key: str | None = None,
+        deliver_at_ms: int | None = None,
+        claimed_ms: int | None = None,
+    ) -> Op:
+        """Saves a persisted entity request unless one with its id or key is stored.
+
+        The stored key is `"<entity type>/<entity id>/<tag>/<primary key>"` (hashed past 255
+        characters). `claimed_ms`: saved claimed then (its sender delivers it), or None for
+        the storage read loop. Answers None (saved) or a `Duplicate`.
+        """
+
+    @staticmethod
+    def reply(request_id: int, value: bytes) -> Op:
+        """Saves a request's final reply (the first wins). Answers whether it was stored."""
+
+    @staticmethod
+    def entity_state(entity_type: str, entity_id: str, value: bytes) -> Op:
+        """Stores an entity instance's durable state. Answers True."""
+
+    @staticmethod
+    def clear_replies(request_id: int) -> Op:
+        """Forgets a request's reply and claim, to deliver it again. Answers if it is stored."""
+
+    @staticmethod
+    def unclaim(request_id: int) -> Op:
+        """Clears a request's claim. Answers whether it is stored and unprocessed."""
+
     @property
     def kind(self) -> _OpKind:
         """The op's kind: the name of its constructor."""
 
     @property
-    def execution_id(self) -> str:
-        """The execution the op is about."""
+    def execution_id(self) -> str | None:
+        """The execution the op is about (None for an entity message op)."""
+
+@final
+class Duplicate:
+    """What saving a request answers when one with the same id or key is stored."""
+
+    @property
+    def original(self) -> int:
+        """The stored request's id."""
+
+    @property
+    def reply(self) -> bytes | None:
+        """Its final reply (an encoded exit), if saved."""
 
 @final
 class Execution:
@@ -727,6 +785,18 @@ class Store:
     def history_now(self, id: str) -> History | None:
         """As `history`, at once (an immediate store only)."""
 
+    def replies(self, bridge: AsyncBridge, ids: list[int]) -> int:
+        """Resolves to the final replies of requests `ids` (bytes or None each)."""
+
+    def replies_now(self, ids: list[int]) -> list[bytes | None]:
+        """The final replies of requests `ids`, at once (an immediate store only)."""
+
+    def entity_states(self, bridge: AsyncBridge, addresses: list[tuple[str, str]]) -> int:
+        """Resolves to the durable states of `(entity type, entity id)`s (bytes or None each)."""
+
+    def entity_states_now(self, addresses: list[tuple[str, str]]) -> list[bytes | None]:
+        """The durable states of entity instances, at once (an immediate store only)."""
+
     def lost(self, bridge: AsyncBridge) -> int:
         """Resolves to why the store lost its lease, or None once it closes.
 
@@ -847,6 +917,10 @@ class WorkSource:
         """Registers an entity type with its mailbox options (None: unbounded / never)."""
     def set_max_resident(self, max_resident: int | None) -> None:
         """Bounds the resident entity instances (None: unbounded)."""
+    def set_storage_options(self, poll_ms: int, registration_timeout_ms: int) -> None:
+        """How often stored requests are read, and how long one of an unknown type waits."""
+    def poll_storage(self, deliver_at_ms: int | None = None, when_room: bool = False) -> None:
+        """Reads the stored requests soon; at `deliver_at_ms`; or once a slot frees."""
     def offer(self, messages: Iterable[_Outgoing]) -> tuple[list[Refusal | None], list[Deliver]]:
         """Offers entity requests: one answer per request, and every request that may run now."""
     def done(self, finished: list[Deliver]) -> list[Deliver]:

@@ -68,7 +68,7 @@ class Batch:
     has its exception in its place.
     """
 
-    __slots__ = ("done", "error", "results", "waiters")
+    __slots__ = ("callbacks", "done", "error", "results", "waiters")
 
     def __init__(self, results: list[Any] | None = None) -> None:
         self.done = results is not None
@@ -76,6 +76,7 @@ class Batch:
         # Why the whole batch failed (nothing of it is durable).
         self.error: BaseException | None = None
         self.waiters: list[tuple[asyncio.Future[Any], int | slice]] = []
+        self.callbacks: list[tuple[Callable[[list[Any] | BaseException], None], slice]] = []
 
     def error_of(self, index: int) -> BaseException | None:
         """Why op `index` failed, or None if it is durable."""
@@ -108,6 +109,11 @@ class Batch:
             if not future.done():
                 self.deliver(future, index)
         self.waiters.clear()
+        callbacks, self.callbacks = self.callbacks, []
+        for then, ops in callbacks:
+            answered = results[ops] if error is None else []
+            failed = error if error is not None else _first_error(answered)
+            then(answered if failed is None else failed)
 
 
 def _first_error(results: list[Any]) -> BaseException | None:
@@ -269,6 +275,27 @@ class Journal:
         if len(self._ops) >= FLUSH_AT:
             self._flush()
         return future
+
+    def write_then(self, ops: list[Op], then: Callable[[list[Any] | BaseException], None]) -> None:
+        """Applies `ops` in one transaction and calls `then` with their results once durable.
+
+        With the first refused op's exception, or why the commit failed, in their place. No
+        future per op: for many ops whose answers one callback handles (entity messages). The
+        memory store calls `then` before returning.
+        """
+        if self.immediate:
+            results = self.store.write_now(ops)
+            error = _first_error(results)
+            then(results if error is None else error)
+            return
+        batch = self._batch
+        if batch is None:
+            batch = self._new_batch()
+        first = len(self._ops)
+        self._ops.extend(ops)
+        batch.callbacks.append((then, slice(first, first + len(ops))))
+        if len(self._ops) >= FLUSH_AT:
+            self._flush()
 
     def _new_batch(self) -> Batch:
         assert self._loop is not None, "a journal on a store that answers later needs a loop"

@@ -1,4 +1,6 @@
-"""Helpers for testing workflows: a virtual clock and an in-memory engine.
+"""Helpers for tests: a virtual clock, an in-memory engine, an entity test client.
+
+`EntityTestClient` runs an entity's handlers in process, with no engine and no storage.
 
 The pytest fixtures `plait_clock` and `plait_engine` come with the package (a pytest plugin
 registered by plait); see `plait.pytest_plugin`.
@@ -25,9 +27,10 @@ Example:
 from __future__ import annotations
 
 from plait.clocks import VirtualClock
+from plait.cluster.testing import EntityTestClient
 from plait.engine import Engine
 
-__all__ = ["VirtualClock", "memory_engine"]
+__all__ = ["EntityTestClient", "VirtualClock", "memory_engine"]
 
 
 def memory_engine(clock: VirtualClock | None = None) -> Engine:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, Protocol, overload
 
 import pydantic
@@ -149,6 +149,7 @@ class Rpc(Generic[P, S]):
         payload: None = None,
         *,
         discard: bool = False,
+        deliver_at: datetime | None = None,
         engine: _engine.Engine | None = None,
     ) -> Awaitable[S]: ...
 
@@ -159,6 +160,7 @@ class Rpc(Generic[P, S]):
         payload: P,
         *,
         discard: bool = False,
+        deliver_at: datetime | None = None,
         engine: _engine.Engine | None = None,
     ) -> Awaitable[S]: ...
 
@@ -168,21 +170,29 @@ class Rpc(Generic[P, S]):
         payload: Any = None,
         *,
         discard: bool = False,
+        deliver_at: datetime | None = None,
         engine: _engine.Engine | None = None,
     ) -> Awaitable[Any]:
         """Sends the request to instance `entity_id`; await it for its reply.
 
         With `discard=True` it resolves once a mailbox took the request (for a persisted RPC:
         once stored), without waiting for the reply, to None. Cancelling the wait interrupts
-        the request (Effect's client interrupt).
+        the request (Effect's client interrupt). A persisted request is saved before it is
+        delivered and answered once across crashes; with a `primary_key`, a request with the
+        same key gets the first one's reply. `deliver_at` (timezone-aware; persisted RPCs
+        only) holds it back until then.
 
         Raises:
             MalformedMessage: The payload does not validate (nothing is sent).
-            MailboxFull: The instance's mailbox (or the runner's residency) is full.
-            PersistenceError: A persisted request could not be stored.
+            MailboxFull: The instance's mailbox (or the runner's residency) is full (volatile
+                requests; a persisted one waits in storage instead).
+            PersistenceError: A persisted request or its reply could not be stored.
+            InvalidArgumentError: `deliver_at` for a volatile RPC, or without a time zone.
         """
         found = _engine.engine_for(engine)
-        return runtime_of(found).send(self, entity_id, payload, discard=discard)
+        return runtime_of(found).send(
+            self, entity_id, payload, discard=discard, deliver_at=deliver_at
+        )
 
 
 class StreamRpc(Rpc[P, S]):
@@ -235,8 +245,16 @@ class EntityClient:
             msg = f"entity {self.entity.name!r} has no RPC {name!r}"
             raise AttributeError(msg)
 
-        def send(payload: object = None, *, discard: bool = False) -> Awaitable[Any]:
-            return rpc.call(self.entity_id, payload, discard=discard, engine=self._engine)
+        def send(
+            payload: object = None, *, discard: bool = False, deliver_at: datetime | None = None
+        ) -> Awaitable[Any]:
+            return rpc.call(
+                self.entity_id,
+                payload,
+                discard=discard,
+                deliver_at=deliver_at,
+                engine=self._engine,
+            )
 
         return send
 

@@ -10,27 +10,45 @@ the engine's work poll (`EntityHost.take`).
 Volatile requests are encoded and decoded even in process (Effect's
 `simulateRemoteSerialization`), so a payload or reply that would not survive the wire fails
 here too.
+
+Persisted requests are saved before delivery, in the journal's group commit (one callback per
+commit, not a future per request), claimed by this process and offered to their mailbox once
+durable; their final reply, and the instance's durable state when it changed, are saved in one
+transaction before the caller hears of it and the slot frees. What is not delivered at once
+(held by `deliver_at`, refused by a full mailbox, in flight when a process died) the work
+source's storage read loop delivers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Coroutine, Generator, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 
+import pydantic
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
+from plait import _bridge
 from plait._definitions import Definitions, DefinitionSite
-from plait._native import Deliver, Passivate, SnowflakeGenerator
+from plait._native import Deliver, Duplicate, Op, Passivate, SnowflakeGenerator, shard_id
 from plait.clocks import milliseconds_ceil
 from plait.cluster.config import ShardingConfig
-from plait.cluster.errors import AlreadyProcessingMessage, MailboxFull, MalformedMessage
+from plait.cluster.errors import (
+    AlreadyProcessingMessage,
+    MailboxFull,
+    MalformedMessage,
+    PersistenceError,
+)
 from plait.engine import Engine, passes_through, registry, unexpected
-from plait.errors import Defect
+from plait.errors import Defect, EngineClosedError, Interrupted, InvalidArgumentError
 from plait.exits import Exit, ExitCodec, Failure, Success
 from plait.schedule import Schedule
 
@@ -88,6 +106,11 @@ class RpcSpec(Protocol):
     @property
     def is_stream(self) -> bool:
         """Whether the reply is a stream of chunks (the handler is an async generator)."""
+        ...
+
+    @property
+    def primary_key(self) -> Callable[[Any], str] | None:
+        """Payload → the key that deduplicates its persisted requests, if any."""
         ...
 
     def encode_payload(self, payload: object) -> bytes:
@@ -240,15 +263,20 @@ class Outgoing:
 class Instance:
     """One resident entity instance: its state, and the requests it is running."""
 
-    __slots__ = ("entity", "entity_id", "running", "runtime", "state")
+    __slots__ = ("entity", "entity_id", "loading", "running", "runtime", "saved_state", "state")
 
     def __init__(self, runtime: EntityRuntime, entity: EntitySpec, entity_id: str) -> None:
         self.runtime = runtime
         self.entity = entity
         self.entity_id = entity_id
         self.state: Any = entity.state_model() if entity.state_model is not None else None
+        # The state as last stored (encoded): a reply stores it again only if it changed.
+        self.saved_state: bytes | None = None
+        # While its stored state is read: the requests that wait for it.
+        self.loading: list[Deliver] | None = None
         # The requests it runs now, with their tasks: what a restart replays.
-        self.running: dict[int, tuple[Deliver, asyncio.Task[None]]] = {}
+        # (None while its handler takes its first step, before it has a task.)
+        self.running: dict[int, tuple[Deliver, asyncio.Task[None] | None]] = {}
 
     def keep_alive(self, enabled: bool) -> None:
         """Keeps the instance resident however long it is idle (or lets it go again)."""
@@ -297,6 +325,27 @@ class Stream:
             self.reply.cancel()
 
 
+class _Awaited(asyncio.Future[Any]):
+    """A caller's future of a reply: cancelling it (the caller gave up) interrupts the request.
+
+    The interrupt hangs on `cancel` rather than on a done callback, which would be scheduled
+    for every reply.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, runtime: EntityRuntime, outgoing: Outgoing
+    ) -> None:
+        super().__init__(loop=loop)
+        self._runtime = runtime
+        self._outgoing = outgoing
+
+    def cancel(self, msg: Any = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._runtime._gave_up(self._outgoing, self)
+        return cancelled
+
+
 class EntityRuntime:
     """The entities of one engine. Made when the engine starts; the engine's `entity_host`.
 
@@ -312,6 +361,12 @@ class EntityRuntime:
         self.source: WorkSource = engine.work_source
         resident = self.config.max_resident_entities
         self.source.set_max_resident(None if resident == "unbounded" else resident)
+        self.source.set_storage_options(
+            _ms(self.config.entity_message_poll_interval.total_seconds()),
+            _ms(self.config.entity_registration_timeout.total_seconds()),
+        )
+        assert engine.journal is not None, "entities run on a started engine"
+        self.journal = engine.journal
         self.loop = engine.require_loop()
         # Unique among this engine's requests; the cluster gives runners their machine ids.
         self.ids = SnowflakeGenerator(os.getpid() % 1024)
@@ -325,10 +380,19 @@ class EntityRuntime:
         # Discarded requests: the future resolved once a mailbox took them (or refused them).
         self._taken: dict[int, asyncio.Future[Any]] = {}
         # Requests running now, by id: their delivery and their handler's task.
-        self._running: dict[int, tuple[Deliver, asyncio.Task[None]]] = {}
+        self._running: dict[int, tuple[Deliver, asyncio.Task[None] | None]] = {}
         self._finished: list[Deliver] = []
         # Per instance restarted by defects: the delays left before its next restart.
         self._defects: dict[tuple[str, str], Iterator[float]] = {}
+        # Persisted requests to save, and replies to save, at the end of this iteration.
+        self._saves: list[tuple[Outgoing, Op, int | None]] = []
+        self._replies: list[_Reply] = []
+        # Persisted requests whose caller gave up: their interrupt reply is (being) stored.
+        self._interrupted: set[int] = set()
+        # Writes of saves and replies sent to the store and not answered yet, and what a
+        # drain waits on until there are none.
+        self._writing = 0
+        self._written: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
@@ -358,28 +422,41 @@ class EntityRuntime:
     # Sending --------------------------------------------------------------------------------
 
     def send(
-        self, rpc: RpcSpec, entity_id: str, payload: object, *, discard: bool
+        self,
+        rpc: RpcSpec,
+        entity_id: str,
+        payload: object,
+        *,
+        discard: bool,
+        deliver_at: datetime | None = None,
     ) -> asyncio.Future[Any]:
         """Sends a request: a future of its reply's value (raising its error).
 
-        With `discard`, a future of None once a mailbox took it.
+        With `discard`, a future of None once a mailbox took it (a persisted request: once
+        stored). `deliver_at` (persisted RPCs only) holds it back until then.
 
         Cancelling the future (its caller gave up) interrupts the request: dropped if it
-        waits, its handler cancelled if it runs.
+        waits, its handler cancelled if it runs; a persisted one gets an interrupt as its
+        stored reply.
 
         Raises:
-            MalformedMessage: The payload does not validate; nothing is sent.
+            MalformedMessage: The payload does not validate, or its primary key cannot be
+                made; nothing is sent.
+            InvalidArgumentError: `deliver_at` for a volatile RPC.
         """
-        return self._send(rpc, entity_id, payload, discard=discard)[1]
+        return self._send(rpc, entity_id, payload, discard=discard, deliver_at=deliver_at)[1]
 
     def _send(
-        self, rpc: RpcSpec, entity_id: str, payload: object, *, discard: bool
+        self,
+        rpc: RpcSpec,
+        entity_id: str,
+        payload: object,
+        *,
+        discard: bool,
+        deliver_at: datetime | None = None,
     ) -> tuple[int, asyncio.Future[Any]]:
         if self._closed is not None:
             raise self._closed
-        if rpc.persisted:
-            msg = f"RPC {rpc.entity.name}.{rpc.name}: persisted RPCs are not built yet"
-            raise NotImplementedError(msg)
         if rpc.entity.name not in self.registered:
             self.register(rpc.entity)
         encoded = rpc.encode_payload(payload)
@@ -387,15 +464,54 @@ class EntityRuntime:
         outgoing = Outgoing(
             request_id, rpc.entity.name, entity_id, rpc.name, encoded, rpc.persisted
         )
-        future: asyncio.Future[Any] = self.loop.create_future()
+        save: tuple[Outgoing, Op, int | None] | None = None
+        if rpc.persisted:
+            save = self._save_op(rpc, outgoing, payload, deliver_at)
+        elif deliver_at is not None:
+            msg = f"RPC {rpc.entity.name}.{rpc.name}: deliver_at needs a persisted RPC"
+            raise InvalidArgumentError(msg)
+        future: asyncio.Future[Any]
         if discard:
+            future = self.loop.create_future()
             self._taken[request_id] = future
         else:
+            future = _Awaited(self.loop, self, outgoing)
             self.callers[request_id] = [future]
-            future.add_done_callback(functools.partial(self._gave_up, outgoing))
-        self._outbox.append(outgoing)
+        if save is not None:
+            self._saves.append(save)
+        else:
+            self._outbox.append(outgoing)
         self._schedule_flush()
         return request_id, future
+
+    def _save_op(
+        self, rpc: RpcSpec, outgoing: Outgoing, payload: object, deliver_at: datetime | None
+    ) -> tuple[Outgoing, Op, int | None]:
+        """The op that saves a persisted request, and when it is to be delivered (if held)."""
+        key: str | None = None
+        if rpc.primary_key is not None:
+            try:
+                key = str(rpc.primary_key(payload))
+            except Exception as err:
+                msg = f"primary key of RPC {rpc.entity.name}.{rpc.name} failed: {err!r}"
+                raise MalformedMessage(msg) from err
+        deliver_ms = None if deliver_at is None else _epoch_ms(deliver_at)
+        now = self.engine.clock.now_ms()
+        if deliver_ms is not None and deliver_ms <= now:
+            deliver_ms = None
+        shard = f"default:{shard_id(outgoing.entity_id, self.config.shards_per_group)}"
+        op = Op.request(
+            outgoing.request_id,
+            shard,
+            outgoing.entity_type,
+            outgoing.entity_id,
+            outgoing.tag,
+            outgoing.payload,
+            key,
+            deliver_ms,
+            now if deliver_ms is None else None,
+        )
+        return outgoing, op, deliver_ms
 
     def open_stream(self, rpc: RpcSpec, entity_id: str, payload: object) -> Stream:
         """Sends a streaming request: its reply's chunks, as an async iterator.
@@ -412,16 +528,22 @@ class EntityRuntime:
         if not future.cancelled() or self.callers.get(outgoing.request_id) != [future]:
             return
         del self.callers[outgoing.request_id]
-        running = self._running.get(outgoing.request_id)
-        if running is not None:
+        request_id = outgoing.request_id
+        running = self._running.get(request_id)
+        if running is not None and running[1] is not None:
             running[1].cancel()  # its handler ends; `_handle` frees the slot
             return
+        if outgoing.persisted:
+            # Wherever it is (being saved, waiting, stored for later), its stored reply is an
+            # interrupt from now on: no read delivers it again. After its save, if pending.
+            self._interrupted.add(request_id)
+            interrupt = _ANY_REPLY.settle(_interrupt(request_id))[0]
+            self._replies.append((None, None, interrupt, [Op.reply(request_id, interrupt)]))
+            self._schedule_flush()
         if any(o is outgoing for o in self._outbox):
             self._outbox.remove(outgoing)  # not offered yet
             return
-        self._run(
-            self.source.drop_request(outgoing.entity_type, outgoing.entity_id, outgoing.request_id)
-        )
+        self._run(self.source.drop_request(outgoing.entity_type, outgoing.entity_id, request_id))
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -429,8 +551,23 @@ class EntityRuntime:
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Offers the requests of this iteration, frees the slots of its replies, runs what may."""
+        """Offers the requests of this iteration, frees the slots of its replies, runs what may.
+
+        Persisted requests and replies go to the store first (saves before replies, so an
+        interrupt's reply follows its request's save); the memory store answers at once, so
+        what it saved is offered in this same call.
+        """
         self._flush_scheduled = False
+        if self._saves:
+            saves, self._saves = self._saves, []
+            ops = [op for _, op, _ in saves]
+            self._writing += 1
+            self.journal.write_then(ops, functools.partial(self._saved, saves))
+        if self._replies:
+            replies, self._replies = self._replies, []
+            ops = [op for *_, reply_ops in replies for op in reply_ops]
+            self._writing += 1
+            self.journal.write_then(ops, functools.partial(self._replied, replies))
         outbox, finished = self._outbox, self._finished
         self._outbox, self._finished = [], []
         ready: list[Deliver] = []
@@ -450,8 +587,86 @@ class EntityRuntime:
         # Instances became resident or idle: their passivation moves the next wake-up.
         self.engine.work_changed()
 
+    def _saved(self, saves: list[tuple[Outgoing, Op, int | None]], answer: Any) -> None:
+        """Persisted requests are durable (or could not be saved): deliver them, or dedup."""
+        self._wrote()
+        if isinstance(answer, BaseException):
+            error = PersistenceError(f"persisted requests could not be saved: {answer}")
+            for outgoing, _, _ in saves:
+                taken = self._taken.pop(outgoing.request_id, None)
+                if taken is not None and not taken.done():
+                    taken.set_exception(error)
+                self._answer(outgoing.request_id, Failure(error))
+            return
+        held_until: int | None = None
+        for (outgoing, _, deliver_ms), result in zip(saves, answer, strict=True):
+            request_id = outgoing.request_id
+            taken = self._taken.pop(request_id, None)
+            if taken is not None and not taken.done():
+                taken.set_result(None)
+            if isinstance(result, Duplicate):
+                self._duplicate(outgoing, result)
+            elif request_id in self._interrupted:
+                continue
+            elif deliver_ms is None:
+                self._outbox.append(outgoing)
+            else:
+                held_until = deliver_ms if held_until is None else min(held_until, deliver_ms)
+        if held_until is not None:
+            self.source.poll_storage(held_until)
+        if self._outbox:
+            self._schedule_flush()
+
+    def _wrote(self) -> None:
+        self._writing -= 1
+        if not self._writing and self._written is not None and not self._written.done():
+            self._written.set_result(None)
+
+    def _duplicate(self, outgoing: Outgoing, found: Duplicate) -> None:
+        """A request with the same key is stored: its callers wait for that one's reply."""
+        callers = self.callers.pop(outgoing.request_id, [])
+        if found.reply is None:
+            if callers:
+                self.callers.setdefault(found.original, []).extend(callers)
+            return
+        self.callers[outgoing.request_id] = callers
+        self._answer(outgoing.request_id, self._decode_reply(outgoing, found.reply))
+
+    def _decode_reply(self, outgoing: Outgoing, reply: bytes) -> Exit:
+        """A stored reply, as its RPC's codec reads it."""
+        entity = lookup(outgoing.entity_type)
+        rpc: RpcSpec | None = None if entity is None else entity.rpcs.get(outgoing.tag)
+        codec = _ANY_REPLY if rpc is None else rpc.codec
+        try:
+            return codec.decode(reply)
+        except Exception as err:
+            what = f"stored reply of {outgoing.entity_type}.{outgoing.tag}"
+            return Failure(MalformedMessage(f"{what} does not decode: {err}"))
+
+    def _replied(self, replies: list[_Reply], answer: Any) -> None:
+        """Replies are durable: their callers hear of them and their slots free."""
+        self._wrote()
+        failed = answer if isinstance(answer, BaseException) else None
+        for delivery, rpc, encoded, _ in replies:
+            if delivery is None:
+                continue
+            if failed is None:
+                self._settle(delivery, rpc, encoded)
+                continue
+            instance = self.instances.get((delivery.entity_type, delivery.entity_id))
+            if instance is not None:
+                instance.saved_state = None  # stored again with the next reply
+            error = PersistenceError(f"the reply could not be saved: {failed}")
+            self._settle(delivery, None, Failure(error))
+        self._schedule_flush()
+
     def _refused(self, outgoing: Outgoing, refusal: Refusal) -> None:
         kind = refusal.kind
+        if outgoing.persisted and kind == "MailboxFull":
+            # Stored: it waits there, and a read delivers it once a slot frees.
+            self.journal.write_then([Op.unclaim(outgoing.request_id)], _ignore)
+            self.source.poll_storage(None, when_room=True)
+            return
         error: BaseException
         if kind == "MailboxFull":
             error = MailboxFull(outgoing.entity_type, outgoing.entity_id, refusal.message)
@@ -487,6 +702,7 @@ class EntityRuntime:
         self._run(ready)
 
     def _run(self, ready: list[Deliver]) -> None:
+        loading: list[Instance] = []
         for delivery in ready:
             key = (delivery.entity_type, delivery.entity_id)
             instance = self.instances.get(key)
@@ -500,11 +716,99 @@ class EntityRuntime:
                     )
                     continue
                 instance = self.instances[key] = Instance(self, entity, delivery.entity_id)
-            task = self.loop.create_task(self._handle(instance, delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            instance.running[delivery.request_id] = (delivery, task)
-            self._running[delivery.request_id] = (delivery, task)
+                if entity.state_model is not None:
+                    instance.loading = []
+                    loading.append(instance)
+            if instance.loading is not None:
+                instance.loading.append(delivery)
+                continue
+            self._start(instance, delivery)
+        if loading:
+            self._load_states(loading)
+
+    def _load_states(self, instances: list[Instance]) -> None:
+        """Reads the stored states of instances just made, then runs what waits for them."""
+        store = self.journal.store
+        addresses = [(i.entity.name, i.entity_id) for i in instances]
+        if self.journal.immediate:
+            self._loaded(instances, True, store.entity_states_now(addresses))
+            return
+        bridge = _bridge.for_loop(self.loop)
+        try:
+            token = store.entity_states(bridge.native, addresses)
+        except Exception as err:
+            self._loaded(instances, False, err)
+            return
+        bridge.on_result(token, functools.partial(self._loaded, instances))
+
+    def _loaded(self, instances: list[Instance], ok: bool, states: Any) -> None:
+        for index, instance in enumerate(instances):
+            waiting, instance.loading = instance.loading or [], None
+            model = instance.entity.state_model
+            failure: Exit | None = None
+            if not ok:
+                failure = Failure(PersistenceError(f"entity state could not be read: {states}"))
+            elif states[index] is not None and model is not None:
+                try:
+                    instance.state = model.model_validate_json(states[index])
+                    instance.saved_state = states[index]
+                except pydantic.ValidationError as err:
+                    what = f"{instance.entity.name}/{instance.entity_id}"
+                    failure = Failure(
+                        Defect(
+                            "plait.cluster.MalformedMessage",
+                            f"stored state of {what} does not match {model.__name__}: {err}",
+                        )
+                    )
+            if failure is not None:
+                # Not made: the next request reads its state again.
+                key = (instance.entity.name, instance.entity_id)
+                if self.instances.get(key) is instance:
+                    del self.instances[key]
+                for delivery in waiting:
+                    if delivery.persisted and not ok:
+                        self._retry_later(delivery)
+                    else:
+                        self._reply(delivery, instance.entity.rpcs.get(delivery.tag), failure)
+                continue
+            if self.instances.get((instance.entity.name, instance.entity_id)) is instance:
+                for delivery in waiting:
+                    self._start(instance, delivery)
+
+    def _retry_later(self, delivery: Deliver) -> None:
+        """Frees a stored request's slot and claim, for a later read to deliver it again.
+
+        For a passing failure (its instance's state could not be read), not its reply.
+        """
+        self.journal.write_then([Op.unclaim(delivery.request_id)], _ignore)
+        self.source.poll_storage(None, when_room=True)
+        self._finished.append(delivery)
+        self._schedule_flush()
+
+    def _start(self, instance: Instance, delivery: Deliver) -> None:
+        """Runs a request's handler: its first step now, a task only if it has to wait.
+
+        Most handlers of a chat backend answer without waiting on anything; a task each
+        (scheduled, stepped, its callbacks) cost more than the handler. The first step runs in
+        a context of its own, as a task's would, and the task continues in it.
+        """
+        request_id = delivery.request_id
+        entry: tuple[Deliver, asyncio.Task[None] | None] = (delivery, None)
+        instance.running[request_id] = entry
+        self._running[request_id] = entry
+        handling = self._handle(instance, delivery)
+        context = contextvars.copy_context()
+        try:
+            waits_on = context.run(handling.send, None)
+        except StopIteration:
+            return  # answered in its first step (and forgotten by `_handle`)
+        task = self.loop.create_task(_resumed(handling, waits_on), context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if instance.running.get(request_id) is entry:
+            instance.running[request_id] = (delivery, task)
+        if self._running.get(request_id) is entry:
+            self._running[request_id] = (delivery, task)
 
     async def _handle(self, instance: Instance, delivery: Deliver) -> None:
         rpc: RpcSpec | None = instance.entity.rpcs.get(delivery.tag)
@@ -533,10 +837,14 @@ class EntityRuntime:
         except BaseException as exc:
             if passes_through(exc):
                 if not self._closing and delivery.request_id not in self.callers:
-                    # Its caller gave up (a client interrupt): no reply, the slot frees.
+                    # Its caller gave up (a client interrupt): the slot frees; a persisted
+                    # request's stored reply is the interrupt.
                     self._forget(instance, delivery)
-                    self._finished.append(delivery)
-                    self._schedule_flush()
+                    if delivery.persisted:
+                        self._reply(delivery, rpc, _interrupt(delivery.request_id))
+                    else:
+                        self._finished.append(delivery)
+                        self._schedule_flush()
                 raise
             outcome = unexpected(f"RPC {instance.entity.name}.{rpc.name}", exc)
         if (
@@ -574,7 +882,7 @@ class EntityRuntime:
             del self.instances[key]
         current = asyncio.current_task()
         for _, task in instance.running.values():
-            if task is not current:
+            if task is not None and task is not current:
                 task.cancel()
         held = self.source.evict(*key)
         replay = [instance.running[i][0] for i in held if i in instance.running]
@@ -635,21 +943,70 @@ class EntityRuntime:
             await generator.aclose()
 
     def _reply(self, delivery: Deliver, rpc: RpcSpec | None, outcome: Exit) -> None:
-        """Answers a request: its caller gets the exit as it would over the wire."""
+        """Answers a request: its caller gets the exit as it would over the wire.
+
+        A persisted request's reply is saved first (with its instance's state, if that
+        changed); its caller hears of it, and its slot frees, once that is durable.
+        """
+        if not delivery.persisted:
+            self._settle(delivery, rpc, outcome)
+            return
+        encoded, _ = (rpc.codec if rpc is not None else _ANY_REPLY).settle(outcome)
+        ops = [Op.reply(delivery.request_id, encoded)]
+        instance = self.instances.get((delivery.entity_type, delivery.entity_id))
+        if instance is not None and instance.entity.state_model is not None:
+            state = instance.state
+            data = state.model_dump_json().encode() if isinstance(state, BaseModel) else None
+            if data is not None and data != instance.saved_state:
+                ops.append(Op.entity_state(delivery.entity_type, delivery.entity_id, data))
+                instance.saved_state = data
+        self._replies.append((delivery, rpc, encoded, ops))
+        self._schedule_flush()
+
+    def _settle(self, delivery: Deliver, rpc: RpcSpec | None, outcome: Exit | bytes) -> None:
+        """The caller gets the exit as it would over the wire; the slot frees.
+
+        `outcome` is the exit, or (a persisted reply) the exit as stored.
+        """
+        codec = _ANY_REPLY if rpc is None else rpc.codec
+        if isinstance(outcome, bytes):
+            encoded: bytes | None = outcome
+        elif rpc is not None and not rpc.is_stream:
+            encoded, _ = codec.settle(outcome)
+        else:
+            encoded = None
+        if encoded is not None:
+            try:
+                outcome = codec.decode(encoded)
+            except Exception as err:  # a reply that does not survive its own schema
+                outcome = Failure(MalformedMessage(f"reply of {rpc!r} does not decode: {err}"))
+        assert not isinstance(outcome, bytes)
         stream = self._streams.pop(delivery.request_id, None)
         if stream is not None:
             stream.queue.put_nowait(outcome if isinstance(outcome, Failure) else _END)
-        if rpc is not None and not rpc.is_stream:
-            encoded, _ = rpc.codec.settle(outcome)
-            try:
-                outcome = rpc.codec.decode(encoded)
-            except Exception as err:  # a reply that does not survive its own schema
-                outcome = Failure(MalformedMessage(f"reply of {rpc!r} does not decode: {err}"))
         self._answer(delivery.request_id, outcome)
         self._finished.append(delivery)
         self._schedule_flush()
 
     # Closing --------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Takes no more requests and lets those running finish, for the termination timeout.
+
+        Effect's `entityTerminationTimeout`: what is still running after it is cancelled by
+        `close` (a persisted request without its reply is delivered again by the next
+        engine). Replies made meanwhile are stored before this returns.
+        """
+        self._closed = EngineClosedError("", "the engine is closing")
+        timeout = self.config.entity_termination_timeout.total_seconds()
+        deadline = self.loop.time() + timeout
+        if self._tasks and timeout > 0:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        self._flush()  # the replies of what finished, to the store now
+        if self._writing:
+            self._written = self.loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written, max(0.0, deadline - self.loop.time()))
 
     def close(self, error: BaseException) -> None:
         """The engine closes: handlers stop and callers still waiting get `error`."""
@@ -664,6 +1021,55 @@ class EntityRuntime:
         self.callers.clear()
         self._taken.clear()
         self.instances.clear()
+
+
+#: A persisted reply on its way to the store: the request (None: an interrupt whose caller is
+#: gone), its RPC, the exit as stored, and the ops that store it.
+_Reply = tuple[Deliver | None, "RpcSpec | None", bytes, list[Op]]
+
+#: Encodes and decodes replies whose RPC is unknown (defects, interrupts).
+_ANY_REPLY = ExitCodec("entity reply", Any, ())
+
+
+def _interrupt(request_id: int) -> Exit:
+    return Failure(Interrupted(str(request_id), f"request {request_id} was interrupted"))
+
+
+def _ignore(answer: Any) -> None:
+    """A write whose outcome changes nothing (an unclaim: a lost one only delays a read)."""
+
+
+def _ms(seconds: float) -> int:
+    return milliseconds_ceil(seconds)
+
+
+def _epoch_ms(at: datetime) -> int:
+    if at.tzinfo is None:
+        msg = f"deliver_at must be timezone-aware, got {at!r}"
+        raise InvalidArgumentError(msg)
+    return int(at.timestamp() * 1000)
+
+
+@types.coroutine
+def _resumed(coroutine: Coroutine[Any, Any, None], waits_on: Any) -> Generator[Any, Any, None]:
+    """Continues a coroutine that took its first step outside a task: what a task runs.
+
+    It hands the task what the coroutine waits on, and passes in what the task sends or
+    throws (a result, a cancellation) until the coroutine returns.
+    """
+    while True:
+        try:
+            sent = yield waits_on
+        except BaseException as thrown:  # a cancellation, delivered into the coroutine
+            try:
+                waits_on = coroutine.throw(thrown)
+            except StopIteration:
+                return
+        else:
+            try:
+                waits_on = coroutine.send(sent)
+            except StopIteration:
+                return
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

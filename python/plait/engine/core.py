@@ -286,6 +286,10 @@ class Engine:
         """
         if self._loop is None:
             return
+        if self.entity_host is not None and self._fenced is None and not self._closing:
+            # Entity handlers get their termination timeout to finish (and store their
+            # replies); workflows stop at once, their journal resumes them.
+            await self.entity_host.drain()
         self._closing = True
         tasks = [ex.run.task for ex in self._live.values() if ex.run and ex.run.task]
         tasks += self._background

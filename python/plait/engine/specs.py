@@ -113,6 +113,13 @@ class EntityHost(Protocol):
         """Entity requests that may run now, and instances to drop, from the work source."""
         ...
 
+    async def drain(self) -> None:
+        """The engine is about to close: take no more requests, let running ones finish.
+
+        Waits at most the entities' termination timeout, and until their replies are stored.
+        """
+        ...
+
     def close(self, error: BaseException) -> None:
         """The engine closes: callers still waiting get `error`."""
         ...

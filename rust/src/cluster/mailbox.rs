@@ -9,7 +9,7 @@
 //! Effect's rules (its `EntityManager` and `EntityReaper`), with one difference of shape: the
 //! waiting requests of an instance are queued here, in order, rather than in a server fiber.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -109,6 +109,8 @@ struct Instance {
     last_active_ms: u64,
     /// Kept resident whatever its idle time (Effect's `keepAlive`).
     keep_alive: bool,
+    /// When it may be passivated, while it is idle (its key in [`Mailboxes::idle`]).
+    passivates_at: Option<u64>,
 }
 
 /// Every mailbox of a runner. See the [module documentation](self).
@@ -119,6 +121,9 @@ pub struct Mailboxes {
     /// Resident instances at most; `None`: unbounded (Effect's default is 10,000).
     max_resident: Option<usize>,
     ready: VecDeque<Delivery>,
+    /// The idle instances that may be passivated, by when: the next passivation without a
+    /// scan of every resident instance (a runner holds 10,000).
+    idle: BTreeSet<(u64, Address)>,
 }
 
 impl Mailboxes {
@@ -137,7 +142,19 @@ impl Mailboxes {
 
     /// Registers (or re-registers) an entity type with its options.
     pub fn register(&mut self, entity_type: &str, options: EntityOptions) {
-        self.types.insert(entity_type.to_owned(), options);
+        let changed = self.types.insert(entity_type.to_owned(), options) != Some(options);
+        if changed {
+            // Its idle time may have changed: the idle instances of the type are due anew.
+            let of_type: Vec<Address> = self
+                .resident
+                .keys()
+                .filter(|a| a.entity_type == entity_type)
+                .cloned()
+                .collect();
+            for address in &of_type {
+                self.refresh_idle(address);
+            }
+        }
     }
 
     /// Whether `entity_type` is registered.
@@ -203,6 +220,7 @@ impl Mailboxes {
                 ids: FxHashSet::default(),
                 last_active_ms: now_ms,
                 keep_alive: false,
+                passivates_at: None,
             });
         if instance.ids.contains(&message.request_id) {
             return Err(Refusal::AlreadyProcessing {
@@ -219,6 +237,9 @@ impl Mailboxes {
         }
         instance.ids.insert(message.request_id);
         instance.last_active_ms = now_ms;
+        if let Some(at) = instance.passivates_at.take() {
+            self.idle.remove(&(at, address.clone()));
+        }
         if instance.running < options.concurrency {
             instance.running += 1;
             self.ready.push_back(Delivery { message, activates });
@@ -245,17 +266,38 @@ impl Mailboxes {
             .position(|m| m.request_id == request_id)
         {
             instance.waiting.remove(at);
-            return true;
+        } else {
+            instance.running = instance.running.saturating_sub(1);
+            if let Some(next) = instance.waiting.pop_front() {
+                instance.running += 1;
+                self.ready.push_back(Delivery {
+                    message: next,
+                    activates: false,
+                });
+            }
         }
-        instance.running = instance.running.saturating_sub(1);
-        if let Some(next) = instance.waiting.pop_front() {
-            instance.running += 1;
-            self.ready.push_back(Delivery {
-                message: next,
-                activates: false,
-            });
-        }
+        self.refresh_idle(address);
         true
+    }
+
+    /// Puts the instance at `address` among the idle ones, by when it may be passivated, if it
+    /// has nothing to do, is not kept alive and its type passivates; else takes it out.
+    fn refresh_idle(&mut self, address: &Address) {
+        let Some(instance) = self.resident.get_mut(address) else {
+            return;
+        };
+        if let Some(at) = instance.passivates_at.take() {
+            self.idle.remove(&(at, address.clone()));
+        }
+        let max_idle = self
+            .types
+            .get(&address.entity_type)
+            .and_then(|options| options.max_idle_ms);
+        if let Some(max) = max_idle.filter(|_| instance.ids.is_empty() && !instance.keep_alive) {
+            let at = instance.last_active_ms.saturating_add(max);
+            instance.passivates_at = Some(at);
+            self.idle.insert((at, address.clone()));
+        }
     }
 
     /// Keeps the instance at `address` resident whatever its idle time, or lets it go idle
@@ -264,6 +306,7 @@ impl Mailboxes {
         match self.resident.get_mut(address) {
             Some(instance) => {
                 instance.keep_alive = enabled;
+                self.refresh_idle(address);
                 true
             }
             None => false,
@@ -293,35 +336,23 @@ impl Mailboxes {
     /// Passivates the instances idle for their type's `max_idle_ms` by `now_ms` (nothing
     /// running or waiting, not kept alive), and returns their addresses.
     pub fn passivate_idle(&mut self, now_ms: u64) -> Vec<Address> {
-        let types = &self.types;
         let mut gone = Vec::new();
-        self.resident.retain(|address, instance| {
-            let idle_for = types
-                .get(&address.entity_type)
-                .and_then(|options| options.max_idle_ms);
-            let idle = instance.ids.is_empty()
-                && !instance.keep_alive
-                && idle_for
-                    .is_some_and(|max| now_ms.saturating_sub(instance.last_active_ms) >= max);
-            if idle {
-                gone.push(address.clone());
+        while let Some((at, _)) = self.idle.first() {
+            if *at > now_ms {
+                break;
             }
-            !idle
-        });
+            if let Some((_, address)) = self.idle.pop_first() {
+                self.resident.remove(&address);
+                gone.push(address);
+            }
+        }
         gone.sort();
         gone
     }
 
     /// When the next idle instance may be passivated, if any may.
     pub fn next_passivation(&self) -> Option<u64> {
-        self.resident
-            .iter()
-            .filter(|(_, instance)| instance.ids.is_empty() && !instance.keep_alive)
-            .filter_map(|(address, instance)| {
-                let max = self.types.get(&address.entity_type)?.max_idle_ms?;
-                Some(instance.last_active_ms.saturating_add(max))
-            })
-            .min()
+        self.idle.first().map(|(at, _)| *at)
     }
 
     /// Drops the instance at `address` and everything it holds (its requests are left to
@@ -331,6 +362,9 @@ impl Mailboxes {
         self.ready.retain(|d| &d.message.address != address);
         match self.resident.remove(address) {
             Some(instance) => {
+                if let Some(at) = instance.passivates_at {
+                    self.idle.remove(&(at, address.clone()));
+                }
                 let waiting: FxHashSet<i64> =
                     instance.waiting.iter().map(|m| m.request_id).collect();
                 let mut ids: Vec<i64> = instance

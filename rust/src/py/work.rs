@@ -322,11 +322,12 @@ impl PyWorkSource {
         Ok(())
     }
 
-    /// Reads the stored entity requests soon (some were saved and not delivered), or, with
-    /// `deliver_at_ms`, when that instant comes.
-    #[pyo3(signature = (deliver_at_ms = None))]
-    fn poll_storage(&self, deliver_at_ms: Option<Int<u64>>) -> PyResult<()> {
-        self.source()?.poll_storage(deliver_at_ms.map(|at| at.0));
+    /// Reads the stored entity requests soon (some were saved and not delivered); with
+    /// `deliver_at_ms`, when that instant comes; with `when_room`, once a slot frees.
+    #[pyo3(signature = (deliver_at_ms = None, when_room = false))]
+    fn poll_storage(&self, deliver_at_ms: Option<Int<u64>>, when_room: bool) -> PyResult<()> {
+        self.source()?
+            .poll_storage(deliver_at_ms.map(|at| at.0), when_room);
         Ok(())
     }
 

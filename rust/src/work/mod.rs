@@ -295,13 +295,15 @@ impl WorkSource {
     /// Reads the stored entity requests soon: the host saved some it did not deliver (held
     /// back by `deliver_at`, or refused by a full mailbox), or (`deliver_at_ms`) one is due
     /// then.
-    pub fn poll_storage(&self, deliver_at_ms: Option<u64>) {
+    /// With `when_room`, not now but once a slot frees (a full mailbox refused one).
+    pub fn poll_storage(&self, deliver_at_ms: Option<u64>, when_room: bool) {
         let mut state = self.shared.state();
         match deliver_at_ms {
             Some(at) => {
                 let next = &mut state.storage.next_deliver_at;
                 *next = Some(next.map_or(at, |n| n.min(at)));
             }
+            None if when_room => state.storage.refused = true,
             None => state.storage.wanted = true,
         }
         state.pending = true;
@@ -325,8 +327,8 @@ impl WorkSource {
             .collect();
         let ready = state.mail.take(usize::MAX);
         drop(state);
-        // A new resident instance may be the next to passivate.
-        self.shared.changed.notify_one();
+        // Instances that took a request are busy: the next passivation comes no earlier, and
+        // the driver, which wakes for it anyway, need not look now.
         (answers, ready)
     }
 
@@ -335,17 +337,25 @@ impl WorkSource {
     pub fn done(&self, finished: &[(Address, i64)]) -> Vec<Delivery> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state();
+        let next_before = state.mail.next_passivation();
         for (address, request_id) in finished {
             state.mail.done(address, *request_id, now);
         }
+        let mut wake = false;
         if state.storage.refused && !finished.is_empty() {
             // A slot freed: what a read could not place may fit now.
             state.storage.refused = false;
             state.storage.wanted = true;
+            wake = true;
         }
+        // An instance gone idle may be the next to passivate.
+        let next_after = state.mail.next_passivation();
+        wake |= next_after.is_some_and(|after| next_before.is_none_or(|before| after < before));
         let ready = state.mail.take(usize::MAX);
         drop(state);
-        self.shared.changed.notify_one();
+        if wake {
+            self.shared.changed.notify_one();
+        }
         ready
     }
 

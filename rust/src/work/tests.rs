@@ -360,3 +360,141 @@ async fn entity_requests_run_as_their_mailboxes_allow_and_idle_instances_passiva
     assert_eq!(source.resident(), 0);
     source.close();
 }
+
+fn stored(id: i64, entity_id: &str, deliver_at: Option<u64>) -> Op {
+    Op::Request {
+        request: crate::store::Request {
+            id,
+            shard: "default:1".into(),
+            entity_type: "Counter".into(),
+            entity_id: entity_id.into(),
+            tag: "increment".into(),
+            payload: b"{}".to_vec(),
+            key: None,
+            deliver_at,
+        },
+        claimed_ms: None,
+    }
+}
+
+/// Waits (up to 10 s) for deliveries, and takes them all: their request ids.
+async fn delivered(source: &WorkSource) -> Vec<i64> {
+    tokio::time::timeout(Duration::from_secs(10), source.wait())
+        .await
+        .expect("no work came")
+        .unwrap();
+    source
+        .take(usize::MAX)
+        .into_iter()
+        .map(|work| match work {
+            Work::Deliver(delivery) => delivery.message.request_id,
+            other => panic!("not a delivery: {other:?}"),
+        })
+        .collect()
+}
+
+async fn started(store: &Arc<dyn Store>, now: u64) -> WorkSource {
+    let source = WorkSource::start(Arc::clone(store), manual(now));
+    tokio::time::timeout(Duration::from_secs(10), source.started())
+        .await
+        .unwrap()
+        .unwrap();
+    source
+}
+
+#[tokio::test]
+async fn stored_requests_claimed_by_a_dead_process_are_delivered_on_start() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let mut claimed = stored(1, "a", None);
+    if let Op::Request { claimed_ms, .. } = &mut claimed {
+        *claimed_ms = Some(T0);
+    }
+    write(store.as_ref(), vec![claimed, stored(2, "b", None)]).await;
+    let source = started(&store, T0).await;
+    source.register_entity("Counter", EntityOptions::default());
+    let mut ids = delivered(&source).await;
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2], "the claim of the dead process was cleared");
+    // Claimed now: another read does not deliver them again.
+    source.poll_storage(None, false);
+    idle(&source).await;
+    assert!(source.take(10).is_empty());
+    source.close();
+}
+
+#[tokio::test]
+async fn deliver_at_holds_a_stored_request_until_its_instant() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let source = started(&store, T0).await;
+    source.register_entity("Counter", EntityOptions::default());
+    write(store.as_ref(), vec![stored(7, "a", Some(T0 + 5_000))]).await;
+    source.poll_storage(Some(T0 + 5_000), false);
+    idle(&source).await;
+    assert!(source.take(10).is_empty());
+    assert_eq!(source.next_due(), Some(T0 + 5_000));
+    source.advance_to(T0 + 5_000);
+    assert_eq!(delivered(&source).await, [7]);
+    source.close();
+}
+
+#[tokio::test]
+async fn a_full_mailbox_leaves_requests_stored_until_a_slot_frees() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let source = started(&store, T0).await;
+    source.register_entity(
+        "Counter",
+        EntityOptions {
+            mailbox_capacity: Some(1),
+            ..EntityOptions::default()
+        },
+    );
+    write(
+        store.as_ref(),
+        vec![stored(1, "a", None), stored(2, "a", None)],
+    )
+    .await;
+    source.poll_storage(None, false);
+    assert_eq!(delivered(&source).await, [1]);
+    idle(&source).await;
+    // Request 2 was refused and unclaimed: it stays stored, and comes once 1 is done.
+    let address = mail(1, "a").address;
+    write(
+        store.as_ref(),
+        vec![Op::Reply {
+            request_id: 1,
+            value: b"{}".to_vec(),
+        }],
+    )
+    .await;
+    assert!(source.done(&[(address, 1)]).is_empty());
+    assert_eq!(delivered(&source).await, [2]);
+    source.close();
+}
+
+#[tokio::test]
+async fn a_request_of_an_unregistered_type_is_handed_over_after_the_timeout() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let source = started(&store, T0).await;
+    source.set_storage_options(10_000, 3_000);
+    write(store.as_ref(), vec![stored(9, "x", None)]).await;
+    source.poll_storage(None, false);
+    idle(&source).await;
+    assert!(source.take(10).is_empty());
+    assert_eq!(source.next_due(), Some(T0 + 3_000));
+    source.advance_to(T0 + 3_000);
+    let work = {
+        tokio::time::timeout(Duration::from_secs(10), source.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        source.take(10)
+    };
+    match &work[..] {
+        [Work::Deliver(delivery)] => {
+            assert_eq!(delivery.message.request_id, 9);
+            assert!(delivery.activates);
+        }
+        other => panic!("expected the request, got {other:?}"),
+    }
+    source.close();
+}
