@@ -12,6 +12,7 @@ __all__ = [
     "Deferred",
     "DeferredAt",
     "Deliver",
+    "Duplicate",
     "Entry",
     "Execution",
     "Filter",
@@ -454,14 +455,14 @@ class Timer:
 
 @final
 class Filter:
-    """Which executions `Store.list` and `Store.count` take; every condition given must hold.
+    """Which executions `Store.list_executions` and `Store.count_executions` take; every condition given must hold.
 
     Example:
         >>> store = Store.memory()
         >>> _ = store.write_now([Op.start("a", "A", b"{}"), Op.start("b", "B", b"{}")])
-        >>> [e.id for e in store.list_now(Filter(workflow="B")).executions]
+        >>> [e.id for e in store.list_executions_now(Filter(workflow="B")).executions]
         ['b']
-        >>> store.count_now(Filter(status="running"), 10)
+        >>> store.count_executions_now(Filter(status="running"), 10)
         2
     """
 
@@ -753,7 +754,7 @@ class Store:
     def with_status_now(self, status: _Status) -> list[str]:
         """The ids of the executions with `status`, at once (an immediate store only)."""
 
-    def list(
+    def list_executions(
         self,
         bridge: AsyncBridge,
         filter: Filter,
@@ -768,16 +769,16 @@ class Store:
             InvalidArgumentError: `limit` is out of range.
         """
 
-    def list_now(
+    def list_executions_now(
         self, filter: Filter, after: tuple[int, int] | None = None, limit: int = 50
     ) -> Page:
-        """As `list`, at once (an immediate store only)."""
+        """As `list_executions`, at once (an immediate store only)."""
 
-    def count(self, bridge: AsyncBridge, filter: Filter, cap: int) -> int:
+    def count_executions(self, bridge: AsyncBridge, filter: Filter, cap: int) -> int:
         """Resolves to how many executions pass `filter`, counted up to `cap`."""
 
-    def count_now(self, filter: Filter, cap: int) -> int:
-        """As `count`, at once (an immediate store only)."""
+    def count_executions_now(self, filter: Filter, cap: int) -> int:
+        """As `count_executions`, at once (an immediate store only)."""
 
     def history(self, bridge: AsyncBridge, id: str) -> int:
         """Resolves to the `History` of execution `id`, or None if the store does not hold it."""

@@ -387,16 +387,16 @@ class Journal:
         """A page of the executions passing `filter`, newest first, from just after `after`."""
         store = self.store
         if self.immediate:
-            return store.list_now(filter, after, limit)
-        page: Page = await _bridge.call(lambda bridge: store.list(bridge, filter, after, limit))
+            return store.list_executions_now(filter, after, limit)
+        page: Page = await _bridge.call(lambda bridge: store.list_executions(bridge, filter, after, limit))
         return page
 
     async def count(self, filter: Filter, cap: int) -> int:
         """How many executions pass `filter`, counted up to `cap`."""
         store = self.store
         if self.immediate:
-            return store.count_now(filter, cap)
-        counted: int = await _bridge.call(lambda bridge: store.count(bridge, filter, cap))
+            return store.count_executions_now(filter, cap)
+        counted: int = await _bridge.call(lambda bridge: store.count_executions(bridge, filter, cap))
         return counted
 
     async def history(self, execution_id: str) -> History | None:

@@ -1,6 +1,7 @@
 //! The operators' reads for Python: which executions to list (`Filter`), a page of them
 //! (`Page` of `Listed`), and one execution's history (`History`, its `Step`s and
-//! `DeferredAt`s). `Store.list`, `Store.count` and `Store.history` answer them.
+//! `DeferredAt`s). `Store.list_executions`, `Store.count_executions` and `Store.history` answer
+//! them.
 
 use pyo3::{prelude::*, types::PyBytes};
 
@@ -10,7 +11,8 @@ use super::{
 };
 use crate::store::{self, Status};
 
-/// Which executions `Store.list` and `Store.count` take; every condition given must hold.
+/// Which executions `Store.list_executions` and `Store.count_executions` take; every
+/// condition given must hold.
 #[pyclass(module = "plait._native", name = "Filter", frozen, eq)]
 #[derive(Clone, PartialEq)]
 pub struct PyFilter(pub(super) store::Filter);

@@ -791,7 +791,7 @@ impl PyStore {
         signature = (bridge, filter, after = None, limit = Int(50)),
         text_signature = "(self, /, bridge, filter, after=None, limit=50)"
     )]
-    fn list(
+    fn list_executions(
         &self,
         bridge: &AsyncBridge,
         filter: PyRef<'_, PyFilter>,
@@ -804,24 +804,24 @@ impl PyStore {
         bridge.spawn(async move { Ok(PyPage::from(store.list(&filter, after, limit).await?)) })
     }
 
-    /// `list` at once: an immediate store only.
+    /// `list_executions` at once: an immediate store only.
     #[pyo3(
         signature = (filter, after = None, limit = Int(50)),
         text_signature = "(self, /, filter, after=None, limit=50)"
     )]
-    fn list_now(
+    fn list_executions_now(
         &self,
         filter: PyRef<'_, PyFilter>,
         after: Option<(Int<u64>, Int<u64>)>,
         limit: Int<usize>,
     ) -> PyResult<PyPage> {
-        let store = self.immediate_store("list")?;
+        let store = self.immediate_store("list_executions")?;
         let (after, limit) = (listing::cursor(after), listing::limit(limit)?);
         Ok(PyPage::from(now(store.list(&filter.0, after, limit))?))
     }
 
     /// Resolves to how many executions pass `filter`, counted up to `cap`.
-    fn count(
+    fn count_executions(
         &self,
         bridge: &AsyncBridge,
         filter: PyRef<'_, PyFilter>,
@@ -832,9 +832,9 @@ impl PyStore {
         bridge.spawn(async move { Ok(store.count(&filter, cap.0).await?) })
     }
 
-    /// `count` at once: an immediate store only.
-    fn count_now(&self, filter: PyRef<'_, PyFilter>, cap: Int<u64>) -> PyResult<u64> {
-        let store = self.immediate_store("count")?;
+    /// `count_executions` at once: an immediate store only.
+    fn count_executions_now(&self, filter: PyRef<'_, PyFilter>, cap: Int<u64>) -> PyResult<u64> {
+        let store = self.immediate_store("count_executions")?;
         now(store.count(&filter.0, cap.0))
     }
 
