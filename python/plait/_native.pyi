@@ -455,7 +455,9 @@ class Timer:
 
 @final
 class Filter:
-    """Which executions `Store.list_executions` and `Store.count_executions` take; every condition given must hold.
+    """Which executions `Store.list_executions` and `Store.count_executions` take.
+
+    Every condition given must hold.
 
     Example:
         >>> store = Store.memory()

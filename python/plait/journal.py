@@ -388,7 +388,9 @@ class Journal:
         store = self.store
         if self.immediate:
             return store.list_executions_now(filter, after, limit)
-        page: Page = await _bridge.call(lambda bridge: store.list_executions(bridge, filter, after, limit))
+        page: Page = await _bridge.call(
+            lambda bridge: store.list_executions(bridge, filter, after, limit)
+        )
         return page
 
     async def count(self, filter: Filter, cap: int) -> int:
@@ -396,7 +398,9 @@ class Journal:
         store = self.store
         if self.immediate:
             return store.count_executions_now(filter, cap)
-        counted: int = await _bridge.call(lambda bridge: store.count_executions(bridge, filter, cap))
+        counted: int = await _bridge.call(
+            lambda bridge: store.count_executions(bridge, filter, cap)
+        )
         return counted
 
     async def history(self, execution_id: str) -> History | None:
