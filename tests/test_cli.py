@@ -7,15 +7,10 @@ The exit codes are part of the interface (`plait.cli.ExitCode`): each test check
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,95 +22,9 @@ import pytest
 import plait
 from plait.cli import ExitCode
 from tests import http_workflows as wf
+from tests.cli_support import ROOT, Served, plait_cli, start_serving
 
-ROOT = Path(__file__).resolve().parent.parent
 ORDER: dict[str, Any] = {"order_id": "o-cli", "email": "a@example.org", "amount_cents": 250_000}
-
-
-def entry_point() -> list[str]:
-    """The `plait` console script, as pip installs it from pyproject.toml's `[project.scripts]`.
-
-    The installed script when there is one (`./dev setup` installs it); else the same call,
-    which is all a console script does: import the entry point and exit with what it returns.
-    """
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"plait": "plait.cli:main"}
-    installed = Path(sys.executable).with_name("plait")
-    if installed.exists() and "plait.cli" in installed.read_text():
-        return [str(installed)]
-    return [sys.executable, "-c", "import sys; from plait.cli import main; sys.exit(main())"]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLAIT_")}
-    env["PYTHONPATH"] = f"{ROOT / 'python'}{os.pathsep}{ROOT}"
-    env["COLUMNS"] = "200"  # rich wraps at the terminal's width: keep lines whole
-    return {**env, **extra}
-
-
-def plait_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*entry_point(), *args],
-        cwd=ROOT,
-        env=child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-class Served:
-    """A `plait serve` child process and the URL it serves on; its stderr is kept in `log`."""
-
-    def __init__(self, process: subprocess.Popen[str], url: str, log: list[str]) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-        # Read on, so a full pipe never blocks the server.
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-
-    def stop(self) -> int:
-        """Stops it as an operator would (SIGTERM); its exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        status = self.process.wait(timeout=30)
-        self._reader.join(timeout=10)
-        assert self.process.stderr is not None
-        self.process.stderr.close()
-        return status
-
-
-def start_serving(database: str, *extra: str) -> Served:
-    command = ["serve", "tests.http_workflows", "--port", "0", "--database", database, *extra]
-    process = subprocess.Popen(
-        [*entry_point(), *command],
-        cwd=ROOT,
-        env=child_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    deadline = time.monotonic() + 60
-    seen = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
-            break
-        seen.append(line)
-        found = re.search(r"Uvicorn running on (http://\S+)", line)
-        if found:
-            return Served(process, found[1], seen)
-    process.kill()
-    process.wait()
-    process.stderr.close()
-    msg = f"plait serve did not start: {''.join(seen)}"
-    raise AssertionError(msg)
 
 
 @pytest.fixture
@@ -131,7 +40,17 @@ def served(tmp_path: Path) -> Iterator[Served]:
 def test_help_on_every_command() -> None:
     done = plait_cli("--help")
     assert done.returncode == ExitCode.OK, done.stderr
-    for command in ("serve", "status", "interrupt", "resume", "migrate"):
+    for command in (
+        "serve",
+        "status",
+        "interrupt",
+        "resume",
+        "cancel",
+        "list",
+        "show",
+        "resume-all",
+        "migrate",
+    ):
         assert command in done.stdout
         helped = plait_cli(command, "--help")
         assert helped.returncode == ExitCode.OK, (command, helped.stderr)
@@ -304,3 +223,128 @@ def test_served_workflows_run_and_survive_a_restart(tmp_path: Path) -> None:
     assert result.status_code == 200
     assert result.json()["approved_by"] == "cli"
     assert plait.execution_id("HttpProcessOrder", ORDER["order_id"]) == execution_id
+
+
+def seed_orders(url: str) -> dict[str, str]:
+    """Orders that succeed, fail and wait for approval, through the proxy: ids by name."""
+    orders = {
+        "paid": {**ORDER, "order_id": "paid", "amount_cents": 4999},
+        "declined": {**ORDER, "order_id": "declined", "amount_cents": 0},
+        "wait-1": {**ORDER, "order_id": "wait-1"},
+        "wait-2": {**ORDER, "order_id": "wait-2"},
+    }
+    ids = {}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for name, body in orders.items():
+            if name.startswith("wait"):
+                ids[name] = http.post("/httpprocessorder/discard", json=body).headers[
+                    "plait-execution-id"
+                ]
+            else:
+                http.post("/httpprocessorder", json=body)
+                ids[name] = wf.ProcessOrder.execution_id(body)
+        deadline = time.monotonic() + 30
+        for name in ("wait-1", "wait-2"):
+            while http.get(f"/executions/{ids[name]}").json()["status"] != "suspended":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    return ids
+
+
+def test_list_and_show_through_the_served_proxy(served: Served) -> None:
+    ids = seed_orders(served.url)
+    url = ("--url", served.url)
+    listed = plait_cli("list", *url, "--json")
+    assert listed.returncode == ExitCode.OK, listed.stderr
+    page = json.loads(listed.stdout)
+    statuses = {e["executionId"]: e["status"] for e in page["executions"]}
+    assert statuses == {
+        ids["paid"]: "succeeded",
+        ids["declined"]: "failed",
+        ids["wait-1"]: "suspended",
+        ids["wait-2"]: "suspended",
+    }
+    assert page["executions"][0]["executionId"] == ids["wait-2"]  # newest first
+    assert page["next"] is None
+
+    failed = json.loads(plait_cli("list", *url, "--status", "failed", "--json").stdout)
+    assert [e["executionId"] for e in failed["executions"]] == [ids["declined"]]
+    assert failed["executions"][0]["error"]["error"]["_tag"] == "CardDeclined"
+    assert json.loads(plait_cli("list", *url, "-w", "Hold", "--json").stdout)["executions"] == []
+
+    # A page at a time, through --after.
+    seen: list[str] = []
+    after: list[str] = []
+    for _ in range(5):
+        one = json.loads(plait_cli("list", *url, "--limit", "1", *after, "--json").stdout)
+        seen.extend(e["executionId"] for e in one["executions"])
+        if one["next"] is None:
+            break
+        after = ["--after", one["next"]]
+    assert seen == [e["executionId"] for e in page["executions"]]
+    recent = json.loads(plait_cli("list", *url, "--since", "1h", "--json").stdout)
+    assert len(recent["executions"]) == 4
+    future = json.loads(plait_cli("list", *url, "--since", "2999-01-01T00:00", "--json").stdout)
+    assert future["executions"] == []
+
+    # For people: the status counts, then a table.
+    text = plait_cli("list", *url)
+    assert text.returncode == ExitCode.OK, text.stderr
+    assert re.search(r"suspended 2\s+succeeded 1\s+failed 1", text.stdout), text.stdout
+    assert ids["declined"] in text.stdout
+    assert "CardDeclined" in text.stdout
+
+    shown = plait_cli("show", ids["paid"], *url, "--json")
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    timeline = json.loads(shown.stdout)
+    assert timeline["status"] == "succeeded"
+    assert timeline["result"]["charge_id"] == "ch_paid"
+    assert [(e["kind"], e["name"]) for e in timeline["events"]] == [
+        ("started", "HttpProcessOrder"),
+        ("activity", "HttpCharge"),
+        ("completed", "HttpProcessOrder"),
+    ]
+    text = plait_cli("show", ids["wait-1"], *url)
+    assert text.returncode == ExitCode.OK
+    assert "timeline" in text.stdout
+    assert re.search(r"status\s+suspended", text.stdout), text.stdout
+
+    # Scripts rely on the exit codes.
+    missing = plait_cli("show", "0" * 32, *url, "--json")
+    assert missing.returncode == ExitCode.NOT_FOUND
+    assert json.loads(missing.stdout)["error"]["_tag"] == "UnknownExecutionError"
+    assert plait_cli("list", *url, "--since", "last tuesday").returncode == ExitCode.USAGE
+    assert plait_cli("list", *url, "--status", "done").returncode == ExitCode.USAGE
+    assert plait_cli("list", *url, "--limit", "0").returncode == ExitCode.USAGE
+    bad_cursor = plait_cli("list", *url, "--after", "nowhere", "--json")
+    assert bad_cursor.returncode == ExitCode.INVALID
+    nobody = plait_cli("list", "--url", "http://127.0.0.1:9")
+    assert nobody.returncode == ExitCode.UNREACHABLE
+
+
+def test_cancel_and_resume_all_through_the_served_proxy(served: Served) -> None:
+    ids = seed_orders(served.url)
+    url = ("--url", served.url)
+    resumed = plait_cli("resume-all", *url)
+    assert resumed.returncode == ExitCode.OK, resumed.stderr
+    assert "resumed 2 of 2" in resumed.stdout
+    assert "resuming" in resumed.stderr  # the progress bar
+    assert "2/2" in resumed.stderr
+    as_json = json.loads(plait_cli("resume-all", *url, "--json").stdout)
+    assert sorted(as_json["resumed"]) == sorted([ids["wait-1"], ids["wait-2"]])
+    assert as_json["failed"] == {}
+    none = json.loads(plait_cli("resume-all", *url, "-w", "Hold", "--json").stdout)
+    assert none == {"resumed": [], "failed": {}}
+
+    cancelled = plait_cli("cancel", "HttpProcessOrder", ids["wait-1"], *url, "--json")
+    assert cancelled.returncode == ExitCode.OK, cancelled.stderr
+    assert json.loads(cancelled.stdout)["cancelled"] is True
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = json.loads(plait_cli("show", ids["wait-1"], *url, "--json").stdout)
+        if found["status"] != "suspended":
+            break
+    assert found["status"] == "interrupted"
+    assert found["events"][-1]["error"] == {"_tag": "Interrupt", "executionId": ids["wait-1"]}
+    unknown = plait_cli("cancel", "HttpProcessOrder", "0" * 32, *url)
+    assert unknown.returncode == ExitCode.NOT_FOUND

@@ -74,6 +74,8 @@ def test_one_abi3_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> Non
     assert "-cp311-abi3-" in wheels[0].name
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert {"plait/__init__.py", "plait/py.typed", "plait/_native.pyi"} <= set(names)
+    dashboard = {f"plait/http/dashboard/{name}" for name in ("index.html", "app.js", "app.css")}
+    assert dashboard <= set(names)  # the dashboard's files ship in the wheel
     assert any(n.startswith("plait/_native") and n.endswith(".so") for n in names)
 
     venv = tmp_path / "venv"

@@ -34,7 +34,16 @@ from plait.cluster import (
     ShardingConfig,
 )
 from plait.deferred import DurableClock, DurableDeferred
-from plait.engine import Engine, WorkflowInstance, current_instance
+from plait.engine import (
+    Engine,
+    ExecutionPage,
+    ExecutionStatusName,
+    ExecutionSummary,
+    ExecutionTimeline,
+    TimelineEvent,
+    WorkflowInstance,
+    current_instance,
+)
 from plait.errors import (
     ClosedError,
     Defect,
@@ -100,6 +109,10 @@ __all__ = [
     "EntityContext",
     "EntityNotAssignedToRunner",
     "ExecutionCompleteError",
+    "ExecutionPage",
+    "ExecutionStatusName",
+    "ExecutionSummary",
+    "ExecutionTimeline",
     "Exit",
     "Failure",
     "ForkedProcessError",
@@ -129,6 +142,7 @@ __all__ = [
     "SuspendedRetryExhaustedError",
     "SystemClock",
     "TaggedError",
+    "TimelineEvent",
     "UnknownExecutionError",
     "UnknownRunnerError",
     "Workflow",

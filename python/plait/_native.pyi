@@ -1,7 +1,7 @@
 # Stub of the private extension module built from rust/src/py/. Checked against the compiled
 # module by `python -m mypy.stubtest plait._native`.
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol, TypeAlias, final
 
 from plait.errors import InvalidArgumentError
@@ -10,17 +10,23 @@ __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
     "AsyncBridge",
     "Deferred",
+    "DeferredAt",
     "Deliver",
     "Duplicate",
     "Entry",
     "Execution",
+    "Filter",
     "HashRing",
+    "History",
+    "Listed",
     "Op",
+    "Page",
     "Passivate",
     "Refusal",
     "Resume",
     "Snapshot",
     "SnowflakeGenerator",
+    "Step",
     "Store",
     "Timer",
     "TimerServiceRef",
@@ -447,6 +453,181 @@ class Timer:
     def due_ms(self) -> int:
         """When, in ms since the Unix epoch."""
 
+# Operators' reads: listings, counts, histories
+
+@final
+class Filter:
+    """Which executions `Store.list_executions` and `Store.count_executions` take.
+
+    Every condition given must hold.
+
+    Example:
+        >>> store = Store.memory()
+        >>> _ = store.write_now([Op.start("a", "A", b"{}"), Op.start("b", "B", b"{}")])
+        >>> [e.id for e in store.list_executions_now(Filter(workflow="B")).executions]
+        ['b']
+        >>> store.count_executions_now(Filter(status="running"), 10)
+        2
+    """
+
+    def __new__(
+        cls,
+        *,
+        workflow: str | None = None,
+        status: _Status | None = None,
+        result_prefixes: Sequence[bytes] = (),
+        created_from_ms: int | None = None,
+        created_before_ms: int | None = None,
+    ) -> Filter:
+        """The executions that pass every condition given.
+
+        Of `workflow`, with `status`, whose result starts with one of `result_prefixes` (none:
+        any), created in `[created_from_ms, created_before_ms)`.
+
+        Raises:
+            StoreError: `status` is not running, suspended or complete.
+        """
+
+    @property
+    def workflow(self) -> str | None:
+        """Only executions of this workflow."""
+
+    @property
+    def status(self) -> _Status | None:
+        """Only executions with this status."""
+
+    @property
+    def result_prefixes(self) -> list[bytes]:
+        """Only executions whose stored result starts with one of these (none: any)."""
+
+    @property
+    def created_from_ms(self) -> int | None:
+        """Only executions created at or after this instant (ms since the Unix epoch)."""
+
+    @property
+    def created_before_ms(self) -> int | None:
+        """Only executions created before this instant (ms since the Unix epoch)."""
+
+@final
+class Listed:
+    """An execution as a listing shows it: its record without the payload."""
+
+    @property
+    def id(self) -> str:
+        """The execution's id."""
+
+    @property
+    def workflow(self) -> str:
+        """The workflow's name."""
+
+    @property
+    def parent(self) -> str | None:
+        """The execution that started this one, if any."""
+
+    @property
+    def status(self) -> _Status:
+        """Where it stands."""
+
+    @property
+    def result(self) -> bytes | None:
+        """The encoded result: the exit when complete, the cause (if any) when suspended."""
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether an interrupt was requested."""
+
+    @property
+    def created_ms(self) -> int:
+        """When it was created (ms since the Unix epoch)."""
+
+    @property
+    def updated_ms(self) -> int:
+        """When its record last changed (status, result or interrupt flag)."""
+
+    @property
+    def cursor(self) -> tuple[int, int]:
+        """The listing's position at this execution: `(created_ms, no)`."""
+
+@final
+class Page:
+    """One page of a listing, newest first."""
+
+    @property
+    def executions(self) -> list[Listed]:
+        """The executions, newest first (by creation time, then the order stored)."""
+
+    @property
+    def next(self) -> tuple[int, int] | None:
+        """Where the next page starts (`after=` of the next call); None once nothing is left."""
+
+@final
+class Step:
+    """A step result with the time it was stored."""
+
+    @property
+    def key(self) -> str:
+        """The step's key (name, occurrence and attempt)."""
+
+    @property
+    def seq(self) -> int:
+        """The step's position in call order."""
+
+    @property
+    def value(self) -> bytes:
+        """The encoded exit."""
+
+    @property
+    def at_ms(self) -> int | None:
+        """When it was stored (ms since the Unix epoch); None if stored before times were kept."""
+
+@final
+class DeferredAt:
+    """A deferred's result with the time it was stored."""
+
+    @property
+    def name(self) -> str:
+        """The deferred's name."""
+
+    @property
+    def value(self) -> bytes:
+        """The encoded exit."""
+
+    @property
+    def at_ms(self) -> int | None:
+        """When it was stored, as `Step.at_ms`."""
+
+@final
+class History:
+    """One execution with everything its journal holds, with times, read consistently."""
+
+    @property
+    def id(self) -> str:
+        """The execution's id."""
+
+    @property
+    def execution(self) -> Execution:
+        """Its record."""
+
+    @property
+    def created_ms(self) -> int:
+        """When it was created (ms since the Unix epoch)."""
+
+    @property
+    def updated_ms(self) -> int:
+        """When its record last changed."""
+
+    @property
+    def steps(self) -> list[Step]:
+        """Its step results, in the order they were stored."""
+
+    @property
+    def deferreds(self) -> list[DeferredAt]:
+        """Its deferred results, in the order they were stored."""
+
+    @property
+    def timers(self) -> list[Timer]:
+        """Its timers still to fire, earliest first."""
+
 # What a write answers, per op: None, a bool or the existing Execution; in the place of an op
 # the store refused (a NUL in a name, a due instant past 2**63 - 1), its InvalidArgumentError,
 # not raised: the store applied the other ops.
@@ -576,6 +757,38 @@ class Store:
 
     def with_status_now(self, status: _Status) -> list[str]:
         """The ids of the executions with `status`, at once (an immediate store only)."""
+
+    def list_executions(
+        self,
+        bridge: AsyncBridge,
+        filter: Filter,
+        after: tuple[int, int] | None = None,
+        limit: int = 50,
+    ) -> int:
+        """Resolves to a `Page` of the executions passing `filter`, newest first.
+
+        From just after `after` (a page's `next`); `limit` executions at most, 1 to 1,000.
+
+        Raises:
+            InvalidArgumentError: `limit` is out of range.
+        """
+
+    def list_executions_now(
+        self, filter: Filter, after: tuple[int, int] | None = None, limit: int = 50
+    ) -> Page:
+        """As `list_executions`, at once (an immediate store only)."""
+
+    def count_executions(self, bridge: AsyncBridge, filter: Filter, cap: int) -> int:
+        """Resolves to how many executions pass `filter`, counted up to `cap`."""
+
+    def count_executions_now(self, filter: Filter, cap: int) -> int:
+        """As `count_executions`, at once (an immediate store only)."""
+
+    def history(self, bridge: AsyncBridge, id: str) -> int:
+        """Resolves to the `History` of execution `id`, or None if the store does not hold it."""
+
+    def history_now(self, id: str) -> History | None:
+        """As `history`, at once (an immediate store only)."""
 
     def replies(self, bridge: AsyncBridge, ids: list[int]) -> int:
         """Resolves to the final replies of requests `ids` (bytes or None each)."""

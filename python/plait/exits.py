@@ -25,7 +25,16 @@ from pydantic_core import PydanticSerializationError
 from plait.errors import Defect, Interrupted, JournalDecodeError, ResultSchemaError
 from plait.schema import adapter, model_from_fields
 
-__all__ = ["Complete", "Exit", "ExitCodec", "Failure", "Success", "Suspended", "TaggedError"]
+__all__ = [
+    "OUTCOME_PREFIXES",
+    "Complete",
+    "Exit",
+    "ExitCodec",
+    "Failure",
+    "Success",
+    "Suspended",
+    "TaggedError",
+]
 
 T = TypeVar("T")
 
@@ -128,6 +137,15 @@ class Suspended:
 Result = Complete[Any] | Suspended
 
 _SUCCESS_PREFIX = b'{"_tag":"Success","value":'
+
+#: What the stored encoding of each outcome starts with (`ExitCodec` writes keys in this order,
+#: without spaces). Listings filter on them: the store compares bytes and decodes nothing.
+OUTCOME_PREFIXES: dict[str, bytes] = {
+    "Success": b'{"_tag":"Success"',
+    "Fail": b'{"_tag":"Failure","cause":{"_tag":"Fail"',
+    "Die": b'{"_tag":"Failure","cause":{"_tag":"Die"',
+    "Interrupt": b'{"_tag":"Failure","cause":{"_tag":"Interrupt"',
+}
 _DEFECT_CLASSES: dict[str, type[Defect]] = {
     "plait.ResultSchemaError": ResultSchemaError,
 }

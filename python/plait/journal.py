@@ -27,12 +27,24 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from plait import _bridge
-from plait._native import Execution, Op, Snapshot, Store, Timer
+from plait._native import Execution, Filter, History, Op, Page, Snapshot, Store, Timer
 
 if TYPE_CHECKING:
     from plait._native import AsyncBridge
 
-__all__ = ["FLUSH_AT", "Batch", "Execution", "Journal", "Op", "Snapshot", "Status", "Timer"]
+__all__ = [
+    "FLUSH_AT",
+    "Batch",
+    "Execution",
+    "Filter",
+    "History",
+    "Journal",
+    "Op",
+    "Page",
+    "Snapshot",
+    "Status",
+    "Timer",
+]
 
 R = TypeVar("R")
 #: A batch goes to the store once it holds this many ops, without waiting for the end of the
@@ -366,6 +378,40 @@ class Journal:
             return store.with_status_now(status)
         ids: list[str] = await _bridge.call(lambda bridge: store.with_status(bridge, status))
         return ids
+
+    # Operators' reads: listings, counts, histories -----------------------------------------
+
+    async def list(
+        self, filter: Filter, after: tuple[int, int] | None = None, limit: int = 50
+    ) -> Page:
+        """A page of the executions passing `filter`, newest first, from just after `after`."""
+        store = self.store
+        if self.immediate:
+            return store.list_executions_now(filter, after, limit)
+        page: Page = await _bridge.call(
+            lambda bridge: store.list_executions(bridge, filter, after, limit)
+        )
+        return page
+
+    async def count(self, filter: Filter, cap: int) -> int:
+        """How many executions pass `filter`, counted up to `cap`."""
+        store = self.store
+        if self.immediate:
+            return store.count_executions_now(filter, cap)
+        counted: int = await _bridge.call(
+            lambda bridge: store.count_executions(bridge, filter, cap)
+        )
+        return counted
+
+    async def history(self, execution_id: str) -> History | None:
+        """The execution with its journal, deferred results and timers, with their times."""
+        store = self.store
+        if self.immediate:
+            return store.history_now(execution_id)
+        found: History | None = await _bridge.call(
+            lambda bridge: store.history(bridge, execution_id)
+        )
+        return found
 
     async def close(self) -> None:
         """Waits for pending writes, then releases the store.

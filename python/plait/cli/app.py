@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Annotated, NoReturn, TypeVar
+from datetime import datetime, timedelta
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from plait.cli.definitions import load_definitions
 from plait.cli.exit_codes import ExitCode, exit_code_of
 from plait.cli.output import Output, masked_url
-from plait.engine import Engine
+from plait.engine import Engine, ExecutionStatusName
 from plait.http.client import DEFAULT_URL, Client
 from plait.http.proxy import DEFAULT_MAX_BODY_BYTES, proxy_app
 from plait.http.server import DEFAULT_HOST, check_bind, proxy_server
@@ -26,7 +29,7 @@ T = TypeVar("T")
 app = typer.Typer(
     name="plait",
     help=(
-        "plait: durable workflows. Serve a module's workflows over HTTP, look at and act on "
+        "plait: durable workflows. Serve a module's workflows over HTTP, list, show and act on "
         "executions through a running proxy, migrate a database.\n\n"
         "Exit codes: 0 done; 1 failed otherwise; 2 wrong command line; 3 not found; "
         "4 proxy or database unreachable; 5 refused (token, loopback, database locked); "
@@ -54,6 +57,43 @@ WorkflowArgument = Annotated[
     str, typer.Argument(help="The workflow's name (any case: its route is in lower case).")
 ]
 ExecutionArgument = Annotated[str, typer.Argument(help="The execution's id (32 hex digits).")]
+WorkflowFilter = Annotated[
+    str | None,
+    typer.Option("--workflow", "-w", help="Only executions of this workflow (its exact name)."),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Only executions started at or after this: ISO 8601 (local time unless it says), "
+        "or a time ago such as 30m, 2h, 7d.",
+        show_default=False,
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option(
+        "--until", help="Only executions started before this (as --since).", show_default=False
+    ),
+]
+
+_AGO = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _instant(text: str | None, option: str) -> datetime | None:
+    """An instant from the command line: ISO 8601, or a time ago (`30m`, `2h`, `7d`)."""
+    if text is None:
+        return None
+    ago = _AGO.match(text.strip().lower())
+    if ago:
+        return datetime.now().astimezone() - timedelta(**{_UNITS[ago[2]]: int(ago[1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        msg = f"{text!r} is neither an ISO 8601 time nor a time ago such as 30m, 2h or 7d"
+        raise typer.BadParameter(msg, param_hint=option) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
 
 
 def main() -> None:
@@ -66,7 +106,7 @@ def _reported(output: Output) -> Iterator[None]:
     """Turns the error a command fails with into its message and its exit code."""
     try:
         yield
-    except (typer.Exit, typer.Abort):
+    except (typer.Exit, typer.Abort, typer.BadParameter):  # typer reports these (exit 2)
         raise
     except Exception as error:
         _fail(output, error)
@@ -197,6 +237,158 @@ def resume(
             f"resumed {workflow} {execution_id}",
             {"executionId": execution_id, "workflow": workflow, "resumed": True},
         )
+
+
+@app.command()
+def cancel(
+    workflow: WorkflowArgument,
+    execution_id: ExecutionArgument,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Cancel an execution now: its running body and the activity it awaits are cancelled.
+
+    Then its compensations and finalizers run and it completes as interrupted, as with
+    `interrupt`, which instead lets the current run go on until it next waits.
+    """
+    output = Output(as_json=json_output)
+    with _reported(output):
+        _through_proxy(url, token, lambda c: c.cancel(workflow, execution_id))
+        output.done(
+            f"cancelled {workflow} {execution_id}",
+            {"executionId": execution_id, "workflow": workflow, "cancelled": True},
+        )
+
+
+@app.command("list")
+def list_executions(
+    workflow: WorkflowFilter = None,
+    status: Annotated[
+        ExecutionStatusName | None,
+        typer.Option("--status", "-s", help="Only executions with this status."),
+    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many.")
+    ] = 50,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            help="Go on from where a previous page ended (its `next`).", show_default=False
+        ),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List the stored executions, newest first, with the count of each status.
+
+    With --json: the page as the proxy answers it (`executions`, and `next` to pass to
+    --after for the next page).
+    """
+    output = Output(as_json=json_output)
+    with _reported(output):
+        from_, to = _instant(since, "--since"), _instant(until, "--until")
+
+        async def call(client: Client) -> tuple[Any, Any]:
+            page = await client.executions(
+                workflow=workflow, status=status, since=from_, until=to, limit=limit, after=after
+            )
+            counts = None
+            if not json_output:
+                counts = await client.execution_counts(workflow=workflow, since=from_, until=to)
+            return page, counts
+
+        page, counts = _through_proxy(url, token, call)
+        output.executions(page, counts)
+
+
+@app.command()
+def show(
+    execution_id: ExecutionArgument,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show an execution and its journal as a timeline.
+
+    Its start, each activity attempt, deferreds, durable clocks, timers still to fire, and
+    where it stands, each with its time.
+    """
+    output = Output(as_json=json_output)
+    with _reported(output):
+        timeline = _through_proxy(url, token, lambda c: c.timeline(execution_id))
+        output.timeline(timeline)
+
+
+@app.command("resume-all")
+def resume_all(
+    workflow: WorkflowFilter = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Resume every suspended execution (of WORKFLOW, started in the range), with a progress bar.
+
+    Suspended executions are those waiting on a deferred or a clock, and those a failure
+    suspended (`suspend_on_failure`): each gets a new run. A complete execution, failed or
+    interrupted, is final and is not resumed. Exits 1 if any could not be resumed.
+    """
+    output = Output(as_json=json_output)
+    with _reported(output):
+        from_, to = _instant(since, "--since"), _instant(until, "--until")
+
+        async def run(client: Client) -> tuple[list[str], dict[str, str]]:
+            found: list[str] = []
+            after = None
+            while True:
+                page = await client.executions(
+                    workflow=workflow,
+                    status="suspended",
+                    since=from_,
+                    until=to,
+                    limit=1000,
+                    after=after,
+                )
+                found.extend(e.execution_id for e in page.executions)
+                after = page.next
+                if after is None:
+                    break
+            failed: dict[str, str] = {}
+            with _progress(output, "resuming", len(found)) as advance:
+                for execution_id in found:
+                    try:
+                        await client.act(execution_id, "resume")
+                    except Exception as error:  # reported with the others, then exit 1
+                        failed[execution_id] = f"{type(error).__name__}: {error}"
+                    advance()
+            return found, failed
+
+        found, failed = _through_proxy(url, token, run)
+        output.bulk("resumed", found, failed)
+        if failed:
+            raise typer.Exit(ExitCode.FAILED)
+
+
+@contextlib.contextmanager
+def _progress(output: Output, what: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar of `total` steps on stderr (none with --json); yields the step."""
+    if output.as_json:
+        yield lambda: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=output.err) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda: progress.advance(task)
 
 
 @app.command()

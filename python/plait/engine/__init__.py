@@ -4,6 +4,7 @@
 - `work`: takes the work of the Rust work source (executions recovered or woken by a timer).
 - `run`: one run's replay, steps, parks and suspension; the interface the public API uses.
 - `races`: races and `into`, stored as deferreds. `scope`: finalizers and compensations.
+- `listing`: executions as operators see them (listings, counts, timelines).
 - `signals`: how user code's exceptions are sorted. `specs`: what the engine needs of the
   public API's objects. `registry`: workflows by name.
 
@@ -12,6 +13,13 @@ imports this package, which never imports it back.
 """
 
 from plait.engine.core import Engine, current_engine, engine_for
+from plait.engine.listing import (
+    ExecutionPage,
+    ExecutionStatusName,
+    ExecutionSummary,
+    ExecutionTimeline,
+    TimelineEvent,
+)
 from plait.engine.races import into, race
 from plait.engine.registry import register
 from plait.engine.run import (
@@ -25,7 +33,12 @@ from plait.engine.signals import passes_through, unexpected
 
 __all__ = [
     "Engine",
+    "ExecutionPage",
+    "ExecutionStatusName",
+    "ExecutionSummary",
+    "ExecutionTimeline",
     "Run",
+    "TimelineEvent",
     "WorkflowInstance",
     "current_attempt",
     "current_engine",

@@ -11,13 +11,22 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from plait import _bridge
 from plait._native import Deliver, Op, Passivate, Resume, Store, WorkSource
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine import registry
+from plait.engine.listing import (
+    DEFAULT_COUNT_CAP,
+    ExecutionPage,
+    ExecutionStatusName,
+    ExecutionTimeline,
+    count_executions,
+    list_executions,
+    timeline_of,
+)
 from plait.engine.run import (
     Execution,
     Run,
@@ -1028,6 +1037,102 @@ class Engine:
         if snapshot is None:
             return encoded
         return next(d.value for d in snapshot.deferreds if d.name == name)
+
+    # Operators' reads ----------------------------------------------------------------------
+
+    async def executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: ExecutionStatusName | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ExecutionPage:
+        """Lists the stored executions, newest first, a page at a time.
+
+        Every filter given must hold. Pages follow one another through `after`: pass the
+        previous page's `next` (None once nothing is left). Executions started while paging
+        are newer than the first page, so they do not appear in later ones.
+
+        Args:
+            workflow: Only executions of this workflow (its name, exactly).
+            status: Only executions with this status: running, suspended, succeeded, failed
+                (a declared error or a defect) or interrupted.
+            since: Only executions started at or after this instant (a naive datetime is
+                local time).
+            until: Only executions started before this instant.
+            limit: At most this many, from 1 to 1000.
+            after: Where the previous page ended (its `next`).
+
+        Raises:
+            InvalidArgumentError: An unknown status, a limit out of range or a cursor that is
+                not one.
+
+        Example:
+            >>> import asyncio, plait
+            >>> Echo = plait.Workflow("ListedEcho", payload={"n": int}, success=int)
+            >>> @Echo.implement
+            ... async def echo(payload, execution_id):
+            ...     return payload.n
+            >>> async def main() -> list[str]:
+            ...     async with plait.Engine.memory() as engine:
+            ...         for n in range(3):
+            ...             await Echo.execute({"n": n})
+            ...         page = await engine.executions(workflow="ListedEcho", limit=2)
+            ...         rest = await engine.executions(workflow="ListedEcho", after=page.next)
+            ...         return [e.status for e in page.executions + rest.executions]
+            >>> asyncio.run(main())
+            ['succeeded', 'succeeded', 'succeeded']
+        """
+        self.require_loop()
+        return await list_executions(
+            self._journal(),
+            workflow=workflow,
+            status=status,
+            since=since,
+            until=until,
+            limit=limit,
+            after=after,
+        )
+
+    async def execution_counts(
+        self,
+        *,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cap: int = DEFAULT_COUNT_CAP,
+    ) -> dict[ExecutionStatusName, int]:
+        """How many stored executions have each status, filtered as `executions` filters.
+
+        Each count stops at `cap` (a count equal to it means "at least"), so that counting
+        stays cheap on a large store.
+
+        Raises:
+            InvalidArgumentError: `cap` is below 1.
+        """
+        self.require_loop()
+        return await count_executions(
+            self._journal(), workflow=workflow, since=since, until=until, cap=cap
+        )
+
+    async def timeline(self, execution_id: str) -> ExecutionTimeline:
+        """The execution and its journal as a timeline, read from the store.
+
+        Its events, in the order they were stored: its start, each activity attempt's result,
+        each deferred's (a durable clock's wake-up, a race's winner), its timers still to fire,
+        and where it stands (suspended, or completed with its result).
+
+        Raises:
+            UnknownExecutionError: No such execution is stored.
+        """
+        self.require_loop()
+        history = await self._journal().history(execution_id)
+        if history is None:
+            raise UnknownExecutionError(f"unknown execution {execution_id!r}")
+        return timeline_of(history)
 
     # Durable timers ------------------------------------------------------------------------
 

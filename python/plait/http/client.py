@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -14,6 +15,7 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ValidationError
 
 from plait.deferred import DurableDeferred
+from plait.engine import ExecutionPage, ExecutionStatusName, ExecutionTimeline
 from plait.errors import DeferredTokenError
 from plait.exits import Complete, Exit, Success, Suspended
 from plait.http.errors import ProxyUnavailableError, UnexpectedResponseError
@@ -23,6 +25,7 @@ from plait.http.wire import (
     EXECUTION_ID_HEADER,
     DeferredStored,
     DeferredWire,
+    ExecutionCounts,
     ExecutionStatus,
     WorkflowWire,
     error_from_problem,
@@ -37,6 +40,7 @@ __all__ = ["DEFAULT_RETRY", "DEFAULT_URL", "Client"]
 
 P = TypeVar("P", bound=BaseModel)
 S = TypeVar("S")
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 #: Retries of a request that could not reach the proxy, or got 503: 0.1 s doubling to 2 s,
@@ -180,6 +184,74 @@ class Client(WorkflowClient):
         if response.status_code != 204:
             raise self._refusal(response, workflow=_name(workflow))
 
+    async def cancel(self, workflow: Workflow[Any, Any] | str, execution_id: str) -> None:
+        """Cancels the execution now: interrupted at once, its compensations run.
+
+        Unlike `interrupt`, which lets the current run go on to its next wait, the running body
+        is cancelled with the activity it awaits (Effect's `interruptUnsafe`).
+
+        Raises:
+            UnknownExecutionError: No such execution of the workflow.
+        """
+        path = f"{_path(workflow)}/{quote(execution_id, safe='')}/cancel"
+        response = await self._send("POST", path)
+        if response.status_code != 204:
+            raise self._refusal(response, workflow=_name(workflow))
+
+    # Executions of any workflow (the operators' routes) ----------------------------------
+
+    async def executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: ExecutionStatusName | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ExecutionPage:
+        """A page of the proxy's stored executions, newest first (see `Engine.executions`)."""
+        params = _query(
+            workflow=workflow, status=status, since=since, until=until, limit=limit, after=after
+        )
+        response = await self._send("GET", "/executions", params=params)
+        return self._model(response, ExecutionPage)
+
+    async def execution_counts(
+        self,
+        *,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cap: int | None = None,
+    ) -> ExecutionCounts:
+        """How many stored executions have each status (see `Engine.execution_counts`)."""
+        params = _query(workflow=workflow, since=since, until=until, cap=cap)
+        response = await self._send("GET", "/executions/counts", params=params)
+        return self._model(response, ExecutionCounts)
+
+    async def timeline(self, execution_id: str) -> ExecutionTimeline:
+        """The execution and its journal as a timeline (see `Engine.timeline`).
+
+        Raises:
+            UnknownExecutionError: No such execution is stored.
+        """
+        response = await self._send("GET", f"/executions/{quote(execution_id, safe='')}")
+        return self._model(response, ExecutionTimeline)
+
+    async def act(
+        self, execution_id: str, action: Literal["interrupt", "resume", "cancel"]
+    ) -> None:
+        """Interrupts, resumes or cancels an execution by its id alone, whatever its workflow.
+
+        Raises:
+            UnknownExecutionError: No such execution is stored.
+        """
+        path = f"/executions/{quote(execution_id, safe='')}/{action}"
+        response = await self._send("POST", path)
+        if response.status_code != 204:
+            raise self._refusal(response)
+
     # Deferreds ---------------------------------------------------------------------------
 
     async def done(self, deferred: DurableDeferred[Any], token: str, exit: Exit) -> bool:  # noqa: D102
@@ -220,8 +292,24 @@ class Client(WorkflowClient):
             self._wires[id(workflow)] = found
         return found[1]
 
+    def _model(self, response: httpx.Response, model: type[M]) -> M:
+        """`response`'s body as `model`, or the error it stands for."""
+        if response.status_code != 200:
+            raise self._refusal(response)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as err:
+            msg = f"the proxy's answer is not a {model.__name__}: {err}"
+            raise UnexpectedResponseError(msg) from None
+
     async def _send(
-        self, method: str, path: str, *, body: bytes | None = None, wait: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        wait: bool = False,
+        params: dict[str, str] | None = None,
     ) -> httpx.Response:
         """Sends the request, again after each delay of `retry` while it fails to connect.
 
@@ -238,7 +326,7 @@ class Client(WorkflowClient):
         while True:
             try:
                 response = await self._http.request(
-                    method, path, content=body, headers=headers, timeout=timeout
+                    method, path, content=body, headers=headers, timeout=timeout, params=params
                 )
             except _RETRIED as err:
                 reason: str = f"{type(err).__name__}: {err}"
@@ -268,6 +356,15 @@ def _body(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text
+
+
+def _query(**values: object) -> dict[str, str]:
+    """Query parameters: those given, datetimes in ISO 8601."""
+    return {
+        name: value.isoformat() if isinstance(value, datetime) else str(value)
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def _payload_json(model: BaseModel) -> bytes:

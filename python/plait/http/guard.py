@@ -1,6 +1,7 @@
 """Who may call the proxy, and how much they may send: ASGI middleware run before any route.
 
-- With a bearer token, every request but `GET /health` must carry it
+- With a bearer token, every request but `GET /health` and the dashboard's page and files
+  (which hold no data; the routes they call need the token) must carry it
   (`Authorization: Bearer <token>`), compared in constant time.
 - Without one, the proxy answers only on loopback: a request that reached it on another
   address, came from one, or names a host other than a loopback one (a web page whose domain
@@ -36,6 +37,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Answered without the token: a load balancer's health check knows no secrets.
 OPEN_PATHS = frozenset({"/health"})
+#: The dashboard's page and files, also answered without the token: they hold no data, and a
+#: browser opening the page cannot send a bearer token (the page asks for it, then sends it).
+OPEN_TREE = "/dashboard"
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path == OPEN_TREE or path.startswith(OPEN_TREE + "/")
 
 
 # Cached: parsing an address costs more than the rest of the guard, and a proxy sees few.
@@ -146,7 +154,7 @@ class AccessGuard:
             if refusal is not None:
                 await send_problem(send, ForbiddenError(refusal))
                 return
-        elif _route_path(scope) not in OPEN_PATHS and not self._authorized(scope):
+        elif not _is_open(_route_path(scope)) and not self._authorized(scope):
             await send_problem(
                 send,
                 UnauthorizedError("this proxy needs its token: Authorization: Bearer <token>"),

@@ -13,14 +13,33 @@ Routes, for each workflow served (`<name>` is its name in lower case):
 `GET /<name>/<execution_id>`        The status, and the result or error once there is one.
 `POST /<name>/<execution_id>/interrupt`  Interrupt it; 204.
 `POST /<name>/<execution_id>/resume`     Resume it; 204.
+`POST /<name>/<execution_id>/cancel`     Cancel it now (see below); 204.
 =================================== ===============================================================
+
+Operators' routes, for executions of any workflow in the store:
+
+=================================== ===============================================================
+`GET /executions`                   List and search: `workflow`, `status` (running, suspended,
+                                    succeeded, failed, interrupted), `since`, `until` (ISO 8601),
+                                    `limit`, `after` (the previous page's `next`). Newest first.
+`GET /executions/counts`            How many have each status (same filters; capped).
+`GET /executions/<execution_id>`    The execution and its journal as a timeline.
+`POST /executions/<id>/interrupt`   Interrupt, resume or cancel it by id alone; 204.
+`POST /executions/<id>/resume`
+`POST /executions/<id>/cancel`
+`GET /dashboard`                    The web dashboard (`plait.http.dashboard`).
+=================================== ===============================================================
+
+Interrupt and cancel both end an execution as interrupted, running its compensations and
+finalizers and interrupting its children. Interrupt lets the current run go on until it next
+awaits a step it has not stored (Effect's `interrupt`); cancel stops the running body at once,
+cancelling the activity it awaits (Effect's `interruptUnsafe`, `Engine.interrupt_unsafe`).
 
 And `POST /deferred/<token>` (complete a deferred: a webhook's target), `GET /health`, and the
 OpenAPI schema at `/openapi.json`. A request refused (a payload that does not validate, bad
 JSON, a body over the limit, a malformed token, an unknown workflow or execution) is answered
-with a 4xx and stores nothing. Routes still to come are kept free: `GET /<name>` and
-`/executions` (listing and searching), `/dashboard`, and `POST /<entity>/<rpc>/<entity_id>`
-(entities).
+with a 4xx and stores nothing. Kept free for what is to come: `GET /<name>`, `/entities` and
+`POST /<entity>/<rpc>/<entity_id>` (entities).
 """
 
 from __future__ import annotations
@@ -32,9 +51,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from pydantic_core import PydanticSerializationError
@@ -42,7 +62,8 @@ from starlette.exceptions import HTTPException
 
 from plait._native import __version__
 from plait.deferred import DurableDeferred
-from plait.engine import Engine
+from plait.engine import Engine, ExecutionPage, ExecutionStatusName, ExecutionTimeline
+from plait.engine.listing import DEFAULT_COUNT_CAP
 from plait.errors import (
     Defect,
     EngineClosedError,
@@ -53,6 +74,7 @@ from plait.errors import (
     UnknownExecutionError,
 )
 from plait.exits import Exit, Failure, Success
+from plait.http.dashboard import add_dashboard
 from plait.http.errors import (
     InvalidRequestError,
     MalformedRequestError,
@@ -69,6 +91,7 @@ from plait.http.wire import (
     DeferredStored,
     DeferredSuccessBody,
     DeferredWire,
+    ExecutionCounts,
     Problem,
     ResumePayload,
     WorkflowWire,
@@ -94,6 +117,11 @@ RESERVED_PATHS = frozenset(
 ExecutionId = Annotated[
     str, Path(pattern=EXECUTION_ID_PATTERN, description="The execution's id: 32 hex digits.")
 ]
+
+# The filters of the listing routes (module level: FastAPI reads the annotations by name).
+_WORKFLOW_QUERY = Query(description="Only executions of this workflow (its exact name).")
+_SINCE_QUERY = Query(description="Only executions started at or after this (ISO 8601).")
+_UNTIL_QUERY = Query(description="Only executions started before this (ISO 8601).")
 
 # The answers every route may give before it runs, whoever calls it.
 _REFUSALS: dict[int | str, dict[str, Any]] = {
@@ -192,6 +220,8 @@ def proxy_app(
     app.state.plait_token = token
     _add_error_handlers(app, served)
     _add_service_routes(app, served)
+    _add_execution_routes(app, served)
+    add_dashboard(app)
     for wire in served.workflows.values():
         _add_workflow_routes(app, served, wire)
     # The last added runs first: the token before the body is read.
@@ -422,6 +452,123 @@ def _add_service_routes(app: FastAPI, served: _Served) -> None:
     )
 
 
+def _add_execution_routes(app: FastAPI, served: _Served) -> None:
+    engine = served.engine
+    unknown: dict[int | str, dict[str, Any]] = {
+        404: {"model": Problem, "description": "UnknownExecutionError"}
+    }
+    invalid: dict[int | str, dict[str, Any]] = {
+        400: {"model": Problem, "description": "InvalidArgumentError: a cursor that is not one."},
+        422: {"model": Problem, "description": "InvalidRequestError: pydantic's details."},
+    }
+
+    async def list_executions(
+        workflow: Annotated[str | None, _WORKFLOW_QUERY] = None,
+        status: Annotated[
+            ExecutionStatusName | None, Query(description="Only executions with this status.")
+        ] = None,
+        since: Annotated[datetime | None, _SINCE_QUERY] = None,
+        until: Annotated[datetime | None, _UNTIL_QUERY] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 50,
+        after: Annotated[
+            str | None,
+            Query(max_length=64, description="Where the previous page ended (its `next`)."),
+        ] = None,
+    ) -> ExecutionPage:
+        """Executions of every workflow in the store, newest first, a page at a time."""
+        return await engine.executions(
+            workflow=workflow, status=status, since=since, until=until, limit=limit, after=after
+        )
+
+    app.add_api_route(
+        "/executions",
+        list_executions,
+        methods=["GET"],
+        tags=["executions"],
+        operation_id="listExecutions",
+        summary="List and search executions",
+        response_model=ExecutionPage,
+        responses={**_REFUSALS, **invalid},
+    )
+
+    async def count_executions(
+        workflow: Annotated[str | None, _WORKFLOW_QUERY] = None,
+        since: Annotated[datetime | None, _SINCE_QUERY] = None,
+        until: Annotated[datetime | None, _UNTIL_QUERY] = None,
+        cap: Annotated[
+            int, Query(ge=1, le=1_000_000, description="Each count stops here (at least).")
+        ] = DEFAULT_COUNT_CAP,
+    ) -> ExecutionCounts:
+        """How many executions have each status; a count equal to `cap` means at least."""
+        counts = await engine.execution_counts(workflow=workflow, since=since, until=until, cap=cap)
+        return ExecutionCounts(cap=cap, **counts)
+
+    app.add_api_route(
+        "/executions/counts",
+        count_executions,
+        methods=["GET"],
+        tags=["executions"],
+        operation_id="countExecutions",
+        summary="Count executions by status",
+        response_model=ExecutionCounts,
+        responses={**_REFUSALS, **invalid},
+    )
+
+    async def timeline(execution_id: ExecutionId) -> ExecutionTimeline:
+        """The execution, and its journal as a timeline."""
+        return await engine.timeline(execution_id)
+
+    app.add_api_route(
+        "/executions/{execution_id}",
+        timeline,
+        methods=["GET"],
+        tags=["executions"],
+        operation_id="executionTimeline",
+        summary="An execution and its journal as a timeline",
+        response_model=ExecutionTimeline,
+        responses={**_REFUSALS, **unknown, **invalid},
+    )
+
+    actions: dict[str, tuple[Callable[[str], Awaitable[None]], str]] = {
+        "interrupt": (
+            engine.interrupt,
+            "It completes as interrupted once its current run reaches its next wait, after "
+            "running its compensations and finalizers; its children are interrupted too.",
+        ),
+        "resume": (engine.resume, "A new run of a suspended execution (nothing otherwise)."),
+        "cancel": (
+            engine.interrupt_unsafe,
+            "It is interrupted now: the running body is cancelled with the activity it awaits, "
+            "then its compensations and finalizers run and it completes as interrupted.",
+        ),
+    }
+    for action, (act, description) in actions.items():
+        app.add_api_route(
+            f"/executions/{{execution_id}}/{action}",
+            _endpoint(_act_by_id(engine, act), {"execution_id": ExecutionId}),
+            methods=["POST"],
+            tags=["executions"],
+            operation_id=f"{action}Execution",
+            summary=f"{action.capitalize()} an execution by its id",
+            description=description,
+            status_code=204,
+            response_class=Response,
+            responses={204: {"description": "Done."}, **_REFUSALS, **unknown, **invalid},
+        )
+
+
+def _act_by_id(
+    engine: Engine, act: Callable[[str], Awaitable[None]]
+) -> Callable[..., Awaitable[Response]]:
+    async def by_id(execution_id: str) -> Response:
+        if await engine.workflow_of(execution_id) is None:
+            raise UnknownExecutionError(f"no execution {execution_id}")
+        await act(execution_id)
+        return Response(status_code=204)
+
+    return by_id
+
+
 def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any]) -> None:
     engine = served.engine
     workflow = wire.workflow
@@ -481,6 +628,11 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
     async def resume_by_id(execution_id: str) -> Response:
         await owned(execution_id)
         await workflow.resume(execution_id, engine=engine)
+        return Response(status_code=204)
+
+    async def cancel(execution_id: str) -> Response:
+        await owned(execution_id)
+        await workflow.interrupt_unsafe(execution_id, engine=engine)
         return Response(status_code=204)
 
     id_header = {
@@ -590,6 +742,22 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
         status_code=204,
         response_class=Response,
         responses={204: {"description": "Resumed."}, **_REFUSALS, **unknown, **invalid_id},
+    )
+    app.add_api_route(
+        f"{path}/{{execution_id}}/cancel",
+        _endpoint(cancel, {"execution_id": ExecutionId}),
+        methods=["POST"],
+        tags=["executions"],
+        operation_id=f"{name}Cancel",
+        summary=f"Cancel an execution of {name} now",
+        description=(
+            "Interrupts it at once (Effect's interruptUnsafe): the running body is cancelled "
+            "with the activity it awaits, then its compensations and finalizers run and it "
+            "completes as interrupted; its child executions are interrupted too."
+        ),
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "Cancelled."}, **_REFUSALS, **unknown, **invalid_id},
     )
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "DeferredStored",
     "DeferredSuccessBody",
     "DeferredWire",
+    "ExecutionCounts",
     "ExecutionStatus",
     "Problem",
     "ResumePayload",
@@ -180,6 +181,17 @@ class ExecutionStatus(_Wire):
     status: StatusName
     result: Any = None
     error: dict[str, Any] | None = None
+
+
+class ExecutionCounts(_Wire):
+    """How many stored executions have each status; each count stops at `cap`."""
+
+    running: int
+    suspended: int
+    succeeded: int
+    failed: int
+    interrupted: int
+    cap: int = Field(description="Counting stops here: a count equal to it means at least.")
 
 
 # Declared errors --------------------------------------------------------------------------

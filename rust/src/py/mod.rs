@@ -8,6 +8,7 @@
 mod bridge;
 mod errors;
 mod ids;
+mod listing;
 mod shard;
 mod snowflake;
 mod store;
@@ -25,6 +26,8 @@ mod _native {
         activity_idempotency_key, encode_deferred_token, execution_id, execution_ids,
         parse_deferred_token,
     };
+    #[pymodule_export]
+    use super::listing::{PyDeferredAt, PyFilter, PyHistory, PyListed, PyPage, PyStep};
     #[pymodule_export]
     use super::shard::{hash_string, shard_id, shard_ids, PyHashRing};
     #[pymodule_export]

@@ -20,6 +20,7 @@ use super::{
     errors::{
         at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, StoreError, Text,
     },
+    listing::{self, PyFilter, PyHistory, PyPage},
 };
 use crate::{
     runtime,
@@ -260,6 +261,12 @@ impl PyOp {
 #[derive(PartialEq)]
 pub struct PyExecution(store::Execution);
 
+impl From<store::Execution> for PyExecution {
+    fn from(execution: store::Execution) -> Self {
+        Self(execution)
+    }
+}
+
 #[pymethods]
 impl PyExecution {
     /// The workflow's name.
@@ -403,6 +410,12 @@ impl PySnapshot {
 #[pyclass(module = "plait._native", name = "Timer", frozen, eq)]
 #[derive(PartialEq)]
 pub struct PyTimer(store::Timer);
+
+impl From<store::Timer> for PyTimer {
+    fn from(timer: store::Timer) -> Self {
+        Self(timer)
+    }
+}
 
 #[pymethods]
 impl PyTimer {
@@ -793,6 +806,72 @@ impl PyStore {
     fn with_status_now(&self, status: &str) -> PyResult<Vec<String>> {
         let store = self.immediate_store("with_status")?;
         now(store.with_status(Status::parse(status)?))
+    }
+
+    /// Resolves to a `Page` of the executions passing `filter`, newest first, from just after
+    /// `after` (a `(created_ms, no)` position, such as a page's `next`); `limit` 1 to 1,000.
+    #[pyo3(
+        signature = (bridge, filter, after = None, limit = Int(50)),
+        text_signature = "(self, /, bridge, filter, after=None, limit=50)"
+    )]
+    fn list_executions(
+        &self,
+        bridge: &AsyncBridge,
+        filter: PyRef<'_, PyFilter>,
+        after: Option<(Int<u64>, Int<u64>)>,
+        limit: Int<usize>,
+    ) -> PyResult<u64> {
+        let store = self.store()?;
+        let (after, limit) = (listing::cursor(after), listing::limit(limit)?);
+        let filter = filter.0.clone();
+        bridge.spawn(async move { Ok(PyPage::from(store.list(&filter, after, limit).await?)) })
+    }
+
+    /// `list_executions` at once: an immediate store only.
+    #[pyo3(
+        signature = (filter, after = None, limit = Int(50)),
+        text_signature = "(self, /, filter, after=None, limit=50)"
+    )]
+    fn list_executions_now(
+        &self,
+        filter: PyRef<'_, PyFilter>,
+        after: Option<(Int<u64>, Int<u64>)>,
+        limit: Int<usize>,
+    ) -> PyResult<PyPage> {
+        let store = self.immediate_store("list_executions")?;
+        let (after, limit) = (listing::cursor(after), listing::limit(limit)?);
+        Ok(PyPage::from(now(store.list(&filter.0, after, limit))?))
+    }
+
+    /// Resolves to how many executions pass `filter`, counted up to `cap`.
+    fn count_executions(
+        &self,
+        bridge: &AsyncBridge,
+        filter: PyRef<'_, PyFilter>,
+        cap: Int<u64>,
+    ) -> PyResult<u64> {
+        let store = self.store()?;
+        let filter = filter.0.clone();
+        bridge.spawn(async move { Ok(store.count(&filter, cap.0).await?) })
+    }
+
+    /// `count_executions` at once: an immediate store only.
+    fn count_executions_now(&self, filter: PyRef<'_, PyFilter>, cap: Int<u64>) -> PyResult<u64> {
+        let store = self.immediate_store("count_executions")?;
+        now(store.count(&filter.0, cap.0))
+    }
+
+    /// Resolves to the `History` of execution `id`, or None if the store does not hold it.
+    fn history(&self, bridge: &AsyncBridge, id: Text) -> PyResult<u64> {
+        let store = self.store()?;
+        let id = id.to_owned();
+        bridge.spawn(async move { Ok(store.history(&id).await?.map(PyHistory::from)) })
+    }
+
+    /// `history` at once: an immediate store only.
+    fn history_now(&self, id: Text) -> PyResult<Option<PyHistory>> {
+        let store = self.immediate_store("history")?;
+        Ok(now(store.history(&id))?.map(PyHistory::from))
     }
 
     /// Resolves to the final replies (encoded exits) of requests `ids`: one per id, None for

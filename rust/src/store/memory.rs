@@ -13,9 +13,11 @@ use std::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
-    messages::CLAIM_MS, Answer, Deferred, Entry, Execution, Op, OpResult, Pending, Refusals,
-    Request, Shards, Snapshot, Status, Store, StoreError, Timer, Unprocessed,
+    listing::MAX_LIMIT, messages::CLAIM_MS, Answer, Cursor, Deferred, DeferredAt, Entry, Execution,
+    Filter, History, Listed, Op, OpResult, Page, Pending, Refusals, Request, Shards, Snapshot,
+    Status, Step, Store, StoreError, Timer, Unprocessed,
 };
+use crate::clock::now_ms;
 
 struct Journal {
     execution: Execution,
@@ -23,6 +25,41 @@ struct Journal {
     keys: FxHashSet<String>,
     deferreds: Vec<Deferred>,
     deferred_names: FxHashSet<String>,
+    /// The order the store took the execution in (as a SQL store's `no`).
+    no: u64,
+    created_ms: u64,
+    updated_ms: u64,
+    /// When each entry, and each deferred result, was stored: beside them, not in them, so
+    /// that a snapshot clones what a run reads and nothing more.
+    entry_times: Vec<u64>,
+    deferred_times: Vec<u64>,
+}
+
+impl Journal {
+    fn listed(&self, id: &str) -> Listed {
+        let execution = &self.execution;
+        Listed {
+            id: id.to_owned(),
+            workflow: execution.workflow.clone(),
+            parent: execution.parent.clone(),
+            status: execution.status,
+            result: execution.result.clone(),
+            interrupted: execution.interrupted,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            no: self.no,
+        }
+    }
+
+    fn passes(&self, filter: &Filter) -> bool {
+        let execution = &self.execution;
+        filter.matches(
+            &execution.workflow,
+            execution.status,
+            execution.result.as_deref(),
+            self.created_ms,
+        )
+    }
 }
 
 /// A persisted request and what became of it.
@@ -171,12 +208,14 @@ struct Inner {
     /// and the timers in order, without a sort.
     by_due: BTreeSet<(u64, String, String)>,
     messages: Messages,
+    /// The number the next execution gets.
+    next_no: u64,
 }
 
 impl Inner {
     /// Applies one op (already checked), as [`Op`] documents it.
     #[allow(clippy::too_many_lines)] // one arm per op, each short
-    fn apply(&mut self, op: Op) -> OpResult {
+    fn apply(&mut self, op: Op, now: u64) -> OpResult {
         match op {
             Op::Start {
                 id,
@@ -188,6 +227,7 @@ impl Inner {
                     OpResult::Existing(found.get().execution.clone())
                 }
                 hash_map::Entry::Vacant(place) => {
+                    self.next_no += 1;
                     place.insert(Journal {
                         execution: Execution {
                             workflow,
@@ -201,6 +241,11 @@ impl Inner {
                         keys: FxHashSet::default(),
                         deferreds: Vec::new(),
                         deferred_names: FxHashSet::default(),
+                        no: self.next_no,
+                        created_ms: now,
+                        updated_ms: now,
+                        entry_times: Vec::new(),
+                        deferred_times: Vec::new(),
                     });
                     OpResult::Created
                 }
@@ -212,6 +257,7 @@ impl Inner {
                 let fresh = journal.keys.insert(entry.key.clone());
                 if fresh {
                     journal.entries.push(entry);
+                    journal.entry_times.push(now);
                 }
                 OpResult::Done(fresh)
             }
@@ -223,6 +269,7 @@ impl Inner {
                     return OpResult::Done(false);
                 }
                 journal.deferreds.push(Deferred { name, value });
+                journal.deferred_times.push(now);
                 OpResult::Done(true)
             }
             Op::Status { id, status, result } => {
@@ -235,6 +282,7 @@ impl Inner {
                 }
                 execution.status = status;
                 execution.result = result;
+                journal.updated_ms = now;
                 if status == Status::Complete {
                     self.drop_timers(&id);
                 }
@@ -248,6 +296,7 @@ impl Inner {
                     return OpResult::Done(false);
                 }
                 journal.execution.interrupted = true;
+                journal.updated_ms = now;
                 OpResult::Done(true)
             }
             Op::Timer(timer) => {
@@ -320,6 +369,93 @@ impl Inner {
             deferreds: journal.deferreds.clone(),
         })
     }
+
+    /// See [`Store::list`]: every execution is looked at, which a store in memory can afford.
+    fn list(&self, filter: &Filter, after: Option<Cursor>, limit: usize) -> Page {
+        let limit = limit.min(MAX_LIMIT);
+        if filter.matches_nothing() || limit == 0 {
+            return Page::default();
+        }
+        let mut found: Vec<(Cursor, &String, &Journal)> = self
+            .journals
+            .iter()
+            .filter(|(_, journal)| journal.passes(filter))
+            .map(|(id, journal)| {
+                let at = Cursor {
+                    created_ms: journal.created_ms,
+                    no: journal.no,
+                };
+                (at, id, journal)
+            })
+            .filter(|(at, _, _)| after.is_none_or(|after| *at < after))
+            .collect();
+        // Newest first: the largest positions, of which only `limit + 1` are sorted.
+        let keep = (limit + 1).min(found.len());
+        if keep < found.len() {
+            found.select_nth_unstable_by_key(keep, |(at, _, _)| std::cmp::Reverse(*at));
+            found.truncate(keep);
+        }
+        found.sort_unstable_by_key(|(at, _, _)| std::cmp::Reverse(*at));
+        let rows = found
+            .into_iter()
+            .map(|(_, id, journal)| journal.listed(id))
+            .collect();
+        Page::of(rows, limit)
+    }
+
+    fn count(&self, filter: &Filter, cap: u64) -> u64 {
+        if filter.matches_nothing() {
+            return 0;
+        }
+        let passing = self.journals.values().filter(|j| j.passes(filter));
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        u64::try_from(passing.take(cap).count()).unwrap_or(u64::MAX)
+    }
+
+    fn history(&self, id: &str) -> Option<History> {
+        let journal = self.journals.get(id)?;
+        let steps = journal
+            .entries
+            .iter()
+            .zip(&journal.entry_times)
+            .map(|(entry, at)| Step {
+                key: entry.key.clone(),
+                seq: entry.seq,
+                value: entry.value.clone(),
+                at_ms: Some(*at),
+            })
+            .collect();
+        let deferreds = journal
+            .deferreds
+            .iter()
+            .zip(&journal.deferred_times)
+            .map(|(deferred, at)| DeferredAt {
+                name: deferred.name.clone(),
+                value: deferred.value.clone(),
+                at_ms: Some(*at),
+            })
+            .collect();
+        let mut timers: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|((execution_id, _), _)| execution_id == id)
+            .map(|((execution_id, name), due)| Timer {
+                execution_id: execution_id.clone(),
+                name: name.clone(),
+                due_ms: *due,
+            })
+            .collect();
+        timers.sort_unstable_by(|a, b| (a.due_ms, &a.name).cmp(&(b.due_ms, &b.name)));
+        Some(History {
+            id: id.to_owned(),
+            execution: journal.execution.clone(),
+            created_ms: journal.created_ms,
+            updated_ms: journal.updated_ms,
+            steps,
+            deferreds,
+            timers,
+        })
+    }
 }
 
 /// Executions, journals, deferred results and timers, in memory.
@@ -352,8 +488,9 @@ impl MemoryStore {
     /// Applies `ops` in order, at once, and answers each (see [`Store::write`]).
     pub fn apply(&self, mut ops: Vec<Op>) -> Vec<OpResult> {
         let refusals = Refusals::take(&mut ops);
+        let now = now_ms();
         let mut inner = self.lock();
-        let results = ops.into_iter().map(|op| inner.apply(op)).collect();
+        let results = ops.into_iter().map(|op| inner.apply(op, now)).collect();
         drop(inner);
         refusals.answer(results)
     }
@@ -462,6 +599,23 @@ impl Store for MemoryStore {
 
     fn with_status(&self, status: Status) -> Answer<'_, Vec<String>> {
         Box::pin(ready(Ok(MemoryStore::with_status(self, status))))
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Answer<'a, Page> {
+        Box::pin(ready(Ok(self.lock().list(filter, after, limit))))
+    }
+
+    fn count<'a>(&'a self, filter: &'a Filter, cap: u64) -> Answer<'a, u64> {
+        Box::pin(ready(Ok(self.lock().count(filter, cap))))
+    }
+
+    fn history<'a>(&'a self, id: &'a str) -> Answer<'a, Option<History>> {
+        Box::pin(ready(Ok(self.lock().history(id))))
     }
 
     fn unprocessed<'a>(

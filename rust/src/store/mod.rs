@@ -2,11 +2,15 @@
 //! durable timers; and entity messages (persisted requests, their replies, entity state; see
 //! [`messages`]).
 //!
+//! Beside what runs need, the store answers operators: executions listed and searched a page
+//! at a time, counted, and one execution's history with times (see [`listing`]).
+//!
 //! Values are opaque bytes (JSON written by the Python side); the store never decodes them.
 //! [`Store`] is the contract every backend keeps: [`memory::MemoryStore`] in process,
 //! [`sql::SqlStore`] in SQLite or PostgreSQL. Writes are batches of [`Op`]s, each answered by
 //! an [`OpResult`]; reads come in batches too.
 
+pub mod listing;
 pub mod memory;
 pub mod messages;
 mod op;
@@ -16,6 +20,7 @@ use std::{future::Future, pin::Pin};
 
 use thiserror::Error;
 
+pub use listing::{Cursor, DeferredAt, Filter, History, Listed, Page, Step};
 pub use messages::{Request, Shards, Unprocessed};
 pub(crate) use op::Refusals;
 pub use op::{Op, OpResult};
@@ -177,6 +182,24 @@ pub trait Store: Send + Sync {
 
     /// Ids of the executions with `status`.
     fn with_status(&self, status: Status) -> Answer<'_, Vec<String>>;
+
+    /// Up to `limit` executions that pass `filter`, newest first (by creation time, then by
+    /// the order the store took them in), from just after `after` (`None`: from the newest).
+    /// The page's `next` is where the following page starts, `None` once nothing is left.
+    fn list<'a>(
+        &'a self,
+        filter: &'a Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Answer<'a, Page>;
+
+    /// How many executions pass `filter`, counted up to `cap` (a count of `cap` means "at
+    /// least"): counting stops there, so that a dashboard's counts stay cheap on a large store.
+    fn count<'a>(&'a self, filter: &'a Filter, cap: u64) -> Answer<'a, u64>;
+
+    /// The execution `id` with its whole journal, its deferred results and its timers, each
+    /// with its time, read consistently; `None` if the store does not hold it.
+    fn history<'a>(&'a self, id: &'a str) -> Answer<'a, Option<History>>;
 
     /// Up to `limit` unprocessed requests of `shards` that may be delivered at `now_ms` (not
     /// claimed within [`messages::CLAIM_MS`], `deliver_at` reached), in id order (snowflakes:

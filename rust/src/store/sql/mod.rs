@@ -39,6 +39,7 @@
 mod config;
 mod connect;
 mod lease;
+mod listing;
 mod numbers;
 mod postgres;
 mod sqlite;
@@ -65,8 +66,8 @@ use lease::Lease;
 pub use lease::{Fence, LeaseState, LeaseTimes};
 
 use super::{
-    Answer, Execution, Op, OpResult, Pending, Refusals, Shards, Snapshot, Status, Store,
-    StoreError, Timer, Unprocessed,
+    listing::MAX_LIMIT, Answer, Cursor, Execution, Filter, History, Op, OpResult, Page, Pending,
+    Refusals, Shards, Snapshot, Status, Store, StoreError, Timer, Unprocessed,
 };
 #[cfg(test)]
 use writer::MAX_OPS_PER_TRANSACTION;
@@ -245,6 +246,11 @@ fn stored_seq(id: &str, seq: i64) -> Result<u32, Failure> {
 /// A status as stored, back to its type.
 fn stored_status(id: &str, status: &str) -> Result<Status, Failure> {
     Status::parse(status).map_err(|_| corrupt(&format!("execution {id:?} has status {status:?}")))
+}
+
+/// An instant (or number) of execution `id` as stored, back to its type.
+fn stored_ms(id: &str, value: i64) -> Result<u64, Failure> {
+    u64::try_from(value).map_err(|_| corrupt(&format!("execution {id:?} has a time of {value}")))
 }
 
 /// A timer's due instant as stored, back to its type.
@@ -660,6 +666,58 @@ impl SqlStore {
         Ok(found)
     }
 
+    /// Up to `limit` executions passing `filter`, newest first, from just after `after` (see
+    /// [`Store::list`]); at most [`MAX_LIMIT`] whatever `limit` says.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, SqlError> {
+        let limit = limit.min(MAX_LIMIT);
+        if limit == 0 || filter.matches_nothing() {
+            return Ok(Page::default());
+        }
+        match &self.backend {
+            Backend::Sqlite(readers) => {
+                self.read(|| readers.list(filter.clone(), after, limit))
+                    .await
+            }
+            Backend::Postgres(reads) => self.read(|| reads.list(filter, after, limit)).await,
+        }
+    }
+
+    /// How many executions pass `filter`, counted up to `cap`.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn count(&self, filter: &Filter, cap: u64) -> Result<u64, SqlError> {
+        if cap == 0 || filter.matches_nothing() {
+            return Ok(0);
+        }
+        match &self.backend {
+            Backend::Sqlite(readers) => self.read(|| readers.count(filter.clone(), cap)).await,
+            Backend::Postgres(reads) => self.read(|| reads.count(filter, cap)).await,
+        }
+    }
+
+    /// The execution `id` with its journal, deferred results and timers, with their times.
+    ///
+    /// # Errors
+    /// As [`SqlStore::snapshot`].
+    pub async fn history(&self, id: &str) -> Result<Option<History>, SqlError> {
+        if id.contains('\0') {
+            return Ok(None);
+        }
+        match &self.backend {
+            Backend::Sqlite(readers) => self.read(|| readers.history(id.to_owned())).await,
+            Backend::Postgres(reads) => self.read(|| reads.history(id)).await,
+        }
+    }
+
     /// Where the store's lease stands: `None` on SQLite, whose file lock cannot lapse.
     pub fn lease_state(&self) -> Option<LeaseState> {
         self.lease.as_ref().map(|lease| lease.state())
@@ -729,6 +787,23 @@ impl Store for SqlStore {
 
     fn with_status(&self, status: Status) -> Answer<'_, Vec<String>> {
         Box::pin(async move { Ok(SqlStore::with_status(self, status).await?) })
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Answer<'a, Page> {
+        Box::pin(async move { Ok(SqlStore::list(self, filter, after, limit).await?) })
+    }
+
+    fn count<'a>(&'a self, filter: &'a Filter, cap: u64) -> Answer<'a, u64> {
+        Box::pin(async move { Ok(SqlStore::count(self, filter, cap).await?) })
+    }
+
+    fn history<'a>(&'a self, id: &'a str) -> Answer<'a, Option<History>> {
+        Box::pin(async move { Ok(SqlStore::history(self, id).await?) })
     }
 
     fn unprocessed<'a>(

@@ -19,19 +19,20 @@ use sqlx::{
 };
 
 use super::{
-    connect::CONNECT_TIMEOUT,
+    connect::{Dialect, CONNECT_TIMEOUT},
     corrupt, due_to_i64,
     lease::{Fence, Lease, LeaseState},
+    listing::{self, Param},
     numbers::{self, Learned, Numbers},
-    stored_due, stored_seq, stored_status,
+    stored_due, stored_ms, stored_seq, stored_status,
     writer::{Renewal, Results, Transactions},
     Failure,
 };
 use crate::{
     clock::now_ms,
     store::{
-        messages::CLAIM_MS, Deferred, Entry, Execution, Op, OpResult, Request, Snapshot, Status,
-        Timer, Unprocessed,
+        messages::CLAIM_MS, Cursor, Deferred, DeferredAt, Entry, Execution, Filter, History,
+        Listed, Op, OpResult, Page, Request, Snapshot, Status, Step, Timer, Unprocessed,
     },
 };
 
@@ -48,6 +49,11 @@ pub(super) struct Statements {
     next_deliver_at: SqlStr,
     replies: SqlStr,
     entity_states: SqlStr,
+    history_execution: SqlStr,
+    history_steps: SqlStr,
+    history_deferreds: SqlStr,
+    history_timers: SqlStr,
+    prefix: String,
 }
 
 /// `template` with the prefix filled in, shared so that each use costs a reference count.
@@ -87,6 +93,7 @@ const PART_ENTRY: i16 = 1;
 const PART_DEFERRED: i16 = 2;
 
 impl Statements {
+    #[allow(clippy::too_many_lines)] // the table of statements, one entry each
     pub(super) fn new(prefix: &str) -> Self {
         Self {
             apply: sql(
@@ -185,6 +192,26 @@ impl Statements {
                  ON s.entity_type = a.t AND s.entity_id = a.i",
                 prefix,
             ),
+            history_execution: sql(
+                "SELECT no, workflow, payload, parent, status, result, interrupted, created_ms, \
+                 updated_ms FROM {p}executions WHERE id = $1",
+                prefix,
+            ),
+            history_steps: sql(
+                "SELECT key, seq, value, at_ms FROM {p}journal WHERE execution_no = $1 \
+                 ORDER BY ord",
+                prefix,
+            ),
+            history_deferreds: sql(
+                "SELECT name, value, at_ms FROM {p}deferreds WHERE execution_no = $1 \
+                 ORDER BY ord",
+                prefix,
+            ),
+            history_timers: sql(
+                "SELECT name, due_ms FROM {p}timers WHERE execution_id = $1 ORDER BY due_ms, name",
+                prefix,
+            ),
+            prefix: prefix.to_owned(),
         }
     }
 }
@@ -862,6 +889,125 @@ impl Reads {
         Ok(addresses.iter().map(|a| found.get(a).cloned()).collect())
     }
 
+    /// A page of the executions passing `filter` after `after`, newest first.
+    pub(super) async fn list(
+        &self,
+        filter: &Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, Failure> {
+        let built = listing::list(
+            Dialect::Postgres,
+            &self.statements.prefix,
+            filter,
+            after,
+            limit,
+        );
+        let rows = bound(&built).fetch_all(&self.pool).await?;
+        let mut listed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let status: String = row.try_get(3)?;
+            listed.push(Listed {
+                status: stored_status(&id, &status)?,
+                workflow: row.try_get(1)?,
+                parent: row.try_get(2)?,
+                result: row.try_get(4)?,
+                interrupted: row.try_get(5)?,
+                created_ms: stored_ms(&id, row.try_get(6)?)?,
+                updated_ms: stored_ms(&id, row.try_get(7)?)?,
+                no: stored_ms(&id, row.try_get(8)?)?,
+                id,
+            });
+        }
+        Ok(Page::of(listed, limit))
+    }
+
+    /// How many executions pass `filter`, up to `cap`.
+    pub(super) async fn count(&self, filter: &Filter, cap: u64) -> Result<u64, Failure> {
+        let built = listing::count(Dialect::Postgres, &self.statements.prefix, filter, cap);
+        let row = bound(&built).fetch_one(&self.pool).await?;
+        let counted: i64 = row.try_get(0)?;
+        Ok(u64::try_from(counted).unwrap_or(0))
+    }
+
+    /// The history of execution `id`, read in one snapshot of the database.
+    pub(super) async fn history(&self, id: &str) -> Result<Option<History>, Failure> {
+        let statements = &self.statements;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(row) = sqlx::query(statements.history_execution.clone())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let no: i64 = row.try_get(0)?;
+        let status: String = row.try_get(4)?;
+        let execution = Execution {
+            workflow: row.try_get(1)?,
+            payload: row.try_get(2)?,
+            parent: row.try_get(3)?,
+            status: stored_status(id, &status)?,
+            result: row.try_get(5)?,
+            interrupted: row.try_get(6)?,
+        };
+        let created_ms = stored_ms(id, row.try_get(7)?)?;
+        let updated_ms = stored_ms(id, row.try_get(8)?)?;
+        let time = |at: Option<i64>| at.map(|at| stored_ms(id, at)).transpose();
+        let mut steps = Vec::new();
+        for row in sqlx::query(statements.history_steps.clone())
+            .bind(no)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            steps.push(Step {
+                key: row.try_get(0)?,
+                seq: stored_seq(id, row.try_get(1)?)?,
+                value: row.try_get(2)?,
+                at_ms: time(row.try_get(3)?)?,
+            });
+        }
+        let mut deferreds = Vec::new();
+        for row in sqlx::query(statements.history_deferreds.clone())
+            .bind(no)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            deferreds.push(DeferredAt {
+                name: row.try_get(0)?,
+                value: row.try_get(1)?,
+                at_ms: time(row.try_get(2)?)?,
+            });
+        }
+        let mut timers = Vec::new();
+        for row in sqlx::query(statements.history_timers.clone())
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            timers.push(Timer {
+                execution_id: id.to_owned(),
+                name: row.try_get(0)?,
+                due_ms: stored_due(row.try_get(1)?)?,
+            });
+        }
+        tx.commit().await?;
+        Ok(Some(History {
+            id: id.to_owned(),
+            execution,
+            created_ms,
+            updated_ms,
+            steps,
+            deferreds,
+            timers,
+        }))
+    }
+
     /// The pool, for tests that look at a connection's settings.
     #[cfg(test)]
     pub(super) fn pool(&self) -> &PgPool {
@@ -871,4 +1017,19 @@ impl Reads {
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// `built`'s statement with its parameters bound.
+fn bound(
+    built: &listing::Built,
+) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut query = sqlx::query(AssertSqlSafe(built.sql.clone()));
+    for param in &built.params {
+        query = match param {
+            Param::Text(text) => query.bind(text.as_str()),
+            Param::Int(int) => query.bind(*int),
+            Param::Bytes(bytes) => query.bind(bytes.as_slice()),
+        };
+    }
+    query
 }

@@ -20,17 +20,18 @@ use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
 use super::{
-    due_to_i64,
+    connect::Dialect,
+    due_to_i64, listing,
     numbers::{self, Learned, Numbers},
-    stored_due, stored_seq, stored_status,
+    stored_due, stored_ms, stored_seq, stored_status,
     writer::{Results, Transactions},
     Durability, Failure,
 };
 use crate::{
     clock::now_ms,
     store::{
-        messages::CLAIM_MS, Deferred, Entry, Execution, Op, OpResult, Request, Shards, Snapshot,
-        Status, Timer, Unprocessed,
+        messages::CLAIM_MS, Cursor, Deferred, DeferredAt, Entry, Execution, Filter, History,
+        Listed, Op, OpResult, Page, Request, Shards, Snapshot, Status, Step, Timer, Unprocessed,
     },
 };
 
@@ -91,9 +92,15 @@ struct Sql {
     unprocessed: String,
     next_deliver_at: String,
     entity_state_of: String,
+    history_execution: String,
+    history_steps: String,
+    history_deferreds: String,
+    history_timers: String,
+    prefix: String,
 }
 
 impl Sql {
+    #[allow(clippy::too_many_lines)] // the table of statements, one entry each
     fn new(prefix: &str) -> Self {
         let sql = |template: &str| template.replace("{p}", prefix);
         // The writer's ops name their execution by `no` (the rowid), which it finds once by id
@@ -114,12 +121,12 @@ impl Sql {
             ),
             number: sql("SELECT no FROM {p}executions WHERE id = ?1"),
             append: sql(
-                "INSERT INTO {p}journal (execution_no, key, seq, value) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO {p}journal (execution_no, key, seq, value, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             ),
             deferred: sql(
-                "INSERT INTO {p}deferreds (execution_no, name, value) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO {p}deferreds (execution_no, name, value, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             ),
             status: sql(
                 "UPDATE {p}executions SET status = ?2, result = ?3, updated_ms = ?4 \
@@ -188,6 +195,32 @@ impl Sql {
             entity_state_of: sql(
                 "SELECT value FROM {p}entity_state WHERE entity_type = ?1 AND entity_id = ?2",
             ),
+            history_execution: sql(
+                "SELECT no, workflow, payload, parent, status, result, interrupted, created_ms, \
+                 updated_ms FROM {p}executions WHERE id = ?1",
+            ),
+            history_steps: sql(
+                "SELECT key, seq, value, at_ms FROM {p}journal WHERE execution_no = ?1 \
+                 ORDER BY ord",
+            ),
+            history_deferreds: sql(
+                "SELECT name, value, at_ms FROM {p}deferreds WHERE execution_no = ?1 \
+                 ORDER BY ord",
+            ),
+            history_timers: sql(
+                "SELECT name, due_ms FROM {p}timers WHERE execution_id = ?1 ORDER BY due_ms, name",
+            ),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl rusqlite::ToSql for listing::Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            listing::Param::Text(text) => text.to_sql(),
+            listing::Param::Int(int) => int.to_sql(),
+            listing::Param::Bytes(bytes) => bytes.to_sql(),
         }
     }
 }
@@ -516,12 +549,12 @@ impl WriteConnection {
             Op::Append { id, entry } => match self.number(id, learned)? {
                 Some(no) => OpResult::Done(run(
                     &sql.append,
-                    params![no, entry.key, entry.seq, entry.value],
+                    params![no, entry.key, entry.seq, entry.value, now],
                 )?),
                 None => OpResult::Done(false),
             },
             Op::Deferred { id, name, value } => match self.number(id, learned)? {
-                Some(no) => OpResult::Done(run(&sql.deferred, params![no, name, value])?),
+                Some(no) => OpResult::Done(run(&sql.deferred, params![no, name, value, now])?),
                 None => OpResult::UnknownExecution,
             },
             Op::Status { id, status, result } => match self.number(id, learned)? {
@@ -982,6 +1015,132 @@ impl Readers {
             }
             tx.commit()?;
             Ok(found)
+        })
+    }
+
+    /// A page of the executions passing `filter` after `after`, newest first.
+    pub(super) fn list(
+        &self,
+        filter: Filter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Page, Failure>> {
+        self.run(move |conn, sql| {
+            let built = listing::list(Dialect::Sqlite, &sql.prefix, &filter, after, limit);
+            let mut statement = conn.prepare_cached(&built.sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(built.params.iter()))?;
+            let mut listed = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let status: String = row.get(3)?;
+                listed.push(Listed {
+                    status: stored_status(&id, &status)?,
+                    workflow: row.get(1)?,
+                    parent: row.get(2)?,
+                    result: row.get(4)?,
+                    interrupted: row.get(5)?,
+                    created_ms: stored_ms(&id, row.get(6)?)?,
+                    updated_ms: stored_ms(&id, row.get(7)?)?,
+                    no: stored_ms(&id, row.get(8)?)?,
+                    id,
+                });
+            }
+            Ok(Page::of(listed, limit))
+        })
+    }
+
+    /// How many executions pass `filter`, up to `cap`.
+    pub(super) fn count(
+        &self,
+        filter: Filter,
+        cap: u64,
+    ) -> impl std::future::Future<Output = Result<u64, Failure>> {
+        self.run(move |conn, sql| {
+            let built = listing::count(Dialect::Sqlite, &sql.prefix, &filter, cap);
+            let counted: i64 = conn
+                .prepare_cached(&built.sql)?
+                .query_row(rusqlite::params_from_iter(built.params.iter()), |row| {
+                    row.get(0)
+                })?;
+            Ok(u64::try_from(counted).unwrap_or(0))
+        })
+    }
+
+    /// The history of execution `id`, in one read transaction.
+    pub(super) fn history(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = Result<Option<History>, Failure>> {
+        self.run(move |conn, sql| {
+            let tx = conn.unchecked_transaction()?;
+            let row = tx
+                .prepare_cached(&sql.history_execution)?
+                .query_row([&id], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        execution_columns(row)?,
+                        row.get::<_, i64>(7)?,
+                        row.get::<_, i64>(8)?,
+                    ))
+                })
+                .optional()?;
+            let Some((no, columns, created_ms, updated_ms)) = row else {
+                return Ok(None);
+            };
+            let execution = stored_execution(&id, columns)?;
+            let mut steps = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(&sql.history_steps)?;
+                let mut rows = statement.query([no])?;
+                while let Some(row) = rows.next()? {
+                    steps.push(Step {
+                        key: row.get(0)?,
+                        seq: stored_seq(&id, row.get(1)?)?,
+                        value: row.get(2)?,
+                        at_ms: row
+                            .get::<_, Option<i64>>(3)?
+                            .map(|at| stored_ms(&id, at))
+                            .transpose()?,
+                    });
+                }
+            }
+            let mut deferreds = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(&sql.history_deferreds)?;
+                let mut rows = statement.query([no])?;
+                while let Some(row) = rows.next()? {
+                    deferreds.push(DeferredAt {
+                        name: row.get(0)?,
+                        value: row.get(1)?,
+                        at_ms: row
+                            .get::<_, Option<i64>>(2)?
+                            .map(|at| stored_ms(&id, at))
+                            .transpose()?,
+                    });
+                }
+            }
+            let mut timers = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(&sql.history_timers)?;
+                let mut rows = statement.query([&id])?;
+                while let Some(row) = rows.next()? {
+                    timers.push(Timer {
+                        execution_id: id.clone(),
+                        name: row.get(0)?,
+                        due_ms: stored_due(row.get(1)?)?,
+                    });
+                }
+            }
+            tx.commit()?;
+            Ok(Some(History {
+                created_ms: stored_ms(&id, created_ms)?,
+                updated_ms: stored_ms(&id, updated_ms)?,
+                id,
+                execution,
+                steps,
+                deferreds,
+                timers,
+            }))
         })
     }
 

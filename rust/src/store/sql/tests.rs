@@ -22,6 +22,7 @@ use super::{
 use crate::store::{memory::MemoryStore, messages::CLAIM_MS, Deferred, Entry, Request};
 
 mod leases;
+mod listing;
 mod numbers_and_timers;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -836,6 +837,12 @@ async fn new_writes_on_migrated_rows(store: &SqlStore) {
     let a = store.snapshot("a").await.unwrap().unwrap();
     assert_eq!(a.entries.last(), Some(&entry("new/1", 3, b"3")));
     assert_eq!(a.entries.len(), 4);
+    // Rows from before migration 0007 have no time; new ones have theirs.
+    let history = store.history("a").await.unwrap().unwrap();
+    let times: Vec<bool> = history.steps.iter().map(|s| s.at_ms.is_some()).collect();
+    assert_eq!(times, [false, false, false, true]);
+    assert!(history.deferreds.iter().all(|d| d.at_ms.is_none()));
+    assert_eq!((history.created_ms, history.updated_ms), (2, 2));
     assert_eq!(store.snapshot("d").await.unwrap().unwrap().entries.len(), 1);
     assert_eq!(store.timers().await.unwrap().len(), 1);
 }
@@ -861,7 +868,10 @@ async fn check_the_migrated_schema(place: &Place) {
                 .await
         }
     };
-    assert_eq!(columns, ["execution_no", "key", "ord", "seq", "value"]);
+    assert_eq!(
+        columns,
+        ["at_ms", "execution_no", "key", "ord", "seq", "value"]
+    );
 }
 
 /// Rows as the first migration's schema held them: three executions stored in the order c, a,
