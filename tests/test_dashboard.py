@@ -18,7 +18,11 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -88,7 +92,13 @@ def screenshot(driver: WebDriver, name: str) -> None:
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
     try:
-        return WebDriverWait(driver, 15, poll_frequency=0.05).until(condition)
+        # The page redraws as it refreshes: an element read mid-redraw is stale, not absent.
+        return WebDriverWait(
+            driver,
+            15,
+            poll_frequency=0.05,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        ).until(condition)
     except TimeoutException:
         screenshot(driver, f"failed-{what.replace(' ', '-')}")
         logs = driver.get_log("browser") if hasattr(driver, "get_log") else []
@@ -120,7 +130,16 @@ def counts(driver: WebDriver) -> dict[str, str]:
 
 
 def events(driver: WebDriver) -> list[tuple[str, str, str]]:
-    """The timeline: (kind, name, outcome) per event."""
+    """The timeline: (kind, name, outcome) per event, read again if it redrew meanwhile."""
+    for _ in range(20):
+        try:
+            return _events(driver)
+        except StaleElementReferenceException:
+            continue
+    return _events(driver)
+
+
+def _events(driver: WebDriver) -> list[tuple[str, str, str]]:
     found = []
     for item in driver.find_elements(By.CSS_SELECTOR, "#timeline li"):
         outcome = item.find_elements(By.CSS_SELECTOR, ".outcome")

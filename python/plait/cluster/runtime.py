@@ -68,6 +68,9 @@ __all__ = [
 ]
 
 StateT = TypeVar("StateT", default=None)
+#: Saves and replies sent to a durable store as soon as this many are queued (see
+#: `EntityRuntime._write_early`).
+EARLY_BATCH = 128
 
 
 class RpcSpec(Protocol):
@@ -479,6 +482,7 @@ class EntityRuntime:
             self.callers[request_id] = [future]
         if save is not None:
             self._saves.append(save)
+            self._write_early()
         else:
             self._outbox.append(outgoing)
         self._schedule_flush()
@@ -558,19 +562,7 @@ class EntityRuntime:
         what it saved is offered in this same call.
         """
         self._flush_scheduled = False
-        if self._saves:
-            saves, self._saves = self._saves, []
-            ops = [op for _, op, _ in saves]
-            self._writing += 1
-            self.journal.write_then(ops, functools.partial(self._saved, saves))
-        if self._replies:
-            replies, self._replies = self._replies, []
-            # Every reply, then every state: independent writes, and runs of one kind are
-            # applied a run at a time (a statement per run, not per op) on PostgreSQL.
-            ops = [reply_ops[0] for *_, reply_ops in replies]
-            ops.extend(op for *_, reply_ops in replies for op in reply_ops[1:])
-            self._writing += 1
-            self.journal.write_then(ops, functools.partial(self._replied, replies))
+        self._write()
         outbox, finished = self._outbox, self._finished
         self._outbox, self._finished = [], []
         ready: list[Deliver] = []
@@ -589,6 +581,32 @@ class EntityRuntime:
         self._run(ready)
         # Instances became resident or idle: their passivation moves the next wake-up.
         self.engine.work_changed()
+
+    def _write(self) -> None:
+        """Sends the saves, then the replies, queued so far to the store."""
+        if self._saves:
+            saves, self._saves = self._saves, []
+            ops = [op for _, op, _ in saves]
+            self._writing += 1
+            self.journal.write_then(ops, functools.partial(self._saved, saves))
+        if self._replies:
+            replies, self._replies = self._replies, []
+            # Every reply, then every state: independent writes, and runs of one kind are
+            # applied a run at a time (a statement per run, not per op) on PostgreSQL.
+            ops = [reply_ops[0] for *_, reply_ops in replies]
+            ops.extend(op for *_, reply_ops in replies for op in reply_ops[1:])
+            self._writing += 1
+            self.journal.write_then(ops, functools.partial(self._replied, replies))
+
+    def _write_early(self) -> None:
+        """Sends what is queued now if it makes a batch (a durable store only).
+
+        The store commits it while the loop runs the rest of this iteration, instead of the two
+        taking turns: with 1,000 requests in flight, each commit's answers made one wave of
+        work, all of it sent at the end of the iteration.
+        """
+        if not self.journal.immediate and len(self._saves) + len(self._replies) >= EARLY_BATCH:
+            self._write()
 
     def _saved(self, saves: list[tuple[Outgoing, Op, int | None]], answer: Any) -> None:
         """Persisted requests are durable (or could not be saved): deliver them, or dedup."""
@@ -965,6 +983,7 @@ class EntityRuntime:
                 ops.append(Op.entity_state(delivery.entity_type, delivery.entity_id, data))
                 instance.saved_state = data
         self._replies.append((delivery, rpc, encoded, ops))
+        self._write_early()
         self._schedule_flush()
 
     def _settle(self, delivery: Deliver, rpc: RpcSpec | None, outcome: Exit | bytes) -> None:
