@@ -70,7 +70,7 @@ __all__ = [
 StateT = TypeVar("StateT", default=None)
 #: Saves and replies sent to a durable store as soon as this many are queued (see
 #: `EntityRuntime._write_early`).
-EARLY_BATCH = 128
+EARLY_BATCH = 512
 
 
 class RpcSpec(Protocol):
