@@ -2,13 +2,14 @@
 # module by `python -m mypy.stubtest plait._native`.
 
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol, TypeAlias, final
+from typing import Literal, Protocol, TypeAlias, TypedDict, final
 
 from plait.errors import InvalidArgumentError
 
 __all__ = [
     "DEFAULT_SHARDS_PER_GROUP",
     "AsyncBridge",
+    "ClusterView",
     "Deferred",
     "DeferredAt",
     "Deliver",
@@ -23,7 +24,10 @@ __all__ = [
     "Page",
     "Passivate",
     "Refusal",
+    "Release",
+    "RemoteReply",
     "Resume",
+    "Sharding",
     "Snapshot",
     "SnowflakeGenerator",
     "Step",
@@ -330,12 +334,17 @@ class Op:
         """
 
     @staticmethod
-    def reply(request_id: int, value: bytes) -> Op:
-        """Saves a request's final reply (the first wins). Answers whether it was stored."""
+    def reply(request_id: int, value: bytes, shard: str | None = None) -> Op:
+        """Saves a request's final reply (the first wins). Answers whether it was stored.
+
+        With `shard`, written as its owner: fenced by the shard's lease on a cluster.
+        """
 
     @staticmethod
-    def entity_state(entity_type: str, entity_id: str, value: bytes) -> Op:
-        """Stores an entity instance's durable state. Answers True."""
+    def entity_state(
+        entity_type: str, entity_id: str, value: bytes, shard: str | None = None
+    ) -> Op:
+        """Stores an entity instance's durable state. Answers True (`shard`: as `reply`)."""
 
     @staticmethod
     def clear_replies(request_id: int) -> Op:
@@ -674,6 +683,7 @@ class Store:
         prefix: str = "plait_",
         durability: str = "full",
         lease_ttl_ms: int | None = None,
+        cluster: bool = False,
     ) -> int:
         """Opens, migrates and locks the store at `url`; resolves to a `Store`.
 
@@ -895,6 +905,73 @@ class Refusal:
     def message(self) -> str: ...
 
 @final
+class RemoteReply:
+    """The stored final reply of a request sent to an entity on another runner."""
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def value(self) -> bytes: ...
+
+@final
+class Release:
+    """Shards to stop serving: finish (forced: stop) their entities, then report them."""
+
+    @property
+    def shards(self) -> list[str]: ...
+    @property
+    def forced(self) -> bool: ...
+
+class _ShardingOptions(TypedDict):
+    """How a runner takes part in a cluster (times in ms)."""
+
+    address: str
+    weight: float
+    available_groups: list[str]
+    groups: list[str]
+    shards_per_group: int
+    lock_expiration_ms: int
+    refresh_interval_ms: int
+    refresh_assignments_ms: int
+    termination_timeout_ms: int
+    advisory: bool
+
+@final
+class ClusterView:
+    """What a runner sees of its cluster."""
+
+    @property
+    def machine_id(self) -> int: ...
+    @property
+    def runners(self) -> int: ...
+    @property
+    def healthy_runners(self) -> int: ...
+    @property
+    def shards(self) -> list[str]: ...
+    @property
+    def releasing(self) -> list[str]: ...
+    @property
+    def assignments(self) -> dict[str, str]: ...
+
+@final
+class Sharding:
+    """A runner's membership of a cluster on PostgreSQL."""
+
+    @staticmethod
+    def start(
+        bridge: AsyncBridge, store: Store, source: WorkSource, options: _ShardingOptions
+    ) -> int:
+        """Registers the runner and starts its loop; resolves to a `Sharding`."""
+    @property
+    def machine_id(self) -> int: ...
+    def view(self) -> ClusterView:
+        """What this runner sees now."""
+    def drained(self, shards: list[str]) -> None:
+        """These shards' entities are finished: their leases may go."""
+    def close(self, bridge: AsyncBridge) -> int:
+        """Leaves the cluster; resolves to None once its shards are released."""
+
+@final
 class WorkSource:
     """What one engine owns and what runs next: recovery, durable timers, snapshots to resume.
 
@@ -904,13 +981,22 @@ class WorkSource:
     as a `Resume` with its snapshot, read after the event.
     """
 
-    def __new__(cls, store: Store, manual_now_ms: int | None = None) -> WorkSource:
-        """Starts the source: on the wall clock, or on a manual one that `advance_to` moves."""
+    def __new__(
+        cls,
+        store: Store,
+        manual_now_ms: int | None = None,
+        shards_per_group: int | None = None,
+        reply_poll_ms: int = 200,
+    ) -> WorkSource:
+        """Starts the source: on the wall clock, or on a manual one that `advance_to` moves.
+
+        With `shards_per_group`, a runner's: it serves the shards a `Sharding` acquires.
+        """
     def wait(self, bridge: AsyncBridge) -> int:
         """Resolves to None once work is ready to take; raises `ClosedError` once closed."""
     def started(self, bridge: AsyncBridge) -> int:
         """Resolves to None once recovery is listed and the first window of timers read."""
-    def take(self, max: int) -> list[Deliver | Passivate | Resume]:
+    def take(self, max: int) -> list[Deliver | Passivate | RemoteReply | Release | Resume]:
         """Takes up to `max` units of ready work: entity requests, idle instances, executions."""
     def register_entity(
         self,
@@ -940,6 +1026,16 @@ class WorkSource:
         """Drops an instance and what it held; returns the request ids it held."""
     def resident(self) -> int:
         """Resident entity instances."""
+    def owns(self, entity_id: str) -> bool:
+        """Whether this process serves the entity now (always, for a single engine)."""
+    def owned_shards(self) -> list[str] | None:
+        """The shards this runner serves, sorted; None for a single engine."""
+    def await_replies(self, ids: list[int]) -> None:
+        """Waits for the stored replies of these requests: they come as `RemoteReply`."""
+    def forget_replies(self, ids: list[int]) -> None:
+        """Stops waiting for these replies."""
+    def drained(self, shards: list[str]) -> list[int]:
+        """These shards' entities are finished: they leave the mailboxes; their held ids."""
     def scheduled(self, execution_id: str, name: str, due_ms: int) -> None:
         """A timer was stored: into the wheel if it falls in the loaded window."""
     def resume(self, ids: Iterable[str]) -> None:

@@ -15,11 +15,13 @@ from plait.cluster.errors import (
     RunnerNotRegistered,
     RunnerUnavailable,
 )
+from plait.cluster.runner import ClusterView, Runner
 from plait.cluster.runtime import EntityContext
 
 __all__ = [
     "AlreadyProcessingMessage",
     "ClusterError",
+    "ClusterView",
     "Entity",
     "EntityClient",
     "EntityContext",
@@ -28,6 +30,7 @@ __all__ = [
     "MalformedMessage",
     "PersistenceError",
     "Rpc",
+    "Runner",
     "RunnerAddress",
     "RunnerNotRegistered",
     "RunnerUnavailable",

@@ -38,11 +38,21 @@ from typing_extensions import TypeVar
 
 from plait import _bridge
 from plait._definitions import Definitions, DefinitionSite
-from plait._native import Deliver, Duplicate, Op, Passivate, SnowflakeGenerator, shard_id
+from plait._native import (
+    Deliver,
+    Duplicate,
+    Op,
+    Passivate,
+    Release,
+    RemoteReply,
+    SnowflakeGenerator,
+    shard_id,
+)
 from plait.clocks import milliseconds_ceil
 from plait.cluster.config import ShardingConfig
 from plait.cluster.errors import (
     AlreadyProcessingMessage,
+    EntityNotAssignedToRunner,
     MailboxFull,
     MalformedMessage,
     PersistenceError,
@@ -53,7 +63,7 @@ from plait.exits import Exit, ExitCodec, Failure, Success
 from plait.schedule import Schedule
 
 if TYPE_CHECKING:
-    from plait._native import Refusal, WorkSource
+    from plait._native import Refusal, Sharding, WorkSource
 
 __all__ = [
     "EntityContext",
@@ -244,7 +254,15 @@ registry.on_engine_start(_attach)
 class Outgoing:
     """A request on its way to a mailbox (what `WorkSource.offer` reads)."""
 
-    __slots__ = ("entity_id", "entity_type", "payload", "persisted", "request_id", "tag")
+    __slots__ = (
+        "entity_id",
+        "entity_type",
+        "payload",
+        "persisted",
+        "remote",
+        "request_id",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -261,6 +279,8 @@ class Outgoing:
         self.tag = tag
         self.payload = payload
         self.persisted = persisted
+        #: Saved for an entity on another runner: its reply comes from storage.
+        self.remote = False
 
 
 class Instance:
@@ -400,6 +420,12 @@ class EntityRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
         self._closing = False
+        # On a runner of a cluster: its membership, and the requests sent to entities on
+        # other runners whose replies come from storage.
+        self.sharding: Sharding | None = None
+        self._remote: dict[int, Outgoing] = {}
+        # Requests whose handler is cancelled because their shard moved away.
+        self._moving: set[int] = set()
         for entity in all_entities():
             self.register(entity)
         engine.entity_host = self
@@ -503,7 +529,10 @@ class EntityRuntime:
         now = self.engine.clock.now_ms()
         if deliver_ms is not None and deliver_ms <= now:
             deliver_ms = None
-        shard = f"default:{shard_id(outgoing.entity_id, self.config.shards_per_group)}"
+        shard = self._shard(outgoing.entity_id)
+        # An entity on another runner: saved unclaimed, for its owner's read to deliver.
+        outgoing.remote = self.engine.cluster and not self.source.owns(outgoing.entity_id)
+        claimed = None if deliver_ms is not None or outgoing.remote else now
         op = Op.request(
             outgoing.request_id,
             shard,
@@ -513,9 +542,12 @@ class EntityRuntime:
             outgoing.payload,
             key,
             deliver_ms,
-            now if deliver_ms is None else None,
+            claimed,
         )
         return outgoing, op, deliver_ms
+
+    def _shard(self, entity_id: str) -> str:
+        return f"default:{shard_id(entity_id, self.config.shards_per_group)}"
 
     def open_stream(self, rpc: RpcSpec, entity_id: str, payload: object) -> Stream:
         """Sends a streaming request: its reply's chunks, as an async iterator.
@@ -537,6 +569,8 @@ class EntityRuntime:
         if running is not None and running[1] is not None:
             running[1].cancel()  # its handler ends; `_handle` frees the slot
             return
+        if self._remote.pop(request_id, None) is not None:
+            self.source.forget_replies([request_id])
         if outgoing.persisted:
             # Wherever it is (being saved, waiting, stored for later), its stored reply is an
             # interrupt from now on: no read delivers it again. After its save, if pending.
@@ -620,6 +654,7 @@ class EntityRuntime:
                 self._answer(outgoing.request_id, Failure(error))
             return
         held_until: int | None = None
+        remote: list[Outgoing] = []
         for (outgoing, _, deliver_ms), result in zip(saves, answer, strict=True):
             request_id = outgoing.request_id
             taken = self._taken.pop(request_id, None)
@@ -629,15 +664,27 @@ class EntityRuntime:
                 self._duplicate(outgoing, result)
             elif request_id in self._interrupted:
                 continue
+            elif outgoing.remote:
+                remote.append(outgoing)
             elif deliver_ms is None:
                 self._outbox.append(outgoing)
             else:
                 held_until = deliver_ms if held_until is None else min(held_until, deliver_ms)
+        if remote:
+            self._await_remote(remote)
         if held_until is not None:
             self.source.poll_storage(held_until)
             self.engine.work_changed()  # a clock the host moves must come to it
         if self._outbox:
             self._schedule_flush()
+
+    def _await_remote(self, outgoing: list[Outgoing]) -> None:
+        """Requests stored for entities on other runners: their callers get the stored reply."""
+        waited = [o for o in outgoing if o.request_id in self.callers]
+        for each in waited:
+            self._remote[each.request_id] = each
+        if waited:
+            self.source.await_replies([o.request_id for o in waited])
 
     def _wrote(self) -> None:
         self._writing -= 1
@@ -650,6 +697,10 @@ class EntityRuntime:
         if found.reply is None:
             if callers:
                 self.callers.setdefault(found.original, []).extend(callers)
+                if self.engine.cluster and found.original not in self._running:
+                    # The original may run on another runner: its reply comes from storage.
+                    self._remote[found.original] = outgoing
+                    self.source.await_replies([found.original])
             return
         self.callers[outgoing.request_id] = callers
         self._answer(outgoing.request_id, self._decode_reply(outgoing, found.reply))
@@ -669,8 +720,14 @@ class EntityRuntime:
         """Replies are durable: their callers hear of them and their slots free."""
         self._wrote()
         failed = answer if isinstance(answer, BaseException) else None
-        for delivery, rpc, encoded, _ in replies:
+        for index, (delivery, rpc, encoded, _) in enumerate(replies):
             if delivery is None:
+                continue
+            if failed is None and isinstance(answer[index], EntityNotAssignedToRunner):
+                # Fenced: the shard moved to another runner, which runs the request again;
+                # its callers here get the reply it stores.
+                self._moved([delivery])
+                self._finished.append(delivery)
                 continue
             if failed is None:
                 self._settle(delivery, rpc, encoded)
@@ -684,6 +741,14 @@ class EntityRuntime:
 
     def _refused(self, outgoing: Outgoing, refusal: Refusal) -> None:
         kind = refusal.kind
+        if outgoing.persisted and kind == "NotAssigned":
+            # Its shard moved away after it was saved claimed: its new owner delivers it.
+            self.journal.write_then([Op.unclaim(outgoing.request_id)], _ignore)
+            taken = self._taken.pop(outgoing.request_id, None)
+            if taken is not None and not taken.done():
+                taken.set_result(None)
+            self._await_remote([outgoing])
+            return
         if outgoing.persisted and kind == "MailboxFull":
             # Stored: it waits there, and a read delivers it once a slot frees.
             self.journal.write_then([Op.unclaim(outgoing.request_id)], _ignore)
@@ -694,6 +759,8 @@ class EntityRuntime:
             error = MailboxFull(outgoing.entity_type, outgoing.entity_id, refusal.message)
         elif kind == "AlreadyProcessing":
             error = AlreadyProcessingMessage(refusal.message)
+        elif kind == "NotAssigned":
+            error = EntityNotAssignedToRunner(refusal.message)
         else:
             error = MalformedMessage(refusal.message)
         taken = self._taken.pop(outgoing.request_id, None)
@@ -713,12 +780,18 @@ class EntityRuntime:
 
     # Running --------------------------------------------------------------------------------
 
-    def take(self, work: list[Deliver | Passivate]) -> None:
+    def take(self, work: list[Deliver | Passivate | RemoteReply | Release]) -> None:
         """Work from the engine's poll: requests that may run now, instances to drop."""
         ready: list[Deliver] = []
         for item in work:
             if isinstance(item, Deliver):
                 ready.append(item)
+            elif isinstance(item, RemoteReply):
+                outgoing = self._remote.pop(item.request_id, None)
+                if outgoing is not None:
+                    self._answer(item.request_id, self._decode_reply(outgoing, item.value))
+            elif isinstance(item, Release):
+                self._release(item.shards, item.forced)
             else:
                 self.instances.pop((item.entity_type, item.entity_id), None)
         self._run(ready)
@@ -858,6 +931,11 @@ class EntityRuntime:
             outcome = Failure(exc)
         except BaseException as exc:
             if passes_through(exc):
+                if delivery.request_id in self._moving:
+                    # Its shard moved: the new owner runs it again; nothing is stored here.
+                    self._moving.discard(delivery.request_id)
+                    self._forget(instance, delivery)
+                    raise
                 if not self._closing and delivery.request_id not in self.callers:
                     # Its caller gave up (a client interrupt): the slot frees; a persisted
                     # request's stored reply is the interrupt.
@@ -974,13 +1052,17 @@ class EntityRuntime:
             self._settle(delivery, rpc, outcome)
             return
         encoded, _ = (rpc.codec if rpc is not None else _ANY_REPLY).settle(outcome)
-        ops = [Op.reply(delivery.request_id, encoded)]
+        # On a cluster, written as the shard's owner: refused once another runner holds it.
+        shard = self._shard(delivery.entity_id) if self.engine.cluster else None
+        ops = [Op.reply(delivery.request_id, encoded, shard)]
         instance = self.instances.get((delivery.entity_type, delivery.entity_id))
         if instance is not None and instance.entity.state_model is not None:
             state = instance.state
             data = state.model_dump_json().encode() if isinstance(state, BaseModel) else None
             if data is not None and data != instance.saved_state:
-                ops.append(Op.entity_state(delivery.entity_type, delivery.entity_id, data))
+                ops.append(
+                    Op.entity_state(delivery.entity_type, delivery.entity_id, data, shard)
+                )
                 instance.saved_state = data
         self._replies.append((delivery, rpc, encoded, ops))
         self._write_early()
@@ -1010,6 +1092,76 @@ class EntityRuntime:
         self._answer(delivery.request_id, outcome)
         self._finished.append(delivery)
         self._schedule_flush()
+
+    # Shards moving --------------------------------------------------------------------------
+
+    def join(self, sharding: Sharding) -> None:
+        """This engine runs as a runner of a cluster, a member through `sharding`."""
+        self.sharding = sharding
+        self.ids = SnowflakeGenerator(sharding.machine_id)
+
+    def _release(self, shards: list[str], forced: bool) -> None:
+        """Stops serving `shards`: their entities finish (or, forced, stop now), then go."""
+        wanted = set(shards)
+        instances = [
+            instance
+            for (_, entity_id), instance in self.instances.items()
+            if self._shard(entity_id) in wanted
+        ]
+        task = self.loop.create_task(self._drain_shards(shards, instances, forced))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain_shards(self, shards: list[str], instances: list[Instance], forced: bool) -> None:
+        if not forced:
+            timeout = self.config.entity_termination_timeout.total_seconds()
+            running = {t for i in instances for _, t in i.running.values() if t is not None}
+            if running and timeout > 0:
+                await asyncio.wait(running, timeout=timeout)
+            # The replies of what finished are stored under the lease, before it goes.
+            self._flush()
+            await self._writes_settled(timeout)
+        for instance in instances:
+            for request_id, (_, task) in list(instance.running.items()):
+                if task is not None and not task.done():
+                    self._moving.add(request_id)
+                    task.cancel()
+            key = (instance.entity.name, instance.entity_id)
+            if self.instances.get(key) is instance:
+                del self.instances[key]
+        held = self.source.drained(shards)
+        moved = [self._running.pop(i)[0] for i in held if i in self._running]
+        self._moved(moved)
+        if self.sharding is not None:
+            self.sharding.drained(shards)
+
+    def _moved(self, deliveries: list[Deliver]) -> None:
+        """Requests whose shard moved away: their callers here wait for the new owner's reply."""
+        remote: list[Outgoing] = []
+        for delivery in deliveries:
+            if delivery.request_id not in self.callers:
+                continue
+            outgoing = Outgoing(
+                delivery.request_id,
+                delivery.entity_type,
+                delivery.entity_id,
+                delivery.tag,
+                delivery.payload,
+                delivery.persisted,
+            )
+            if delivery.persisted:
+                remote.append(outgoing)
+            else:
+                message = f"{delivery.entity_type}/{delivery.entity_id} moved to another runner"
+                self._answer(delivery.request_id, Failure(EntityNotAssignedToRunner(message)))
+        self._await_remote(remote)
+
+    async def _writes_settled(self, timeout: float) -> None:
+        """Waits (up to `timeout`) until the saves and replies sent so far are answered."""
+        if self._writing:
+            self._written = self.loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._written), timeout)
 
     # Closing --------------------------------------------------------------------------------
 

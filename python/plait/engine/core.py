@@ -104,8 +104,12 @@ class Engine:
         *,
         clock: Clock | None = None,
         sharding: object | None = None,
+        cluster: bool = False,
     ) -> None:
         self._open: Callable[[], Awaitable[Store]] | None = None
+        #: Whether this engine is a runner of a cluster (see `plait.Runner`): it serves the
+        #: entities of the shards it holds, and recovers no workflow.
+        self.cluster = cluster
         self.store: Store | None
         self.journal: Journal | None
         if isinstance(store, Store):
@@ -214,17 +218,22 @@ class Engine:
         lease_ttl: timedelta | float | None = None,
         clock: Clock | None = None,
         sharding: object | None = None,
+        cluster: bool = False,
     ) -> Engine:
-        """An engine on the database at `url` (`sqlite://...` or `postgres://...`)."""
+        """An engine on the database at `url` (`sqlite://...` or `postgres://...`).
+
+        With `cluster`, a runner of a cluster (see `plait.Runner`): on PostgreSQL many
+        runners share the database.
+        """
         lease_ttl_ms = None if lease_ttl is None else milliseconds_ceil(seconds(lease_ttl))
 
         async def open_store() -> Store:
             store: Store = await _bridge.call(
-                lambda bridge: Store.open(bridge, url, prefix, durability, lease_ttl_ms)
+                lambda bridge: Store.open(bridge, url, prefix, durability, lease_ttl_ms, cluster)
             )
             return store
 
-        return cls(open_store, clock=clock, sharding=sharding)
+        return cls(open_store, clock=clock, sharding=sharding, cluster=cluster)
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -266,7 +275,20 @@ class Engine:
         ctx.run(current_attempt.set, 1)
         self._base_context = ctx
         assert self.store is not None
-        self._work = WorkLoop(self.store, self.clock, self._take_work)
+        if self.cluster:
+            # A `plait.ShardingConfig` (the cluster's layer sets it), or its defaults.
+            per_group = getattr(self.sharding, "shards_per_group", 300)
+            reply_poll = getattr(self.sharding, "entity_reply_poll_interval", None)
+            reply_poll_ms = 200 if reply_poll is None else milliseconds_ceil(seconds(reply_poll))
+            self._work = WorkLoop(
+                self.store,
+                self.clock,
+                self._take_work,
+                shards_per_group=per_group,
+                reply_poll_ms=reply_poll_ms,
+            )
+        else:
+            self._work = WorkLoop(self.store, self.clock, self._take_work)
         for hook in registry.start_hooks():
             hook(self)
         await self._work.started()
@@ -556,9 +578,9 @@ class Engine:
         if self._work is not None:
             self._work.changed()
 
-    def _take_work(self, batch: list[Deliver | Passivate | Resume]) -> None:
+    def _take_work(self, batch: list[Any]) -> None:
         """Hands each unit of the work source's work to what runs it."""
-        entity_work: list[Deliver | Passivate] = []
+        entity_work: list[Any] = []
         for work in batch:
             if isinstance(work, Resume):
                 self._resume_from(work)

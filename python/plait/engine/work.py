@@ -42,17 +42,23 @@ class WorkLoop:
         clock: The engine's clock: the system clock lets the source sleep on its own; any other
             is followed by a task that moves the source's time.
         run: Called with each batch of work taken, on the loop.
+        shards_per_group: For a runner of a cluster: its source serves the entities of the
+            shards its cluster membership acquires, and no workflows.
+        reply_poll_ms: How often a runner reads the replies it awaits from other runners.
     """
 
     def __init__(
         self,
         store: Store,
         clock: Clock,
-        run: Callable[[list[Deliver | Passivate | Resume]], None],
+        run: Callable[[list[Any]], None],
+        *,
+        shards_per_group: int | None = None,
+        reply_poll_ms: int = 200,
     ) -> None:
         self._clock = clock
         manual = None if isinstance(clock, SystemClock) else clock.now_ms()
-        self.source = WorkSource(store, manual)
+        self.source = WorkSource(store, manual, shards_per_group, reply_poll_ms)
         _loops.add(self)
         self._run = run
         self._changed = asyncio.Event()

@@ -84,6 +84,16 @@ pub enum Refusal {
         /// The entity id.
         entity_id: String,
     },
+    /// The entity's shard is not held by this runner (Effect's `EntityNotAssignedToRunner`).
+    #[error("shard {shard} of {entity_type}/{entity_id} is not held by this runner")]
+    NotAssigned {
+        /// The shard.
+        shard: String,
+        /// The entity type.
+        entity_type: String,
+        /// The entity id.
+        entity_id: String,
+    },
     /// The request is running or waiting already (Effect's `AlreadyProcessingMessage`).
     #[error("request {request_id} is already being processed by {entity_type}/{entity_id}")]
     AlreadyProcessing {
@@ -353,6 +363,11 @@ impl Mailboxes {
     /// When the next idle instance may be passivated, if any may.
     pub fn next_passivation(&self) -> Option<u64> {
         self.idle.first().map(|(at, _)| *at)
+    }
+
+    /// The addresses of the resident instances.
+    pub fn addresses(&self) -> impl Iterator<Item = &Address> {
+        self.resident.keys()
     }
 
     /// Drops the instance at `address` and everything it holds (its requests are left to

@@ -6,6 +6,7 @@
 #![allow(clippy::needless_pass_by_value)]
 
 mod bridge;
+mod cluster;
 mod errors;
 mod ids;
 mod listing;
@@ -21,6 +22,8 @@ use pyo3::prelude::*;
 mod _native {
     #[pymodule_export]
     use super::bridge::{_after_fork_in_child, _panic, _panic_async, AsyncBridge};
+    #[pymodule_export]
+    use super::cluster::PySharding;
     #[pymodule_export]
     use super::ids::{
         activity_idempotency_key, encode_deferred_token, execution_id, execution_ids,
@@ -39,7 +42,9 @@ mod _native {
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
     #[pymodule_export]
-    use super::work::{PyDeliver, PyPassivate, PyRefusal, PyResume, PyWorkSource};
+    use super::work::{
+        PyDeliver, PyPassivate, PyRefusal, PyRelease, PyRemoteReply, PyResume, PyWorkSource,
+    };
 
     use super::{Bound, PyModule, PyModuleMethods, PyResult};
 

@@ -18,7 +18,8 @@ use pyo3::{
 use super::{
     bridge::AsyncBridge,
     errors::{
-        at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, StoreError, Text,
+        at_item, capacity_hint, not_a_single_str, EntityNotAssignedToRunner, Int,
+        InvalidArgumentError, StoreError, Text,
     },
     listing::{self, PyFilter, PyHistory, PyPage},
 };
@@ -154,22 +155,38 @@ impl PyOp {
 
     /// Saves the final reply of request `request_id` (the first one wins): answers whether it
     /// was stored.
+    /// With `shard`, written as that shard's owner: a runner of a cluster applies it only
+    /// while it holds the shard's lease (else it answers `EntityNotAssignedToRunner`).
     #[staticmethod]
-    fn reply(request_id: Int<i64>, value: PyBackedBytes) -> Self {
-        Self::from(store::Op::Reply {
-            request_id: request_id.0,
-            value: value.to_vec(),
-        })
+    #[pyo3(signature = (request_id, value, shard = None))]
+    fn reply(request_id: Int<i64>, value: PyBackedBytes, shard: Option<Text>) -> Self {
+        owned(
+            shard,
+            store::Op::Reply {
+                request_id: request_id.0,
+                value: value.to_vec(),
+            },
+        )
     }
 
     /// Stores the durable state of an entity instance: answers True.
+    /// With `shard`, written as that shard's owner (see `reply`).
     #[staticmethod]
-    fn entity_state(entity_type: Text, entity_id: Text, value: PyBackedBytes) -> Self {
-        Self::from(store::Op::EntityState {
-            entity_type: entity_type.to_owned(),
-            entity_id: entity_id.to_owned(),
-            value: value.to_vec(),
-        })
+    #[pyo3(signature = (entity_type, entity_id, value, shard = None))]
+    fn entity_state(
+        entity_type: Text,
+        entity_id: Text,
+        value: PyBackedBytes,
+        shard: Option<Text>,
+    ) -> Self {
+        owned(
+            shard,
+            store::Op::EntityState {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                value: value.to_vec(),
+            },
+        )
     }
 
     /// Forgets a request's final reply and claim, so it is delivered again: answers whether
@@ -193,7 +210,7 @@ impl PyOp {
     /// The op's kind: the name of its constructor.
     #[getter]
     fn kind(&self) -> &'static str {
-        match &self.op {
+        match self.op.inner() {
             store::Op::Start { .. } => "start",
             store::Op::Append { .. } => "append",
             store::Op::Deferred { .. } => "deferred",
@@ -208,13 +225,14 @@ impl PyOp {
             store::Op::Unclaim { .. } => "unclaim",
             store::Op::Claim { .. } => "claim",
             store::Op::ResetClaims { .. } => "reset_claims",
+            store::Op::Owned { .. } => "owned",
         }
     }
 
     /// The execution the op is about (None for an entity message op).
     #[getter]
     fn execution_id(&self) -> Option<&str> {
-        match &self.op {
+        match self.op.inner() {
             store::Op::Start { id, .. }
             | store::Op::Append { id, .. }
             | store::Op::Deferred { id, .. }
@@ -228,12 +246,13 @@ impl PyOp {
             | store::Op::ClearReplies { .. }
             | store::Op::Unclaim { .. }
             | store::Op::Claim { .. }
-            | store::Op::ResetClaims { .. } => None,
+            | store::Op::ResetClaims { .. }
+            | store::Op::Owned { .. } => None,
         }
     }
 
     fn __repr__(&self) -> String {
-        match (&self.op, self.execution_id()) {
+        match (self.op.inner(), self.execution_id()) {
             (_, Some(id)) => format!("<Op {} {id:?}>", self.kind()),
             (store::Op::Request { request, .. }, None) => format!("<Op request {}>", request.id),
             (
@@ -476,6 +495,17 @@ impl PyDuplicate {
     }
 }
 
+/// `op`, owned by `shard` if one is named.
+fn owned(shard: Option<Text>, op: store::Op) -> PyOp {
+    PyOp::from(match shard {
+        Some(shard) => store::Op::Owned {
+            shard: shard.to_owned(),
+            op: Box::new(op),
+        },
+        None => op,
+    })
+}
+
 /// One result per op: `None` (created, or unknown execution), the existing `Execution` (a
 /// start that found it), a bool, or, in the place of an op the store refused, its
 /// `InvalidArgumentError` (not raised: the other ops were applied).
@@ -505,6 +535,12 @@ impl<'py> IntoPyObject<'py> for Answered {
                 .into_value(py)
                 .into_bound(py)
                 .into_any()),
+            store::OpResult::Fenced => Ok(EntityNotAssignedToRunner::new_err(
+                "this runner no longer holds the shard: the write was not applied",
+            )
+            .into_value(py)
+            .into_bound(py)
+            .into_any()),
         }
     }
 }
@@ -620,6 +656,8 @@ fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 #[pyclass(module = "plait._native", name = "Store", frozen)]
 pub struct PyStore {
     store: Arc<dyn store::Store>,
+    /// The SQL store itself, for what only it has (a cluster's runner storage).
+    pub(super) sql: Option<Arc<sql::SqlStore>>,
     /// For a SQL store: its URL (password masked) and table prefix.
     place: Option<(String, String)>,
     /// For a SQL store: the process generation it was opened in. Its tasks run on that
@@ -690,6 +728,7 @@ impl PyStore {
     fn memory() -> Self {
         Self {
             store: Arc::new(MemoryStore::default()),
+            sql: None,
             place: None,
             born: None,
         }
@@ -697,15 +736,20 @@ impl PyStore {
 
     /// Opens (creating, migrating and locking) the store at `url`; resolves to a `Store`.
     #[staticmethod]
-    #[pyo3(signature = (bridge, url, prefix = "plait_", durability = "full", lease_ttl_ms = None))]
+    /// With `cluster`, opened for a runner of a cluster (PostgreSQL: no engine lease).
+    #[pyo3(signature = (bridge, url, prefix = "plait_", durability = "full", lease_ttl_ms = None, cluster = false))]
     fn open(
         bridge: &AsyncBridge,
         url: Text,
         prefix: &str,
         durability: &str,
         lease_ttl_ms: Option<Int<u64>>,
+        cluster: bool,
     ) -> PyResult<u64> {
         let mut config = sql::Config::new(&url, prefix, durability)?;
+        if cluster {
+            config = config.for_cluster();
+        }
         if let Some(Int(ttl_ms)) = lease_ttl_ms {
             config =
                 config.with_lease_times(sql::LeaseTimes::for_ttl(Duration::from_millis(ttl_ms)))?;
@@ -713,8 +757,10 @@ impl PyStore {
         bridge.spawn(async move {
             let store = sql::SqlStore::open(&config).await?;
             let place = (store.url().to_owned(), store.prefix().to_owned());
+            let store = Arc::new(store);
             Ok(PyStore {
-                store: Arc::new(store),
+                sql: Some(Arc::clone(&store)),
+                store,
                 place: Some(place),
                 born: Some(runtime::generation()),
             })

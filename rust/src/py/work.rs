@@ -138,6 +138,63 @@ impl PyPassivate {
     }
 }
 
+/// The final reply of a request sent to an entity on another runner, read from storage.
+#[pyclass(module = "plait._native", name = "RemoteReply", frozen)]
+pub struct PyRemoteReply {
+    request_id: i64,
+    value: Vec<u8>,
+}
+
+#[pymethods]
+impl PyRemoteReply {
+    /// The request.
+    #[getter]
+    fn request_id(&self) -> i64 {
+        self.request_id
+    }
+
+    /// The encoded exit.
+    #[getter]
+    fn value<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.value)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<RemoteReply {}>", self.request_id)
+    }
+}
+
+/// Shards this runner stops serving: finish (or, forced, stop at once) their entities, then
+/// report them with `WorkSource.drained` and `Sharding.drained`.
+#[pyclass(module = "plait._native", name = "Release", frozen)]
+pub struct PyRelease {
+    shards: Vec<String>,
+    forced: bool,
+}
+
+#[pymethods]
+impl PyRelease {
+    /// The shards, `"group:id"`.
+    #[getter]
+    fn shards(&self) -> Vec<String> {
+        self.shards.clone()
+    }
+
+    /// Whether the lease is lost already (nothing of these shards may be written).
+    #[getter]
+    fn forced(&self) -> bool {
+        self.forced
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Release {} shards forced={}>",
+            self.shards.len(),
+            self.forced
+        )
+    }
+}
+
 /// Why a mailbox did not take a request.
 #[pyclass(module = "plait._native", name = "Refusal", frozen)]
 pub struct PyRefusal {
@@ -146,13 +203,14 @@ pub struct PyRefusal {
 
 #[pymethods]
 impl PyRefusal {
-    /// `"NotRegistered"`, `"MailboxFull"` or `"AlreadyProcessing"`.
+    /// `"NotRegistered"`, `"MailboxFull"`, `"AlreadyProcessing"` or `"NotAssigned"`.
     #[getter]
     fn kind(&self) -> &'static str {
         match self.refusal {
             mailbox::Refusal::NotRegistered(_) => "NotRegistered",
             mailbox::Refusal::MailboxFull { .. } => "MailboxFull",
             mailbox::Refusal::AlreadyProcessing { .. } => "AlreadyProcessing",
+            mailbox::Refusal::NotAssigned { .. } => "NotAssigned",
         }
     }
 
@@ -210,7 +268,7 @@ fn address(entity_type: Text, entity_id: Text) -> Address {
 /// What one engine owns and what runs next: recovery, durable timers, snapshots to resume.
 #[pyclass(module = "plait._native", name = "WorkSource", frozen)]
 pub struct PyWorkSource {
-    source: Arc<work::WorkSource>,
+    pub(super) source: Arc<work::WorkSource>,
     born: u64,
 }
 
@@ -225,9 +283,18 @@ impl PyWorkSource {
 impl PyWorkSource {
     /// Starts the source on `store`: on the wall clock, or on a manual one starting at
     /// `manual_now_ms` that only `advance_to` moves.
+    ///
+    /// With `shards_per_group`, the source of a runner of a cluster: it serves the entities of
+    /// the shards a `Sharding` started on it acquires, and no workflows; replies awaited from
+    /// other runners are read every `reply_poll_ms` besides when notified.
     #[new]
-    #[pyo3(signature = (store, manual_now_ms = None))]
-    fn new(store: &PyStore, manual_now_ms: Option<Int<u64>>) -> PyResult<Self> {
+    #[pyo3(signature = (store, manual_now_ms = None, shards_per_group = None, reply_poll_ms = Int(200)))]
+    fn new(
+        store: &PyStore,
+        manual_now_ms: Option<Int<u64>>,
+        shards_per_group: Option<Int<u32>>,
+        reply_poll_ms: Int<u64>,
+    ) -> PyResult<Self> {
         let store = store.shared()?;
         let clock = match manual_now_ms {
             Some(Int(now)) => work::Clock::Manual(AtomicU64::new(now)),
@@ -235,8 +302,17 @@ impl PyWorkSource {
         };
         let born = runtime::generation();
         let _runtime = runtime::runtime().enter();
+        let source = match shards_per_group {
+            Some(Int(count)) => {
+                let count = std::num::NonZeroU32::new(count).ok_or_else(|| {
+                    InvalidArgumentError::new_err("shards_per_group must be at least 1")
+                })?;
+                work::WorkSource::start_runner(store, clock, count, reply_poll_ms.0)
+            }
+            None => work::WorkSource::start(store, clock),
+        };
         Ok(Self {
-            source: Arc::new(work::WorkSource::start(store, clock)),
+            source: Arc::new(source),
             born,
         })
     }
@@ -283,6 +359,12 @@ impl PyWorkSource {
                     }
                     work::Work::Passivate(address) => {
                         Py::new(py, PyPassivate { address })?.into_any()
+                    }
+                    work::Work::Reply { request_id, value } => {
+                        Py::new(py, PyRemoteReply { request_id, value })?.into_any()
+                    }
+                    work::Work::Release { shards, forced } => {
+                        Py::new(py, PyRelease { shards, forced })?.into_any()
                     }
                 })
             })
@@ -406,6 +488,35 @@ impl PyWorkSource {
     /// Drops an entity instance and what it held; returns the request ids it held.
     fn evict(&self, entity_type: Text, entity_id: Text) -> PyResult<Vec<i64>> {
         Ok(self.source()?.evict(&address(entity_type, entity_id)))
+    }
+
+    /// Whether this process serves the entity `entity_id` now (always, for a single engine).
+    fn owns(&self, entity_id: Text) -> PyResult<bool> {
+        Ok(self.source()?.owns(&entity_id))
+    }
+
+    /// The shards this runner serves, sorted; None for a single engine (it serves all).
+    fn owned_shards(&self) -> PyResult<Option<Vec<String>>> {
+        Ok(self.source()?.owned_shards())
+    }
+
+    /// Waits for the stored final replies of these requests (sent to other runners): they
+    /// come as `RemoteReply` work.
+    fn await_replies(&self, ids: Vec<i64>) -> PyResult<()> {
+        self.source()?.await_replies(&ids);
+        Ok(())
+    }
+
+    /// Stops waiting for these replies.
+    fn forget_replies(&self, ids: Vec<i64>) -> PyResult<()> {
+        self.source()?.forget_replies(&ids);
+        Ok(())
+    }
+
+    /// The entities of these shards are finished: their instances leave the mailboxes.
+    /// Returns the request ids they still held.
+    fn drained(&self, shards: Vec<String>) -> PyResult<Vec<i64>> {
+        Ok(self.source()?.drained(&shards))
     }
 
     /// Resident entity instances.

@@ -346,6 +346,8 @@ impl Inner {
                 };
                 OpResult::Done(self.messages.reset_claims(shards))
             }
+            // One process: it owns every shard.
+            Op::Owned { op, .. } => self.apply(op.into_inner(), now),
         }
     }
 

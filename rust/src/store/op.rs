@@ -123,6 +123,35 @@ pub enum Op {
         /// The shards (`"group:id"`), or every one.
         shards: Option<Vec<String>>,
     },
+    /// `op`, written by the owner of `shard`: a runner of a cluster applies it only while it
+    /// holds the shard's lease, checked by the database inside the commit; otherwise it is
+    /// answered [`OpResult::Fenced`] and not applied. A store without shard leases (memory,
+    /// SQLite, a single engine) applies `op` as it is.
+    Owned {
+        /// The shard (`"group:id"`) whose owner writes it.
+        shard: String,
+        /// The op.
+        op: Box<Op>,
+    },
+}
+
+impl Op {
+    /// The op itself, out of any [`Op::Owned`].
+    pub fn inner(&self) -> &Op {
+        match self {
+            Op::Owned { op, .. } => op.inner(),
+            op => op,
+        }
+    }
+
+    /// The op itself, out of any [`Op::Owned`], by value.
+    #[must_use]
+    pub fn into_inner(self) -> Op {
+        match self {
+            Op::Owned { op, .. } => op.into_inner(),
+            op => op,
+        }
+    }
 }
 
 /// The outcome of one [`Op`].
@@ -148,6 +177,8 @@ pub enum OpResult {
     /// ops of its write were. The message names the op by its index in the write:
     /// `ops[<index>]: ...`.
     Refused(String),
+    /// The op was [`Op::Owned`] by a shard this runner does not hold (any more): not applied.
+    Fenced,
 }
 
 impl Op {
@@ -236,6 +267,7 @@ impl Op {
                 .flatten()
                 .try_for_each(|shard| text("shard", shard)),
             Op::Reply { .. } | Op::ClearReplies { .. } | Op::Unclaim { .. } => Ok(()),
+            Op::Owned { shard, op } => text("shard", shard).and_then(|()| op.check()),
         }
     }
 }

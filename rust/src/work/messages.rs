@@ -90,7 +90,32 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
         storage.hinted_during_read = None;
         !storage.reset
     };
-    if reset {
+    // A runner of a cluster reads the shards it holds, and clears the claims of those it
+    // just acquired; a single engine holds them all.
+    let (owned, newly) = {
+        let mut state = shared.state();
+        match &mut state.ownership {
+            Some(ownership) => (
+                Some(ownership.owned.iter().cloned().collect::<Vec<String>>()),
+                std::mem::take(&mut ownership.reset),
+            ),
+            None => (None, Vec::new()),
+        }
+    };
+    if let Err(err) = reset_acquired(shared, store, newly).await {
+        let mut state = shared.state();
+        state.storage.wanted = true;
+        state.storage.reading = false;
+        return Err(err);
+    }
+    if owned.as_ref().is_some_and(Vec::is_empty) {
+        let mut state = shared.state();
+        state.storage.reading = false;
+        state.storage.reset = true;
+        state.storage.next_poll = now.saturating_add(state.storage.poll_ms);
+        return Ok(false);
+    }
+    if reset && owned.is_none() {
         let cleared = match store.write(vec![Op::ResetClaims { shards: None }]) {
             Ok(answer) => answer.await,
             Err(err) => Err(err),
@@ -103,7 +128,14 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
         }
         shared.state().storage.reset = true;
     }
-    let found = match store.unprocessed(Shards::All, READ_LIMIT, now).await {
+    if owned.is_some() {
+        shared.state().storage.reset = true;
+    }
+    let shards = match &owned {
+        Some(owned) => Shards::Only(owned),
+        None => Shards::All,
+    };
+    let found = match store.unprocessed(shards, READ_LIMIT, now).await {
         Ok(found) => found,
         Err(err) => {
             let mut state = shared.state();
@@ -145,6 +177,30 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
     Ok(read)
 }
 
+/// Clears the claims of the shards a runner just acquired (left by their former owner);
+/// on failure they are cleared at the next read.
+async fn reset_acquired(
+    shared: &Shared,
+    store: &dyn Store,
+    newly: Vec<String>,
+) -> Result<(), StoreError> {
+    if newly.is_empty() {
+        return Ok(());
+    }
+    let cleared = match store.write(vec![Op::ResetClaims {
+        shards: Some(newly.clone()),
+    }]) {
+        Ok(answer) => answer.await.map(|_| ()),
+        Err(err) => Err(err),
+    };
+    if cleared.is_err() {
+        if let Some(ownership) = &mut shared.state().ownership {
+            ownership.reset.extend(newly);
+        }
+    }
+    cleared
+}
+
 /// Offers one stored request to its mailbox. Returns its id if its claim must be cleared (it
 /// was not taken, and a later read must find it).
 fn offer(state: &mut State, request: Request, now: u64) -> Option<i64> {
@@ -166,7 +222,8 @@ fn offer(state: &mut State, request: Request, now: u64) -> Option<i64> {
             None
         }
         // Running or waiting already (a claim that outlived its timeout): it stays claimed.
-        Err(Refusal::AlreadyProcessing { .. }) => None,
+        // (Or its shard went between the read and now: the new owner clears the claim.)
+        Err(Refusal::AlreadyProcessing { .. } | Refusal::NotAssigned { .. }) => None,
         Err(Refusal::MailboxFull { .. }) => {
             storage.refused = true;
             Some(id)

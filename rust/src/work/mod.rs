@@ -27,12 +27,18 @@ use std::{
     time::Duration,
 };
 
-use rustc_hash::FxHashMap;
+use std::num::NonZeroU32;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::Notify;
 
 use crate::{
     clock::now_ms,
-    cluster::mailbox::{Address, Delivery, EntityOptions, Mailboxes, Message, Refusal},
+    cluster::{
+        mailbox::{Address, Delivery, EntityOptions, Mailboxes, Message, Refusal},
+        sharding::ShardHost,
+    },
+    shard::shard_id,
     store::{Op, OpResult, Snapshot, Status, Store, StoreError},
     timer::TimerWheel,
 };
@@ -91,6 +97,45 @@ pub enum Work {
     Deliver(Delivery),
     /// An entity instance was idle long enough: drop it.
     Passivate(Address),
+    /// The final reply of a request sent to an entity on another runner, read from storage.
+    Reply {
+        /// The request.
+        request_id: i64,
+        /// The encoded exit.
+        value: Vec<u8>,
+    },
+    /// Stop serving these shards: finish (or, `forced`, stop at once) the requests of their
+    /// entities, then report them drained ([`WorkSource::drained`]).
+    Release {
+        /// The shards (`"group:id"`).
+        shards: Vec<String>,
+        /// The lease is lost already: nothing of these shards may be written any more.
+        forced: bool,
+    },
+}
+
+/// Which shards a runner of a cluster serves (a single engine serves them all).
+#[derive(Debug)]
+struct Ownership {
+    shards_per_group: NonZeroU32,
+    owned: FxHashSet<String>,
+    /// Acquired and not yet read: their claims are cleared before the next read.
+    reset: Vec<String>,
+    /// Shards to stop serving, for the host.
+    releases: VecDeque<(Vec<String>, bool)>,
+}
+
+/// Requests sent to entities on other runners, whose final replies come from storage.
+#[derive(Debug, Default)]
+struct Awaited {
+    ids: FxHashSet<i64>,
+    /// Notified as replied: read at once.
+    due: FxHashSet<i64>,
+    /// Read every awaited reply at the next round (the regular poll, missed notifications).
+    all: bool,
+    next_poll: u64,
+    poll_ms: u64,
+    ready: VecDeque<(i64, Vec<u8>)>,
 }
 
 /// What the source wants done, and what it has ready.
@@ -118,6 +163,10 @@ struct State {
     passivated: Vec<Address>,
     /// The stored entity requests still to deliver.
     storage: messages::Storage,
+    /// `Some` on a runner of a cluster: the shards it serves.
+    ownership: Option<Ownership>,
+    /// Replies awaited from other runners.
+    awaited: Awaited,
     /// Whether the host changed something (time, a timer, a resume) that the driver has not
     /// looked at yet.
     pending: bool,
@@ -180,14 +229,25 @@ impl WorkSource {
     ///
     /// Must be called inside a tokio runtime (the driver is a task of it).
     pub fn start(store: Arc<dyn Store>, clock: Clock) -> Self {
+        Self::begin(store, clock, None, 200)
+    }
+
+    fn begin(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        ownership: Option<Ownership>,
+        reply_poll_ms: u64,
+    ) -> Self {
         let now = clock.now();
+        let runner = ownership.is_some();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 wheel: TimerWheel::new(now),
                 keys: FxHashMap::default(),
                 ids: FxHashMap::default(),
                 next_id: 1,
-                loaded_until: -1,
+                // A runner loads no timer (see `start_runner`): its window is everything.
+                loaded_until: if runner { i64::MAX } else { -1 },
                 stored_next: None,
                 stored_during_load: None,
                 to_read: VecDeque::new(),
@@ -195,9 +255,18 @@ impl WorkSource {
                 mail: Mailboxes::new(None),
                 passivated: Vec::new(),
                 storage: messages::Storage::new(),
+                ownership,
+                awaited: Awaited {
+                    poll_ms: reply_poll_ms.max(1),
+                    ..Awaited::default()
+                },
                 pending: true,
                 driving: false,
-                phase: Phase::Listing,
+                phase: if runner {
+                    Phase::Started
+                } else {
+                    Phase::Listing
+                },
             }),
             clock,
             changed: Notify::new(),
@@ -261,9 +330,27 @@ impl WorkSource {
                 .into_iter()
                 .map(Work::Deliver)
                 .collect();
-            let passivated = (max - taken.len()).min(state.passivated.len());
+            if let Some(ownership) = &mut state.ownership {
+                taken.extend(
+                    ownership
+                        .releases
+                        .drain(..)
+                        .map(|(shards, forced)| Work::Release { shards, forced }),
+                );
+            }
+            let replies = max
+                .saturating_sub(taken.len())
+                .min(state.awaited.ready.len());
+            taken.extend(
+                state
+                    .awaited
+                    .ready
+                    .drain(..replies)
+                    .map(|(request_id, value)| Work::Reply { request_id, value }),
+            );
+            let passivated = max.saturating_sub(taken.len()).min(state.passivated.len());
             taken.extend(state.passivated.drain(..passivated).map(Work::Passivate));
-            let resumes = (max - taken.len()).min(state.ready.len());
+            let resumes = max.saturating_sub(taken.len()).min(state.ready.len());
             taken.extend(state.ready.drain(..resumes).map(Work::Resume));
             (taken, resumes)
         };
@@ -318,6 +405,92 @@ impl WorkSource {
         self.shared.changed.notify_one();
     }
 
+    /// Starts the source of a runner of a cluster on `store`: it serves the entities of the
+    /// shards the cluster hands it through [`WorkSource::shard_host`] (none at first), and no
+    /// workflows (it recovers no execution and loads no timer: on a cluster, executions are
+    /// the cluster workflow issue's to spread). Replies awaited from other runners are read
+    /// every `reply_poll_ms` besides when notified.
+    pub fn start_runner(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        shards_per_group: NonZeroU32,
+        reply_poll_ms: u64,
+    ) -> Self {
+        Self::begin(
+            store,
+            clock,
+            Some(Ownership {
+                shards_per_group,
+                owned: FxHashSet::default(),
+                reset: Vec::new(),
+                releases: VecDeque::new(),
+            }),
+            reply_poll_ms,
+        )
+    }
+
+    /// What the cluster reports to: this source.
+    pub fn shard_host(&self) -> Arc<dyn ShardHost> {
+        Arc::new(SourceHost(Arc::clone(&self.shared)))
+    }
+
+    /// Whether this process serves the entity `entity_id` now (always, for a single engine).
+    pub fn owns(&self, entity_id: &str) -> bool {
+        self.shared.state().unowned_shard(entity_id).is_none()
+    }
+
+    /// The shards this runner serves, sorted (`None`: a single engine, which serves all).
+    pub fn owned_shards(&self) -> Option<Vec<String>> {
+        let state = self.shared.state();
+        let ownership = state.ownership.as_ref()?;
+        let mut shards: Vec<String> = ownership.owned.iter().cloned().collect();
+        shards.sort();
+        Some(shards)
+    }
+
+    /// Waits for the final replies of these requests, sent to entities on other runners: they
+    /// come as [`Work::Reply`] once stored.
+    pub fn await_replies(&self, ids: &[i64]) {
+        let mut state = self.shared.state();
+        state.awaited.ids.extend(ids.iter().copied());
+        if state.awaited.next_poll == 0 {
+            state.awaited.next_poll = self.shared.clock.now() + state.awaited.poll_ms;
+        }
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    /// Stops waiting for these replies (their callers gave up).
+    pub fn forget_replies(&self, ids: &[i64]) {
+        let mut state = self.shared.state();
+        for id in ids {
+            state.awaited.ids.remove(id);
+            state.awaited.due.remove(id);
+        }
+    }
+
+    /// The host finished (or stopped) the entities of these shards: their instances leave the
+    /// mailboxes. Returns the requests they still held.
+    pub fn drained(&self, shards: &[String]) -> Vec<i64> {
+        let mut state = self.shared.state();
+        let Some(ownership) = &state.ownership else {
+            return Vec::new();
+        };
+        let per_group = ownership.shards_per_group;
+        let shards: FxHashSet<&str> = shards.iter().map(String::as_str).collect();
+        let gone: Vec<Address> = state
+            .mail
+            .addresses()
+            .filter(|a| shards.contains(default_shard(&a.entity_id, per_group).as_str()))
+            .cloned()
+            .collect();
+        let mut held = Vec::new();
+        for address in &gone {
+            held.extend(state.mail.evict(address));
+        }
+        held
+    }
+
     /// Bounds the resident entity instances (`None`: unbounded).
     pub fn set_max_resident(&self, max_resident: Option<usize>) {
         self.shared.state().mail.set_max_resident(max_resident);
@@ -330,7 +503,16 @@ impl WorkSource {
         let mut state = self.shared.state();
         let answers = messages
             .into_iter()
-            .map(|message| state.mail.offer(message, now))
+            .map(|message| {
+                if let Some(shard) = state.unowned_shard(&message.address.entity_id) {
+                    return Err(Refusal::NotAssigned {
+                        shard,
+                        entity_type: message.address.entity_type,
+                        entity_id: message.address.entity_id,
+                    });
+                }
+                state.mail.offer(message, now)
+            })
             .collect();
         let ready = state.mail.take(usize::MAX);
         drop(state);
@@ -502,6 +684,127 @@ impl Drop for WorkSource {
     }
 }
 
+/// The shard of an entity in the default group, as `"default:<id>"`.
+fn default_shard(entity_id: &str, shards_per_group: NonZeroU32) -> String {
+    format!("default:{}", shard_id(entity_id, shards_per_group))
+}
+
+/// What the cluster's loop reports to a runner's source.
+struct SourceHost(Arc<Shared>);
+
+impl ShardHost for SourceHost {
+    fn acquired(&self, shards: Vec<String>) {
+        let mut state = self.0.state();
+        if let Some(ownership) = &mut state.ownership {
+            ownership.owned.extend(shards.iter().cloned());
+            ownership.reset.extend(shards);
+        }
+        state.storage.wanted = true;
+        state.pending = true;
+        drop(state);
+        self.0.changed.notify_one();
+    }
+
+    fn releasing(&self, shards: Vec<String>, forced: bool) {
+        let mut state = self.0.state();
+        if let Some(ownership) = &mut state.ownership {
+            for shard in &shards {
+                ownership.owned.remove(shard);
+            }
+            ownership.reset.retain(|shard| !shards.contains(shard));
+            ownership.releases.push_back((shards, forced));
+        }
+        drop(state);
+        self.0.ready.notify_waiters();
+    }
+
+    fn requests_saved(&self, shards: &[String]) {
+        let mut state = self.0.state();
+        let ours = state
+            .ownership
+            .as_ref()
+            .is_some_and(|o| shards.iter().any(|shard| o.owned.contains(shard)));
+        if ours {
+            state.storage.wanted = true;
+            state.pending = true;
+            drop(state);
+            self.0.changed.notify_one();
+        }
+    }
+
+    fn replies_saved(&self, ids: &[i64]) {
+        let mut state = self.0.state();
+        let mut any = false;
+        for id in ids {
+            if state.awaited.ids.contains(id) {
+                state.awaited.due.insert(*id);
+                any = true;
+            }
+        }
+        if any {
+            state.pending = true;
+            drop(state);
+            self.0.changed.notify_one();
+        }
+    }
+
+    fn missed(&self) {
+        let mut state = self.0.state();
+        state.storage.wanted = true;
+        state.awaited.all = true;
+        state.pending = true;
+        drop(state);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Reads the replies awaited from other runners that are due: those notified, or every one at
+/// the regular poll (`entity_reply_poll_interval`) or after missed notifications.
+async fn read_replies(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    let now = shared.clock.now();
+    let ids: Vec<i64> = {
+        let mut state = shared.state();
+        let awaited = &mut state.awaited;
+        if awaited.ids.is_empty() {
+            awaited.due.clear();
+            awaited.next_poll = 0;
+            return Ok(false);
+        }
+        if awaited.all || awaited.next_poll <= now {
+            awaited.all = false;
+            awaited.due.clear();
+            awaited.next_poll = now + awaited.poll_ms;
+            awaited.ids.iter().copied().collect()
+        } else if awaited.due.is_empty() {
+            return Ok(false);
+        } else {
+            awaited.due.drain().collect()
+        }
+    };
+    let found = match store.replies(&ids).await {
+        Ok(found) => found,
+        Err(err) => {
+            shared.state().awaited.all = true;
+            return Err(err);
+        }
+    };
+    let mut state = shared.state();
+    let mut readied = false;
+    for (id, reply) in ids.into_iter().zip(found) {
+        if let Some(value) = reply {
+            if state.awaited.ids.remove(&id) {
+                state.awaited.ready.push_back((id, value));
+                readied = true;
+            }
+        }
+    }
+    drop(state);
+    if readied {
+        shared.ready.notify_waiters();
+    }
+    Ok(readied)
+}
+
 /// The earliest of some instants.
 fn earliest(instants: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
     instants.into_iter().flatten().min()
@@ -510,7 +813,21 @@ fn earliest(instants: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
 impl State {
     /// Whether anything waits for the host to take it.
     fn has_work(&self) -> bool {
-        !self.ready.is_empty() || self.mail.ready() > 0 || !self.passivated.is_empty()
+        !self.ready.is_empty()
+            || self.mail.ready() > 0
+            || !self.passivated.is_empty()
+            || !self.awaited.ready.is_empty()
+            || self
+                .ownership
+                .as_ref()
+                .is_some_and(|o| !o.releases.is_empty())
+    }
+
+    /// The shard of `entity_id` if this runner does not serve it (`None` for a single engine).
+    fn unowned_shard(&self, entity_id: &str) -> Option<String> {
+        let ownership = self.ownership.as_ref()?;
+        let shard = default_shard(entity_id, ownership.shards_per_group);
+        (!ownership.owned.contains(&shard)).then_some(shard)
     }
 
     fn has_started(&self) -> bool {
@@ -614,6 +931,7 @@ fn next_wake(shared: &Shared) -> Option<u64> {
         load_at,
         state.mail.next_passivation(),
         state.storage.next_read(true),
+        (!state.awaited.ids.is_empty()).then_some(state.awaited.next_poll),
     ])
 }
 
@@ -628,11 +946,12 @@ async fn round(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
     }
     passivate(shared);
     let delivered = messages::read(shared, store).await?;
+    let replied = read_replies(shared, store).await?;
     // Both in each round, so that Python gets the first executions to resume while later
     // timers are still being fired.
     let fired = fire_due(shared, store).await?;
     let read = read_snapshots(shared, store).await?;
-    Ok(delivered || fired || read)
+    Ok(delivered || replied || fired || read)
 }
 
 /// Passivates the entity instances idle long enough, for the host to drop.

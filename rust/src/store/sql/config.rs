@@ -80,6 +80,9 @@ pub struct Config {
     pub(super) durability: Durability,
     /// How the engine lease is timed (PostgreSQL).
     pub(super) lease_times: LeaseTimes,
+    /// Open for a runner of a cluster (PostgreSQL): no engine lease, many processes share the
+    /// database, and owned writes are fenced by shard leases.
+    pub(super) cluster: bool,
 }
 
 impl fmt::Debug for Config {
@@ -143,7 +146,17 @@ impl Config {
             prefix: prefix.to_owned(),
             durability: Durability::parse(durability)?,
             lease_times: LeaseTimes::default(),
+            cluster: false,
         })
+    }
+
+    /// Opens for a runner of a cluster: on PostgreSQL, without the single engine's lease (many
+    /// runners share the database; each write a runner makes as a shard's owner is fenced by
+    /// that shard's lease). A SQLite file still takes one process: its lock stays.
+    #[must_use]
+    pub fn for_cluster(mut self) -> Self {
+        self.cluster = true;
+        self
     }
 
     /// Times the engine lease (PostgreSQL) with `times` instead of the defaults.

@@ -71,6 +71,8 @@ pub(super) const ENGINE_LEASE: &str = "engine";
 
 /// What keeps a second engine off the database until it is dropped (or the process dies).
 pub(super) enum EngineLock {
+    /// Nothing: a runner of a cluster shares the database.
+    None,
     /// An exclusive `flock` on `<database file>.lock`.
     File(File),
     /// The fenced lease `engine`, kept by a task that also holds its advisory lock.
@@ -85,6 +87,7 @@ impl EngineLock {
     /// Lets another engine in.
     pub(super) async fn release(self) {
         match self {
+            EngineLock::None => {}
             // Closing the file releases the lock.
             EngineLock::File(file) => drop(file),
             EngineLock::Postgres {
@@ -143,8 +146,9 @@ pub(super) enum Opened {
         writer: PgConnection,
         options: Box<PgConnectOptions>,
         lock: EngineLock,
-        /// The engine's lease, which every commit is fenced by.
-        lease: Arc<Lease>,
+        /// The engine's lease, which every commit is fenced by; `None` for a runner of a
+        /// cluster, whose owned writes are fenced by shard leases.
+        lease: Option<Arc<Lease>>,
     },
 }
 
@@ -192,7 +196,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
             if config.durability == Durability::Normal {
                 options = options.options([("synchronous_commit", "off")]);
             }
-            let mut lock_conn =
+            let lock_conn =
                 match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
                     .await
                 {
@@ -229,15 +233,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
                 .run(&pool)
                 .await
                 .map_err(|err| migrate_error(config, &err))?;
-            let lease = lease_postgres(config, &mut lock_conn).await?;
-            let (stop, stopped) = watch::channel(false);
-            let keeper =
-                tokio::spawn(Arc::clone(&lease).keep(Some(lock_conn), options.clone(), stopped));
-            let lock = EngineLock::Postgres {
-                lease: Arc::clone(&lease),
-                stop,
-                keeper,
-            };
+            let (lock, lease) = engine_lock(config, lock_conn, &options).await?;
             let writer =
                 match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
                     .await
@@ -255,6 +251,28 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
             })
         }
     }
+}
+
+/// The single engine's lease, kept by a task on `lock_conn`; nothing for a runner of a
+/// cluster, which shares the database.
+async fn engine_lock(
+    config: &Config,
+    mut lock_conn: PgConnection,
+    options: &PgConnectOptions,
+) -> Result<(EngineLock, Option<Arc<Lease>>), SqlError> {
+    if config.cluster {
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, lock_conn.close()).await;
+        return Ok((EngineLock::None, None));
+    }
+    let lease = lease_postgres(config, &mut lock_conn).await?;
+    let (stop, stopped) = watch::channel(false);
+    let keeper = tokio::spawn(Arc::clone(&lease).keep(Some(lock_conn), options.clone(), stopped));
+    let lock = EngineLock::Postgres {
+        lease: Arc::clone(&lease),
+        stop,
+        keeper,
+    };
+    Ok((lock, Some(lease)))
 }
 
 fn lock_file(config: &Config, options: &SqliteConnectOptions) -> Result<EngineLock, SqlError> {

@@ -24,10 +24,11 @@ use std::{
     time::Duration,
 };
 
+use rustc_hash::FxHashMap;
 use sqlx::{
     postgres::PgConnectOptions, AssertSqlSafe, Connection, PgConnection, SqlSafeStr, SqlStr,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{connect::CONNECT_TIMEOUT, Failure};
 
@@ -439,5 +440,85 @@ async fn ping(conn: &mut PgConnection) -> Result<(), Failure> {
         Err(_) => Err(Failure::Transient(
             "the lock session did not answer".to_owned(),
         )),
+    }
+}
+
+/// The name of the lease of `shard` (`"group:id"`).
+pub fn shard_lease(shard: &str) -> String {
+    format!("shard/{shard}")
+}
+
+/// The shard leases a runner holds, with their epochs: what its writer fences
+/// [`crate::store::Op::Owned`] ops with, and what the database refused.
+///
+/// The cluster's acquisition loop adds a shard once it acquired its lease and drops it before it
+/// releases it; the writer drops one the database refused (its lease lapsed or was taken over)
+/// and reports it, so that the runner stops serving it.
+#[derive(Debug, Default)]
+pub struct ShardFences {
+    held: Mutex<FxHashMap<String, i64>>,
+    refused: Mutex<Vec<String>>,
+    /// Wakes whoever waits on [`ShardFences::refusals`].
+    changed: Notify,
+}
+
+impl ShardFences {
+    /// Writes owned by `shard` go out fenced by its lease at `epoch` from now on.
+    pub fn hold(&self, shard: &str, epoch: i64) {
+        self.held().insert(shard.to_owned(), epoch);
+    }
+
+    /// Writes owned by `shard` are answered `Fenced` from now on. Returns whether it was held.
+    pub fn drop_shard(&self, shard: &str) -> bool {
+        self.held().remove(shard).is_some()
+    }
+
+    /// The epoch `shard` is held at, if it is.
+    pub fn epoch(&self, shard: &str) -> Option<i64> {
+        self.held().get(shard).copied()
+    }
+
+    /// Every shard held, with its epoch.
+    pub fn all(&self) -> Vec<(String, i64)> {
+        self.held()
+            .iter()
+            .map(|(shard, epoch)| (shard.clone(), *epoch))
+            .collect()
+    }
+
+    /// The database refused a commit fenced by lease `name`: its shard is dropped and reported.
+    /// Returns whether `name` is a shard lease this runner held.
+    pub(super) fn refused(&self, name: &str) -> bool {
+        let Some(shard) = name.strip_prefix("shard/") else {
+            return false;
+        };
+        if !self.drop_shard(shard) {
+            return false;
+        }
+        self.refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(shard.to_owned());
+        self.changed.notify_one();
+        true
+    }
+
+    /// Waits until the database refused a shard's lease, and takes every shard refused so far.
+    pub async fn refusals(&self) -> Vec<String> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let taken =
+                std::mem::take(&mut *self.refused.lock().unwrap_or_else(PoisonError::into_inner));
+            if !taken.is_empty() {
+                return taken;
+            }
+            notified.await;
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, FxHashMap<String, i64>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -42,6 +42,7 @@ mod lease;
 mod listing;
 mod numbers;
 mod postgres;
+mod runners;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -63,7 +64,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::{check_prefix, Config, Durability, DEFAULT_PREFIX};
 use connect::EngineLock;
 use lease::Lease;
-pub use lease::{Fence, LeaseState, LeaseTimes};
+pub use lease::{shard_lease, Fence, LeaseState, LeaseTimes, ShardFences};
+pub use runners::{RunnerRow, RunnerStorage};
 
 use super::{
     listing::MAX_LIMIT, Answer, Cursor, Execution, Filter, History, Op, OpResult, Page, Pending,
@@ -285,6 +287,10 @@ pub struct SqlStore {
     transactions: Arc<AtomicU64>,
     /// The lease every write depends on (PostgreSQL; SQLite's file lock cannot lapse).
     lease: Option<Arc<Lease>>,
+    /// A runner's shard leases (PostgreSQL opened for a cluster).
+    shards: Option<Arc<ShardFences>>,
+    /// How to open more connections (PostgreSQL): a runner's lock session, its listener.
+    options: Option<sqlx::postgres::PgConnectOptions>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -315,6 +321,8 @@ impl SqlStore {
             transactions: Arc::clone(&transactions),
         };
         let mut lease = None;
+        let mut shards = None;
+        let mut pg_options = None;
         let backend = match opened {
             connect::Opened::Sqlite { path, lock } => {
                 let fail = |err: Failure| SqlError::Connect {
@@ -340,13 +348,21 @@ impl SqlStore {
                 lease: engine_lease,
             } => {
                 let statements = Arc::new(postgres::Statements::new(&config.prefix));
+                let fencing = if let Some(engine_lease) = engine_lease {
+                    lease = Some(Arc::clone(&engine_lease));
+                    postgres::Fencing::Engine(engine_lease)
+                } else {
+                    let fences = Arc::new(ShardFences::default());
+                    shards = Some(Arc::clone(&fences));
+                    postgres::Fencing::Shards(fences)
+                };
+                pg_options = Some((*options).clone());
                 let connection = postgres::WriteConnection::new(
                     writer,
                     *options,
                     Arc::clone(&statements),
-                    Arc::clone(&engine_lease),
+                    fencing,
                 );
-                lease = Some(engine_lease);
                 let writer = Writer::new(connection, context, closing_rx);
                 tokio::spawn(writer.run(receiver, lock, finished));
                 Backend::Postgres(postgres::Reads::new(pool, statements))
@@ -362,7 +378,65 @@ impl SqlStore {
             writer: tokio::sync::Mutex::new(Some(writer)),
             transactions,
             lease,
+            shards,
+            options: pg_options,
         })
+    }
+
+    /// The shard leases this runner holds, which fence its owned writes: `Some` for a
+    /// PostgreSQL store opened for a cluster ([`Config::for_cluster`]).
+    pub fn shard_fences(&self) -> Option<Arc<ShardFences>> {
+        self.shards.clone()
+    }
+
+    /// The registration and shard leases of the runner at `address` (on a connection of its
+    /// own, holding its session lock unless `advisory` is off): `None` unless the store was
+    /// opened for a cluster on PostgreSQL.
+    pub fn runner_storage(&self, address: &str, advisory: bool) -> Option<RunnerStorage> {
+        self.shards.as_ref()?;
+        Some(RunnerStorage::new(
+            self.options.clone()?,
+            &self.prefix,
+            address,
+            advisory,
+            self.url.clone(),
+            self.secrets.clone(),
+        ))
+    }
+
+    /// Listens for the store's notifications (PostgreSQL): requests saved for shards, replies
+    /// saved, runners joining or leaving. `None` on SQLite.
+    ///
+    /// # Errors
+    /// When the listening connection cannot be opened.
+    pub async fn listen(&self) -> Result<Option<Notifications>, SqlError> {
+        let Some(options) = &self.options else {
+            return Ok(None);
+        };
+        let fail = |err: sqlx::Error| SqlError::Connect {
+            url: self.url.clone(),
+            message: config::scrub(err.to_string(), &self.secrets),
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(connect::CONNECT_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+            .await
+            .map_err(fail)?;
+        let channels = [
+            format!("{}requests", self.prefix),
+            format!("{}replies", self.prefix),
+            format!("{}runners", self.prefix),
+        ];
+        listener
+            .listen_all(channels.iter().map(String::as_str))
+            .await
+            .map_err(fail)?;
+        Ok(Some(Notifications {
+            listener,
+            prefix: self.prefix.clone(),
+        }))
     }
 
     /// The URL, password masked.
@@ -613,9 +687,12 @@ impl SqlStore {
         let claims = found
             .requests
             .iter()
-            .map(|request| Op::Claim {
-                request_id: request.id,
-                claimed_ms: now_ms,
+            .map(|request| Op::Owned {
+                shard: request.shard.clone(),
+                op: Box::new(Op::Claim {
+                    request_id: request.id,
+                    claimed_ms: now_ms,
+                }),
             })
             .collect();
         let claimed = SqlStore::write(self, claims)?.await?;
@@ -832,6 +909,67 @@ impl Store for SqlStore {
 
     fn close(&self) -> Pending<'_, ()> {
         Box::pin(SqlStore::close(self))
+    }
+}
+
+/// What a notification of the store says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// Requests were saved unclaimed for these shards.
+    Requests(Vec<String>),
+    /// Final replies were saved for these requests.
+    Replies(Vec<i64>),
+    /// A runner joined, left, or changed health.
+    Runners,
+    /// The listening connection was lost and is back: whatever was notified meanwhile is
+    /// missed, so everything must be read again.
+    Missed,
+}
+
+/// The store's notifications, on a connection of their own (see [`SqlStore::listen`]).
+pub struct Notifications {
+    listener: sqlx::postgres::PgListener,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Notifications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifications").finish_non_exhaustive()
+    }
+}
+
+impl Notifications {
+    /// The next notification; reconnects (answering [`Notification::Missed`]) when the
+    /// connection was lost.
+    pub async fn next(&mut self) -> Notification {
+        loop {
+            match self.listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let channel = notification.channel();
+                    let payload = notification.payload();
+                    let Some(kind) = channel.strip_prefix(self.prefix.as_str()) else {
+                        continue;
+                    };
+                    let items = payload.split(',').filter(|item| !item.is_empty());
+                    return match kind {
+                        "requests" => Notification::Requests(items.map(str::to_owned).collect()),
+                        "replies" => {
+                            Notification::Replies(items.filter_map(|id| id.parse().ok()).collect())
+                        }
+                        _ => Notification::Runners,
+                    };
+                }
+                // The connection was lost; the next call reconnects.
+                Ok(None) => return Notification::Missed,
+                Err(err) => {
+                    log::warn!(
+                        target: "plait.cluster",
+                        "the store's notifications failed ({err}); listening again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sqlx::{
     postgres::{PgConnectOptions, PgRow},
     AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqlSafeStr, SqlStr,
@@ -21,7 +21,7 @@ use sqlx::{
 use super::{
     connect::{Dialect, CONNECT_TIMEOUT},
     corrupt, due_to_i64,
-    lease::{Fence, Lease, LeaseState},
+    lease::{shard_lease, Fence, Lease, LeaseState, ShardFences},
     listing::{self, Param},
     numbers::{self, Learned, Numbers},
     stored_due, stored_ms, stored_seq, stored_status,
@@ -302,7 +302,8 @@ impl<'a> Columns<'a> {
             | Op::ClearReplies { .. }
             | Op::Unclaim { .. }
             | Op::Claim { .. }
-            | Op::ResetClaims { .. } => {
+            | Op::ResetClaims { .. }
+            | Op::Owned { .. } => {
                 return Err(Failure::Refused(format!(
                     "a message op among the journal's: {op:?}"
                 )))
@@ -469,19 +470,19 @@ fn outcome(op: &Op, row: &PgRow) -> Result<OpResult, Failure> {
 
 /// Applies every batch, in order, as one statement in its own transaction, provided every lease
 /// of `fences` is still held. Returns the results and the execution numbers worth keeping,
-/// which are committed with it.
+/// which are committed with it. The ops are out of any [`Op::Owned`].
 async fn apply<'a>(
     conn: &mut PgConnection,
     statements: &Statements,
     numbers: &Numbers,
-    batches: &[&'a [Op]],
+    batches: &[Vec<&'a Op>],
     now_ms: i64,
     fences: &[Fence],
 ) -> Result<(Results, Learned<'a>), Failure> {
-    let count = batches.iter().map(|batch| batch.len()).sum();
+    let count = batches.iter().map(Vec::len).sum();
     let mut columns = Columns::with_capacity(count);
     let mut messages = MessageColumns::default();
-    for op in batches.iter().flat_map(|batch| batch.iter()) {
+    for &op in batches.iter().flatten() {
         if is_message(op) {
             messages.push(op)?;
         } else {
@@ -533,7 +534,7 @@ async fn apply<'a>(
         .map(|batch| {
             batch
                 .iter()
-                .map(|op| {
+                .map(|&op| {
                     let rows = if is_message(op) {
                         &mut message_rows
                     } else {
@@ -552,17 +553,102 @@ async fn apply<'a>(
     Ok((results, learned))
 }
 
+/// What the commits of a writer are fenced by.
+pub(super) enum Fencing {
+    /// The single engine's lease: every commit carries it.
+    Engine(Arc<Lease>),
+    /// A runner's shard leases: a commit carries the lease of each shard its [`Op::Owned`] ops
+    /// are owned by; an op of a shard not held is answered [`OpResult::Fenced`] and not sent.
+    Shards(Arc<ShardFences>),
+}
+
+/// The ops of `batches` to send (out of [`Op::Owned`]), the fences they need, and which ops
+/// are not sent because their shard is not held.
+#[allow(clippy::type_complexity)] // three plain parts of one answer
+fn fence<'a>(
+    fencing: &Fencing,
+    batches: &[&'a [Op]],
+) -> Result<(Vec<Vec<&'a Op>>, Vec<Fence>, Vec<Vec<bool>>), Failure> {
+    let mut sent = Vec::with_capacity(batches.len());
+    let mut skipped = Vec::with_capacity(batches.len());
+    let mut fences = Vec::new();
+    match fencing {
+        Fencing::Engine(lease) => {
+            fences.push(lease.fence().map_err(Failure::Fenced)?);
+            for batch in batches {
+                sent.push(batch.iter().map(Op::inner).collect());
+                skipped.push(Vec::new());
+            }
+        }
+        Fencing::Shards(shards) => {
+            let mut seen: FxHashSet<&str> = FxHashSet::default();
+            for batch in batches {
+                let mut ops = Vec::with_capacity(batch.len());
+                let mut skips = Vec::with_capacity(batch.len());
+                for op in *batch {
+                    let keep = match op {
+                        Op::Owned { shard, .. } => match shards.epoch(shard) {
+                            Some(epoch) => {
+                                if seen.insert(shard) {
+                                    fences.push(Fence {
+                                        name: shard_lease(shard),
+                                        epoch,
+                                    });
+                                }
+                                true
+                            }
+                            None => false,
+                        },
+                        _ => true,
+                    };
+                    if keep {
+                        ops.push(op.inner());
+                    }
+                    skips.push(!keep);
+                }
+                sent.push(ops);
+                skipped.push(skips);
+            }
+        }
+    }
+    Ok((sent, fences, skipped))
+}
+
+/// `results` of the ops sent, with [`OpResult::Fenced`] in the places of those not sent.
+fn with_fenced(results: Results, skipped: &[Vec<bool>]) -> Results {
+    results
+        .into_iter()
+        .zip(skipped)
+        .map(|(results, skips)| {
+            if !skips.contains(&true) {
+                return results;
+            }
+            let mut results = results.into_iter();
+            skips
+                .iter()
+                .map(|&skip| {
+                    if skip {
+                        OpResult::Fenced
+                    } else {
+                        results.next().unwrap_or(OpResult::Fenced)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The writer's connection: the PostgreSQL half of the writer (`super::writer`), a tokio task.
 /// It owns a connection of its own (commits never wait behind reads for a pooled connection,
-/// nor pay a pool's liveness pings). Every commit is fenced by the engine's lease: the database
-/// refuses it unless the lease is still this engine's.
+/// nor pay a pool's liveness pings). Every commit is fenced (see [`Fencing`]): the database
+/// refuses it unless the leases it depends on are still this process's.
 pub(super) struct WriteConnection {
     /// `None` after a connection error, until the next attempt reconnects.
     conn: Option<PgConnection>,
     options: PgConnectOptions,
     statements: Arc<Statements>,
     numbers: Numbers,
-    lease: Arc<Lease>,
+    fencing: Fencing,
 }
 
 impl WriteConnection {
@@ -570,14 +656,14 @@ impl WriteConnection {
         conn: PgConnection,
         options: PgConnectOptions,
         statements: Arc<Statements>,
-        lease: Arc<Lease>,
+        fencing: Fencing,
     ) -> Self {
         Self {
             conn: Some(conn),
             options,
             statements,
             numbers: Numbers::new(numbers::CAPACITY),
-            lease,
+            fencing,
         }
     }
 }
@@ -587,24 +673,17 @@ impl Transactions for WriteConnection {
 
     /// One try, (re)connecting first if needed.
     async fn apply(&mut self, batches: &[&[Op]]) -> Result<Results, Failure> {
-        let fence = self.lease.fence().map_err(Failure::Fenced)?;
+        let (sent, fences, skipped) = fence(&self.fencing, batches)?;
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(connect(&self.options).await?),
         };
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
         // The statement commits as it returns: what it learned is committed.
-        let (results, learned) = apply(
-            conn,
-            &self.statements,
-            &self.numbers,
-            batches,
-            now,
-            std::slice::from_ref(&fence),
-        )
-        .await?;
+        let (results, learned) =
+            apply(conn, &self.statements, &self.numbers, &sent, now, &fences).await?;
         self.numbers.keep(learned);
-        Ok(results)
+        Ok(with_fenced(results, &skipped))
     }
 
     /// A connection that no longer answers is replaced at the next attempt.
@@ -619,11 +698,24 @@ impl Transactions for WriteConnection {
     }
 
     async fn renew(&mut self, refused: String) -> Result<Renewal, Failure> {
+        let lease = match &self.fencing {
+            Fencing::Shards(shards) => {
+                // A shard's lease lapsed or was taken over: its ops are answered `Fenced` from
+                // now on, the others are committed.
+                return Ok(match refused_lease(&refused) {
+                    Some(name) if shards.refused(name) => Renewal::Dropped {
+                        lease: name.to_owned(),
+                    },
+                    _ => Renewal::Lost(refused),
+                });
+            }
+            Fencing::Engine(lease) => lease,
+        };
         if let Some(conn) = self.conn.as_mut() {
-            match self.lease.renew(conn).await {
+            match lease.renew(conn).await {
                 Ok(true) => {
                     return Ok(Renewal::Renewed {
-                        lease: self.lease.name().to_owned(),
+                        lease: lease.name().to_owned(),
                     })
                 }
                 Ok(false) => {}
@@ -634,7 +726,7 @@ impl Transactions for WriteConnection {
                 }
             }
         }
-        Ok(Renewal::Lost(match self.lease.state() {
+        Ok(Renewal::Lost(match lease.state() {
             LeaseState::Lost(why) => why,
             LeaseState::Held(_) => refused,
         }))
@@ -645,6 +737,13 @@ impl Transactions for WriteConnection {
             close(conn).await;
         }
     }
+}
+
+/// The lease a fenced commit's message names (`lease <name> is not held at epoch <n>`).
+fn refused_lease(message: &str) -> Option<&str> {
+    let start = message.find("lease ")? + "lease ".len();
+    let rest = &message[start..];
+    Some(&rest[..rest.find(" is not held")?])
 }
 
 /// A new connection for the writer, within [`CONNECT_TIMEOUT`].

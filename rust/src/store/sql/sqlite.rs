@@ -520,6 +520,8 @@ impl WriteConnection {
         let run = |statement: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, Failure> {
             Ok(conn.prepare_cached(statement)?.execute(params)? > 0)
         };
+        // One runner per SQLite file: it owns every shard.
+        let op = op.inner();
         Ok(match op {
             Op::Start {
                 id,
@@ -588,6 +590,7 @@ impl WriteConnection {
             | Op::Unclaim { .. }
             | Op::Claim { .. }
             | Op::ResetClaims { .. } => self.apply_message(op)?,
+            Op::Owned { .. } => unreachable!("taken out of Owned above"),
         })
     }
 

@@ -56,6 +56,12 @@ pub(super) enum Renewal {
     },
     /// The lease is lost for good: why.
     Lost(String),
+    /// One of several leases (a runner's shard) is lost: the ops that depend on it are answered
+    /// [`crate::store::OpResult::Fenced`] from now on, and the commit is retried without them.
+    Dropped {
+        /// The lease's name, for the log.
+        lease: String,
+    },
 }
 
 /// What a backend does for the writer.
@@ -231,6 +237,14 @@ impl<B: Transactions> Writer<B> {
                             "a commit was refused ({}); the lease {lease:?} was renewed and the \
                              commit is retried",
                             self.context.scrubbed(&refused)
+                        );
+                        continue;
+                    }
+                    Ok(Renewal::Dropped { lease }) => {
+                        log::warn!(
+                            target: "plait.store",
+                            "a commit was refused: this runner no longer holds {lease:?}; its \
+                             writes are fenced and the rest of the commit is retried"
                         );
                         continue;
                     }

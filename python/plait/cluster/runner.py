@@ -1,0 +1,176 @@
+"""A runner of a cluster: one process among many sharing a PostgreSQL database.
+
+Every runner computes the same shard → runner assignment from the healthy runners (Effect's
+ring), holds a fenced lease on each shard it serves, and runs the entities of those shards.
+Persisted requests to an entity on another runner are saved for its owner, which the save's
+commit wakes; their replies come back from storage, woken by the reply's commit. The Rust core
+does the membership (`rust/src/cluster/sharding.rs`); this module starts and stops it.
+
+Example:
+    ```python
+    async with plait.Runner(
+        "postgresql://127.0.0.1/app",
+        config=plait.ShardingConfig(runner_address=plait.RunnerAddress(host="10.0.0.5")),
+    ):
+        print(await Counter.client("c-1").increment(Increment(by=1)))
+    ```
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from plait import _bridge
+from plait._native import Sharding
+from plait.clocks import milliseconds_ceil
+from plait.cluster.config import ShardingConfig
+from plait.cluster.runtime import runtime_of
+from plait.engine import Engine, current_engine
+from plait.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from plait._native import _ShardingOptions
+
+__all__ = ["ClusterView", "Runner"]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What a runner sees of its cluster (Effect's cluster gauges, and the assignment).
+
+    Attributes:
+        address: This runner's address.
+        machine_id: Its machine id (the snowflake ids of its requests carry it).
+        runners: Runners registered.
+        healthy_runners: Runners healthy, in the rings.
+        shards: The shards whose lease this runner holds (`"group:id"`), sorted.
+        releasing: Shards it is draining before their release.
+        assignments: Every shard's owner by the rings.
+        entities: Entity instances resident on this runner.
+    """
+
+    address: str
+    machine_id: int
+    runners: int
+    healthy_runners: int
+    shards: list[str]
+    releasing: list[str]
+    assignments: dict[str, str]
+    entities: int
+
+
+def _ms(seconds: float) -> int:
+    return milliseconds_ceil(seconds)
+
+
+class Runner:
+    """A runner of a cluster on PostgreSQL: serves the entities of the shards it holds.
+
+    Args:
+        url: The cluster's database, `postgresql://...` (or a SQLite file: one runner only).
+        config: How the runner behaves (address, weight, lock times...); by default from
+            `PLAIT_*` environment variables.
+        prefix: The table prefix, the same on every runner.
+        durability: `"full"` (the default) or `"normal"` (see `plait.Engine.postgres`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        config: ShardingConfig | None = None,
+        prefix: str = "plait_",
+        durability: str = "full",
+    ) -> None:
+        self.config = config if config is not None else ShardingConfig()
+        if self.config.runner_address is None:
+            msg = "a Runner needs a runner_address (a client-only process uses an Engine)"
+            raise InvalidArgumentError(msg)
+        self.address = str(self.config.runner_address)
+        self._postgres = url.startswith(("postgres://", "postgresql://"))
+        self.engine = Engine.url(
+            url,
+            prefix=prefix,
+            durability=durability,
+            sharding=self.config,
+            cluster=self._postgres,
+        )
+        self._sharding: Sharding | None = None
+        self._token: contextvars.Token[Engine | None] | None = None
+
+    async def start(self) -> None:
+        """Opens the store, registers the runner and begins acquiring its shards.
+
+        Raises:
+            StoreConnectError: The database cannot be reached.
+        """
+        await self.engine.start()
+        if not self._postgres:
+            return  # a SQLite file: this one process serves every shard
+        config = self.config
+        options: _ShardingOptions = {
+            "address": self.address,
+            "weight": config.runner_shard_weight,
+            "available_groups": sorted(set(config.available_shard_groups)),
+            "groups": config.shard_groups,
+            "shards_per_group": config.shards_per_group,
+            "lock_expiration_ms": _ms(config.shard_lock_expiration.total_seconds()),
+            "refresh_interval_ms": _ms(config.effective_refresh_interval.total_seconds()),
+            "refresh_assignments_ms": _ms(config.refresh_assignments_interval.total_seconds()),
+            "termination_timeout_ms": _ms(config.entity_termination_timeout.total_seconds()),
+            "advisory": not config.shard_lock_disable_advisory,
+        }
+        store, source = self.engine.store, self.engine.work_source
+        assert store is not None
+        try:
+            sharding: Sharding = await _bridge.call(
+                lambda bridge: Sharding.start(bridge, store, source, options)
+            )
+        except BaseException:
+            await self.engine.close()
+            raise
+        self._sharding = sharding
+        runtime_of(self.engine).join(sharding)
+
+    async def close(self) -> None:
+        """Leaves the cluster: unregisters, lets its entities finish (within the termination
+        timeout) and releases its shards for the others, then closes."""
+        if self._sharding is not None:
+            sharding, self._sharding = self._sharding, None
+            await _bridge.call(sharding.close)
+        await self.engine.close()
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        self._token = current_engine.set(self.engine)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            current_engine.reset(self._token)
+            self._token = None
+        await self.close()
+
+    def view(self) -> ClusterView:
+        """What this runner sees of the cluster now.
+
+        Raises:
+            InvalidArgumentError: The runner is not started on PostgreSQL.
+        """
+        if self._sharding is None:
+            msg = "the runner is not part of a cluster: start it on PostgreSQL"
+            raise InvalidArgumentError(msg)
+        view = self._sharding.view()
+        return ClusterView(
+            address=self.address,
+            machine_id=view.machine_id,
+            runners=view.runners,
+            healthy_runners=view.healthy_runners,
+            shards=list(view.shards),
+            releasing=list(view.releasing),
+            assignments=dict(view.assignments),
+            entities=self.engine.work_source.resident(),
+        )
+

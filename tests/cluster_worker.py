@@ -1,0 +1,131 @@
+"""A runner process for the cluster tests: one runner of a cluster on the real PostgreSQL.
+
+Usage: `python -m tests.cluster_worker <url> <prefix> <port> <dir> [<requests> <accounts>]`
+
+It serves the entity `ClusterAccount` (persisted deposits with a primary key, durable state).
+Each handler run appends `<key> <port> <start ns> <end ns>` to `<dir>/effects` with one
+`write`, so runs repeated after a kill and overlapping runs of one entity on two runners show.
+Every 100 ms it writes what it sees of the cluster to `<dir>/view-<port>.json`.
+
+With `<requests> <accounts>` it also sends that many persisted deposits over that many account
+ids, all in flight at once (the same primary keys when run again), writes `<key> <reply>` per
+reply to `<dir>/replies-<port>`, then `done` to its view file's neighbour `<dir>/done-<port>`.
+It runs until SIGTERM (a graceful leave) or SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel
+
+import plait
+
+EFFECTS = ""
+PORT = 0
+
+
+def record(line: str) -> None:
+    """Appends one line with a single `write` (O_APPEND): whole lines even under SIGKILL."""
+    fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+class Deposit(BaseModel):
+    key: str
+    amount: int
+
+
+class Ledger(BaseModel):
+    total: int = 0
+    deposits: int = 0
+
+
+Account = plait.Entity("ClusterAccount", state=Ledger)
+
+
+@Account.rpc(persisted=True, primary_key=lambda d: d.key)
+async def deposit(ctx: plait.EntityContext[Ledger], d: Deposit) -> int:
+    start = time.time_ns()
+    await asyncio.sleep(random.uniform(0, 0.003))
+    ctx.state.total += d.amount
+    ctx.state.deposits += 1
+    record(f"{d.key} {PORT} {start} {time.time_ns()}")
+    return ctx.state.total
+
+
+@Account.rpc()
+async def ledger(ctx: plait.EntityContext[Ledger]) -> Ledger:
+    return ctx.state
+
+
+def amount_of(n: int) -> int:
+    return n % 7 + 1
+
+
+def config(port: int) -> plait.ShardingConfig:
+    expiration = float(os.environ.get("CLUSTER_LEASE_SECONDS", "4"))
+    return plait.ShardingConfig(
+        runner_address=plait.RunnerAddress(host="127.0.0.1", port=port),
+        shard_lock_expiration=timedelta(seconds=expiration),
+        shard_lock_refresh_interval=timedelta(seconds=expiration / 4),
+        refresh_assignments_interval=timedelta(seconds=0.5),
+        entity_termination_timeout=timedelta(seconds=2),
+        entity_message_poll_interval=timedelta(seconds=1),
+    )
+
+
+async def main(url: str, prefix: str, port: int, out: Path, requests: int, accounts: int) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with plait.Runner(url, config=config(port), prefix=prefix) as runner:
+
+        async def publish() -> None:
+            while True:
+                view = runner.view()
+                state = {
+                    "shards": len(view.shards),
+                    "releasing": len(view.releasing),
+                    "runners": view.runners,
+                    "healthy": view.healthy_runners,
+                    "machine_id": view.machine_id,
+                    "time": time.time(),
+                }
+                tmp = out / f"view-{port}.tmp"
+                tmp.write_text(json.dumps(state))
+                tmp.replace(out / f"view-{port}.json")
+                await asyncio.sleep(0.1)
+
+        publisher = asyncio.create_task(publish())
+        if requests:
+            sends = [
+                deposit.call(f"acct-{n % accounts}", Deposit(key=f"d{n}", amount=amount_of(n)))
+                for n in range(requests)
+            ]
+            answered = await asyncio.gather(*sends)
+            lines = [f"d{n} {value}\n" for n, value in enumerate(answered)]
+            with open(out / f"replies-{port}", "a") as replies:
+                replies.writelines(lines)
+            (out / f"done-{port}").write_text("done")
+        await stop.wait()
+        publisher.cancel()
+
+
+if __name__ == "__main__":
+    url, prefix, port_text, out_dir = sys.argv[1:5]
+    PORT = int(port_text)
+    EFFECTS = str(Path(out_dir) / "effects")
+    requests = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    accounts = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    asyncio.run(main(url, prefix, PORT, Path(out_dir), requests, accounts))
