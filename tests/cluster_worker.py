@@ -8,8 +8,9 @@ Each handler run appends `<key> <port> <start ns> <end ns>` to `<dir>/effects` w
 Every 100 ms it writes what it sees of the cluster to `<dir>/view-<port>.json`.
 
 With `<requests> <accounts>` it also sends that many persisted deposits over that many account
-ids, all in flight at once (the same primary keys when run again), writes `<key> <reply>` per
-reply to `<dir>/replies-<port>`, then `done` to its view file's neighbour `<dir>/done-<port>`.
+ids, all in flight at once (the same primary keys when run again), once `<dir>/go` exists;
+then it appends `<key> <reply>` per reply to `<dir>/replies-<port>` as each comes, and
+writes `<dir>/done-<port>` once all have.
 It runs until SIGTERM (a graceful leave) or SIGKILL.
 """
 
@@ -31,11 +32,19 @@ import plait
 
 EFFECTS = ""
 PORT = 0
+# How long a deposit's handler may take (uniformly up to it): long enough in the fencing test
+# that a paused runner is caught inside handlers.
+HANDLER_SECONDS = float(os.environ.get("CLUSTER_HANDLER_SECONDS", "0.003"))
 
 
 def record(line: str) -> None:
+    """Records a handler's run in the effects file."""
+    append(EFFECTS, line)
+
+
+def append(path: str, line: str) -> None:
     """Appends one line with a single `write` (O_APPEND): whole lines even under SIGKILL."""
-    fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{line}\n".encode())
     finally:
@@ -58,7 +67,7 @@ Account = plait.Entity("ClusterAccount", state=Ledger)
 @Account.rpc(persisted=True, primary_key=lambda d: d.key)
 async def deposit(ctx: plait.EntityContext[Ledger], d: Deposit) -> int:
     start = time.time_ns()
-    await asyncio.sleep(random.uniform(0, 0.003))
+    await asyncio.sleep(random.uniform(0, HANDLER_SECONDS))
     ctx.state.total += d.amount
     ctx.state.deposits += 1
     record(f"{d.key} {PORT} {start} {time.time_ns()}")
@@ -94,8 +103,13 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
         async def publish() -> None:
             while True:
                 view = runner.view()
+                me = runner.address
                 state = {
+                    "address": me,
                     "shards": len(view.shards),
+                    "assigned": sum(owner == me for owner in view.assignments.values()),
+                    "fenced": view.fenced_writes,
+                    "entities": view.entities,
                     "releasing": len(view.releasing),
                     "runners": view.runners,
                     "healthy": view.healthy_runners,
@@ -109,14 +123,17 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
 
         publisher = asyncio.create_task(publish())
         if requests:
-            sends = [
-                deposit.call(f"acct-{n % accounts}", Deposit(key=f"d{n}", amount=amount_of(n)))
-                for n in range(requests)
-            ]
-            answered = await asyncio.gather(*sends)
-            lines = [f"d{n} {value}\n" for n, value in enumerate(answered)]
-            with open(out / f"replies-{port}", "a") as replies:
-                replies.writelines(lines)
+            while not (out / "go").exists():  # noqa: ASYNC110 - the test says when to begin
+                await asyncio.sleep(0.05)
+            replies = str(out / f"replies-{port}")
+
+            async def send(n: int) -> None:
+                value = await deposit.call(
+                    f"acct-{n % accounts}", Deposit(key=f"d{n}", amount=amount_of(n))
+                )
+                append(replies, f"d{n} {value}")
+
+            await asyncio.gather(*(send(n) for n in range(requests)))
             (out / f"done-{port}").write_text("done")
         await stop.wait()
         publisher.cancel()

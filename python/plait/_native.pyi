@@ -13,9 +13,11 @@ __all__ = [
     "Deferred",
     "DeferredAt",
     "Deliver",
+    "Drained",
     "Duplicate",
     "Entry",
     "Execution",
+    "Fenced",
     "Filter",
     "HashRing",
     "History",
@@ -337,7 +339,8 @@ class Op:
     def reply(request_id: int, value: bytes, shard: str | None = None) -> Op:
         """Saves a request's final reply (the first wins). Answers whether it was stored.
 
-        With `shard`, written as its owner: fenced by the shard's lease on a cluster.
+        With `shard`, written as its owner: fenced by the shard's lease on a cluster (it
+        answers `Fenced` once the lease is not this runner's).
         """
 
     @staticmethod
@@ -361,6 +364,13 @@ class Op:
     @property
     def execution_id(self) -> str | None:
         """The execution the op is about (None for an entity message op)."""
+
+@final
+class Fenced:
+    """An owned op's answer once this runner no longer holds its shard's lease: not applied.
+
+    The shard's new owner does its work.
+    """
 
 @final
 class Duplicate:
@@ -696,6 +706,8 @@ class Store:
                 (faster; a crash may lose the last commits but never corrupts).
             lease_ttl_ms: PostgreSQL: how long the engine's lease lasts unrenewed (default
                 35,000); it is renewed every 10/35 of that.
+            cluster: PostgreSQL: open for a runner of a cluster (no engine lease: its writes
+                are fenced by the leases of the shards it holds).
 
         Raises:
             InvalidArgumentError: Another URL scheme, an in-memory SQLite URL, a bad prefix or
@@ -866,6 +878,17 @@ class _Outgoing(Protocol):
     def persisted(self) -> bool: ...
 
 @final
+class Drained:
+    """What the instances of shards moving away still held (`WorkSource.drained`)."""
+
+    @property
+    def running(self) -> list[int]:
+        """The ids of the requests they were running (the host has them)."""
+    @property
+    def queued(self) -> list[Deliver]:
+        """The requests they held that never ran: their callers wait for the new owner."""
+
+@final
 class Deliver:
     """An entity request that may run now: its instance has a free slot."""
 
@@ -951,6 +974,8 @@ class ClusterView:
     @property
     def releasing(self) -> list[str]: ...
     @property
+    def fenced_writes(self) -> int: ...
+    @property
     def assignments(self) -> dict[str, str]: ...
 
 @final
@@ -1034,8 +1059,8 @@ class WorkSource:
         """Waits for the stored replies of these requests: they come as `RemoteReply`."""
     def forget_replies(self, ids: list[int]) -> None:
         """Stops waiting for these replies."""
-    def drained(self, shards: list[str]) -> list[int]:
-        """These shards' entities are finished: they leave the mailboxes; their held ids."""
+    def drained(self, shards: list[str]) -> Drained:
+        """These shards' entities are finished: they leave the mailboxes; what they held."""
     def scheduled(self, execution_id: str, name: str, due_ms: int) -> None:
         """A timer was stored: into the wheel if it falls in the loaded window."""
     def resume(self, ids: Iterable[str]) -> None:

@@ -49,6 +49,9 @@ class ClusterView:
         releasing: Shards it is draining before their release.
         assignments: Every shard's owner by the rings.
         entities: Entity instances resident on this runner.
+        fenced_writes: Writes of replies and state the database refused (or the runner held
+            back) because the shard's lease was no longer this runner's: a runner that was
+            paused or cut off past its lease shows them.
     """
 
     address: str
@@ -59,6 +62,7 @@ class ClusterView:
     releasing: list[str]
     assignments: dict[str, str]
     entities: int
+    fenced_writes: int
 
 
 def _ms(seconds: float) -> int:
@@ -135,8 +139,11 @@ class Runner:
         runtime_of(self.engine).join(sharding)
 
     async def close(self) -> None:
-        """Leaves the cluster: unregisters, lets its entities finish (within the termination
-        timeout) and releases its shards for the others, then closes."""
+        """Leaves the cluster, then closes.
+
+        It unregisters, lets its entities finish (within the termination timeout) and releases
+        its shards for the others.
+        """
         if self._sharding is not None:
             sharding, self._sharding = self._sharding, None
             await _bridge.call(sharding.close)
@@ -172,5 +179,5 @@ class Runner:
             releasing=list(view.releasing),
             assignments=dict(view.assignments),
             entities=self.engine.work_source.resident(),
+            fenced_writes=view.fenced_writes,
         )
-

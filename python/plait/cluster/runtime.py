@@ -41,6 +41,7 @@ from plait._definitions import Definitions, DefinitionSite
 from plait._native import (
     Deliver,
     Duplicate,
+    Fenced,
     Op,
     Passivate,
     Release,
@@ -723,7 +724,7 @@ class EntityRuntime:
         for index, (delivery, rpc, encoded, _) in enumerate(replies):
             if delivery is None:
                 continue
-            if failed is None and isinstance(answer[index], EntityNotAssignedToRunner):
+            if failed is None and isinstance(answer[index], Fenced):
                 # Fenced: the shard moved to another runner, which runs the request again;
                 # its callers here get the reply it stores.
                 self._moved([delivery])
@@ -1060,9 +1061,7 @@ class EntityRuntime:
             state = instance.state
             data = state.model_dump_json().encode() if isinstance(state, BaseModel) else None
             if data is not None and data != instance.saved_state:
-                ops.append(
-                    Op.entity_state(delivery.entity_type, delivery.entity_id, data, shard)
-                )
+                ops.append(Op.entity_state(delivery.entity_type, delivery.entity_id, data, shard))
                 instance.saved_state = data
         self._replies.append((delivery, rpc, encoded, ops))
         self._write_early()
@@ -1102,26 +1101,36 @@ class EntityRuntime:
 
     def _release(self, shards: list[str], forced: bool) -> None:
         """Stops serving `shards`: their entities finish (or, forced, stop now), then go."""
-        wanted = set(shards)
-        instances = [
-            instance
-            for (_, entity_id), instance in self.instances.items()
-            if self._shard(entity_id) in wanted
-        ]
-        task = self.loop.create_task(self._drain_shards(shards, instances, forced))
+        task = self.loop.create_task(self._drain_shards(set(shards), forced))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drain_shards(self, shards: list[str], instances: list[Instance], forced: bool) -> None:
+    def _instances_of(self, shards: set[str]) -> list[Instance]:
+        return [
+            instance
+            for (_, entity_id), instance in self.instances.items()
+            if self._shard(entity_id) in shards
+        ]
+
+    async def _drain_shards(self, shards: set[str], forced: bool) -> None:
         if not forced:
-            timeout = self.config.entity_termination_timeout.total_seconds()
-            running = {t for i in instances for _, t in i.running.values() if t is not None}
-            if running and timeout > 0:
-                await asyncio.wait(running, timeout=timeout)
-            # The replies of what finished are stored under the lease, before it goes.
-            self._flush()
-            await self._writes_settled(timeout)
-        for instance in instances:
+            # Until nothing of these shards runs and every reply is stored under the lease,
+            # before it goes: a delivery already on its way may start a handler meanwhile.
+            deadline = self.loop.time() + self.config.entity_termination_timeout.total_seconds()
+            while (left := deadline - self.loop.time()) > 0:
+                running = {
+                    task
+                    for instance in self._instances_of(shards)
+                    for _, task in instance.running.values()
+                    if task is not None and not task.done()
+                }
+                if running:
+                    await asyncio.wait(running, timeout=left)
+                self._flush()
+                await self._writes_settled(max(0.0, deadline - self.loop.time()))
+                if not running:
+                    break
+        for instance in self._instances_of(shards):
             for request_id, (_, task) in list(instance.running.items()):
                 if task is not None and not task.done():
                     self._moving.add(request_id)
@@ -1129,11 +1138,11 @@ class EntityRuntime:
             key = (instance.entity.name, instance.entity_id)
             if self.instances.get(key) is instance:
                 del self.instances[key]
-        held = self.source.drained(shards)
-        moved = [self._running.pop(i)[0] for i in held if i in self._running]
-        self._moved(moved)
+        drained = self.source.drained(sorted(shards))
+        moved = [self._running.pop(i)[0] for i in drained.running if i in self._running]
+        self._moved([*moved, *drained.queued])
         if self.sharding is not None:
-            self.sharding.drained(shards)
+            self.sharding.drained(sorted(shards))
 
     def _moved(self, deliveries: list[Deliver]) -> None:
         """Requests whose shard moved away: their callers here wait for the new owner's reply."""
@@ -1156,12 +1165,12 @@ class EntityRuntime:
                 self._answer(delivery.request_id, Failure(EntityNotAssignedToRunner(message)))
         self._await_remote(remote)
 
-    async def _writes_settled(self, timeout: float) -> None:
-        """Waits (up to `timeout`) until the saves and replies sent so far are answered."""
+    async def _writes_settled(self, seconds: float) -> None:
+        """Waits (up to `seconds`) until the saves and replies sent so far are answered."""
         if self._writing:
             self._written = self.loop.create_future()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._written), timeout)
+                await asyncio.wait_for(asyncio.shield(self._written), seconds)
 
     # Closing --------------------------------------------------------------------------------
 

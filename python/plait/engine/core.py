@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from plait import _bridge
-from plait._native import Deliver, Op, Passivate, Resume, Store, WorkSource
+from plait._native import Op, Resume, Store, WorkSource
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine import registry
 from plait.engine.listing import (

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plait import _bridge
-from plait._native import Deliver, Passivate, Resume, Store, WorkSource
+from plait._native import Store, WorkSource
 from plait.clocks import Clock, SystemClock
 
 __all__ = ["BATCH", "WorkLoop", "busy"]

@@ -370,6 +370,28 @@ impl Mailboxes {
         self.resident.keys()
     }
 
+    /// Drops the instance at `address` as its shard moves away: the ids of the requests it
+    /// runs (the host has them), and the requests it held that never ran (ready or waiting),
+    /// whose callers the host points at the new owner.
+    pub fn evict_moving(&mut self, address: &Address) -> (Vec<i64>, Vec<Message>) {
+        let mut queued: Vec<Message> = self
+            .ready
+            .iter()
+            .filter(|d| &d.message.address == address)
+            .map(|d| d.message.clone())
+            .collect();
+        if let Some(instance) = self.resident.get(address) {
+            queued.extend(instance.waiting.iter().cloned());
+        }
+        let not_running: FxHashSet<i64> = queued.iter().map(|m| m.request_id).collect();
+        let running = self
+            .evict(address)
+            .into_iter()
+            .filter(|id| !not_running.contains(id))
+            .collect();
+        (running, queued)
+    }
+
     /// Drops the instance at `address` and everything it holds (its requests are left to
     /// storage or failed by the caller): a handler defect restarts it, a shard moves away.
     /// Returns the requests it held, running first.
@@ -559,5 +581,30 @@ mod tests {
         assert!(boxes.take(10).is_empty(), "its ready request went with it");
         assert!(!boxes.is_resident(&address("a")));
         assert!(!boxes.done(&address("a"), 6, 0));
+    }
+
+    #[test]
+    fn a_moving_instance_hands_back_the_requests_that_never_ran() {
+        let mut boxes = mailboxes(EntityOptions::default(), None);
+        let queued_ids = |queued: Vec<Message>| -> Vec<i64> {
+            queued.into_iter().map(|m| m.request_id).collect()
+        };
+        for id in [5, 6, 7] {
+            boxes.offer(message(id, "a"), 0).unwrap();
+        }
+        // 5 is ready (not taken), 6 and 7 wait behind it.
+        let (running, queued) = boxes.evict_moving(&address("a"));
+        assert!(running.is_empty());
+        assert_eq!(queued_ids(queued), [5, 6, 7]);
+        assert!(boxes.take(10).is_empty());
+
+        for id in [8, 9] {
+            boxes.offer(message(id, "b"), 0).unwrap();
+        }
+        assert_eq!(ids(&boxes.take(10)), [8]);
+        let (running, queued) = boxes.evict_moving(&address("b"));
+        assert_eq!(running, [8]);
+        assert_eq!(queued_ids(queued), [9]);
+        assert!(!boxes.is_resident(&address("b")));
     }
 }

@@ -90,6 +90,8 @@ pub struct ClusterView {
     pub releasing: Vec<String>,
     /// Owner of every shard by the ring (`"group:id"` → address).
     pub assignments: BTreeMap<String, String>,
+    /// Owned writes refused because their shard's lease was no longer this runner's.
+    pub fenced_writes: u64,
 }
 
 #[derive(Default)]
@@ -108,6 +110,7 @@ impl Shared {
 /// A runner's cluster membership: the loop task and what can be read of it.
 pub struct Sharding {
     shared: Arc<Shared>,
+    fences: Arc<ShardFences>,
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -173,7 +176,7 @@ impl Sharding {
             options,
             runners,
             runner,
-            fences,
+            fences: Arc::clone(&fences),
             host,
             shared: Arc::clone(&shared),
             registered: true,
@@ -186,6 +189,7 @@ impl Sharding {
         let task = tokio::spawn(runner_loop.run(incoming, stopped));
         Ok(Self {
             shared,
+            fences,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
         })
@@ -198,7 +202,9 @@ impl Sharding {
 
     /// What this runner sees of the cluster now.
     pub fn view(&self) -> ClusterView {
-        self.shared.view().clone()
+        let mut view = self.shared.view().clone();
+        view.fenced_writes = self.fences.fenced_writes();
+        view
     }
 
     /// The host drained these shards (see [`ShardHost::releasing`]): their leases may go.

@@ -69,6 +69,8 @@ pub struct PyClusterView {
     releasing: Vec<String>,
     /// The owner of every shard by the rings (`"group:id"` → address).
     assignments: BTreeMap<String, String>,
+    /// Owned writes refused because their shard's lease was no longer this runner's.
+    fenced_writes: u64,
 }
 
 impl From<ClusterView> for PyClusterView {
@@ -80,6 +82,7 @@ impl From<ClusterView> for PyClusterView {
             shards: view.shards,
             releasing: view.releasing,
             assignments: view.assignments,
+            fenced_writes: view.fenced_writes,
         }
     }
 }

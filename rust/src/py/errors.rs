@@ -23,7 +23,6 @@ import_exception!(plait.errors, StoreError);
 import_exception!(plait.errors, StoreConnectError);
 import_exception!(plait.errors, EngineLockedError);
 import_exception!(plait.errors, EngineFencedError);
-import_exception!(plait.cluster.errors, EntityNotAssignedToRunner);
 
 impl From<snowflake::Error> for PyErr {
     fn from(err: snowflake::Error) -> Self {

@@ -23,7 +23,7 @@ mod _native {
     #[pymodule_export]
     use super::bridge::{_after_fork_in_child, _panic, _panic_async, AsyncBridge};
     #[pymodule_export]
-    use super::cluster::PySharding;
+    use super::cluster::{PyClusterView, PySharding};
     #[pymodule_export]
     use super::ids::{
         activity_idempotency_key, encode_deferred_token, execution_id, execution_ids,
@@ -37,13 +37,14 @@ mod _native {
     use super::snowflake::{snowflake_make, snowflake_parts, SnowflakeGenerator};
     #[pymodule_export]
     use super::store::{
-        PyDeferred, PyDuplicate, PyEntry, PyExecution, PyOp, PySnapshot, PyStore, PyTimer,
+        PyDeferred, PyDuplicate, PyEntry, PyExecution, PyFenced, PyOp, PySnapshot, PyStore, PyTimer,
     };
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
     #[pymodule_export]
     use super::work::{
-        PyDeliver, PyPassivate, PyRefusal, PyRelease, PyRemoteReply, PyResume, PyWorkSource,
+        PyDeliver, PyDrained, PyPassivate, PyRefusal, PyRelease, PyRemoteReply, PyResume,
+        PyWorkSource,
     };
 
     use super::{Bound, PyModule, PyModuleMethods, PyResult};

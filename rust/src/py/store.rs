@@ -18,8 +18,7 @@ use pyo3::{
 use super::{
     bridge::AsyncBridge,
     errors::{
-        at_item, capacity_hint, not_a_single_str, EntityNotAssignedToRunner, Int,
-        InvalidArgumentError, StoreError, Text,
+        at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, StoreError, Text,
     },
     listing::{self, PyFilter, PyHistory, PyPage},
 };
@@ -156,7 +155,7 @@ impl PyOp {
     /// Saves the final reply of request `request_id` (the first one wins): answers whether it
     /// was stored.
     /// With `shard`, written as that shard's owner: a runner of a cluster applies it only
-    /// while it holds the shard's lease (else it answers `EntityNotAssignedToRunner`).
+    /// while it holds the shard's lease (else it answers `Fenced`).
     #[staticmethod]
     #[pyo3(signature = (request_id, value, shard = None))]
     fn reply(request_id: Int<i64>, value: PyBackedBytes, shard: Option<Text>) -> Self {
@@ -464,6 +463,11 @@ impl PyTimer {
     }
 }
 
+/// What an op owned by a shard answers when this runner no longer holds the shard's lease:
+/// it was not applied (the new owner does its work).
+#[pyclass(module = "plait._native", name = "Fenced", frozen)]
+pub struct PyFenced;
+
 /// What saving a request answers when one with the same id or key is stored.
 #[pyclass(module = "plait._native", name = "Duplicate", frozen, eq)]
 #[derive(PartialEq)]
@@ -535,12 +539,7 @@ impl<'py> IntoPyObject<'py> for Answered {
                 .into_value(py)
                 .into_bound(py)
                 .into_any()),
-            store::OpResult::Fenced => Ok(EntityNotAssignedToRunner::new_err(
-                "this runner no longer holds the shard: the write was not applied",
-            )
-            .into_value(py)
-            .into_bound(py)
-            .into_any()),
+            store::OpResult::Fenced => Ok(Bound::new(py, PyFenced)?.into_any()),
         }
     }
 }

@@ -57,6 +57,15 @@ pub struct PyDeliver {
     delivery: mailbox::Delivery,
 }
 
+/// What the instances of shards moving away still held (`WorkSource.drained`).
+#[pyclass(module = "plait._native", name = "Drained", frozen, get_all)]
+pub struct PyDrained {
+    /// The ids of the requests they were running (the host has them).
+    running: Vec<i64>,
+    /// The requests they held that never ran: their callers wait for the new owner.
+    queued: Vec<Py<PyDeliver>>,
+}
+
 #[pymethods]
 impl PyDeliver {
     /// The request's id.
@@ -288,7 +297,10 @@ impl PyWorkSource {
     /// the shards a `Sharding` started on it acquires, and no workflows; replies awaited from
     /// other runners are read every `reply_poll_ms` besides when notified.
     #[new]
-    #[pyo3(signature = (store, manual_now_ms = None, shards_per_group = None, reply_poll_ms = Int(200)))]
+    #[pyo3(
+        signature = (store, manual_now_ms = None, shards_per_group = None, reply_poll_ms = Int(200)),
+        text_signature = "(store, manual_now_ms=None, shards_per_group=None, reply_poll_ms=200)"
+    )]
     fn new(
         store: &PyStore,
         manual_now_ms: Option<Int<u64>>,
@@ -514,9 +526,20 @@ impl PyWorkSource {
     }
 
     /// The entities of these shards are finished: their instances leave the mailboxes.
-    /// Returns the request ids they still held.
-    fn drained(&self, shards: Vec<String>) -> PyResult<Vec<i64>> {
-        Ok(self.source()?.drained(&shards))
+    /// Returns what they still held.
+    fn drained(&self, py: Python<'_>, shards: Vec<String>) -> PyResult<PyDrained> {
+        let (running, queued) = self.source()?.drained(&shards);
+        let queued = queued
+            .into_iter()
+            .map(|message| {
+                let delivery = mailbox::Delivery {
+                    message,
+                    activates: false,
+                };
+                Py::new(py, PyDeliver { delivery })
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(PyDrained { running, queued })
     }
 
     /// Resident entity instances.

@@ -470,11 +470,12 @@ impl WorkSource {
     }
 
     /// The host finished (or stopped) the entities of these shards: their instances leave the
-    /// mailboxes. Returns the requests they still held.
-    pub fn drained(&self, shards: &[String]) -> Vec<i64> {
+    /// mailboxes. Returns the ids of the requests they run, and the requests they held that
+    /// never ran.
+    pub fn drained(&self, shards: &[String]) -> (Vec<i64>, Vec<Message>) {
         let mut state = self.shared.state();
         let Some(ownership) = &state.ownership else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let per_group = ownership.shards_per_group;
         let shards: FxHashSet<&str> = shards.iter().map(String::as_str).collect();
@@ -484,11 +485,13 @@ impl WorkSource {
             .filter(|a| shards.contains(default_shard(&a.entity_id, per_group).as_str()))
             .cloned()
             .collect();
-        let mut held = Vec::new();
+        let (mut running, mut queued) = (Vec::new(), Vec::new());
         for address in &gone {
-            held.extend(state.mail.evict(address));
+            let (ids, messages) = state.mail.evict_moving(address);
+            running.extend(ids);
+            queued.extend(messages);
         }
-        held
+        (running, queued)
     }
 
     /// Bounds the resident entity instances (`None`: unbounded).

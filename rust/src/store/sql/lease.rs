@@ -20,7 +20,10 @@
 //! The single engine holds one lease (`engine`); runners of a cluster hold one per shard.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::Duration,
 };
 
@@ -460,6 +463,8 @@ pub struct ShardFences {
     refused: Mutex<Vec<String>>,
     /// Wakes whoever waits on [`ShardFences::refusals`].
     changed: Notify,
+    /// Owned writes answered `Fenced` (their shard not held): counted, never committed.
+    fenced: AtomicU64,
 }
 
 impl ShardFences {
@@ -476,6 +481,17 @@ impl ShardFences {
     /// The epoch `shard` is held at, if it is.
     pub fn epoch(&self, shard: &str) -> Option<i64> {
         self.held().get(shard).copied()
+    }
+
+    /// Counts `n` owned writes answered `Fenced`.
+    pub(super) fn count_fenced(&self, n: u64) {
+        self.fenced.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// How many owned writes were answered `Fenced` so far (a runner that lost shards while
+    /// paused or partitioned shows them here).
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     /// Every shard held, with its epoch.

@@ -683,6 +683,12 @@ impl Transactions for WriteConnection {
         let (results, learned) =
             apply(conn, &self.statements, &self.numbers, &sent, now, &fences).await?;
         self.numbers.keep(learned);
+        if let Fencing::Shards(shards) = &self.fencing {
+            let refused_ops = skipped.iter().flatten().filter(|&&skip| skip).count();
+            if refused_ops > 0 {
+                shards.count_fenced(refused_ops as u64);
+            }
+        }
         Ok(with_fenced(results, &skipped))
     }
 

@@ -24,6 +24,7 @@ use crate::store::{memory::MemoryStore, messages::CLAIM_MS, Deferred, Entry, Req
 mod leases;
 mod listing;
 mod numbers_and_timers;
+mod shards;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 

@@ -1,0 +1,307 @@
+"""A cluster of real runner processes on the real PostgreSQL (see `tests/cluster_worker.py`).
+
+Shards spread over the runners by the ring and follow joins and leaves; a SIGKILLed runner's
+shards are taken over within the lease expiry with every persisted request answered once and
+every deposit applied once; a runner SIGSTOPped past its lease cannot commit when it wakes.
+Sized for a 2-core machine: at most four runner processes at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import psql
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARDS = 300  # one group, the default
+LEASE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One handler run, as the worker recorded it."""
+
+    key: str
+    port: int
+    start: int
+    end: int
+
+
+def amount_of(n: int) -> int:
+    return n % 7 + 1  # as tests/cluster_worker.py deposits
+
+
+class Cluster:
+    """Starts runner processes of one cluster and reads what they write."""
+
+    def __init__(self, url: str, out: Path, **env: str) -> None:
+        self.url, self.out = url, out
+        self.env = {**os.environ, "CLUSTER_LEASE_SECONDS": str(LEASE_SECONDS), **env}
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, port: int, requests: int = 0, accounts: int = 1) -> None:
+        log = open(self.out / f"log-{port}", "ab")  # noqa: SIM115 - the child writes it
+        self.processes[port] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.cluster_worker",
+                self.url,
+                "plait_",
+                str(port),
+                str(self.out),
+                str(requests),
+                str(accounts),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def signal(self, port: int, sig: signal.Signals) -> None:
+        os.kill(self.processes[port].pid, sig)
+
+    def stop(self, port: int, timeout: float = 30) -> None:
+        """A graceful leave: SIGTERM, and the process exits cleanly."""
+        process = self.processes.pop(port)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout) == 0, self.log(port)
+
+    def kill(self, port: int) -> None:
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(10)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    def log(self, port: int) -> str:
+        path = self.out / f"log-{port}"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    def view(self, port: int) -> dict[str, int] | None:
+        path = self.out / f"view-{port}.json"
+        if not path.exists():
+            return None
+        view: dict[str, int] = json.loads(path.read_text())
+        return view
+
+    def wait(self, what: str, ready: Callable[[], bool], timeout: float = 60) -> float:
+        """Waits until `ready()`; returns the seconds it took."""
+        began = time.monotonic()
+        while not ready():
+            for port, process in self.processes.items():
+                assert process.poll() is None, f"runner {port} exited:\n{self.log(port)}"
+            assert time.monotonic() - began < timeout, f"not within {timeout} s: {what}"
+            time.sleep(0.05)
+        return time.monotonic() - began
+
+    def settled(self, ports: Iterable[int]) -> bool:
+        """Every runner of `ports` is seen healthy by all, holds exactly the shards the ring
+        gives it, drains none, and together they hold every shard."""
+        ports = list(ports)
+        views = [self.view(port) for port in ports]
+        if any(view is None or time.time() - view["time"] > 2 for view in views):
+            return False
+        return (
+            all(view["healthy"] == len(ports) for view in views if view)
+            and all(view["shards"] == view["assigned"] for view in views if view)
+            and all(view["releasing"] == 0 for view in views if view)
+            and sum(view["shards"] for view in views if view) == SHARDS
+        )
+
+    def shards(self, ports: Iterable[int]) -> dict[int, int]:
+        return {port: (self.view(port) or {}).get("shards", 0) for port in ports}
+
+    def runs(self) -> list[Run]:
+        path = self.out / "effects"
+        lines = path.read_text().splitlines() if path.exists() else []
+        runs = []
+        for line in lines:
+            key, port, start, end = line.split()
+            runs.append(Run(key, int(port), int(start), int(end)))
+        return runs
+
+    def replies(self, port: int) -> dict[str, int]:
+        replies: dict[str, int] = {}
+        for line in (self.out / f"replies-{port}").read_text().splitlines():
+            key, value = line.split()
+            assert key not in replies, f"two replies for {key}"
+            replies[key] = int(value)
+        return replies
+
+
+@pytest.fixture
+def cluster(postgres_url: str, tmp_path: Path) -> Iterable[Cluster]:
+    made = Cluster(postgres_url, tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def check_deposits(replies: dict[str, int], requests: int, accounts: int) -> None:
+    """Every deposit has one reply, and each account's state changed once per deposit: its
+    replies (the running total after each deposit) are distinct, and the last is the sum."""
+    assert set(replies) == {f"d{n}" for n in range(requests)}
+    for account in range(accounts):
+        ns = range(account, requests, accounts)
+        totals = sorted(replies[f"d{n}"] for n in ns)
+        assert len(set(totals)) == len(totals), f"acct-{account}: a deposit applied twice"
+        assert totals[-1] == sum(amount_of(n) for n in ns), f"acct-{account}: wrong total"
+
+
+def check_no_overlap(runs: list[Run], accounts: int) -> None:
+    """One live instance per entity at a time: the runs of one account never overlap."""
+    by_account: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_account[int(run.key[1:]) % accounts].append(run)
+    for account, account_runs in by_account.items():
+        account_runs.sort(key=lambda run: run.start)
+        for before, after in itertools.pairwise(account_runs):
+            assert before.end <= after.start, f"acct-{account}: {before} overlaps {after}"
+
+
+def test_shards_follow_the_ring_as_runners_join_and_leave(cluster: Cluster) -> None:
+    ports = [4101, 4102, 4103]
+    for port in ports:
+        cluster.start(port)
+    cluster.wait("three runners settle", lambda: cluster.settled(ports))
+    assert cluster.shards(ports) == dict.fromkeys(ports, 100)
+    machine_ids = {(cluster.view(port) or {})["machine_id"] for port in ports}
+    assert len(machine_ids) == 3, "each runner has its own machine id"
+
+    # A fourth joins and sends deposits while the shards move to it; then one leaves.
+    requests, accounts = 1_200, 120
+    cluster.start(4104, requests, accounts)
+    ports.append(4104)
+    cluster.wait("four runners settle", lambda: cluster.settled(ports))
+    counts = cluster.shards(ports)
+    assert sum(counts.values()) == SHARDS
+    assert min(counts.values()) > 0, counts
+    (cluster.out / "go").touch()
+    cluster.wait("deposits begin", lambda: len(cluster.runs()) >= requests // 4)
+    cluster.stop(4102)
+    ports.remove(4102)
+    cluster.wait("the sender is done", (cluster.out / "done-4104").exists, timeout=120)
+    cluster.wait("three runners settle again", lambda: cluster.settled(ports))
+    assert cluster.shards(ports) == dict.fromkeys(ports, 100)
+
+    check_deposits(cluster.replies(4104), requests, accounts)
+    runs = cluster.runs()
+    # Shards moved by draining, never by a crash: each deposit ran exactly once.
+    assert sorted(run.key for run in runs) == sorted(f"d{n}" for n in range(requests))
+    check_no_overlap(runs, accounts)
+
+
+def test_a_killed_runners_shards_are_taken_over_and_nothing_is_lost(cluster: Cluster) -> None:
+    requests, accounts = 2_000, 1_000
+    sender, survivor, victim = 4201, 4202, 4203
+    cluster.start(sender, requests, accounts)
+    cluster.start(survivor)
+    cluster.start(victim)
+    ports = [sender, survivor, victim]
+    cluster.wait("three runners settle", lambda: cluster.settled(ports))
+    (cluster.out / "go").touch()
+    cluster.wait("deposits begin", lambda: len(cluster.runs()) >= requests // 4)
+    cluster.kill(victim)
+    killed_at = time.monotonic()
+    ports.remove(victim)
+    cluster.wait("the survivors hold every shard", lambda: cluster.settled(ports))
+    taken_over = time.monotonic() - killed_at
+    assert taken_over < 2 * LEASE_SECONDS, f"shards re-owned after {taken_over:.1f} s"
+    cluster.wait("the sender is done", (cluster.out / f"done-{sender}").exists, timeout=180)
+
+    check_deposits(cluster.replies(sender), requests, accounts)
+    runs = cluster.runs()
+    assert {run.key for run in runs} == {f"d{n}" for n in range(requests)}
+    times: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        times[run.key].append(run)
+    again = {key: key_runs for key, key_runs in times.items() if len(key_runs) > 1}
+    # A handler ran again only for a request the killed runner had run without committing,
+    # at most once more, and at most one such request per entity.
+    for key_runs in again.values():
+        assert len(key_runs) == 2, key_runs
+        assert key_runs[0].port == victim or key_runs[1].port == victim, key_runs
+    assert len({int(key[1:]) % accounts for key in again}) == len(again)
+    check_no_overlap(runs, accounts)
+
+
+def test_a_runner_paused_past_its_lease_cannot_commit_when_it_wakes(cluster: Cluster) -> None:
+    # Handlers take up to 200 ms, so the paused runner is caught inside many of them.
+    cluster.env["CLUSTER_HANDLER_SECONDS"] = "0.2"
+    requests, accounts = 2_000, 100
+    sender, sleeper = 4301, 4302
+    cluster.start(sender, requests, accounts)
+    cluster.start(sleeper)
+    ports = [sender, sleeper]
+    cluster.wait("two runners settle", lambda: cluster.settled(ports))
+    (cluster.out / "go").touch()
+    cluster.wait("deposits begin", lambda: len(cluster.runs()) >= requests // 10)
+
+    cluster.signal(sleeper, signal.SIGSTOP)
+    stopped, stopped_ns = time.monotonic(), time.time_ns()
+    # Its lease lapses by the database's clock: the other runner takes every shard.
+    cluster.wait(
+        "the sender holds every shard",
+        lambda: cluster.shards([sender])[sender] == SHARDS,
+        timeout=4 * LEASE_SECONDS,
+    )
+    time.sleep(max(0.0, 1.5 * LEASE_SECONDS - (time.monotonic() - stopped)))
+    cluster.signal(sleeper, signal.SIGCONT)
+    cluster.wait("the sender is done", (cluster.out / f"done-{sender}").exists, timeout=180)
+    cluster.wait("two runners settle again", lambda: cluster.settled(ports))
+
+    # Whatever the woken runner finished, its writes were refused: each deposit changed its
+    # account's state once, each request has one reply.
+    check_deposits(cluster.replies(sender), requests, accounts)
+    runs = cluster.runs()
+    assert {run.key for run in runs} == {f"d{n}" for n in range(requests)}
+    # The handlers caught by the pause ended after it, on a runner that no longer held their
+    # shards: none of their writes committed (the database refused them, or the runner held
+    # them back once it saw its leases gone), so the new owner ran each of them again.
+    late = [run for run in runs if run.port == sleeper and run.start < stopped_ns < run.end]
+    assert late, "no handler was caught by the pause: lengthen the handlers"
+    for run in late:
+        assert sum(other.key == run.key for other in runs) == 2, f"{run.key} was not re-run"
+
+
+def test_a_runner_whose_sessions_are_terminated_carries_on(
+    cluster: Cluster, postgres_url: str
+) -> None:
+    requests, accounts = 1_000, 100
+    sender, other = 4401, 4402
+    cluster.start(sender, requests, accounts)
+    cluster.start(other)
+    ports = [sender, other]
+    cluster.wait("two runners settle", lambda: cluster.settled(ports))
+    (cluster.out / "go").touch()
+    cluster.wait("deposits begin", lambda: len(cluster.runs()) >= requests // 5)
+    # An operator (or an idle timeout) ends every session of the database but this one.
+    database = postgres_url.rsplit("/", 1)[1]
+    psql(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+        f"where datname = '{database}' and pid <> pg_backend_pid()"
+    )
+    cluster.wait("the sender is done", (cluster.out / f"done-{sender}").exists, timeout=180)
+    cluster.wait("two runners settle again", lambda: cluster.settled(ports))
+    check_deposits(cluster.replies(sender), requests, accounts)
+    check_no_overlap(cluster.runs(), accounts)
