@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,7 @@ def test_workflow_quick_start_runs(tmp_path: Path) -> None:
 
 
 def test_entity_example_runs(tmp_path: Path) -> None:
-    (example,) = [block for block in BLOCKS if "plait.Entity(" in block]
+    (example,) = [b for b in BLOCKS if "plait.Entity(" in b and "plait.Runner(" not in b]
     done = run_python("-c", example, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["2", "2", "3"]
@@ -62,3 +66,39 @@ def test_bad_input_examples_raise_what_they_say(line: str) -> None:
     }
     with pytest.raises(error, match=re.escape(message.removesuffix("...").strip())):
         exec(statement, namespace)
+
+
+def test_cluster_example_runs_on_two_runners(postgres_url: str, tmp_path: Path) -> None:
+    (example,) = [block for block in BLOCKS if "plait.Runner(" in block]
+    script = tmp_path / "counter.py"
+    script.write_text(example)
+    env = {**os.environ, "PLAIT_DATABASE_URL": postgres_url}
+    # Two runners at once on one database, each adding 1 to the same three counters.
+    runners = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for port in (4601, 4602)
+    ]
+    outputs = [runner.communicate(timeout=120) for runner in runners]
+    for runner, (_, err) in zip(runners, outputs, strict=True):
+        assert runner.returncode == 0, err
+    seen = sorted(total for out, _ in outputs for total in ast.literal_eval(out.strip()))
+    assert seen == [1, 1, 1, 2, 2, 2], outputs
+    # A third run finds every counter at 2: each addition applied once.
+    third = subprocess.run(
+        [sys.executable, str(script), "4603"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() == "[3, 3, 3]"
