@@ -5,7 +5,8 @@ Usage: `python -m tests.cluster_worker <url> <prefix> <port> <dir> [<requests> <
 It serves the entity `ClusterAccount` (persisted deposits with a primary key, durable state).
 Each handler run appends `<key> <port> <start ns> <end ns>` to `<dir>/effects` with one
 `write`, so runs repeated after a kill and overlapping runs of one entity on two runners show.
-Every 100 ms it writes what it sees of the cluster to `<dir>/view-<port>.json`.
+It also registers the singleton `ClusterHeartbeat` (see `heartbeat`). Every 100 ms it writes
+what it sees of the cluster to `<dir>/view-<port>.json`.
 
 With `<requests> <accounts>` it also sends that many persisted deposits over that many account
 ids, all in flight at once (the same primary keys when run again), once `<dir>/go` exists;
@@ -77,6 +78,17 @@ async def deposit(ctx: plait.EntityContext[Ledger], d: Deposit) -> int:
 @Account.rpc()
 async def ledger(ctx: plait.EntityContext[Ledger]) -> Ledger:
     return ctx.state
+
+
+async def heartbeat() -> None:
+    """A singleton: ticks every 50 ms into `<dir>/singleton`, so overlaps between runners show."""
+    path = str(Path(EFFECTS).parent / "singleton")
+    while True:
+        append(path, f"{PORT} {time.time_ns()}")
+        await asyncio.sleep(0.05)
+
+
+plait.Singleton("ClusterHeartbeat", heartbeat)
 
 
 def amount_of(n: int) -> int:

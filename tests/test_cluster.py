@@ -305,3 +305,36 @@ def test_a_runner_whose_sessions_are_terminated_carries_on(
     cluster.wait("two runners settle again", lambda: cluster.settled(ports))
     check_deposits(cluster.replies(sender), requests, accounts)
     check_no_overlap(cluster.runs(), accounts)
+
+
+def ticks(cluster: Cluster) -> list[tuple[int, int]]:
+    """The singleton's ticks, (time, port), in time order."""
+    path = cluster.out / "singleton"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sorted((int(at), int(port)) for port, at in (line.split() for line in lines))
+
+
+def test_a_singleton_runs_on_one_runner_at_a_time(cluster: Cluster) -> None:
+    ports = [4501, 4502, 4503]
+    for port in ports:
+        cluster.start(port)
+    cluster.wait("three runners settle", lambda: cluster.settled(ports))
+    cluster.wait("the singleton runs", lambda: len(ticks(cluster)) >= 5)
+    first = ticks(cluster)[-1][1]
+
+    cluster.kill(first)
+    killed_at = time.time_ns()
+    ports.remove(first)
+    cluster.wait("it runs again", lambda: ticks(cluster)[-1][1] != first)
+    moved_after = (ticks(cluster)[-1][0] - killed_at) / 1e9
+    assert moved_after < 2 * LEASE_SECONDS, f"the singleton ran again after {moved_after:.1f} s"
+    second = ticks(cluster)[-1][1]
+
+    cluster.stop(second)  # a graceful leave: stopped before its shard's lease goes
+    ports.remove(second)
+    cluster.wait("it runs on the last one", lambda: ticks(cluster)[-1][1] == ports[0])
+    time.sleep(0.3)
+    # Never on two runners at once: the ticks are one run per runner, one after another.
+    order = [port for _, port in ticks(cluster)]
+    runs = [port for i, port in enumerate(order) if i == 0 or order[i - 1] != port]
+    assert runs == [first, second, ports[0]]

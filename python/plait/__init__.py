@@ -34,6 +34,7 @@ from plait.cluster import (
     RunnerNotRegistered,
     RunnerUnavailable,
     ShardingConfig,
+    Singleton,
 )
 from plait.deferred import DurableClock, DurableDeferred
 from plait.engine import (
@@ -139,6 +140,7 @@ __all__ = [
     "RunnerUnavailable",
     "Schedule",
     "ShardingConfig",
+    "Singleton",
     "StoreConnectError",
     "StoreError",
     "Success",

@@ -63,10 +63,14 @@ def shard_of(
 def has_shard_id(shard: ShardId, *, engine: Engine | None = None) -> bool:
     """Whether the engine (this runner) holds `shard` now: serves its entities.
 
-    A single engine holds every shard while it runs.
+    A single engine holds every shard while it runs; a runner of a cluster those whose lease it
+    holds.
     """
     found = engine_for(engine)
-    config = runtime_of(found).config
+    runtime = runtime_of(found)
+    if runtime.sharding is not None:
+        return not is_shutdown(engine=found) and str(shard) in runtime.sharding.view().shards
+    config = runtime.config
     return (
         not is_shutdown(engine=found)
         and shard.group in config.shard_groups

@@ -17,6 +17,7 @@ from plait.cluster.errors import (
 )
 from plait.cluster.runner import ClusterView, Runner
 from plait.cluster.runtime import EntityContext
+from plait.cluster.singleton import Singleton
 
 __all__ = [
     "AlreadyProcessingMessage",
@@ -35,4 +36,5 @@ __all__ = [
     "RunnerNotRegistered",
     "RunnerUnavailable",
     "ShardingConfig",
+    "Singleton",
 ]

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -102,6 +103,7 @@ class Runner:
             cluster=self._postgres,
         )
         self._sharding: Sharding | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._token: contextvars.Token[Engine | None] | None = None
 
     async def start(self) -> None:
@@ -136,7 +138,19 @@ class Runner:
             await self.engine.close()
             raise
         self._sharding = sharding
-        runtime_of(self.engine).join(sharding)
+        runtime = runtime_of(self.engine)
+        runtime.join(sharding)
+        self._watch = asyncio.get_running_loop().create_task(self._follow_shards())
+
+    async def _follow_shards(self) -> None:
+        """Starts the singletons of the shards held, as they come.
+
+        The release of a shard stops its singletons before the lease goes.
+        """
+        runtime = runtime_of(self.engine)
+        while self._sharding is not None:
+            runtime.singletons.sync(set(self._sharding.view().shards))
+            await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         """Leaves the cluster, then closes.
@@ -144,6 +158,9 @@ class Runner:
         It unregisters, lets its entities finish (within the termination timeout) and releases
         its shards for the others.
         """
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._sharding is not None:
             sharding, self._sharding = self._sharding, None
             await _bridge.call(sharding.close)

@@ -58,6 +58,7 @@ from plait.cluster.errors import (
     MalformedMessage,
     PersistenceError,
 )
+from plait.cluster.singleton import Singletons
 from plait.engine import Engine, passes_through, registry, unexpected
 from plait.errors import Defect, EngineClosedError, Interrupted, InvalidArgumentError
 from plait.exits import Exit, ExitCodec, Failure, Success
@@ -394,6 +395,9 @@ class EntityRuntime:
         self.loop = engine.require_loop()
         # Unique among this engine's requests; the cluster gives runners their machine ids.
         self.ids = SnowflakeGenerator(os.getpid() % 1024)
+        self.singletons = Singletons(self.config.shards_per_group)
+        if not engine.cluster:
+            self.singletons.sync(None)  # a single engine holds every shard
         # Streams being read, by request id: their chunks go to them as the handler yields.
         self._streams: dict[int, Stream] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
@@ -1141,6 +1145,8 @@ class EntityRuntime:
         drained = self.source.drained(sorted(shards))
         moved = [self._running.pop(i)[0] for i in drained.running if i in self._running]
         self._moved([*moved, *drained.queued])
+        # Stopped before the lease goes, so that the new owner's never overlaps this one.
+        await self.singletons.stop(shards)
         if self.sharding is not None:
             self.sharding.drained(sorted(shards))
 
@@ -1182,6 +1188,7 @@ class EntityRuntime:
         engine). Replies made meanwhile are stored before this returns.
         """
         self._closed = EngineClosedError("", "the engine is closing")
+        await self.singletons.stop(None)
         timeout = self.config.entity_termination_timeout.total_seconds()
         deadline = self.loop.time() + timeout
         if self._tasks and timeout > 0:
