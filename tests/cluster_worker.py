@@ -5,7 +5,8 @@ Usage: `python -m tests.cluster_worker <url> <prefix> <port> <dir> [<requests> <
 It serves the entity `ClusterAccount` (persisted deposits with a primary key, durable state).
 Each handler run appends `<key> <port> <start ns> <end ns>` to `<dir>/effects` with one
 `write`, so runs repeated after a kill and overlapping runs of one entity on two runners show.
-It also registers the singleton `ClusterHeartbeat` (see `heartbeat`). Every 100 ms it writes
+It also registers the singleton `ClusterHeartbeat` (see `heartbeat`) and the cron job
+`ClusterTick`, every second (see `tick`). Every 100 ms it writes
 what it sees of the cluster to `<dir>/view-<port>.json`.
 
 With `<requests> <accounts>` it also sends that many persisted deposits over that many account
@@ -24,7 +25,7 @@ import random
 import signal
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -89,6 +90,14 @@ async def heartbeat() -> None:
 
 
 plait.Singleton("ClusterHeartbeat", heartbeat)
+
+
+async def tick(at: datetime) -> None:
+    """A cron job every second: `<dir>/cron` gets `<tick> <port>` per run."""
+    append(str(Path(EFFECTS).parent / "cron"), f"{at.isoformat()} {PORT}")
+
+
+plait.ClusterCron("ClusterTick", "* * * * * *", tick)
 
 
 def amount_of(n: int) -> int:

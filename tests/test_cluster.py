@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,30 @@ def test_a_singleton_runs_on_one_runner_at_a_time(cluster: Cluster) -> None:
     order = [port for _, port in ticks(cluster)]
     runs = [port for i, port in enumerate(order) if i == 0 or order[i - 1] != port]
     assert runs == [first, second, ports[0]]
+
+
+def test_a_cron_job_runs_once_per_tick_across_a_runner_death(cluster: Cluster) -> None:
+    ports = [4511, 4512, 4513]
+    for port in ports:
+        cluster.start(port)
+    cluster.wait("three runners settle", lambda: cluster.settled(ports))
+
+    def runs() -> list[tuple[str, int]]:
+        path = cluster.out / "cron"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [(at, int(port)) for at, port in (line.split() for line in lines)]
+
+    cluster.wait("three ticks", lambda: len(runs()) >= 3, timeout=30)
+    victim = runs()[-1][1]  # the runner of the latest tick dies
+    cluster.kill(victim)
+    killed_at = len(runs())
+    cluster.wait("three ticks after the kill", lambda: len(runs()) >= killed_at + 3, timeout=30)
+    ticks = [at for at, _ in runs()]
+    repeated = {at for at in ticks if ticks.count(at) > 1}
+    # A tick runs once; only one that was running on the killed runner may run again.
+    assert len(repeated) <= 1, repeated
+    for at in repeated:
+        assert victim in {port for tick, port in runs() if tick == at}
+    # Once the failover is over, every second has its tick, one after another.
+    last = [datetime.fromisoformat(at) for at in ticks[-3:]]
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(last)] == [1.0, 1.0]

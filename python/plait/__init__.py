@@ -19,6 +19,7 @@ from plait.activity import Activity, ActivityFunction, activity, current_attempt
 from plait.clocks import SystemClock
 from plait.cluster import (
     AlreadyProcessingMessage,
+    ClusterCron,
     ClusterError,
     ClusterView,
     Entity,
@@ -94,6 +95,7 @@ __all__ = [
     "ActivityFunction",
     "AlreadyProcessingMessage",
     "ClosedError",
+    "ClusterCron",
     "ClusterError",
     "ClusterView",
     "Complete",

@@ -4,6 +4,7 @@
 """
 
 from plait.cluster.config import RunnerAddress, ShardingConfig
+from plait.cluster.cron import ClusterCron
 from plait.cluster.entity import Entity, EntityClient, Rpc
 from plait.cluster.errors import (
     AlreadyProcessingMessage,
@@ -21,6 +22,7 @@ from plait.cluster.singleton import Singleton
 
 __all__ = [
     "AlreadyProcessingMessage",
+    "ClusterCron",
     "ClusterError",
     "ClusterView",
     "Entity",

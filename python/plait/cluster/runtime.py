@@ -59,7 +59,7 @@ from plait.cluster.errors import (
     PersistenceError,
 )
 from plait.cluster.singleton import Singletons
-from plait.engine import Engine, passes_through, registry, unexpected
+from plait.engine import Engine, current_engine, passes_through, registry, unexpected
 from plait.errors import Defect, EngineClosedError, Interrupted, InvalidArgumentError
 from plait.exits import Exit, ExitCodec, Failure, Success
 from plait.schedule import Schedule
@@ -395,7 +395,7 @@ class EntityRuntime:
         self.loop = engine.require_loop()
         # Unique among this engine's requests; the cluster gives runners their machine ids.
         self.ids = SnowflakeGenerator(os.getpid() % 1024)
-        self.singletons = Singletons(self.config.shards_per_group)
+        self.singletons = Singletons(engine, self.config.shards_per_group)
         if not engine.cluster:
             self.singletons.sync(None)  # a single engine holds every shard
         # Streams being read, by request id: their chunks go to them as the handler yields.
@@ -898,6 +898,8 @@ class EntityRuntime:
         self._running[request_id] = entry
         handling = self._handle(instance, delivery)
         context = contextvars.copy_context()
+        # The handler's calls go to this engine, whatever context the work came in.
+        context.run(current_engine.set, self.engine)
         try:
             waits_on = context.run(handling.send, None)
         except StopIteration:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from plait._native import shard_id
+from plait.engine import Engine, current_engine
 from plait.errors import InvalidArgumentError
 
 __all__ = ["Singleton", "Singletons"]
@@ -76,7 +77,8 @@ class Singleton:
 class Singletons:
     """The singletons one engine runs: started for the shards it holds, stopped as they go."""
 
-    def __init__(self, shards_per_group: int) -> None:
+    def __init__(self, engine: Engine, shards_per_group: int) -> None:
+        self.engine = engine
         self.shards_per_group = shards_per_group
         self.tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}
 
@@ -95,7 +97,7 @@ class Singletons:
                 continue
             if held is None or shard in held:
                 task = asyncio.get_running_loop().create_task(
-                    _run(singleton), name=f"plait singleton {singleton.name}"
+                    _run(singleton, self.engine), name=f"plait singleton {singleton.name}"
                 )
                 self.tasks[singleton.name] = (shard, task)
         if held is not None:
@@ -117,7 +119,8 @@ class Singletons:
                 await task
 
 
-async def _run(singleton: Singleton) -> None:
+async def _run(singleton: Singleton, engine: Engine) -> None:
+    current_engine.set(engine)  # the task's own context: its RPCs go to this engine
     try:
         await singleton.run()
     except asyncio.CancelledError:
