@@ -107,7 +107,8 @@ def amount_of(n: int) -> int:
 def config(port: int) -> plait.ShardingConfig:
     expiration = float(os.environ.get("CLUSTER_LEASE_SECONDS", "4"))
     return plait.ShardingConfig(
-        runner_address=plait.RunnerAddress(host="127.0.0.1", port=port),
+        # Port 0: a client-only process.
+        runner_address=plait.RunnerAddress(host="127.0.0.1", port=port) if port else None,
         shard_lock_expiration=timedelta(seconds=expiration),
         shard_lock_refresh_interval=timedelta(seconds=expiration / 4),
         refresh_assignments_interval=timedelta(seconds=0.5),

@@ -366,3 +366,24 @@ def test_a_cron_job_runs_once_per_tick_across_a_runner_death(cluster: Cluster) -
     # Once the failover is over, every second has its tick, one after another.
     last = [datetime.fromisoformat(at) for at in ticks[-3:]]
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(last)] == [1.0, 1.0]
+
+
+def test_a_client_only_process_sends_and_holds_nothing(cluster: Cluster) -> None:
+    requests, accounts = 600, 60
+    ports = [4521, 4522]
+    for port in ports:
+        cluster.start(port)
+    cluster.wait("two runners settle", lambda: cluster.settled(ports))
+    cluster.start(0, requests, accounts)  # port 0: client-only
+    cluster.wait("the client is up", lambda: cluster.view(0) is not None)
+    (cluster.out / "go").touch()
+    cluster.wait("the client is done", (cluster.out / "done-0").exists, timeout=120)
+    check_deposits(cluster.replies(0), requests, accounts)
+    runs = cluster.runs()
+    assert {run.port for run in runs} == set(ports), "only the runners ran handlers"
+    assert len(runs) == requests
+    client = cluster.view(0) or {}
+    assert client["shards"] == 0
+    assert client["machine_id"] not in {(cluster.view(p) or {})["machine_id"] for p in ports}
+    # It is in no ring: the runners still see two healthy runners.
+    assert cluster.settled(ports)

@@ -987,6 +987,9 @@ class Sharding:
         bridge: AsyncBridge, store: Store, source: WorkSource, options: _ShardingOptions
     ) -> int:
         """Registers the runner and starts its loop; resolves to a `Sharding`."""
+    @staticmethod
+    def client(bridge: AsyncBridge, store: Store, source: WorkSource) -> int:
+        """A client-only process: no shards; hears of replies. Resolves to a `Sharding`."""
     @property
     def machine_id(self) -> int: ...
     def view(self) -> ClusterView:

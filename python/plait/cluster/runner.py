@@ -50,6 +50,7 @@ class ClusterView:
         releasing: Shards it is draining before their release.
         assignments: Every shard's owner by the rings.
         entities: Entity instances resident on this runner.
+        singletons: The singletons running on this runner.
         fenced_writes: Writes of replies and state the database refused (or the runner held
             back) because the shard's lease was no longer this runner's: a runner that was
             paused or cut off past its lease shows them.
@@ -63,6 +64,7 @@ class ClusterView:
     releasing: list[str]
     assignments: dict[str, str]
     entities: int
+    singletons: list[str]
     fenced_writes: int
 
 
@@ -72,6 +74,10 @@ def _ms(seconds: float) -> int:
 
 class Runner:
     """A runner of a cluster on PostgreSQL: serves the entities of the shards it holds.
+
+    With `runner_address=None` in its configuration it is a client-only process: it holds no
+    shard and runs no entity; its persisted requests are saved for their owners, and their
+    replies come back through the database (a web server that only sends, say).
 
     Args:
         url: The cluster's database, `postgresql://...` (or a SQLite file: one runner only).
@@ -90,11 +96,13 @@ class Runner:
         durability: str = "full",
     ) -> None:
         self.config = config if config is not None else ShardingConfig()
-        if self.config.runner_address is None:
-            msg = "a Runner needs a runner_address (a client-only process uses an Engine)"
-            raise InvalidArgumentError(msg)
-        self.address = str(self.config.runner_address)
+        address = self.config.runner_address
+        # No address: a client-only process, which sends and holds no shard.
+        self.address = "" if address is None else str(address)
         self._postgres = url.startswith(("postgres://", "postgresql://"))
+        if address is None and not self._postgres:
+            msg = "a client-only process needs a cluster on PostgreSQL"
+            raise InvalidArgumentError(msg)
         self.engine = Engine.url(
             url,
             prefix=prefix,
@@ -115,6 +123,19 @@ class Runner:
         await self.engine.start()
         if not self._postgres:
             return  # a SQLite file: this one process serves every shard
+        store, source = self.engine.store, self.engine.work_source
+        assert store is not None
+        if not self.address:
+            try:
+                client: Sharding = await _bridge.call(
+                    lambda bridge: Sharding.client(bridge, store, source)
+                )
+            except BaseException:
+                await self.engine.close()
+                raise
+            self._sharding = client
+            runtime_of(self.engine).join(client)
+            return
         config = self.config
         options: _ShardingOptions = {
             "address": self.address,
@@ -128,8 +149,6 @@ class Runner:
             "termination_timeout_ms": _ms(config.entity_termination_timeout.total_seconds()),
             "advisory": not config.shard_lock_disable_advisory,
         }
-        store, source = self.engine.store, self.engine.work_source
-        assert store is not None
         try:
             sharding: Sharding = await _bridge.call(
                 lambda bridge: Sharding.start(bridge, store, source, options)
@@ -196,5 +215,6 @@ class Runner:
             releasing=list(view.releasing),
             assignments=dict(view.assignments),
             entities=self.engine.work_source.resident(),
+            singletons=runtime_of(self.engine).singletons.running(),
             fenced_writes=view.fenced_writes,
         )

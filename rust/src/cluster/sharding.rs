@@ -195,6 +195,47 @@ impl Sharding {
         })
     }
 
+    /// A client-only process of the cluster: it holds no shard and is in no ring; it sends
+    /// requests (saved for their owners) and hears of their replies. It takes a machine id of
+    /// its own from the runners' sequence, so its snowflakes never collide with a runner's.
+    ///
+    /// # Errors
+    /// [`ShardingError::NotClustered`], or the store's error when it cannot be reached.
+    pub async fn client(store: &SqlStore, host: Arc<dyn ShardHost>) -> Result<Self, ShardingError> {
+        let (Some(fences), Some(runners)) =
+            (store.shard_fences(), store.runner_storage("client", false))
+        else {
+            return Err(ShardingError::NotClustered);
+        };
+        let machine_id = runners.reserve_machine_id().await?;
+        runners.close().await;
+        let notifications = store.listen().await?;
+        let shared = Arc::new(Shared::default());
+        shared.view().machine_id = machine_id;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let Some(mut notifications) = notifications else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    notification = notifications.next() => match notification {
+                        Notification::Replies(ids) => host.replies_saved(&ids),
+                        Notification::Missed => host.missed(),
+                        Notification::Requests(_) | Notification::Runners => {}
+                    },
+                }
+            }
+        });
+        Ok(Self {
+            shared,
+            fences,
+            stop,
+            task: tokio::sync::Mutex::new(Some(task)),
+        })
+    }
+
     /// This runner's machine id, for its snowflakes.
     pub fn machine_id(&self) -> i64 {
         self.shared.view().machine_id

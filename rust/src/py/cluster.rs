@@ -117,6 +117,22 @@ impl PySharding {
         })
     }
 
+    /// A client-only process of the cluster on `store` (opened for a cluster): no shards, no
+    /// ring; it hears of the replies its requests await. Resolves to a `Sharding`.
+    #[staticmethod]
+    fn client(bridge: &AsyncBridge, store: &PyStore, source: &PyWorkSource) -> PyResult<u64> {
+        let sql = store.sql.clone().ok_or_else(|| {
+            InvalidArgumentError::new_err("a client of a cluster needs a PostgreSQL store")
+        })?;
+        let host = source.source.shard_host();
+        bridge.spawn(async move {
+            let sharding = Sharding::client(&sql, host).await?;
+            Ok(PySharding {
+                sharding: Arc::new(sharding),
+            })
+        })
+    }
+
     /// This runner's machine id, for its snowflakes.
     #[getter]
     fn machine_id(&self) -> i64 {

@@ -54,6 +54,7 @@ struct Statements {
     acquire: SqlStr,
     renew: SqlStr,
     release: SqlStr,
+    reserve: SqlStr,
 }
 
 impl Statements {
@@ -111,6 +112,10 @@ impl Statements {
                  FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
                  WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = $4 \
                  RETURNING l.name",
+                prefix,
+            ),
+            reserve: sql(
+                "SELECT nextval(pg_get_serial_sequence('{p}runners', 'machine_id'))",
                 prefix,
             ),
             release: sql(
@@ -455,6 +460,21 @@ impl RunnerStorage {
             .into_iter()
             .filter_map(|name| Some(name.strip_prefix("shard/")?.to_owned()))
             .collect())
+    }
+
+    /// A machine id for a client-only process: the next number of the runners' sequence (below
+    /// 1024), so that it differs from every runner's until the sequence wraps.
+    ///
+    /// # Errors
+    /// When the database fails or cannot be reached.
+    pub async fn reserve_machine_id(&self) -> Result<i64, SqlError> {
+        let statement = self.statements.reserve.clone();
+        let id: i64 = self
+            .run(move |conn| {
+                Box::pin(async move { sqlx::query_scalar(statement).fetch_one(conn).await })
+            })
+            .await?;
+        Ok(id % 1024)
     }
 
     /// Lets the leases `held` (shard, epoch) go at once, for another runner to take.
