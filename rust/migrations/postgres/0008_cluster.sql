@@ -40,30 +40,10 @@ BEGIN
 END
 $$;
 
--- Requests saved unclaimed wake the runners that own their shards: one statement-level trigger
--- per insert statement (a set-based run of saves), notifying the distinct shards at commit.
-CREATE FUNCTION {prefix}notify_requests() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM {prefix}notify_chunks('{prefix}requests',
-        (SELECT array_agg(DISTINCT shard_id) FROM saved WHERE last_read IS NULL));
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER {prefix}requests_saved AFTER INSERT ON {prefix}messages
-REFERENCING NEW TABLE AS saved FOR EACH STATEMENT EXECUTE FUNCTION {prefix}notify_requests();
-
--- Final replies wake the callers waiting on other runners: the request ids, at commit.
-CREATE FUNCTION {prefix}notify_replies() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM {prefix}notify_chunks('{prefix}replies',
-        (SELECT array_agg(request_id::TEXT) FROM saved));
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER {prefix}replies_saved AFTER INSERT ON {prefix}replies
-REFERENCING NEW TABLE AS saved FOR EACH STATEMENT EXECUTE FUNCTION {prefix}notify_replies();
+-- The writer of a cluster's process calls `notify_chunks` after each commit: on
+-- `{prefix}requests` the distinct shards of requests it saved unclaimed, on `{prefix}replies` the
+-- ids of final replies it saved. (Not a trigger: a statement trigger with a transition table
+-- costs every commit, a single engine's too.)
 
 -- A runner joining, leaving or changing health: every runner reads the ring again at once.
 CREATE FUNCTION {prefix}notify_runners() RETURNS trigger LANGUAGE plpgsql AS $$

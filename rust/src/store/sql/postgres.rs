@@ -53,6 +53,7 @@ pub(super) struct Statements {
     history_steps: SqlStr,
     history_deferreds: SqlStr,
     history_timers: SqlStr,
+    notify: SqlStr,
     prefix: String,
 }
 
@@ -96,6 +97,11 @@ impl Statements {
     #[allow(clippy::too_many_lines)] // the table of statements, one entry each
     pub(super) fn new(prefix: &str) -> Self {
         Self {
+            notify: sql(
+                "SELECT {p}notify_chunks('{p}requests', $1::TEXT[]), \
+                 {p}notify_chunks('{p}replies', $2::TEXT[])",
+                prefix,
+            ),
             apply: sql(
                 "SELECT outcome, found_no, found_workflow, found_payload, found_parent, \
                  found_status, found_result, found_interrupted \
@@ -614,6 +620,37 @@ fn fence<'a>(
     Ok((sent, fences, skipped))
 }
 
+/// Wakes the other processes of a cluster once a commit is durable: the owners of the shards
+/// that got requests saved unclaimed, and the callers of the replies saved. After the commit,
+/// not in it: a wake-up lost to a crash between the two is made up by the readers' polling.
+/// Only a cluster's writer notifies; a single engine's commits pay nothing for it.
+async fn notify(conn: &mut PgConnection, statements: &Statements, sent: &[Vec<&Op>]) {
+    let mut shards: Vec<&str> = Vec::new();
+    let mut replies: Vec<String> = Vec::new();
+    for op in sent.iter().flatten() {
+        match op {
+            Op::Request {
+                request,
+                claimed_ms: None,
+            } => shards.push(&request.shard),
+            Op::Reply { request_id, .. } => replies.push(request_id.to_string()),
+            _ => {}
+        }
+    }
+    if shards.is_empty() && replies.is_empty() {
+        return;
+    }
+    shards.sort_unstable();
+    shards.dedup();
+    let sent = sqlx::query(statements.notify.clone())
+        .bind(shards)
+        .bind(replies)
+        .execute(&mut *conn);
+    if let Err(err) = sent.await {
+        log::warn!(target: "plait.store", "could not notify the cluster of a commit: {err}");
+    }
+}
+
 /// `results` of the ops sent, with [`OpResult::Fenced`] in the places of those not sent.
 fn with_fenced(results: Results, skipped: &[Vec<bool>]) -> Results {
     results
@@ -688,6 +725,7 @@ impl Transactions for WriteConnection {
             if refused_ops > 0 {
                 shards.count_fenced(refused_ops as u64);
             }
+            notify(conn, &self.statements, &sent).await;
         }
         Ok(with_fenced(results, &skipped))
     }
