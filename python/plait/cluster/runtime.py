@@ -1120,23 +1120,29 @@ class EntityRuntime:
 
     async def _drain_shards(self, shards: set[str], forced: bool) -> None:
         if not forced:
-            # Until nothing of these shards runs and every reply is stored under the lease,
-            # before it goes: a delivery already on its way may start a handler meanwhile.
+            # Until nothing of these shards runs or loads its state, and every reply is stored
+            # under the lease, before it goes.
             deadline = self.loop.time() + self.config.entity_termination_timeout.total_seconds()
             while (left := deadline - self.loop.time()) > 0:
+                instances = self._instances_of(shards)
                 running = {
                     task
-                    for instance in self._instances_of(shards)
+                    for instance in instances
                     for _, task in instance.running.values()
                     if task is not None and not task.done()
                 }
+                loading = any(instance.loading for instance in instances)
                 if running:
                     await asyncio.wait(running, timeout=left)
+                elif loading:
+                    await asyncio.sleep(0.005)
                 self._flush()
                 await self._writes_settled(max(0.0, deadline - self.loop.time()))
-                if not running:
+                if not running and not loading:
                     break
+        unstarted: list[Deliver] = []
         for instance in self._instances_of(shards):
+            unstarted.extend(instance.loading or [])
             for request_id, (_, task) in list(instance.running.items()):
                 if task is not None and not task.done():
                     self._moving.add(request_id)
@@ -1146,7 +1152,7 @@ class EntityRuntime:
                 del self.instances[key]
         drained = self.source.drained(sorted(shards))
         moved = [self._running.pop(i)[0] for i in drained.running if i in self._running]
-        self._moved([*moved, *drained.queued])
+        self._moved([*moved, *unstarted, *drained.queued])
         # Stopped before the lease goes, so that the new owner's never overlaps this one.
         await self.singletons.stop(shards)
         if self.sharding is not None:

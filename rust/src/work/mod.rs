@@ -123,6 +123,9 @@ struct Ownership {
     reset: Vec<String>,
     /// Shards to stop serving, for the host.
     releases: VecDeque<(Vec<String>, bool)>,
+    /// Requests readied for instances of shards no longer held (being released): never handed
+    /// to the host, and given back as queued when the shard is drained.
+    withheld: Vec<Message>,
 }
 
 /// Requests sent to entities on other runners, whose final replies come from storage.
@@ -325,8 +328,7 @@ impl WorkSource {
         let (taken, resumed) = {
             let mut state = self.shared.state();
             let mut taken: Vec<Work> = state
-                .mail
-                .take(max)
+                .take_ready(max)
                 .into_iter()
                 .map(Work::Deliver)
                 .collect();
@@ -424,6 +426,7 @@ impl WorkSource {
                 owned: FxHashSet::default(),
                 reset: Vec::new(),
                 releases: VecDeque::new(),
+                withheld: Vec::new(),
             }),
             reply_poll_ms,
         )
@@ -491,6 +494,18 @@ impl WorkSource {
             running.extend(ids);
             queued.extend(messages);
         }
+        if let Some(ownership) = &mut state.ownership {
+            let (gone_withheld, kept): (Vec<Message>, Vec<Message>) =
+                std::mem::take(&mut ownership.withheld)
+                    .into_iter()
+                    .partition(|m| {
+                        shards.contains(default_shard(&m.address.entity_id, per_group).as_str())
+                    });
+            ownership.withheld = kept;
+            let withheld: FxHashSet<i64> = gone_withheld.iter().map(|m| m.request_id).collect();
+            running.retain(|id| !withheld.contains(id));
+            queued.extend(gone_withheld);
+        }
         (running, queued)
     }
 
@@ -517,7 +532,7 @@ impl WorkSource {
                 state.mail.offer(message, now)
             })
             .collect();
-        let ready = state.mail.take(usize::MAX);
+        let ready = state.take_ready(usize::MAX);
         drop(state);
         // Instances that took a request are busy: the next passivation comes no earlier, and
         // the driver, which wakes for it anyway, need not look now.
@@ -543,7 +558,7 @@ impl WorkSource {
         // An instance gone idle may be the next to passivate.
         let next_after = state.mail.next_passivation();
         wake |= next_after.is_some_and(|after| next_before.is_none_or(|before| after < before));
-        let ready = state.mail.take(usize::MAX);
+        let ready = state.take_ready(usize::MAX);
         drop(state);
         if wake {
             self.shared.changed.notify_one();
@@ -827,6 +842,25 @@ impl State {
     }
 
     /// The shard of `entity_id` if this runner does not serve it (`None` for a single engine).
+    /// Up to `max` requests ready to run, without those of shards no longer held: they are
+    /// withheld, for [`WorkSource::drained`] to give back.
+    fn take_ready(&mut self, max: usize) -> Vec<Delivery> {
+        let ready = self.mail.take(max);
+        let Some(ownership) = &mut self.ownership else {
+            return ready;
+        };
+        let per_group = ownership.shards_per_group;
+        let (owned, withheld): (Vec<Delivery>, Vec<Delivery>) = ready.into_iter().partition(|d| {
+            ownership
+                .owned
+                .contains(&default_shard(&d.message.address.entity_id, per_group))
+        });
+        ownership
+            .withheld
+            .extend(withheld.into_iter().map(|d| d.message));
+        owned
+    }
+
     fn unowned_shard(&self, entity_id: &str) -> Option<String> {
         let ownership = self.ownership.as_ref()?;
         let shard = default_shard(entity_id, ownership.shards_per_group);
