@@ -89,15 +89,9 @@ async def heartbeat() -> None:
         await asyncio.sleep(0.05)
 
 
-plait.Singleton("ClusterHeartbeat", heartbeat)
-
-
 async def tick(at: datetime) -> None:
     """A cron job every second: `<dir>/cron` gets `<tick> <port>` per run."""
     append(str(Path(EFFECTS).parent / "cron"), f"{at.isoformat()} {PORT}")
-
-
-plait.ClusterCron("ClusterTick", "* * * * * *", tick)
 
 
 def amount_of(n: int) -> int:
@@ -162,6 +156,10 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
 
 
 if __name__ == "__main__":
+    # Registered here, not on import: a test process that imports this module (pytest's
+    # doctest collection) must not run them in its own engines.
+    plait.Singleton("ClusterHeartbeat", heartbeat)
+    plait.ClusterCron("ClusterTick", "* * * * * *", tick)
     url, prefix, port_text, out_dir = sys.argv[1:5]
     PORT = int(port_text)
     EFFECTS = str(Path(out_dir) / "effects")
