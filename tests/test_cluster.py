@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -387,3 +388,39 @@ def test_a_client_only_process_sends_and_holds_nothing(cluster: Cluster) -> None
     assert client["machine_id"] not in {(cluster.view(p) or {})["machine_id"] for p in ports}
     # It is in no ring: the runners still see two healthy runners.
     assert cluster.settled(ports)
+
+
+def restart_postgres() -> bool:
+    """Restarts the local PostgreSQL server (Debian's pg_ctlcluster, as root); False if it
+    cannot be restarted here."""
+    clusters = Path("/etc/postgresql")
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None or not clusters.is_dir():
+        return False
+    version = sorted(p.name for p in clusters.iterdir())[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return True
+
+
+def test_a_postgres_restart_mid_run_loses_nothing(cluster: Cluster) -> None:
+    # Handlers take up to 200 ms, 30 deposits an account: the run outlasts the restart.
+    cluster.env["CLUSTER_HANDLER_SECONDS"] = "0.2"
+    requests, accounts = 3_000, 100
+    sender, other = 4531, 4532
+    cluster.start(sender, requests, accounts)
+    cluster.start(other)
+    ports = [sender, other]
+    cluster.wait("two runners settle", lambda: cluster.settled(ports))
+    (cluster.out / "go").touch()
+    cluster.wait("deposits begin", lambda: len(cluster.runs()) >= requests // 10)
+    if not restart_postgres():
+        pytest.skip("PostgreSQL cannot be restarted here (needs root and pg_ctlcluster)")
+    assert not (cluster.out / f"done-{sender}").exists(), "the run ended before the restart"
+    cluster.wait("the sender is done", (cluster.out / f"done-{sender}").exists, timeout=180)
+    cluster.wait("two runners settle again", lambda: cluster.settled(ports), timeout=60)
+    check_deposits(cluster.replies(sender), requests, accounts)
+    check_no_overlap(cluster.runs(), accounts)
