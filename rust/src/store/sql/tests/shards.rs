@@ -44,7 +44,7 @@ async fn a_runner_whose_lease_lapsed_is_refused_by_the_database() {
     let shards = [SHARD.to_owned()];
 
     let taken = a_runner
-        .acquire(&shards, Duration::from_millis(300))
+        .acquire(&shards, Duration::from_millis(1_500))
         .await
         .unwrap();
     assert_eq!(taken.len(), 1, "a free shard is taken");
@@ -68,7 +68,7 @@ async fn a_runner_whose_lease_lapsed_is_refused_by_the_database() {
 
     // `a` stops renewing (paused, cut off): the lease lapses by the database's clock, `b`
     // takes the shard over with a later epoch.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
     let taken = b_runner
         .acquire(&shards, Duration::from_secs(30))
         .await
