@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+import plait.engine.registry as registry
 from plait import _bridge
 from plait._native import Op, Resume, Store, WorkSource
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
-from plait.engine import registry
 from plait.engine.listing import (
     DEFAULT_COUNT_CAP,
     ExecutionPage,
