@@ -1202,10 +1202,7 @@ class EntityRuntime:
         if self._tasks and timeout > 0:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         self._flush()  # the replies of what finished, to the store now
-        if self._writing:
-            self._written = self.loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._written, max(0.0, deadline - self.loop.time()))
+        await self._writes_settled(max(0.0, deadline - self.loop.time()))
 
     def close(self, error: BaseException) -> None:
         """The engine closes: handlers stop and callers still waiting get `error`."""

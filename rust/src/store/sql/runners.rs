@@ -128,6 +128,13 @@ impl Statements {
     }
 }
 
+/// The lease names and epochs of `held` (shard, epoch), as the statements bind them.
+fn leases(held: &[(String, i64)]) -> (Vec<String>, Vec<i64>) {
+    held.iter()
+        .map(|(shard, epoch)| (shard_lease(shard), *epoch))
+        .unzip()
+}
+
 /// The advisory lock namespace of a table prefix's runners (positive, so that `pg_locks`
 /// shows it as is).
 fn namespace(prefix: &str) -> i32 {
@@ -440,8 +447,7 @@ impl RunnerStorage {
         ttl: Duration,
     ) -> Result<Vec<String>, SqlError> {
         let statement = self.statements.renew.clone();
-        let names: Vec<String> = held.iter().map(|(s, _)| shard_lease(s)).collect();
-        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
+        let (names, epochs) = leases(held);
         let (holder, ttl) = (self.holder.clone(), ms(ttl));
         let rows: Vec<String> = self
             .run(move |conn| {
@@ -486,8 +492,7 @@ impl RunnerStorage {
             return Ok(());
         }
         let statement = self.statements.release.clone();
-        let names: Vec<String> = held.iter().map(|(s, _)| shard_lease(s)).collect();
-        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
+        let (names, epochs) = leases(held);
         let holder = self.holder.clone();
         self.run(move |conn| {
             Box::pin(async move {

@@ -10,6 +10,16 @@ async fn open_cluster(place: &Place) -> SqlStore {
     SqlStore::open(&place.config().for_cluster()).await.unwrap()
 }
 
+/// A registered runner at `127.0.0.1:<port>` on its own store, holding its session lock.
+async fn runner(place: &Place, port: u16) -> (SqlStore, RunnerStorage) {
+    let store = open_cluster(place).await;
+    let runner = store
+        .runner_storage(&format!("127.0.0.1:{port}"), true)
+        .unwrap();
+    runner.register("{}").await.unwrap();
+    (store, runner)
+}
+
 fn owned(shard: &str, op: Op) -> Op {
     Op::Owned {
         shard: shard.to_owned(),
@@ -35,11 +45,7 @@ async fn a_runner_whose_lease_lapsed_is_refused_by_the_database() {
     let Some(place) = Place::postgres().await else {
         return;
     };
-    let (a, b) = (open_cluster(&place).await, open_cluster(&place).await);
-    let a_runner = a.runner_storage("127.0.0.1:1", true).unwrap();
-    let b_runner = b.runner_storage("127.0.0.1:2", true).unwrap();
-    a_runner.register("{}").await.unwrap();
-    b_runner.register("{}").await.unwrap();
+    let ((a, a_runner), (b, b_runner)) = (runner(&place, 1).await, runner(&place, 2).await);
     let (a_fences, b_fences) = (a.shard_fences().unwrap(), b.shard_fences().unwrap());
     let shards = [SHARD.to_owned()];
 
@@ -112,11 +118,7 @@ async fn a_dead_runners_shards_are_taken_before_their_leases_lapse() {
     let Some(place) = Place::postgres().await else {
         return;
     };
-    let (a, b) = (open_cluster(&place).await, open_cluster(&place).await);
-    let a_runner = a.runner_storage("127.0.0.1:1", true).unwrap();
-    let b_runner = b.runner_storage("127.0.0.1:2", true).unwrap();
-    a_runner.register("{}").await.unwrap();
-    b_runner.register("{}").await.unwrap();
+    let ((a, a_runner), (b, b_runner)) = (runner(&place, 1).await, runner(&place, 2).await);
     let expiration = Duration::from_secs(30);
     let healthy = |rows: Vec<RunnerRow>| {
         rows.into_iter()
