@@ -13,12 +13,22 @@ With `<requests> <accounts>` it also sends that many persisted deposits over tha
 ids, all in flight at once (the same primary keys when run again), once `<dir>/go` exists;
 then it appends `<key> <reply>` per reply to `<dir>/replies-<port>` as each comes, and
 writes `<dir>/done-<port>` once all have.
+With `CLUSTER_VOLATILE=1` those requests are volatile instead: `ClusterEcho.echo(n)` over the
+entity ids `echo-<n % accounts>`, recorded as `v<n> <port> <start ns> <end ns>` by the runner
+that ran it and answered with its port (replies `v<n> <port>`). They cross runners over the
+runners' transport, not the database.
+
+With `CLUSTER_INTERRUPT=<its port>` it sends one volatile `ClusterEcho.slow` to an entity on
+another runner once `<dir>/go` exists, gives up after one second, and writes
+`<dir>/done-<port>`; the handler appends `<entity id> <port>` to `<dir>/cancelled` when it is
+cancelled.
 It runs until SIGTERM (a graceful leave) or SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -31,6 +41,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import plait
+from plait._native import shard_id
 
 EFFECTS = ""
 PORT = 0
@@ -81,6 +92,30 @@ async def ledger(ctx: plait.EntityContext[Ledger]) -> Ledger:
     return ctx.state
 
 
+class Ping(BaseModel):
+    n: int
+
+
+Echo = plait.Entity("ClusterEcho")
+
+
+@Echo.rpc()
+async def echo(ctx: plait.EntityContext, ping: Ping) -> int:
+    start = time.time_ns()
+    await asyncio.sleep(random.uniform(0, HANDLER_SECONDS))
+    record(f"v{ping.n} {PORT} {start} {time.time_ns()}")
+    return PORT
+
+
+@Echo.rpc()
+async def slow(ctx: plait.EntityContext) -> None:
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        append(str(Path(EFFECTS).parent / "cancelled"), f"{ctx.entity_id} {PORT}")
+        raise
+
+
 async def heartbeat() -> None:
     """A singleton: ticks every 50 ms into `<dir>/singleton`, so overlaps between runners show."""
     path = str(Path(EFFECTS).parent / "singleton")
@@ -108,6 +143,9 @@ def config(port: int) -> plait.ShardingConfig:
         refresh_assignments_interval=timedelta(seconds=0.5),
         entity_termination_timeout=timedelta(seconds=2),
         entity_message_poll_interval=timedelta(seconds=1),
+        runner_health_check_interval=timedelta(
+            seconds=float(os.environ.get("CLUSTER_HEALTH_SECONDS", "60"))
+        ),
     )
 
 
@@ -149,7 +187,26 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
                 )
                 append(replies, f"d{n} {value}")
 
-            await asyncio.gather(*(send(n) for n in range(requests)))
+            async def send_volatile(n: int) -> None:
+                value = await echo.call(f"echo-{n % accounts}", Ping(n=n))
+                append(replies, f"v{n} {value}")
+
+            volatile = os.environ.get("CLUSTER_VOLATILE") == "1"
+            each = send_volatile if volatile else send
+            await asyncio.gather(*(each(n) for n in range(requests)))
+            (out / f"done-{port}").write_text("done")
+        elif os.environ.get("CLUSTER_INTERRUPT") == str(port):
+            while not (out / "go").exists():  # noqa: ASYNC110 - the test says when to begin
+                await asyncio.sleep(0.05)
+            view = runner.view()
+            elsewhere = next(
+                f"slow-{i}"
+                for i in range(10_000)
+                if view.assignments[f"default:{shard_id(f'slow-{i}', 300)}"] != runner.address
+            )
+            (out / "slow").write_text(elsewhere)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slow.call(elsewhere), 1.0)
             (out / f"done-{port}").write_text("done")
         await stop.wait()
         publisher.cancel()

@@ -390,6 +390,83 @@ def test_a_client_only_process_sends_and_holds_nothing(cluster: Cluster) -> None
     assert cluster.settled(ports)
 
 
+def test_volatile_requests_cross_runners_and_survive_a_kill(cluster: Cluster) -> None:
+    # A client-only process sends volatile requests: every one crosses to a runner over the
+    # runners' transport. Handlers take up to 100 ms, so the kill catches many in flight.
+    cluster.env["CLUSTER_VOLATILE"] = "1"
+    cluster.env["CLUSTER_HANDLER_SECONDS"] = "0.1"
+    requests, accounts = 2_000, 500
+    survivor, other, victim = 4601, 4602, 4603
+    ports = [survivor, other, victim]
+    for port in ports:
+        cluster.start(port)
+    cluster.wait("three runners settle", lambda: cluster.settled(ports))
+    cluster.start(0, requests, accounts)  # port 0: client-only
+    cluster.wait("the client is up", lambda: cluster.view(0) is not None)
+    (cluster.out / "go").touch()
+    cluster.wait("requests begin", lambda: len(cluster.runs()) >= requests // 4)
+    cluster.kill(victim)
+    ports.remove(victim)
+    cluster.wait("the client is done", (cluster.out / "done-0").exists, timeout=120)
+
+    replies = cluster.replies(0)
+    assert set(replies) == {f"v{n}" for n in range(requests)}, "one reply per request"
+    runs = cluster.runs()
+    ran_on: dict[str, set[int]] = defaultdict(set)
+    for run in runs:
+        ran_on[run.key].add(run.port)
+    for key, port in replies.items():
+        assert port in ran_on[key], f"{key} answered by {port}, which did not run it"
+    assert {run.port for run in runs} <= {survivor, other, victim}, "the client ran nothing"
+    # Sent again only because the runner that had it died (at least once, as in Effect).
+    for key in [key for key in ran_on if sum(run.key == key for run in runs) > 1]:
+        assert victim in ran_on[key], f"{key} ran twice without a kill"
+    assert {port for port in replies.values()} >= {survivor, other}
+
+
+def test_a_caller_giving_up_interrupts_the_handler_on_another_runner(cluster: Cluster) -> None:
+    sender, other = 4611, 4612
+    cluster.env["CLUSTER_INTERRUPT"] = str(sender)
+    cluster.start(sender, 0)
+    cluster.start(other)
+    cluster.wait("two runners settle", lambda: cluster.settled([sender, other]))
+    (cluster.out / "go").touch()
+    cluster.wait("the sender gave up", (cluster.out / f"done-{sender}").exists, timeout=30)
+    entity = (cluster.out / "slow").read_text()
+    cancelled = cluster.out / "cancelled"
+    cluster.wait("the handler is cancelled", cancelled.exists, timeout=10)
+    assert cancelled.read_text().split() == [entity, str(other)]
+
+
+def test_a_paused_runner_is_marked_unhealthy_by_ping_before_its_heartbeat_expires(
+    cluster: Cluster,
+) -> None:
+    # A 30 s lease and heartbeat: only the ping health check (every second) can see the pause
+    # sooner; the paused process's database session, and its session lock, stay alive.
+    cluster.env["CLUSTER_LEASE_SECONDS"] = "30"
+    cluster.env["CLUSTER_HEALTH_SECONDS"] = "1"
+    first, paused = 4621, 4622
+    cluster.start(first)
+    cluster.start(paused)
+    cluster.wait("two runners settle", lambda: cluster.settled([first, paused]))
+    cluster.signal(paused, signal.SIGSTOP)
+    try:
+        seen = cluster.wait(
+            "the paused runner leaves the ring",
+            lambda: (cluster.view(first) or {}).get("healthy") == 1,
+            timeout=20,
+        )
+        assert seen < 20
+        assert (cluster.view(first) or {}).get("runners") == 2, "still registered"
+    finally:
+        cluster.signal(paused, signal.SIGCONT)
+    cluster.wait(
+        "it is marked healthy again once it answers",
+        lambda: (cluster.view(first) or {}).get("healthy") == 2,
+        timeout=20,
+    )
+
+
 def restart_postgres() -> bool:
     """Restarts the local PostgreSQL server (Debian's pg_ctlcluster, as root); False if it
     cannot be restarted here."""

@@ -21,6 +21,7 @@ __all__ = [
     "Filter",
     "HashRing",
     "History",
+    "Interrupt",
     "Listed",
     "Op",
     "Page",
@@ -29,6 +30,7 @@ __all__ = [
     "Release",
     "RemoteReply",
     "Resume",
+    "Routed",
     "Sharding",
     "Snapshot",
     "SnowflakeGenerator",
@@ -876,6 +878,8 @@ class _Outgoing(Protocol):
     def payload(self) -> bytes: ...
     @property
     def persisted(self) -> bool: ...
+    @property
+    def forwarded(self) -> bool: ...
 
 @final
 class Drained:
@@ -905,6 +909,9 @@ class Deliver:
     @property
     def persisted(self) -> bool: ...
     @property
+    def forwarded(self) -> bool:
+        """Whether another process sent it over the runners' transport (reply goes back)."""
+    @property
     def activates(self) -> bool:
         """Whether the instance became resident with this request (make it first)."""
 
@@ -923,7 +930,7 @@ class Refusal:
 
     @property
     def kind(self) -> str:
-        """One of NotRegistered, MailboxFull or AlreadyProcessing."""
+        """One of NotRegistered, MailboxFull, NotAssigned, AlreadyProcessing or TooLarge."""
     @property
     def message(self) -> str: ...
 
@@ -935,6 +942,26 @@ class RemoteReply:
     def request_id(self) -> int: ...
     @property
     def value(self) -> bytes: ...
+
+@final
+class Interrupt:
+    """The caller of a request another process sent here gave up: drop it or stop it."""
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def entity_type(self) -> str: ...
+    @property
+    def entity_id(self) -> str: ...
+
+@final
+class Routed:
+    """A request sent to another runner: taken there (sent with discard), or refused."""
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def refusal(self) -> Refusal | None: ...
 
 @final
 class Release:
@@ -949,6 +976,8 @@ class _ShardingOptions(TypedDict):
     """How a runner takes part in a cluster (times in ms)."""
 
     address: str
+    listen: str | None
+    send_retry_ms: int
     weight: float
     available_groups: list[str]
     groups: list[str]
@@ -958,6 +987,7 @@ class _ShardingOptions(TypedDict):
     refresh_assignments_ms: int
     termination_timeout_ms: int
     advisory: bool
+    health_check_ms: int
 
 @final
 class ClusterView:
@@ -988,12 +1018,22 @@ class Sharding:
     ) -> int:
         """Registers the runner and starts its loop; resolves to a `Sharding`."""
     @staticmethod
-    def client(bridge: AsyncBridge, store: Store, source: WorkSource) -> int:
-        """A client-only process: no shards; hears of replies. Resolves to a `Sharding`."""
+    def client(
+        bridge: AsyncBridge, store: Store, source: WorkSource, options: _ShardingOptions
+    ) -> int:
+        """A client-only process: no shards, reads the rings to route; resolves to a `Sharding`."""
     @property
     def machine_id(self) -> int: ...
     def view(self) -> ClusterView:
         """What this runner sees now."""
+    def send(self, requests: Sequence[_Outgoing], discard: Sequence[bool]) -> None:
+        """Sends volatile requests to their entities' runners over the runners' transport."""
+    def interrupt(self, request_ids: list[int]) -> None:
+        """The callers of these requests (sent with `send`) gave up."""
+    def reply(self, replies: list[tuple[int, bytes]]) -> None:
+        """Final replies (encoded exits) of requests other processes sent here."""
+    def moved(self, request_ids: list[int]) -> None:
+        """Requests sent here whose shard moved away: their callers send them again."""
     def drained(self, shards: list[str]) -> None:
         """These shards' entities are finished: their leases may go."""
     def close(self, bridge: AsyncBridge) -> int:
@@ -1024,7 +1064,9 @@ class WorkSource:
         """Resolves to None once work is ready to take; raises `ClosedError` once closed."""
     def started(self, bridge: AsyncBridge) -> int:
         """Resolves to None once recovery is listed and the first window of timers read."""
-    def take(self, max: int) -> list[Deliver | Passivate | RemoteReply | Release | Resume]:
+    def take(
+        self, max: int
+    ) -> list[Deliver | Passivate | RemoteReply | Release | Interrupt | Routed | Resume]:
         """Takes up to `max` units of ready work: entity requests, idle instances, executions."""
     def register_entity(
         self,

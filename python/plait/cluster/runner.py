@@ -75,9 +75,14 @@ def _ms(seconds: float) -> int:
 class Runner:
     """A runner of a cluster on PostgreSQL: serves the entities of the shards it holds.
 
+    A runner listens at its address (or `runner_listen_address`) for the volatile requests
+    other processes send its entities, over HTTP/2; persisted requests go through the
+    database, which wakes their owner.
+
     With `runner_address=None` in its configuration it is a client-only process: it holds no
-    shard and runs no entity; its persisted requests are saved for their owners, and their
-    replies come back through the database (a web server that only sends, say).
+    shard, runs no entity and listens nowhere; its persisted requests are saved for their
+    owners, their replies come back through the database, and its volatile requests go to
+    the runners of their entities (a web server that only sends, say).
 
     Args:
         url: The cluster's database, `postgresql://...` (or a SQLite file: one runner only).
@@ -125,20 +130,12 @@ class Runner:
             return  # a SQLite file: this one process serves every shard
         store, source = self.engine.store, self.engine.work_source
         assert store is not None
-        if not self.address:
-            try:
-                client: Sharding = await _bridge.call(
-                    lambda bridge: Sharding.client(bridge, store, source)
-                )
-            except BaseException:
-                await self.engine.close()
-                raise
-            self._sharding = client
-            runtime_of(self.engine).join(client)
-            return
         config = self.config
+        listen = config.runner_listen_address
         options: _ShardingOptions = {
             "address": self.address,
+            "listen": None if listen is None else str(listen),
+            "send_retry_ms": _ms(config.send_retry_interval.total_seconds()),
             "weight": config.runner_shard_weight,
             "available_groups": sorted(set(config.available_shard_groups)),
             "groups": config.shard_groups,
@@ -148,7 +145,19 @@ class Runner:
             "refresh_assignments_ms": _ms(config.refresh_assignments_interval.total_seconds()),
             "termination_timeout_ms": _ms(config.entity_termination_timeout.total_seconds()),
             "advisory": not config.shard_lock_disable_advisory,
+            "health_check_ms": _ms(config.runner_health_check_interval.total_seconds()),
         }
+        if not self.address:
+            try:
+                client: Sharding = await _bridge.call(
+                    lambda bridge: Sharding.client(bridge, store, source, options)
+                )
+            except BaseException:
+                await self.engine.close()
+                raise
+            self._sharding = client
+            runtime_of(self.engine).join(client)
+            return
         try:
             sharding: Sharding = await _bridge.call(
                 lambda bridge: Sharding.start(bridge, store, source, options)

@@ -42,10 +42,12 @@ from plait._native import (
     Deliver,
     Duplicate,
     Fenced,
+    Interrupt,
     Op,
     Passivate,
     Release,
     RemoteReply,
+    Routed,
     SnowflakeGenerator,
     shard_id,
 )
@@ -259,6 +261,7 @@ class Outgoing:
     __slots__ = (
         "entity_id",
         "entity_type",
+        "forwarded",
         "payload",
         "persisted",
         "remote",
@@ -274,6 +277,7 @@ class Outgoing:
         tag: str,
         payload: bytes,
         persisted: bool,
+        forwarded: bool = False,
     ) -> None:
         self.request_id = request_id
         self.entity_type = entity_type
@@ -281,7 +285,10 @@ class Outgoing:
         self.tag = tag
         self.payload = payload
         self.persisted = persisted
-        #: Saved for an entity on another runner: its reply comes from storage.
+        #: Sent here by another process over the runners' transport: its reply goes back.
+        self.forwarded = forwarded
+        #: For an entity on another runner: its reply comes from storage (persisted) or over
+        #: the runners' transport (volatile).
         self.remote = False
 
 
@@ -429,6 +436,8 @@ class EntityRuntime:
         # other runners whose replies come from storage.
         self.sharding: Sharding | None = None
         self._remote: dict[int, Outgoing] = {}
+        # Final replies of requests other processes sent here, for the transport.
+        self._forwarded_replies: list[tuple[int, bytes]] = []
         # Requests whose handler is cancelled because their shard moved away.
         self._moving: set[int] = set()
         for entity in all_entities():
@@ -560,6 +569,12 @@ class EntityRuntime:
         Raises:
             MalformedMessage: The payload does not validate; nothing is sent.
         """
+        if self.engine.cluster and not self.source.owns(entity_id):
+            msg = (
+                f"{rpc.entity.name}/{entity_id} is on another runner: streaming replies do not"
+                " cross runners yet"
+            )
+            raise EntityNotAssignedToRunner(msg)
         request_id, reply = self._send(rpc, entity_id, payload, discard=False)
         stream = self._streams[request_id] = Stream(reply)
         return stream
@@ -574,7 +589,11 @@ class EntityRuntime:
         if running is not None and running[1] is not None:
             running[1].cancel()  # its handler ends; `_handle` frees the slot
             return
-        if self._remote.pop(request_id, None) is not None:
+        remote = self._remote.pop(request_id, None)
+        if remote is not None and not remote.persisted and self.sharding is not None:
+            self.sharding.interrupt([request_id])  # sent to another runner
+            return
+        if remote is not None:
             self.source.forget_replies([request_id])
         if outgoing.persisted:
             # Wherever it is (being saved, waiting, stored for later), its stored reply is an
@@ -604,22 +623,48 @@ class EntityRuntime:
         self._write()
         outbox, finished = self._outbox, self._finished
         self._outbox, self._finished = [], []
+        if self._forwarded_replies and self.sharding is not None:
+            replies, self._forwarded_replies = self._forwarded_replies, []
+            self.sharding.reply(replies)
         ready: list[Deliver] = []
         if finished:
             ready.extend(self.source.done(finished))
         if outbox:
             answers, runnable = self.source.offer(outbox)
+            elsewhere: list[Outgoing] = []
             for outgoing, answer in zip(outbox, answers, strict=True):
-                if answer is not None:
+                if (
+                    answer is not None
+                    and answer.kind == "NotAssigned"
+                    and not outgoing.persisted
+                    and not outgoing.forwarded
+                    and self.sharding is not None
+                ):
+                    elsewhere.append(outgoing)  # on another runner: over the transport
+                elif answer is not None:
                     self._refused(outgoing, answer)
                 elif (
                     taken := self._taken.pop(outgoing.request_id, None)
                 ) is not None and not taken.done():
                     taken.set_result(None)
+            if elsewhere:
+                self._send_elsewhere(elsewhere)
             ready.extend(runnable)
         self._run(ready)
         # Instances became resident or idle: their passivation moves the next wake-up.
         self.engine.work_changed()
+
+    def _send_elsewhere(self, outgoing: list[Outgoing]) -> None:
+        """Volatile requests for entities on other runners: sent over the runners' transport.
+
+        Their replies come as `RemoteReply` work; a discarded one's future resolves when a
+        mailbox there took it (`Routed`).
+        """
+        assert self.sharding is not None
+        for each in outgoing:
+            each.remote = True
+            self._remote[each.request_id] = each
+        self.sharding.send(outgoing, [o.request_id in self._taken for o in outgoing])
 
     def _write(self) -> None:
         """Sends the saves, then the replies, queued so far to the store."""
@@ -785,7 +830,9 @@ class EntityRuntime:
 
     # Running --------------------------------------------------------------------------------
 
-    def take(self, work: list[Deliver | Passivate | RemoteReply | Release]) -> None:
+    def take(
+        self, work: list[Deliver | Passivate | RemoteReply | Release | Interrupt | Routed]
+    ) -> None:
         """Work from the engine's poll: requests that may run now, instances to drop."""
         ready: list[Deliver] = []
         for item in work:
@@ -797,9 +844,36 @@ class EntityRuntime:
                     self._answer(item.request_id, self._decode_reply(outgoing, item.value))
             elif isinstance(item, Release):
                 self._release(item.shards, item.forced)
+            elif isinstance(item, Routed):
+                self._routed(item)
+            elif isinstance(item, Interrupt):
+                ready.extend(self._interrupted_elsewhere(item))
             else:
                 self.instances.pop((item.entity_type, item.entity_id), None)
         self._run(ready)
+
+    def _routed(self, routed: Routed) -> None:
+        """A request sent to another runner was taken there (a discarded one), or refused."""
+        outgoing = self._remote.pop(routed.request_id, None)
+        if outgoing is None:
+            return
+        if routed.refusal is not None:
+            self._refused(outgoing, routed.refusal)
+            return
+        taken = self._taken.pop(routed.request_id, None)
+        if taken is not None and not taken.done():
+            taken.set_result(None)
+
+    def _interrupted_elsewhere(self, interrupt: Interrupt) -> list[Deliver]:
+        """The caller of a request sent here gave up: its handler stops, or it is dropped."""
+        running = self._running.get(interrupt.request_id)
+        if running is not None:
+            if running[1] is not None:
+                running[1].cancel()  # `_handle` frees the slot
+            return []
+        return self.source.drop_request(
+            interrupt.entity_type, interrupt.entity_id, interrupt.request_id
+        )
 
     def _run(self, ready: list[Deliver]) -> None:
         loading: list[Instance] = []
@@ -1019,6 +1093,7 @@ class EntityRuntime:
                     delivery.tag,
                     delivery.payload,
                     delivery.persisted,
+                    delivery.forwarded,
                 )
             )
         self._schedule_flush()
@@ -1085,6 +1160,16 @@ class EntityRuntime:
             encoded, _ = codec.settle(outcome)
         else:
             encoded = None
+        if delivery.forwarded:
+            # Its caller is in another process: the reply goes back over the transport, to be
+            # decoded there.
+            if encoded is None:
+                assert not isinstance(outcome, bytes)
+                encoded = _ANY_REPLY.settle(outcome)[0]
+            self._forwarded_replies.append((delivery.request_id, encoded))
+            self._finished.append(delivery)
+            self._schedule_flush()
+            return
         if encoded is not None:
             try:
                 outcome = codec.decode(encoded)
@@ -1161,6 +1246,9 @@ class EntityRuntime:
     def _moved(self, deliveries: list[Deliver]) -> None:
         """Requests whose shard moved away: their callers here wait for the new owner's reply."""
         remote: list[Outgoing] = []
+        forwarded = [d.request_id for d in deliveries if d.forwarded]
+        if forwarded and self.sharding is not None:
+            self.sharding.moved(forwarded)  # their callers send them to the new owner
         for delivery in deliveries:
             if delivery.request_id not in self.callers:
                 continue
@@ -1174,6 +1262,8 @@ class EntityRuntime:
             )
             if delivery.persisted:
                 remote.append(outgoing)
+            elif self.sharding is not None:
+                self._send_elsewhere([outgoing])  # to the new owner
             else:
                 message = f"{delivery.entity_type}/{delivery.entity_id} moved to another runner"
                 self._answer(delivery.request_id, Failure(EntityNotAssignedToRunner(message)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from plait._native import Deliver, Passivate, Release, RemoteReply
+from plait._native import Deliver, Interrupt, Passivate, Release, RemoteReply, Routed
 from plait.clocks import Clock
 from plait.exits import Exit, ExitCodec
 from plait.schedule import Schedule
@@ -109,7 +109,9 @@ class DeferredSpec(Protocol):
 class EntityHost(Protocol):
     """What runs an engine's entities (`plait.cluster`), as the engine hands it work."""
 
-    def take(self, work: list[Deliver | Passivate | RemoteReply | Release]) -> None:
+    def take(
+        self, work: list[Deliver | Passivate | RemoteReply | Release | Interrupt | Routed]
+    ) -> None:
         """Entity work: requests to run, instances to drop, replies, shards to stop serving."""
         ...
 

@@ -57,6 +57,9 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// Whether it is stored (its reply will be too).
     pub persisted: bool,
+    /// Whether another process sent it over the runners' transport (its reply goes back
+    /// there).
+    pub forwarded: bool,
 }
 
 /// A request the host may run now.
@@ -70,7 +73,7 @@ pub struct Delivery {
 }
 
 /// Why the mailbox did not take a message.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Refusal {
     /// The entity type is not registered on this runner.
     #[error("entity type {0:?} is not registered")]
@@ -93,6 +96,14 @@ pub enum Refusal {
         entity_type: String,
         /// The entity id.
         entity_id: String,
+    },
+    /// The request is larger than the runners' transport carries.
+    #[error("the request is {size} bytes, more than the {limit} bytes a runner takes")]
+    TooLarge {
+        /// Its payload's size.
+        size: usize,
+        /// The largest payload sent to another runner.
+        limit: usize,
     },
     /// The request is running or waiting already (Effect's `AlreadyProcessingMessage`).
     #[error("request {request_id} is already being processed by {entity_type}/{entity_id}")]
@@ -437,6 +448,7 @@ mod tests {
             tag: "increment".into(),
             payload: b"{}".to_vec(),
             persisted: true,
+            forwarded: false,
         }
     }
 

@@ -31,7 +31,8 @@ use rustc_hash::FxHashSet;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
-    shard::HashRing,
+    cluster::transport::{Inbox, Route, Transport, TransportError},
+    shard::{shard_id, HashRing},
     store::sql::{Notification, RunnerStorage, ShardFences, SqlError, SqlStore},
 };
 
@@ -40,6 +41,11 @@ use crate::{
 pub struct ShardingOptions {
     /// Where other runners reach this one, `"host:port"`.
     pub address: String,
+    /// Where it listens for them, if not at `address`.
+    pub listen: Option<String>,
+    /// How long a volatile request refused as not assigned, or whose runner cannot be
+    /// reached, waits before it is routed again.
+    pub send_retry: Duration,
     /// Its relative share of the shards.
     pub weight: f64,
     /// Every shard group of the cluster.
@@ -58,6 +64,9 @@ pub struct ShardingOptions {
     pub termination_timeout: Duration,
     /// Whether runners hold a session lock that shows them alive.
     pub advisory: bool,
+    /// How often the runners are pinged (by one of them), and those that do not answer
+    /// marked unhealthy.
+    pub health_check_interval: Duration,
 }
 
 /// What the cluster tells the runner's work source.
@@ -111,6 +120,7 @@ impl Shared {
 pub struct Sharding {
     shared: Arc<Shared>,
     fences: Arc<ShardFences>,
+    transport: Arc<Transport>,
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -130,6 +140,9 @@ pub enum ShardingError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] SqlError),
+    /// The runners' transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 impl Sharding {
@@ -142,6 +155,7 @@ impl Sharding {
         store: &SqlStore,
         options: ShardingOptions,
         host: Arc<dyn ShardHost>,
+        inbox: Arc<dyn Inbox>,
     ) -> Result<Self, ShardingError> {
         let (Some(fences), Some(runners)) = (
             store.shard_fences(),
@@ -155,9 +169,20 @@ impl Sharding {
             "groups": options.groups,
         })
         .to_string();
+        let shared = Arc::new(Shared::default());
+        // Listening before registering: a runner in the rings can be reached.
+        let transport = Arc::new(
+            Transport::start(
+                caller_name(&options.address),
+                Some(options.listen.as_deref().unwrap_or(&options.address)),
+                route(&shared, options.shards_per_group),
+                inbox,
+                options.send_retry,
+            )
+            .await?,
+        );
         let machine_id = runners.register(&runner).await?;
         let notifications = store.listen().await?;
-        let shared = Arc::new(Shared::default());
         shared.view().machine_id = machine_id;
         let (notified, incoming) = mpsc::unbounded_channel();
         if let Some(mut notifications) = notifications {
@@ -179,6 +204,10 @@ impl Sharding {
             fences: Arc::clone(&fences),
             host,
             shared: Arc::clone(&shared),
+            transport: Arc::clone(&transport),
+            healthy: Vec::new(),
+            addresses: Vec::new(),
+            client: false,
             registered: true,
             assigned: BTreeSet::new(),
             acquired: BTreeMap::new(),
@@ -190,6 +219,7 @@ impl Sharding {
         Ok(Self {
             shared,
             fences,
+            transport,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
         })
@@ -201,39 +231,74 @@ impl Sharding {
     ///
     /// # Errors
     /// [`ShardingError::NotClustered`], or the store's error when it cannot be reached.
-    pub async fn client(store: &SqlStore, host: Arc<dyn ShardHost>) -> Result<Self, ShardingError> {
+    pub async fn client(
+        store: &SqlStore,
+        options: ShardingOptions,
+        host: Arc<dyn ShardHost>,
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Self, ShardingError> {
         let (Some(fences), Some(runners)) =
             (store.shard_fences(), store.runner_storage("client", false))
         else {
             return Err(ShardingError::NotClustered);
         };
         let machine_id = runners.reserve_machine_id().await?;
-        runners.close().await;
         let notifications = store.listen().await?;
         let shared = Arc::new(Shared::default());
         shared.view().machine_id = machine_id;
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let Some(mut notifications) = notifications else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = stopped.changed() => return,
-                    notification = notifications.next() => match notification {
-                        Notification::Replies(ids) => host.replies_saved(&ids),
-                        Notification::Missed => host.missed(),
-                        Notification::Requests(_) | Notification::Runners => {}
-                    },
+        let transport = Arc::new(
+            Transport::start(
+                caller_name("client"),
+                None,
+                route(&shared, options.shards_per_group),
+                inbox,
+                options.send_retry,
+            )
+            .await?,
+        );
+        let (notified, incoming) = mpsc::unbounded_channel();
+        if let Some(mut notifications) = notifications {
+            tokio::spawn(async move {
+                loop {
+                    let next = notifications.next().await;
+                    if notified.send(next).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
+        let (stop, stopped) = watch::channel(false);
+        let mut client_loop = Loop {
+            options,
+            runners,
+            runner: String::new(),
+            fences: Arc::clone(&fences),
+            host,
+            shared: Arc::clone(&shared),
+            transport: Arc::clone(&transport),
+            healthy: Vec::new(),
+            addresses: Vec::new(),
+            client: true,
+            registered: false,
+            assigned: BTreeSet::new(),
+            acquired: BTreeMap::new(),
+            releasing: BTreeMap::new(),
+            last_renewal: Instant::now(),
+        };
+        client_loop.sync().await;
+        let task = tokio::spawn(client_loop.run(incoming, stopped));
         Ok(Self {
             shared,
             fences,
+            transport,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
         })
+    }
+
+    /// This process's end of the runners' messages.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// This runner's machine id, for its snowflakes.
@@ -266,6 +331,7 @@ impl Sharding {
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
         }
+        self.transport.close();
     }
 }
 
@@ -274,6 +340,25 @@ impl Drop for Sharding {
         self.stop.send_replace(true);
         self.shared.wake.notify_one();
     }
+}
+
+/// How the runners know this process among their callers: unique per process, also when a
+/// runner restarts at the same address.
+fn caller_name(address: &str) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{address}#{}#{started}", std::process::id())
+}
+
+/// Routes an entity's requests to its shard's owner by the rings (the default group's).
+fn route(shared: &Arc<Shared>, shards_per_group: NonZeroU32) -> Route {
+    let shared = Arc::clone(shared);
+    Arc::new(move |entity_id: &str| {
+        let owned_by = format!("default:{}", shard_id(entity_id, shards_per_group));
+        shared.view().assignments.get(&owned_by).cloned()
+    })
 }
 
 /// A held shard being drained: its epoch and when it is released regardless.
@@ -286,6 +371,13 @@ struct Loop {
     fences: Arc<ShardFences>,
     host: Arc<dyn ShardHost>,
     shared: Arc<Shared>,
+    transport: Arc<Transport>,
+    /// The healthy runners' addresses, sorted (the first one checks the others' health).
+    healthy: Vec<String>,
+    /// Every registered runner's address.
+    addresses: Vec<String>,
+    /// A client-only process: it reads the rings (to route its requests) and holds nothing.
+    client: bool,
     registered: bool,
     /// The shards the rings assign here.
     assigned: BTreeSet<String>,
@@ -299,6 +391,12 @@ struct Loop {
 const TICK: Duration = Duration::from_millis(250);
 /// Acquisition of shards still unheld is tried again after this.
 const ACQUIRE_AGAIN: Duration = Duration::from_secs(1);
+/// A runner is alive if one of this many pings, this far apart, is answered in time (Effect's
+/// `layerPing` tries 5 times with a 10 s timeout: a paused runner took it almost a minute to
+/// see; here about 7 s).
+const PING_TRIES: u32 = 3;
+const PING_AGAIN: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Loop {
     async fn run(
@@ -309,6 +407,8 @@ impl Loop {
         let mut next_sync = Instant::now() + self.options.refresh_assignments;
         let mut next_renewal = Instant::now() + self.options.refresh_interval;
         let mut next_acquire = Instant::now();
+        let mut next_health = Instant::now() + self.options.health_check_interval;
+        let (verdict, mut verdicts) = mpsc::unbounded_channel();
         let fences = Arc::clone(&self.fences);
         loop {
             if *stopped.borrow() {
@@ -316,6 +416,7 @@ impl Loop {
             }
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
+                Some(found) = verdicts.recv() => self.record_health(found).await,
                 () = self.shared.wake.notified() => {}
                 _ = stopped.changed() => {}
                 refused = fences.refusals() => self.lost(refused),
@@ -344,8 +445,65 @@ impl Loop {
             if now >= next_acquire && self.acquire().await {
                 next_acquire = Instant::now() + ACQUIRE_AGAIN;
             }
+            if now >= next_health {
+                self.check_health(&verdict);
+                next_health = Instant::now() + self.options.health_check_interval;
+            }
         }
         self.shutdown().await;
+    }
+
+    /// Effect's runner health check: one runner (the first healthy one by address) pings the
+    /// others; each that does not answer is marked unhealthy (never the last healthy one),
+    /// and each that answers again healthy. The verdicts come back to the loop to be written.
+    fn check_health(&self, verdict: &mpsc::UnboundedSender<Vec<(String, bool)>>) {
+        let me = &self.options.address;
+        if self.client || self.addresses.len() < 2 || self.healthy.first() != Some(me) {
+            return;
+        }
+        let others: Vec<String> = self
+            .addresses
+            .iter()
+            .filter(|a| *a != me)
+            .cloned()
+            .collect();
+        let transport = Arc::clone(&self.transport);
+        let verdict = verdict.clone();
+        tokio::spawn(async move {
+            let mut pings = tokio::task::JoinSet::new();
+            for address in others {
+                let transport = Arc::clone(&transport);
+                pings.spawn(async move {
+                    for _ in 0..PING_TRIES {
+                        if transport.ping(&address, PING_TIMEOUT).await {
+                            return (address, true);
+                        }
+                        tokio::time::sleep(PING_AGAIN).await;
+                    }
+                    (address, false)
+                });
+            }
+            let found: Vec<(String, bool)> = pings.join_all().await;
+            let _ = verdict.send(found);
+        });
+    }
+
+    async fn record_health(&mut self, found: Vec<(String, bool)>) {
+        for (address, alive) in found {
+            match self
+                .runners
+                .set_health(&address, alive, self.options.lock_expiration)
+                .await
+            {
+                Ok(true) => log::warn!(
+                    target: "plait.cluster",
+                    "runner {address} marked {} by the health check",
+                    if alive { "healthy" } else { "unhealthy" }
+                ),
+                Ok(false) => {}
+                Err(err) => log::warn!(target: "plait.cluster", "recording health failed: {err}"),
+            }
+        }
     }
 
     /// Heartbeat (registering again if the row is gone), the runners, the rings, and which
@@ -362,7 +520,7 @@ impl Loop {
                 }
             }
         }
-        if !self.registered {
+        if !self.registered && !self.client {
             match self.runners.register(&self.runner).await {
                 Ok(machine_id) => {
                     self.registered = true;
@@ -400,7 +558,7 @@ impl Loop {
                 (row.address.clone(), weight, groups)
             })
             .collect();
-        if healthy.is_empty() {
+        if healthy.is_empty() && !self.client {
             // Nobody looks healthy (this runner's own lock check raced a reconnect): serve
             // rather than leave every shard unowned.
             healthy.push((
@@ -415,6 +573,12 @@ impl Loop {
             .filter(|(_, owner)| **owner == self.options.address)
             .map(|(shard, _)| shard.clone())
             .collect();
+        self.addresses = rows.iter().map(|row| row.address.clone()).collect();
+        self.healthy = healthy
+            .iter()
+            .map(|(address, ..)| address.clone())
+            .collect();
+        self.healthy.sort();
         {
             let mut view = self.shared.view();
             view.runners = rows.len();
@@ -580,6 +744,10 @@ impl Loop {
     /// Leaves the cluster (Effect's shutdown): unregistered first, so the others take the
     /// shards over; every shard drained within the termination timeout, then released.
     async fn shutdown(&mut self) {
+        if self.client {
+            self.runners.close().await;
+            return;
+        }
         if let Err(err) = self.runners.unregister(self.options.lock_expiration).await {
             log::warn!(target: "plait.cluster", "unregistering failed: {err}");
         }
@@ -652,6 +820,8 @@ mod tests {
     fn options(shards: u32) -> ShardingOptions {
         ShardingOptions {
             address: "runner1:34431".into(),
+            listen: None,
+            send_retry: Duration::from_millis(100),
             weight: 1.0,
             available_groups: vec!["default".into()],
             groups: vec!["default".into()],
@@ -661,6 +831,7 @@ mod tests {
             refresh_assignments: Duration::from_secs(3),
             termination_timeout: Duration::from_secs(15),
             advisory: true,
+            health_check_interval: Duration::from_mins(1),
         }
     }
 

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, num::NonZeroU32, sync::Arc, time::Duration};
 use pyo3::prelude::*;
 
 use super::{
-    bridge::AsyncBridge, errors::InvalidArgumentError, store::PyStore, work::PyWorkSource,
+    bridge::AsyncBridge,
+    errors::InvalidArgumentError,
+    store::PyStore,
+    work::{Outgoing, PyWorkSource},
 };
 use crate::cluster::sharding::{ClusterView, Sharding, ShardingError, ShardingOptions};
 
@@ -15,6 +18,7 @@ impl From<ShardingError> for PyErr {
         match err {
             ShardingError::NotClustered => InvalidArgumentError::new_err(err.to_string()),
             ShardingError::Store(err) => err.into(),
+            ShardingError::Transport(err) => InvalidArgumentError::new_err(err.to_string()),
         }
     }
 }
@@ -24,6 +28,8 @@ impl From<ShardingError> for PyErr {
 #[pyo3(from_item_all)]
 struct Options {
     address: String,
+    listen: Option<String>,
+    send_retry_ms: u64,
     weight: f64,
     available_groups: Vec<String>,
     groups: Vec<String>,
@@ -33,6 +39,7 @@ struct Options {
     refresh_assignments_ms: u64,
     termination_timeout_ms: u64,
     advisory: bool,
+    health_check_ms: u64,
 }
 
 impl Options {
@@ -41,6 +48,8 @@ impl Options {
             .ok_or_else(|| InvalidArgumentError::new_err("shards_per_group must be at least 1"))?;
         Ok(ShardingOptions {
             address: self.address,
+            listen: self.listen,
+            send_retry: Duration::from_millis(self.send_retry_ms),
             weight: self.weight,
             available_groups: self.available_groups,
             groups: self.groups,
@@ -50,6 +59,7 @@ impl Options {
             refresh_assignments: Duration::from_millis(self.refresh_assignments_ms),
             termination_timeout: Duration::from_millis(self.termination_timeout_ms),
             advisory: self.advisory,
+            health_check_interval: Duration::from_millis(self.health_check_ms),
         })
     }
 }
@@ -109,24 +119,33 @@ impl PySharding {
         })?;
         let options = options.into_options()?;
         let host = source.source.shard_host();
+        let inbox = source.source.inbox();
         bridge.spawn(async move {
-            let sharding = Sharding::start(&sql, options, host).await?;
+            let sharding = Sharding::start(&sql, options, host, inbox).await?;
             Ok(PySharding {
                 sharding: Arc::new(sharding),
             })
         })
     }
 
-    /// A client-only process of the cluster on `store` (opened for a cluster): no shards, no
-    /// ring; it hears of the replies its requests await. Resolves to a `Sharding`.
+    /// A client-only process of the cluster on `store` (opened for a cluster): it holds no
+    /// shard and is in no ring; it reads the rings to route its requests, and hears of the
+    /// replies they await. Resolves to a `Sharding`.
     #[staticmethod]
-    fn client(bridge: &AsyncBridge, store: &PyStore, source: &PyWorkSource) -> PyResult<u64> {
+    fn client(
+        bridge: &AsyncBridge,
+        store: &PyStore,
+        source: &PyWorkSource,
+        options: Options,
+    ) -> PyResult<u64> {
         let sql = store.sql.clone().ok_or_else(|| {
             InvalidArgumentError::new_err("a client of a cluster needs a PostgreSQL store")
         })?;
+        let options = options.into_options()?;
         let host = source.source.shard_host();
+        let inbox = source.source.inbox();
         bridge.spawn(async move {
-            let sharding = Sharding::client(&sql, host).await?;
+            let sharding = Sharding::client(&sql, options, host, inbox).await?;
             Ok(PySharding {
                 sharding: Arc::new(sharding),
             })
@@ -142,6 +161,40 @@ impl PySharding {
     /// What this runner sees now.
     fn view(&self) -> PyClusterView {
         self.sharding.view().into()
+    }
+
+    /// Sends volatile requests to the runners of their entities (objects with the attributes
+    /// of `WorkSource.offer`'s, and per request whether the caller only waits for a mailbox
+    /// to take it). Replies come as `RemoteReply` work, takes and refusals as `Routed`.
+    fn send(&self, requests: Vec<Outgoing>, discard: Vec<bool>) -> PyResult<()> {
+        if requests.len() != discard.len() {
+            return Err(InvalidArgumentError::new_err(
+                "send needs one discard flag per request",
+            ));
+        }
+        let messages = requests
+            .into_iter()
+            .map(Outgoing::message)
+            .zip(discard)
+            .collect();
+        self.sharding.transport().send(messages);
+        Ok(())
+    }
+
+    /// The callers of these requests (sent with `send`) gave up.
+    fn interrupt(&self, request_ids: Vec<i64>) {
+        self.sharding.transport().interrupt(&request_ids);
+    }
+
+    /// Final replies (encoded exits) of requests other processes sent here.
+    fn reply(&self, replies: Vec<(i64, Vec<u8>)>) {
+        self.sharding.transport().reply(replies);
+    }
+
+    /// Requests other processes sent here whose shard moved away before they finished: their
+    /// callers send them again.
+    fn moved(&self, request_ids: Vec<i64>) {
+        self.sharding.transport().moved(&request_ids);
     }
 
     /// The entities of these shards are finished: their leases may go.

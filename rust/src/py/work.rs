@@ -104,6 +104,12 @@ impl PyDeliver {
         self.delivery.message.persisted
     }
 
+    /// Whether another process sent it over the runners' transport (its reply goes back).
+    #[getter]
+    fn forwarded(&self) -> bool {
+        self.delivery.message.forwarded
+    }
+
     /// Whether the instance became resident with this request (make it first).
     #[getter]
     fn activates(&self) -> bool {
@@ -173,6 +179,55 @@ impl PyRemoteReply {
     }
 }
 
+/// The caller of a request another process sent here gave up: drop it, or stop its handler.
+#[pyclass(module = "plait._native", name = "Interrupt", frozen)]
+pub struct PyInterrupt {
+    request_id: i64,
+    address: Address,
+}
+
+#[pymethods]
+impl PyInterrupt {
+    /// The request.
+    #[getter]
+    fn request_id(&self) -> i64 {
+        self.request_id
+    }
+
+    /// Its entity type.
+    #[getter]
+    fn entity_type(&self) -> &str {
+        &self.address.entity_type
+    }
+
+    /// Its entity id.
+    #[getter]
+    fn entity_id(&self) -> &str {
+        &self.address.entity_id
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Interrupt {}>", self.request_id)
+    }
+}
+
+/// A request sent to another runner was taken there (`refusal` None: one sent with
+/// `discard`), or refused for good.
+#[pyclass(module = "plait._native", name = "Routed", frozen, get_all)]
+pub struct PyRouted {
+    /// The request.
+    request_id: i64,
+    /// Why it was refused, if it was.
+    refusal: Option<PyRefusal>,
+}
+
+#[pymethods]
+impl PyRouted {
+    fn __repr__(&self) -> String {
+        format!("<Routed {}>", self.request_id)
+    }
+}
+
 /// Shards this runner stops serving: finish (or, forced, stop at once) their entities, then
 /// report them with `WorkSource.drained` and `Sharding.drained`.
 #[pyclass(module = "plait._native", name = "Release", frozen)]
@@ -205,6 +260,7 @@ impl PyRelease {
 }
 
 /// Why a mailbox did not take a request.
+#[derive(Clone)]
 #[pyclass(module = "plait._native", name = "Refusal", frozen)]
 pub struct PyRefusal {
     refusal: mailbox::Refusal,
@@ -220,6 +276,7 @@ impl PyRefusal {
             mailbox::Refusal::MailboxFull { .. } => "MailboxFull",
             mailbox::Refusal::AlreadyProcessing { .. } => "AlreadyProcessing",
             mailbox::Refusal::NotAssigned { .. } => "NotAssigned",
+            mailbox::Refusal::TooLarge { .. } => "TooLarge",
         }
     }
 
@@ -236,17 +293,18 @@ impl PyRefusal {
 
 /// An entity request offered to the mailboxes: any object with these attributes.
 #[derive(FromPyObject)]
-struct Outgoing {
+pub(super) struct Outgoing {
     request_id: i64,
     entity_type: Text,
     entity_id: Text,
     tag: Text,
     payload: PyBackedBytes,
     persisted: bool,
+    forwarded: bool,
 }
 
 impl Outgoing {
-    fn message(self) -> mailbox::Message {
+    pub(super) fn message(self) -> mailbox::Message {
         mailbox::Message {
             request_id: self.request_id,
             address: Address {
@@ -256,6 +314,7 @@ impl Outgoing {
             tag: self.tag.to_owned(),
             payload: self.payload.to_vec(),
             persisted: self.persisted,
+            forwarded: self.forwarded,
         }
     }
 }
@@ -378,6 +437,28 @@ impl PyWorkSource {
                     work::Work::Release { shards, forced } => {
                         Py::new(py, PyRelease { shards, forced })?.into_any()
                     }
+                    work::Work::Interrupt {
+                        request_id,
+                        address,
+                    } => Py::new(
+                        py,
+                        PyInterrupt {
+                            request_id,
+                            address,
+                        },
+                    )?
+                    .into_any(),
+                    work::Work::Routed {
+                        request_id,
+                        refusal,
+                    } => Py::new(
+                        py,
+                        PyRouted {
+                            request_id,
+                            refusal: refusal.map(|refusal| PyRefusal { refusal }),
+                        },
+                    )?
+                    .into_any(),
                 })
             })
             .collect()

@@ -213,6 +213,7 @@ fn offer(state: &mut State, request: Request, now: u64) -> Option<i64> {
         tag: request.tag,
         payload: request.payload,
         persisted: true,
+        forwarded: false,
     };
     let id = message.request_id;
     let storage = &mut state.storage;
@@ -223,7 +224,12 @@ fn offer(state: &mut State, request: Request, now: u64) -> Option<i64> {
         }
         // Running or waiting already (a claim that outlived its timeout): it stays claimed.
         // (Or its shard went between the read and now: the new owner clears the claim.)
-        Err(Refusal::AlreadyProcessing { .. } | Refusal::NotAssigned { .. }) => None,
+        // (A mailbox never refuses a request for its size: only the transport does.)
+        Err(
+            Refusal::AlreadyProcessing { .. }
+            | Refusal::NotAssigned { .. }
+            | Refusal::TooLarge { .. },
+        ) => None,
         Err(Refusal::MailboxFull { .. }) => {
             storage.refused = true;
             Some(id)

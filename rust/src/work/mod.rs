@@ -37,6 +37,7 @@ use crate::{
     cluster::{
         mailbox::{Address, Delivery, EntityOptions, Mailboxes, Message, Refusal},
         sharding::ShardHost,
+        transport::Inbox,
     },
     shard::shard_id,
     store::{Op, OpResult, Snapshot, Status, Store, StoreError},
@@ -112,6 +113,22 @@ pub enum Work {
         /// The lease is lost already: nothing of these shards may be written any more.
         forced: bool,
     },
+    /// The caller of a request another process sent here gave up: drop it, or stop its
+    /// handler.
+    Interrupt {
+        /// The request.
+        request_id: i64,
+        /// Its entity.
+        address: Address,
+    },
+    /// A request sent to another runner was taken there (`None`; those sent with `discard`)
+    /// or refused for good.
+    Routed {
+        /// The request.
+        request_id: i64,
+        /// Why it was refused.
+        refusal: Option<Refusal>,
+    },
 }
 
 /// Which shards a runner of a cluster serves (a single engine serves them all).
@@ -170,6 +187,10 @@ struct State {
     ownership: Option<Ownership>,
     /// Replies awaited from other runners.
     awaited: Awaited,
+    /// What the runners' transport brought: interrupts of requests sent here, and the fate
+    /// of requests sent elsewhere.
+    interrupts: Vec<(i64, Address)>,
+    routed: Vec<(i64, Option<Refusal>)>,
     /// Whether the host changed something (time, a timer, a resume) that the driver has not
     /// looked at yet.
     pending: bool,
@@ -263,6 +284,8 @@ impl WorkSource {
                     poll_ms: reply_poll_ms.max(1),
                     ..Awaited::default()
                 },
+                interrupts: Vec::new(),
+                routed: Vec::new(),
                 pending: true,
                 driving: false,
                 phase: if runner {
@@ -325,37 +348,53 @@ impl WorkSource {
     /// Takes up to `max` units of ready work, oldest first.
     /// Entity requests come first, then passivations, then executions to resume.
     pub fn take(&self, max: usize) -> Vec<Work> {
-        let (taken, resumed) = {
-            let mut state = self.shared.state();
-            let mut taken: Vec<Work> = state
-                .take_ready(max)
-                .into_iter()
-                .map(Work::Deliver)
-                .collect();
-            if let Some(ownership) = &mut state.ownership {
+        let (taken, resumed) =
+            {
+                let mut state = self.shared.state();
+                let mut taken: Vec<Work> = state
+                    .take_ready(max)
+                    .into_iter()
+                    .map(Work::Deliver)
+                    .collect();
+                if let Some(ownership) = &mut state.ownership {
+                    taken.extend(
+                        ownership
+                            .releases
+                            .drain(..)
+                            .map(|(shards, forced)| Work::Release { shards, forced }),
+                    );
+                }
+                taken.extend(state.interrupts.drain(..).map(|(request_id, address)| {
+                    Work::Interrupt {
+                        request_id,
+                        address,
+                    }
+                }));
                 taken.extend(
-                    ownership
-                        .releases
+                    state
+                        .routed
                         .drain(..)
-                        .map(|(shards, forced)| Work::Release { shards, forced }),
+                        .map(|(request_id, refusal)| Work::Routed {
+                            request_id,
+                            refusal,
+                        }),
                 );
-            }
-            let replies = max
-                .saturating_sub(taken.len())
-                .min(state.awaited.ready.len());
-            taken.extend(
-                state
-                    .awaited
-                    .ready
-                    .drain(..replies)
-                    .map(|(request_id, value)| Work::Reply { request_id, value }),
-            );
-            let passivated = max.saturating_sub(taken.len()).min(state.passivated.len());
-            taken.extend(state.passivated.drain(..passivated).map(Work::Passivate));
-            let resumes = max.saturating_sub(taken.len()).min(state.ready.len());
-            taken.extend(state.ready.drain(..resumes).map(Work::Resume));
-            (taken, resumes)
-        };
+                let replies = max
+                    .saturating_sub(taken.len())
+                    .min(state.awaited.ready.len());
+                taken.extend(
+                    state
+                        .awaited
+                        .ready
+                        .drain(..replies)
+                        .map(|(request_id, value)| Work::Reply { request_id, value }),
+                );
+                let passivated = max.saturating_sub(taken.len()).min(state.passivated.len());
+                taken.extend(state.passivated.drain(..passivated).map(Work::Passivate));
+                let resumes = max.saturating_sub(taken.len()).min(state.ready.len());
+                taken.extend(state.ready.drain(..resumes).map(Work::Resume));
+                (taken, resumes)
+            };
         if resumed > 0 {
             // Room to read more.
             self.shared.changed.notify_one();
@@ -434,6 +473,11 @@ impl WorkSource {
 
     /// What the cluster reports to: this source.
     pub fn shard_host(&self) -> Arc<dyn ShardHost> {
+        Arc::new(SourceHost(Arc::clone(&self.shared)))
+    }
+
+    /// What the runners' transport reports to: this source.
+    pub fn inbox(&self) -> Arc<dyn Inbox> {
         Arc::new(SourceHost(Arc::clone(&self.shared)))
     }
 
@@ -776,6 +820,48 @@ impl ShardHost for SourceHost {
     }
 }
 
+impl Inbox for SourceHost {
+    fn offer_remote(&self, messages: Vec<Message>) -> Vec<Result<(), Refusal>> {
+        let now = self.0.clock.now();
+        let mut state = self.0.state();
+        let answers: Vec<Result<(), Refusal>> = messages
+            .into_iter()
+            .map(|message| {
+                if let Some(shard) = state.unowned_shard(&message.address.entity_id) {
+                    return Err(Refusal::NotAssigned {
+                        shard,
+                        entity_type: message.address.entity_type,
+                        entity_id: message.address.entity_id,
+                    });
+                }
+                state.mail.offer(message, now)
+            })
+            .collect();
+        // What may run now waits in the mailboxes for the host's next take.
+        let ready = state.mail.ready() > 0;
+        drop(state);
+        if ready {
+            self.0.ready.notify_waiters();
+        }
+        answers
+    }
+
+    fn interrupt_remote(&self, requests: Vec<(i64, Address)>) {
+        self.0.state().interrupts.extend(requests);
+        self.0.ready.notify_waiters();
+    }
+
+    fn remote_replies(&self, replies: Vec<(i64, Vec<u8>)>) {
+        self.0.state().awaited.ready.extend(replies);
+        self.0.ready.notify_waiters();
+    }
+
+    fn routed(&self, requests: Vec<(i64, Option<Refusal>)>) {
+        self.0.state().routed.extend(requests);
+        self.0.ready.notify_waiters();
+    }
+}
+
 /// Reads the replies awaited from other runners that are due: those notified, or every one at
 /// the regular poll (`entity_reply_poll_interval`) or after missed notifications.
 async fn read_replies(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
@@ -835,6 +921,8 @@ impl State {
             || self.mail.ready() > 0
             || !self.passivated.is_empty()
             || !self.awaited.ready.is_empty()
+            || !self.interrupts.is_empty()
+            || !self.routed.is_empty()
             || self
                 .ownership
                 .as_ref()

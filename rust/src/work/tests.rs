@@ -311,6 +311,7 @@ fn mail(request_id: i64, entity_id: &str) -> Message {
         tag: "increment".into(),
         payload: b"{}".to_vec(),
         persisted: false,
+        forwarded: false,
     }
 }
 

@@ -55,6 +55,7 @@ struct Statements {
     renew: SqlStr,
     release: SqlStr,
     reserve: SqlStr,
+    set_health: SqlStr,
 }
 
 impl Statements {
@@ -116,6 +117,15 @@ impl Statements {
             ),
             reserve: sql(
                 "SELECT nextval(pg_get_serial_sequence('{p}runners', 'machine_id'))",
+                prefix,
+            ),
+            // Never the last healthy runner unhealthy (Effect's RunnerHealth).
+            set_health: sql(
+                "UPDATE {p}runners SET healthy = $2 \
+                 WHERE address = $1 AND healthy <> $2 \
+                   AND ($2 OR EXISTS (SELECT 1 FROM {p}runners o \
+                        WHERE o.address <> $1 AND o.healthy \
+                          AND o.last_heartbeat > now() - $3 * interval '1 millisecond'))",
                 prefix,
             ),
             release: sql(
@@ -506,6 +516,34 @@ impl RunnerStorage {
             })
         })
         .await
+    }
+
+    /// Marks the runner at `address` healthy or not (the health check's verdict), unless it
+    /// is the last healthy one. Returns whether its mark changed.
+    ///
+    /// # Errors
+    /// When the database fails or cannot be reached.
+    pub async fn set_health(
+        &self,
+        address: &str,
+        healthy: bool,
+        expiration: Duration,
+    ) -> Result<bool, SqlError> {
+        let statement = self.statements.set_health.clone();
+        let (address, expiration) = (address.to_owned(), ms(expiration));
+        let changed = self
+            .run(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(statement)
+                        .bind(address)
+                        .bind(healthy)
+                        .bind(expiration)
+                        .execute(conn)
+                        .await
+                })
+            })
+            .await?;
+        Ok(changed.rows_affected() > 0)
     }
 
     /// Ends the lock session (the lock goes with it).
