@@ -101,6 +101,44 @@ pub struct Config {
     /// Open for a runner of a cluster (PostgreSQL): no engine lease, many processes share the
     /// database, and owned writes are fenced by shard leases.
     pub(super) cluster: bool,
+    /// Connections of the read pool (PostgreSQL): `plait_readers` in the URL, 6 by default.
+    pub(super) readers: u32,
+}
+
+/// Read connections of a PostgreSQL store unless the URL says `plait_readers=<n>`.
+pub(super) const DEFAULT_READERS: u32 = 6;
+
+/// Takes plait's own parameter out of a PostgreSQL URL (the rest goes to sqlx, which would
+/// send an unknown one to the server): the URL without it, and the read pool's size.
+fn readers_of(url: &str, masked_url: &str) -> Result<(String, u32), SqlError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), DEFAULT_READERS));
+    };
+    let mut readers = DEFAULT_READERS;
+    let mut kept = Vec::new();
+    for param in query.split('&') {
+        match param.strip_prefix("plait_readers=") {
+            Some(value) => {
+                readers = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| {
+                        SqlError::InvalidArgument(format!(
+                            "plait_readers in {masked_url} must be a number from 1 to 64, \
+                             got {value:?}"
+                        ))
+                    })?;
+            }
+            None => kept.push(param),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, readers))
 }
 
 impl fmt::Debug for Config {
@@ -125,6 +163,7 @@ impl Config {
     pub fn new(url: &str, prefix: &str, durability: &str) -> Result<Self, SqlError> {
         let (masked_url, secrets) = mask_url(url);
         let scheme = url.split(':').next().unwrap_or_default();
+        let mut readers = DEFAULT_READERS;
         let target = match scheme {
             "sqlite" => {
                 let path = url
@@ -145,9 +184,11 @@ impl Config {
                 Target::Sqlite(options)
             }
             "postgres" | "postgresql" => {
-                let options = PgConnectOptions::from_str(url)
+                let (url, asked_readers) = readers_of(url, &masked_url)?;
+                readers = asked_readers;
+                let options = PgConnectOptions::from_str(&url)
                     .map_err(|err| connect_error(&masked_url, &secrets, &err))?;
-                Target::Postgres(plain_on_loopback(url, options))
+                Target::Postgres(plain_on_loopback(&url, options))
             }
             _ => {
                 return Err(SqlError::InvalidArgument(format!(
@@ -165,6 +206,7 @@ impl Config {
             durability: Durability::parse(durability)?,
             lease_times: LeaseTimes::default(),
             cluster: false,
+            readers,
         })
     }
 
@@ -313,6 +355,29 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_pool_is_sized_by_plait_readers_which_sqlx_never_sees() {
+        let config = Config::new("postgres://u@h/db", "plait_", "full").unwrap();
+        assert_eq!(config.readers, DEFAULT_READERS);
+        let (url, readers) =
+            readers_of("postgres://u@h/db?sslmode=require&plait_readers=2", "m").unwrap();
+        assert_eq!(
+            (url.as_str(), readers),
+            ("postgres://u@h/db?sslmode=require", 2)
+        );
+        let (url, readers) = readers_of("postgres://u@h/db?plait_readers=3", "m").unwrap();
+        assert_eq!((url.as_str(), readers), ("postgres://u@h/db", 3));
+        for bad in ["0", "65", "two", ""] {
+            let err = Config::new(
+                &format!("postgres://u@h/db?plait_readers={bad}"),
+                "p_",
+                "full",
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("plait_readers"), "{err}");
+        }
+    }
 
     #[test]
     fn passwords_are_masked_in_user_info_and_query() {

@@ -29,9 +29,6 @@ use super::{
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the migrations wait on a SQLite lock held by another connection.
 const MIGRATE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// PostgreSQL connections for reads; the writer has one of its own, and the lock one more.
-const POSTGRES_READERS: u32 = 6;
-
 /// Which SQL dialect a database speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Dialect {
@@ -207,7 +204,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, SqlError> {
             let pool = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 PgPoolOptions::new()
-                    .max_connections(POSTGRES_READERS)
+                    .max_connections(config.readers)
                     .acquire_timeout(CONNECT_TIMEOUT)
                     // A ping per read would double its round trips; a dead connection fails
                     // the read with an I/O error instead, which is retried on another.
