@@ -22,6 +22,9 @@ With `CLUSTER_INTERRUPT=<its port>` it sends one volatile `ClusterEcho.slow` to 
 another runner once `<dir>/go` exists, gives up after one second, and writes
 `<dir>/done-<port>`; the handler appends `<entity id> <port>` to `<dir>/cancelled` when it is
 cancelled.
+
+With `CLUSTER_VANISH=<its port>` it sends one volatile `ClusterEcho.slow` once `<dir>/go`
+exists and writes the class name of the error it gets to `<dir>/error-<port>`.
 It runs until SIGTERM (a graceful leave) or SIGKILL.
 """
 
@@ -109,6 +112,7 @@ async def echo(ctx: plait.EntityContext, ping: Ping) -> int:
 
 @Echo.rpc()
 async def slow(ctx: plait.EntityContext) -> None:
+    append(str(Path(EFFECTS).parent / "started"), f"{ctx.entity_id} {PORT}")
     try:
         await asyncio.sleep(60)
     except asyncio.CancelledError:
@@ -208,6 +212,15 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slow.call(elsewhere), 1.0)
             (out / f"done-{port}").write_text("done")
+        elif os.environ.get("CLUSTER_VANISH") == str(port):
+            while not (out / "go").exists():  # noqa: ASYNC110 - the test says when to begin
+                await asyncio.sleep(0.05)
+            try:
+                await slow.call("vanishing")
+                outcome = "replied"
+            except plait.PlaitError as err:
+                outcome = type(err).__name__
+            (out / f"error-{port}").write_text(outcome)
         await stop.wait()
         publisher.cancel()
 

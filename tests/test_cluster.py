@@ -438,6 +438,29 @@ def test_a_caller_giving_up_interrupts_the_handler_on_another_runner(cluster: Cl
     assert cancelled.read_text().split() == [entity, str(other)]
 
 
+def test_a_volatile_caller_gets_runner_unavailable_when_its_runner_vanishes(
+    cluster: Cluster,
+) -> None:
+    # The only runner dies while running the request: nobody can take it over, and after
+    # twice the lease of retries the client-only caller gets RunnerUnavailable.
+    cluster.env["CLUSTER_VANISH"] = "0"
+    runner = 4641
+    cluster.start(runner)
+    cluster.wait("the runner settles", lambda: cluster.settled([runner]))
+    cluster.start(0)
+    cluster.wait("the client is up", lambda: cluster.view(0) is not None)
+    (cluster.out / "go").touch()
+    started = cluster.out / "started"
+    cluster.wait("the handler runs", started.exists, timeout=30)
+    cluster.kill(runner)
+    killed = time.monotonic()
+    error = cluster.out / "error-0"
+    took = cluster.wait("the caller hears", error.exists, timeout=6 * LEASE_SECONDS)
+    assert error.read_text() == "RunnerUnavailable"
+    assert took >= 2 * LEASE_SECONDS - 1, f"gave up after {took:.1f} s, before the bound"
+    assert time.monotonic() - killed < 6 * LEASE_SECONDS
+
+
 def test_a_paused_runner_is_marked_unhealthy_by_ping_before_its_heartbeat_expires(
     cluster: Cluster,
 ) -> None:

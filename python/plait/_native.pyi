@@ -930,7 +930,7 @@ class Refusal:
 
     @property
     def kind(self) -> str:
-        """One of NotRegistered, MailboxFull, NotAssigned, AlreadyProcessing or TooLarge."""
+        """Why, as a name: NotRegistered, MailboxFull, NotAssigned, and so on."""
     @property
     def message(self) -> str: ...
 

@@ -59,6 +59,7 @@ from plait.cluster.errors import (
     MailboxFull,
     MalformedMessage,
     PersistenceError,
+    RunnerUnavailable,
 )
 from plait.cluster.singleton import Singletons
 from plait.engine import Engine, current_engine, passes_through, registry, unexpected
@@ -809,8 +810,10 @@ class EntityRuntime:
             error = MailboxFull(outgoing.entity_type, outgoing.entity_id, refusal.message)
         elif kind == "AlreadyProcessing":
             error = AlreadyProcessingMessage(refusal.message)
-        elif kind == "NotAssigned":
+        elif kind in ("NotAssigned", "NoRunner"):
             error = EntityNotAssignedToRunner(refusal.message)
+        elif kind == "RunnerUnavailable":
+            error = RunnerUnavailable(refusal.message)
         else:
             error = MalformedMessage(refusal.message)
         taken = self._taken.pop(outgoing.request_id, None)

@@ -105,6 +105,18 @@ pub enum Refusal {
         /// The largest payload sent to another runner.
         limit: usize,
     },
+    /// No runner could be reached for the request's shard for this long (Effect's
+    /// `RunnerUnavailable`, given up on).
+    #[error(
+        "no runner took the request within {after_ms} ms{}",
+        runner.as_ref().map(|r| format!(" ({r} unreachable)")).unwrap_or_default()
+    )]
+    Unavailable {
+        /// The runner last found unreachable, if one was.
+        runner: Option<String>,
+        /// How long it was tried.
+        after_ms: u64,
+    },
     /// The request is running or waiting already (Effect's `AlreadyProcessingMessage`).
     #[error("request {request_id} is already being processed by {entity_type}/{entity_id}")]
     AlreadyProcessing {

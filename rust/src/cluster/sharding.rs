@@ -178,6 +178,7 @@ impl Sharding {
                 route(&shared, options.shards_per_group),
                 inbox,
                 options.send_retry,
+                options.lock_expiration * 2,
             )
             .await?,
         );
@@ -253,6 +254,7 @@ impl Sharding {
                 route(&shared, options.shards_per_group),
                 inbox,
                 options.send_retry,
+                options.lock_expiration * 2,
             )
             .await?,
         );

@@ -14,8 +14,10 @@
 //!
 //! Routing follows Effect's `sendOutgoing`: the owner of a request's shard is read from the
 //! rings at each try; a request refused as not assigned (its shard is moving), or whose runner
-//! cannot be reached, is tried again every `send_retry`, without limit, until its caller gives
-//! up. A request taken by a runner that then stops answering is sent again to the shard's next
+//! cannot be reached, is tried again every `send_retry`. Effect retries without limit; here a
+//! request undelivered for `give_up` (twice the shard lease: longer than a failover takes) is
+//! answered `Unavailable`, so that a caller whose runner vanished for good hears of it. A
+//! request taken by a runner that then stops answering is sent again to the shard's next
 //! owner: volatile requests are delivered at least once across runner failures, as in Effect.
 
 use std::{
@@ -130,6 +132,20 @@ struct Replies {
 struct Sent {
     envelope: Envelope,
     discard: bool,
+    /// When it first could not be delivered (no owner, refused as not assigned, its runner
+    /// unreachable), and the last runner that could not be reached.
+    failing_since: Option<Instant>,
+    unreachable: Option<String>,
+}
+
+impl Sent {
+    /// It could not be delivered this time (`runner`: because that runner is unreachable).
+    fn failed(&mut self, runner: Option<&str>) {
+        self.failing_since.get_or_insert_with(Instant::now);
+        if let Some(runner) = runner {
+            self.unreachable = Some(runner.to_owned());
+        }
+    }
 }
 
 /// The sending side: requests to route, those taken and awaiting a reply, by runner.
@@ -176,6 +192,8 @@ struct Shared {
     route: Route,
     inbox: Arc<dyn Inbox>,
     send_retry: Duration,
+    /// How long a request may go undelivered before its caller gets `Unavailable`.
+    give_up: Duration,
     /// The runtime it runs on (its methods are called from other threads too).
     runtime: tokio::runtime::Handle,
     outbound: Mutex<Outbound>,
@@ -224,6 +242,7 @@ impl Transport {
         route: Route,
         inbox: Arc<dyn Inbox>,
         send_retry: Duration,
+        give_up: Duration,
     ) -> Result<Self, TransportError> {
         let client = reqwest::Client::builder()
             .http2_prior_knowledge()
@@ -247,6 +266,7 @@ impl Transport {
             route,
             inbox,
             send_retry: send_retry.max(Duration::from_millis(1)),
+            give_up,
             runtime: tokio::runtime::Handle::current(),
             outbound: Mutex::new(Outbound::default()),
             inbound: Mutex::new(Inbound::default()),
@@ -304,6 +324,8 @@ impl Transport {
                         payload: message.payload,
                     },
                     discard,
+                    failing_since: None,
+                    unreachable: None,
                 });
             }
         }
@@ -450,7 +472,7 @@ async fn send_loop(shared: Arc<Shared>) {
             }
         }
         if !unrouted.is_empty() {
-            shared.outbound().retry.extend(unrouted);
+            retry(&shared, unrouted, None);
         }
         for (runner, batch) in by_runner {
             for chunk in chunks(batch) {
@@ -492,7 +514,7 @@ async fn send_batch(shared: Arc<Shared>, runner: String, batch: Vec<Sent>) {
         Ok(_) | Err(_) => {
             // Unavailable (Effect's RunnerUnavailable): routed again after `send_retry`.
             log::debug!(target: "plait.cluster", "runner {runner} unavailable for {} requests", batch.len());
-            retry(&shared, batch);
+            retry(&shared, batch, Some(&runner));
             return;
         }
     };
@@ -522,7 +544,7 @@ async fn send_batch(shared: Arc<Shared>, runner: String, batch: Vec<Sent>) {
         }
     }
     if !again.is_empty() {
-        retry(&shared, again);
+        retry(&shared, again, None);
     }
     if !routed.is_empty() {
         shared.inbox.routed(routed);
@@ -532,8 +554,33 @@ async fn send_batch(shared: Arc<Shared>, runner: String, batch: Vec<Sent>) {
     }
 }
 
-fn retry(shared: &Shared, sent: Vec<Sent>) {
-    shared.outbound().retry.extend(sent);
+/// Requests to route and send again after `send_retry`; those failing for longer than
+/// `give_up` are refused instead: `Unavailable` (with the runner last unreachable, if any).
+fn retry(shared: &Shared, sent: Vec<Sent>, unreachable: Option<&str>) {
+    let mut given_up = Vec::new();
+    {
+        let mut outbound = shared.outbound();
+        for mut each in sent {
+            each.failed(unreachable);
+            if each
+                .failing_since
+                .is_some_and(|t| t.elapsed() >= shared.give_up)
+            {
+                given_up.push((
+                    each.envelope.request_id,
+                    Some(Refusal::Unavailable {
+                        runner: each.unreachable,
+                        after_ms: u64::try_from(shared.give_up.as_millis()).unwrap_or(u64::MAX),
+                    }),
+                ));
+            } else {
+                outbound.retry.push(each);
+            }
+        }
+    }
+    if !given_up.is_empty() {
+        shared.inbox.routed(given_up);
+    }
     shared.wake.notify_one();
 }
 
@@ -578,7 +625,7 @@ async fn poll_replies(shared: Arc<Shared>, runner: String) {
                     }
                 }
                 if !again.is_empty() {
-                    retry(&shared, again);
+                    retry(&shared, again, None);
                 }
                 if !values.is_empty() {
                     shared.inbox.remote_replies(values);
@@ -598,7 +645,7 @@ async fn poll_replies(shared: Arc<Shared>, runner: String) {
                             .map(|awaiting| awaiting.into_values().collect())
                             .unwrap_or_default()
                     };
-                    retry(&shared, lost);
+                    retry(&shared, lost, Some(&runner));
                     return;
                 }
                 tokio::time::sleep(shared.send_retry).await;
@@ -840,6 +887,7 @@ mod tests {
                 route,
                 server_inbox.clone(),
                 Duration::from_millis(20),
+                Duration::from_secs(10),
             )
             .await
             .unwrap(),
@@ -855,6 +903,7 @@ mod tests {
                 route,
                 client_inbox.clone(),
                 Duration::from_millis(20),
+                Duration::from_secs(10),
             )
             .await
             .unwrap(),
@@ -911,6 +960,7 @@ mod tests {
             route,
             client_inbox.clone(),
             Duration::from_millis(20),
+            Duration::from_secs(10),
         )
         .await
         .unwrap();
@@ -927,6 +977,7 @@ mod tests {
                 route,
                 server_inbox.clone(),
                 Duration::from_millis(20),
+                Duration::from_secs(10),
             )
             .await
             .unwrap(),
@@ -956,6 +1007,8 @@ mod tests {
                 payload: vec![0; size],
             },
             discard: false,
+            failing_since: None,
+            unreachable: None,
         };
         let batch = vec![
             sent(MAX_BODY / 4),

@@ -277,6 +277,10 @@ impl PyRefusal {
             mailbox::Refusal::AlreadyProcessing { .. } => "AlreadyProcessing",
             mailbox::Refusal::NotAssigned { .. } => "NotAssigned",
             mailbox::Refusal::TooLarge { .. } => "TooLarge",
+            mailbox::Refusal::Unavailable {
+                runner: Some(_), ..
+            } => "RunnerUnavailable",
+            mailbox::Refusal::Unavailable { runner: None, .. } => "NoRunner",
         }
     }
 

@@ -228,7 +228,8 @@ fn offer(state: &mut State, request: Request, now: u64) -> Option<i64> {
         Err(
             Refusal::AlreadyProcessing { .. }
             | Refusal::NotAssigned { .. }
-            | Refusal::TooLarge { .. },
+            | Refusal::TooLarge { .. }
+            | Refusal::Unavailable { .. },
         ) => None,
         Err(Refusal::MailboxFull { .. }) => {
             storage.refused = true;
