@@ -200,6 +200,11 @@ def run_effect(
         raise entity_peers.PeerUnavailable(f"Effect printed no result ({err}): {out}") from None
 
 
+def _load() -> str:
+    """The machine's load average over the last minute (other work shares these CPUs)."""
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
 def _cell(measured: Measured | str | None) -> str:
     if measured is None:
         return "-"
@@ -233,7 +238,7 @@ def main() -> None:
         base = plait_figures[min(plait_figures)].rps
         print(
             f"  {count} runner(s): {figure.rps:>9,.0f} RPCs/s"
-            f"  ({figure.rps / base:.2f}x of {min(plait_figures)})"
+            f"  ({figure.rps / base:.2f}x of {min(plait_figures)}; {_load()})"
         )
     if not options.effect:
         return
@@ -257,7 +262,7 @@ def main() -> None:
             effect_figures[count] = figure
             print(
                 f"  {count} runner(s): {figure.rps:>9,.0f} RPCs/s"
-                f"  ({figure.requests:,} in {figure.seconds:.1f} s)"
+                f"  ({figure.requests:,} in {figure.seconds:.1f} s; {_load()})"
             )
     print()
     header = ("runners", "plait RPCs/s", "Effect RPCs/s", "ratio")
