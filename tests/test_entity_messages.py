@@ -204,12 +204,8 @@ async def test_a_full_mailbox_keeps_persisted_requests_in_storage(
 
 
 async def test_a_request_for_an_unregistered_type_gets_a_defect_after_the_timeout(
-    make_engine: EngineFactory, plait_clock: VirtualClock, backend: str
+    make_engine: EngineFactory, plait_clock: VirtualClock
 ) -> None:
-    if backend == "memory":
-        # About one run in eight on the memory store, the stored request is never read again
-        # after its first read (so never answered): an open defect, noted on issue 13.
-        pytest.xfail("memory store: the request is sometimes never read again (open defect)")
     config = plait.ShardingConfig(entity_registration_timeout=timedelta(seconds=5))
     engine = make_engine(plait_clock)
     engine.sharding = config

@@ -1080,8 +1080,10 @@ class WorkSource:
         """Bounds the resident entity instances (None: unbounded)."""
     def set_storage_options(self, poll_ms: int, registration_timeout_ms: int) -> None:
         """How often stored requests are read, and how long one of an unknown type waits."""
-    def due_changed(self, bridge: AsyncBridge) -> int:
-        """Resolves when `next_due` may have changed by the source's own doing."""
+    def due_version(self) -> int:
+        """The count of changes `due_changed` reports (read it before `next_due`)."""
+    def due_changed(self, bridge: AsyncBridge, since: int) -> int:
+        """Resolves when `next_due` may have changed by the source's own doing since `since`."""
     def poll_storage(self, deliver_at_ms: int | None = None, when_room: bool = False) -> None:
         """Reads the stored requests soon; at `deliver_at_ms`; or once a slot frees."""
     def offer(self, messages: Iterable[_Outgoing]) -> tuple[list[Refusal | None], list[Deliver]]:

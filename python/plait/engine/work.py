@@ -11,6 +11,7 @@ and hands each `Resume` to the engine; with a clock other than the system clock 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -103,10 +104,15 @@ class WorkLoop:
         while True:
             changed.clear()
             source.advance_to(clock.now_ms())
+            # The version first: a change the source makes after `next_due` is read, before
+            # the wait below begins in the core, still ends the wait.
+            version = source.due_version()
             due = source.next_due()
             waits: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(changed.wait()),
-                asyncio.ensure_future(_bridge.watch(source.due_changed)),
+                asyncio.ensure_future(
+                    _bridge.watch(functools.partial(source.due_changed, since=version))
+                ),
             ]
             if due is not None:
                 # At least a millisecond: what is due now the source fires by itself; what is

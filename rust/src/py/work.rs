@@ -398,11 +398,18 @@ impl PyWorkSource {
         bridge.spawn(async move { Ok(source.wait().await?) })
     }
 
-    /// Resolves to None when `next_due` may have changed by the source's own doing (a host
-    /// moving a manual clock waits on it); raises `ClosedError` once closed.
-    fn due_changed(&self, bridge: &AsyncBridge) -> PyResult<u64> {
+    /// The count of changes `due_changed` reports: read it before `next_due`, then wait from
+    /// it.
+    fn due_version(&self) -> PyResult<u64> {
+        Ok(self.source()?.due_version())
+    }
+
+    /// Resolves to None when `next_due` may have changed by the source's own doing since
+    /// `since` (a `due_version`; at once if it has already); a host moving a manual clock
+    /// waits on it. Raises `ClosedError` once closed.
+    fn due_changed(&self, bridge: &AsyncBridge, since: u64) -> PyResult<u64> {
         let source = self.source()?;
-        bridge.spawn(async move { Ok(source.due_changed().await?) })
+        bridge.spawn(async move { Ok(source.due_changed(since).await?) })
     }
 
     /// Resolves to None once the source has listed the executions found running and read its

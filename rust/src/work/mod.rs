@@ -221,6 +221,9 @@ struct Shared {
     /// Wakes a host moving a manual clock: the next instant it must move to changed by
     /// something the host did not do itself (a stored request read, held back or unregistered).
     due_changed: Notify,
+    /// Counts the changes `due_changed` reports, so a host that read `next_due` before it
+    /// began to wait still hears of a change made in between.
+    due_version: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -299,6 +302,7 @@ impl WorkSource {
             ready: Notify::new(),
             started: Notify::new(),
             due_changed: Notify::new(),
+            due_version: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         tokio::spawn(drive(Arc::clone(&shared), store));
@@ -661,17 +665,27 @@ impl WorkSource {
         self.shared.changed.notify_one();
     }
 
-    /// Waits until [`WorkSource::next_due`] may have changed by the source's own doing (what
-    /// a host moving a manual clock waits on beside its own changes).
+    /// The count of changes [`WorkSource::due_changed`] reports: read it before
+    /// [`WorkSource::next_due`], and wait from it.
+    pub fn due_version(&self) -> u64 {
+        self.shared.due_version.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`WorkSource::next_due`] may have changed by the source's own doing since
+    /// `since` (a [`WorkSource::due_version`]): what a host moving a manual clock waits on
+    /// beside its own changes. A change before the wait began counts: it returns at once.
     ///
     /// # Errors
     /// [`Closed`] once the source is closed.
-    pub async fn due_changed(&self) -> Result<(), Closed> {
+    pub async fn due_changed(&self, since: u64) -> Result<(), Closed> {
         let notified = self.shared.due_changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if self.shared.closed() {
             return Err(Closed);
+        }
+        if self.due_version() != since {
+            return Ok(());
         }
         notified.await;
         if self.shared.closed() {
@@ -1007,6 +1021,7 @@ async fn drive(shared: Arc<Shared>, store: Arc<dyn Store>) {
             state.storage.next_read(false) != storage_due
         };
         if moved && matches!(shared.clock, Clock::Manual(_)) {
+            shared.due_version.fetch_add(1, Ordering::AcqRel);
             shared.due_changed.notify_waiters();
         }
         match outcome {

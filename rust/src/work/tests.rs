@@ -478,10 +478,18 @@ async fn a_request_of_an_unregistered_type_is_handed_over_after_the_timeout() {
     let source = started(&store, T0).await;
     source.set_storage_options(10_000, 3_000);
     write(store.as_ref(), vec![stored(9, "x", None)]).await;
+    let version = source.due_version();
     source.poll_storage(None, false);
     idle(&source).await;
     assert!(source.take(10).is_empty());
     assert_eq!(source.next_due(), Some(T0 + 3_000));
+    // The read moved the next due instant: a host that read the version before, and only
+    // now begins to wait, still hears of it (the wait would never end otherwise).
+    assert_ne!(source.due_version(), version);
+    tokio::time::timeout(Duration::from_secs(1), source.due_changed(version))
+        .await
+        .expect("a change before the wait ends it at once")
+        .unwrap();
     source.advance_to(T0 + 3_000);
     let work = {
         tokio::time::timeout(Duration::from_secs(10), source.wait())
