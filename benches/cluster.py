@@ -25,6 +25,7 @@ runners listen on ports from `--port` (plait's) and `--port` + 10 (Effect's).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from benches import entity_peers, machine
@@ -82,18 +83,26 @@ def _settled(out: Path, ports: list[int]) -> bool:
     )
 
 
-def run(admin_url: str, runners: int, requests: int, port: int = PORT) -> Measured:
-    """Persisted RPCs over `runners` runner processes (listening on ports from `port`)."""
+def run(
+    admin_url: str, runners: int, requests: int, port: int = PORT, *, volatile: bool = False
+) -> Measured:
+    """Persisted (or volatile) RPCs over `runners` runner processes (ports from `port`)."""
     database = f"plait_bench_cluster_{uuid.uuid4().hex[:10]}"
     psql(admin_url, f"create database {database}")
     url = f"{admin_url.rsplit('/', 1)[0]}/{database}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="plait-bench-cluster-") as folder:
+        # The runners stop before their folder goes: they write their views into it.
+        with (
+            tempfile.TemporaryDirectory(prefix="plait-bench-cluster-") as folder,
+            _stopped(processes),
+        ):
             out = Path(folder)
             ports = [port + i for i in range(runners)]
             for index, port in enumerate(ports):
                 args = [url, port, out, index, runners, requests, IN_FLIGHT // runners, ENTITIES]
+                if volatile:
+                    args.append("volatile")
                 processes.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "benches.cluster_runner", *map(str, args)],
@@ -116,6 +125,15 @@ def run(admin_url: str, runners: int, requests: int, port: int = PORT) -> Measur
             elapsed: float = max(d["ended"] for d in done) - min(d["began"] for d in done)
             return Measured(requests, elapsed)
     finally:
+        psql(admin_url, f"drop database if exists {database} with (force)")
+
+
+@contextlib.contextmanager
+def _stopped(processes: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Stops (SIGTERM, then SIGKILL after 30 s) the processes started inside the block."""
+    try:
+        yield
+    finally:
         for process in processes:
             process.terminate()
         for process in processes:
@@ -123,7 +141,6 @@ def run(admin_url: str, runners: int, requests: int, port: int = PORT) -> Measur
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        psql(admin_url, f"drop database if exists {database} with (force)")
 
 
 def _wait(
@@ -222,6 +239,9 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=PORT, help="plait's first runner port")
     parser.add_argument("--effect", action="store_true", help="also run Effect's cluster")
+    parser.add_argument(
+        "--volatile", action="store_true", help="also volatile RPCs across runners (plait only)"
+    )
     parser.add_argument("--effect-requests", type=int, default=10_000)
     parser.add_argument("--peers-dir", type=Path, default=entity_peers.DEFAULT_DIR)
     options = parser.parse_args()
@@ -240,6 +260,16 @@ def main() -> None:
             f"  {count} runner(s): {figure.rps:>9,.0f} RPCs/s"
             f"  ({figure.rps / base:.2f}x of {min(plait_figures)}; {_load()})"
         )
+    if options.volatile:
+        print(f"volatile RPCs, {IN_FLIGHT:,} in flight over {ENTITIES:,} entities")
+        first: float | None = None
+        for count in counts:
+            figure = run(options.postgres, count, options.requests, options.port, volatile=True)
+            first = figure.rps if first is None else first
+            print(
+                f"  {count} runner(s): {figure.rps:>9,.0f} RPCs/s"
+                f"  ({figure.rps / first:.2f}x of {counts[0]}; {_load()})"
+            )
     if not options.effect:
         return
     effect_figures: dict[int, Measured | str] = {}

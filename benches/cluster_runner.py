@@ -1,13 +1,15 @@
 """One runner process of `benches/cluster.py`: serves the counter entity and sends its share.
 
 Usage: `python -m benches.cluster_runner <url> <port> <dir> <index> <runners> <requests>
-<in_flight> <entities>`
+<in_flight> <entities> [volatile]`
 
 It joins the cluster, writes `<dir>/view-<port>.json` (its shards, the ring's share for it, the
 healthy runners) every 100 ms, waits for `<dir>/go`, then sends the requests `n` with
 `n % runners == index` (persisted, a unique primary key each, to entity `n % entities`),
 `in_flight` at a time, and writes `<dir>/done-<port>.json`: when it began and ended, and how
-many replies it checked. It leaves the cluster on SIGTERM.
+many replies it checked. With `volatile` the requests are volatile `BenchClusterEcho.echo`
+calls instead (never stored: those for another runner's entities go to it over the runners'
+transport). It leaves the cluster on SIGTERM.
 """
 
 from __future__ import annotations
@@ -43,9 +45,18 @@ async def add(ctx: plait.EntityContext[Count], payload: Add) -> int:
     return ctx.state.total
 
 
+Echo = plait.Entity("BenchClusterEcho")
+
+
+@Echo.rpc()
+async def echo(ctx: plait.EntityContext, n: int) -> int:
+    return n + 1
+
+
 async def main(argv: list[str]) -> None:
     url, port_text, out_text, index_text, runners_text = argv[:5]
     requests, in_flight, entities = (int(a) for a in argv[5:8])
+    volatile = argv[8:9] == ["volatile"]
     port, index, runners, out = int(port_text), int(index_text), int(runners_text), Path(out_text)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -78,8 +89,11 @@ async def main(argv: list[str]) -> None:
         async def sender() -> None:
             nonlocal replies
             for n in mine:
-                total = await add.call(f"c-{n % entities}", Add(key=f"r{n}", by=1))
-                assert total >= 1
+                if volatile:
+                    assert await echo.call(f"e-{n % entities}", n) == n + 1
+                else:
+                    total = await add.call(f"c-{n % entities}", Add(key=f"r{n}", by=1))
+                    assert total >= 1
                 replies += 1
 
         began = time.time()

@@ -19,9 +19,9 @@ that ran it and answered with its port (replies `v<n> <port>`). They cross runne
 runners' transport, not the database.
 
 With `CLUSTER_INTERRUPT=<its port>` it sends one volatile `ClusterEcho.slow` to an entity on
-another runner once `<dir>/go` exists, gives up after one second, and writes
-`<dir>/done-<port>`; the handler appends `<entity id> <port>` to `<dir>/cancelled` when it is
-cancelled.
+another runner once `<dir>/go` exists, gives up once the handler started there (it appends
+`<entity id> <port>` to `<dir>/started`), and writes `<dir>/done-<port>`; the handler appends
+`<entity id> <port>` to `<dir>/cancelled` when it is cancelled.
 
 With `CLUSTER_VANISH=<its port>` it sends one volatile `ClusterEcho.slow` once `<dir>/go`
 exists and writes the class name of the error it gets to `<dir>/error-<port>`.
@@ -209,8 +209,12 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
                 if view.assignments[f"default:{shard_id(f'slow-{i}', 300)}"] != runner.address
             )
             (out / "slow").write_text(elsewhere)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(slow.call(elsewhere), 1.0)
+            call = asyncio.ensure_future(slow.call(elsewhere))
+            while not (out / "started").exists():  # noqa: ASYNC110 - the other runner's file
+                await asyncio.sleep(0.02)
+            call.cancel()  # the caller gives up once the handler runs over there
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
             (out / f"done-{port}").write_text("done")
         elif os.environ.get("CLUSTER_VANISH") == str(port):
             while not (out / "go").exists():  # noqa: ASYNC110 - the test says when to begin

@@ -439,6 +439,8 @@ class EntityRuntime:
         self._remote: dict[int, Outgoing] = {}
         # Final replies of requests other processes sent here, for the transport.
         self._forwarded_replies: list[tuple[int, bytes]] = []
+        # Requests other processes sent here whose caller gave up (their handler is stopped).
+        self._interrupted_forwarded: set[int] = set()
         # Requests whose handler is cancelled because their shard moved away.
         self._moving: set[int] = set()
         for entity in all_entities():
@@ -592,9 +594,10 @@ class EntityRuntime:
             return
         remote = self._remote.pop(request_id, None)
         if remote is not None and not remote.persisted and self.sharding is not None:
-            self.sharding.interrupt([request_id])  # sent to another runner
-            return
-        if remote is not None:
+            # Sent over the transport: its runner is told. (It may also wait in a mailbox
+            # here, routed back to this runner: dropped below.)
+            self.sharding.interrupt([request_id])
+        elif remote is not None:
             self.source.forget_replies([request_id])
         if outgoing.persisted:
             # Wherever it is (being saved, waiting, stored for later), its stored reply is an
@@ -639,6 +642,7 @@ class EntityRuntime:
                     and answer.kind == "NotAssigned"
                     and not outgoing.persisted
                     and not outgoing.forwarded
+                    and outgoing.request_id not in self._streams  # streams stay on a runner
                     and self.sharding is not None
                 ):
                     elsewhere.append(outgoing)  # on another runner: over the transport
@@ -792,6 +796,9 @@ class EntityRuntime:
 
     def _refused(self, outgoing: Outgoing, refusal: Refusal) -> None:
         kind = refusal.kind
+        if outgoing.forwarded:
+            self._refused_forwarded(outgoing, refusal)
+            return
         if outgoing.persisted and kind == "NotAssigned":
             # Its shard moved away after it was saved claimed: its new owner delivers it.
             self.journal.write_then([Op.unclaim(outgoing.request_id)], _ignore)
@@ -821,7 +828,26 @@ class EntityRuntime:
             taken.set_exception(error)
         self._answer(outgoing.request_id, Failure(error))
 
+    def _refused_forwarded(self, outgoing: Outgoing, refusal: Refusal) -> None:
+        """A request sent here, refused when offered again (after a defect's delay).
+
+        Its caller sends it again if its shard moved, or hears why.
+        """
+        assert self.sharding is not None
+        if refusal.kind == "NotAssigned":
+            self.sharding.moved([outgoing.request_id])
+            return
+        error = (
+            MailboxFull(outgoing.entity_type, outgoing.entity_id, refusal.message)
+            if refusal.kind == "MailboxFull"
+            else MalformedMessage(refusal.message)
+        )
+        encoded = _ANY_REPLY.settle(Failure(error))[0]
+        self._forwarded_replies.append((outgoing.request_id, encoded))
+        self._schedule_flush()
+
     def _answer(self, request_id: int, exit_: Exit) -> None:
+        self._remote.pop(request_id, None)  # routed back here after all: answered here
         callers = self.callers.pop(request_id, ())
         for caller in callers:
             if caller.done():
@@ -872,6 +898,7 @@ class EntityRuntime:
         running = self._running.get(interrupt.request_id)
         if running is not None:
             if running[1] is not None:
+                self._interrupted_forwarded.add(interrupt.request_id)
                 running[1].cancel()  # `_handle` frees the slot
             return []
         return self.source.drop_request(
@@ -1020,7 +1047,12 @@ class EntityRuntime:
                     self._moving.discard(delivery.request_id)
                     self._forget(instance, delivery)
                     raise
-                if not self._closing and delivery.request_id not in self.callers:
+                if delivery.forwarded:
+                    given_up = delivery.request_id in self._interrupted_forwarded
+                    self._interrupted_forwarded.discard(delivery.request_id)
+                else:
+                    given_up = delivery.request_id not in self.callers
+                if not self._closing and given_up:
                     # Its caller gave up (a client interrupt): the slot frees; a persisted
                     # request's stored reply is the interrupt.
                     self._forget(instance, delivery)
@@ -1265,7 +1297,11 @@ class EntityRuntime:
             )
             if delivery.persisted:
                 remote.append(outgoing)
-            elif self.sharding is not None:
+            elif (
+                self.sharding is not None
+                and not delivery.forwarded
+                and delivery.request_id not in self._streams
+            ):
                 self._send_elsewhere([outgoing])  # to the new owner
             else:
                 message = f"{delivery.entity_type}/{delivery.entity_id} moved to another runner"

@@ -31,7 +31,7 @@ use rustc_hash::FxHashSet;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
-    cluster::transport::{Inbox, Route, Transport, TransportError},
+    cluster::transport::{Endpoint, InRings, Inbox, Route, Transport, TransportError},
     shard::{shard_id, HashRing},
     store::sql::{Notification, RunnerStorage, ShardFences, SqlError, SqlStore},
 };
@@ -171,11 +171,16 @@ impl Sharding {
         .to_string();
         let shared = Arc::new(Shared::default());
         // Listening before registering: a runner in the rings can be reached.
+        let endpoint = Endpoint {
+            name: caller_name(&options.address),
+            address: Some(options.address.clone()),
+            listen: Some(options.listen.clone().unwrap_or(options.address.clone())),
+            route: route(&shared, options.shards_per_group),
+            in_rings: in_rings(&shared),
+        };
         let transport = Arc::new(
             Transport::start(
-                caller_name(&options.address),
-                Some(options.listen.as_deref().unwrap_or(&options.address)),
-                route(&shared, options.shards_per_group),
+                endpoint,
                 inbox,
                 options.send_retry,
                 options.lock_expiration * 2,
@@ -247,11 +252,16 @@ impl Sharding {
         let notifications = store.listen().await?;
         let shared = Arc::new(Shared::default());
         shared.view().machine_id = machine_id;
+        let endpoint = Endpoint {
+            name: caller_name("client"),
+            address: None,
+            listen: None,
+            route: route(&shared, options.shards_per_group),
+            in_rings: in_rings(&shared),
+        };
         let transport = Arc::new(
             Transport::start(
-                caller_name("client"),
-                None,
-                route(&shared, options.shards_per_group),
+                endpoint,
                 inbox,
                 options.send_retry,
                 options.lock_expiration * 2,
@@ -333,7 +343,7 @@ impl Sharding {
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
         }
-        self.transport.close();
+        self.transport.close().await;
     }
 }
 
@@ -361,6 +371,12 @@ fn route(shared: &Arc<Shared>, shards_per_group: NonZeroU32) -> Route {
         let owned_by = format!("default:{}", shard_id(entity_id, shards_per_group));
         shared.view().assignments.get(&owned_by).cloned()
     })
+}
+
+/// Whether a runner is in the rings: it owns some shard by them.
+fn in_rings(shared: &Arc<Shared>) -> InRings {
+    let shared = Arc::clone(shared);
+    Arc::new(move |runner: &str| shared.view().assignments.values().any(|a| a == runner))
 }
 
 /// A held shard being drained: its epoch and when it is released regardless.

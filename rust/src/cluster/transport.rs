@@ -7,6 +7,8 @@
 //! - `POST /plait/v1/send`: a batch of requests (offered to the mailboxes here, one answer
 //!   each: taken, or the mailbox's refusal) and of interrupts of requests sent before.
 //! - `POST /plait/v1/replies`: a long poll for the replies of the requests a caller sent here.
+//!   Each reply has a sequence number; a poll acknowledges what the caller got, and the server
+//!   drops replies only once acknowledged, so a poll answer lost on the way loses nothing.
 //!   Replies travel on a poll rather than on the response of their request, so a batch of
 //!   requests is one HTTP request however long its handlers take, and a client-only process,
 //!   which listens nowhere, gets its replies the same way.
@@ -17,10 +19,13 @@
 //! cannot be reached, is tried again every `send_retry`. Effect retries without limit; here a
 //! request undelivered for `give_up` (twice the shard lease: longer than a failover takes) is
 //! answered `Unavailable`, so that a caller whose runner vanished for good hears of it. A
-//! request taken by a runner that then stops answering is sent again to the shard's next
-//! owner: volatile requests are delivered at least once across runner failures, as in Effect.
+//! request the rings give to this very process (it holds the shard, or is about to) is offered
+//! to its own mailboxes, not sent over the network. A request taken by a runner that then stops
+//! answering is sent again to the shard's next owner: volatile requests are delivered at least
+//! once across runner failures, as in Effect.
 
 use std::{
+    collections::VecDeque,
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -34,7 +39,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
@@ -43,18 +48,25 @@ use crate::cluster::mailbox::{Address, Message, Refusal};
 /// Largest request body the server reads, and so the largest batch a sender makes.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A long poll is answered after this at the latest, empty if nothing came.
-const POLL_HOLD: Duration = Duration::from_secs(10);
+const POLL_HOLD: Duration = Duration::from_secs(5);
+/// A send is answered at once (its requests are offered, not run): a runner that takes longer
+/// is hung.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// A caller that has not polled for this long is gone: its unread replies are dropped.
 const CALLER_GONE: Duration = Duration::from_mins(2);
-/// Polls that fail in a row before the runner counts as unavailable.
+/// Polls that fail in a row before a runner still in the rings counts as unavailable (one
+/// suffices for a runner the rings left).
 const POLL_FAILURES: u32 = 3;
 /// Interrupts are sent this many times at most (Effect: 3 retries).
 const INTERRUPT_TRIES: u32 = 4;
+/// How long a closing server waits for its callers to take the replies it holds.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const MSGPACK: &str = "application/msgpack";
 
 /// What the transport tells the process's work source.
 pub trait Inbox: Send + Sync {
-    /// Requests from another process, for entities here: one answer each.
+    /// Requests for entities here (from another process, or routed here by this one): one
+    /// answer each.
     fn offer_remote(&self, messages: Vec<Message>) -> Vec<Result<(), Refusal>>;
     /// Callers elsewhere gave up on these requests (taken here before).
     fn interrupt_remote(&self, requests: Vec<(i64, Address)>);
@@ -67,6 +79,8 @@ pub trait Inbox: Send + Sync {
 
 /// Where an entity's requests go now: the address of its shard's owner by the rings.
 pub type Route = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Whether a runner (by address) is in the rings now.
+pub type InRings = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +95,21 @@ pub enum TransportError {
     },
     /// The HTTP client could not be made.
     #[error("cannot make the runners' HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
+}
+
+/// How a process takes part: who it is, where it listens, how it finds runners.
+pub struct Endpoint {
+    /// This process among the callers of other runners (unique per process).
+    pub name: String,
+    /// This process's own runner address (requests routed to it stay here).
+    pub address: Option<String>,
+    /// Where it listens, if it serves.
+    pub listen: Option<String>,
+    /// The owner of an entity's shard by the rings.
+    pub route: Route,
+    /// Whether a runner is in the rings.
+    pub in_rings: InRings,
 }
 
 /// A request as it travels.
@@ -93,6 +121,8 @@ struct Envelope {
     tag: String,
     #[serde(with = "serde_bytes")]
     payload: Vec<u8>,
+    /// The caller waits for no reply (only for a mailbox to take it).
+    discard: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,9 +142,11 @@ struct SendAnswers {
 #[derive(Debug, Serialize, Deserialize)]
 struct Poll {
     from: String,
+    /// The caller got every reply up to this sequence number.
+    ack: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Outcome {
     /// The final reply (an encoded exit).
     Exit(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -124,18 +156,20 @@ enum Outcome {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Replies {
-    replies: Vec<(i64, Outcome)>,
+    /// `(sequence number, request id, outcome)`.
+    replies: Vec<(u64, i64, Outcome)>,
 }
 
-/// A request being sent: its envelope, and whether its caller waits for a reply.
+/// A request being sent: its envelope, and how its delivery has gone so far.
 #[derive(Clone, Debug)]
 struct Sent {
     envelope: Envelope,
-    discard: bool,
     /// When it first could not be delivered (no owner, refused as not assigned, its runner
-    /// unreachable), and the last runner that could not be reached.
+    /// unreachable) since it was last taken, and the last runner that could not be reached.
     failing_since: Option<Instant>,
     unreachable: Option<String>,
+    /// Its runner answered the send (took it): an interrupt can reach it there.
+    answered: bool,
 }
 
 impl Sent {
@@ -146,19 +180,31 @@ impl Sent {
             self.unreachable = Some(runner.to_owned());
         }
     }
+
+    /// A runner took it: a later failure counts from then.
+    fn taken(&mut self) {
+        self.failing_since = None;
+        self.unreachable = None;
+        self.answered = true;
+    }
 }
 
-/// The sending side: requests to route, those taken and awaiting a reply, by runner.
+/// The sending side: requests to route, those sent and awaiting a reply, by runner.
 #[derive(Default)]
 struct Outbound {
     /// To route and send at the next round.
     unsent: Vec<Sent>,
     /// To try again after `send_retry`.
     retry: Vec<Sent>,
-    /// Taken by a runner, waiting for its reply there: by runner address, by request id.
+    /// Sent to a runner (the answer may be on its way), waiting for its reply there: by
+    /// runner address, by request id. Entered before the send, so that a reply polled before
+    /// the send's answer arrives finds its request.
     awaiting: FxHashMap<String, FxHashMap<i64, Sent>>,
     /// Runners with a long poll running.
-    polling: Vec<String>,
+    polling: FxHashSet<String>,
+    /// Requests whose caller gave up while their send was unanswered, or while they were
+    /// between the sets above: sent no more, and the runner that takes one is told.
+    interrupted: FxHashSet<i64>,
 }
 
 /// The serving side: replies for callers elsewhere, and the requests they sent here.
@@ -170,7 +216,9 @@ struct Inbound {
 }
 
 struct Caller {
-    replies: Vec<(i64, Outcome)>,
+    /// Replies not yet acknowledged, with their sequence numbers.
+    replies: VecDeque<(u64, i64, Outcome)>,
+    next_seq: u64,
     wake: Arc<Notify>,
     seen: Instant,
 }
@@ -178,7 +226,8 @@ struct Caller {
 impl Caller {
     fn new() -> Self {
         Self {
-            replies: Vec::new(),
+            replies: VecDeque::new(),
+            next_seq: 1,
             wake: Arc::new(Notify::new()),
             seen: Instant::now(),
         }
@@ -186,10 +235,8 @@ impl Caller {
 }
 
 struct Shared {
-    /// This process among the callers of other runners.
-    me: String,
+    endpoint: Endpoint,
     client: reqwest::Client,
-    route: Route,
     inbox: Arc<dyn Inbox>,
     send_retry: Duration,
     /// How long a request may go undelivered before its caller gets `Unavailable`.
@@ -215,6 +262,13 @@ impl Shared {
     fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
+
+    fn unavailable(&self, sent: &Sent) -> Refusal {
+        Refusal::Unavailable {
+            runner: sent.unreachable.clone(),
+            after_ms: u64::try_from(self.give_up.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// A process's end of the runners' messages. See the [module documentation](self).
@@ -225,21 +279,19 @@ pub struct Transport {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("me", &self.shared.me)
+            .field("name", &self.shared.endpoint.name)
             .finish_non_exhaustive()
     }
 }
 
 impl Transport {
-    /// Starts the transport of process `me`: its sender, and (with `listen`) its server.
-    /// Must be called inside a tokio runtime.
+    /// Starts the transport of a process: its sender, and (if the endpoint listens) its
+    /// server. Must be called inside a tokio runtime.
     ///
     /// # Errors
     /// [`TransportError`] when the address cannot be bound or the client made.
     pub async fn start(
-        me: String,
-        listen: Option<&str>,
-        route: Route,
+        endpoint: Endpoint,
         inbox: Arc<dyn Inbox>,
         send_retry: Duration,
         give_up: Duration,
@@ -249,11 +301,11 @@ impl Transport {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .build()
-            .map_err(|err| TransportError::Client(err.to_string()))?;
-        let listener = match listen {
+            .map_err(TransportError::Client)?;
+        let listener = match &endpoint.listen {
             Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
                 |source| TransportError::Listen {
-                    address: address.to_owned(),
+                    address: address.clone(),
                     source,
                 },
             )?),
@@ -261,9 +313,8 @@ impl Transport {
         };
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            me,
+            endpoint,
             client,
-            route,
             inbox,
             send_retry: send_retry.max(Duration::from_millis(1)),
             give_up,
@@ -305,28 +356,27 @@ impl Transport {
             let mut outbound = self.shared.outbound();
             for (message, discard) in messages {
                 let size = message.payload.len();
-                if size > MAX_BODY / 2 {
-                    refused.push((
-                        message.request_id,
-                        Some(Refusal::TooLarge {
-                            size,
-                            limit: MAX_BODY / 2,
-                        }),
-                    ));
-                    continue;
-                }
-                outbound.unsent.push(Sent {
+                let sent = Sent {
                     envelope: Envelope {
                         request_id: message.request_id,
                         entity_type: message.address.entity_type,
                         entity_id: message.address.entity_id,
                         tag: message.tag,
                         payload: message.payload,
+                        discard,
                     },
-                    discard,
                     failing_since: None,
                     unreachable: None,
-                });
+                    answered: false,
+                };
+                if self.shared.stopped() {
+                    refused.push((message.request_id, Some(self.shared.unavailable(&sent))));
+                } else if size > MAX_BODY / 2 {
+                    let limit = MAX_BODY / 2;
+                    refused.push((message.request_id, Some(Refusal::TooLarge { size, limit })));
+                } else {
+                    outbound.unsent.push(sent);
+                }
             }
         }
         if !refused.is_empty() {
@@ -336,39 +386,45 @@ impl Transport {
     }
 
     /// The callers of these requests gave up: they are not sent any more, and the runners
-    /// that took them are told.
+    /// that took them (or are about to) are told.
     pub fn interrupt(&self, ids: &[i64]) {
         let mut told: FxHashMap<String, Vec<i64>> = FxHashMap::default();
         {
             let mut outbound = self.shared.outbound();
-            for id in ids {
-                outbound.unsent.retain(|s| s.envelope.request_id != *id);
-                outbound.retry.retain(|s| s.envelope.request_id != *id);
-                for (runner, awaiting) in &mut outbound.awaiting {
-                    if awaiting.remove(id).is_some() {
-                        told.entry(runner.clone()).or_default().push(*id);
+            let outbound = &mut *outbound;
+            let mut left: FxHashSet<i64> = ids.iter().copied().collect();
+            for sent in outbound.unsent.iter().chain(&outbound.retry) {
+                left.remove(&sent.envelope.request_id);
+            }
+            let wanted: FxHashSet<i64> = ids.iter().copied().collect();
+            outbound
+                .unsent
+                .retain(|s| !wanted.contains(&s.envelope.request_id));
+            outbound
+                .retry
+                .retain(|s| !wanted.contains(&s.envelope.request_id));
+            for (runner, awaiting) in &mut outbound.awaiting {
+                for id in ids {
+                    match awaiting.remove(id) {
+                        Some(sent) if sent.answered => {
+                            told.entry(runner.clone()).or_default().push(*id);
+                            left.remove(id);
+                        }
+                        // Its send is unanswered: the answer tells whether to tell.
+                        Some(_) => {
+                            outbound.interrupted.insert(*id);
+                            left.remove(id);
+                        }
+                        None => {}
                     }
                 }
             }
+            // Found nowhere: between two of the sets (a move being routed again), caught where
+            // it lands; or answered already, and then the entry goes with its next sighting.
+            outbound.interrupted.extend(left);
         }
         for (runner, ids) in told {
-            let shared = Arc::clone(&self.shared);
-            self.shared.runtime.spawn(async move {
-                let batch = SendBatch {
-                    from: shared.me.clone(),
-                    requests: Vec::new(),
-                    interrupts: ids,
-                };
-                for _ in 0..INTERRUPT_TRIES {
-                    if call::<_, SendAnswers>(&shared, &runner, "send", &batch)
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(shared.send_retry).await;
-                }
-            });
+            tell_interrupted(&self.shared, runner, ids);
         }
     }
 
@@ -392,10 +448,12 @@ impl Transport {
         let mut woken = Vec::new();
         for (id, outcome) in outcomes {
             let Some((from, _)) = inbound.origins.remove(&id) else {
-                continue;
+                continue; // sent with discard, or its caller gave up
             };
             let caller = inbound.callers.entry(from).or_insert_with(Caller::new);
-            caller.replies.push((id, outcome));
+            let seq = caller.next_seq;
+            caller.next_seq += 1;
+            caller.replies.push_back((seq, id, outcome));
             woken.push(Arc::clone(&caller.wake));
         }
         drop(inbound);
@@ -416,13 +474,24 @@ impl Transport {
         answer.is_ok_and(|response| response.status().is_success())
     }
 
-    /// Requests of other processes in the mailboxes here.
-    pub fn serving(&self) -> usize {
-        self.shared.inbound().origins.len()
+    /// Stops sending, and serving once the callers took the replies held here (for a short
+    /// while at most).
+    pub async fn close(&self) {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while Instant::now() < deadline
+            && self
+                .shared
+                .inbound()
+                .callers
+                .values()
+                .any(|caller| !caller.replies.is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop();
     }
 
-    /// Stops serving and sending.
-    pub fn close(&self) {
+    fn stop(&self) {
         self.shared.stop.send_replace(true);
         self.shared.wake.notify_one();
         for caller in self.shared.inbound().callers.values() {
@@ -433,8 +502,28 @@ impl Transport {
 
 impl Drop for Transport {
     fn drop(&mut self) {
-        self.close();
+        self.stop();
     }
+}
+
+/// Tells `runner` that the callers of `ids` gave up (a few tries, then it is let go).
+fn tell_interrupted(shared: &Arc<Shared>, runner: String, ids: Vec<i64>) {
+    let batch = SendBatch {
+        from: shared.endpoint.name.clone(),
+        requests: Vec::new(),
+        interrupts: ids,
+    };
+    let shared = Arc::clone(shared);
+    let runtime = shared.runtime.clone();
+    runtime.spawn(async move {
+        for _ in 0..INTERRUPT_TRIES {
+            let told = call::<_, SendAnswers>(&shared, &runner, "send", &batch, SEND_TIMEOUT);
+            if told.await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(shared.send_retry).await;
+        }
+    });
 }
 
 /// Sends what is unsent, a batch per runner, until the transport closes.
@@ -443,6 +532,7 @@ async fn send_loop(shared: Arc<Shared>) {
     let mut next_retry: Option<Instant> = None;
     loop {
         if shared.stopped() {
+            give_up_all(&shared);
             return;
         }
         let sleep = next_retry.map_or(Duration::from_hours(1), |at| {
@@ -465,14 +555,21 @@ async fn send_loop(shared: Arc<Shared>) {
         };
         let mut by_runner: FxHashMap<String, Vec<Sent>> = FxHashMap::default();
         let mut unrouted = Vec::new();
+        let mut here = Vec::new();
         for sent in unsent {
-            match (shared.route)(&sent.envelope.entity_id) {
+            match (shared.endpoint.route)(&sent.envelope.entity_id) {
+                Some(runner) if Some(&runner) == shared.endpoint.address.as_ref() => {
+                    here.push(sent);
+                }
                 Some(runner) => by_runner.entry(runner).or_default().push(sent),
                 None => unrouted.push(sent),
             }
         }
         if !unrouted.is_empty() {
             retry(&shared, unrouted, None);
+        }
+        if !here.is_empty() {
+            offer_here(&shared, here);
         }
         for (runner, batch) in by_runner {
             for chunk in chunks(batch) {
@@ -485,12 +582,75 @@ async fn send_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Batches of at most about [`MAX_BODY`] / 2 bytes of payload.
+/// The transport stopped: what it still holds to send, or awaits, is answered `Unavailable`.
+fn give_up_all(shared: &Shared) {
+    let pending: Vec<Sent> = {
+        let mut outbound = shared.outbound();
+        let mut pending: Vec<Sent> = std::mem::take(&mut outbound.unsent);
+        pending.append(&mut outbound.retry);
+        for (_, awaiting) in outbound.awaiting.drain() {
+            pending.extend(awaiting.into_values());
+        }
+        pending
+    };
+    if !pending.is_empty() {
+        let refused = pending
+            .iter()
+            .map(|sent| (sent.envelope.request_id, Some(shared.unavailable(sent))))
+            .collect();
+        shared.inbox.routed(refused);
+    }
+}
+
+/// Requests the rings give to this process: offered to its own mailboxes (as the caller's
+/// first offer was, before its shard was held here); still refused as not assigned, they are
+/// tried again.
+fn offer_here(shared: &Shared, here: Vec<Sent>) {
+    let messages = here
+        .iter()
+        .map(|sent| Message {
+            request_id: sent.envelope.request_id,
+            address: Address {
+                entity_type: sent.envelope.entity_type.clone(),
+                entity_id: sent.envelope.entity_id.clone(),
+            },
+            tag: sent.envelope.tag.clone(),
+            payload: sent.envelope.payload.clone(),
+            persisted: false,
+            forwarded: false,
+        })
+        .collect();
+    let answers = shared.inbox.offer_remote(messages);
+    let mut routed = Vec::new();
+    let mut again = Vec::new();
+    for (sent, answer) in here.into_iter().zip(answers) {
+        match answer {
+            // Taken here: the caller hears as from any local request.
+            Ok(()) if sent.envelope.discard => routed.push((sent.envelope.request_id, None)),
+            Ok(()) => {}
+            Err(Refusal::NotAssigned { .. }) => again.push(sent),
+            Err(refusal) => routed.push((sent.envelope.request_id, Some(refusal))),
+        }
+    }
+    if !again.is_empty() {
+        retry(shared, again, None);
+    }
+    if !routed.is_empty() {
+        shared.inbox.routed(routed);
+    }
+}
+
+/// Batches of at most about [`MAX_BODY`] / 2 bytes.
 fn chunks(batch: Vec<Sent>) -> Vec<Vec<Sent>> {
     let mut chunks = vec![Vec::new()];
     let mut size = 0;
     for sent in batch {
-        let length = sent.envelope.payload.len() + 128;
+        let envelope = &sent.envelope;
+        let length = envelope.payload.len()
+            + envelope.entity_type.len()
+            + envelope.entity_id.len()
+            + envelope.tag.len()
+            + 64;
         if size + length > MAX_BODY / 2 && size > 0 {
             chunks.push(Vec::new());
             size = 0;
@@ -505,43 +665,72 @@ fn chunks(batch: Vec<Sent>) -> Vec<Vec<Sent>> {
 
 async fn send_batch(shared: Arc<Shared>, runner: String, batch: Vec<Sent>) {
     let body = SendBatch {
-        from: shared.me.clone(),
+        from: shared.endpoint.name.clone(),
         requests: batch.iter().map(|s| s.envelope.clone()).collect(),
         interrupts: Vec::new(),
     };
-    let answers = match call::<_, SendAnswers>(&shared, &runner, "send", &body).await {
+    // Awaited before the send: a reply polled before the answer comes finds its request.
+    let poll = {
+        let mut outbound = shared.outbound();
+        let awaiting = outbound.awaiting.entry(runner.clone()).or_default();
+        for sent in batch.iter().filter(|s| !s.envelope.discard) {
+            awaiting.insert(sent.envelope.request_id, sent.clone());
+        }
+        let start =
+            batch.iter().any(|s| !s.envelope.discard) && !outbound.polling.contains(&runner);
+        if start {
+            outbound.polling.insert(runner.clone());
+        }
+        start
+    };
+    if poll {
+        tokio::spawn(poll_replies(Arc::clone(&shared), runner.clone()));
+    }
+    let answered = call::<_, SendAnswers>(&shared, &runner, "send", &body, SEND_TIMEOUT).await;
+    let answers = match answered {
         Ok(answers) if answers.answers.len() == batch.len() => answers.answers,
         Ok(_) | Err(_) => {
-            // Unavailable (Effect's RunnerUnavailable): routed again after `send_retry`.
+            // Unavailable (Effect's RunnerUnavailable): routed again after `send_retry`, but
+            // not those answered meanwhile (the runner took them after all).
             log::debug!(target: "plait.cluster", "runner {runner} unavailable for {} requests", batch.len());
-            retry(&shared, batch, Some(&runner));
+            let still = take_awaiting(&shared, &runner, &batch);
+            retry(&shared, still, Some(&runner));
             return;
         }
     };
     let mut routed = Vec::new();
     let mut again = Vec::new();
-    let mut poll = false;
+    let mut interrupted = Vec::new();
     {
         let mut outbound = shared.outbound();
+        let outbound = &mut *outbound;
+        let awaiting = outbound.awaiting.entry(runner.clone()).or_default();
         for (sent, answer) in batch.into_iter().zip(answers) {
+            let id = sent.envelope.request_id;
+            let gave_up = outbound.interrupted.remove(&id);
             match answer {
-                None if sent.discard => routed.push((sent.envelope.request_id, None)),
+                // Its caller gave up while the send was on its way: the runner is told.
+                None if gave_up => interrupted.push(id),
+                None if sent.envelope.discard => routed.push((id, None)),
                 None => {
-                    outbound
-                        .awaiting
-                        .entry(runner.clone())
-                        .or_default()
-                        .insert(sent.envelope.request_id, sent);
-                    poll = true;
+                    if let Some(awaited) = awaiting.get_mut(&id) {
+                        awaited.taken();
+                    }
                 }
-                Some(Refusal::NotAssigned { .. }) => again.push(sent),
-                Some(refusal) => routed.push((sent.envelope.request_id, Some(refusal))),
+                Some(_) if gave_up => {}
+                Some(refusal) => {
+                    if awaiting.remove(&id).is_some() || sent.envelope.discard {
+                        match refusal {
+                            Refusal::NotAssigned { .. } => again.push(sent),
+                            refusal => routed.push((id, Some(refusal))),
+                        }
+                    }
+                }
             }
         }
-        poll &= !outbound.polling.contains(&runner);
-        if poll {
-            outbound.polling.push(runner.clone());
-        }
+    }
+    if !interrupted.is_empty() {
+        tell_interrupted(&shared, runner, interrupted);
     }
     if !again.is_empty() {
         retry(&shared, again, None);
@@ -549,30 +738,54 @@ async fn send_batch(shared: Arc<Shared>, runner: String, batch: Vec<Sent>) {
     if !routed.is_empty() {
         shared.inbox.routed(routed);
     }
-    if poll {
-        tokio::spawn(poll_replies(shared, runner));
+}
+
+/// Takes the requests of `batch` still awaited from `runner` out of its awaited ones (and the
+/// discarded ones, which are never awaited).
+fn take_awaiting(shared: &Shared, runner: &str, batch: &[Sent]) -> Vec<Sent> {
+    let mut outbound = shared.outbound();
+    for sent in batch {
+        // Interrupted while its send failed: nothing to send, nobody to tell.
+        if outbound.interrupted.remove(&sent.envelope.request_id) {
+            if let Some(awaiting) = outbound.awaiting.get_mut(runner) {
+                awaiting.remove(&sent.envelope.request_id);
+            }
+        }
     }
+    let awaiting = outbound.awaiting.get_mut(runner);
+    let mut still = Vec::new();
+    match awaiting {
+        Some(awaiting) => {
+            for sent in batch {
+                if sent.envelope.discard {
+                    still.push(sent.clone());
+                } else if let Some(awaited) = awaiting.remove(&sent.envelope.request_id) {
+                    still.push(awaited);
+                }
+            }
+        }
+        None => still.extend(batch.iter().filter(|s| s.envelope.discard).cloned()),
+    }
+    still
 }
 
 /// Requests to route and send again after `send_retry`; those failing for longer than
 /// `give_up` are refused instead: `Unavailable` (with the runner last unreachable, if any).
+/// Those whose caller gave up are dropped.
 fn retry(shared: &Shared, sent: Vec<Sent>, unreachable: Option<&str>) {
     let mut given_up = Vec::new();
     {
         let mut outbound = shared.outbound();
         for mut each in sent {
+            if outbound.interrupted.remove(&each.envelope.request_id) {
+                continue;
+            }
             each.failed(unreachable);
             if each
                 .failing_since
                 .is_some_and(|t| t.elapsed() >= shared.give_up)
             {
-                given_up.push((
-                    each.envelope.request_id,
-                    Some(Refusal::Unavailable {
-                        runner: each.unreachable,
-                        after_ms: u64::try_from(shared.give_up.as_millis()).unwrap_or(u64::MAX),
-                    }),
-                ));
+                given_up.push((each.envelope.request_id, Some(shared.unavailable(&each))));
             } else {
                 outbound.retry.push(each);
             }
@@ -587,6 +800,7 @@ fn retry(shared: &Shared, sent: Vec<Sent>, unreachable: Option<&str>) {
 /// Reads the replies a runner holds for this process while requests await them there.
 async fn poll_replies(shared: Arc<Shared>, runner: String) {
     let mut failures = 0;
+    let mut ack = 0;
     loop {
         if shared.stopped() {
             return;
@@ -598,23 +812,30 @@ async fn poll_replies(shared: Arc<Shared>, runner: String) {
                 .get(&runner)
                 .is_none_or(FxHashMap::is_empty)
             {
+                // Decided under the lock that `send_batch` fills it under: a request awaited
+                // after this starts a poll of its own.
                 outbound.awaiting.remove(&runner);
-                outbound.polling.retain(|r| *r != runner);
+                outbound.polling.remove(&runner);
                 return;
             }
         }
         let poll = Poll {
-            from: shared.me.clone(),
+            from: shared.endpoint.name.clone(),
+            ack,
         };
-        match call::<_, Replies>(&shared, &runner, "replies", &poll).await {
+        let hold = POLL_HOLD + Duration::from_secs(3);
+        match call::<_, Replies>(&shared, &runner, "replies", &poll, hold).await {
             Ok(replies) => {
                 failures = 0;
                 let mut values = Vec::new();
                 let mut again = Vec::new();
                 {
                     let mut outbound = shared.outbound();
+                    let outbound = &mut *outbound;
                     let awaiting = outbound.awaiting.entry(runner.clone()).or_default();
-                    for (id, outcome) in replies.replies {
+                    for (seq, id, outcome) in replies.replies {
+                        ack = ack.max(seq);
+                        outbound.interrupted.remove(&id);
                         let Some(sent) = awaiting.remove(&id) else {
                             continue; // interrupted meanwhile, or answered already
                         };
@@ -633,12 +854,13 @@ async fn poll_replies(shared: Arc<Shared>, runner: String) {
             }
             Err(err) => {
                 failures += 1;
-                if failures >= POLL_FAILURES {
+                let left_rings = !(shared.endpoint.in_rings)(&runner);
+                if failures >= POLL_FAILURES || left_rings {
                     // The runner is gone: its requests go to the shards' next owners.
                     log::info!(target: "plait.cluster", "runner {runner} unavailable ({err}): its requests are sent again");
                     let lost: Vec<Sent> = {
                         let mut outbound = shared.outbound();
-                        outbound.polling.retain(|r| *r != runner);
+                        outbound.polling.remove(&runner);
                         outbound
                             .awaiting
                             .remove(&runner)
@@ -659,13 +881,14 @@ async fn call<B: Serialize, R: DeserializeOwned>(
     runner: &str,
     route: &str,
     body: &B,
+    timeout: Duration,
 ) -> Result<R, String> {
     let body = rmp_serde::to_vec_named(body).map_err(|err| err.to_string())?;
     let response = shared
         .client
         .post(format!("http://{runner}/plait/v1/{route}"))
         .header(header::CONTENT_TYPE, MSGPACK)
-        .timeout(POLL_HOLD + Duration::from_secs(20))
+        .timeout(timeout)
         .body(body)
         .send()
         .await
@@ -723,33 +946,41 @@ async fn serve_send(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
             answers: Vec::new(),
         });
     }
-    let addresses: Vec<(i64, Address)> = batch
-        .requests
-        .iter()
-        .map(|e| {
-            (
-                e.request_id,
-                Address {
-                    entity_type: e.entity_type.clone(),
-                    entity_id: e.entity_id.clone(),
-                },
-            )
-        })
-        .collect();
-    {
-        // Recorded first: a reply may come before the answer below is made.
+    // Recorded first: a reply may come before the answer below is made. A request already
+    // recorded for the same caller (sent again after a lost answer) keeps its record.
+    let recorded: Vec<Recorded> = {
         let mut inbound = shared.inbound();
-        for (id, address) in &addresses {
-            inbound
-                .origins
-                .insert(*id, (batch.from.clone(), address.clone()));
-        }
+        let recorded = batch
+            .requests
+            .iter()
+            .map(|e| {
+                if e.discard {
+                    return Recorded::Discarded;
+                }
+                match inbound.origins.get(&e.request_id) {
+                    Some((from, _)) if *from == batch.from => Recorded::Before,
+                    Some(_) => Recorded::Other,
+                    None => {
+                        let address = Address {
+                            entity_type: e.entity_type.clone(),
+                            entity_id: e.entity_id.clone(),
+                        };
+                        inbound
+                            .origins
+                            .insert(e.request_id, (batch.from.clone(), address));
+                        Recorded::Now
+                    }
+                }
+            })
+            .collect();
         inbound
             .callers
             .entry(batch.from.clone())
             .or_insert_with(Caller::new)
             .seen = Instant::now();
-    }
+        recorded
+    };
+    let ids: Vec<i64> = batch.requests.iter().map(|e| e.request_id).collect();
     let messages = batch
         .requests
         .into_iter()
@@ -765,21 +996,37 @@ async fn serve_send(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
             forwarded: true,
         })
         .collect();
-    let answers: Vec<Option<Refusal>> = shared
-        .inbox
-        .offer_remote(messages)
-        .into_iter()
-        .map(Result::err)
-        .collect();
+    let offered = shared.inbox.offer_remote(messages);
+    let mut answers = Vec::with_capacity(offered.len());
     {
         let mut inbound = shared.inbound();
-        for ((id, _), answer) in addresses.iter().zip(&answers) {
-            if answer.is_some() {
-                inbound.origins.remove(id);
-            }
+        for ((id, recorded), offer) in ids.iter().zip(&recorded).zip(offered) {
+            answers.push(match (offer, recorded) {
+                // Taken; or the same caller's request, running here already: taken too.
+                (Ok(()), _) | (Err(Refusal::AlreadyProcessing { .. }), Recorded::Before) => None,
+                (Err(refusal), recorded) => {
+                    if *recorded == Recorded::Now {
+                        inbound.origins.remove(id);
+                    }
+                    Some(refusal)
+                }
+            });
         }
     }
     msgpack(&SendAnswers { answers })
+}
+
+/// What `serve_send` found of a request's record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Sent with discard: no reply goes back.
+    Discarded,
+    /// Recorded by this call.
+    Now,
+    /// Recorded before for the same caller.
+    Before,
+    /// Recorded for another caller (an id collision): refused as the mailbox says.
+    Other,
 }
 
 async fn serve_replies(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -800,8 +1047,15 @@ async fn serve_replies(State(shared): State<Arc<Shared>>, body: Bytes) -> Respon
                 .entry(poll.from.clone())
                 .or_insert_with(Caller::new);
             caller.seen = now;
+            while caller
+                .replies
+                .front()
+                .is_some_and(|(seq, ..)| *seq <= poll.ack)
+            {
+                caller.replies.pop_front();
+            }
             if !caller.replies.is_empty() || shared.stopped() || now >= deadline {
-                let replies = std::mem::take(&mut caller.replies);
+                let replies = caller.replies.iter().cloned().collect();
                 return msgpack(&Replies { replies });
             }
             Arc::clone(&caller.wake)
@@ -814,42 +1068,73 @@ async fn serve_replies(State(shared): State<Arc<Shared>>, body: Bytes) -> Respon
 mod tests {
     use super::*;
 
-    /// A work source stand-in that runs every request at once: it answers `echo:<payload>`.
+    /// A work source stand-in. It answers `echo:<payload>` to every request at once (from a
+    /// task, so a reply may overtake the send's answer), unless it refuses them all or holds
+    /// them (never answering: for interrupts).
     struct Echo {
         transport: Mutex<Option<Arc<Transport>>>,
+        offered: Mutex<Vec<Message>>,
+        interrupted: Mutex<Vec<i64>>,
         replies: Mutex<Vec<(i64, Vec<u8>)>>,
         routed: Mutex<Vec<(i64, Option<Refusal>)>>,
         got: Notify,
         refuse: Option<Refusal>,
+        hold: bool,
     }
 
     impl Echo {
-        fn new(refuse: Option<Refusal>) -> Arc<Self> {
+        fn new(refuse: Option<Refusal>, hold: bool) -> Arc<Self> {
             Arc::new(Self {
                 transport: Mutex::new(None),
+                offered: Mutex::new(Vec::new()),
+                interrupted: Mutex::new(Vec::new()),
                 replies: Mutex::new(Vec::new()),
                 routed: Mutex::new(Vec::new()),
                 got: Notify::new(),
                 refuse,
+                hold,
             })
+        }
+
+        async fn until(&self, what: impl Fn(&Self) -> bool) {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while !what(self) {
+                    tokio::select! {
+                        () = self.got.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+            })
+            .await
+            .expect("within 10 s");
         }
     }
 
     impl Inbox for Echo {
         fn offer_remote(&self, messages: Vec<Message>) -> Vec<Result<(), Refusal>> {
+            self.offered
+                .lock()
+                .unwrap()
+                .extend(messages.iter().cloned());
             if let Some(refusal) = &self.refuse {
                 return messages.iter().map(|_| Err(refusal.clone())).collect();
             }
-            let transport = self.transport.lock().unwrap().clone().unwrap();
-            let replies: Vec<(i64, Vec<u8>)> = messages
-                .iter()
-                .map(|m| (m.request_id, [b"echo:".as_slice(), &m.payload].concat()))
-                .collect();
             let answers = messages.iter().map(|_| Ok(())).collect();
-            tokio::spawn(async move { transport.reply(replies) });
+            if !self.hold {
+                let transport = self.transport.lock().unwrap().clone().unwrap();
+                let replies: Vec<(i64, Vec<u8>)> = messages
+                    .iter()
+                    .map(|m| (m.request_id, [b"echo:".as_slice(), &m.payload].concat()))
+                    .collect();
+                tokio::spawn(async move { transport.reply(replies) });
+            }
             answers
         }
-        fn interrupt_remote(&self, _requests: Vec<(i64, Address)>) {}
+        fn interrupt_remote(&self, requests: Vec<(i64, Address)>) {
+            let ids = requests.into_iter().map(|(id, _)| id);
+            self.interrupted.lock().unwrap().extend(ids);
+            self.got.notify_one();
+        }
         fn remote_replies(&self, replies: Vec<(i64, Vec<u8>)>) {
             self.replies.lock().unwrap().extend(replies);
             self.got.notify_one();
@@ -874,58 +1159,83 @@ mod tests {
         }
     }
 
-    async fn pair(refuse: Option<Refusal>) -> (Arc<Transport>, Arc<Echo>, Arc<Transport>) {
+    fn endpoint(name: &str, address: Option<&str>, listen: bool, to: Option<String>) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            address: address.map(str::to_owned),
+            listen: if listen {
+                address.map(str::to_owned)
+            } else {
+                None
+            },
+            route: Arc::new(move |_: &str| to.clone()),
+            in_rings: Arc::new(|_: &str| true),
+        }
+    }
+
+    async fn start(endpoint: Endpoint, inbox: &Arc<Echo>, give_up: Duration) -> Arc<Transport> {
+        let inbox_for_transport: Arc<dyn Inbox> = inbox.clone();
+        let transport = Arc::new(
+            Transport::start(
+                endpoint,
+                inbox_for_transport,
+                Duration::from_millis(20),
+                give_up,
+            )
+            .await
+            .unwrap(),
+        );
+        *inbox.transport.lock().unwrap() = Some(Arc::clone(&transport));
+        transport
+    }
+
+    /// A loopback address nothing listens on (the port was free a moment ago).
+    async fn free_address() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        let server_inbox = Echo::new(refuse);
-        let route: Route = Arc::new(|_: &str| None);
-        let server = Arc::new(
-            Transport::start(
-                "server".into(),
-                Some(&address),
-                route,
-                server_inbox.clone(),
-                Duration::from_millis(20),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap(),
-        );
-        *server_inbox.transport.lock().unwrap() = Some(Arc::clone(&server));
-        let client_inbox = Echo::new(None);
-        let to = address.clone();
-        let route: Route = Arc::new(move |_: &str| Some(to.clone()));
-        let client = Arc::new(
-            Transport::start(
-                "client".into(),
-                None,
-                route,
-                client_inbox.clone(),
-                Duration::from_millis(20),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap(),
-        );
-        (client, client_inbox, server)
+        listener.local_addr().unwrap().to_string()
+    }
+
+    async fn pair(server: Arc<Echo>) -> (Arc<Transport>, Arc<Echo>, Arc<Transport>) {
+        let address = free_address().await;
+        let give_up = Duration::from_secs(10);
+        let listening = start(
+            endpoint("server", Some(&address), true, None),
+            &server,
+            give_up,
+        )
+        .await;
+        let client_inbox = Echo::new(None, false);
+        let client = start(
+            endpoint("client", None, false, Some(address)),
+            &client_inbox,
+            give_up,
+        )
+        .await;
+        (client, client_inbox, listening)
     }
 
     #[tokio::test]
     async fn requests_cross_and_their_replies_come_back() {
-        let (client, inbox, _server) = pair(None).await;
+        let (client, inbox, _server) = pair(Echo::new(None, false)).await;
         client.send((1..=200).map(|id| (message(id), false)).collect());
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while inbox.replies.lock().unwrap().len() < 200 {
-                inbox.got.notified().await;
-            }
-        })
-        .await
-        .unwrap();
+        inbox
+            .until(|i| i.replies.lock().unwrap().len() == 200)
+            .await;
         let mut replies = inbox.replies.lock().unwrap().clone();
         replies.sort();
         assert_eq!(replies[0], (1, b"echo:1".to_vec()));
         assert_eq!(replies[199], (200, b"echo:200".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_discarded_request_is_routed_once_taken_and_gets_no_reply() {
+        let server = Echo::new(None, false);
+        let (client, inbox, _server) = pair(Arc::clone(&server)).await;
+        client.send(vec![(message(5), true)]);
+        inbox.until(|i| !i.routed.lock().unwrap().is_empty()).await;
+        assert_eq!(*inbox.routed.lock().unwrap(), vec![(5, None)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(inbox.replies.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -934,65 +1244,97 @@ mod tests {
             entity_type: "Echo".into(),
             entity_id: "e1".into(),
         };
-        let (client, inbox, _server) = pair(Some(full.clone())).await;
+        let (client, inbox, _server) = pair(Echo::new(Some(full.clone()), false)).await;
         client.send(vec![(message(1), false)]);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while inbox.routed.lock().unwrap().is_empty() {
-                inbox.got.notified().await;
-            }
-        })
-        .await
-        .unwrap();
+        inbox.until(|i| !i.routed.lock().unwrap().is_empty()).await;
         assert_eq!(*inbox.routed.lock().unwrap(), vec![(1, Some(full))]);
     }
 
     #[tokio::test]
+    async fn an_interrupt_reaches_the_runner_that_took_the_request() {
+        let server = Echo::new(None, true);
+        let (client, _inbox, _server) = pair(Arc::clone(&server)).await;
+        client.send(vec![(message(3), false)]);
+        server
+            .until(|s| !s.offered.lock().unwrap().is_empty())
+            .await;
+        // Once the send's answer is in, the interrupt goes at once; before, with the answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.interrupt(&[3]);
+        server
+            .until(|s| !s.interrupted.lock().unwrap().is_empty())
+            .await;
+        assert_eq!(*server.interrupted.lock().unwrap(), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn a_request_routed_to_this_process_is_offered_here_without_the_network() {
+        let here = Echo::new(None, true);
+        let address = free_address().await;
+        let me = endpoint("me", Some(&address), false, Some(address.clone()));
+        let transport = start(me, &here, Duration::from_secs(10)).await;
+        transport.send(vec![(message(8), false), (message(9), true)]);
+        here.until(|h| h.offered.lock().unwrap().len() == 2).await;
+        let offered = here.offered.lock().unwrap().clone();
+        assert!(
+            offered.iter().all(|m| !m.forwarded),
+            "offered as local requests"
+        );
+        here.until(|h| !h.routed.lock().unwrap().is_empty()).await;
+        assert_eq!(*here.routed.lock().unwrap(), vec![(9, None)]);
+    }
+
+    #[tokio::test]
     async fn an_unreachable_runner_is_tried_again_until_it_listens() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        let client_inbox = Echo::new(None);
-        let to = address.clone();
-        let route: Route = Arc::new(move |_: &str| Some(to.clone()));
-        let client = Transport::start(
-            "client".into(),
-            None,
-            route,
-            client_inbox.clone(),
-            Duration::from_millis(20),
+        let address = free_address().await;
+        let client_inbox = Echo::new(None, false);
+        let client = start(
+            endpoint("client", None, false, Some(address.clone())),
+            &client_inbox,
             Duration::from_secs(10),
         )
-        .await
-        .unwrap();
+        .await;
         client.send(vec![(message(7), false)]);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(client_inbox.replies.lock().unwrap().is_empty());
         // The runner comes up: the retried request reaches it.
-        let server_inbox = Echo::new(None);
-        let route: Route = Arc::new(|_: &str| None);
-        let server = Arc::new(
-            Transport::start(
-                "server".into(),
-                Some(&address),
-                route,
-                server_inbox.clone(),
-                Duration::from_millis(20),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap(),
-        );
-        *server_inbox.transport.lock().unwrap() = Some(server);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while client_inbox.replies.lock().unwrap().is_empty() {
-                client_inbox.got.notified().await;
-            }
-        })
-        .await
-        .unwrap();
+        let server = Echo::new(None, false);
+        let _listening = start(
+            endpoint("server", Some(&address), true, None),
+            &server,
+            Duration::from_secs(10),
+        )
+        .await;
+        client_inbox
+            .until(|i| !i.replies.lock().unwrap().is_empty())
+            .await;
         assert_eq!(
             *client_inbox.replies.lock().unwrap(),
             vec![(7, b"echo:7".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_runner_unreachable_for_the_give_up_time_is_reported_unavailable() {
+        let address = free_address().await;
+        let inbox = Echo::new(None, false);
+        let client = start(
+            endpoint("client", None, false, Some(address.clone())),
+            &inbox,
+            Duration::from_millis(300),
+        )
+        .await;
+        client.send(vec![(message(4), false)]);
+        inbox.until(|i| !i.routed.lock().unwrap().is_empty()).await;
+        assert_eq!(
+            *inbox.routed.lock().unwrap(),
+            vec![(
+                4,
+                Some(Refusal::Unavailable {
+                    runner: Some(address),
+                    after_ms: 300
+                })
+            )]
         );
     }
 
@@ -1005,10 +1347,11 @@ mod tests {
                 entity_id: String::new(),
                 tag: String::new(),
                 payload: vec![0; size],
+                discard: false,
             },
-            discard: false,
             failing_since: None,
             unreachable: None,
+            answered: false,
         };
         let batch = vec![
             sent(MAX_BODY / 4),

@@ -531,15 +531,26 @@ impl RunnerStorage {
     ) -> Result<bool, SqlError> {
         let statement = self.statements.set_health.clone();
         let (address, expiration) = (address.to_owned(), ms(expiration));
+        let namespace = i64::from(self.namespace);
         let changed = self
             .run(move |conn| {
                 Box::pin(async move {
-                    sqlx::query(statement)
+                    // One verdict at a time cluster-wide, each reading the health the previous
+                    // one left: two checkers marking each other unhealthy at once would both
+                    // see the other still healthy and leave none.
+                    let mut tx = conn.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1::INT, -1)")
+                        .bind(namespace)
+                        .execute(&mut *tx)
+                        .await?;
+                    let changed = sqlx::query(statement)
                         .bind(address)
                         .bind(healthy)
                         .bind(expiration)
-                        .execute(conn)
-                        .await
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(changed)
                 })
             })
             .await?;
