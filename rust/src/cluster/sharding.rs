@@ -513,10 +513,13 @@ impl Loop {
                 .set_health(&address, alive, self.options.lock_expiration)
                 .await
             {
+                Ok(true) if alive => log::info!(
+                    target: "plait.cluster",
+                    "runner {address} answers again: marked healthy"
+                ),
                 Ok(true) => log::warn!(
                     target: "plait.cluster",
-                    "runner {address} marked {} by the health check",
-                    if alive { "healthy" } else { "unhealthy" }
+                    "runner {address} does not answer pings: marked unhealthy"
                 ),
                 Ok(false) => {}
                 Err(err) => log::warn!(target: "plait.cluster", "recording health failed: {err}"),
