@@ -69,6 +69,7 @@ from plait.http.errors import (
     UnexpectedResponseError,
     UnsupportedMediaTypeError,
 )
+from plait.ids import checked_name
 from plait.workflow import Workflow
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "RpcWire",
     "RunnerShards",
     "WorkflowWire",
+    "entity_id_segment",
     "error_from_problem",
     "problem_of",
     "rpc_path",
@@ -116,6 +118,20 @@ StatusName = Literal["running", "suspended", "succeeded", "failed"]
 def workflow_path(name: str) -> str:
     """The route of a workflow: `/` and its name in lower case, as Effect's `WorkflowProxy`."""
     return "/" + name.lower()
+
+
+def entity_id_segment(entity_id: str) -> str:
+    """`entity_id`, if a URL path can carry it as one segment (the route's `{entity_id}`).
+
+    Raises:
+        InvalidArgumentError: It is not a non-empty str, holds `/` or NUL, or is `.` or `..`
+            (which a URL path resolves away).
+    """
+    checked = checked_name("an entity id", entity_id)
+    if "/" in checked or checked in {".", ".."}:
+        msg = f"entity id {checked!r} cannot travel as a URL path segment (a '/', or a dot name)"
+        raise InvalidArgumentError(msg)
+    return checked
 
 
 def rpc_path(entity: str, rpc: str) -> str:
