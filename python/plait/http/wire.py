@@ -268,7 +268,8 @@ class ClusterStatus(_Wire):
     """What the proxy's engine sees of its cluster (`GET /cluster`).
 
     On a single engine, `cluster` is false: it holds every shard itself, and only `entities`,
-    `entityTypes` and `singletons` say anything.
+    `entityTypes` and `singletons` say anything. A client-only process (no `address`) holds no
+    shard and does not follow the ring: its `assignments` are empty.
     """
 
     cluster: bool = Field(description="Whether the proxy runs in a runner of a cluster.")
