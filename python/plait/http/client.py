@@ -62,10 +62,11 @@ _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class Client(WorkflowClient):
-    """Calls workflows through a plait proxy (`plait serve`, or `proxy_app` in an app).
+    """Calls workflows and entity RPCs through a plait proxy (`plait serve`, or `proxy_app`).
 
     Use it as an async context manager, or call `aclose()` when done. Results come back as
-    the workflow's success type, and declared errors are raised again as their own class.
+    the workflow's success type (an RPC's reply as its), and declared errors are raised again
+    as their own class.
 
     Args:
         base_url: Where the proxy is (default `http://127.0.0.1:3020`).
@@ -89,6 +90,7 @@ class Client(WorkflowClient):
                 await client.execute(ProcessOrder, free_order)
             except CardDeclined as err:  # the declared error, raised again as itself
                 print(err.reason)
+            total = await client.call(increment, "counter-7", Increment(by=2))  # an int
     """
 
     def __init__(

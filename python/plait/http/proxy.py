@@ -1,4 +1,4 @@
-"""The HTTP proxy: an ASGI application (FastAPI) that runs workflows on an engine.
+"""The HTTP proxy: an ASGI application (FastAPI) that runs workflows and entity RPCs.
 
 Routes, for each workflow served (`<name>` is its name in lower case):
 
@@ -35,11 +35,30 @@ finalizers and interrupting its children. Interrupt lets the current run go on u
 awaits a step it has not stored (Effect's `interrupt`); cancel stops the running body at once,
 cancelling the activity it awaits (Effect's `interruptUnsafe`, `Engine.interrupt_unsafe`).
 
+Routes for each RPC of the entities served (`<entity>` and `<rpc>` their names in lower case),
+Effect's `EntityProxy.toHttpApiGroup` routes under the prefix `/<entity>`:
+
+=========================================== =======================================================
+`POST /<entity>/<rpc>/<entity_id>`          Send the RPC (the body is its payload; none or `null`
+                                            for an RPC without one) and wait: 200 with the reply
+                                            as JSON (no body for no reply value); its failures
+                                            as a workflow's (500, tagged JSON, `Plait-Cause`).
+`POST /<entity>/<rpc>/<entity_id>/discard`  Send it without waiting: 204 once a mailbox took it
+                                            (a persisted one: once stored).
+`GET /entities`                             The entity types served and their RPCs.
+`GET /cluster`                              The runners and their shards (served from a
+                                            `plait.Runner`), and the entities resident here.
+=========================================== =======================================================
+
+An RPC is sent as `Rpc.call` sends it in process: on a cluster, a persisted request for an
+entity another runner holds is saved for that runner, and its reply comes back through the
+database. The cluster's errors have their statuses: `MalformedMessage` 422,
+`AlreadyProcessingMessage` 409, `MailboxFull` and `EntityNotAssignedToRunner` 503.
+
 And `POST /deferred/<token>` (complete a deferred: a webhook's target), `GET /health`, and the
 OpenAPI schema at `/openapi.json`. A request refused (a payload that does not validate, bad
-JSON, a body over the limit, a malformed token, an unknown workflow or execution) is answered
-with a 4xx and stores nothing. Kept free for what is to come: `GET /<name>`, `/entities` and
-`POST /<entity>/<rpc>/<entity_id>` (entities).
+JSON, a body over the limit, a malformed token, an unknown workflow, RPC or execution) is
+answered with a 4xx and stores nothing. Kept free for what is to come: `GET /<name>`.
 """
 
 from __future__ import annotations
