@@ -7,9 +7,8 @@ Each request's reply, error and status; bad input refused with its 4xx and nothi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -40,16 +39,26 @@ class Store:
     stored: Callable[[], int]
 
 
+# Counted by another process: two SQLite libraries in one process (Python's and the engine's)
+# would share its POSIX locks, and one closing the file drops the other's.
+_COUNT_SQLITE = """
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+tables = {row[0] for row in db.execute("select name from sqlite_master")}
+found = "plait_messages" in tables
+print(db.execute("select count(*) from plait_messages").fetchone()[0] if found else 0)
+"""
+
+
 def _sqlite_count(path: Path) -> Callable[[], int]:
     def count() -> int:
         if not path.exists():
             return 0
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            tables = {row[0] for row in db.execute("select name from sqlite_master")}
-            if "plait_messages" not in tables:
-                return 0
-            found: int = db.execute("select count(*) from plait_messages").fetchone()[0]
-            return found
+        out = subprocess.run(
+            [sys.executable, "-c", _COUNT_SQLITE, str(path)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return int(out.stdout.strip())
 
     return count
 

@@ -1087,16 +1087,15 @@ def _add_rpc_routes(app: FastAPI, served: _Served, wire: RpcWire[Any]) -> None:
         success["description"] = "Answered (the RPC has no reply value: no body)."
     else:
         success["model"] = wire.success_type
-    delivery = (
-        "Persisted: stored before it runs and answered once"
-        + (
-            ", a request with the same primary key getting the first one's reply. "
-            if wire.idempotent
-            else ". "
+    if not rpc.persisted:
+        delivery = "Volatile: answered in memory, never stored."
+    elif wire.idempotent:
+        delivery = (
+            "Persisted: stored before it runs and answered once; a request with the same "
+            "primary key gets the first one's reply."
         )
-        if rpc.persisted
-        else "Volatile: answered in memory, never stored. "
-    )
+    else:
+        delivery = "Persisted: stored before it runs and answered once."
     app.add_api_route(
         route,
         _endpoint(call, params, defaults),
