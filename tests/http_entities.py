@@ -5,7 +5,8 @@
   replies: `disable_fatal_defects`); `get` and `reset` are volatile and take no payload;
   `echo` takes a plain int.
 - `HttpGate`: one request at a time and room for one: `wait` holds its slot until the test
-  lets it go (`open_gate`), so a second request finds the mailbox full.
+  lets it go (`open_gate`), so a second request finds the mailbox full; `hold` does the same
+  as a persisted request keyed by its payload.
 """
 
 from __future__ import annotations
@@ -75,5 +76,15 @@ def open_gate(key: str) -> None:
 
 @Gate.rpc()
 async def wait(ctx: plait.EntityContext[None], key: str) -> str:
+    await _gates.setdefault(key, asyncio.Event()).wait()
+    return f"{ctx.entity_id}:{key}"
+
+
+gate_runs: list[str] = []
+
+
+@Gate.rpc(persisted=True, primary_key=lambda key: key)
+async def hold(ctx: plait.EntityContext[None], key: str) -> str:
+    gate_runs.append(key)
     await _gates.setdefault(key, asyncio.Event()).wait()
     return f"{ctx.entity_id}:{key}"

@@ -79,6 +79,7 @@ def _postgres_count(database: str) -> Callable[[], int]:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """An engine (not started: the proxy starts it) on a fresh SQLite file or database."""
     he.runs.clear()
+    he.gate_runs.clear()
     if request.param == "sqlite":
         path = tmp_path / "plait.db"
         yield Store(plait.Engine.sqlite(path), _sqlite_count(path))
@@ -184,6 +185,32 @@ async def test_a_full_mailbox_is_503_mailboxfull(proxy: str) -> None:
                 break
             await asyncio.sleep(0.02)
     assert answered.json() == f"g-1:{key}"
+
+
+async def test_a_stopping_server_gives_up_the_wait_not_the_request(store: Store) -> None:
+    """The proxy stops while a persisted RPC runs: its wait's connection is cut, the request
+    runs on (not interrupted), and the client's retry, served by the next proxy, gets its
+    stored reply."""
+    key = uuid.uuid4().hex
+    port = free_port()
+    app = proxy_app([], engine=store.engine, entities=[he.Gate])
+    async with store.engine, Client(f"http://127.0.0.1:{port}") as client:  # outlive servers
+        async with live_proxy(app, port=port, grace=1):
+            waiting = asyncio.ensure_future(client.call(he.hold, "g-9", key))
+            for _ in range(500):
+                if key in he.gate_runs:
+                    break
+                await asyncio.sleep(0.01)
+            assert he.gate_runs == [key]
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the client keeps trying
+        async with live_proxy(app, port=port):
+            he.open_gate(key)
+            reply = await asyncio.wait_for(waiting, 20)
+    # Not interrupted: it ran on, once, and answers the retry.
+    assert reply == f"g-9:{key}"
+    assert he.gate_runs == [key]
+    assert store.stored() == 1
 
 
 # Bad input -------------------------------------------------------------------------------

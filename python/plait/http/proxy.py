@@ -1033,10 +1033,14 @@ def _add_rpc_routes(app: FastAPI, served: _Served, wire: RpcWire[Any]) -> None:
 
     async def call(entity_id: str, payload: Any = None) -> Response:
         # Raised here, before anything is sent: a payload (or primary key) refused is 422.
-        reply = rpc.call(entity_id, payload, engine=engine)
+        reply = asyncio.ensure_future(rpc.call(entity_id, payload, engine=engine))
         try:
-            value = await reply
+            # Shielded: the server stopping gives up on the wait, not on the request (a
+            # cancelled wait would interrupt it, and store the interrupt as a persisted one's
+            # reply). The client's retry of a persisted request gets the reply it stores.
+            value = await asyncio.shield(reply)
         except asyncio.CancelledError:
+            reply.add_done_callback(_retrieved)
             return _stopping()
         except MalformedMessage as error:
             # The reply, not the request: it did not decode, a defect of the call.
@@ -1137,6 +1141,12 @@ def _add_rpc_routes(app: FastAPI, served: _Served, wire: RpcWire[Any]) -> None:
             500: {"model": Problem, "description": "PersistenceError: it could not be stored."},
         },
     )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Reads an outcome no one waits for any more, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _stopping() -> Response:

@@ -65,14 +65,16 @@ class _Outcomes:
 
 
 class RecordingClient(WorkflowClient):
-    """Records the workflows started and the deferreds completed; answers what tests set.
+    """Records the workflows started, RPCs sent and deferreds completed; answers what tests set.
 
-    Payloads are validated as the real client validates them (`PayloadError`), results are
-    checked against the workflow's success type, and errors travel as they would over HTTP:
-    a declared error comes back as itself, any other as a `Defect`.
+    Payloads are validated as the real client validates them (`PayloadError`,
+    `MalformedMessage`), results are checked against the workflow's success type (replies
+    against the RPC's), and errors travel as they would over HTTP: a declared error comes back
+    as itself, any other as a `Defect`.
 
     A workflow with no result (`success=None`) succeeds unless told otherwise; one with a
-    result needs `set_result` or `set_error` first.
+    result needs `set_result` or `set_error` first. So with an RPC's reply: `set_reply`,
+    `set_reply_error`; `sent` reads the RPCs sent.
 
     Example:
         >>> import asyncio, plait
