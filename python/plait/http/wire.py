@@ -269,7 +269,7 @@ class ClusterStatus(_Wire):
 
     On a single engine, `cluster` is false: it holds every shard itself, and only `entities`,
     `entityTypes` and `singletons` say anything. A client-only process (no `address`) holds no
-    shard and does not follow the ring: its `assignments` are empty.
+    shard: no runner of `assignments` is `this`.
     """
 
     cluster: bool = Field(description="Whether the proxy runs in a runner of a cluster.")

@@ -266,14 +266,13 @@ async function showCluster() {
   const cluster = await api("/cluster");
   $("#no-cluster").hidden = cluster.cluster;
   $("#cluster-summary").hidden = !cluster.cluster;
-  $("#runners-section").hidden = !cluster.cluster || !cluster.address;
+  $("#runners-section").hidden = !cluster.cluster || cluster.assignments.length === 0;
   $("#entities-where").textContent = cluster.cluster ? "on this runner" : "in this engine";
   if (cluster.cluster) {
     $("#cl-address").textContent = cluster.address ||
-      "none: a client-only process, which holds no shard and does not follow the ring";
+      "none: a client-only process, which holds no shard";
     $("#cl-machine").textContent = String(cluster.machineId);
-    $("#cl-runners").textContent = cluster.address
-      ? `${cluster.runners} registered, ${cluster.healthyRunners} healthy` : "—";
+    $("#cl-runners").textContent = `${cluster.runners} registered, ${cluster.healthyRunners} healthy`;
     $("#cl-fenced").textContent = String(cluster.fencedWrites);
     $("#runners tbody").replaceChildren(...cluster.assignments.map((runner) => {
       const address = element("td", { class: "address mono", text: runner.address });
