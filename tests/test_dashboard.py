@@ -32,6 +32,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests import http_workflows as wf
 from tests.cli_support import ROOT, Served, serve_runner, start_serving
+from tests.http_support import free_ports
 from tests.test_cluster import LEASE_SECONDS, SHARDS, Cluster
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -382,8 +383,9 @@ def test_on_a_single_engine_the_cluster_view_says_there_is_none(
 def test_on_a_cluster_the_view_shows_the_runners_their_shards_and_entities(
     browser: WebDriver, postgres_url: str, tmp_path: Path
 ) -> None:
-    workers = (4601, 4602)
-    me = "127.0.0.1:4600"
+    # Runners listen at their address: ports free now, not fixed ones (see test_http_cluster).
+    mine, *workers = free_ports(3)
+    me = f"127.0.0.1:{mine}"
     cluster = Cluster(postgres_url, tmp_path)
     served: Served | None = None
     try:

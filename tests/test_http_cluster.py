@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,32 @@ import pytest
 
 from plait._native import shard_id
 from tests.cli_support import Served, serve_runner
+from tests.http_support import free_ports
 from tests.test_cluster import LEASE_SECONDS, SHARDS, Cluster
 
-WORKERS = (4501, 4502)
-PROXY_PORT = 4500
+
+@dataclass(frozen=True)
+class Ports:
+    """The proxy's runner's port and the other runners'."""
+
+    proxy: int
+    workers: tuple[int, int]
 
 
 @pytest.fixture
-def cluster(postgres_url: str, tmp_path: Path) -> Iterator[Cluster]:
+def ports() -> Ports:
+    # Runners listen at their address (the runners' transport): ports free now, not fixed
+    # ones, so a cluster test run beside this one elsewhere on the machine does not take them.
+    proxy, *workers = free_ports(3)
+    return Ports(proxy, (workers[0], workers[1]))
+
+
+@pytest.fixture
+def cluster(postgres_url: str, tmp_path: Path, ports: Ports) -> Iterator[Cluster]:
     """Two runner processes serving `ClusterAccount` on a fresh database."""
     made = Cluster(postgres_url, tmp_path)
     try:
-        for port in WORKERS:
+        for port in ports.workers:
             made.start(port)
         yield made
     finally:
@@ -78,18 +93,19 @@ def stop(served: Served) -> None:
 
 
 def test_rpcs_through_a_runner_s_proxy_reach_the_entity_s_runner(
-    cluster: Cluster, postgres_url: str, tmp_path: Path
+    cluster: Cluster, postgres_url: str, tmp_path: Path, ports: Ports
 ) -> None:
-    served = serve_runner(postgres_url, f"127.0.0.1:{PROXY_PORT}", tmp_path, LEASE_SECONDS)
+    proxy_port, workers = ports.proxy, ports.workers
+    served = serve_runner(postgres_url, f"127.0.0.1:{proxy_port}", tmp_path, LEASE_SECONDS)
     try:
         with httpx.Client(base_url=served.url, timeout=60) as http:
             view = wait_until_settled(http, 3)
-            me = f"127.0.0.1:{PROXY_PORT}"
+            me = f"127.0.0.1:{proxy_port}"
             assert view["cluster"] is True
             assert view["address"] == me
             assert {o["address"] for o in view["assignments"]} == {
                 me,
-                *(f"127.0.0.1:{port}" for port in WORKERS),
+                *(f"127.0.0.1:{port}" for port in workers),
             }
             accounts = [f"acct-{n}" for n in range(24)]
             owners = {account: owner_of(view, account) for account in accounts}
@@ -102,7 +118,7 @@ def test_rpcs_through_a_runner_s_proxy_reach_the_entity_s_runner(
                 assert again.json() == n + 1  # the stored reply
             # A volatile RPC goes to its entity's runner too, over the runners' transport:
             # `ClusterEcho.echo` answers with the port of the runner that ran it.
-            port_of = {f"127.0.0.1:{port}": port for port in (*WORKERS, PROXY_PORT)}
+            port_of = {f"127.0.0.1:{port}": port for port in (*workers, proxy_port)}
             for n in range(24):
                 echoed = http.post(f"/clusterecho/echo/echo-{n}", json={"n": n})
                 assert echoed.status_code == 200, echoed.text
@@ -127,8 +143,9 @@ def test_rpcs_through_a_runner_s_proxy_reach_the_entity_s_runner(
 
 
 def test_a_client_only_proxy_holds_no_shard_and_forwards_persisted_rpcs(
-    cluster: Cluster, postgres_url: str, tmp_path: Path
+    cluster: Cluster, postgres_url: str, tmp_path: Path, ports: Ports
 ) -> None:
+    workers = ports.workers
     served = serve_runner(postgres_url, "client", tmp_path, LEASE_SECONDS)
     try:
         with httpx.Client(base_url=served.url, timeout=60) as http:
@@ -138,7 +155,7 @@ def test_a_client_only_proxy_holds_no_shard_and_forwards_persisted_rpcs(
             assert view["address"] is None
             assert view["shards"] == []
             assert {o["address"] for o in view["assignments"]} == {
-                f"127.0.0.1:{port}" for port in WORKERS
+                f"127.0.0.1:{port}" for port in workers
             }
             assert not any(o["this"] for o in view["assignments"])
             sent = http.post(
@@ -154,4 +171,4 @@ def test_a_client_only_proxy_holds_no_shard_and_forwards_persisted_rpcs(
     finally:
         stop(served)
     assert sorted(run.key for run in cluster.runs()) == ["c1", "c2"]  # each once
-    assert {run.port for run in cluster.runs()} <= set(WORKERS)
+    assert {run.port for run in cluster.runs()} <= set(workers)
