@@ -74,12 +74,15 @@ class Served:
         return status
 
 
-def start_serving(database: str, *extra: str) -> Served:
-    command = ["serve", "tests.http_workflows", "--port", "0", "--database", database, *extra]
+def start_serving(
+    database: str, *extra: str, module: str = "tests.http_workflows", **env: str
+) -> Served:
+    """`plait serve <module>` on a free port; `env` adds to its environment."""
+    command = ["serve", module, "--port", "0", "--database", database, *extra]
     process = subprocess.Popen(
         [*entry_point(), *command],
         cwd=ROOT,
-        env=child_env(),
+        env=child_env(**env),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -99,3 +102,26 @@ def start_serving(database: str, *extra: str) -> Served:
     process.stderr.close()
     msg = f"plait serve did not start: {''.join(seen)}"
     raise AssertionError(msg)
+
+
+def serve_runner(database: str, runner: str, out: Path, lease_seconds: float) -> Served:
+    """`plait serve tests.cluster_worker --runner <runner>`: the proxy of a cluster's runner
+    (or, with `client`, of a client-only process) serving `ClusterAccount`.
+
+    Its lease times are `tests/cluster_worker.py`'s, so it settles with those runners; its
+    deposits' runs go to the same effects file, marked with its runner port (0: none).
+    """
+    port = runner.rpartition(":")[2] if runner != "client" else "0"
+    return start_serving(
+        database,
+        "--runner",
+        runner,
+        module="tests.cluster_worker",
+        CLUSTER_EFFECTS=str(out / "effects"),
+        CLUSTER_PORT=port,
+        PLAIT_SHARD_LOCK_EXPIRATION=str(lease_seconds),
+        PLAIT_SHARD_LOCK_REFRESH_INTERVAL=str(lease_seconds / 4),
+        PLAIT_REFRESH_ASSIGNMENTS_INTERVAL="0.5",
+        PLAIT_ENTITY_TERMINATION_TIMEOUT="2",
+        PLAIT_ENTITY_MESSAGE_POLL_INTERVAL="1",
+    )

@@ -46,8 +46,10 @@ from pydantic import BaseModel
 import plait
 from plait._native import shard_id
 
-EFFECTS = ""
-PORT = 0
+# Set by the command line; a process that imports this module to serve `ClusterAccount`
+# (`plait serve tests.cluster_worker --runner ...`) gives them in the environment.
+EFFECTS = os.environ.get("CLUSTER_EFFECTS", "")
+PORT = int(os.environ.get("CLUSTER_PORT", "0"))
 # How long a deposit's handler may take (uniformly up to it): long enough in the fencing test
 # that a paused runner is caught inside handlers.
 HANDLER_SECONDS = float(os.environ.get("CLUSTER_HANDLER_SECONDS", "0.003"))

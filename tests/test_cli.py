@@ -348,3 +348,34 @@ def test_cancel_and_resume_all_through_the_served_proxy(served: Served) -> None:
     assert found["events"][-1]["error"] == {"_tag": "Interrupt", "executionId": ids["wait-1"]}
     unknown = plait_cli("cancel", "HttpProcessOrder", "0" * 32, *url)
     assert unknown.returncode == ExitCode.NOT_FOUND
+
+
+def test_serve_serves_the_entities_a_module_defines(tmp_path: Path) -> None:
+    server = start_serving(f"sqlite://{tmp_path / 'plait.db'}", module="tests.http_entities")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            step = {"request_key": "k1", "by": 3}
+            called = http.post("/httpcounter/increment/c-1", json=step)
+            again = http.post("/httpcounter/increment/c-1", json=step)
+            listed = http.get("/entities").json()
+            workflow = http.post("/hold/discard", json={"key": "cli-entities"})
+    finally:
+        assert server.stop() == 0
+    assert (called.status_code, called.json(), again.json()) == (200, 3, 3)
+    assert [entity["name"] for entity in listed] == ["HttpCounter", "HttpGate"]
+    assert workflow.status_code == 204  # the workflows it imports are served too
+    assert any("HttpCounter, HttpGate" in line for line in server.log)
+
+
+def test_serve_as_a_runner_needs_postgresql_and_an_address(tmp_path: Path) -> None:
+    sqlite = f"sqlite://{tmp_path / 'plait.db'}"
+    on_sqlite = plait_cli("serve", "tests.http_entities", "--runner", "127.0.0.1:4700",
+                          "--database", sqlite)  # fmt: skip
+    assert on_sqlite.returncode == ExitCode.USAGE
+    assert "PostgreSQL" in on_sqlite.stderr
+    postgres = "postgresql://postgres@127.0.0.1:5432/unused"
+    nowhere = plait_cli("serve", "tests.http_entities", "--runner", "nowhere",
+                        "--database", postgres)  # fmt: skip
+    assert nowhere.returncode == ExitCode.USAGE
+    assert "HOST:PORT" in nowhere.stderr
+    assert not (tmp_path / "plait.db").exists()  # refused before opening anything

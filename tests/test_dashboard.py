@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's, through its chromedriver and Selenium),
-served by a real `plait serve` on a SQLite file, asserting on what the page shows.
+served by a real `plait serve` on a SQLite file (and, for the cluster view, by `plait serve
+--runner` beside real runner processes on PostgreSQL), asserting on what the page shows.
 
 A screenshot of each view is kept in `test-artifacts/dashboard/` (not committed). `./dev
 setup` installs Chromium when it can; where it is missing these tests are skipped, saying so.
@@ -30,7 +31,9 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests import http_workflows as wf
-from tests.cli_support import ROOT, Served, start_serving
+from tests.cli_support import ROOT, Served, serve_runner, start_serving
+from tests.http_support import free_ports
+from tests.test_cluster import LEASE_SECONDS, SHARDS, Cluster
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -322,3 +325,124 @@ def test_with_a_token_the_page_asks_for_it(browser: WebDriver, tmp_path: Path) -
 def test_artifacts_are_not_committed() -> None:
     ignored = (ROOT / ".gitignore").read_text().split()
     assert "/test-artifacts/" in ignored
+
+
+# The cluster view ---------------------------------------------------------------------------
+
+
+def runner_rows(driver: WebDriver) -> list[tuple[str, str, str, str]]:
+    """The runners table: (address, shard count, entities, whether it is this proxy's)."""
+    return [
+        (
+            row.get_attribute("data-address") or "",
+            row.find_element(By.CSS_SELECTOR, "td.shard-count").text,
+            row.find_element(By.CSS_SELECTOR, "td.count").text,
+            row.get_attribute("data-this") or "",
+        )
+        for row in driver.find_elements(By.CSS_SELECTOR, "#runners tbody tr")
+    ]
+
+
+def entity_counts(driver: WebDriver) -> dict[str, str]:
+    return {
+        row.get_attribute("data-type") or "": row.find_element(By.CSS_SELECTOR, "td.count").text
+        for row in driver.find_elements(By.CSS_SELECTOR, "#entity-counts tbody tr")
+    }
+
+
+def test_on_a_single_engine_the_cluster_view_says_there_is_none(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    server = start_serving(f"sqlite://{tmp_path / 'plait.db'}", module="tests.http_entities")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for counter in ("c-1", "c-2", "c-3"):
+                assert http.post(f"/httpcounter/get/{counter}").status_code == 200
+            assert http.post("/httpgate/wait/g-1/discard", json="never").status_code == 204
+        browser.get(f"{server.url}/dashboard")
+        wait_for(browser, lambda d: d.find_element(By.ID, "list-view").is_displayed(), "the list")
+        browser.find_element(By.ID, "nav-cluster").click()
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "no-cluster").is_displayed(), "no cluster"
+        )
+        assert browser.current_url.endswith("/dashboard/cluster")
+        assert "single engine" in browser.find_element(By.ID, "no-cluster").text
+        assert not browser.find_element(By.ID, "runners-section").is_displayed()
+        wait_for(browser, lambda d: entity_counts(d) == {"HttpCounter": "3", "HttpGate": "1"},
+                 "the entity counts")  # fmt: skip
+        assert browser.find_element(By.ID, "entities-where").text == "in this engine"
+        screenshot(browser, "09-cluster-single-engine")
+        # Back to the executions from the navigation.
+        browser.find_element(By.ID, "nav-executions").click()
+        wait_for(browser, lambda d: d.find_element(By.ID, "list-view").is_displayed(), "the list")
+        assert not browser.find_element(By.ID, "cluster-view").is_displayed()
+    finally:
+        assert server.stop() == 0
+
+
+def test_on_a_cluster_the_view_shows_the_runners_their_shards_and_entities(
+    browser: WebDriver, postgres_url: str, tmp_path: Path
+) -> None:
+    # Runners listen at their address: ports free now, not fixed ones (see test_http_cluster).
+    mine, *workers = free_ports(3)
+    me = f"127.0.0.1:{mine}"
+    cluster = Cluster(postgres_url, tmp_path)
+    served: Served | None = None
+    try:
+        for port in workers:
+            cluster.start(port)
+        served = serve_runner(postgres_url, me, tmp_path, LEASE_SECONDS)
+        with httpx.Client(base_url=served.url, timeout=60) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                view = http.get("/cluster").json()
+                held = sum(len(runner["shards"]) for runner in view["assignments"])
+                if view["healthyRunners"] == 3 and len(view["assignments"]) == 3:
+                    own = next(r for r in view["assignments"] if r["this"])
+                    if held == SHARDS and len(view["shards"]) == len(own["shards"]):
+                        break
+                assert time.monotonic() < deadline, f"the cluster never settled: {view}"
+                time.sleep(0.1)
+            for n in range(30):
+                deposit = {"key": f"d{n}", "amount": 1}
+                assert http.post(f"/clusteraccount/deposit/acct-{n}", json=deposit).json() == 1
+            view = http.get("/cluster").json()
+        shards = {runner["address"]: str(len(runner["shards"])) for runner in view["assignments"]}
+        resident = str(view["entities"])
+        assert view["entityTypes"] == {"ClusterAccount": view["entities"]}
+        assert view["entities"] > 0  # some of the 30 accounts are this runner's
+
+        browser.get(f"{served.url}/dashboard/cluster")
+        wait_for(browser, lambda d: len(runner_rows(d)) == 3, "the three runners")
+        assert browser.find_element(By.ID, "cl-address").text == me
+        assert browser.find_element(By.ID, "cl-runners").text == "3 registered, 3 healthy"
+        assert browser.find_element(By.ID, "cl-fenced").text == "0"
+        rows = {row[0]: row for row in runner_rows(browser)}
+        assert set(rows) == {me, *(f"127.0.0.1:{port}" for port in workers)}
+        for address, row in rows.items():
+            assert row[1] == shards[address]
+            assert row[3] == str(address == me).lower()
+            # Each runner counts its own entities: this proxy's runner shows its count.
+            assert row[2] == (resident if address == me else "—")
+        this = browser.find_element(By.CSS_SELECTOR, '#runners tr[data-this="true"]')
+        assert "this proxy" in this.text
+        ids = this.find_element(By.CSS_SELECTOR, "td.shard-ids").text
+        assert ids.startswith("default:")
+        assert entity_counts(browser) == {"ClusterAccount": resident}
+        assert browser.find_element(By.ID, "entities-where").text == "on this runner"
+        assert not browser.find_element(By.ID, "no-cluster").is_displayed()
+        screenshot(browser, "10-cluster-three-runners")
+
+        # A runner leaves: the view, redrawn every two seconds, follows the shards.
+        cluster.stop(workers[1])
+        wait_for(browser, lambda d: len(runner_rows(d)) == 2, "two runners")
+        wait_for(
+            browser,
+            lambda d: sum(int(row[1]) for row in runner_rows(d)) == SHARDS,
+            "every shard on the two runners",
+        )
+        screenshot(browser, "11-cluster-after-a-leave")
+    finally:
+        if served is not None and served.process.poll() is None:
+            assert served.stop() == 0
+        cluster.close()

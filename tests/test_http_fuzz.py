@@ -1,11 +1,12 @@
 """Property-based fuzzing of the proxy from its own OpenAPI schema (schemathesis, hypothesis):
 valid and invalid requests to every route, bounded in examples and time, and no 5xx.
 
-The served workflows succeed for every payload that validates, so any 5xx is the proxy's
-fault: an input it failed to refuse with a 4xx. The answers must also be among those the
-schema lists, in the shapes it gives. (Not checked: that every request outside the schema is
-refused. pydantic validates in lax mode, as plait does everywhere: `true` is accepted for an
-integer field and a number of seconds for a datetime, which the schema's types do not list.)
+The served workflows and entity RPCs succeed for every payload that validates, so any 5xx is
+the proxy's fault: an input it failed to refuse with a 4xx. The answers must also be among
+those the schema lists, in the shapes it gives. (Not checked: that every request outside the
+schema is refused. pydantic validates in lax mode, as plait does everywhere: `true` is accepted
+for an integer field and a number of seconds for a datetime, which the schema's types do not
+list.)
 """
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ async def nothing(payload: Any, execution_id: str) -> None:
 
 FuzzGate = plait.DurableDeferred("FuzzGate", success=int, error=NeverRaised)
 
+FuzzBox = plait.Entity("FuzzBox")
+
+
+@FuzzBox.rpc(persisted=True, primary_key=lambda payload: payload.text, error=NeverRaised)
+async def put(ctx: plait.EntityContext[None], payload: Everything) -> Everything:
+    return payload
+
+
+@FuzzBox.rpc()
+async def peek(ctx: plait.EntityContext[None]) -> int:
+    return 0
+
+
+@FuzzBox.rpc()
+async def add(ctx: plait.EntityContext[None], n: int) -> int:
+    return n + 1
+
 
 @pytest.fixture(scope="module")
 def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -83,6 +101,7 @@ def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = proxy_app(
         [FuzzEcho, FuzzVoid],
         engine=plait.Engine.sqlite(database),
+        entities=[FuzzBox],
         deferreds=[FuzzGate],
         max_body_bytes=64 * 1024,
     )
@@ -137,7 +156,8 @@ def test_no_request_gets_a_5xx(proxy_url: str) -> None:
                 assert not operation.path_parameters
                 continue
             tried.append((operation.label, mode.value))
-    # Every route, valid and invalid requests (none invalid for GET /health): health, the
-    # deferred's, six of the operators' (list, counts, timeline, interrupt, resume, cancel)
-    # and seven per workflow for two workflows.
-    assert len(tried) == 2 * (2 + 6 + 2 * 7) - 1, tried
+    # Every route, valid and invalid requests (none invalid for the three without input:
+    # GET /health, /entities, /cluster): health, the deferred's, six of the operators' (list,
+    # counts, timeline, interrupt, resume, cancel), seven per workflow for two workflows, two
+    # per RPC for three RPCs, and the entities' and the cluster's.
+    assert len(tried) == 2 * (2 + 6 + 2 * 7 + 3 * 2 + 2) - 3, tried

@@ -31,3 +31,8 @@ def test_the_routes_listed_are_served_and_reserved() -> None:
     for route in ("/<name>/discard", "/<name>/resume", "/deferred/<token>", "/health"):
         assert route in SECTION
     assert {"health", "deferred", "openapi.json"} <= RESERVED_PATHS
+    for route in ("/<entity>/<rpc>/<entity_id>", "/<entity>/<rpc>/<entity_id>/discard"):
+        assert f"`POST {route}" in SECTION
+    for route in ("/entities", "/cluster"):
+        assert f"`GET {route}`" in SECTION
+        assert route[1:] in RESERVED_PATHS

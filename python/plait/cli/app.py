@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from plait.cli.definitions import load_definitions
 from plait.cli.exit_codes import ExitCode, exit_code_of
 from plait.cli.output import Output, masked_url
+from plait.cluster import Runner, RunnerAddress, ShardingConfig
 from plait.engine import Engine, ExecutionStatusName
 from plait.http.client import DEFAULT_URL, Client
 from plait.http.proxy import DEFAULT_MAX_BODY_BYTES, proxy_app
@@ -96,6 +97,22 @@ def _instant(text: str | None, option: str) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.astimezone()
 
 
+def _runner_address(runner: str | None, database: str) -> RunnerAddress | None:
+    """The address `--runner` gives (None: client only), checked against the database."""
+    if runner is None:
+        return None
+    if not database.startswith(("postgres://", "postgresql://")):
+        msg = "a cluster's runners share a PostgreSQL database: give --database postgresql://..."
+        raise typer.BadParameter(msg, param_hint="--runner")
+    if runner == "client":
+        return None
+    host, _, port = runner.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        msg = f"{runner!r} is not HOST:PORT (such as 10.0.0.5:34431) or 'client'"
+        raise typer.BadParameter(msg, param_hint="--runner")
+    return RunnerAddress(host=host, port=int(port))
+
+
 def main() -> None:
     """The entry point of the `plait` console script."""
     app()
@@ -156,33 +173,58 @@ def serve(
         int, typer.Option(min=1, help="The largest request body accepted (413 above).")
     ] = DEFAULT_MAX_BODY_BYTES,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            help=(
+                "Join the cluster on the PostgreSQL --database as a runner reached at HOST:PORT "
+                "(the entities of its shards run here; the other options from PLAIT_* "
+                "variables), or as a client-only process: 'client'."
+            ),
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve the workflows of MODULE over HTTP: Effect's routes and plait's, on PORT."""
+    """Serve the workflows and entities of MODULE over HTTP: Effect's routes and plait's."""
     output = Output(as_json=False)
     with _reported(output):
         check_bind(host, token)  # before anything is imported or opened
+        address = _runner_address(runner, database)
         definitions = load_definitions(module)
-        engine = Engine.memory() if database == "memory" else Engine.url(database)
+        cluster: Runner | None = None
+        if runner is not None:
+            cluster = Runner(database, config=ShardingConfig(runner_address=address))
+            engine = cluster.engine
+        else:
+            engine = Engine.memory() if database == "memory" else Engine.url(database)
         proxy = proxy_app(
             definitions.workflows,
-            engine=engine,
+            engine=None if cluster is not None else engine,
+            runner=cluster,
+            entities=definitions.entities,
             deferreds=definitions.deferreds,
             token=token,
             max_body_bytes=max_body_bytes,
         )
         server = proxy_server(proxy, host=host, port=port, log_level=log_level)
-        names = ", ".join(w.name for w in definitions.workflows)
-        output.err.print(f"plait: serving {names} from {masked_url(database)}", markup=False)
+        names = ", ".join(
+            [w.name for w in definitions.workflows] + [e.name for e in definitions.entities]
+        )
+        where = masked_url(database)
+        if runner is not None:
+            where = f"{where} as runner {address or 'client'}"
+        output.err.print(f"plait: serving {names} from {where}", markup=False)
 
         async def run() -> None:
             # Opened before the server starts, so a database that cannot be opened is this
             # command's error (and exit code), not a failed server start-up.
-            async with engine:
+            async with cluster if cluster is not None else engine:
                 await server.serve()
 
-        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as loop:
             try:
-                runner.run(run())
+                loop.run(run())
             except SystemExit as stop:  # uvicorn could not start (the port is taken, say)
                 output.err.print("plait: the server could not start", markup=False)
                 raise typer.Exit(ExitCode.FAILED) from stop

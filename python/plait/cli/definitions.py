@@ -1,4 +1,4 @@
-"""The workflows and deferreds a user's module defines, for `plait serve`."""
+"""The workflows, deferreds and entities a user's module defines, for `plait serve`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import importlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from plait.cluster import Entity
 from plait.deferred import DurableDeferred
 from plait.http.errors import NotFoundError
 from plait.workflow import Workflow
@@ -25,31 +26,42 @@ class Definitions:
     module: str
     workflows: list[Workflow[Any, Any]]
     deferreds: list[DurableDeferred[Any]]
+    entities: list[Entity[Any]] = field(default_factory=list)
 
 
 def load_definitions(target: str) -> Definitions:
-    """Imports `target` and collects the workflows and deferreds among its globals.
+    """Imports `target` and collects the workflows, deferreds and entities among its globals.
 
     `target` is a module name (`myapp.workflows`, found from the current directory too) or the
-    path of a Python file. Importing it registers its workflows' implementations. Workflows it
-    imports from elsewhere are served too: a module may gather the ones to serve.
+    path of a Python file. Importing it registers its workflows' implementations. Workflows and
+    entities it imports from elsewhere are served too: a module may gather the ones to serve.
 
     Raises:
         ModuleNotFoundError: No such module or file.
-        NotFoundError: It defines no workflow.
+        NotFoundError: It defines no workflow and no entity.
     """
     module = _import(target)
     workflows: dict[int, Workflow[Any, Any]] = {}
     deferreds: dict[int, DurableDeferred[Any]] = {}
+    entities: dict[int, Entity[Any]] = {}
     for value in vars(module).values():
         if isinstance(value, Workflow):
             workflows.setdefault(id(value), value)
         elif isinstance(value, DurableDeferred):
             deferreds.setdefault(id(value), value)
-    if not workflows:
-        msg = f"module {module.__name__!r} defines no plait.Workflow at its top level"
+        elif isinstance(value, Entity):
+            entities.setdefault(id(value), value)
+    if not workflows and not entities:
+        msg = (
+            f"module {module.__name__!r} defines no plait.Workflow or plait.Entity at its top level"
+        )
         raise NotFoundError(msg)
-    return Definitions(module.__name__, list(workflows.values()), list(deferreds.values()))
+    return Definitions(
+        module.__name__,
+        list(workflows.values()),
+        list(deferreds.values()),
+        list(entities.values()),
+    )
 
 
 def _import(target: str) -> ModuleType:

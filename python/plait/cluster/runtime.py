@@ -542,6 +542,13 @@ class EntityRuntime:
             except Exception as err:
                 msg = f"primary key of RPC {rpc.entity.name}.{rpc.name} failed: {err!r}"
                 raise MalformedMessage(msg) from err
+            # Refused here, as the payload's fault, rather than by the store (a failed save).
+            if "\0" in key or not _storable_text(key):
+                msg = (
+                    f"primary key of RPC {rpc.entity.name}.{rpc.name} cannot be stored: "
+                    f"{key!r} holds a NUL character or a lone surrogate"
+                )
+                raise MalformedMessage(msg)
         deliver_ms = None if deliver_at is None else _epoch_ms(deliver_at)
         now = self.engine.clock.now_ms()
         if deliver_ms is not None and deliver_ms <= now:
@@ -1358,6 +1365,15 @@ _ANY_REPLY = ExitCodec("entity reply", Any, ())
 
 def _interrupt(request_id: int) -> Exit:
     return Failure(Interrupted(str(request_id), f"request {request_id} was interrupted"))
+
+
+def _storable_text(text: str) -> bool:
+    """Whether `text` has a UTF-8 encoding (no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ignore(answer: Any) -> None:

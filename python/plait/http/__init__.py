@@ -3,9 +3,9 @@
 Needs the `http` extra (`pip install 'plait[http]'`): FastAPI and uvicorn for the proxy, httpx
 for the client. Names load on first use, so the client does not import the server's libraries.
 
-- `proxy_app(workflows, engine=...)`: the proxy, Effect's `WorkflowProxy` routes and plait's;
-  `serve(app)` runs it on uvicorn (`plait serve` does both).
-- `Client(url)`: calls the same `Workflow` objects over HTTP, typed by them.
+- `proxy_app(workflows, engine=..., entities=...)`: the proxy, Effect's `WorkflowProxy` and
+  `EntityProxy` routes and plait's; `serve(app)` runs it on uvicorn (`plait serve` does both).
+- `Client(url)`: calls the same `Workflow` and `Rpc` objects over HTTP, typed by them.
 - `RecordingClient()`: records the calls, answers what a test sets.
 - `WorkflowClient`: what both clients do, for code that takes either.
 """

@@ -1,4 +1,4 @@
-"""The typed client of the proxy: the same `Workflow` objects, called over HTTP (httpx)."""
+"""The typed client of the proxy: the same `Workflow` and `Rpc` objects, over HTTP (httpx)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from plait.cluster import MailboxFull, Rpc
 from plait.deferred import DurableDeferred
 from plait.engine import ExecutionPage, ExecutionStatusName, ExecutionTimeline
 from plait.errors import DeferredTokenError
@@ -23,11 +24,15 @@ from plait.http.wire import (
     CAUSE_HEADER,
     DEFAULT_PORT,
     EXECUTION_ID_HEADER,
+    ClusterStatus,
     DeferredStored,
     DeferredWire,
+    EntityInfo,
     ExecutionCounts,
     ExecutionStatus,
+    RpcWire,
     WorkflowWire,
+    entity_id_segment,
     error_from_problem,
     workflow_path,
 )
@@ -41,6 +46,7 @@ __all__ = ["DEFAULT_RETRY", "DEFAULT_URL", "Client"]
 P = TypeVar("P", bound=BaseModel)
 S = TypeVar("S")
 M = TypeVar("M", bound=BaseModel)
+A = TypeVar("A")
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 #: Retries of a request that could not reach the proxy, or got 503: 0.1 s doubling to 2 s,
@@ -49,15 +55,18 @@ DEFAULT_RETRY = Schedule.exponential(0.1, factor=2.0, max_delay=2.0, times=8)
 
 # Failures of the connection, not answers: the request may not have arrived, so it is sent
 # again. Every call is idempotent (the same payload names the same execution; a deferred keeps
-# its first result), which makes that safe.
+# its first result; a persisted RPC with a primary key is answered once), which makes that safe.
 _RETRIED = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+# An RPC that may run twice is sent again only when it surely never arrived.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class Client(WorkflowClient):
-    """Calls workflows through a plait proxy (`plait serve`, or `proxy_app` in an app).
+    """Calls workflows and entity RPCs through a plait proxy (`plait serve`, or `proxy_app`).
 
     Use it as an async context manager, or call `aclose()` when done. Results come back as
-    the workflow's success type, and declared errors are raised again as their own class.
+    the workflow's success type (an RPC's reply as its), and declared errors are raised again
+    as their own class.
 
     Args:
         base_url: Where the proxy is (default `http://127.0.0.1:3020`).
@@ -81,6 +90,7 @@ class Client(WorkflowClient):
                 await client.execute(ProcessOrder, free_order)
             except CardDeclined as err:  # the declared error, raised again as itself
                 print(err.reason)
+            total = await client.call(increment, "counter-7", Increment(by=2))  # an int
     """
 
     def __init__(
@@ -108,6 +118,7 @@ class Client(WorkflowClient):
             transport=transport if transport is not None else AiohttpTransport(limits=limits),
         )
         self._wires: dict[int, tuple[Workflow[Any, Any], WorkflowWire[Any]]] = {}
+        self._rpc_wires: dict[int, tuple[Rpc[Any, Any], RpcWire[Any]]] = {}
 
     async def __aenter__(self) -> Client:
         return self
@@ -252,6 +263,68 @@ class Client(WorkflowClient):
         if response.status_code != 204:
             raise self._refusal(response)
 
+    # Entities ----------------------------------------------------------------------------
+
+    async def call(  # noqa: D102
+        self,
+        rpc: Rpc[A, S],
+        entity_id: str,
+        payload: A | Mapping[str, Any] | None = None,
+        *,
+        discard: bool = False,
+    ) -> S:
+        # Only an RPC answered once is retried after it may have arrived: a persisted one with
+        # a primary key. Others are sent again only if the connection was never made, and a
+        # 503 (a full mailbox, say) is raised, not retried.
+        wire = self._rpc_wire(rpc)
+        path = f"{wire.path}/{quote(entity_id_segment(entity_id), safe='')}"
+        body = rpc.encode_payload(payload)  # MalformedMessage: nothing is sent
+        if discard:
+            response = await self._send(
+                "POST", f"{path}/discard", body=body, idempotent=wire.idempotent
+            )
+            if response.status_code != 204:
+                raise self._rpc_refusal(response, rpc, entity_id)
+            return cast("S", None)
+        response = await self._send("POST", path, body=body, wait=True, idempotent=wire.idempotent)
+        if response.status_code == 200:
+            value: S = wire.decode_value(response.content or b"null", json_text=True)
+            return value
+        if response.status_code == 500:
+            raise wire.error_of(response.headers.get(CAUSE_HEADER), _body(response))
+        raise self._rpc_refusal(response, rpc, entity_id)
+
+    async def entities(self) -> list[EntityInfo]:
+        """The entity types the proxy serves, and the route of each RPC."""
+        response = await self._send("GET", "/entities")
+        if response.status_code != 200:
+            raise self._refusal(response)
+        try:
+            return _ENTITY_LIST.validate_json(response.content)
+        except ValidationError as err:
+            msg = f"the proxy's list of entities is not one: {err}"
+            raise UnexpectedResponseError(msg) from None
+
+    async def cluster(self) -> ClusterStatus:
+        """What the proxy's engine sees of its cluster: runners, their shards, entities."""
+        response = await self._send("GET", "/cluster")
+        return self._model(response, ClusterStatus)
+
+    def _rpc_wire(self, rpc: Rpc[Any, S]) -> RpcWire[S]:
+        found = self._rpc_wires.get(id(rpc))
+        if found is None or found[0] is not rpc:
+            found = (rpc, RpcWire(rpc))
+            self._rpc_wires[id(rpc)] = found
+        return found[1]
+
+    def _rpc_refusal(
+        self, response: httpx.Response, rpc: Rpc[Any, Any], entity_id: str
+    ) -> BaseException:
+        error = self._refusal(response)
+        if isinstance(error, MailboxFull):
+            error.entity_type, error.entity_id = rpc.entity.name, entity_id
+        return error
+
     # Deferreds ---------------------------------------------------------------------------
 
     async def done(self, deferred: DurableDeferred[Any], token: str, exit: Exit) -> bool:  # noqa: D102
@@ -310,10 +383,13 @@ class Client(WorkflowClient):
         body: bytes | None = None,
         wait: bool = False,
         params: dict[str, str] | None = None,
+        idempotent: bool = True,
     ) -> httpx.Response:
         """Sends the request, again after each delay of `retry` while it fails to connect.
 
-        A 503 (the proxy's engine is stopping or starting) is retried too.
+        A 503 (the proxy's engine is stopping or starting) is retried too. A request that is
+        not `idempotent` is sent again only if it never reached the proxy, and a 503 is
+        returned.
 
         Raises:
             ProxyUnavailableError: Every attempt failed.
@@ -329,10 +405,13 @@ class Client(WorkflowClient):
                     method, path, content=body, headers=headers, timeout=timeout, params=params
                 )
             except _RETRIED as err:
+                if not idempotent and not isinstance(err, _NEVER_SENT):
+                    msg = f"{method} {self.base_url}{path} failed, and may have arrived: {err}"
+                    raise ProxyUnavailableError(msg) from err
                 reason: str = f"{type(err).__name__}: {err}"
                 failure: BaseException = err
             else:
-                if response.status_code != 503:
+                if response.status_code != 503 or not idempotent:
                     return response
                 failure = self._refusal(response)
                 reason = str(failure)
@@ -349,6 +428,9 @@ class Client(WorkflowClient):
         return error_from_problem(
             response.status_code, _body(response), workflow=workflow, deferred=deferred
         )
+
+
+_ENTITY_LIST = TypeAdapter(list[EntityInfo])
 
 
 def _body(response: httpx.Response) -> Any:

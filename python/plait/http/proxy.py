@@ -1,4 +1,4 @@
-"""The HTTP proxy: an ASGI application (FastAPI) that runs workflows on an engine.
+"""The HTTP proxy: an ASGI application (FastAPI) that runs workflows and entity RPCs.
 
 Routes, for each workflow served (`<name>` is its name in lower case):
 
@@ -35,11 +35,30 @@ finalizers and interrupting its children. Interrupt lets the current run go on u
 awaits a step it has not stored (Effect's `interrupt`); cancel stops the running body at once,
 cancelling the activity it awaits (Effect's `interruptUnsafe`, `Engine.interrupt_unsafe`).
 
+Routes for each RPC of the entities served (`<entity>` and `<rpc>` their names in lower case),
+Effect's `EntityProxy.toHttpApiGroup` routes under the prefix `/<entity>`:
+
+=========================================== =======================================================
+`POST /<entity>/<rpc>/<entity_id>`          Send the RPC (the body is its payload; none or `null`
+                                            for an RPC without one) and wait: 200 with the reply
+                                            as JSON (no body for no reply value); its failures
+                                            as a workflow's (500, tagged JSON, `Plait-Cause`).
+`POST /<entity>/<rpc>/<entity_id>/discard`  Send it without waiting: 204 once a mailbox took it
+                                            (a persisted one: once stored).
+`GET /entities`                             The entity types served and their RPCs.
+`GET /cluster`                              The runners and their shards (served from a
+                                            `plait.Runner`), and the entities resident here.
+=========================================== =======================================================
+
+An RPC is sent as `Rpc.call` sends it in process: on a cluster, a persisted request for an
+entity another runner holds is saved for that runner, and its reply comes back through the
+database. The cluster's errors have their statuses: `MalformedMessage` 422,
+`AlreadyProcessingMessage` 409, `MailboxFull` and `EntityNotAssignedToRunner` 503.
+
 And `POST /deferred/<token>` (complete a deferred: a webhook's target), `GET /health`, and the
 OpenAPI schema at `/openapi.json`. A request refused (a payload that does not validate, bad
-JSON, a body over the limit, a malformed token, an unknown workflow or execution) is answered
-with a 4xx and stores nothing. Kept free for what is to come: `GET /<name>`, `/entities` and
-`POST /<entity>/<rpc>/<entity_id>` (entities).
+JSON, a body over the limit, a malformed token, an unknown workflow, RPC or execution) is
+answered with a 4xx and stores nothing. Kept free for what is to come: `GET /<name>`.
 """
 
 from __future__ import annotations
@@ -54,20 +73,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from pydantic_core import PydanticSerializationError
 from starlette.exceptions import HTTPException
 
 from plait._native import __version__
+from plait.cluster import Entity, MalformedMessage, Rpc, Runner
+from plait.cluster.entity import StreamRpc
+from plait.cluster.runtime import runtime_of
 from plait.deferred import DurableDeferred
 from plait.engine import Engine, ExecutionPage, ExecutionStatusName, ExecutionTimeline
 from plait.engine.listing import DEFAULT_COUNT_CAP
 from plait.errors import (
     Defect,
     EngineClosedError,
-    Interrupted,
     InvalidArgumentError,
     PayloadError,
     PlaitError,
@@ -87,13 +108,18 @@ from plait.http.wire import (
     CAUSE_HEADER,
     EXECUTION_ID_HEADER,
     EXECUTION_ID_PATTERN,
+    ClusterStatus,
     DeferredCompletion,
     DeferredStored,
     DeferredSuccessBody,
     DeferredWire,
+    EntityInfo,
     ExecutionCounts,
     Problem,
     ResumePayload,
+    RpcInfo,
+    RpcWire,
+    RunnerShards,
     WorkflowWire,
     jsonable,
     problem_of,
@@ -111,11 +137,25 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 #: First path segments that no workflow may take: routes of the proxy, now or to come.
 RESERVED_PATHS = frozenset(
-    {"health", "deferred", "openapi.json", "docs", "redoc", "executions", "dashboard", "entities"}
+    {
+        "health",
+        "deferred",
+        "openapi.json",
+        "docs",
+        "redoc",
+        "executions",
+        "dashboard",
+        "entities",
+        "cluster",
+    }
 )
 
 ExecutionId = Annotated[
     str, Path(pattern=EXECUTION_ID_PATTERN, description="The execution's id: 32 hex digits.")
+]
+# Any path segment but NUL, which no store can hold (a segment is never empty, and has no `/`).
+EntityId = Annotated[
+    str, Path(pattern=r"^[^\x00]+$", description="The entity instance's id (one path segment).")
 ]
 
 # The filters of the listing routes (module level: FastAPI reads the annotations by name).
@@ -142,30 +182,41 @@ class _Served:
     """What the proxy serves, found by the routes."""
 
     engine: Engine
+    runner: Runner | None
     workflows: dict[str, WorkflowWire[Any]]  # by route path
+    entities: list[Entity[Any]]
+    rpcs: dict[str, RpcWire[Any]]  # by route path, before its `/{entity_id}`
     deferreds: dict[str, DeferredWire]  # by name
     payload_routes: dict[str, str]  # route path -> workflow name, for PayloadError
+    rpc_routes: dict[str, str]  # route path -> "Entity.rpc", for MalformedMessage
 
 
 def proxy_app(
     workflows: Iterable[Workflow[Any, Any]],
     *,
-    engine: Engine,
+    engine: Engine | None = None,
+    runner: Runner | None = None,
+    entities: Iterable[Entity[Any]] = (),
     deferreds: Iterable[DurableDeferred[Any]] = (),
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     title: str = "plait workflow proxy",
 ) -> FastAPI:
-    """The proxy for `workflows` on `engine`, as an ASGI application.
+    """The proxy for `workflows` and `entities` on `engine` (or `runner`), as an ASGI application.
 
     Run it with `plait serve`, `plait.http.serve`, or any ASGI server; or mount it in your own
     application (`app.mount("/workflows", proxy_app(...))`). Run standalone, it starts the
-    engine when the server starts and closes it when the server stops (unless the engine was
-    started already). Mounted, it does not: start the engine in your application's lifespan.
+    engine (or runner) when the server starts and closes it when the server stops (unless it
+    was started already). Mounted, it does not: start it in your application's lifespan.
 
     Args:
         workflows: The workflows to serve; each gets the routes under `/<name in lower case>`.
-        engine: The engine that runs them.
+        engine: The engine that runs them. Give this or `runner`.
+        runner: A runner of a cluster: its engine runs them, an entity RPC goes to whichever
+            runner holds the entity, and `GET /cluster` (and the dashboard) shows the cluster.
+        entities: The entity types whose RPCs to serve, each RPC at
+            `POST /<entity in lower case>/<rpc in lower case>/<entity_id>` (and `.../discard`),
+            Effect's `EntityProxy` routes. Streaming RPCs are not served.
         deferreds: The deferreds that `POST /deferred/<token>` may complete; a completion's
             value is validated against the deferred's `success` type.
         token: A bearer token every request must carry (all but `GET /health`). Without one
@@ -174,9 +225,9 @@ def proxy_app(
         title: The title of the OpenAPI schema.
 
     Raises:
-        InvalidArgumentError: Two workflows (or deferreds) share a route (or a name), a
-            workflow's name cannot be a path segment or takes a reserved one, or the token is
-            empty or holds whitespace.
+        InvalidArgumentError: Neither or both of `engine` and `runner`; two workflows, RPCs
+            (or deferreds) share a route (or a name); a workflow's or entity's name cannot be a
+            path segment or takes a reserved one; or the token is empty or holds whitespace.
 
     Example:
         >>> import plait
@@ -186,11 +237,22 @@ def proxy_app(
         >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/ping"))[:4]
         ['/ping', '/ping/discard', '/ping/resume', '/ping/{execution_id}']
     """
+    if (engine is None) == (runner is None):
+        msg = "proxy_app takes an engine= or a runner=, one of the two"
+        raise InvalidArgumentError(msg)
+    engine_ = runner.engine if runner is not None else engine
+    assert engine_ is not None
+    workflow_wires = _workflow_wires(workflows)
+    entity_list = _entity_list(entities)
     served = _Served(
-        engine=engine,
-        workflows=_workflow_wires(workflows),
+        engine=engine_,
+        runner=runner,
+        workflows=workflow_wires,
+        entities=entity_list,
+        rpcs=_rpc_wires(entity_list, workflow_wires),
         deferreds=_deferred_wires(deferreds),
         payload_routes={},
+        rpc_routes={},
     )
     _check_token(token)
     if max_body_bytes < 1:
@@ -199,19 +261,22 @@ def proxy_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        owned = not _started(engine)
+        owned = not _started(engine_)
         if owned:
-            await engine.start()
+            await (runner.start() if runner is not None else engine_.start())
         try:
             yield
         finally:
             if owned:
-                await engine.close()
+                await (runner.close() if runner is not None else engine_.close())
 
     app = FastAPI(
         title=title,
         version=__version__,
-        description="Durable workflows over HTTP: Effect's WorkflowProxy routes and plait's.",
+        description=(
+            "Durable workflows and entities over HTTP: Effect's WorkflowProxy and EntityProxy "
+            "routes, and plait's."
+        ),
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -221,9 +286,12 @@ def proxy_app(
     _add_error_handlers(app, served)
     _add_service_routes(app, served)
     _add_execution_routes(app, served)
+    _add_cluster_routes(app, served)
     add_dashboard(app)
     for wire in served.workflows.values():
         _add_workflow_routes(app, served, wire)
+    for rpc_wire in served.rpcs.values():
+        _add_rpc_routes(app, served, rpc_wire)
     # The last added runs first: the token before the body is read.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(AccessGuard, token=token)
@@ -242,7 +310,7 @@ def _workflow_wires(workflows: Iterable[Workflow[Any, Any]]) -> dict[str, Workfl
             raise InvalidArgumentError(msg)
         wire = WorkflowWire(workflow)
         segment = wire.path[1:]
-        if any(c in segment for c in "/{}") or segment in {".", ".."}:
+        if not _is_segment(segment):
             msg = f"workflow {workflow.name!r}: its name cannot be a URL path segment"
             raise InvalidArgumentError(msg)
         if segment in RESERVED_PATHS:
@@ -257,6 +325,59 @@ def _workflow_wires(workflows: Iterable[Workflow[Any, Any]]) -> dict[str, Workfl
             raise InvalidArgumentError(msg)
         wires[wire.path] = wire
     return wires
+
+
+def _entity_list(entities: Iterable[Entity[Any]]) -> list[Entity[Any]]:
+    found: dict[int, Entity[Any]] = {}
+    for entity in entities:
+        if not isinstance(entity, Entity):
+            msg = f"entities= takes plait.Entity objects, got {entity!r}"
+            raise InvalidArgumentError(msg)
+        found.setdefault(id(entity), entity)
+    return list(found.values())
+
+
+def _rpc_wires(
+    entities: list[Entity[Any]], workflows: dict[str, WorkflowWire[Any]]
+) -> dict[str, RpcWire[Any]]:
+    wires: dict[str, RpcWire[Any]] = {}
+    segments: dict[str, Entity[Any]] = {}
+    for entity in entities:
+        segment = entity.name.lower()
+        if not _is_segment(segment):
+            msg = f"entity {entity.name!r}: its name cannot be a URL path segment"
+            raise InvalidArgumentError(msg)
+        if segment in RESERVED_PATHS:
+            msg = f"entity {entity.name!r}: /{segment} is one of the proxy's own routes"
+            raise InvalidArgumentError(msg)
+        if f"/{segment}" in workflows:
+            # `/<name>/<rpc>/<id>` and `/<name>/<execution id>/<action>` would overlap.
+            other = workflows[f"/{segment}"].workflow.name
+            msg = f"entity {entity.name!r} and workflow {other!r} share the route /{segment}"
+            raise InvalidArgumentError(msg)
+        other_entity = segments.setdefault(segment, entity)
+        if other_entity is not entity:
+            msg = f"entities {other_entity.name!r} and {entity.name!r} share the route /{segment}"
+            raise InvalidArgumentError(msg)
+        for rpc in entity.rpcs.values():
+            if isinstance(rpc, StreamRpc):
+                continue  # a stream of chunks is not one JSON body: not served over HTTP yet
+            if not _is_segment(rpc.name.lower()):
+                msg = f"RPC {entity.name}.{rpc.name}: its name cannot be a URL path segment"
+                raise InvalidArgumentError(msg)
+            wire = RpcWire(rpc)
+            found = wires.setdefault(wire.path, wire)
+            if found.rpc is not rpc:
+                msg = (
+                    f"RPCs {entity.name}.{found.rpc.name} and {entity.name}.{rpc.name} share "
+                    f"the route {wire.path}"
+                )
+                raise InvalidArgumentError(msg)
+    return wires
+
+
+def _is_segment(segment: str) -> bool:
+    return not any(c in segment for c in "/{}") and segment not in {"", ".", ".."}
 
 
 def _deferred_wires(deferreds: Iterable[DurableDeferred[Any]]) -> dict[str, DeferredWire]:
@@ -291,12 +412,21 @@ def _started(engine: Engine) -> bool:
 
 
 def _endpoint(
-    fn: Callable[..., Awaitable[Response]], params: dict[str, Any]
+    fn: Callable[..., Awaitable[Response]],
+    params: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
 ) -> Callable[..., Awaitable[Response]]:
-    """`fn` with the signature FastAPI reads its parameters (and their schemas) from."""
+    """`fn` with the signature FastAPI reads its parameters (and their schemas) from.
+
+    A parameter in `defaults` is optional, with that default.
+    """
     kind = inspect.Parameter.KEYWORD_ONLY
+    empty = inspect.Parameter.empty
     fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(name, kind, annotation=tp) for name, tp in params.items()],
+        [
+            inspect.Parameter(name, kind, annotation=tp, default=(defaults or {}).get(name, empty))
+            for name, tp in params.items()
+        ],
         return_annotation=Response,
     )
     return fn
@@ -332,6 +462,9 @@ def _add_error_handlers(app: FastAPI, served: _Served) -> None:
         if exc.status_code == 404:
             served_paths = ", ".join(sorted(served.workflows)) or "none"
             message = f"no route {request.method} {request.url.path}; workflows: {served_paths}"
+            if served.rpcs:
+                rpcs = ", ".join(f"{path}/{{entity_id}}" for path in sorted(served.rpcs))
+                message = f"{message}; entity RPCs: {rpcs}"
             return _problem(NotFoundError(message))
         if exc.status_code == 400:  # a body FastAPI could not even decode
             return _problem(MalformedRequestError(f"the body cannot be read: {exc.detail}"))
@@ -375,10 +508,14 @@ def _validation_error(request: Request, exc: RequestValidationError, served: _Se
     summary = "; ".join(
         f"{'.'.join(map(str, d['loc'])) or 'body'}: {d.get('msg', '')}" for d in details
     )
-    route = request.scope.get("route")
-    workflow = served.payload_routes.get(getattr(route, "path", ""))
+    route_path = getattr(request.scope.get("route"), "path", "")
+    workflow = served.payload_routes.get(route_path)
     if workflow is not None and body_errors:
         return PayloadError(workflow, details, summary)
+    rpc = served.rpc_routes.get(route_path)
+    if rpc is not None and body_errors and len(body_errors) == len(errors):
+        # What `Rpc.call` raises in process for the same payload.
+        return MalformedMessage(f"invalid payload for RPC {rpc}: {summary}", details)
     return InvalidRequestError(f"invalid request: {summary}", details)
 
 
@@ -592,7 +729,7 @@ def _add_workflow_routes(app: FastAPI, served: _Served, wire: WorkflowWire[Any])
             stopping = ProxyUnavailableError("the proxy is stopping; call again to wait on")
             return _problem(stopping, headers)
         except Exception as error:
-            if isinstance(error, EngineClosedError) or not _is_outcome(wire, error):
+            if isinstance(error, EngineClosedError) or not wire.is_outcome(error):
                 return _problem(error, headers)
             cause, body = wire.cause(error)
             return _json(body, 500, {**headers, CAUSE_HEADER: cause})
@@ -779,6 +916,242 @@ def _storable(workflow: Workflow[Any, Any], payload: Any) -> str:
         raise PayloadError(workflow.name, [detail], str(err)) from None
 
 
-def _is_outcome(wire: WorkflowWire[Any], error: BaseException) -> bool:
-    """Whether `error` is the workflow's own failure (else one of plait's, or a bug)."""
-    return isinstance(error, (Defect, Interrupted, *wire.workflow.codec.error_types))
+# Entities and the cluster ------------------------------------------------------------------
+
+
+def _add_cluster_routes(app: FastAPI, served: _Served) -> None:
+    engine = served.engine
+    infos = [
+        EntityInfo(
+            name=entity.name,
+            rpcs=[
+                RpcInfo(
+                    name=wire.rpc.name,
+                    path=f"{wire.path}/{{entity_id}}",
+                    persisted=wire.rpc.persisted,
+                    primaryKey=wire.idempotent,
+                    payload=wire.rpc.takes_payload,
+                )
+                for wire in served.rpcs.values()
+                if wire.rpc.entity is entity
+            ],
+        )
+        for entity in served.entities
+    ]
+
+    async def entities() -> list[EntityInfo]:
+        """The entity types served, and the route of each RPC."""
+        return infos
+
+    app.add_api_route(
+        "/entities",
+        entities,
+        methods=["GET"],
+        tags=["entities"],
+        operation_id="listEntities",
+        summary="The entity types served and their RPCs",
+        response_model=list[EntityInfo],
+        responses=_REFUSALS,
+    )
+
+    async def cluster() -> ClusterStatus:
+        """What the engine sees of its cluster: runners, shards, resident entities."""
+        engine.require_loop()  # 503 while the engine is not running
+        return _cluster_status(served)
+
+    app.add_api_route(
+        "/cluster",
+        cluster,
+        methods=["GET"],
+        tags=["entities"],
+        operation_id="clusterStatus",
+        summary="The cluster: runners and their shards, entities resident here",
+        description=(
+            "On a runner of a cluster: every runner the ring gives shards and its shards, the "
+            "shards this runner holds, and the entity instances resident in it (the other "
+            "runners' are theirs to tell). On a single engine `cluster` is false."
+        ),
+        response_model=ClusterStatus,
+        responses=_REFUSALS,
+    )
+
+
+def _cluster_status(served: _Served) -> ClusterStatus:
+    runtime = runtime_of(served.engine)
+    by_type: dict[str, int] = {}
+    for entity_type, _ in runtime.instances:
+        by_type[entity_type] = by_type.get(entity_type, 0) + 1
+    local = ClusterStatus(
+        cluster=False,
+        entities=sum(by_type.values()),
+        entityTypes=dict(sorted(by_type.items())),
+        singletons=sorted(runtime.singletons.running()),
+    )
+    runner = served.runner
+    try:
+        view = runner.view() if runner is not None else None
+    except InvalidArgumentError:  # a runner on a SQLite file: one process, no cluster
+        view = None
+    if view is None:
+        return local
+    owned: dict[str, list[str]] = {}
+    for shard, owner in view.assignments.items():
+        owned.setdefault(owner, []).append(shard)
+    assignments = [
+        RunnerShards(
+            address=owner, shards=sorted(shards, key=_shard_order), this=owner == view.address
+        )
+        for owner, shards in sorted(owned.items())
+    ]
+    return local.model_copy(
+        update={
+            "cluster": True,
+            "address": view.address or None,
+            "machine_id": view.machine_id,
+            "runners": view.runners,
+            "healthy_runners": view.healthy_runners,
+            "assignments": assignments,
+            "shards": sorted(view.shards, key=_shard_order),
+            "releasing": sorted(view.releasing, key=_shard_order),
+            "fenced_writes": view.fenced_writes,
+        }
+    )
+
+
+def _shard_order(shard: str) -> tuple[str, int]:
+    group, _, number = shard.rpartition(":")
+    return (group, int(number)) if number.isdigit() else (shard, 0)
+
+
+def _add_rpc_routes(app: FastAPI, served: _Served, wire: RpcWire[Any]) -> None:
+    engine = served.engine
+    rpc: Rpc[Any, Any] = wire.rpc
+    label = f"{rpc.entity.name}.{rpc.name}"
+    route = f"{wire.path}/{{entity_id}}"
+    served.rpc_routes[route] = label
+    served.rpc_routes[f"{route}/discard"] = label
+
+    async def call(entity_id: str, payload: Any = None) -> Response:
+        # Raised here, before anything is sent: a payload (or primary key) refused is 422.
+        reply = asyncio.ensure_future(rpc.call(entity_id, payload, engine=engine))
+        try:
+            # Shielded: the server stopping gives up on the wait, not on the request (a
+            # cancelled wait would interrupt it, and store the interrupt as a persisted one's
+            # reply). The client's retry of a persisted request gets the reply it stores.
+            value = await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            reply.add_done_callback(_retrieved)
+            return _stopping()
+        except MalformedMessage as error:
+            # The reply, not the request: it did not decode, a defect of the call.
+            kind, body = wire.cause(Defect("plait.cluster.MalformedMessage", str(error)))
+            return _json(body, 500, {CAUSE_HEADER: kind})
+        except Exception as error:
+            if isinstance(error, EngineClosedError) or not wire.is_outcome(error):
+                return _problem(error)
+            kind, body = wire.cause(error)
+            return _json(body, 500, {CAUSE_HEADER: kind})
+        body_bytes = wire.encode_value(value)
+        media = "application/json" if body_bytes else None
+        return Response(body_bytes, status_code=200, media_type=media)
+
+    async def discard(entity_id: str, payload: Any = None) -> Response:
+        taken = rpc.call(entity_id, payload, discard=True, engine=engine)
+        try:
+            await taken
+        except asyncio.CancelledError:
+            return _stopping()
+        return Response(status_code=204)
+
+    params: dict[str, Any] = {"entity_id": EntityId}
+    defaults: dict[str, Any] = {}
+    if rpc.takes_payload:
+        params["payload"] = Annotated[rpc.payload_type, Body(description="The RPC's payload.")]
+    else:
+        # No body, or `null`: anything else is refused, not ignored.
+        params["payload"] = Annotated[None, Body(description="None: it takes no payload.")]
+        defaults["payload"] = None
+    refusals: dict[int | str, dict[str, Any]] = {
+        **_BODY_REFUSALS,
+        404: {"model": Problem, "description": "NotFoundError: no such route."},
+        409: {"model": Problem, "description": "AlreadyProcessingMessage"},
+        422: {
+            "model": Problem,
+            "description": "MalformedMessage: the payload does not validate (pydantic's "
+            "details); InvalidRequestError: the entity id.",
+        },
+        503: {
+            "model": Problem,
+            "description": "MailboxFull (a volatile RPC: try again), EntityNotAssignedToRunner, "
+            "RunnerUnavailable; or the engine is not running.",
+        },
+    }
+    success: dict[str, Any] = {"description": "Its reply."}
+    if wire.void:
+        success["description"] = "Answered (the RPC has no reply value: no body)."
+    else:
+        success["model"] = wire.success_type
+    if not rpc.persisted:
+        delivery = "Volatile: answered in memory, never stored."
+    elif wire.idempotent:
+        delivery = (
+            "Persisted: stored before it runs and answered once; a request with the same "
+            "primary key gets the first one's reply."
+        )
+    else:
+        delivery = "Persisted: stored before it runs and answered once."
+    app.add_api_route(
+        route,
+        _endpoint(call, params, defaults),
+        methods=["POST"],
+        tags=["entities"],
+        operation_id=label,
+        summary=f"Call {label} on an entity instance and wait for its reply",
+        description=f"Effect's EntityProxy route. {delivery}",
+        response_class=Response,
+        responses={
+            200: success,
+            **refusals,
+            500: {
+                "model": wire.failure_union() | Problem,
+                "description": (
+                    "The RPC failed: a declared error as its tagged JSON, or a defect (`Die`) "
+                    "or an interruption (`Interrupt`), the Plait-Cause header saying which; or "
+                    "PersistenceError (no header)."
+                ),
+            },
+        },
+    )
+    app.add_api_route(
+        f"{route}/discard",
+        _endpoint(discard, params, defaults),
+        methods=["POST"],
+        tags=["entities"],
+        operation_id=f"{label}Discard",
+        summary=f"Send {label} to an entity instance without waiting for its reply",
+        description=(
+            "Effect's EntityProxy route: 204 once a mailbox took the request (a persisted one: "
+            f"once stored). {delivery}"
+        ),
+        status_code=204,
+        response_class=Response,
+        responses={
+            204: {"description": "Taken."},
+            **refusals,
+            500: {"model": Problem, "description": "PersistenceError: it could not be stored."},
+        },
+    )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Reads an outcome no one waits for any more, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _stopping() -> Response:
+    """The answer to a request the stopping server gave up on (the client calls again)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return _problem(ProxyUnavailableError("the proxy is stopping; call again"))

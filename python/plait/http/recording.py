@@ -1,23 +1,24 @@
 """A `WorkflowClient` for tests: it records the calls and answers what the test set.
 
 What Hazel's tests do with a mock HTTP layer, typed: code under test gets a `RecordingClient`
-where it would get a `Client`, and the test reads which workflows it started with which
-payloads, and sets the results or errors they return.
+where it would get a `Client`, and the test reads which workflows it started (and which entity
+RPCs it sent) with which payloads, and sets the results, replies or errors they return.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel
 
+from plait.cluster import ClusterError, Rpc
 from plait.deferred import DurableDeferred
 from plait.errors import DeferredTokenError, InvalidArgumentError, UnknownExecutionError
 from plait.exits import Complete, Exit, Failure, Success, Suspended
 from plait.http.errors import ResultNotSetError, UnexpectedResponseError
-from plait.http.wire import DeferredWire, WorkflowWire
+from plait.http.wire import DeferredWire, RpcWire, WorkflowWire, entity_id_segment
 from plait.http.workflow_client import WorkflowClient
 from plait.ids import DeferredToken
 from plait.workflow import Workflow
@@ -26,8 +27,9 @@ __all__ = ["RecordedCall", "RecordingClient"]
 
 P = TypeVar("P", bound=BaseModel)
 S = TypeVar("S")
+A = TypeVar("A")
 
-CallKind = Literal["execute", "discard", "poll", "interrupt", "resume", "done"]
+CallKind = Literal["execute", "discard", "poll", "interrupt", "resume", "done", "call"]
 
 
 @dataclass(frozen=True)
@@ -35,35 +37,44 @@ class RecordedCall:
     """One call made on a `RecordingClient`.
 
     Attributes:
-        kind: Which method: execute, discard, poll, interrupt, resume or done (a deferred).
-        name: The workflow's name (the deferred's, for `done`).
-        execution_id: The execution it named.
-        payload: The validated payload (execute, discard).
+        kind: Which method: execute, discard, poll, interrupt, resume, done (a deferred) or
+            call (an entity RPC).
+        name: The workflow's name (the deferred's, for `done`; `Entity.rpc` for `call`).
+        execution_id: The execution it named (empty for `call`).
+        payload: The validated payload (execute, discard, call).
         exit: The deferred's outcome (done).
+        entity_id: The entity instance it was sent to (call).
+        discard: Sent without waiting for the reply (call).
     """
 
     kind: CallKind
     name: str
     execution_id: str
-    payload: BaseModel | None = None
+    payload: Any = None
     exit: Exit | None = None
+    entity_id: str = ""
+    discard: bool = False
 
 
 @dataclass
 class _Outcomes:
     by_workflow: dict[str, Exit] = field(default_factory=dict)
     by_execution: dict[str, Exit] = field(default_factory=dict)
+    by_rpc: dict[str, Exit] = field(default_factory=dict)
+    by_instance: dict[tuple[str, str], Exit] = field(default_factory=dict)
 
 
 class RecordingClient(WorkflowClient):
-    """Records the workflows started and the deferreds completed; answers what tests set.
+    """Records the workflows started, RPCs sent and deferreds completed; answers what tests set.
 
-    Payloads are validated as the real client validates them (`PayloadError`), results are
-    checked against the workflow's success type, and errors travel as they would over HTTP:
-    a declared error comes back as itself, any other as a `Defect`.
+    Payloads are validated as the real client validates them (`PayloadError`,
+    `MalformedMessage`), results are checked against the workflow's success type (replies
+    against the RPC's), and errors travel as they would over HTTP: a declared error comes back
+    as itself, any other as a `Defect`.
 
     A workflow with no result (`success=None`) succeeds unless told otherwise; one with a
-    result needs `set_result` or `set_error` first.
+    result needs `set_result` or `set_error` first. So with an RPC's reply: `set_reply`,
+    `set_reply_error`; `sent` reads the RPCs sent.
 
     Example:
         >>> import asyncio, plait
@@ -85,6 +96,7 @@ class RecordingClient(WorkflowClient):
         self.calls: list[RecordedCall] = []
         self._outcomes = _Outcomes()
         self._wires: dict[str, WorkflowWire[Any]] = {}
+        self._rpc_wires: dict[str, RpcWire[Any]] = {}
         self._started: set[str] = set()
         self._deferreds: set[tuple[str, str]] = set()
 
@@ -131,6 +143,41 @@ class RecordingClient(WorkflowClient):
         else:
             self._outcomes.by_execution[workflow.execution_id(payload)] = exit_
 
+    def set_reply(self, rpc: Rpc[Any, S], value: S, *, entity_id: str | None = None) -> None:
+        """Makes calls of `rpc` (only to instance `entity_id`, if given) reply `value`.
+
+        Raises:
+            InvalidArgumentError: `value` does not fit the RPC's reply type.
+        """
+        wire = self._rpc_wire(rpc)
+        try:
+            checked = wire.decode_value(value, json_text=False)
+        except UnexpectedResponseError as err:
+            msg = f"{value!r} is not a reply of {wire.label}: {err}"
+            raise InvalidArgumentError(msg) from None
+        self._set_reply(wire, Success(checked), entity_id)
+
+    def set_reply_error(
+        self, rpc: Rpc[Any, Any], error: BaseException, *, entity_id: str | None = None
+    ) -> None:
+        """Makes calls of `rpc` (only to instance `entity_id`, if given) fail with `error`.
+
+        As over HTTP: a declared error comes back as itself, any other as a `Defect`; a
+        cluster error (`plait.MailboxFull`, say) as itself.
+        """
+        wire = self._rpc_wire(rpc)
+        if not isinstance(error, ClusterError):
+            cause, body = wire.cause(error)
+            error = wire.error_of(cause, body)
+        self._set_reply(wire, Failure(error), entity_id)
+
+    def _set_reply(self, wire: RpcWire[Any], exit_: Exit, entity_id: str | None) -> None:
+        name = _rpc_name(wire.rpc)
+        if entity_id is None:
+            self._outcomes.by_rpc[name] = exit_
+        else:
+            self._outcomes.by_instance[(name, entity_id_segment(entity_id))] = exit_
+
     # What tests read ---------------------------------------------------------------------
 
     def started(self, workflow: Workflow[Any, Any] | None = None) -> list[RecordedCall]:
@@ -144,7 +191,12 @@ class RecordingClient(WorkflowClient):
 
     def payloads(self, workflow: Workflow[P, Any]) -> list[P]:
         """The payloads `workflow` was started with, in order."""
-        return [call.payload for call in self.started(workflow)]  # type: ignore[misc]
+        return [call.payload for call in self.started(workflow)]
+
+    def sent(self, rpc: Rpc[Any, Any] | None = None) -> list[RecordedCall]:
+        """The entity RPCs sent (`call`, with or without `discard`), of `rpc` or of all."""
+        name = None if rpc is None else _rpc_name(rpc)
+        return [call for call in self.calls if call.kind == "call" and name in (None, call.name)]
 
     # The client --------------------------------------------------------------------------
 
@@ -198,6 +250,41 @@ class RecordingClient(WorkflowClient):
         self._deferreds.add(key)
         return first
 
+    async def call(  # noqa: D102
+        self,
+        rpc: Rpc[A, S],
+        entity_id: str,
+        payload: A | Mapping[str, Any] | None = None,
+        *,
+        discard: bool = False,
+    ) -> S:
+        wire, name = self._rpc_wire(rpc), _rpc_name(rpc)
+        entity_id = entity_id_segment(entity_id)
+        # Validated and encoded as the real client does (MalformedMessage); recorded as read.
+        value = rpc.decode_payload(rpc.encode_payload(payload))
+        self.calls.append(
+            RecordedCall("call", name, "", payload=value, entity_id=entity_id, discard=discard)
+        )
+        outcome = self._outcomes.by_instance.get((name, entity_id))
+        if outcome is None:
+            outcome = self._outcomes.by_rpc.get(name)
+        if discard:
+            if isinstance(outcome, Failure) and isinstance(outcome.error, ClusterError):
+                raise outcome.error  # refused before it was taken
+            return cast("S", None)
+        if outcome is None and wire.void:
+            outcome = Success(None)
+        if outcome is None:
+            msg = (
+                f"RecordingClient: no reply set for {name}; call set_reply({rpc.name}, ...) "
+                "or set_reply_error first"
+            )
+            raise ResultNotSetError(msg)
+        if isinstance(outcome, Failure):
+            raise outcome.error
+        reply: S = outcome.value
+        return reply
+
     # Plumbing ----------------------------------------------------------------------------
 
     def _record(self, kind: CallKind, workflow: Workflow[Any, Any], model: BaseModel) -> str:
@@ -220,6 +307,18 @@ class RecordingClient(WorkflowClient):
             wire = WorkflowWire(workflow)
             self._wires[workflow.name] = wire
         return wire
+
+    def _rpc_wire(self, rpc: Rpc[Any, S]) -> RpcWire[S]:
+        name = _rpc_name(rpc)
+        wire = self._rpc_wires.get(name)
+        if wire is None or wire.rpc is not rpc:
+            wire = RpcWire(rpc)
+            self._rpc_wires[name] = wire
+        return wire
+
+
+def _rpc_name(rpc: Rpc[Any, Any]) -> str:
+    return f"{rpc.entity.name}.{rpc.name}"
 
 
 def _name(workflow: Workflow[Any, Any] | str) -> str:

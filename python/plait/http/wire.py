@@ -3,7 +3,8 @@
 The proxy (`plait.http.proxy`) and the client (`plait.http.client`) both read this module, so
 the two cannot drift apart. It imports pydantic and plait, and no web library.
 
-The shapes follow Effect's `HttpApi`, which Effect's `WorkflowProxy` routes use:
+The shapes follow Effect's `HttpApi`, which Effect's `WorkflowProxy` and `EntityProxy` routes
+use (an entity RPC's reply and errors are written as a workflow's):
 
 - a workflow's result is its success value as JSON (no body for a workflow with no result);
 - a declared error is its tagged JSON, `{"_tag": "CardDeclined", ...fields}`, with status 500;
@@ -12,7 +13,8 @@ The shapes follow Effect's `HttpApi`, which Effect's `WorkflowProxy` routes use:
   with status 500. The `Plait-Cause` header (`Fail`, `Die` or `Interrupt`) says which, so a
   declared error whose class is named `Die` is not mistaken for a defect;
 - an error of plait's own (a payload that does not validate, an unknown execution) is
-  `{"_tag": "<plait error class>", "message": ..., "errors": [...]}` with its 4xx or 5xx status.
+  `{"_tag": "<plait error class>", "message": ..., "errors": [...]}` with its 4xx or 5xx status;
+  so is a cluster error (`MailboxFull`, 503; `MalformedMessage`, 422; ...).
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from plait.cluster import (
+    AlreadyProcessingMessage,
+    EntityNotAssignedToRunner,
+    MailboxFull,
+    MalformedMessage,
+    PersistenceError,
+    Rpc,
+    RunnerNotRegistered,
+    RunnerUnavailable,
+)
 from plait.deferred import DurableDeferred
 from plait.errors import (
     Defect,
@@ -44,7 +56,7 @@ from plait.errors import (
     UnknownExecutionError,
     WorkflowNotImplementedError,
 )
-from plait.exits import Complete, Failure, Success, Suspended, TaggedError
+from plait.exits import Complete, ExitCodec, Failure, Success, Suspended, TaggedError
 from plait.http.errors import (
     ForbiddenError,
     InvalidRequestError,
@@ -57,6 +69,7 @@ from plait.http.errors import (
     UnexpectedResponseError,
     UnsupportedMediaTypeError,
 )
+from plait.ids import checked_name
 from plait.workflow import Workflow
 
 __all__ = [
@@ -64,18 +77,25 @@ __all__ = [
     "DEFAULT_PORT",
     "EXECUTION_ID_HEADER",
     "EXECUTION_ID_PATTERN",
+    "ClusterStatus",
     "DeferredCompletion",
     "DeferredFailureBody",
     "DeferredStored",
     "DeferredSuccessBody",
     "DeferredWire",
+    "EntityInfo",
     "ExecutionCounts",
     "ExecutionStatus",
     "Problem",
     "ResumePayload",
+    "RpcInfo",
+    "RpcWire",
+    "RunnerShards",
     "WorkflowWire",
+    "entity_id_segment",
     "error_from_problem",
     "problem_of",
+    "rpc_path",
     "status_of",
     "workflow_path",
 ]
@@ -98,6 +118,29 @@ StatusName = Literal["running", "suspended", "succeeded", "failed"]
 def workflow_path(name: str) -> str:
     """The route of a workflow: `/` and its name in lower case, as Effect's `WorkflowProxy`."""
     return "/" + name.lower()
+
+
+def entity_id_segment(entity_id: str) -> str:
+    """`entity_id`, if a URL path can carry it as one segment (the route's `{entity_id}`).
+
+    Raises:
+        InvalidArgumentError: It is not a non-empty str, holds `/` or NUL, or is `.` or `..`
+            (which a URL path resolves away).
+    """
+    checked = checked_name("an entity id", entity_id)
+    if "/" in checked or checked in {".", ".."}:
+        msg = f"entity id {checked!r} cannot travel as a URL path segment (a '/', or a dot name)"
+        raise InvalidArgumentError(msg)
+    return checked
+
+
+def rpc_path(entity: str, rpc: str) -> str:
+    """The route of an entity's RPC, before its `/{entity_id}`: `/<entity>/<rpc>` in lower case.
+
+    Effect's `EntityProxy.toHttpApiGroup(name, Entity)` routes `/<rpc in lower case>/:entityId`,
+    and its documentation prefixes the group with the entity (`.prefix("/counter")`): this.
+    """
+    return f"/{entity.lower()}/{rpc.lower()}"
 
 
 # Plain bodies -----------------------------------------------------------------------------
@@ -194,6 +237,65 @@ class ExecutionCounts(_Wire):
     cap: int = Field(description="Counting stops here: a count equal to it means at least.")
 
 
+class RpcInfo(_Wire):
+    """One RPC an entity serves over HTTP."""
+
+    name: str
+    path: str = Field(description="POST it with the payload; `/discard` after it: no reply.")
+    persisted: bool = Field(description="Stored before it runs, answered once.")
+    primary_key: bool = Field(
+        alias="primaryKey", description="Persisted with a primary key: a retry is answered once."
+    )
+    payload: bool = Field(description="False: it takes no payload (send no body, or null).")
+
+
+class EntityInfo(_Wire):
+    """An entity type the proxy serves, and its RPCs."""
+
+    name: str
+    rpcs: list[RpcInfo]
+
+
+class RunnerShards(_Wire):
+    """A runner of the cluster and the shards the ring gives it."""
+
+    address: str
+    shards: list[str] = Field(description='Its shards, "group:id", in shard order.')
+    this: bool = Field(description="It is the runner this proxy runs in.")
+
+
+class ClusterStatus(_Wire):
+    """What the proxy's engine sees of its cluster (`GET /cluster`).
+
+    On a single engine, `cluster` is false: it holds every shard itself, and only `entities`,
+    `entityTypes` and `singletons` say anything. A client-only process (no `address`) holds no
+    shard: no runner of `assignments` is `this`.
+    """
+
+    cluster: bool = Field(description="Whether the proxy runs in a runner of a cluster.")
+    address: str | None = Field(
+        default=None, description="This runner's address (none: client only)."
+    )
+    machine_id: int | None = Field(default=None, alias="machineId")
+    runners: int = Field(default=0, description="Runners registered.")
+    healthy_runners: int = Field(
+        default=0, alias="healthyRunners", description="Runners in the rings."
+    )
+    assignments: list[RunnerShards] = Field(
+        default_factory=list, description="Every runner the ring gives shards, and its shards."
+    )
+    shards: list[str] = Field(default_factory=list, description="Shards this runner holds.")
+    releasing: list[str] = Field(default_factory=list, description="Shards it is draining.")
+    entities: int = Field(description="Entity instances resident in this engine.")
+    entity_types: dict[str, int] = Field(
+        alias="entityTypes", description="Resident instances by entity type, in this engine."
+    )
+    singletons: list[str] = Field(description="Singletons running in this engine.")
+    fenced_writes: int = Field(
+        default=0, alias="fencedWrites", description="Writes refused: the shard's lease was lost."
+    )
+
+
 # Declared errors --------------------------------------------------------------------------
 
 
@@ -265,28 +367,29 @@ def _defect_of(data: object) -> Defect:
 # A workflow on the wire -------------------------------------------------------------------
 
 
-class WorkflowWire(Generic[S]):
-    """How one workflow's results and errors are written and read over HTTP.
+class _OutcomeWire(Generic[S]):
+    """How the results and errors of one workflow or RPC are written and read over HTTP.
 
     Args:
-        workflow: The workflow.
+        label: What it is, for messages (`workflow 'Name'`, `RPC Counter.increment`).
+        codec: Its success type and declared error classes.
     """
 
-    def __init__(self, workflow: Workflow[Any, S]) -> None:
-        self.workflow = workflow
-        self.path = workflow_path(workflow.name)
-        success = workflow.codec.success
+    def __init__(self, label: str, codec: ExitCodec) -> None:
+        self.label = label
+        self.codec = codec
+        success = codec.success
         self.void = success is None or success is type(None)
         self.success_type: Any = None if self.void else success
         self._adapter: TypeAdapter[Any] | None = (
             None if self.void else TypeAdapter(cast("Any", success))
         )
-        self.errors = _DeclaredErrors(workflow.codec.error_types)
+        self.errors = _DeclaredErrors(codec.error_types)
 
     # Results ---------------------------------------------------------------------------------
 
     def encode_value(self, value: Any) -> bytes:
-        """A success value as its JSON body (empty for a workflow with no result)."""
+        """A success value as its JSON body (empty for no result)."""
         if self._adapter is None:
             return b""
         return self._adapter.dump_json(value)
@@ -299,7 +402,7 @@ class WorkflowWire(Generic[S]):
         """A success value read from a body (`json_text`) or from parsed JSON.
 
         Raises:
-            UnexpectedResponseError: It does not fit the workflow's success type.
+            UnexpectedResponseError: It does not fit the success type.
         """
         if self._adapter is None:
             return cast("S", None)
@@ -308,20 +411,24 @@ class WorkflowWire(Generic[S]):
                 return cast("S", self._adapter.validate_json(data))
             return cast("S", self._adapter.validate_python(data))
         except pydantic.ValidationError as err:
-            msg = f"workflow {self.workflow.name!r}: result does not fit its type: {err}"
+            msg = f"{self.label}: result does not fit its type: {err}"
             raise UnexpectedResponseError(msg) from None
 
     # Failures --------------------------------------------------------------------------------
 
+    def is_outcome(self, error: BaseException) -> bool:
+        """Whether `error` is its own failure (else one of plait's, or a bug)."""
+        return isinstance(error, (Defect, Interrupted, *self.codec.error_types))
+
     def cause(self, error: BaseException) -> tuple[Cause, dict[str, Any]]:
-        """The failure of an execution as the header value and the body of its 500 response.
+        """A failure as the header value and the body of its 500 response.
 
         A declared error is its tagged JSON alone (Effect's body); a defect or an interruption
         is the cause as the journal encodes it.
         """
         if isinstance(error, Interrupted):
             return "Interrupt", {"_tag": "Interrupt", "executionId": error.execution_id}
-        if isinstance(error, self.workflow.codec.error_types) and not isinstance(error, Defect):
+        if isinstance(error, self.codec.error_types) and not isinstance(error, Defect):
             return "Fail", self.errors.encode(error)
         defect = error if isinstance(error, Defect) else Defect(type(error).__name__, str(error))
         return "Die", {"_tag": "Die", "defect": _defect(defect)}
@@ -332,7 +439,7 @@ class WorkflowWire(Generic[S]):
         return {"_tag": "Fail", "error": body} if kind == "Fail" else body
 
     def error_of(self, kind: str | None, body: Any) -> BaseException:
-        """The exception a 500 response from a workflow route stands for.
+        """The exception a 500 response stands for.
 
         Without the `Plait-Cause` header (an Effect server, say), a body naming a declared
         error is that error, one tagged `Die` or `Interrupt` that cause, one tagged with a plait
@@ -349,13 +456,13 @@ class WorkflowWire(Generic[S]):
         try:
             declared = self.errors.decode(body)
         except pydantic.ValidationError as err:
-            msg = f"workflow {self.workflow.name!r}: error {tag!r} does not fit its class: {err}"
+            msg = f"{self.label}: error {tag!r} does not fit its class: {err}"
             raise UnexpectedResponseError(msg) from None
         if declared is not None:
             return declared
         if kind is None and isinstance(body, dict) and isinstance(tag, str):
             return error_from_problem(500, body)
-        msg = f"workflow {self.workflow.name!r}: the proxy answered 500 with {str(body)[:200]!r}"
+        msg = f"{self.label}: the proxy answered 500 with {str(body)[:200]!r}"
         return UnexpectedResponseError(msg)
 
     def error_from_cause(self, cause: dict[str, Any]) -> BaseException:
@@ -364,6 +471,36 @@ class WorkflowWire(Generic[S]):
         if tag == "Fail":
             return self.error_of("Fail", cause.get("error"))
         return self.error_of(str(tag), cause)
+
+    def error_union(self) -> Any:
+        """The declared errors' models as one union (None if it declares none)."""
+        models = self.errors.models()
+        if not models:
+            return None
+        union: Any = models[0]
+        for model in models[1:]:
+            union = union | model
+        return union
+
+    def failure_union(self) -> Any:
+        """What a 500 from its call may hold: a declared error, Die or Interrupt."""
+        declared = self.error_union()
+        return (
+            DieCause | InterruptCause if declared is None else declared | DieCause | InterruptCause
+        )
+
+
+class WorkflowWire(_OutcomeWire[S]):
+    """How one workflow's results and errors are written and read over HTTP.
+
+    Args:
+        workflow: The workflow.
+    """
+
+    def __init__(self, workflow: Workflow[Any, S]) -> None:
+        super().__init__(f"workflow {workflow.name!r}", workflow.codec)
+        self.workflow = workflow
+        self.path = workflow_path(workflow.name)
 
     # Status ----------------------------------------------------------------------------------
 
@@ -397,22 +534,23 @@ class WorkflowWire(Generic[S]):
             error=(error | None, None),
         )
 
-    def error_union(self) -> Any:
-        """The declared errors' models as one union (None if it declares none)."""
-        models = self.errors.models()
-        if not models:
-            return None
-        union: Any = models[0]
-        for model in models[1:]:
-            union = union | model
-        return union
 
-    def failure_union(self) -> Any:
-        """What a 500 from the execute route may hold: a declared error, Die or Interrupt."""
-        declared = self.error_union()
-        return (
-            DieCause | InterruptCause if declared is None else declared | DieCause | InterruptCause
-        )
+class RpcWire(_OutcomeWire[S]):
+    """How one entity RPC's payloads, replies and errors are written and read over HTTP.
+
+    Args:
+        rpc: The RPC.
+    """
+
+    def __init__(self, rpc: Rpc[Any, S]) -> None:
+        super().__init__(f"RPC {rpc.entity.name}.{rpc.name}", rpc.codec)
+        self.rpc = rpc
+        self.path = rpc_path(rpc.entity.name, rpc.name)
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether sending it twice is answered once: persisted, with a primary key."""
+        return self.rpc.persisted and self.rpc.primary_key is not None
 
 
 def status_of(
@@ -511,6 +649,13 @@ def jsonable(value: Any) -> Any:
 # The status each error of plait's own is answered with; the first class that matches wins.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ProxyError, 0),  # its own `status`
+    (MalformedMessage, 422),  # a payload refused before it was sent (a reply's is a Die)
+    (AlreadyProcessingMessage, 409),
+    # Refused before it was taken: a retry may find room, or the shard's new owner.
+    (MailboxFull, 503),
+    (EntityNotAssignedToRunner, 503),
+    (RunnerUnavailable, 503),
+    (RunnerNotRegistered, 503),
     (PayloadError, 422),
     (DeferredValueError, 422),
     (MalformedTokenError, 400),
@@ -539,6 +684,14 @@ _BY_TAG: dict[str, Callable[[Problem, str, str], BaseException]] = {
     "JournalDecodeError": lambda p, *_: JournalDecodeError(p.message),
     "SuspendedRetryExhaustedError": lambda p, *_: SuspendedRetryExhaustedError(p.message),
     "InvalidArgumentError": lambda p, *_: InvalidArgumentError(p.message),
+    "MalformedMessage": lambda p, *_: MalformedMessage(p.message, p.errors),
+    "AlreadyProcessingMessage": lambda p, *_: AlreadyProcessingMessage(p.message),
+    "EntityNotAssignedToRunner": lambda p, *_: EntityNotAssignedToRunner(p.message),
+    "RunnerUnavailable": lambda p, *_: RunnerUnavailable(p.message),
+    "RunnerNotRegistered": lambda p, *_: RunnerNotRegistered(p.message),
+    "PersistenceError": lambda p, *_: PersistenceError(p.message),
+    # The entity's address is not in the problem: the client's call fills it in.
+    "MailboxFull": lambda p, *_: MailboxFull("", "", p.message),
     **{
         cls.__name__: functools.partial(_proxy_error, cls)
         for cls in (

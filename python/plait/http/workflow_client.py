@@ -1,4 +1,4 @@
-"""What a client of workflows can do, whoever runs them: `Client` (over HTTP), `RecordingClient`.
+"""What a client of workflows and entities can do: `Client` (over HTTP), `RecordingClient`.
 
 Backend code that takes a `WorkflowClient` runs against the proxy in production and against a
 `RecordingClient` in its tests. This module imports no web library.
@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from plait.cluster import Rpc
 from plait.deferred import DurableDeferred
 from plait.exits import Complete, Exit, Failure, Success, Suspended
 from plait.workflow import Workflow
@@ -21,15 +22,16 @@ __all__ = ["WorkflowClient"]
 P = TypeVar("P", bound=BaseModel)
 S = TypeVar("S")
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 class WorkflowClient(ABC):
     """Calls on workflows that run elsewhere, typed by the same `Workflow` objects.
 
-    The methods mirror `Workflow.execute`, `poll`, `interrupt`, `resume` and
-    `DurableDeferred.succeed`, `fail`, `done`; the types come from the workflow (or deferred)
-    passed in, so `await client.execute(ProcessOrder, order)` is a `str` when `ProcessOrder`
-    is a `Workflow[Order, str]`.
+    The methods mirror `Workflow.execute`, `poll`, `interrupt`, `resume`,
+    `DurableDeferred.succeed`, `fail`, `done` and `Rpc.call`; the types come from the workflow
+    (or deferred, or RPC) passed in, so `await client.execute(ProcessOrder, order)` is a `str`
+    when `ProcessOrder` is a `Workflow[Order, str]`.
     """
 
     @abstractmethod
@@ -79,6 +81,27 @@ class WorkflowClient(ABC):
             DeferredTokenError: It names another deferred, or no stored execution.
             DeferredValueError: The value does not fit the deferred's `success` type; nothing
                 was stored.
+        """
+
+    @abstractmethod
+    async def call(
+        self,
+        rpc: Rpc[A, S],
+        entity_id: str,
+        payload: A | Mapping[str, Any] | None = None,
+        *,
+        discard: bool = False,
+    ) -> S:
+        """Sends an entity RPC to instance `entity_id` and returns its reply, as `Rpc.call`.
+
+        With `discard=True` it returns None once the request was taken (a persisted one:
+        stored), without waiting for the reply.
+
+        Raises:
+            MalformedMessage: The payload does not validate; nothing was sent.
+            InvalidArgumentError: The entity id cannot be addressed (empty, or holds a `/`).
+            MailboxFull: The instance's mailbox is full (a volatile RPC; try again later).
+            Defect: The handler failed with an error it did not declare.
         """
 
     async def succeed(self, deferred: DurableDeferred[T], token: str, value: T) -> bool:

@@ -1,8 +1,8 @@
-"""The web dashboard the proxy serves at `/dashboard`: executions and their timelines.
+"""The web dashboard the proxy serves at `/dashboard`: executions, their timelines, the cluster.
 
 One HTML page, a stylesheet and a script of plain JavaScript, shipped in this package (no
 build step): the page asks the proxy's own routes (`/executions`, `/executions/counts`,
-`/executions/<id>` and its actions) and draws what they answer.
+`/executions/<id>` and its actions, `/cluster`) and draws what they answer.
 
 - `/dashboard`: the executions, newest first, filtered by workflow, status and start time (the
   filters live in the URL's query, so a view can be linked to), with the count of each status;
@@ -10,13 +10,14 @@ build step): the page asks the proxy's own routes (`/executions`, `/executions/c
 - `/dashboard/executions/<id>`: one execution, its payload and result or error, its journal as
   a timeline (start, activity attempts, deferreds, clocks, timers still to fire, the end), and
   interrupt, cancel and resume buttons while it is not complete.
+- `/dashboard/cluster`: on a runner of a cluster, the runners the ring gives shards, each with
+  its shards, this runner's resident entities by type and its singletons, redrawn every two
+  seconds; on a single engine it says there is no cluster, and shows the engine's entities.
 
 The page and its files hold no data, so they are served without the proxy's token; the data
 routes they call need it as every route does. With a token, the page asks for it once and
 keeps it for the browser tab (`sessionStorage`). Every value is drawn as text, never as HTML,
 and a Content-Security-Policy allows only the page's own script and stylesheet.
-
-Room is left for a cluster's views (runners, their shards, entity counts) beside these.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def add_dashboard(app: FastAPI) -> None:
     for path, endpoint in (
         (DASHBOARD_PATH, page),
         (f"{DASHBOARD_PATH}/", page),
+        (f"{DASHBOARD_PATH}/cluster", page),
         (f"{DASHBOARD_PATH}/executions/{{execution_id}}", execution_page),
         (f"{DASHBOARD_PATH}/app.js", script),
         (f"{DASHBOARD_PATH}/app.css", stylesheet),

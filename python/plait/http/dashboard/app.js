@@ -1,5 +1,6 @@
-// The plait dashboard: draws what the proxy's execution routes answer. Plain JavaScript, no
-// build step. Every value from the server is set as text (textContent), never as HTML.
+// The plait dashboard: draws what the proxy's execution and cluster routes answer. Plain
+// JavaScript, no build step. Every value from the server is set as text (textContent), never
+// as HTML.
 "use strict";
 
 const ROOT = document.body.dataset.root || "";
@@ -226,14 +227,93 @@ async function showExecution(executionId) {
   $("#timeline").replaceChildren(...timeline.events.map(timelineItem));
 }
 
+
+// The cluster ------------------------------------------------------------------------------
+
+// Shard ids as ranges per group: "default:1-100, 205".
+function shardRanges(shards) {
+  const groups = new Map();
+  for (const shard of shards) {
+    const at = shard.lastIndexOf(":");
+    const group = shard.slice(0, at);
+    if (!groups.has(group)) groups.set(group, []);
+    groups.get(group).push(Number(shard.slice(at + 1)));
+  }
+  const parts = [];
+  for (const [group, ids] of groups) {
+    ids.sort((a, b) => a - b);
+    const ranges = [];
+    let start = ids[0];
+    let end = ids[0];
+    for (const id of ids.slice(1).concat([NaN])) {
+      if (id === end + 1) { end = id; continue; }
+      ranges.push(start === end ? `${start}` : `${start}-${end}`);
+      start = id;
+      end = id;
+    }
+    parts.push(`${group}:${ranges.join(", ")}`);
+  }
+  return parts.join("; ");
+}
+
+let clusterTimer = null;
+
+async function showCluster() {
+  $("#list-view").hidden = true;
+  $("#execution-view").hidden = true;
+  $("#cluster-view").hidden = false;
+  document.title = "plait · cluster";
+  const cluster = await api("/cluster");
+  $("#no-cluster").hidden = cluster.cluster;
+  $("#cluster-summary").hidden = !cluster.cluster;
+  $("#runners-section").hidden = !cluster.cluster || cluster.assignments.length === 0;
+  $("#entities-where").textContent = cluster.cluster ? "on this runner" : "in this engine";
+  if (cluster.cluster) {
+    $("#cl-address").textContent = cluster.address ||
+      "none: a client-only process, which holds no shard";
+    $("#cl-machine").textContent = String(cluster.machineId);
+    $("#cl-runners").textContent = `${cluster.runners} registered, ${cluster.healthyRunners} healthy`;
+    $("#cl-fenced").textContent = String(cluster.fencedWrites);
+    $("#runners tbody").replaceChildren(...cluster.assignments.map((runner) => {
+      const address = element("td", { class: "address mono", text: runner.address });
+      if (runner.this) address.append(element("span", { class: "this", text: "this proxy" }));
+      return element("tr", { "data-address": runner.address, "data-this": String(runner.this) },
+        address,
+        element("td", { class: "shard-count", text: String(runner.shards.length) }),
+        element("td", { class: "shard-ids", text: shardRanges(runner.shards) }),
+        element("td", { class: "count", text: runner.this ? String(cluster.entities) : "—" }));
+    }));
+  }
+  const types = Object.entries(cluster.entityTypes);
+  $("#entity-counts tbody").replaceChildren(...types.map(([name, count]) =>
+    element("tr", { "data-type": name },
+      element("td", { class: "type", text: name }),
+      element("td", { class: "count", text: String(count) }))));
+  $("#no-entities").hidden = types.length > 0;
+  $("#singletons").textContent = cluster.singletons.length ? cluster.singletons.join(", ") : "none";
+}
+
 // Routing ----------------------------------------------------------------------------------
+
+function onClusterPage() {
+  return location.pathname.replace(/\/$/, "") === `${ROOT}/dashboard/cluster`;
+}
 
 async function route() {
   showError("");
+  clearTimeout(clusterTimer);
   const prefix = `${ROOT}/dashboard/executions/`;
+  const cluster = onClusterPage();
+  $("#cluster-view").hidden = !cluster;
+  $("#nav-cluster").classList.toggle("current", cluster);
+  $("#nav-executions").classList.toggle("current", !cluster);
   try {
     if (location.pathname.startsWith(prefix)) {
       await showExecution(decodeURIComponent(location.pathname.slice(prefix.length)));
+    } else if (cluster) {
+      await showCluster();
+      // Shards move as runners come and go: look again every two seconds.
+      clusterTimer = setTimeout(() => { if (onClusterPage()) route(); }, 2000);
     } else {
       await showList();
     }
@@ -277,12 +357,17 @@ function setUp() {
     $("#token-form").hidden = true;
     route();
   });
-  for (const link of [$("#home"), $("#back")]) {
+  for (const link of [$("#home"), $("#back"), $("#nav-executions")]) {
     link.addEventListener("click", (event) => {
       event.preventDefault();
       navigate({});
     });
   }
+  $("#nav-cluster").addEventListener("click", (event) => {
+    event.preventDefault();
+    history.pushState(null, "", `${ROOT}/dashboard/cluster`);
+    route();
+  });
   window.addEventListener("popstate", route);
   route();
 }
