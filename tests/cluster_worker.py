@@ -174,6 +174,7 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
                     "runners": view.runners,
                     "healthy": view.healthy_runners,
                     "machine_id": view.machine_id,
+                    "runner_entities": view.runner_entities,
                     "time": time.time(),
                 }
                 tmp = out / f"view-{port}.tmp"

@@ -388,6 +388,15 @@ def test_a_client_only_process_sends_and_holds_nothing(cluster: Cluster) -> None
     assert client["machine_id"] not in {(cluster.view(p) or {})["machine_id"] for p in ports}
     # It is in no ring: the runners still see two healthy runners.
     assert cluster.settled(ports)
+    # Each runner's resident entities reach everyone with its heartbeats.
+    addresses = {port: f"127.0.0.1:{port}" for port in ports}
+
+    def counts_agree() -> bool:
+        seen: object = (cluster.view(0) or {}).get("runner_entities")
+        own = {addresses[p]: (cluster.view(p) or {}).get("entities") for p in ports}
+        return isinstance(seen, dict) and all(seen.get(a) == n and n for a, n in own.items())
+
+    cluster.wait("the client sees each runner's entities", counts_agree, timeout=20)
 
 
 def test_volatile_requests_cross_runners_and_survive_a_kill(cluster: Cluster) -> None:

@@ -1007,6 +1007,9 @@ class ClusterView:
     def fenced_writes(self) -> int: ...
     @property
     def assignments(self) -> dict[str, str]: ...
+    @property
+    def runner_entities(self) -> dict[str, int]:
+        """Every registered runner's resident entities, as of its last heartbeat."""
 
 @final
 class Sharding:

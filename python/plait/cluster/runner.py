@@ -50,6 +50,8 @@ class ClusterView:
         releasing: Shards it is draining before their release.
         assignments: Every shard's owner by the rings.
         entities: Entity instances resident on this runner.
+        runner_entities: Every registered runner's resident entity instances, as of its last
+            heartbeat (`shard_lock_refresh_interval`).
         singletons: The singletons running on this runner.
         fenced_writes: Writes of replies and state the database refused (or the runner held
             back) because the shard's lease was no longer this runner's: a runner that was
@@ -66,6 +68,7 @@ class ClusterView:
     entities: int
     singletons: list[str]
     fenced_writes: int
+    runner_entities: dict[str, int]
 
 
 def _ms(seconds: float) -> int:
@@ -226,4 +229,5 @@ class Runner:
             entities=self.engine.work_source.resident(),
             singletons=runtime_of(self.engine).singletons.running(),
             fenced_writes=view.fenced_writes,
+            runner_entities=dict(view.runner_entities),
         )

@@ -967,9 +967,10 @@ def _add_cluster_routes(app: FastAPI, served: _Served) -> None:
         operation_id="clusterStatus",
         summary="The cluster: runners and their shards, entities resident here",
         description=(
-            "On a runner of a cluster: every runner the ring gives shards and its shards, the "
-            "shards this runner holds, and the entity instances resident in it (the other "
-            "runners' are theirs to tell). On a single engine `cluster` is false."
+            "On a runner of a cluster: every runner the ring gives shards, its shards and its "
+            "resident entity instances (as of its last heartbeat), the shards this runner "
+            "holds, and the entity instances resident in it by type. On a single engine "
+            "`cluster` is false."
         ),
         response_model=ClusterStatus,
         responses=_REFUSALS,
@@ -999,7 +1000,10 @@ def _cluster_status(served: _Served) -> ClusterStatus:
         owned.setdefault(owner, []).append(shard)
     assignments = [
         RunnerShards(
-            address=owner, shards=sorted(shards, key=_shard_order), this=owner == view.address
+            address=owner,
+            shards=sorted(shards, key=_shard_order),
+            this=owner == view.address,
+            entities=(local.entities if owner == view.address else view.runner_entities.get(owner)),
         )
         for owner, shards in sorted(owned.items())
     ]

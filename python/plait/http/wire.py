@@ -262,6 +262,13 @@ class RunnerShards(_Wire):
     address: str
     shards: list[str] = Field(description='Its shards, "group:id", in shard order.')
     this: bool = Field(description="It is the runner this proxy runs in.")
+    entities: int | None = Field(
+        default=None,
+        description=(
+            "Entity instances resident in it: this runner's now, another's as of its last "
+            "heartbeat (none: not registered)."
+        ),
+    )
 
 
 class ClusterStatus(_Wire):

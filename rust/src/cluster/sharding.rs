@@ -82,6 +82,8 @@ pub trait ShardHost: Send + Sync {
     fn replies_saved(&self, ids: &[i64]);
     /// Notifications may have been missed: read everything again.
     fn missed(&self);
+    /// Entity instances resident now (reported with each heartbeat).
+    fn resident(&self) -> usize;
 }
 
 /// What can be read of a runner's view of the cluster (Effect's cluster gauges, and more).
@@ -101,6 +103,8 @@ pub struct ClusterView {
     pub assignments: BTreeMap<String, String>,
     /// Owned writes refused because their shard's lease was no longer this runner's.
     pub fenced_writes: u64,
+    /// Every registered runner's resident entity instances, as of its last heartbeat.
+    pub runner_entities: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -532,7 +536,8 @@ impl Loop {
     async fn sync(&mut self) {
         let expiration = self.options.lock_expiration;
         if self.registered {
-            match self.runners.heartbeat().await {
+            let resident = u64::try_from(self.host.resident()).unwrap_or(u64::MAX);
+            match self.runners.heartbeat(resident).await {
                 Ok(true) => {}
                 Ok(false) => self.registered = false,
                 Err(err) => {
@@ -603,6 +608,10 @@ impl Loop {
         {
             let mut view = self.shared.view();
             view.runners = rows.len();
+            view.runner_entities = rows
+                .iter()
+                .map(|row| (row.address.clone(), row.entities))
+                .collect();
             view.healthy_runners = healthy.len();
             view.assignments = assignments;
         }

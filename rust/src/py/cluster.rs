@@ -81,6 +81,8 @@ pub struct PyClusterView {
     assignments: BTreeMap<String, String>,
     /// Owned writes refused because their shard's lease was no longer this runner's.
     fenced_writes: u64,
+    /// Every registered runner's resident entity instances, as of its last heartbeat.
+    runner_entities: BTreeMap<String, u64>,
 }
 
 impl From<ClusterView> for PyClusterView {
@@ -93,6 +95,7 @@ impl From<ClusterView> for PyClusterView {
             releasing: view.releasing,
             assignments: view.assignments,
             fenced_writes: view.fenced_writes,
+            runner_entities: view.runner_entities,
         }
     }
 }

@@ -832,6 +832,10 @@ impl ShardHost for SourceHost {
         drop(state);
         self.0.changed.notify_one();
     }
+
+    fn resident(&self) -> usize {
+        self.0.state().mail.resident()
+    }
 }
 
 impl Inbox for SourceHost {

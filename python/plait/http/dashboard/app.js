@@ -281,7 +281,7 @@ async function showCluster() {
         address,
         element("td", { class: "shard-count", text: String(runner.shards.length) }),
         element("td", { class: "shard-ids", text: shardRanges(runner.shards) }),
-        element("td", { class: "count", text: runner.this ? String(cluster.entities) : "—" }));
+        element("td", { class: "count", text: runner.entities == null ? "—" : String(runner.entities) }));
     }));
   }
   const types = Object.entries(cluster.entityTypes);

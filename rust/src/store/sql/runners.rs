@@ -34,6 +34,8 @@ pub struct RunnerRow {
     /// Whether it is healthy: marked so, its heartbeat fresher than the expiration, and (unless
     /// advisory locks are off) its process alive.
     pub healthy: bool,
+    /// Its resident entity instances, as of its last heartbeat.
+    pub entities: u64,
 }
 
 fn sql(template: &str, prefix: &str) -> SqlStr {
@@ -75,7 +77,7 @@ impl Statements {
                 prefix,
             ),
             heartbeat: sql(
-                "UPDATE {p}runners SET last_heartbeat = now() \
+                "UPDATE {p}runners SET last_heartbeat = now(), entities = $3 \
                  WHERE address = $1 AND lock_key = $2 RETURNING machine_id",
                 prefix,
             ),
@@ -83,7 +85,7 @@ impl Statements {
                 &format!(
                     "SELECT r.machine_id::BIGINT, r.address::TEXT, r.runner, \
                          r.healthy AND r.last_heartbeat > now() - $1 * interval '1 millisecond' \
-                         AND ($3 OR {lock_of_runner}) \
+                         AND ($3 OR {lock_of_runner}), r.entities::BIGINT \
                      FROM {{p}}runners r ORDER BY r.address"
                 ),
                 prefix,
@@ -327,20 +329,22 @@ impl RunnerStorage {
         Ok(i64::from(id) % 1024)
     }
 
-    /// Bumps this runner's heartbeat. `false`: its row is gone (a peer unregistered it as
+    /// Bumps this runner's heartbeat, with its resident entity count. `false`: its row is gone (a peer unregistered it as
     /// stale, or another process registered at this address): it must register again.
     ///
     /// # Errors
     /// When the database fails or cannot be reached.
-    pub async fn heartbeat(&self) -> Result<bool, SqlError> {
+    pub async fn heartbeat(&self, entities: u64) -> Result<bool, SqlError> {
         let statement = self.statements.heartbeat.clone();
         let (address, key) = (self.address.clone(), i64::from(self.lock_key));
+        let entities = i32::try_from(entities).unwrap_or(i32::MAX);
         let found: Option<i32> = self
             .run(move |conn| {
                 Box::pin(async move {
                     sqlx::query_scalar(statement)
                         .bind(address)
                         .bind(key)
+                        .bind(entities)
                         .fetch_optional(conn)
                         .await
                 })
@@ -357,7 +361,7 @@ impl RunnerStorage {
         let statement = self.statements.runners.clone();
         let (expiration, namespace, no_locks) =
             (ms(expiration), i64::from(self.namespace), !self.advisory);
-        let rows: Vec<(i64, String, String, Option<bool>)> = self
+        let rows: Vec<(i64, String, String, Option<bool>, i64)> = self
             .run(move |conn| {
                 Box::pin(async move {
                     sqlx::query_as(statement)
@@ -371,12 +375,15 @@ impl RunnerStorage {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(machine_id, address, runner, healthy)| RunnerRow {
-                machine_id: machine_id % 1024,
-                address,
-                runner,
-                healthy: healthy.unwrap_or(false),
-            })
+            .map(
+                |(machine_id, address, runner, healthy, entities)| RunnerRow {
+                    machine_id: machine_id % 1024,
+                    address,
+                    runner,
+                    healthy: healthy.unwrap_or(false),
+                    entities: u64::try_from(entities).unwrap_or(0),
+                },
+            )
             .collect())
     }
 
