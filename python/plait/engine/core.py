@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
@@ -53,6 +54,9 @@ from plait.errors import (
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
 from plait.journal import Journal, Snapshot
+from plait.observability import tracing
+from plait.observability.logs import fields
+from plait.observability.metrics import metrics
 
 __all__ = ["Engine", "current_engine", "engine_for"]
 
@@ -127,6 +131,8 @@ class Engine:
         self._interrupt_now: set[str] = set()
         self._workflows: dict[str, WorkflowSpec] = {}
         self._unimplemented_seen: set[str] = set()
+        # Due times of the timers this process scheduled, for the timer lag metric.
+        self._timers_due: dict[tuple[str, str], int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._context_token: contextvars.Token[Engine | None] | None = None
@@ -458,10 +464,27 @@ class Engine:
         # run uses (decoded by `_resume`, maybe a concurrent one, such as recovery's).
         ex = Execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
-        existing = await self._write(
-            Op.start(execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
-        )
+        encoded = workflow.encode_payload(payload)
+        start = None
+        if tracing.tracer() is not None:
+            # The start's span is the parent of every run, here and, through the traceparent
+            # stored with the payload, in any process that resumes the execution later.
+            start = tracing.start_span(
+                "plait.workflow.start",
+                {"plait.workflow": workflow.name, "plait.execution_id": execution_id},
+                kind="producer",
+            )
+            assert start is not None
+            ex.trace = tracing.context_with(start)
+            encoded = tracing.with_trace(encoded, tracing.traceparent_of(ex.trace))
+        try:
+            existing = await self._write(Op.start(execution_id, workflow.name, encoded, parent_id))
+        finally:
+            if start is not None:
+                start.end()
         if existing is None:
+            if (counters := metrics()) is not None:
+                counters.executions_started.labels(workflow.name).inc()
             ex.payload = payload
             self._launch(ex, None)
             return
@@ -479,6 +502,7 @@ class Engine:
             run.load(snapshot)
         ex.run = run
         ex.wake = False
+        ex.runs += 1
         ctx = self._base_context.copy()
         ctx.run(current_run.set, run)
         run.task = loop.create_task(self._drive(run), context=ctx)
@@ -539,8 +563,9 @@ class Engine:
             else:
                 self._unimplemented(name, execution_id)
                 return None
+            stored, traceparent = tracing.split_trace(record.payload)
             try:
-                payload = workflow.decode_payload(record.payload)
+                payload = workflow.decode_payload(stored)
             except JournalDecodeError as err:
                 self._fail_waiters(
                     execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
@@ -550,6 +575,8 @@ class Engine:
                 ex = Execution(execution_id, workflow, payload, record.parent)
                 self._live[execution_id] = ex
             ex.payload = payload
+            if ex.trace is None and traceparent is not None:
+                ex.trace = tracing.context_of(traceparent)
         ex.interrupted = ex.interrupted or record.interrupted
         return ex
 
@@ -599,6 +626,11 @@ class Engine:
         A run of it already live here takes the fired deferred instead (or runs again after).
         """
         execution_id, snapshot = work.execution_id, work.snapshot
+        if work.fired is not None and self._timers_due:
+            due = self._timers_due.pop((execution_id, work.fired), None)
+            counters = metrics()
+            if due is not None and counters is not None:
+                counters.timer_lag.observe(max(0, self.clock.now_ms() - due) / 1000)
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
             fired = work.fired
@@ -612,7 +644,9 @@ class Engine:
         try:
             prepared = self._prepare(execution_id, snapshot)
         except JournalDecodeError:
-            log.exception("execution %s cannot resume", execution_id)
+            log.exception(
+                "execution %s cannot resume", execution_id, extra=fields(execution_id=execution_id)
+            )
             return
         if prepared is not None and prepared.run is None:
             self._launch(prepared, snapshot)
@@ -639,6 +673,44 @@ class Engine:
         ex.run_waiters.clear()
 
     async def _drive(self, run: Run) -> None:
+        span = None
+        if tracing.tracer() is not None:
+            ex = run.execution
+            span = tracing.start_span(
+                "plait.workflow.run",
+                {
+                    "plait.workflow": ex.workflow.name,
+                    "plait.execution_id": ex.id,
+                    "plait.attempt": ex.runs,
+                },
+                parent=ex.trace,
+            )
+            assert span is not None
+            # This task's own context: every span of the run (activities, waits) is a child.
+            tracing.activate(span)
+        counters = metrics()
+        if counters is not None:
+            counters.runs_active.inc()
+        result: Complete[Any] | Suspended | BaseException | None = None
+        try:
+            result = await self._drive_body(run)
+        finally:
+            if counters is not None:
+                counters.runs_active.dec()
+                _count_result(counters, run.execution.workflow.name, result)
+            if span is not None:
+                _end_run_span(span, result)
+            if log.isEnabledFor(logging.DEBUG):
+                ex = run.execution
+                log.debug(
+                    "run %d of execution %s ended: %s",
+                    ex.runs,
+                    ex.id,
+                    _outcome(result),
+                    extra=fields(execution_id=ex.id, workflow=ex.workflow.name, attempt=ex.runs),
+                )
+
+    async def _drive_body(self, run: Run) -> Complete[Any] | Suspended | BaseException:
         ex = run.execution
         workflow = ex.workflow
         handler = workflow.handler
@@ -683,6 +755,7 @@ class Engine:
             await self._finish(run, result, encoded)
         else:
             await self._finish(run, result, None)
+        return result
 
     def _into_result(
         self, run: Run, outcome: Exit | None
@@ -820,7 +893,7 @@ class Engine:
                     raise UnknownExecutionError(f"unknown execution {execution_id!r}")
                 ex = self._live.get(execution_id)
                 if ex is None:
-                    payload = workflow.decode_payload(record.payload)
+                    payload = workflow.decode_payload(tracing.split_trace(record.payload)[0])
                     ex = Execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
             loop = self.require_loop()
@@ -1164,6 +1237,8 @@ class Engine:
         due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
         if await self._write(Op.timer(execution_id, name, due)) and self._work is not None:
             self._work.scheduled(execution_id, name, due)
+            if metrics() is not None:
+                self._timers_due[(execution_id, name)] = due
 
     # Journal writes ------------------------------------------------------------------------
 
@@ -1178,6 +1253,40 @@ class Engine:
             run.unsynced.append((batch, index, key))
         elif batch.results[index] is not True:  # answered at once (memory), and not stored
             run.synced(batch, index, key)
+
+
+def _outcome(result: Complete[Any] | Suspended | BaseException | None) -> str:
+    """How a run ended, as span attributes and metrics name it."""
+    if isinstance(result, Complete):
+        if isinstance(result.exit, Success):
+            return "success"
+        return "interrupted" if isinstance(result.exit.error, Interrupted) else "failure"
+    if isinstance(result, Suspended):
+        return "suspended"
+    return "stopped" if result is None else "defect"
+
+
+def _end_run_span(span: Any, result: Complete[Any] | Suspended | BaseException | None) -> None:
+    error: BaseException | None = None
+    if isinstance(result, BaseException):
+        error = result
+    elif isinstance(result, Complete) and isinstance(result.exit, Failure):
+        error = result.exit.error
+    tracing.end_span(span, _outcome(result), error)
+
+
+def _count_result(
+    counters: Any, workflow: str, result: Complete[Any] | Suspended | BaseException | None
+) -> None:
+    if isinstance(result, Complete):
+        if isinstance(result.exit, Success):
+            counters.executions_completed.labels(workflow).inc()
+        else:
+            counters.executions_failed.labels(workflow).inc()
+    elif isinstance(result, Suspended):
+        counters.executions_suspended.labels(workflow).inc()
+    # A run stopped by a defect of the engine's (non-determinism, an undecodable journal)
+    # recorded nothing: the execution is not complete, so it is not counted as failed.
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
