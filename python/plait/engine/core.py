@@ -131,6 +131,8 @@ class Engine:
         self._interrupt_now: set[str] = set()
         self._workflows: dict[str, WorkflowSpec] = {}
         self._unimplemented_seen: set[str] = set()
+        # Runs started per execution not complete yet, while tracing (`plait.attempt`).
+        self._run_counts: dict[str, int] = {}
         # Due times of the timers this process scheduled, for the timer lag metric.
         self._timers_due: dict[tuple[str, str], int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -502,7 +504,10 @@ class Engine:
             run.load(snapshot)
         ex.run = run
         ex.wake = False
-        ex.runs += 1
+        ex.resumed = snapshot is not None
+        if tracing.tracer() is not None:
+            # Counted across the runs of this engine: the `Execution` goes between them.
+            ex.runs = self._run_counts[ex.id] = self._run_counts.get(ex.id, 0) + 1
         ctx = self._base_context.copy()
         ctx.run(current_run.set, run)
         run.task = loop.create_task(self._drive(run), context=ctx)
@@ -682,6 +687,7 @@ class Engine:
                     "plait.workflow": ex.workflow.name,
                     "plait.execution_id": ex.id,
                     "plait.attempt": ex.runs,
+                    "plait.resumed": ex.resumed,
                 },
                 parent=ex.trace,
             )
@@ -794,6 +800,7 @@ class Engine:
             if not await self._write(Op.status(ex.id, "complete", encoded)):
                 result = await self._result_stored_first(ex, result)
             self._interrupt_now.discard(ex.id)
+            self._run_counts.pop(ex.id, None)
             ex.finalizers.clear()
             ex.compensated.clear()
         elif isinstance(result, Suspended):

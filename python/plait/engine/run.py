@@ -145,6 +145,7 @@ class Execution:
         "interrupted",
         "parent",
         "payload",
+        "resumed",
         "run",
         "run_waiters",
         "runs",
@@ -172,8 +173,10 @@ class Execution:
         self.compensated: set[int] = set()
         self.children: set[str] = set()
         self.wake = False
-        # Runs started in this process (the `plait.attempt` of a run's span).
+        # Runs of it this engine started (the `plait.attempt` of a run's span), counted
+        # while tracing; whether the current one replays a stored journal.
         self.runs = 0
+        self.resumed = False
         # The OpenTelemetry context the runs' spans are children of (the start's span, or
         # the traceparent stored with the payload); None when not tracing.
         self.trace: Any = None

@@ -1,0 +1,115 @@
+"""Workflows, an entity and the SDK set-up of the observability tests.
+
+Also run as a process of its own (`python -m tests.observability_support start <db>`): it
+records its spans with the SDK in memory, starts an execution inside a host span on a SQLite
+file, waits until it suspends on a deferred, and prints its spans as JSON lines to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+import plait
+from tests.workflow_support import poll_until
+
+Order: plait.Workflow[Any, str] = plait.Workflow("ObsOrder", payload={"order": str}, success=str)
+Approval: plait.DurableDeferred[str] = plait.DurableDeferred("ObsApproval", success=str)
+flaky_calls: dict[str, int] = {}
+
+
+@plait.activity
+async def reserve(order: str) -> str:
+    return f"reserved {order}"
+
+
+@plait.activity
+async def flaky(order: str) -> str:
+    flaky_calls[order] = flaky_calls.get(order, 0) + 1
+    if flaky_calls[order] == 1:
+        msg = "first attempt fails"
+        raise RuntimeError(msg)
+    return "ok"
+
+
+@plait.activity
+async def ship(order: str, approver: str) -> str:
+    return f"shipped {order} ({approver})"
+
+
+@Order.implement
+async def order_workflow(payload: Any, execution_id: str) -> str:
+    await reserve(payload.order)
+    await plait.Activity.retry(flaky(payload.order), times=2)
+    approver = await Approval
+    return await ship(payload.order, approver)
+
+
+Greeter: plait.Workflow[Any, str] = plait.Workflow("ObsGreeter", payload={"n": int}, success=str)
+
+
+@plait.activity
+async def greet(n: int) -> str:
+    return f"hello {n}"
+
+
+@Greeter.implement
+async def greeter(payload: Any, execution_id: str) -> str:
+    return await greet(payload.n)
+
+
+class Add(BaseModel):
+    by: int
+
+
+Tally = plait.Entity("ObsTally")
+
+
+@Tally.rpc()
+async def add(ctx: plait.EntityContext[Any], body: Add) -> int:
+    return body.by * 2
+
+
+def record_spans() -> InMemorySpanExporter:
+    """The process's tracer provider: the SDK's, exporting to memory (set once)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+def as_dict(span: ReadableSpan) -> dict[str, Any]:
+    """What the tests compare of a span."""
+    context = span.get_span_context()
+    assert context is not None
+    return {
+        "name": span.name,
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "parent": None if span.parent is None else format(span.parent.span_id, "016x"),
+        "attributes": dict(span.attributes or {}),
+    }
+
+
+async def start(db: str) -> None:
+    exporter = record_spans()
+    host = trace.get_tracer("host")
+    async with plait.Engine.sqlite(db):
+        with host.start_as_current_span("host.request"):
+            execution_id = await Order.execute({"order": "o-1"}, discard=True)
+        await poll_until(Order, execution_id, plait.Suspended)
+    for span in exporter.get_finished_spans():
+        sys.stdout.write(json.dumps(as_dict(span)) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(start(sys.argv[2]))
