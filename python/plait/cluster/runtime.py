@@ -66,6 +66,7 @@ from plait.engine import Engine, current_engine, passes_through, registry, unexp
 from plait.errors import Defect, EngineClosedError, Interrupted, InvalidArgumentError
 from plait.exits import Exit, ExitCodec, Failure, Success
 from plait.observability import tracing
+from plait.observability.logs import fields
 from plait.observability.metrics import metrics
 from plait.schedule import Schedule
 
@@ -1157,7 +1158,12 @@ class EntityRuntime:
             key[1],
             rpc.name,
             exc_info=error,
-            extra={"entity_type": key[0], "entity_id": key[1], "rpc": rpc.name},
+            extra={
+                "entity_type": key[0],
+                "entity_id": key[1],
+                "rpc": rpc.name,
+                **fields(entity=f"{key[0]}/{key[1]}", runner=_address(self.config)),
+            },
         )
         if self.instances.get(key) is instance:
             del self.instances[key]
@@ -1419,6 +1425,12 @@ _Reply = tuple[Deliver | None, "RpcSpec | None", bytes, list[Op]]
 
 #: Encodes and decodes replies whose RPC is unknown (defects, interrupts).
 _ANY_REPLY = ExitCodec("entity reply", Any, ())
+
+
+def _address(config: ShardingConfig) -> str | None:
+    """This runner's address for log records (None for a client-only process)."""
+    address = config.runner_address
+    return None if address is None else str(address)
 
 
 def _end_send_span(span: Any, future: asyncio.Future[Any]) -> None:

@@ -664,6 +664,7 @@ class Engine:
                 "executions of workflow %r (such as %s) wait for an engine that implements it",
                 workflow_name,
                 execution_id,
+                extra=fields(execution_id=execution_id, workflow=workflow_name),
             )
 
     def _fail_waiters(self, execution_id: str, error: BaseException) -> None:
@@ -815,7 +816,11 @@ class Engine:
         run.task = None  # the task holds the run in its context: no cycle left behind
         if isinstance(result, StoredFirst):
             # Nothing of this run was recorded: a new run replays the stored results.
-            log.warning("%s; replaying it", result)
+            log.warning(
+                "%s; replaying it",
+                result,
+                extra=fields(execution_id=ex.id, workflow=ex.workflow.name),
+            )
             await self._resume(ex.id)
             return
         for waiter in ex.run_waiters:
@@ -859,6 +864,7 @@ class Engine:
                 "execution %s was complete in the store already; its callers get the stored "
                 "result, not this run's",
                 ex.id,
+                extra=fields(execution_id=ex.id, workflow=ex.workflow.name),
             )
             return stored
         return result
@@ -1128,7 +1134,9 @@ class Engine:
             await self._resume(execution_id)
         except JournalDecodeError:
             # Stored all the same: the execution's callers hear of its broken journal.
-            log.exception("execution %s cannot resume", execution_id)
+            log.exception(
+                "execution %s cannot resume", execution_id, extra=fields(execution_id=execution_id)
+            )
         return True
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:

@@ -12,6 +12,7 @@ handler on another runner continues the caller's trace.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 try:
@@ -52,6 +53,9 @@ _KINDS = (
 )
 
 _tracer: Tracer | None = None
+# A provider named by the environment is loaded by the API on first use, not set beforehand.
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_GLOBAL_READABLE = trace is not None and hasattr(trace, "_TRACER_PROVIDER")
 _propagator: Any = None
 
 
@@ -64,6 +68,10 @@ def tracer() -> Tracer | None:
     if _tracer is not None:
         return _tracer
     if trace is None:
+        return None
+    # The API's `get_tracer_provider` reads os.environ on every call while no provider is set:
+    # its global is read directly instead, which is the whole cost of a span site then.
+    if _GLOBAL_READABLE and trace._TRACER_PROVIDER is None and not _PROVIDER_FROM_ENV:
         return None
     provider = trace.get_tracer_provider()
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
