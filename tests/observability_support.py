@@ -1,15 +1,22 @@
 """Workflows, an entity and the SDK set-up of the observability tests.
 
-Also run as a process of its own (`python -m tests.observability_support start <db>`): it
-records its spans with the SDK in memory, starts an execution inside a host span on a SQLite
-file, waits until it suspends on a deferred, and prints its spans as JSON lines to stdout.
+Also run as a process of its own, recording its spans with the SDK in memory:
+
+- `python -m tests.observability_support start <db>` starts an execution inside a host span on
+  a SQLite file, waits until it suspends on a deferred, and prints its spans as JSON lines;
+- `python -m tests.observability_support serve <url> <port> <metrics port> <dir>` runs a
+  runner of `ObsTally` holding every shard (it touches `<dir>/ready`) until SIGTERM, then
+  writes its spans to `<dir>/spans`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -111,5 +118,29 @@ async def start(db: str) -> None:
         sys.stdout.write(json.dumps(as_dict(span)) + "\n")
 
 
+async def serve(url: str, port: int, metrics_port: int, out: Path) -> None:
+    """A runner of `ObsTally` until SIGTERM; then its spans, as JSON lines, in `out/spans`."""
+    exporter = record_spans()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    config = plait.ShardingConfig(
+        runner_address=plait.RunnerAddress(host="127.0.0.1", port=port),
+        refresh_assignments_interval=timedelta(seconds=0.2),
+    )
+    async with plait.Runner(url, config=config, metrics_port=metrics_port) as runner:
+        while len(runner.view().shards) < SHARDS:  # noqa: ASYNC110 - a runner holding every shard is ready
+            await asyncio.sleep(0.05)
+        (out / "ready").touch()
+        await stop.wait()
+    spans = "".join(json.dumps(as_dict(s)) + "\n" for s in exporter.get_finished_spans())
+    (out / "spans").write_text(spans)
+
+
+SHARDS = 300  # one group, the default
+
+
 if __name__ == "__main__":
-    asyncio.run(start(sys.argv[2]))
+    if sys.argv[1] == "start":
+        asyncio.run(start(sys.argv[2]))
+    else:
+        asyncio.run(serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])))

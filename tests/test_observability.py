@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import plait
 from plait.http import proxy_app
 from plait.observability import enable_metrics, tracing
 from plait.observability.logs import fields
-from tests.http_support import live_proxy
+from tests.http_support import free_port, live_proxy
 from tests.observability_support import Add, Approval, Greeter, Order, add, as_dict, record_spans
 from tests.workflow_support import poll_until
 
@@ -252,3 +253,64 @@ async def test_metrics_scraped_from_a_live_proxy_count_a_known_workload(
         == before[3] + 2
     )
     assert samples["plait_workflow_runs_active"] == 0
+
+
+async def test_an_entity_request_to_another_runner_continues_the_caller_s_trace(
+    spans: InMemorySpanExporter, postgres_url: str, tmp_path: Path
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    log = (tmp_path / "log").open("wb")
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.observability_support",
+        "serve",
+        postgres_url,
+        str(port),
+        str(metrics_port),
+        str(tmp_path),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])},
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        await poll_file(tmp_path / "ready", runner)
+        # A client-only process: every request goes to the runner over the runners' transport.
+        client = plait.Runner(postgres_url, config=plait.ShardingConfig(runner_address=None))
+        async with client, httpx.AsyncClient() as http:
+            with trace.get_tracer("host").start_as_current_span("host.request"):
+                assert await add.call("t-remote", Add(by=5), engine=client.engine) == 10
+            scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(runner.wait(), 30)
+        log.close()
+    assert runner.returncode == 0, (tmp_path / "log").read_text()
+    theirs = [json.loads(line) for line in (tmp_path / "spans").read_text().splitlines()]
+    [request] = named(spans, "host.request")
+    [send] = named(spans, "plait.entity.send")
+    [handle] = [s for s in theirs if s["name"] == "plait.entity.handle"]
+    assert send["parent"] == request["span_id"]
+    assert handle["trace_id"] == request["trace_id"]
+    assert handle["parent"] == send["span_id"]
+    assert handle["attributes"]["plait.entity_id"] == "t-remote"
+    assert handle["attributes"]["plait.outcome"] == "success"
+    # The runner's metrics port: Effect's cluster gauges and the request it handled.
+    runner_label = f'runner="127.0.0.1:{port}"'
+    assert f"plait_cluster_shards{{{runner_label}}} 300.0" in scraped
+    assert f"plait_cluster_runners_healthy{{{runner_label}}} 1.0" in scraped
+    assert 'plait_entity_messages_total{entity="ObsTally",outcome="success",rpc="add"} 1.0' in (
+        scraped
+    )
+
+
+async def poll_file(path: Path, process: asyncio.subprocess.Process) -> None:
+    """Waits until `path` exists, failing if `process` exits first."""
+    for _ in range(6000):
+        if path.exists():  # noqa: ASYNC240 - a stat every 10 ms
+            return
+        assert process.returncode is None, "the runner exited"
+        await asyncio.sleep(0.01)
+    msg = f"{path} never came"
+    raise AssertionError(msg)

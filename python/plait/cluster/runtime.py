@@ -527,7 +527,7 @@ class EntityRuntime:
                 encoded, tracing.traceparent_of(tracing.context_with(span))
             )
         if (counters := metrics()) is not None:
-            counters.entity_requests_sent.labels(rpc.entity.name, rpc.name).inc()
+            counters.of(counters.entity_requests_sent, rpc.entity.name, rpc.name).inc()
         request_id = self.ids.next_id()
         outgoing = Outgoing(
             request_id, rpc.entity.name, entity_id, rpc.name, encoded, rpc.persisted
@@ -1075,7 +1075,7 @@ class EntityRuntime:
             outcome = await self._handle(instance, delivery)
         finally:
             if (counters := metrics()) is not None:
-                counters.entity_messages.labels(entity, delivery.tag, outcome).inc()
+                counters.of(counters.entity_messages, entity, delivery.tag, outcome).inc()
             if span is not None:
                 tracing.deactivate(token)
                 tracing.end_span(span, outcome)

@@ -486,7 +486,7 @@ class Engine:
                 start.end()
         if existing is None:
             if (counters := metrics()) is not None:
-                counters.executions_started.labels(workflow.name).inc()
+                counters.of(counters.executions_started, workflow.name).inc()
             ex.payload = payload
             self._launch(ex, None)
             return
@@ -1295,11 +1295,11 @@ def _count_result(
 ) -> None:
     if isinstance(result, Complete):
         if isinstance(result.exit, Success):
-            counters.executions_completed.labels(workflow).inc()
+            counters.of(counters.executions_completed, workflow).inc()
         else:
-            counters.executions_failed.labels(workflow).inc()
+            counters.of(counters.executions_failed, workflow).inc()
     elif isinstance(result, Suspended):
-        counters.executions_suspended.labels(workflow).inc()
+        counters.of(counters.executions_suspended, workflow).inc()
     # A run stopped by a defect of the engine's (non-determinism, an undecodable journal)
     # recorded nothing: the execution is not complete, so it is not counted as failed.
 

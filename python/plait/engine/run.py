@@ -652,6 +652,6 @@ def _count_activity(
     label = (
         "suspended" if outcome is None else "failure" if isinstance(outcome, Failure) else "success"
     )
-    counters.activity_duration.labels(name, label).observe(time.perf_counter() - started)
+    counters.of(counters.activity_duration, name, label).observe(time.perf_counter() - started)
     if attempt > 1:
-        counters.activity_retries.labels(name).inc()
+        counters.of(counters.activity_retries, name).inc()

@@ -106,8 +106,17 @@ class Metrics:
             ["entity", "rpc"],
             registry=registry,
         )
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._gauges: list[Callable[[], Iterator[Metric]]] = []
         registry.register(_Callbacks(self._gauges))
+
+    def of(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, kept: the hot paths skip its lock and checks."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def add_gauges(self, read: Callable[[], Iterator[Metric]]) -> None:
         """Adds metrics read at each scrape (a runner's cluster view, a mailbox depth)."""
