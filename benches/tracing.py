@@ -29,6 +29,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from benches import machine
+
 CONFIGS = ("off", "sdk-all", "sdk-off", "metrics")
 LABELS = {
     "off": "tracing off (no provider)",
@@ -122,30 +124,36 @@ def main() -> None:
     parser.add_argument(
         "--baseline", help="a checkout of plait without observability, run as a row too"
     )
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help="which of them, comma-separated"
+    )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     backends = args.backend or ["memory", "sqlite"]
     if args.child is not None:
         print(json.dumps(asyncio.run(_batches(args.child, backends[0], args.batches))))
         return
+    print(f"machine before: {machine.speed()}", flush=True)
     for backend in backends:
-        rates: dict[str, list[float]] = {config: [] for config in CONFIGS}
+        configs = [c for c in CONFIGS if c in args.configs.split(",")]
+        rates: dict[str, list[float]] = {config: [] for config in configs}
         for _ in range(args.rounds):
             if args.baseline is not None:
                 found = _child("off", backend, args.batches, args.baseline)
                 rates.setdefault("baseline", []).extend(found)
-            for config in CONFIGS:
+            for config in configs:
                 rates[config].extend(_child(config, backend, args.batches))
-        base = statistics.median(rates["off"])
+        base = statistics.median(rates[configs[0]])
         print(
             f"\n3-activity workflows, {IN_FLIGHT:,} in flight, {backend} "
             f"({args.rounds} processes x {args.batches} batches each)"
         )
-        print(f"| {'configuration':<28} | workflows/s (median) | vs off |")
+        print(f"| {'configuration':<28} | workflows/s (median) | vs {configs[0]:<3} |")
         print(f"|{'-' * 30}|{'-' * 22}|{'-' * 8}|")
         for config in rates:
             median = statistics.median(rates[config])
             print(f"| {LABELS[config]:<28} | {median:>20,.0f} | {median / base:>6.0%} |")
+    print(f"\nmachine after:  {machine.speed()}")
 
 
 if __name__ == "__main__":
