@@ -104,6 +104,7 @@ def as_dict(span: ReadableSpan) -> dict[str, Any]:
         "span_id": format(context.span_id, "016x"),
         "parent": None if span.parent is None else format(span.parent.span_id, "016x"),
         "attributes": dict(span.attributes or {}),
+        "links": [format(link.context.span_id, "016x") for link in span.links],
     }
 
 

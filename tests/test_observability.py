@@ -57,7 +57,8 @@ async def test_a_workflow_s_spans_form_one_tree_under_the_host_span(
             execution_id = await Order.execute({"order": "o-tree"}, discard=True)
         token = Approval.token_from_execution_id(Order, execution_id)
         await poll_until(Order, execution_id, plait.Suspended)
-        assert await Approval.succeed(token, "ada")
+        with host.start_as_current_span("webhook"):
+            assert await Approval.succeed(token, "ada")
         assert await Order.execute({"order": "o-tree"}) == "shipped o-tree (ada)"
 
     [request] = named(spans, "host.request")
@@ -73,7 +74,8 @@ async def test_a_workflow_s_spans_form_one_tree_under_the_host_span(
     assert {
         s["trace_id"]
         for s in map(as_dict, spans.get_finished_spans())
-        if s["name"].startswith("plait.") and s["name"] != "plait.store.commit"
+        if s["name"].startswith("plait.")
+        and s["name"] not in {"plait.store.commit", "plait.deferred.complete"}
     } == {trace_id}
     activities = named(spans, "plait.activity")
     # The replay of the second run runs nothing again: a span for each attempt run.
@@ -95,6 +97,12 @@ async def test_a_workflow_s_spans_form_one_tree_under_the_host_span(
     assert wait["parent"] == runs[0]["span_id"]
     assert wait["attributes"]["plait.deferred"] == "ObsApproval"
     assert wait["attributes"]["plait.outcome"] == "suspended"
+    # The webhook's trace leads to the execution's start, and back.
+    [webhook] = named(spans, "webhook")
+    [complete] = named(spans, "plait.deferred.complete")
+    assert complete["parent"] == webhook["span_id"]
+    assert complete["links"] == [start["span_id"]]
+    assert complete["attributes"]["plait.outcome"] == "completed"
     commits = named(spans, "plait.store.commit")
     assert commits
     assert all(c["parent"] is None for c in commits)
@@ -156,6 +164,9 @@ async def test_a_resume_in_another_process_continues_the_trace(
     # This process never saw the start: the run's parent is the span stored with the payload.
     assert run["trace_id"] == request["trace_id"]
     assert run["parent"] == start["span_id"]
+    # The completion here links to the start there.
+    [complete] = named(spans, "plait.deferred.complete")
+    assert complete["links"] == [start["span_id"]]
     [ship] = named(spans, "plait.activity")
     assert ship["attributes"]["plait.activity"] == "ship"
     assert ship["parent"] == run["span_id"]

@@ -1076,6 +1076,7 @@ class Engine:
         """
         self.require_loop()
         implemented = True
+        record = None
         if workflow_name is not None:
             record = await self._journal().execution(execution_id)
             if record is None:
@@ -1093,9 +1094,27 @@ class Engine:
             implemented = (
                 self._workflows.get(workflow_name) or registry.lookup(workflow_name)
             ) is not None
-        return await self._store_deferred(
-            execution_id, name, encoded, unimplemented=None if implemented else workflow_name
-        )
+        span = None
+        if tracing.tracer() is not None:
+            # A child of the completer's span (a webhook's request), linked to the start of the
+            # execution it wakes: the two traces lead to each other.
+            stored_trace = None if record is None else tracing.split_trace(record.payload)[1]
+            span = tracing.start_span(
+                "plait.deferred.complete",
+                {"plait.execution_id": execution_id, "plait.deferred": name},
+                kind="producer",
+                link_to=tracing.context_of(stored_trace),
+            )
+        outcome = "failed"
+        try:
+            stored = await self._store_deferred(
+                execution_id, name, encoded, unimplemented=None if implemented else workflow_name
+            )
+            outcome = "completed" if stored else "already_completed"
+            return stored
+        finally:
+            if span is not None:
+                tracing.end_span(span, outcome)
 
     async def _store_deferred(
         self,

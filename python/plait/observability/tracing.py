@@ -144,12 +144,19 @@ def start_span(
     *,
     parent: Context | None = None,
     kind: Literal["internal", "client", "server", "producer"] = "internal",
+    link_to: Context | None = None,
 ) -> Span | None:
-    """A started span of plait's tracer (None when not tracing); the caller ends it."""
+    """A started span of plait's tracer (None when not tracing); the caller ends it.
+
+    `link_to`: a context whose span the new one links to (another trace it relates to).
+    """
     t = tracer()
     if t is None:
         return None
-    return t.start_span(name, context=parent, kind=_KINDS[kind], attributes=attributes)
+    links = None
+    if link_to is not None:
+        links = [trace.Link(trace.get_current_span(link_to).get_span_context())]
+    return t.start_span(name, context=parent, kind=_KINDS[kind], attributes=attributes, links=links)
 
 
 def context_with(span: Span) -> Context:
