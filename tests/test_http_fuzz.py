@@ -150,14 +150,14 @@ def test_no_request_gets_a_5xx(proxy_url: str) -> None:
             try:
                 request()
             except Unsatisfiable:
-                # Nothing to get wrong in a request with no parameters (GET /health).
+                # Nothing to get wrong in a request with no parameters (GET /health, GET /metrics).
                 assert mode is GenerationMode.NEGATIVE
                 assert not operation.body
                 assert not operation.path_parameters
                 continue
             tried.append((operation.label, mode.value))
-    # Every route, valid and invalid requests (none invalid for the three without input:
-    # GET /health, /entities, /cluster): health, the deferred's, six of the operators' (list,
-    # counts, timeline, interrupt, resume, cancel), seven per workflow for two workflows, two
-    # per RPC for three RPCs, and the entities' and the cluster's.
-    assert len(tried) == 2 * (2 + 6 + 2 * 7 + 3 * 2 + 2) - 3, tried
+    # Every route, valid and invalid requests (none invalid for the four without input:
+    # GET /health, /metrics, /entities, /cluster): health, metrics, the deferred's, six of the
+    # operators' (list, counts, timeline, interrupt, resume, cancel), seven per workflow for two
+    # workflows, two per RPC for three RPCs, and the entities' and the cluster's.
+    assert len(tried) == 2 * (3 + 6 + 2 * 7 + 3 * 2 + 2) - 4, tried

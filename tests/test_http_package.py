@@ -46,7 +46,16 @@ def test_import_plait_loads_no_web_library() -> None:
 def test_the_extra_is_declared_and_pinned_for_development() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extra = {re.split(r"[<>=\[]", spec)[0] for spec in project["optional-dependencies"]["http"]}
-    assert extra == {"fastapi", "uvicorn", "httptools", "httpx", "httpx-aiohttp", "typer"}
+    # prometheus-client: the proxy's /metrics.
+    assert extra == {
+        "fastapi",
+        "uvicorn",
+        "httptools",
+        "httpx",
+        "httpx-aiohttp",
+        "typer",
+        "prometheus-client",
+    }
     assert project["scripts"] == {"plait": "plait.cli:main"}
     pinned = {
         line.split("==")[0].lower()
@@ -54,6 +63,11 @@ def test_the_extra_is_declared_and_pinned_for_development() -> None:
         if "==" in line and not line.startswith("#")
     }
     assert extra <= pinned
+    metrics = {re.split(r"[<>=]", spec)[0] for spec in project["optional-dependencies"]["metrics"]}
+    observability = {"opentelemetry-api", "opentelemetry-sdk", "prometheus-client"}
+    assert metrics == {"prometheus-client"}
+    assert observability <= pinned
+    assert any(spec.startswith("opentelemetry-api") for spec in project["dependencies"])
 
 
 def test_every_http_exception_derives_from_plait_error() -> None:

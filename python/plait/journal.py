@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import types
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from plait import _bridge
 from plait._native import Execution, Filter, History, Op, Page, Snapshot, Store, Timer
+from plait.observability import tracing
+from plait.observability.metrics import metrics
 
 if TYPE_CHECKING:
     from plait._native import AsyncBridge
@@ -197,6 +200,40 @@ def _now(value: R) -> Generator[Any, None, R]:
 _TRUE, _FALSE = Batch([True]), Batch([False])
 
 
+class _CommitWatch:
+    """A commit batch's span and timing, when tracing or metrics are on."""
+
+    __slots__ = ("ops", "span", "started")
+
+    def __init__(self, ops: int, span: Any) -> None:
+        self.ops = ops
+        self.span = span
+        self.started = time.perf_counter()
+
+    @staticmethod
+    def start(ops: int) -> _CommitWatch | None:
+        """Watches a batch of `ops` operations handed to the store; None if nothing records."""
+        if tracing.tracer() is None and metrics() is None:
+            return None
+        # A batch serves many executions: its span is a root of its own, not any one's child.
+        span = tracing.start_span(
+            "plait.store.commit", {"plait.store.ops": ops}, parent=tracing.empty_context()
+        )
+        return _CommitWatch(ops, span)
+
+    def done(self, ok: bool, value: Any) -> None:
+        """The store answered."""
+        counters = metrics()
+        if counters is not None:
+            counters.commit_batch_ops.observe(self.ops)
+            counters.commit_duration.observe(time.perf_counter() - self.started)
+        if self.span is not None:
+            if ok:
+                tracing.end_span(self.span, "committed")
+            else:
+                tracing.end_span(self.span, "failed", value)
+
+
 class Journal:
     """A store as the engine uses it.
 
@@ -326,10 +363,13 @@ class Journal:
             batch.settle([], error=err)
             return
         self._committing += 1
-        bridge.on_result(token, functools.partial(self._committed, batch))
+        watch = _CommitWatch.start(len(ops))
+        bridge.on_result(token, functools.partial(self._committed, batch, watch))
 
-    def _committed(self, batch: Batch, ok: bool, value: Any) -> None:
+    def _committed(self, batch: Batch, watch: _CommitWatch | None, ok: bool, value: Any) -> None:
         self._committing -= 1
+        if watch is not None:
+            watch.done(ok, value)
         if ok:
             batch.settle(value)
         else:

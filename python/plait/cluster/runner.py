@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plait import _bridge
 from plait._native import Sharding
@@ -30,8 +32,11 @@ from plait.cluster.config import ShardingConfig
 from plait.cluster.runtime import runtime_of
 from plait.engine import Engine, current_engine
 from plait.errors import InvalidArgumentError
+from plait.observability.metrics import Metrics, enable_metrics, metrics
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from plait._native import _ShardingOptions
 
 __all__ = ["ClusterView", "Runner"]
@@ -93,6 +98,9 @@ class Runner:
             `PLAIT_*` environment variables.
         prefix: The table prefix, the same on every runner.
         durability: `"full"` (the default) or `"normal"` (see `plait.Engine.postgres`).
+        metrics_port: Serve plait's metrics for Prometheus on this port (a thread of
+            `prometheus_client`'s), with the cluster gauges; needs the `metrics` extra.
+        metrics_address: The address that serves them (loopback by default).
     """
 
     def __init__(
@@ -102,7 +110,12 @@ class Runner:
         config: ShardingConfig | None = None,
         prefix: str = "plait_",
         durability: str = "full",
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
     ) -> None:
+        self.metrics_port = metrics_port
+        self.metrics_address = metrics_address
+        self._metrics_server: Any = None
         self.config = config if config is not None else ShardingConfig()
         address = self.config.runner_address
         # No address: a client-only process, which sends and holds no shard.
@@ -129,6 +142,7 @@ class Runner:
             StoreConnectError: The database cannot be reached.
         """
         await self.engine.start()
+        self._start_metrics()
         if not self._postgres:
             return  # a SQLite file: this one process serves every shard
         store, source = self.engine.store, self.engine.work_source
@@ -173,6 +187,21 @@ class Runner:
         runtime.join(sharding)
         self._watch = asyncio.get_running_loop().create_task(self._follow_shards())
 
+    def _start_metrics(self) -> None:
+        """Serves the metrics on `metrics_port` if given; adds the cluster gauges if enabled."""
+        if self.metrics_port is not None:
+            enabled = enable_metrics()
+            from prometheus_client import start_http_server
+
+            self._metrics_server = start_http_server(
+                self.metrics_port, addr=self.metrics_address, registry=enabled.registry
+            )
+        counters = metrics()
+        if counters is not None:
+            _RUNNERS.add(self)
+            if not _gauges_added:
+                _add_gauges(counters)
+
     async def _follow_shards(self) -> None:
         """Starts the singletons of the shards held, as they come.
 
@@ -189,6 +218,13 @@ class Runner:
         It unregisters, lets its entities finish (within the termination timeout) and releases
         its shards for the others.
         """
+        _RUNNERS.discard(self)
+        if self._metrics_server is not None:
+            server, thread = self._metrics_server
+            self._metrics_server = None
+            server.shutdown()
+            server.server_close()
+            thread.join()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -231,3 +267,44 @@ class Runner:
             fenced_writes=view.fenced_writes,
             runner_entities=dict(view.runner_entities),
         )
+
+
+# The runners of this process whose cluster gauges the metrics read (one family per gauge,
+# a sample per runner).
+_RUNNERS: weakref.WeakSet[Runner] = weakref.WeakSet()
+_gauges_added = False
+
+_GAUGES = (
+    ("plait_cluster_runners", "Runners registered.", lambda v: v.runners),
+    (
+        "plait_cluster_runners_healthy",
+        "Runners healthy, in the rings.",
+        lambda v: v.healthy_runners,
+    ),
+    ("plait_cluster_shards", "Shards whose lease this runner holds.", lambda v: len(v.shards)),
+    ("plait_cluster_entities", "Entity instances resident on this runner.", lambda v: v.entities),
+    ("plait_cluster_singletons", "Singletons running on this runner.", lambda v: len(v.singletons)),
+    (
+        "plait_cluster_fenced_writes",
+        "Writes refused because the shard's lease was no longer this runner's.",
+        lambda v: v.fenced_writes,
+    ),
+)
+
+
+def _add_gauges(counters: Metrics) -> None:
+    global _gauges_added
+    _gauges_added = True
+    counters.add_gauges(_cluster_gauges)
+
+
+def _cluster_gauges() -> Iterator[Metric]:
+    """Effect's cluster gauges, read at each scrape from each runner's view."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    views = [r.view() for r in list(_RUNNERS) if r._sharding is not None]
+    for name, text, read in _GAUGES:
+        family = GaugeMetricFamily(name, text, labels=["runner"])
+        for view in views:
+            family.add_metric([view.address], read(view))
+        yield family

@@ -65,6 +65,9 @@ from plait.cluster.singleton import Singletons
 from plait.engine import Engine, current_engine, passes_through, registry, unexpected
 from plait.errors import Defect, EngineClosedError, Interrupted, InvalidArgumentError
 from plait.exits import Exit, ExitCodec, Failure, Success
+from plait.observability import tracing
+from plait.observability.logs import fields
+from plait.observability.metrics import metrics
 from plait.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -506,6 +509,25 @@ class EntityRuntime:
         if rpc.entity.name not in self.registered:
             self.register(rpc.entity)
         encoded = rpc.encode_payload(payload)
+        span = None
+        if tracing.tracer() is not None:
+            span = tracing.start_span(
+                "plait.entity.send",
+                {
+                    "plait.entity": rpc.entity.name,
+                    "plait.entity_id": entity_id,
+                    "plait.rpc": rpc.name,
+                    "plait.persisted": rpc.persisted,
+                },
+                kind="client",
+            )
+            assert span is not None
+            # The handler, on whichever runner, continues this trace.
+            encoded = tracing.with_trace(
+                encoded, tracing.traceparent_of(tracing.context_with(span))
+            )
+        if (counters := metrics()) is not None:
+            counters.of(counters.entity_requests_sent, rpc.entity.name, rpc.name).inc()
         request_id = self.ids.next_id()
         outgoing = Outgoing(
             request_id, rpc.entity.name, entity_id, rpc.name, encoded, rpc.persisted
@@ -529,6 +551,8 @@ class EntityRuntime:
         else:
             self._outbox.append(outgoing)
         self._schedule_flush()
+        if span is not None:
+            future.add_done_callback(functools.partial(_end_send_span, span))
         return request_id, future
 
     def _save_op(
@@ -1007,7 +1031,11 @@ class EntityRuntime:
         entry: tuple[Deliver, asyncio.Task[None] | None] = (delivery, None)
         instance.running[request_id] = entry
         self._running[request_id] = entry
-        handling = self._handle(instance, delivery)
+        handling: Coroutine[Any, Any, object] = (
+            self._handle(instance, delivery)
+            if tracing.tracer() is None and metrics() is None
+            else self._handle_observed(instance, delivery)
+        )
         context = contextvars.copy_context()
         # The handler's calls go to this engine, whatever context the work came in.
         context.run(current_engine.set, self.engine)
@@ -1023,17 +1051,47 @@ class EntityRuntime:
         if self._running.get(request_id) is entry:
             self._running[request_id] = (delivery, task)
 
-    async def _handle(self, instance: Instance, delivery: Deliver) -> None:
+    async def _handle_observed(self, instance: Instance, delivery: Deliver) -> None:
+        """`_handle` in a span (the caller's child) and counted, when tracing or metrics are on."""
+        entity = instance.entity.name
+        span = token = None
+        if tracing.tracer() is not None:
+            traceparent = tracing.split_trace(delivery.payload)[1]
+            span = tracing.start_span(
+                "plait.entity.handle",
+                {
+                    "plait.entity": entity,
+                    "plait.entity_id": instance.entity_id,
+                    "plait.rpc": delivery.tag,
+                    "plait.persisted": delivery.persisted,
+                },
+                parent=tracing.context_of(traceparent),
+                kind="server",
+            )
+            assert span is not None
+            token = tracing.activate(span)
+        outcome = "interrupted"
+        try:
+            outcome = await self._handle(instance, delivery)
+        finally:
+            if (counters := metrics()) is not None:
+                counters.of(counters.entity_messages, entity, delivery.tag, outcome).inc()
+            if span is not None:
+                tracing.deactivate(token)
+                tracing.end_span(span, outcome)
+
+    async def _handle(self, instance: Instance, delivery: Deliver) -> str:
+        """Runs a request's handler and replies. Returns how it ended (span and metric label)."""
         rpc: RpcSpec | None = instance.entity.rpcs.get(delivery.tag)
         if rpc is None:
             error = MalformedMessage(f"entity {instance.entity.name!r} has no RPC {delivery.tag!r}")
             self._reply(
                 delivery, None, Failure(Defect("plait.cluster.MalformedMessage", str(error)))
             )
-            return
+            return "malformed"
         outcome: Exit
         try:
-            payload = rpc.decode_payload(delivery.payload)
+            payload = rpc.decode_payload(tracing.split_trace(delivery.payload)[0])
             ctx: EntityContext[Any] = EntityContext(instance, delivery.request_id)
             if rpc.is_stream:
                 await self._run_stream(rpc, ctx, payload, delivery.request_id)
@@ -1076,10 +1134,11 @@ class EntityRuntime:
             and not instance.entity.disable_fatal_defects
         ):
             self._restart(instance, rpc, outcome.error)
-            return
+            return "restarted"
         self._forget(instance, delivery)
         self._defects.pop((instance.entity.name, instance.entity_id), None)
         self._reply(delivery, rpc, outcome)
+        return "success" if isinstance(outcome, Success) else "failure"
 
     def _forget(self, instance: Instance, delivery: Deliver) -> None:
         instance.running.pop(delivery.request_id, None)
@@ -1099,7 +1158,12 @@ class EntityRuntime:
             key[1],
             rpc.name,
             exc_info=error,
-            extra={"entity_type": key[0], "entity_id": key[1], "rpc": rpc.name},
+            extra={
+                "entity_type": key[0],
+                "entity_id": key[1],
+                "rpc": rpc.name,
+                **fields(entity=f"{key[0]}/{key[1]}", runner=_address(self.config)),
+            },
         )
         if self.instances.get(key) is instance:
             del self.instances[key]
@@ -1363,6 +1427,21 @@ _Reply = tuple[Deliver | None, "RpcSpec | None", bytes, list[Op]]
 _ANY_REPLY = ExitCodec("entity reply", Any, ())
 
 
+def _address(config: ShardingConfig) -> str | None:
+    """This runner's address for log records (None for a client-only process)."""
+    address = config.runner_address
+    return None if address is None else str(address)
+
+
+def _end_send_span(span: Any, future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        tracing.end_span(span, "interrupted")
+    elif (error := future.exception()) is not None:
+        tracing.end_span(span, "failure", error)
+    else:
+        tracing.end_span(span, "success")
+
+
 def _interrupt(request_id: int) -> Exit:
     return Failure(Interrupted(str(request_id), f"request {request_id} was interrupted"))
 
@@ -1392,7 +1471,7 @@ def _epoch_ms(at: datetime) -> int:
 
 
 @types.coroutine
-def _resumed(coroutine: Coroutine[Any, Any, None], waits_on: Any) -> Generator[Any, Any, None]:
+def _resumed(coroutine: Coroutine[Any, Any, object], waits_on: Any) -> Generator[Any, Any, None]:
     """Continues a coroutine that took its first step outside a task: what a task runs.
 
     It hands the task what the coroutine waits on, and passes in what the task sends or

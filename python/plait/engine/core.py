@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
@@ -53,6 +54,9 @@ from plait.errors import (
 )
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, defect_of
 from plait.journal import Journal, Snapshot
+from plait.observability import tracing
+from plait.observability.logs import fields
+from plait.observability.metrics import metrics
 
 __all__ = ["Engine", "current_engine", "engine_for"]
 
@@ -127,6 +131,10 @@ class Engine:
         self._interrupt_now: set[str] = set()
         self._workflows: dict[str, WorkflowSpec] = {}
         self._unimplemented_seen: set[str] = set()
+        # Runs started per execution not complete yet, while tracing (`plait.attempt`).
+        self._run_counts: dict[str, int] = {}
+        # Due times of the timers this process scheduled, for the timer lag metric.
+        self._timers_due: dict[tuple[str, str], int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._context_token: contextvars.Token[Engine | None] | None = None
@@ -458,10 +466,27 @@ class Engine:
         # run uses (decoded by `_resume`, maybe a concurrent one, such as recovery's).
         ex = Execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
-        existing = await self._write(
-            Op.start(execution_id, workflow.name, workflow.encode_payload(payload), parent_id)
-        )
+        encoded = workflow.encode_payload(payload)
+        start = None
+        if tracing.tracer() is not None:
+            # The start's span is the parent of every run, here and, through the traceparent
+            # stored with the payload, in any process that resumes the execution later.
+            start = tracing.start_span(
+                "plait.workflow.start",
+                {"plait.workflow": workflow.name, "plait.execution_id": execution_id},
+                kind="producer",
+            )
+            assert start is not None
+            ex.trace = tracing.context_with(start)
+            encoded = tracing.with_trace(encoded, tracing.traceparent_of(ex.trace))
+        try:
+            existing = await self._write(Op.start(execution_id, workflow.name, encoded, parent_id))
+        finally:
+            if start is not None:
+                start.end()
         if existing is None:
+            if (counters := metrics()) is not None:
+                counters.of(counters.executions_started, workflow.name).inc()
             ex.payload = payload
             self._launch(ex, None)
             return
@@ -479,6 +504,10 @@ class Engine:
             run.load(snapshot)
         ex.run = run
         ex.wake = False
+        ex.resumed = snapshot is not None
+        if tracing.tracer() is not None:
+            # Counted across the runs of this engine: the `Execution` goes between them.
+            ex.runs = self._run_counts[ex.id] = self._run_counts.get(ex.id, 0) + 1
         ctx = self._base_context.copy()
         ctx.run(current_run.set, run)
         run.task = loop.create_task(self._drive(run), context=ctx)
@@ -539,8 +568,9 @@ class Engine:
             else:
                 self._unimplemented(name, execution_id)
                 return None
+            stored, traceparent = tracing.split_trace(record.payload)
             try:
-                payload = workflow.decode_payload(record.payload)
+                payload = workflow.decode_payload(stored)
             except JournalDecodeError as err:
                 self._fail_waiters(
                     execution_id, JournalDecodeError(f"execution {execution_id}: {err}")
@@ -550,6 +580,8 @@ class Engine:
                 ex = Execution(execution_id, workflow, payload, record.parent)
                 self._live[execution_id] = ex
             ex.payload = payload
+            if ex.trace is None and traceparent is not None:
+                ex.trace = tracing.context_of(traceparent)
         ex.interrupted = ex.interrupted or record.interrupted
         return ex
 
@@ -599,6 +631,11 @@ class Engine:
         A run of it already live here takes the fired deferred instead (or runs again after).
         """
         execution_id, snapshot = work.execution_id, work.snapshot
+        if work.fired is not None and self._timers_due:
+            due = self._timers_due.pop((execution_id, work.fired), None)
+            counters = metrics()
+            if due is not None and counters is not None:
+                counters.timer_lag.observe(max(0, self.clock.now_ms() - due) / 1000)
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
             fired = work.fired
@@ -612,7 +649,9 @@ class Engine:
         try:
             prepared = self._prepare(execution_id, snapshot)
         except JournalDecodeError:
-            log.exception("execution %s cannot resume", execution_id)
+            log.exception(
+                "execution %s cannot resume", execution_id, extra=fields(execution_id=execution_id)
+            )
             return
         if prepared is not None and prepared.run is None:
             self._launch(prepared, snapshot)
@@ -625,6 +664,7 @@ class Engine:
                 "executions of workflow %r (such as %s) wait for an engine that implements it",
                 workflow_name,
                 execution_id,
+                extra=fields(execution_id=execution_id, workflow=workflow_name),
             )
 
     def _fail_waiters(self, execution_id: str, error: BaseException) -> None:
@@ -639,6 +679,45 @@ class Engine:
         ex.run_waiters.clear()
 
     async def _drive(self, run: Run) -> None:
+        span = None
+        if tracing.tracer() is not None:
+            ex = run.execution
+            span = tracing.start_span(
+                "plait.workflow.run",
+                {
+                    "plait.workflow": ex.workflow.name,
+                    "plait.execution_id": ex.id,
+                    "plait.attempt": ex.runs,
+                    "plait.resumed": ex.resumed,
+                },
+                parent=ex.trace,
+            )
+            assert span is not None
+            # This task's own context: every span of the run (activities, waits) is a child.
+            tracing.activate(span)
+        counters = metrics()
+        if counters is not None:
+            counters.runs_active.inc()
+        result: Complete[Any] | Suspended | BaseException | None = None
+        try:
+            result = await self._drive_body(run)
+        finally:
+            if counters is not None:
+                counters.runs_active.dec()
+                _count_result(counters, run.execution.workflow.name, result)
+            if span is not None:
+                _end_run_span(span, result)
+            if log.isEnabledFor(logging.DEBUG):
+                ex = run.execution
+                log.debug(
+                    "run %d of execution %s ended: %s",
+                    ex.runs,
+                    ex.id,
+                    _outcome(result),
+                    extra=fields(execution_id=ex.id, workflow=ex.workflow.name, attempt=ex.runs),
+                )
+
+    async def _drive_body(self, run: Run) -> Complete[Any] | Suspended | BaseException:
         ex = run.execution
         workflow = ex.workflow
         handler = workflow.handler
@@ -683,6 +762,7 @@ class Engine:
             await self._finish(run, result, encoded)
         else:
             await self._finish(run, result, None)
+        return result
 
     def _into_result(
         self, run: Run, outcome: Exit | None
@@ -721,6 +801,7 @@ class Engine:
             if not await self._write(Op.status(ex.id, "complete", encoded)):
                 result = await self._result_stored_first(ex, result)
             self._interrupt_now.discard(ex.id)
+            self._run_counts.pop(ex.id, None)
             ex.finalizers.clear()
             ex.compensated.clear()
         elif isinstance(result, Suspended):
@@ -735,7 +816,11 @@ class Engine:
         run.task = None  # the task holds the run in its context: no cycle left behind
         if isinstance(result, StoredFirst):
             # Nothing of this run was recorded: a new run replays the stored results.
-            log.warning("%s; replaying it", result)
+            log.warning(
+                "%s; replaying it",
+                result,
+                extra=fields(execution_id=ex.id, workflow=ex.workflow.name),
+            )
             await self._resume(ex.id)
             return
         for waiter in ex.run_waiters:
@@ -779,6 +864,7 @@ class Engine:
                 "execution %s was complete in the store already; its callers get the stored "
                 "result, not this run's",
                 ex.id,
+                extra=fields(execution_id=ex.id, workflow=ex.workflow.name),
             )
             return stored
         return result
@@ -820,7 +906,7 @@ class Engine:
                     raise UnknownExecutionError(f"unknown execution {execution_id!r}")
                 ex = self._live.get(execution_id)
                 if ex is None:
-                    payload = workflow.decode_payload(record.payload)
+                    payload = workflow.decode_payload(tracing.split_trace(record.payload)[0])
                     ex = Execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
             loop = self.require_loop()
@@ -990,6 +1076,7 @@ class Engine:
         """
         self.require_loop()
         implemented = True
+        record = None
         if workflow_name is not None:
             record = await self._journal().execution(execution_id)
             if record is None:
@@ -1007,9 +1094,27 @@ class Engine:
             implemented = (
                 self._workflows.get(workflow_name) or registry.lookup(workflow_name)
             ) is not None
-        return await self._store_deferred(
-            execution_id, name, encoded, unimplemented=None if implemented else workflow_name
-        )
+        span = None
+        if tracing.tracer() is not None:
+            # A child of the completer's span (a webhook's request), linked to the start of the
+            # execution it wakes: the two traces lead to each other.
+            stored_trace = None if record is None else tracing.split_trace(record.payload)[1]
+            span = tracing.start_span(
+                "plait.deferred.complete",
+                {"plait.execution_id": execution_id, "plait.deferred": name},
+                kind="producer",
+                link_to=tracing.context_of(stored_trace),
+            )
+        outcome = "failed"
+        try:
+            stored = await self._store_deferred(
+                execution_id, name, encoded, unimplemented=None if implemented else workflow_name
+            )
+            outcome = "completed" if stored else "already_completed"
+            return stored
+        finally:
+            if span is not None:
+                tracing.end_span(span, outcome)
 
     async def _store_deferred(
         self,
@@ -1048,7 +1153,9 @@ class Engine:
             await self._resume(execution_id)
         except JournalDecodeError:
             # Stored all the same: the execution's callers hear of its broken journal.
-            log.exception("execution %s cannot resume", execution_id)
+            log.exception(
+                "execution %s cannot resume", execution_id, extra=fields(execution_id=execution_id)
+            )
         return True
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
@@ -1164,6 +1271,8 @@ class Engine:
         due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
         if await self._write(Op.timer(execution_id, name, due)) and self._work is not None:
             self._work.scheduled(execution_id, name, due)
+            if metrics() is not None:
+                self._timers_due[(execution_id, name)] = due
 
     # Journal writes ------------------------------------------------------------------------
 
@@ -1178,6 +1287,40 @@ class Engine:
             run.unsynced.append((batch, index, key))
         elif batch.results[index] is not True:  # answered at once (memory), and not stored
             run.synced(batch, index, key)
+
+
+def _outcome(result: Complete[Any] | Suspended | BaseException | None) -> str:
+    """How a run ended, as span attributes and metrics name it."""
+    if isinstance(result, Complete):
+        if isinstance(result.exit, Success):
+            return "success"
+        return "interrupted" if isinstance(result.exit.error, Interrupted) else "failure"
+    if isinstance(result, Suspended):
+        return "suspended"
+    return "stopped" if result is None else "defect"
+
+
+def _end_run_span(span: Any, result: Complete[Any] | Suspended | BaseException | None) -> None:
+    error: BaseException | None = None
+    if isinstance(result, BaseException):
+        error = result
+    elif isinstance(result, Complete) and isinstance(result.exit, Failure):
+        error = result.exit.error
+    tracing.end_span(span, _outcome(result), error)
+
+
+def _count_result(
+    counters: Any, workflow: str, result: Complete[Any] | Suspended | BaseException | None
+) -> None:
+    if isinstance(result, Complete):
+        if isinstance(result.exit, Success):
+            counters.of(counters.executions_completed, workflow).inc()
+        else:
+            counters.of(counters.executions_failed, workflow).inc()
+    elif isinstance(result, Suspended):
+        counters.of(counters.executions_suspended, workflow).inc()
+    # A run stopped by a defect of the engine's (non-determinism, an undecodable journal)
+    # recorded nothing: the execution is not complete, so it is not counted as failed.
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 from plait.errors import InvalidArgumentError
 from plait.exits import OUTCOME_PREFIXES
 from plait.journal import Filter, History, Journal, Status
+from plait.observability import tracing
 
 __all__ = [
     "DEFAULT_COUNT_CAP",
@@ -360,7 +361,7 @@ def timeline_of(history: History) -> ExecutionTimeline:
         created_at=created,
         updated_at=updated,
         error=_cause(record.status, record.result),
-        payload=_json(record.payload),
+        payload=_json(tracing.split_trace(record.payload)[0]),
         result=success.get("value") if isinstance(success, dict) else None,
         events=events,
     )

@@ -13,6 +13,7 @@ public methods are all the API uses.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, NoReturn, Protocol
@@ -28,6 +29,8 @@ from plait.engine.specs import DeferredSpec, StepSpec, WorkflowSpec
 from plait.errors import JournalDecodeError, NonDeterminismError, NotInWorkflowError
 from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended
 from plait.journal import Batch, Journal, Snapshot
+from plait.observability import tracing
+from plait.observability.metrics import metrics
 
 __all__ = [
     "Execution",
@@ -142,8 +145,11 @@ class Execution:
         "interrupted",
         "parent",
         "payload",
+        "resumed",
         "run",
         "run_waiters",
+        "runs",
+        "trace",
         "waiters",
         "wake",
         "workflow",
@@ -167,6 +173,13 @@ class Execution:
         self.compensated: set[int] = set()
         self.children: set[str] = set()
         self.wake = False
+        # Runs of it this engine started (the `plait.attempt` of a run's span), counted
+        # while tracing; whether the current one replays a stored journal.
+        self.runs = 0
+        self.resumed = False
+        # The OpenTelemetry context the runs' spans are children of (the start's span, or
+        # the traceparent stored with the payload); None when not tracing.
+        self.trace: Any = None
 
 
 class _Park:
@@ -362,7 +375,21 @@ class Run:
             await self.stop_here()
         self.in_flight += 1
         inside = current_activity.set(self)
-        outcome: Exit | None
+        outcome: Exit | None = None
+        span = token = None
+        if tracing.tracer() is not None:
+            span = tracing.start_span(
+                "plait.activity",
+                {
+                    "plait.activity": activity.name,
+                    "plait.attempt": attempt,
+                    "plait.execution_id": self.execution.id,
+                },
+            )
+            assert span is not None
+            token = tracing.activate(span)
+        counters = metrics()
+        started = time.perf_counter() if counters is not None else 0.0
         try:
             if self.unsynced:  # the body may have side effects: what came before is durable
                 await self.sync()
@@ -393,6 +420,11 @@ class Run:
         finally:
             current_activity.reset(inside)
             self.in_flight -= 1
+            if counters is not None:
+                _count_activity(counters, activity.name, attempt, outcome, started)
+            if span is not None:
+                tracing.deactivate(token)
+                _end_step_span(span, outcome)
             self.maybe_suspend()
         if outcome is None:
             await self.wait_forever()
@@ -449,9 +481,22 @@ class Run:
         park = _Park(future, owner)
         self.parks.setdefault(name, []).append(park)
         owner.park()
+        span = None
+        # A durable sleep's wait is in the span the sleep opened (`plait.sleep`).
+        if tracing.tracer() is not None and not name.startswith("DurableClock/"):
+            span = tracing.start_span(
+                "plait.deferred.wait",
+                {"plait.deferred": name, "plait.execution_id": self.execution.id},
+            )
         try:
-            return await future
+            value = await future
+            if span is not None:
+                tracing.end_span(span, "completed")
+                span = None
+            return value
         finally:
+            if span is not None:  # cancelled: the run suspends (or stops) meanwhile
+                tracing.end_span(span, "suspended")
             if not future.done() or future.cancelled():
                 parks = self.parks.get(name, [])
                 if park in parks:
@@ -477,11 +522,31 @@ class Run:
         """
         key = self.key_of(f"DurableClock/{name}", 0, consume=True)
         deferred_name = key.rsplit("/", 1)[0]
-        if deferred_name not in self.deferreds:
-            if self.interrupting:
-                await self.stop_here()
+        if deferred_name in self.deferreds:  # replayed: it slept in an earlier run
+            return
+        if self.interrupting:
+            await self.stop_here()
+        span = token = None
+        if tracing.tracer() is not None:
+            span = tracing.start_span(
+                "plait.sleep",
+                {
+                    "plait.sleep": deferred_name,
+                    "plait.sleep.seconds": seconds,
+                    "plait.execution_id": self.execution.id,
+                },
+            )
+            assert span is not None
+            token = tracing.activate(span)
+        outcome = "suspended"
+        try:
             await self.engine.schedule_clock(self.execution.id, deferred_name, seconds)
-        await self.deferred_value(deferred_name)
+            await self.deferred_value(deferred_name)
+            outcome = "completed"
+        finally:
+            if span is not None:
+                tracing.deactivate(token)
+                tracing.end_span(span, outcome)
 
     async def wait_forever(self) -> NoReturn:
         """Parks the run for good: it suspends once no activity is in flight.
@@ -570,3 +635,23 @@ class Run:
         if self.parked and not self.in_flight and not self.body_done and self.task is not None:
             self.suspended = True
             self.task.cancel()
+
+
+def _end_step_span(span: Any, outcome: Exit | None) -> None:
+    if outcome is None:
+        tracing.end_span(span, "suspended")
+    elif isinstance(outcome, Failure):
+        tracing.end_span(span, "failure", outcome.error)
+    else:
+        tracing.end_span(span, "success")
+
+
+def _count_activity(
+    counters: Any, name: str, attempt: int, outcome: Exit | None, started: float
+) -> None:
+    label = (
+        "suspended" if outcome is None else "failure" if isinstance(outcome, Failure) else "success"
+    )
+    counters.of(counters.activity_duration, name, label).observe(time.perf_counter() - started)
+    if attempt > 1:
+        counters.of(counters.activity_retries, name).inc()

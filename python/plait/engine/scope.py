@@ -7,6 +7,7 @@ from typing import Any
 from plait.engine.run import Run
 from plait.engine.signals import log, passes_through
 from plait.exits import Complete, Failure, Success, defect_of
+from plait.observability.logs import fields
 
 __all__ = ["close_scope"]
 
@@ -30,7 +31,11 @@ async def close_scope(run: Run, result: Complete[Any]) -> tuple[Complete[Any], b
         except BaseException as exc:
             if passes_through(exc):
                 raise
-            log.exception("finalizer of execution %s failed", ex.id)
+            log.exception(
+                "finalizer of execution %s failed",
+                ex.id,
+                extra=fields(execution_id=ex.id, workflow=ex.workflow.name),
+            )
             if isinstance(exit_, Success):
                 exit_ = Failure(defect_of(exc))
     encoded, exit_ = ex.workflow.codec.settle(exit_)

@@ -126,6 +126,7 @@ from plait.http.wire import (
     status_of,
 )
 from plait.ids import DeferredToken
+from plait.observability.metrics import exposition
 from plait.workflow import Workflow
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "RESERVED_PATHS", "proxy_app"]
@@ -147,6 +148,7 @@ RESERVED_PATHS = frozenset(
         "dashboard",
         "entities",
         "cluster",
+        "metrics",
     }
 )
 
@@ -201,6 +203,7 @@ def proxy_app(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     title: str = "plait workflow proxy",
+    metrics: bool = True,
 ) -> FastAPI:
     """The proxy for `workflows` and `entities` on `engine` (or `runner`), as an ASGI application.
 
@@ -223,6 +226,9 @@ def proxy_app(
             the proxy answers only requests on loopback addresses, to loopback host names.
         max_body_bytes: The largest request body accepted; larger gets 413.
         title: The title of the OpenAPI schema.
+        metrics: Serve `GET /metrics` (Prometheus's text format; it needs the token as any
+            route does), which enables plait's metrics in this process. Needs
+            `prometheus_client` (the `http` extra has it).
 
     Raises:
         InvalidArgumentError: Neither or both of `engine` and `runner`; two workflows, RPCs
@@ -287,6 +293,8 @@ def proxy_app(
     _add_service_routes(app, served)
     _add_execution_routes(app, served)
     _add_cluster_routes(app, served)
+    if metrics:
+        _add_metrics_route(app)
     add_dashboard(app)
     for wire in served.workflows.values():
         _add_workflow_routes(app, served, wire)
@@ -586,6 +594,25 @@ def _add_service_routes(app: FastAPI, served: _Served) -> None:
             404: {"model": Problem, "description": "DeferredTokenError, NotFoundError"},
             422: {"model": Problem, "description": "DeferredValueError: pydantic's details."},
         },
+    )
+
+
+def _add_metrics_route(app: FastAPI) -> None:
+    exposition()  # enabled now: counted from the proxy's start, not its first scrape
+
+    async def metrics() -> Response:
+        """Plait's metrics, and any other of the process's default registry, for Prometheus."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        tags=["health"],
+        operation_id="metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
 
 
