@@ -34,12 +34,12 @@ flaky_calls: dict[str, int] = {}
 
 
 @plait.activity
-async def reserve(order: str) -> str:
+async def obs_reserve(order: str) -> str:
     return f"reserved {order}"
 
 
 @plait.activity
-async def flaky(order: str) -> str:
+async def obs_flaky(order: str) -> str:
     flaky_calls[order] = flaky_calls.get(order, 0) + 1
     if flaky_calls[order] == 1:
         msg = "first attempt fails"
@@ -48,29 +48,29 @@ async def flaky(order: str) -> str:
 
 
 @plait.activity
-async def ship(order: str, approver: str) -> str:
+async def obs_ship(order: str, approver: str) -> str:
     return f"shipped {order} ({approver})"
 
 
 @Order.implement
 async def order_workflow(payload: Any, execution_id: str) -> str:
-    await reserve(payload.order)
-    await plait.Activity.retry(flaky(payload.order), times=2)
+    await obs_reserve(payload.order)
+    await plait.Activity.retry(obs_flaky(payload.order), times=2)
     approver = await Approval
-    return await ship(payload.order, approver)
+    return await obs_ship(payload.order, approver)
 
 
 Greeter: plait.Workflow[Any, str] = plait.Workflow("ObsGreeter", payload={"n": int}, success=str)
 
 
 @plait.activity
-async def greet(n: int) -> str:
+async def obs_greet(n: int) -> str:
     return f"hello {n}"
 
 
 @Greeter.implement
 async def greeter(payload: Any, execution_id: str) -> str:
-    return await greet(payload.n)
+    return await obs_greet(payload.n)
 
 
 class Add(BaseModel):

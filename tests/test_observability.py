@@ -87,10 +87,10 @@ async def test_a_workflow_s_spans_form_one_tree_under_the_host_span(
         )
         for a in activities
     ] == [
-        ("reserve", 1, "success"),
-        ("flaky", 1, "failure"),
-        ("flaky", 2, "success"),
-        ("ship", 1, "success"),
+        ("obs_reserve", 1, "success"),
+        ("obs_flaky", 1, "failure"),
+        ("obs_flaky", 2, "success"),
+        ("obs_ship", 1, "success"),
     ]
     assert [a["parent"] for a in activities] == [runs[0]["span_id"]] * 3 + [runs[1]["span_id"]]
     [wait] = named(spans, "plait.deferred.wait")
@@ -168,7 +168,7 @@ async def test_a_resume_in_another_process_continues_the_trace(
     [complete] = named(spans, "plait.deferred.complete")
     assert complete["links"] == [start["span_id"]]
     [ship] = named(spans, "plait.activity")
-    assert ship["attributes"]["plait.activity"] == "ship"
+    assert ship["attributes"]["plait.activity"] == "obs_ship"
     assert ship["parent"] == run["span_id"]
 
 
@@ -235,7 +235,7 @@ async def test_metrics_scraped_from_a_live_proxy_count_a_known_workload(
     before = (
         value("plait_executions_started_total", workflow="ObsGreeter"),
         value("plait_executions_completed_total", workflow="ObsGreeter"),
-        value("plait_activity_duration_seconds_count", activity="greet", outcome="success"),
+        value("plait_activity_duration_seconds_count", activity="obs_greet", outcome="success"),
         value("plait_entity_messages_total", entity="ObsTally", rpc="add", outcome="success"),
     )
     engine = plait.Engine.memory(clock=plait_clock)
@@ -256,7 +256,7 @@ async def test_metrics_scraped_from_a_live_proxy_count_a_known_workload(
     assert samples['plait_executions_started_total{workflow="ObsGreeter"}'] == before[0] + 3
     assert samples['plait_executions_completed_total{workflow="ObsGreeter"}'] == before[1] + 3
     assert (
-        samples['plait_activity_duration_seconds_count{activity="greet",outcome="success"}']
+        samples['plait_activity_duration_seconds_count{activity="obs_greet",outcome="success"}']
         == before[2] + 3
     )
     assert (
