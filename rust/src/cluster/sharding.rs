@@ -208,21 +208,9 @@ impl Sharding {
         }
         let (stop, stopped) = watch::channel(false);
         let mut runner_loop = Loop {
-            options,
-            runners,
             runner,
-            fences: Arc::clone(&fences),
-            host,
-            shared: Arc::clone(&shared),
-            transport: Arc::clone(&transport),
-            healthy: Vec::new(),
-            addresses: Vec::new(),
-            client: false,
             registered: true,
-            assigned: BTreeSet::new(),
-            acquired: BTreeMap::new(),
-            releasing: BTreeMap::new(),
-            last_renewal: Instant::now(),
+            ..Loop::new(options, runners, &fences, host, &shared, &transport)
         };
         runner_loop.sync().await;
         let task = tokio::spawn(runner_loop.run(incoming, stopped));
@@ -285,21 +273,8 @@ impl Sharding {
         }
         let (stop, stopped) = watch::channel(false);
         let mut client_loop = Loop {
-            options,
-            runners,
-            runner: String::new(),
-            fences: Arc::clone(&fences),
-            host,
-            shared: Arc::clone(&shared),
-            transport: Arc::clone(&transport),
-            healthy: Vec::new(),
-            addresses: Vec::new(),
             client: true,
-            registered: false,
-            assigned: BTreeSet::new(),
-            acquired: BTreeMap::new(),
-            releasing: BTreeMap::new(),
-            last_renewal: Instant::now(),
+            ..Loop::new(options, runners, &fences, host, &shared, &transport)
         };
         client_loop.sync().await;
         let task = tokio::spawn(client_loop.run(incoming, stopped));
@@ -421,6 +396,35 @@ const PING_AGAIN: Duration = Duration::from_millis(500);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Loop {
+    /// A loop that has not registered yet, of a runner (set `runner`, `registered`) or a
+    /// client (set `client`).
+    fn new(
+        options: ShardingOptions,
+        runners: RunnerStorage,
+        fences: &Arc<ShardFences>,
+        host: Arc<dyn ShardHost>,
+        shared: &Arc<Shared>,
+        transport: &Arc<Transport>,
+    ) -> Self {
+        Self {
+            options,
+            runners,
+            runner: String::new(),
+            fences: Arc::clone(fences),
+            host,
+            shared: Arc::clone(shared),
+            transport: Arc::clone(transport),
+            healthy: Vec::new(),
+            addresses: Vec::new(),
+            client: false,
+            registered: false,
+            assigned: BTreeSet::new(),
+            acquired: BTreeMap::new(),
+            releasing: BTreeMap::new(),
+            last_renewal: Instant::now(),
+        }
+    }
+
     async fn run(
         mut self,
         mut incoming: mpsc::UnboundedReceiver<Notification>,

@@ -567,19 +567,7 @@ impl WorkSource {
     pub fn offer(&self, messages: Vec<Message>) -> (Vec<Result<(), Refusal>>, Vec<Delivery>) {
         let now = self.shared.clock.now();
         let mut state = self.shared.state();
-        let answers = messages
-            .into_iter()
-            .map(|message| {
-                if let Some(shard) = state.unowned_shard(&message.address.entity_id) {
-                    return Err(Refusal::NotAssigned {
-                        shard,
-                        entity_type: message.address.entity_type,
-                        entity_id: message.address.entity_id,
-                    });
-                }
-                state.mail.offer(message, now)
-            })
-            .collect();
+        let answers = state.offer_all(messages, now);
         let ready = state.take_ready(usize::MAX);
         drop(state);
         // Instances that took a request are busy: the next passivation comes no earlier, and
@@ -842,19 +830,7 @@ impl Inbox for SourceHost {
     fn offer_remote(&self, messages: Vec<Message>) -> Vec<Result<(), Refusal>> {
         let now = self.0.clock.now();
         let mut state = self.0.state();
-        let answers: Vec<Result<(), Refusal>> = messages
-            .into_iter()
-            .map(|message| {
-                if let Some(shard) = state.unowned_shard(&message.address.entity_id) {
-                    return Err(Refusal::NotAssigned {
-                        shard,
-                        entity_type: message.address.entity_type,
-                        entity_id: message.address.entity_id,
-                    });
-                }
-                state.mail.offer(message, now)
-            })
-            .collect();
+        let answers = state.offer_all(messages, now);
         // What may run now waits in the mailboxes for the host's next take.
         let ready = state.mail.ready() > 0;
         drop(state);
@@ -965,6 +941,23 @@ impl State {
             .withheld
             .extend(withheld.into_iter().map(|d| d.message));
         owned
+    }
+
+    /// Offers requests to the mailboxes of the shards held here: one answer each.
+    fn offer_all(&mut self, messages: Vec<Message>, now: u64) -> Vec<Result<(), Refusal>> {
+        messages
+            .into_iter()
+            .map(|message| {
+                if let Some(shard) = self.unowned_shard(&message.address.entity_id) {
+                    return Err(Refusal::NotAssigned {
+                        shard,
+                        entity_type: message.address.entity_type,
+                        entity_id: message.address.entity_id,
+                    });
+                }
+                self.mail.offer(message, now)
+            })
+            .collect()
     }
 
     fn unowned_shard(&self, entity_id: &str) -> Option<String> {
