@@ -48,8 +48,10 @@ def amount_of(n: int) -> int:
 class Cluster:
     """Starts runner processes of one cluster and reads what they write."""
 
-    def __init__(self, url: str, out: Path, **env: str) -> None:
-        self.url, self.out = url, out
+    def __init__(
+        self, url: str, out: Path, module: str = "tests.cluster_worker", **env: str
+    ) -> None:
+        self.url, self.out, self.module = url, out, module
         self.env = {**os.environ, "CLUSTER_LEASE_SECONDS": str(LEASE_SECONDS), **env}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -59,7 +61,7 @@ class Cluster:
             [
                 sys.executable,
                 "-m",
-                "tests.cluster_worker",
+                self.module,
                 self.url,
                 "plait_",
                 str(port),

@@ -15,6 +15,7 @@ __all__ = [
     "Deliver",
     "Drained",
     "Duplicate",
+    "Ended",
     "Entry",
     "Execution",
     "Fenced",
@@ -273,28 +274,40 @@ class Op:
     """
 
     @staticmethod
-    def start(id: str, workflow: str, payload: bytes, parent: str | None = None) -> Op:
+    def start(
+        id: str,
+        workflow: str,
+        payload: bytes,
+        parent: str | None = None,
+        shard: str | None = None,
+    ) -> Op:
         """Records a new running execution unless `id` exists.
 
         Answers None if created, else the stored `Execution` (unchanged).
+
+        Every journal op takes a `shard` (`"group:id"`): on a runner of a cluster, written as
+        the owner of the execution's shard, answered `Fenced` (not applied) once that lease is
+        lost.
         """
 
     @staticmethod
-    def append(id: str, key: str, seq: int, value: bytes) -> Op:
+    def append(id: str, key: str, seq: int, value: bytes, shard: str | None = None) -> Op:
         """Stores a step result unless `key` has one.
 
         Answers whether it was stored (False: the key had a result, or unknown execution).
         """
 
     @staticmethod
-    def deferred(id: str, name: str, value: bytes) -> Op:
+    def deferred(id: str, name: str, value: bytes, shard: str | None = None) -> Op:
         """Stores a deferred's result unless it has one.
 
         Answers True (stored), False (it had one) or None (unknown execution).
         """
 
     @staticmethod
-    def status(id: str, status: _Status, result: bytes | None = None) -> Op:
+    def status(
+        id: str, status: _Status, result: bytes | None = None, shard: str | None = None
+    ) -> Op:
         """Moves an execution to `status` with `result`; completing it drops its timers.
 
         Answers False if the execution is complete (its result is final) or unknown.
@@ -304,11 +317,11 @@ class Op:
         """
 
     @staticmethod
-    def interrupt(id: str) -> Op:
+    def interrupt(id: str, shard: str | None = None) -> Op:
         """Records an interrupt request. Answers True, False (complete) or None (unknown)."""
 
     @staticmethod
-    def timer(execution_id: str, name: str, due_ms: int) -> Op:
+    def timer(execution_id: str, name: str, due_ms: int, shard: str | None = None) -> Op:
         """Stores a durable timer unless one with that execution and name exists.
 
         Answers whether it was stored (False: it exists, or unknown execution).
@@ -862,6 +875,18 @@ class Resume:
     @property
     def fired(self) -> str | None:
         """The deferred whose timer fired to make it runnable, if that is why."""
+    @property
+    def recovered(self) -> bool:
+        """Found running by a listing rather than woken by an event: a live run goes on."""
+
+class Ended:
+    """A run of an execution awaited from another runner ended: its record."""
+
+    @property
+    def execution_id(self) -> str: ...
+    @property
+    def execution(self) -> Execution:
+        """Read after the run ended: complete, or suspended if that was awaited."""
 
 class _Outgoing(Protocol):
     """An entity request offered to the mailboxes (any object with these attributes)."""
@@ -1058,10 +1083,13 @@ class WorkSource:
         manual_now_ms: int | None = None,
         shards_per_group: int | None = None,
         reply_poll_ms: int = 200,
+        scan_ms: int = 10000,
     ) -> WorkSource:
         """Starts the source: on the wall clock, or on a manual one that `advance_to` moves.
 
-        With `shards_per_group`, a runner's: it serves the shards a `Sharding` acquires.
+        With `shards_per_group`, a runner's: it serves the entities and executions of the
+        shards a `Sharding` acquires, listing a shard's running executions when acquired and
+        every `scan_ms`.
         """
     def wait(self, bridge: AsyncBridge) -> int:
         """Resolves to None once work is ready to take; raises `ClosedError` once closed."""
@@ -1069,7 +1097,7 @@ class WorkSource:
         """Resolves to None once recovery is listed and the first window of timers read."""
     def take(
         self, max: int
-    ) -> list[Deliver | Passivate | RemoteReply | Release | Interrupt | Routed | Resume]:
+    ) -> list[Deliver | Passivate | RemoteReply | Release | Interrupt | Routed | Resume | Ended]:
         """Takes up to `max` units of ready work: entity requests, idle instances, executions."""
     def register_entity(
         self,
@@ -1109,6 +1137,10 @@ class WorkSource:
         """Waits for the stored replies of these requests: they come as `RemoteReply`."""
     def forget_replies(self, ids: list[int]) -> None:
         """Stops waiting for these replies."""
+    def await_executions(self, ids: list[str], suspended: bool = False) -> None:
+        """Waits for the ends of these executions' runs elsewhere: each comes as `Ended`."""
+    def forget_executions(self, ids: list[str]) -> None:
+        """Stops waiting for these executions' ends."""
     def drained(self, shards: list[str]) -> Drained:
         """These shards' entities are finished: they leave the mailboxes; what they held."""
     def scheduled(self, execution_id: str, name: str, due_ms: int) -> None:

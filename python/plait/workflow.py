@@ -199,6 +199,7 @@ class Workflow(Generic[P, S]):
         *,
         discard: Literal[False] = ...,
         engine: _engine.Engine | None = ...,
+        execution_id: str | None = ...,
     ) -> S: ...
     @overload
     async def execute(
@@ -207,6 +208,7 @@ class Workflow(Generic[P, S]):
         *,
         discard: Literal[True],
         engine: _engine.Engine | None = ...,
+        execution_id: str | None = ...,
     ) -> str: ...
 
     async def execute(
@@ -215,6 +217,7 @@ class Workflow(Generic[P, S]):
         *,
         discard: bool = False,
         engine: _engine.Engine | None = None,
+        execution_id: str | None = None,
     ) -> Any:
         """Runs the workflow for `payload` and returns its result, or raises its error.
 
@@ -226,6 +229,9 @@ class Workflow(Generic[P, S]):
             payload: The payload model, or a dict to validate into one.
             discard: Return the execution id as soon as it is started.
             engine: The engine (default: the current one).
+            execution_id: The execution's id, instead of the one computed from the payload
+                (as a cron that starts `rss-poll-<feed>-<tick>` with `discard=True` does).
+                Executing again with the same id joins that execution.
 
         Raises:
             PayloadError: The payload does not validate; nothing was started.
@@ -234,7 +240,11 @@ class Workflow(Generic[P, S]):
             Defect: The workflow failed with an exception it did not declare.
         """
         model = self.validate(payload)
-        return await _engine.engine_for(engine).execute(self, model, discard=discard)
+        if execution_id is not None:
+            checked_name("an execution id", execution_id)
+        return await _engine.engine_for(engine).execute(
+            self, model, discard=discard, execution_id=execution_id
+        )
 
     async def poll(
         self, execution_id: str, *, engine: _engine.Engine | None = None

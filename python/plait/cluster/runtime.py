@@ -1344,8 +1344,12 @@ class EntityRuntime:
         drained = self.source.drained(sorted(shards))
         moved = [self._running.pop(i)[0] for i in drained.running if i in self._running]
         self._moved([*moved, *unstarted, *drained.queued])
-        # Stopped before the lease goes, so that the new owner's never overlaps this one.
+        # Stopped before the lease goes, so that the new owner's never overlaps this one; the
+        # executions' runs too (nothing recorded: the new owner replays their journals).
         await self.singletons.stop(shards)
+        await self.engine.stop_runs(
+            shards, 0.0 if forced else self.config.entity_termination_timeout.total_seconds()
+        )
         if self.sharding is not None:
             self.sharding.drained(sorted(shards))
 

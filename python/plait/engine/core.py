@@ -13,11 +13,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 import plait.engine.registry as registry
 from plait import _bridge
-from plait._native import Op, Resume, Store, WorkSource
+from plait._native import Ended, Fenced, Op, Resume, Store, WorkSource, shard_id
+from plait._native import Execution as ExecutionRecord
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine.listing import (
     DEFAULT_COUNT_CAP,
@@ -37,7 +38,7 @@ from plait.engine.run import (
     current_run,
 )
 from plait.engine.scope import close_scope
-from plait.engine.signals import StoredFirst, engine_cancelled, log, unexpected
+from plait.engine.signals import ShardMoved, StoredFirst, engine_cancelled, log, unexpected
 from plait.engine.specs import EntityHost, WorkflowSpec
 from plait.engine.work import WorkLoop
 from plait.errors import (
@@ -112,8 +113,14 @@ class Engine:
     ) -> None:
         self._open: Callable[[], Awaitable[Store]] | None = None
         #: Whether this engine is a runner of a cluster (see `plait.Runner`): it serves the
-        #: entities of the shards it holds, and recovers no workflow.
+        #: entities and runs the executions of the shards it holds.
         self.cluster = cluster
+        self._shards_per_group = 300
+        #: Shards moving away from this runner (`stop_runs`): their runs start no activity.
+        self.leaving: set[str] = set()
+        # On a runner, the steps and deferreds the last runs here knew, by execution (the
+        # latest 10,000): a snapshot read before such a run ended is stale (see `_resume_from`).
+        self._recent_ends: dict[str, tuple[int, int]] = {}
         self.store: Store | None
         self.journal: Journal | None
         if isinstance(store, Store):
@@ -286,14 +293,18 @@ class Engine:
         if self.cluster:
             # A `plait.ShardingConfig` (the cluster's layer sets it), or its defaults.
             per_group = getattr(self.sharding, "shards_per_group", 300)
+            self._shards_per_group = per_group
             reply_poll = getattr(self.sharding, "entity_reply_poll_interval", None)
             reply_poll_ms = 200 if reply_poll is None else milliseconds_ceil(seconds(reply_poll))
+            scan = getattr(self.sharding, "entity_message_poll_interval", None)
+            scan_ms = 10_000 if scan is None else milliseconds_ceil(seconds(scan))
             self._work = WorkLoop(
                 self.store,
                 self.clock,
                 self._take_work,
                 shards_per_group=per_group,
                 reply_poll_ms=reply_poll_ms,
+                scan_ms=scan_ms,
             )
         else:
             self._work = WorkLoop(self.store, self.clock, self._take_work)
@@ -403,6 +414,130 @@ class Engine:
     def _write(self, op: Op) -> Awaitable[Any]:
         return self._journal().write(op)
 
+    # Where executions run (a runner of a cluster) ---------------------------------------------
+
+    def _owns(self, execution_id: str) -> bool:
+        """Whether this process runs the execution.
+
+        A single engine runs every one; a runner of a cluster those of the shards whose lease
+        it holds (an execution is Effect's entity `Workflow/<name>` keyed by its id, in the
+        shard of the id).
+        """
+        if not self.cluster or self._work is None:
+            return True
+        return self._work.source.owns(execution_id)
+
+    def _shard_of(self, execution_id: str) -> str | None:
+        """The shard the execution's journal is written as the owner of (None: single engine)."""
+        if not self.cluster:
+            return None
+        return f"default:{shard_id(execution_id, self._shards_per_group)}"
+
+    def _execution(
+        self, execution_id: str, workflow: WorkflowSpec, payload: Any, parent: str | None
+    ) -> Execution:
+        ex = Execution(execution_id, workflow, payload, parent)
+        ex.shard = self._shard_of(execution_id)
+        return ex
+
+    def _follow_remote(self, ex: Execution) -> None:
+        """Waits for the end of a run of `ex` on the runner that owns it (`_ended` gets it)."""
+        if self._work is not None:
+            self._work.source.await_executions([ex.id], suspended=bool(ex.run_waiters))
+
+    async def _wake(self, execution_id: str) -> None:
+        """Has the runner that owns the execution run it.
+
+        The running mark's commit wakes it (or, missed, its periodic look finds it).
+        """
+        await self._write(Op.status(execution_id, "running", None))
+
+    async def stop_runs(self, shards: set[str], grace: float = 0.0) -> None:
+        """Stops the runs of executions of shards moving away, before their leases go.
+
+        Runs start no new activity from now on; for up to `grace` seconds those in an
+        activity finish it (its result commits under the lease, so the new owner does not run
+        it again), or suspend. The rest are stopped without recording anything. The new owner
+        resumes them all from their journals; callers here wait for its results.
+        """
+        self.leaving |= shards
+        live = [ex.id for ex in self._live.values() if ex.shard in shards and ex.run is not None]
+        try:
+
+            def running() -> list[asyncio.Task[None]]:
+                return [
+                    ex.run.task
+                    for ex in self._live.values()
+                    if ex.shard in shards
+                    and ex.run is not None
+                    and ex.run.task is not None
+                    and not ex.run.task.done()
+                ]
+
+            if grace > 0 and (tasks := running()):
+                await asyncio.wait(tasks, timeout=grace)
+            stopped = []
+            for ex in [ex for ex in self._live.values() if ex.shard in shards]:
+                run = ex.run
+                if run is not None and run.task is not None and not run.task.done():
+                    run.fatal = run.fatal or ShardMoved(ex.id)
+                    run.task.cancel()
+                    stopped.append(run.task)
+            if stopped:
+                await asyncio.gather(*stopped, return_exceptions=True)
+            for ex in [ex for ex in self._live.values() if ex.shard in shards]:
+                if ex.run is None or ex.run.task is None or ex.run.task.done():
+                    self._moved(ex)
+            # A run that suspended meanwhile may have overwritten the running mark of another
+            # process's wake-up (a deferred it completed), whose notification this runner no
+            # longer took: marked running again, the new owner's listing runs them once more.
+            if live:
+                await asyncio.gather(*(self._wake(execution_id) for execution_id in live))
+        finally:
+            self.leaving -= shards
+
+    def _refused(self, execution_id: str) -> NoReturn:
+        """A write of the execution's run was refused (its shard moved): the run stops."""
+        error = ShardMoved(execution_id)
+        ex = self._live.get(execution_id)
+        if ex is not None and ex.run is not None:
+            ex.run.fail(error)
+        raise error
+
+    def _moved(self, ex: Execution) -> None:
+        """`ex` runs elsewhere now: its callers here wait for its owner's result."""
+        ex.run = None
+        ex.wake = False
+        if ex.waiters or ex.run_waiters:
+            self._follow_remote(ex)
+        elif not ex.finalizers:
+            self._live.pop(ex.id, None)
+
+    def _ended(self, work: Ended) -> None:
+        """A run of an execution awaited from another runner ended: its callers here hear."""
+        ex = self._live.get(work.execution_id)
+        if ex is None or ex.run is not None:
+            return  # nobody waits, or it runs here now (its run answers them)
+        try:
+            result = self._result_of(work.execution, ex.workflow)
+        except JournalDecodeError as err:
+            self._fail_waiters(ex.id, err)
+            result = None
+        if result is not None:
+            for waiter in ex.run_waiters:
+                if not waiter.done():
+                    waiter.set_result(result)
+            ex.run_waiters.clear()
+            if isinstance(result, Complete):
+                for final in ex.waiters:
+                    if not final.done():
+                        final.set_result(result)
+                ex.waiters.clear()
+        if ex.waiters:
+            self._follow_remote(ex)
+        elif not ex.run_waiters and not ex.finalizers:
+            self._live.pop(ex.id, None)
+
     # Executions ----------------------------------------------------------------------------
 
     def _workflow(self, name: str) -> WorkflowSpec:
@@ -418,20 +553,25 @@ class Engine:
         payload: Any,
         *,
         discard: bool = False,
+        execution_id: str | None = None,
     ) -> Any:
         """Starts or joins the execution of `workflow` for `payload` (a validated model).
 
-        Waits for its result unless `discard`.
+        Waits for its result unless `discard`. `execution_id` replaces the id computed from
+        the payload.
         """
         self.require_loop()
-        if workflow.handler is None:
+        if execution_id is None:
+            execution_id = workflow.execution_id(payload)
+        # On a cluster, only the runner that owns the execution needs its implementation.
+        if workflow.handler is None and self._owns(execution_id):
             msg = (
                 f"workflow {workflow.name!r} has no implementation: "
                 f"register one with @{workflow.name}.implement"
             )
             raise WorkflowNotImplementedError(msg)
-        self._workflows[workflow.name] = workflow
-        execution_id = workflow.execution_id(payload)
+        if workflow.handler is not None:
+            self._workflows[workflow.name] = workflow
         parent = current_run.get()
         if parent is not None and parent.engine is not self:
             parent = None
@@ -444,6 +584,8 @@ class Engine:
             return execution_id
         if parent is not None:
             return await self._await_child(parent, execution_id)
+        if workflow.suspended_retry is None and not self._owns(execution_id):
+            return (await self._await_remote(execution_id, workflow)).exit.unwrap()
         if workflow.suspended_retry is None:
             ex = self._live.get(execution_id)
             if ex is not None and ex.run is not None:  # running: wait for its completion
@@ -464,7 +606,7 @@ class Engine:
         # Held from now, so concurrent callers of the same id join this execution. No payload
         # until the start creates the execution: if it exists, its stored payload is the one a
         # run uses (decoded by `_resume`, maybe a concurrent one, such as recovery's).
-        ex = Execution(execution_id, workflow, None, parent_id)
+        ex = self._execution(execution_id, workflow, None, parent_id)
         self._live[execution_id] = ex
         encoded = workflow.encode_payload(payload)
         start = None
@@ -479,8 +621,19 @@ class Engine:
             assert start is not None
             ex.trace = tracing.context_with(start)
             encoded = tracing.with_trace(encoded, tracing.traceparent_of(ex.trace))
+        # Started as the owner of its shard when this runner holds it (it runs here, and
+        # wakes nobody); otherwise the start's commit wakes the runner that holds it.
+        owned = self._owns(execution_id)
         try:
-            existing = await self._write(Op.start(execution_id, workflow.name, encoded, parent_id))
+            shard = ex.shard if owned else None
+            existing = await self._write(
+                Op.start(execution_id, workflow.name, encoded, parent_id, shard)
+            )
+            if isinstance(existing, Fenced):  # the shard moved meanwhile
+                owned = False
+                existing = await self._write(
+                    Op.start(execution_id, workflow.name, encoded, parent_id)
+                )
         finally:
             if start is not None:
                 start.end()
@@ -488,9 +641,16 @@ class Engine:
             if (counters := metrics()) is not None:
                 counters.of(counters.executions_started, workflow.name).inc()
             ex.payload = payload
-            self._launch(ex, None)
+            if owned:
+                self._launch(ex, None)
+            elif not ex.waiters and not ex.run_waiters:
+                self._live.pop(execution_id, None)
             return
-        if existing.status == "running":
+        if not owned:
+            # Running, suspended or complete: its owner's business; callers wait on the store.
+            if not ex.waiters and not ex.run_waiters:
+                self._live.pop(execution_id, None)
+        elif existing.status == "running":
             await self._resume(execution_id)
         elif existing.status == "complete" and not ex.waiters:
             self._live.pop(execution_id, None)
@@ -522,6 +682,9 @@ class Engine:
         if ex is not None and ex.run is not None:
             ex.wake = True
             return False
+        if not self._owns(execution_id):
+            await self._wake(execution_id)
+            return False
         if execution_id in self._resuming:
             self._rewake.add(execution_id)
             return False
@@ -533,8 +696,15 @@ class Engine:
             if ex is None or snapshot is None:
                 return False
             if snapshot.execution.status != "running":
-                await self._write(Op.status(execution_id, "running", None))
+                marked = await self._write(Op.status(execution_id, "running", None, ex.shard))
+                if isinstance(marked, Fenced):
+                    self._moved(ex)
+                    await self._wake(execution_id)
+                    return False
             if ex.run is not None:  # started while we read
+                return False
+            if not self._owns(execution_id):  # its shard moved while we read
+                self._moved(ex)
                 return False
             self._launch(ex, snapshot)
         finally:
@@ -577,9 +747,10 @@ class Engine:
                 )
                 raise
             if ex is None:
-                ex = Execution(execution_id, workflow, payload, record.parent)
+                ex = self._execution(execution_id, workflow, payload, record.parent)
                 self._live[execution_id] = ex
             ex.payload = payload
+            ex.parent = ex.parent or record.parent
             if ex.trace is None and traceparent is not None:
                 ex.trace = tracing.context_of(traceparent)
         ex.interrupted = ex.interrupted or record.interrupted
@@ -616,6 +787,8 @@ class Engine:
         for work in batch:
             if isinstance(work, Resume):
                 self._resume_from(work)
+            elif isinstance(work, Ended):
+                self._ended(work)
             else:
                 entity_work.append(work)
         if entity_work:
@@ -638,10 +811,33 @@ class Engine:
                 counters.timer_lag.observe(max(0, self.clock.now_ms() - due) / 1000)
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
+            if work.recovered:
+                return  # found running by a listing: it is, here
             fired = work.fired
+            if fired is None:
+                # Woken by another process: what it stored (a deferred, an interrupt) goes to
+                # the run; anything else (a child's end) needs a new run after this one.
+                run = ex.run
+                taken = False
+                for deferred in snapshot.deferreds:
+                    if deferred.name not in run.deferreds:
+                        taken = run.deliver(deferred.name, deferred.value) or taken
+                if snapshot.execution.interrupted and not ex.interrupted:
+                    ex.interrupted = True
+                    taken = False
+                if not taken:
+                    ex.wake = True
+                return
             value = next((d.value for d in snapshot.deferreds if d.name == fired), None)
-            if fired is None or value is None or not ex.run.deliver(fired, value):
+            if value is None or not ex.run.deliver(fired, value):
                 ex.wake = True
+            return
+        known = self._recent_ends.get(execution_id) if self.cluster else None
+        if known is not None and (
+            len(snapshot.entries) < known[0] or len(snapshot.deferreds) < known[1]
+        ):
+            # Read before a run here ended (woken by another process meanwhile): read again.
+            self._spawn(self._resume(execution_id))
             return
         if execution_id in self._resuming or snapshot.execution.status != "running":
             self._spawn(self._resume(execution_id, snapshot))
@@ -654,7 +850,10 @@ class Engine:
             )
             return
         if prepared is not None and prepared.run is None:
-            self._launch(prepared, snapshot)
+            if self._owns(execution_id):
+                self._launch(prepared, snapshot)
+            else:  # its shard moved since it was read: the new owner lists it
+                self._moved(prepared)
 
     def _unimplemented(self, workflow_name: str, execution_id: str) -> None:
         """Notes once per workflow that its executions wait for an engine implementing it."""
@@ -738,7 +937,7 @@ class Engine:
                 # Cancelled to suspend: the run ends `Suspended`; by an unsafe interrupt: it
                 # ends `Interrupted`. Cancelled otherwise (the engine or its loop closing):
                 # nothing is recorded, the stored execution stays running for a later engine.
-                if not (run.suspended or run.interrupting) or self._closing:
+                if not (run.suspended or run.interrupting) or self._closing or run.fatal:
                     raise
                 task = asyncio.current_task()
                 while task is not None and task.cancelling():
@@ -794,11 +993,20 @@ class Engine:
         self, run: Run, result: Complete[Any] | Suspended | BaseException, encoded: bytes | None
     ) -> None:
         ex = run.execution
+        if isinstance(result, ShardMoved):
+            self._moved(ex)  # nothing of this run is recorded; its shard's new owner runs it
+            run.task = None
+            return
         # The result is durable before anyone hears of it; meanwhile `ex.run` stays set, so a
         # completion arriving now marks the execution for a new run instead of starting one.
         if isinstance(result, Complete):
             assert encoded is not None
-            if not await self._write(Op.status(ex.id, "complete", encoded)):
+            stored = await self._write(Op.status(ex.id, "complete", encoded, ex.shard))
+            if isinstance(stored, Fenced):
+                self._moved(ex)
+                run.task = None
+                return
+            if not stored:
                 result = await self._result_stored_first(ex, result)
             self._interrupt_now.discard(ex.id)
             self._run_counts.pop(ex.id, None)
@@ -810,8 +1018,19 @@ class Engine:
                 if result.cause is None
                 else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
             )
-            if not await self._write(Op.status(ex.id, "suspended", cause)):
+            stored = await self._write(Op.status(ex.id, "suspended", cause, ex.shard))
+            if isinstance(stored, Fenced):
+                self._moved(ex)
+                run.task = None
+                return
+            if not stored:
                 result = await self._result_stored_first(ex, result)
+        if self.cluster:
+            ends = self._recent_ends
+            ends.pop(ex.id, None)
+            ends[ex.id] = (run.next_seq, len(run.deferreds))
+            if len(ends) > 10_000:
+                del ends[next(iter(ends))]
         ex.run = None
         run.task = None  # the task holds the run in its context: no cycle left behind
         if isinstance(result, StoredFirst):
@@ -875,6 +1094,13 @@ class Engine:
         record = await self._journal().execution(execution_id)
         if record is None:
             return None
+        return self._result_of(record, workflow)
+
+    @staticmethod
+    def _result_of(
+        record: ExecutionRecord, workflow: WorkflowSpec
+    ) -> Complete[Any] | Suspended | None:
+        """Where a stored execution stands: its result, suspended, or None (running)."""
         status, data = record.status, record.result
         if status == "complete":
             assert data is not None
@@ -907,7 +1133,7 @@ class Engine:
                 ex = self._live.get(execution_id)
                 if ex is None:
                     payload = workflow.decode_payload(tracing.split_trace(record.payload)[0])
-                    ex = Execution(execution_id, workflow, payload, record.parent)
+                    ex = self._execution(execution_id, workflow, payload, record.parent)
                     self._live[execution_id] = ex
             loop = self.require_loop()
             if delays is None:
@@ -930,6 +1156,8 @@ class Engine:
                 raise SuspendedRetryExhaustedError(msg)
             waiter = loop.create_future()
             ex.waiters.append(waiter)
+            if not self._owns(execution_id):
+                self._follow_remote(ex)
             sleep = asyncio.ensure_future(self.clock.sleep(delay))
             try:
                 await asyncio.wait((waiter, sleep), return_when=asyncio.FIRST_COMPLETED)
@@ -940,6 +1168,30 @@ class Engine:
             ex.waiters.remove(waiter)
             await self._resume(execution_id)
 
+    async def _await_remote(self, execution_id: str, workflow: WorkflowSpec) -> Complete[Any]:
+        """The result of an execution another runner runs.
+
+        Its owner's commit tells (or the regular poll reads it): no read here.
+        """
+        ex = self._live.get(execution_id)
+        if ex is None:
+            # Its payload is decoded only if it comes to run here (its shard moves here).
+            ex = self._execution(execution_id, workflow, None, None)
+            self._live[execution_id] = ex
+        waiter: asyncio.Future[Complete[Any]] = self.require_loop().create_future()
+        ex.waiters.append(waiter)
+        if ex.run is None:
+            self._follow_remote(ex)
+        try:
+            return await waiter
+        finally:
+            if waiter in ex.waiters:
+                ex.waiters.remove(waiter)
+            if not ex.waiters and not ex.run_waiters and ex.run is None and self._work:
+                self._work.source.forget_executions([execution_id])
+                if self._live.get(execution_id) is ex and not ex.finalizers:
+                    del self._live[execution_id]
+
     async def _rejoin(
         self, ex: Execution, workflow: WorkflowSpec, waiter: asyncio.Future[Complete[Any]]
     ) -> None:
@@ -948,7 +1200,11 @@ class Engine:
         The state read before `waiter` was registered may be stale (a run started and ended
         meanwhile), and an execution stored as running with no run (its last one failed, as
         with a defect it does not capture) needs a new one, or the waiter would wait forever.
+        One another runner owns is its business: the waiter hears of its end from there.
         """
+        if not self._owns(ex.id):
+            self._follow_remote(ex)
+            return
         stored = await self._stored_result(ex.id, workflow)
         if isinstance(stored, Complete):
             if not waiter.done():
@@ -1020,6 +1276,10 @@ class Engine:
         finalizers, and interrupting its children.
         """
         self.require_loop()
+        if not self._owns(execution_id):
+            # Its commit wakes the runner that owns it, whose run takes it.
+            await self._write(Op.interrupt(execution_id))
+            return
         if not await self._write(Op.interrupt(execution_id)):
             return
         ex = self._live.get(execution_id)
@@ -1040,6 +1300,10 @@ class Engine:
         the ordinary way.
         """
         self.require_loop()
+        if not self._owns(execution_id):
+            # Another runner's run: interrupted the ordinary way (its commit wakes the owner).
+            await self._write(Op.interrupt(execution_id))
+            return
         if not await self._write(Op.interrupt(execution_id)):
             return
         self._interrupt_now.add(execution_id)
@@ -1131,15 +1395,26 @@ class Engine:
         # One transaction: the result and the mark that the execution has a run to make (so an
         # engine that starts after a crash resumes it): a crash keeps both or neither. (A timer
         # that fires is written the same way, by the work source.)
+        # On a runner, written as the owner of the execution's shard if it is this one's (the
+        # run here takes it), else as anyone: the commit wakes the runner that owns it.
+        owned = self._owns(execution_id)
+        shard = self._shard_of(execution_id) if owned else None
         ops = [
-            Op.deferred(execution_id, name, encoded),
-            Op.status(execution_id, "running", None),
+            Op.deferred(execution_id, name, encoded, shard),
+            Op.status(execution_id, "running", None, shard),
         ]
         results = await self._journal().write_together(ops)
+        if isinstance(results[0], Fenced):  # its shard moved meanwhile
+            owned = False
+            ops = [
+                Op.deferred(execution_id, name, encoded),
+                Op.status(execution_id, "running", None),
+            ]
+            results = await self._journal().write_together(ops)
         stored, woken = results[0], results[1]
         if not stored:
             return False
-        if not woken:  # complete: nothing to wake
+        if not woken or not owned:  # complete: nothing to wake; or another runner's
             return True
         ex = self._live.get(execution_id)
         if ex is not None and ex.run is not None:
@@ -1160,7 +1435,12 @@ class Engine:
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
         """Stores a race's (or `into`'s) outcome as deferred `name`; returns the first stored."""
-        if await self._write(Op.deferred(execution_id, name, encoded)):
+        stored = await self._write(
+            Op.deferred(execution_id, name, encoded, self._shard_of(execution_id))
+        )
+        if isinstance(stored, Fenced):
+            self._refused(execution_id)
+        if stored:
             return encoded
         snapshot = await self._journal().snapshot(execution_id)
         if snapshot is None:
@@ -1269,7 +1549,10 @@ class Engine:
         """Completes deferred `name` of the execution after `seconds`, durably."""
         # Rounded up: a timer never fires before its time (Effect's rule too).
         due = self.clock.now_ms() + max(0, milliseconds_ceil(seconds))
-        if await self._write(Op.timer(execution_id, name, due)) and self._work is not None:
+        stored = await self._write(Op.timer(execution_id, name, due, self._shard_of(execution_id)))
+        if isinstance(stored, Fenced):
+            self._refused(execution_id)
+        if stored and self._work is not None:
             self._work.scheduled(execution_id, name, due)
             if metrics() is not None:
                 self._timers_due[(execution_id, name)] = due
@@ -1282,7 +1565,8 @@ class Engine:
         In memory it is stored at once. Otherwise it commits with every other write of this
         loop iteration, and `run.sync()` waits for that.
         """
-        batch, index = self._journal().queue(Op.append(run.execution.id, key, seq, value))
+        ex = run.execution
+        batch, index = self._journal().queue(Op.append(ex.id, key, seq, value, ex.shard))
         if not batch.done:
             run.unsynced.append((batch, index, key))
         elif batch.results[index] is not True:  # answered at once (memory), and not stored

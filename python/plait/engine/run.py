@@ -18,9 +18,11 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, NoReturn, Protocol
 
+from plait._native import Fenced
 from plait.clocks import Clock
 from plait.engine.signals import (
     ActivitySuspended,
+    ShardMoved,
     StoredFirst,
     passes_through,
     unexpected,
@@ -62,6 +64,8 @@ class RunHost(Protocol):
     """What a run needs of the engine that runs it."""
 
     clock: Clock
+    #: Shards moving away from this runner: their runs start no new activity.
+    leaving: set[str]
 
     @property
     def journal(self) -> Journal | None:
@@ -149,6 +153,7 @@ class Execution:
         "run",
         "run_waiters",
         "runs",
+        "shard",
         "trace",
         "waiters",
         "wake",
@@ -162,6 +167,9 @@ class Execution:
         self.workflow = workflow
         self.payload = payload
         self.parent = parent
+        #: On a runner of a cluster, the shard its journal is written as the owner of (None:
+        #: a single engine, which holds every shard).
+        self.shard: str | None = None
         self.interrupted = False
         self.run: Run | None = None
         # Waiters for the final result, and for the end of the current run (child awaits).
@@ -373,6 +381,9 @@ class Run:
             return self.decode(activity.codec, stored).unwrap()
         if self.interrupting:
             await self.stop_here()
+        if self.execution.shard in self.engine.leaving:
+            # Its shard is moving to another runner: that runner runs this step, not this one.
+            self.fail(ShardMoved(self.execution.id))
         self.in_flight += 1
         inside = current_activity.set(self)
         outcome: Exit | None = None
@@ -458,8 +469,11 @@ class Run:
         error = batch.error_of(index)
         if error is not None:
             self.fail(error)
-        if batch.results[index] is False:
+        result = batch.results[index]
+        if result is False:
             self.fail(StoredFirst(self.execution.id, key))
+        if isinstance(result, Fenced):
+            self.fail(ShardMoved(self.execution.id))
 
     # Deferreds ---------------------------------------------------------------------------
 

@@ -44,6 +44,18 @@ class StoredFirst(Exception):
         super().__init__(f"execution {execution_id}: the store kept an earlier result of {key}")
 
 
+class ShardMoved(Exception):
+    """A write of this run was refused: its execution's shard is no longer this runner's.
+
+    On a cluster another runner holds the lease now and runs the execution from its journal;
+    this run stops without recording anything, and its callers here wait for that runner's
+    result.
+    """
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"execution {execution_id}: its shard moved to another runner")
+
+
 def passes_through(exc: BaseException) -> bool:
     """Whether `exc`, raised by user code in a run, goes on up rather than being recorded.
 

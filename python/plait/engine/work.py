@@ -43,9 +43,12 @@ class WorkLoop:
         clock: The engine's clock: the system clock lets the source sleep on its own; any other
             is followed by a task that moves the source's time.
         run: Called with each batch of work taken, on the loop.
-        shards_per_group: For a runner of a cluster: its source serves the entities of the
-            shards its cluster membership acquires, and no workflows.
-        reply_poll_ms: How often a runner reads the replies it awaits from other runners.
+        shards_per_group: For a runner of a cluster: its source serves the entities and the
+            executions of the shards its cluster membership acquires.
+        reply_poll_ms: How often a runner reads the replies (and the ends of executions) it
+            awaits from other runners.
+        scan_ms: How often a runner lists the running executions of the shards it holds
+            (what a lost notification missed).
     """
 
     def __init__(
@@ -56,10 +59,11 @@ class WorkLoop:
         *,
         shards_per_group: int | None = None,
         reply_poll_ms: int = 200,
+        scan_ms: int = 10_000,
     ) -> None:
         self._clock = clock
         manual = None if isinstance(clock, SystemClock) else clock.now_ms()
-        self.source = WorkSource(store, manual, shards_per_group, reply_poll_ms)
+        self.source = WorkSource(store, manual, shards_per_group, reply_poll_ms, scan_ms)
         _loops.add(self)
         self._run = run
         self._changed = asyncio.Event()

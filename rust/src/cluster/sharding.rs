@@ -80,6 +80,11 @@ pub trait ShardHost: Send + Sync {
     fn requests_saved(&self, shards: &[String]);
     /// Final replies were saved for these requests.
     fn replies_saved(&self, ids: &[i64]);
+    /// Another process started, completed a deferred of, interrupted or resumed these
+    /// executions: run those of the shards held.
+    fn executions_woken(&self, ids: Vec<String>);
+    /// The owners of these executions ended a run of them.
+    fn executions_ended(&self, ids: &[String]);
     /// Notifications may have been missed: read everything again.
     fn missed(&self);
     /// Entity instances resident now (reported with each heartbeat).
@@ -449,6 +454,8 @@ impl Loop {
                 notification = incoming.recv() => match notification {
                     Some(Notification::Requests(shards)) => self.host.requests_saved(&shards),
                     Some(Notification::Replies(ids)) => self.host.replies_saved(&ids),
+                    Some(Notification::Wake(ids)) => self.host.executions_woken(ids),
+                    Some(Notification::Ended(ids)) => self.host.executions_ended(&ids),
                     Some(Notification::Runners) => next_sync = Instant::now(),
                     Some(Notification::Missed) => {
                         self.host.missed();

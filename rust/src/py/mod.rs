@@ -43,8 +43,8 @@ mod _native {
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};
     #[pymodule_export]
     use super::work::{
-        PyDeliver, PyDrained, PyInterrupt, PyPassivate, PyRefusal, PyRelease, PyRemoteReply,
-        PyResume, PyRouted, PyWorkSource,
+        PyDeliver, PyDrained, PyEnded, PyInterrupt, PyPassivate, PyRefusal, PyRelease,
+        PyRemoteReply, PyResume, PyRouted, PyWorkSource,
     };
 
     use super::{Bound, PyModule, PyModuleMethods, PyResult};

@@ -43,65 +43,104 @@ impl From<store::Op> for PyOp {
 #[pymethods]
 impl PyOp {
     /// Records a new running execution unless `id` exists.
+    ///
+    /// Every journal op takes a `shard` (`"group:id"`): on a runner of a cluster, written as
+    /// the owner of the execution's shard, refused (`Fenced`) once that lease is lost.
     #[staticmethod]
-    #[pyo3(signature = (id, workflow, payload, parent = None))]
-    fn start(id: Text, workflow: Text, payload: PyBackedBytes, parent: Option<Text>) -> Self {
-        Self::from(store::Op::Start {
-            id: id.to_owned(),
-            workflow: workflow.to_owned(),
-            payload: payload.to_vec(),
-            parent: parent.map(|p| p.to_owned()),
-        })
+    #[pyo3(signature = (id, workflow, payload, parent = None, shard = None))]
+    fn start(
+        id: Text,
+        workflow: Text,
+        payload: PyBackedBytes,
+        parent: Option<Text>,
+        shard: Option<Text>,
+    ) -> Self {
+        owned(
+            shard,
+            store::Op::Start {
+                id: id.to_owned(),
+                workflow: workflow.to_owned(),
+                payload: payload.to_vec(),
+                parent: parent.map(|p| p.to_owned()),
+            },
+        )
     }
 
     /// Stores a step result unless its key has one.
     #[staticmethod]
-    fn append(id: Text, key: Text, seq: Int<u32>, value: PyBackedBytes) -> Self {
-        Self::from(store::Op::Append {
-            id: id.to_owned(),
-            entry: store::Entry {
-                key: key.to_owned(),
-                seq: seq.0,
-                value: value.to_vec(),
+    #[pyo3(signature = (id, key, seq, value, shard = None))]
+    fn append(
+        id: Text,
+        key: Text,
+        seq: Int<u32>,
+        value: PyBackedBytes,
+        shard: Option<Text>,
+    ) -> Self {
+        owned(
+            shard,
+            store::Op::Append {
+                id: id.to_owned(),
+                entry: store::Entry {
+                    key: key.to_owned(),
+                    seq: seq.0,
+                    value: value.to_vec(),
+                },
             },
-        })
+        )
     }
 
     /// Stores a deferred's result unless it has one.
     #[staticmethod]
-    fn deferred(id: Text, name: Text, value: PyBackedBytes) -> Self {
-        Self::from(store::Op::Deferred {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            value: value.to_vec(),
-        })
+    #[pyo3(signature = (id, name, value, shard = None))]
+    fn deferred(id: Text, name: Text, value: PyBackedBytes, shard: Option<Text>) -> Self {
+        owned(
+            shard,
+            store::Op::Deferred {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                value: value.to_vec(),
+            },
+        )
     }
 
     /// Moves an execution to `status` with `result`.
     #[staticmethod]
-    #[pyo3(signature = (id, status, result = None))]
-    fn status(id: Text, status: &str, result: Option<PyBackedBytes>) -> PyResult<Self> {
-        Ok(Self::from(store::Op::Status {
-            id: id.to_owned(),
-            status: Status::parse(status)?,
-            result: result.map(|r| r.to_vec()),
-        }))
+    #[pyo3(signature = (id, status, result = None, shard = None))]
+    fn status(
+        id: Text,
+        status: &str,
+        result: Option<PyBackedBytes>,
+        shard: Option<Text>,
+    ) -> PyResult<Self> {
+        Ok(owned(
+            shard,
+            store::Op::Status {
+                id: id.to_owned(),
+                status: Status::parse(status)?,
+                result: result.map(|r| r.to_vec()),
+            },
+        ))
     }
 
     /// Records an interrupt request.
     #[staticmethod]
-    fn interrupt(id: Text) -> Self {
-        Self::from(store::Op::Interrupt { id: id.to_owned() })
+    #[pyo3(signature = (id, shard = None))]
+    fn interrupt(id: Text, shard: Option<Text>) -> Self {
+        owned(shard, store::Op::Interrupt { id: id.to_owned() })
     }
 
     /// Stores a durable timer unless one with that execution and name exists.
     #[staticmethod]
-    fn timer(execution_id: Text, name: Text, due_ms: Int<u64>) -> Self {
-        Self::from(store::Op::Timer(store::Timer {
-            execution_id: execution_id.to_owned(),
-            name: name.to_owned(),
-            due_ms: due_ms.0,
-        }))
+    #[pyo3(signature = (execution_id, name, due_ms, shard = None))]
+    fn timer(execution_id: Text, name: Text, due_ms: Int<u64>, shard: Option<Text>) -> Self {
+        owned(
+            shard,
+            store::Op::Timer(store::Timer {
+                execution_id: execution_id.to_owned(),
+                name: name.to_owned(),
+                due_ms: due_ms.0,
+            }),
+        )
     }
 
     /// Forgets a timer.
@@ -277,7 +316,7 @@ impl PyOp {
 /// An execution as the store holds it.
 #[pyclass(module = "plait._native", name = "Execution", frozen, eq)]
 #[derive(PartialEq)]
-pub struct PyExecution(store::Execution);
+pub struct PyExecution(pub(super) store::Execution);
 
 impl From<store::Execution> for PyExecution {
     fn from(execution: store::Execution) -> Self {

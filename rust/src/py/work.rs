@@ -7,7 +7,7 @@ use pyo3::{prelude::*, pybacked::PyBackedBytes, types::PyBytes};
 use super::{
     bridge::AsyncBridge,
     errors::{at_item, capacity_hint, not_a_single_str, Int, InvalidArgumentError, Text},
-    store::{PySnapshot, PyStore},
+    store::{PyExecution, PySnapshot, PyStore},
 };
 use crate::{
     cluster::mailbox::{self, Address, EntityOptions},
@@ -20,6 +20,7 @@ pub struct PyResume {
     execution_id: String,
     snapshot: Py<PySnapshot>,
     fired: Option<String>,
+    recovered: bool,
 }
 
 #[pymethods]
@@ -42,12 +43,45 @@ impl PyResume {
         self.fired.as_deref()
     }
 
+    /// Found running by a listing (recovery, a shard acquired, the periodic look) rather than
+    /// woken by an event: a run of it live here goes on as it is.
+    #[getter]
+    fn recovered(&self) -> bool {
+        self.recovered
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "<Resume {} fired={:?}>",
             self.execution_id,
             self.fired.as_deref()
         )
+    }
+}
+
+/// A run of an execution awaited from another runner ended: its record.
+#[pyclass(module = "plait._native", name = "Ended", frozen)]
+pub struct PyEnded {
+    execution_id: String,
+    execution: Py<PyExecution>,
+}
+
+#[pymethods]
+impl PyEnded {
+    /// The execution.
+    #[getter]
+    fn execution_id(&self) -> &str {
+        &self.execution_id
+    }
+
+    /// Its record, read after the run ended (complete, or suspended if that was awaited).
+    #[getter]
+    fn execution(&self, py: Python<'_>) -> Py<PyExecution> {
+        self.execution.clone_ref(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Ended {}>", self.execution_id)
     }
 }
 
@@ -356,19 +390,25 @@ impl PyWorkSource {
     /// Starts the source on `store`: on the wall clock, or on a manual one starting at
     /// `manual_now_ms` that only `advance_to` moves.
     ///
-    /// With `shards_per_group`, the source of a runner of a cluster: it serves the entities of
-    /// the shards a `Sharding` started on it acquires, and no workflows; replies awaited from
-    /// other runners are read every `reply_poll_ms` besides when notified.
+    /// With `shards_per_group`, the source of a runner of a cluster: it serves the entities and
+    /// the executions of the shards a `Sharding` started on it acquires (listing a shard's
+    /// running executions when acquired and every `scan_ms`); replies and execution ends
+    /// awaited from other runners are read every `reply_poll_ms` besides when notified.
     #[new]
     #[pyo3(
-        signature = (store, manual_now_ms = None, shards_per_group = None, reply_poll_ms = Int(200)),
-        text_signature = "(store, manual_now_ms=None, shards_per_group=None, reply_poll_ms=200)"
+        signature = (
+            store, manual_now_ms = None, shards_per_group = None, reply_poll_ms = Int(200),
+            scan_ms = Int(10_000)
+        ),
+        text_signature = "(store, manual_now_ms=None, shards_per_group=None, reply_poll_ms=200, \
+                          scan_ms=10000)"
     )]
     fn new(
         store: &PyStore,
         manual_now_ms: Option<Int<u64>>,
         shards_per_group: Option<Int<u32>>,
         reply_poll_ms: Int<u64>,
+        scan_ms: Int<u64>,
     ) -> PyResult<Self> {
         let store = store.shared()?;
         let clock = match manual_now_ms {
@@ -382,7 +422,7 @@ impl PyWorkSource {
                 let count = std::num::NonZeroU32::new(count).ok_or_else(|| {
                     InvalidArgumentError::new_err("shards_per_group must be at least 1")
                 })?;
-                work::WorkSource::start_runner(store, clock, count, reply_poll_ms.0)
+                work::WorkSource::start_runner(store, clock, count, reply_poll_ms.0, scan_ms.0)
             }
             None => work::WorkSource::start(store, clock),
         };
@@ -433,6 +473,18 @@ impl PyWorkSource {
                             execution_id: resume.execution_id,
                             snapshot: Py::new(py, PySnapshot(resume.snapshot))?,
                             fired: resume.fired,
+                            recovered: resume.recovered,
+                        },
+                    )?
+                    .into_any(),
+                    work::Work::Ended {
+                        execution_id,
+                        execution,
+                    } => Py::new(
+                        py,
+                        PyEnded {
+                            execution_id,
+                            execution: Py::new(py, PyExecution(execution))?,
                         },
                     )?
                     .into_any(),
@@ -614,6 +666,20 @@ impl PyWorkSource {
     /// Stops waiting for these replies.
     fn forget_replies(&self, ids: Vec<i64>) -> PyResult<()> {
         self.source()?.forget_replies(&ids);
+        Ok(())
+    }
+
+    /// Waits for the ends of these executions' runs on other runners: each comes once as
+    /// `Ended` work when complete (or suspended too, with `suspended`).
+    #[pyo3(signature = (ids, suspended = false))]
+    fn await_executions(&self, ids: Vec<String>, suspended: bool) -> PyResult<()> {
+        self.source()?.await_executions(&ids, suspended);
+        Ok(())
+    }
+
+    /// Stops waiting for these executions' ends.
+    fn forget_executions(&self, ids: Vec<String>) -> PyResult<()> {
+        self.source()?.forget_executions(&ids);
         Ok(())
     }
 

@@ -11,9 +11,12 @@
 //! Time comes from a [`Clock`]: the wall clock, on which the source sleeps by itself, or a
 //! manual one that the host moves ([`WorkSource::advance_to`]), as a test's virtual clock does.
 //!
-//! This is the seam the cluster plugs into: a runner's source will own the executions (and the
-//! entity mailboxes) of the shards it holds, and resume a shard's work when it acquires it.
+//! This is the seam the cluster plugs into: a runner's source owns the executions (and the
+//! entity mailboxes) of the shards it holds: it lists a shard's running executions and loads
+//! its timers when it acquires it, fires only the timers of shards it holds (as their owner,
+//! fenced), and hears of executions other processes woke ([`executions`]).
 
+mod executions;
 mod messages;
 #[cfg(test)]
 mod tests;
@@ -40,7 +43,7 @@ use crate::{
         transport::Inbox,
     },
     shard::shard_id,
-    store::{Op, OpResult, Snapshot, Status, Store, StoreError},
+    store::{Execution, Op, OpResult, Snapshot, Status, Store, StoreError},
     timer::TimerWheel,
 };
 
@@ -87,6 +90,22 @@ pub struct Resume {
     pub snapshot: Snapshot,
     /// The deferred whose completion (a timer firing) made it runnable, if that is why.
     pub fired: Option<String>,
+    /// Found running by a listing (recovery, a shard acquired, the periodic look), not woken
+    /// by an event: a run of it live in the host goes on as it is.
+    pub recovered: bool,
+}
+
+/// Why an execution is to be read and resumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Why {
+    /// Listed as running (recovery, a shard acquired, the periodic look).
+    Listed,
+    /// A timer fired, completing this deferred.
+    Fired(String),
+    /// Another process woke it (its status is running if that still holds).
+    Woken,
+    /// The host asked ([`WorkSource::resume`]).
+    Asked,
 }
 
 /// What Python gets from [`WorkSource::take`].
@@ -94,6 +113,14 @@ pub struct Resume {
 pub enum Work {
     /// Run an execution again, from its snapshot.
     Resume(Resume),
+    /// A run of an execution awaited from another runner ended (complete, or suspended when
+    /// that was asked for): its record.
+    Ended {
+        /// The execution.
+        execution_id: String,
+        /// Its record, read after the run ended.
+        execution: Execution,
+    },
     /// Run an entity's request now (its instance has a free slot).
     Deliver(Delivery),
     /// An entity instance was idle long enough: drop it.
@@ -143,6 +170,8 @@ struct Ownership {
     /// Requests readied for instances of shards no longer held (being released): never handed
     /// to the host, and given back as queued when the shard is drained.
     withheld: Vec<Message>,
+    /// The executions of the shards held: which to list as running next.
+    executions: executions::Scans,
 }
 
 /// Requests sent to entities on other runners, whose final replies come from storage.
@@ -173,8 +202,8 @@ struct State {
     /// The earliest timer the host stored beyond the window while a window was being read
     /// (the read may not see it).
     stored_during_load: Option<u64>,
-    /// Executions to resume, each with the deferred that fired for it, if any; read next.
-    to_read: VecDeque<(String, Option<String>)>,
+    /// Executions to resume, each with why; read next.
+    to_read: VecDeque<(String, Why)>,
     /// Read and waiting for the host.
     ready: VecDeque<Resume>,
     /// The mailboxes of the entities this source's runner holds.
@@ -187,6 +216,8 @@ struct State {
     ownership: Option<Ownership>,
     /// Replies awaited from other runners.
     awaited: Awaited,
+    /// Executions run on other runners whose ends are awaited here.
+    ended: executions::Awaited,
     /// What the runners' transport brought: interrupts of requests sent here, and the fate
     /// of requests sent elsewhere.
     interrupts: Vec<(i64, Address)>,
@@ -266,15 +297,13 @@ impl WorkSource {
         reply_poll_ms: u64,
     ) -> Self {
         let now = clock.now();
-        let runner = ownership.is_some();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 wheel: TimerWheel::new(now),
                 keys: FxHashMap::default(),
                 ids: FxHashMap::default(),
                 next_id: 1,
-                // A runner loads no timer (see `start_runner`): its window is everything.
-                loaded_until: if runner { i64::MAX } else { -1 },
+                loaded_until: -1,
                 stored_next: None,
                 stored_during_load: None,
                 to_read: VecDeque::new(),
@@ -287,15 +316,12 @@ impl WorkSource {
                     poll_ms: reply_poll_ms.max(1),
                     ..Awaited::default()
                 },
+                ended: executions::Awaited::new(reply_poll_ms),
                 interrupts: Vec::new(),
                 routed: Vec::new(),
                 pending: true,
                 driving: false,
-                phase: if runner {
-                    Phase::Started
-                } else {
-                    Phase::Listing
-                },
+                phase: Phase::Listing,
             }),
             clock,
             changed: Notify::new(),
@@ -383,6 +409,17 @@ impl WorkSource {
                             refusal,
                         }),
                 );
+                let ended = max.saturating_sub(taken.len()).min(state.ended.ready.len());
+                taken.extend(
+                    state
+                        .ended
+                        .ready
+                        .drain(..ended)
+                        .map(|(execution_id, execution)| Work::Ended {
+                            execution_id,
+                            execution,
+                        }),
+                );
                 let replies = max
                     .saturating_sub(taken.len())
                     .min(state.awaited.ready.len());
@@ -450,16 +487,18 @@ impl WorkSource {
         self.shared.changed.notify_one();
     }
 
-    /// Starts the source of a runner of a cluster on `store`: it serves the entities of the
-    /// shards the cluster hands it through [`WorkSource::shard_host`] (none at first), and no
-    /// workflows (it recovers no execution and loads no timer: on a cluster, executions are
-    /// the cluster workflow issue's to spread). Replies awaited from other runners are read
-    /// every `reply_poll_ms` besides when notified.
+    /// Starts the source of a runner of a cluster on `store`: it serves the entities and the
+    /// executions of the shards the cluster hands it through [`WorkSource::shard_host`] (none
+    /// at first). On acquiring shards it lists their running executions and loads their
+    /// timers; it lists every held shard's running executions again every `scan_ms` (what a
+    /// lost notification missed). Replies and ends of executions awaited from other runners
+    /// are read every `reply_poll_ms` besides when notified.
     pub fn start_runner(
         store: Arc<dyn Store>,
         clock: Clock,
         shards_per_group: NonZeroU32,
         reply_poll_ms: u64,
+        scan_ms: u64,
     ) -> Self {
         Self::begin(
             store,
@@ -470,6 +509,7 @@ impl WorkSource {
                 reset: Vec::new(),
                 releases: VecDeque::new(),
                 withheld: Vec::new(),
+                executions: executions::Scans::new(scan_ms),
             }),
             reply_poll_ms,
         )
@@ -647,7 +687,9 @@ impl WorkSource {
     pub fn resume(&self, ids: impl IntoIterator<Item = String>) {
         {
             let mut state = self.shared.state();
-            state.to_read.extend(ids.into_iter().map(|id| (id, None)));
+            state
+                .to_read
+                .extend(ids.into_iter().map(|id| (id, Why::Asked)));
             state.pending = true;
         }
         self.shared.changed.notify_one();
@@ -761,6 +803,7 @@ impl ShardHost for SourceHost {
         let mut state = self.0.state();
         if let Some(ownership) = &mut state.ownership {
             ownership.owned.extend(shards.iter().cloned());
+            ownership.executions.acquired(&shards);
             ownership.reset.extend(shards);
         }
         state.storage.wanted = true;
@@ -812,10 +855,38 @@ impl ShardHost for SourceHost {
         }
     }
 
+    fn executions_woken(&self, ids: Vec<String>) {
+        let mut state = self.0.state();
+        let before = state.to_read.len();
+        for id in ids {
+            if state.unowned_shard(&id).is_none() {
+                state.to_read.push_back((id, Why::Woken));
+            }
+        }
+        if state.to_read.len() > before {
+            state.pending = true;
+            drop(state);
+            self.0.changed.notify_one();
+        }
+    }
+
+    fn executions_ended(&self, ids: &[String]) {
+        let mut state = self.0.state();
+        if state.ended.notified(ids) {
+            state.pending = true;
+            drop(state);
+            self.0.changed.notify_one();
+        }
+    }
+
     fn missed(&self) {
         let mut state = self.0.state();
         state.storage.wanted = true;
         state.awaited.all = true;
+        state.ended.read_all();
+        if let Some(ownership) = &mut state.ownership {
+            ownership.executions.scan_all();
+        }
         state.pending = true;
         drop(state);
         self.0.changed.notify_one();
@@ -915,6 +986,7 @@ impl State {
             || self.mail.ready() > 0
             || !self.passivated.is_empty()
             || !self.awaited.ready.is_empty()
+            || !self.ended.ready.is_empty()
             || !self.interrupts.is_empty()
             || !self.routed.is_empty()
             || self
@@ -1069,6 +1141,11 @@ fn next_wake(shared: &Shared) -> Option<u64> {
         state.mail.next_passivation(),
         state.storage.next_read(true),
         (!state.awaited.ids.is_empty()).then_some(state.awaited.next_poll),
+        state.ended.next_poll(),
+        state
+            .ownership
+            .as_ref()
+            .and_then(|o| o.executions.next_scan(&o.owned)),
     ])
 }
 
@@ -1081,14 +1158,18 @@ async fn round(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
     if load_window(shared, store).await? {
         return Ok(true);
     }
+    if reload_timers(shared, store).await? {
+        return Ok(true);
+    }
     passivate(shared);
     let delivered = messages::read(shared, store).await?;
     let replied = read_replies(shared, store).await?;
+    let ended = executions::read_ended(shared, store).await?;
     // Both in each round, so that Python gets the first executions to resume while later
     // timers are still being fired.
     let fired = fire_due(shared, store).await?;
     let read = read_snapshots(shared, store).await?;
-    Ok(delivered || replied || fired || read)
+    Ok(delivered || replied || ended || fired || read)
 }
 
 /// Passivates the entity instances idle long enough, for the host to drop.
@@ -1103,18 +1184,50 @@ fn passivate(shared: &Shared) {
     }
 }
 
-/// At start: the executions found running are queued to resume.
+/// At start: the executions found running are queued to resume. On a runner of a cluster,
+/// only those of the shards it holds, and again for the shards it acquires and at every
+/// periodic look.
 async fn recover(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
-    if shared.state().phase != Phase::Listing {
-        return Ok(false);
-    }
-    let running = store.with_status(Status::Running).await?;
+    let now = shared.clock.now();
+    let (first, scan) = {
+        let mut state = shared.state();
+        let first = state.phase == Phase::Listing;
+        let scan = match &mut state.ownership {
+            Some(ownership) => ownership.executions.take(&ownership.owned, now),
+            None => None,
+        };
+        if !first && scan.is_none() {
+            return Ok(false);
+        }
+        (first, scan)
+    };
+    // A runner holding nothing yet lists nothing.
+    let running = if first && scan.is_none() && shared.state().ownership.is_some() {
+        Vec::new()
+    } else {
+        match store.with_status(Status::Running).await {
+            Ok(running) => running,
+            Err(err) => {
+                if let (Some(shards), Some(ownership)) = (scan, &mut shared.state().ownership) {
+                    ownership.executions.retry(shards);
+                }
+                return Err(err);
+            }
+        }
+    };
     let mut state = shared.state();
-    state
-        .to_read
-        .extend(running.into_iter().map(|id| (id, None)));
-    state.phase = Phase::Reading;
-    Ok(true)
+    let per_group = state.ownership.as_ref().map(|o| o.shards_per_group);
+    let listed = running.into_iter().filter(|id| match (&scan, per_group) {
+        (Some(shards), Some(per_group)) => shards.contains(&default_shard(id, per_group)),
+        _ => true,
+    });
+    let before = state.to_read.len();
+    state.to_read.extend(listed.map(|id| (id, Why::Listed)));
+    let found = state.to_read.len() > before;
+    if first {
+        state.phase = Phase::Reading;
+    }
+    Ok(first || found)
 }
 
 /// Loads the stored timers of the next window, half a horizon before it is needed (and at
@@ -1148,7 +1261,11 @@ async fn load_window(shared: &Shared, store: &dyn Store) -> Result<bool, StoreEr
                 shared.started.notify_waiters();
             }
             for timer in timers {
-                add_timer(&mut state, &timer.execution_id, &timer.name, timer.due_ms);
+                // A runner keeps the timers of the shards it holds; it reads those of a shard
+                // it acquires later then (`reload_timers`).
+                if state.unowned_shard(&timer.execution_id).is_none() {
+                    add_timer(&mut state, &timer.execution_id, &timer.name, timer.due_ms);
+                }
             }
             // A timer the host stored meanwhile beyond the window may be earlier still.
             state.stored_next = match (state.stored_during_load.take(), following) {
@@ -1169,18 +1286,64 @@ async fn load_window(shared: &Shared, store: &dyn Store) -> Result<bool, StoreEr
     }
 }
 
+/// A runner that acquired shards reads the loaded window's stored timers again, for those of
+/// the shards acquired (the window's read kept only the shards held then).
+async fn reload_timers(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
+    let until = {
+        let mut state = shared.state();
+        let until = state.loaded_until;
+        match &mut state.ownership {
+            Some(ownership) if until >= 0 && ownership.executions.reload_timers => {
+                ownership.executions.reload_timers = false;
+                until
+            }
+            _ => return Ok(false),
+        }
+    };
+    let loaded = store.timers_between(-1, until).await;
+    let mut state = shared.state();
+    match loaded {
+        Ok((timers, _)) => {
+            for timer in timers {
+                if state.unowned_shard(&timer.execution_id).is_none() {
+                    add_timer(&mut state, &timer.execution_id, &timer.name, timer.due_ms);
+                }
+            }
+            Ok(true)
+        }
+        Err(err) => {
+            if let Some(ownership) = &mut state.ownership {
+                ownership.executions.reload_timers = true;
+            }
+            Err(err)
+        }
+    }
+}
+
 /// Fires the timers due now: per timer, the deferred, the execution's running mark and the
 /// timer's removal, all in one write (one transaction), so a crash keeps all or none.
 async fn fire_due(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
     let now = shared.clock.now();
-    let due: Vec<(u64, String, String)> = {
+    // On a runner, each with the shard its execution belongs to: fired as that shard's owner.
+    let due: Vec<(u64, String, String, Option<String>)> = {
         let mut state = shared.state();
         let taken = state.wheel.take_due(now, CHUNK);
         let mut due = Vec::with_capacity(taken.len());
         for expired in taken {
             if let Some((execution_id, name)) = state.keys.remove(&expired.id) {
                 state.ids.remove(&(execution_id.clone(), name.clone()));
-                due.push((expired.due_ms, execution_id, name));
+                let owned_by = match &state.ownership {
+                    None => None,
+                    Some(ownership) => {
+                        let lease = default_shard(&execution_id, ownership.shards_per_group);
+                        if !ownership.owned.contains(&lease) {
+                            // Its shard moved away: its new owner loaded it.
+                            continue;
+                        }
+                        Some(lease)
+                    }
+                };
+                due.push((expired.due_ms, execution_id, name, owned_by));
             }
         }
         due
@@ -1188,22 +1351,38 @@ async fn fire_due(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError
     if due.is_empty() {
         return Ok(false);
     }
+    let owned = |owner: &Option<String>, op: Op| match owner {
+        Some(lease) => Op::Owned {
+            shard: lease.clone(),
+            op: Box::new(op),
+        },
+        None => op,
+    };
     let mut ops = Vec::with_capacity(due.len() * 3);
-    for (_, execution_id, name) in &due {
-        ops.push(Op::Deferred {
-            id: execution_id.clone(),
-            name: name.clone(),
-            value: VOID.to_vec(),
-        });
-        ops.push(Op::Status {
-            id: execution_id.clone(),
-            status: Status::Running,
-            result: None,
-        });
-        ops.push(Op::Untimer {
-            execution_id: execution_id.clone(),
-            name: name.clone(),
-        });
+    for (_, execution_id, name, owner) in &due {
+        ops.push(owned(
+            owner,
+            Op::Deferred {
+                id: execution_id.clone(),
+                name: name.clone(),
+                value: VOID.to_vec(),
+            },
+        ));
+        ops.push(owned(
+            owner,
+            Op::Status {
+                id: execution_id.clone(),
+                status: Status::Running,
+                result: None,
+            },
+        ));
+        ops.push(owned(
+            owner,
+            Op::Untimer {
+                execution_id: execution_id.clone(),
+                name: name.clone(),
+            },
+        ));
     }
     let written = match store.write(ops) {
         Ok(answer) => answer.await,
@@ -1212,17 +1391,18 @@ async fn fire_due(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError
     let mut state = shared.state();
     match written {
         Ok(results) => {
-            for ((_, execution_id, name), outcome) in due.into_iter().zip(results.chunks(3)) {
-                // Stored now, and the execution not complete: it has a run to make.
+            for ((_, execution_id, name, _), outcome) in due.into_iter().zip(results.chunks(3)) {
+                // Stored now, and the execution not complete: it has a run to make. (Fenced:
+                // the shard's lease was lost; its new owner fires it.)
                 if outcome[0] == OpResult::Done(true) && outcome[1] == OpResult::Done(true) {
-                    state.to_read.push_back((execution_id, Some(name)));
+                    state.to_read.push_back((execution_id, Why::Fired(name)));
                 }
             }
             Ok(true)
         }
         Err(err) => {
             // Back into the wheel, due at once: fired again next round.
-            for (due_ms, execution_id, name) in due {
+            for (due_ms, execution_id, name, _) in due {
                 add_timer(&mut state, &execution_id, &name, due_ms);
             }
             Err(err)
@@ -1232,7 +1412,7 @@ async fn fire_due(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError
 
 /// Reads the snapshots of executions to resume, while there is room for them in `ready`.
 async fn read_snapshots(shared: &Shared, store: &dyn Store) -> Result<bool, StoreError> {
-    let chunk: Vec<(String, Option<String>)> = {
+    let chunk: Vec<(String, Why)> = {
         let mut state = shared.state();
         let room = READY_CAP.saturating_sub(state.ready.len()).min(CHUNK);
         let count = room.min(state.to_read.len());
@@ -1247,16 +1427,22 @@ async fn read_snapshots(shared: &Shared, store: &dyn Store) -> Result<bool, Stor
     match read {
         Ok(snapshots) => {
             let mut readied = false;
-            for ((execution_id, fired), snapshot) in chunk.into_iter().zip(snapshots) {
-                if let Some(snapshot) = snapshot {
-                    if snapshot.execution.status != Status::Complete {
-                        state.ready.push_back(Resume {
-                            execution_id,
-                            snapshot,
-                            fired,
-                        });
-                        readied = true;
-                    }
+            for ((execution_id, why), snapshot) in chunk.into_iter().zip(snapshots) {
+                let Some(snapshot) = snapshot else { continue };
+                // One woken by another process may be stored suspended again by the time it
+                // is read (its run here was ending as the other process woke it): it runs
+                // again all the same, or that wake-up would be lost.
+                if snapshot.execution.status != Status::Complete {
+                    state.ready.push_back(Resume {
+                        execution_id,
+                        snapshot,
+                        recovered: why == Why::Listed,
+                        fired: match why {
+                            Why::Fired(name) => Some(name),
+                            _ => None,
+                        },
+                    });
+                    readied = true;
                 }
             }
             drop(state);

@@ -507,3 +507,155 @@ async fn a_request_of_an_unregistered_type_is_handed_over_after_the_timeout() {
     }
     source.close();
 }
+
+// A runner of a cluster: the executions of the shards it holds --------------------------------
+
+/// Two execution ids in different shards (of 300), and their shards.
+fn two_shards() -> ((String, String), (String, String)) {
+    let per_group = NonZeroU32::new(300).unwrap();
+    let first = "exec-0".to_owned();
+    let first_shard = default_shard(&first, per_group);
+    let second = (1..1_000)
+        .map(|i| format!("exec-{i}"))
+        .find(|id| default_shard(id, per_group) != first_shard)
+        .unwrap();
+    let second_shard = default_shard(&second, per_group);
+    ((first, first_shard), (second, second_shard))
+}
+
+fn runner(store: &Arc<dyn Store>) -> WorkSource {
+    WorkSource::start_runner(
+        Arc::clone(store),
+        manual(T0),
+        NonZeroU32::new(300).unwrap(),
+        200,
+        3_600_000,
+    )
+}
+
+#[tokio::test]
+async fn a_runner_runs_and_fires_only_the_executions_of_the_shards_it_holds() {
+    let ((a, shard_a), (b, shard_b)) = two_shards();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    write(
+        store.as_ref(),
+        vec![
+            start(&a),
+            start(&b),
+            timer(&a, "DurableClock/nap", T0 + 1_000),
+            timer(&b, "DurableClock/nap", T0 + 1_000),
+        ],
+    )
+    .await;
+    let source = runner(&store);
+    source.started().await.unwrap();
+    idle(&source).await;
+    assert!(source.take(10).is_empty(), "it holds no shard yet");
+    source.shard_host().acquired(vec![shard_a.clone()]);
+    let work = next(&source).await;
+    assert_eq!(ids(&work), [a.as_str()]);
+    assert!(work[0].recovered, "listed on acquiring its shard");
+    idle(&source).await;
+    assert_eq!(
+        source.timers_in_memory(),
+        [(a.clone(), "DurableClock/nap".to_owned())]
+    );
+    source.advance_to(T0 + 1_000);
+    let work = next(&source).await;
+    assert_eq!(ids(&work), [a.as_str()]);
+    assert_eq!(work[0].fired.as_deref(), Some("DurableClock/nap"));
+    idle(&source).await;
+    // `b`'s timer is still stored, for its shard's owner.
+    let (stored, _) = store.timers_between(-1, i64::MAX).await.unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|t| t.execution_id.as_str())
+            .collect::<Vec<_>>(),
+        [b.as_str()]
+    );
+    // Acquiring `b`'s shard lists it and loads its timer, due already: it fires.
+    source.shard_host().acquired(vec![shard_b]);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(next(&source).await);
+    }
+    assert!(seen.iter().all(|r| r.execution_id == b));
+    assert!(seen.iter().any(|r| r.recovered));
+    assert!(seen
+        .iter()
+        .any(|r| r.fired.as_deref() == Some("DurableClock/nap")));
+    idle(&source).await;
+    // A shard released: its timers are not fired here any more.
+    write(
+        store.as_ref(),
+        vec![timer(&a, "DurableClock/late", T0 + 2_000)],
+    )
+    .await;
+    source.scheduled(&a, "DurableClock/late", T0 + 2_000);
+    source.shard_host().releasing(vec![shard_a], false);
+    let work = source.take(10);
+    assert!(
+        matches!(work.as_slice(), [Work::Release { .. }]),
+        "{work:?}"
+    );
+    source.advance_to(T0 + 2_000);
+    idle(&source).await;
+    assert!(
+        source.take(10).is_empty(),
+        "fired a timer of a shard it left"
+    );
+    let (stored, _) = store.timers_between(-1, i64::MAX).await.unwrap();
+    assert_eq!(stored.len(), 1, "the timer stays stored for the next owner");
+    source.close();
+}
+
+#[tokio::test]
+async fn a_runner_runs_what_others_wake_and_hears_of_ends_it_awaits() {
+    let ((a, shard_a), (b, _)) = two_shards();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    write(store.as_ref(), vec![start(&a), start(&b), suspend(&a)]).await;
+    let source = runner(&store);
+    source.started().await.unwrap();
+    source.shard_host().acquired(vec![shard_a]);
+    idle(&source).await;
+    let _ = source.take(10);
+    // Woken by another process: only the one of a held shard runs here, suspended or not.
+    source
+        .shard_host()
+        .executions_woken(vec![a.clone(), b.clone()]);
+    let work = next(&source).await;
+    assert_eq!(ids(&work), [a.as_str()]);
+    assert!(!work[0].recovered);
+    // An execution another runner runs: its end comes back once stored and notified.
+    source.await_executions(std::slice::from_ref(&b), false);
+    idle(&source).await;
+    assert!(source.take(10).is_empty(), "still running");
+    write(
+        store.as_ref(),
+        vec![Op::Status {
+            id: b.clone(),
+            status: Status::Complete,
+            result: Some(b"{}".to_vec()),
+        }],
+    )
+    .await;
+    source
+        .shard_host()
+        .executions_ended(std::slice::from_ref(&b));
+    tokio::time::timeout(Duration::from_secs(10), source.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    match source.take(10).as_slice() {
+        [Work::Ended {
+            execution_id,
+            execution,
+        }] => {
+            assert_eq!(execution_id, &b);
+            assert_eq!(execution.status, Status::Complete);
+        }
+        other => panic!("not the end: {other:?}"),
+    }
+    source.close();
+}

@@ -427,6 +427,8 @@ impl SqlStore {
         let channels = [
             format!("{}requests", self.prefix),
             format!("{}replies", self.prefix),
+            format!("{}wake", self.prefix),
+            format!("{}ended", self.prefix),
             format!("{}runners", self.prefix),
         ];
         listener
@@ -919,6 +921,11 @@ pub enum Notification {
     Requests(Vec<String>),
     /// Final replies were saved for these requests.
     Replies(Vec<i64>),
+    /// Another process started, completed a deferred of, interrupted or resumed these
+    /// executions: their owners run them.
+    Wake(Vec<String>),
+    /// Their owners ended a run of these executions (complete or suspended).
+    Ended(Vec<String>),
     /// A runner joined, left, or changed health.
     Runners,
     /// The listening connection was lost and is back: whatever was notified meanwhile is
@@ -956,6 +963,8 @@ impl Notifications {
                         "replies" => {
                             Notification::Replies(items.filter_map(|id| id.parse().ok()).collect())
                         }
+                        "wake" => Notification::Wake(items.map(notified_id).collect()),
+                        "ended" => Notification::Ended(items.map(notified_id).collect()),
                         _ => Notification::Runners,
                     };
                 }
@@ -970,6 +979,15 @@ impl Notifications {
                 }
             }
         }
+    }
+}
+
+/// An execution id as a notification carried it (the writer percent-encodes `,` and `%`).
+fn notified_id(item: &str) -> String {
+    if item.contains('%') {
+        item.replace("%2C", ",").replace("%25", "%")
+    } else {
+        item.to_owned()
     }
 }
 

@@ -99,7 +99,9 @@ impl Statements {
         Self {
             notify: sql(
                 "SELECT {p}notify_chunks('{p}requests', $1::TEXT[]), \
-                 {p}notify_chunks('{p}replies', $2::TEXT[])",
+                 {p}notify_chunks('{p}replies', $2::TEXT[]), \
+                 {p}notify_chunks('{p}wake', $3::TEXT[]), \
+                 {p}notify_chunks('{p}ended', $4::TEXT[])",
                 prefix,
             ),
             apply: sql(
@@ -615,39 +617,84 @@ fn fence<'a>(
                 sent.push(ops);
                 skipped.push(skips);
             }
+            // Locked in name order, as renewals lock them: no deadlock between the two.
+            fences.sort_by(|a, b| a.name.cmp(&b.name));
         }
     }
     Ok((sent, fences, skipped))
 }
 
 /// Wakes the other processes of a cluster once a commit is durable: the owners of the shards
-/// that got requests saved unclaimed, and the callers of the replies saved. After the commit,
-/// not in it: a wake-up lost to a crash between the two is made up by the readers' polling.
-/// Only a cluster's writer notifies; a single engine's commits pay nothing for it.
-async fn notify(conn: &mut PgConnection, statements: &Statements, sent: &[Vec<&Op>]) {
+/// that got requests saved unclaimed, the callers of the replies saved, the owners of the
+/// executions that another process started, completed a deferred of, interrupted or resumed
+/// (ops not [`Op::Owned`]), and the callers of the executions whose owner ended a run (an
+/// owned complete or suspended status). After the commit, not in it: a wake-up lost to a
+/// crash between the two is made up by the readers' polling. Only a cluster's writer
+/// notifies; a single engine's commits pay nothing for it.
+async fn notify(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    batches: &[&[Op]],
+    results: &Results,
+) {
     let mut shards: Vec<&str> = Vec::new();
     let mut replies: Vec<String> = Vec::new();
-    for op in sent.iter().flatten() {
-        match op {
-            Op::Request {
-                request,
-                claimed_ms: None,
-            } => shards.push(&request.shard),
-            Op::Reply { request_id, .. } => replies.push(request_id.to_string()),
-            _ => {}
+    let mut wake: Vec<String> = Vec::new();
+    let mut ended: Vec<String> = Vec::new();
+    for (batch, results) in batches.iter().zip(results) {
+        for (op, result) in batch.iter().zip(results) {
+            // Requests and replies once applied; the executions' ops only when they changed
+            // something (a start that created its execution, a deferred stored, a status or
+            // an interrupt applied), so that joining an execution wakes nobody.
+            let applied = !matches!(result, OpResult::Fenced | OpResult::Refused(_));
+            let changed = matches!(result, OpResult::Created | OpResult::Done(true));
+            let owned = matches!(op, Op::Owned { .. });
+            match op.inner() {
+                Op::Request {
+                    request,
+                    claimed_ms: None,
+                } if applied => shards.push(&request.shard),
+                Op::Reply { request_id, .. } if applied => replies.push(request_id.to_string()),
+                Op::Status { id, status, .. } if changed && owned && *status != Status::Running => {
+                    ended.push(notified_id(id));
+                }
+                Op::Start { id, .. }
+                | Op::Deferred { id, .. }
+                | Op::Interrupt { id }
+                | Op::Status {
+                    id,
+                    status: Status::Running,
+                    ..
+                } if changed && !owned => wake.push(notified_id(id)),
+                _ => {}
+            }
         }
     }
-    if shards.is_empty() && replies.is_empty() {
+    if shards.is_empty() && replies.is_empty() && wake.is_empty() && ended.is_empty() {
         return;
     }
     shards.sort_unstable();
     shards.dedup();
+    wake.sort_unstable();
+    wake.dedup();
     let sent = sqlx::query(statements.notify.clone())
         .bind(shards)
         .bind(replies)
+        .bind(wake)
+        .bind(ended)
         .execute(&mut *conn);
     if let Err(err) = sent.await {
         log::warn!(target: "plait.store", "could not notify the cluster of a commit: {err}");
+    }
+}
+
+/// An execution id as a notification carries it: items are separated by commas, so a comma
+/// (and the escape character) in an id is percent-encoded; the listener decodes it.
+fn notified_id(id: &str) -> String {
+    if id.contains([',', '%']) {
+        id.replace('%', "%25").replace(',', "%2C")
+    } else {
+        id.to_owned()
     }
 }
 
@@ -725,7 +772,9 @@ impl Transactions for WriteConnection {
             if refused_ops > 0 {
                 shards.count_fenced(refused_ops as u64);
             }
-            notify(conn, &self.statements, &sent).await;
+            let results = with_fenced(results, &skipped);
+            notify(conn, &self.statements, batches, &results).await;
+            return Ok(results);
         }
         Ok(with_fenced(results, &skipped))
     }

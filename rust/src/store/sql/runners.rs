@@ -110,10 +110,15 @@ impl Statements {
                 ),
                 prefix,
             ),
+            // Lease rows are locked in name order, as commits lock them (`FOR SHARE`, fences
+            // sorted by name): in any other order a renewal and a commit could deadlock.
             renew: sql(
-                "UPDATE {p}leases AS l SET expires_at = now() + $3 * interval '1 millisecond' \
-                 FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
-                 WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = $4 \
+                "WITH held AS (SELECT l.name FROM {p}leases l \
+                     JOIN unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
+                     ON l.name = h.name AND l.epoch = h.epoch \
+                     WHERE l.holder = $4 ORDER BY l.name FOR UPDATE OF l) \
+                 UPDATE {p}leases AS l SET expires_at = now() + $3 * interval '1 millisecond' \
+                 FROM held WHERE l.name = held.name \
                  RETURNING l.name",
                 prefix,
             ),
@@ -131,9 +136,12 @@ impl Statements {
                 prefix,
             ),
             release: sql(
-                "UPDATE {p}leases AS l SET expires_at = now() \
-                 FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
-                 WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = $3",
+                "WITH held AS (SELECT l.name FROM {p}leases l \
+                     JOIN unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
+                     ON l.name = h.name AND l.epoch = h.epoch \
+                     WHERE l.holder = $3 ORDER BY l.name FOR UPDATE OF l) \
+                 UPDATE {p}leases AS l SET expires_at = now() \
+                 FROM held WHERE l.name = held.name",
                 prefix,
             ),
         }
@@ -427,7 +435,8 @@ impl RunnerStorage {
             return Ok(Vec::new());
         }
         let statement = self.statements.acquire.clone();
-        let names: Vec<String> = shards.iter().map(|s| shard_lease(s)).collect();
+        let mut names: Vec<String> = shards.iter().map(|s| shard_lease(s)).collect();
+        names.sort_unstable(); // rows locked in name order (see `renew`)
         let (holder, ttl, namespace, advisory) = (
             self.holder.clone(),
             ms(ttl),

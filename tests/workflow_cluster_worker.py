@@ -1,0 +1,168 @@
+"""A runner (or client-only) process for the workflow cluster tests, on the real PostgreSQL.
+
+Usage: `python -m tests.workflow_cluster_worker <url> <prefix> <port> <dir> [<workflows>]`
+
+Every process registers the workflow `WfcOrder`: three activity steps, a durable sleep on a
+stored timer between the second and the third, then a deferred (`WfcApproval`) completed from
+outside. Each step appends `<n> <step> <port> <start ns> <end ns>` to `<dir>/effects` with one
+`write` once its body ran, so steps run again after a kill, and steps of one execution running
+on two runners at once, show. Every 100 ms a runner writes what it sees of the cluster to
+`<dir>/view-<port>.json` (as `tests/cluster_worker.py` does).
+
+Port 0 is a client-only process. With `<workflows>` it waits for `<dir>/go`, starts that many
+executions (all in flight, each awaited for its result), and completes each one's approval
+by token after a random delay of up to 2 s (before or after the execution waits for it). It
+appends `<n> <result>` per result to `<dir>/results` as each comes and writes `<dir>/done`
+once all have. With `WFC_ACTION=interrupt` it instead starts one execution that waits
+forever for its approval, writes `<dir>/started` with its id, waits for `<dir>/interrupt`,
+interrupts it and writes the error its caller got to `<dir>/done`.
+
+It runs until SIGTERM (a graceful leave) or SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+import plait
+from tests.cluster_worker import append, config
+
+EFFECTS = ""
+PORT = 0
+STEP_SECONDS = float(os.environ.get("WFC_STEP_SECONDS", "0.02"))
+SLEEP_SECONDS = float(os.environ.get("WFC_SLEEP_SECONDS", "0.3"))
+
+
+class Order(BaseModel):
+    n: int
+    approve: bool = True
+
+
+Approval: plait.DurableDeferred[int] = plait.DurableDeferred("WfcApproval", success=int)
+
+
+@plait.activity(name="wfc_step")
+async def step(n: int, which: int) -> int:
+    start = time.time_ns()
+    await asyncio.sleep(random.uniform(0, STEP_SECONDS))
+    append(EFFECTS, f"{n} {which} {PORT} {start} {time.time_ns()}")
+    return n * 10 + which
+
+
+OrderFlow: plait.Workflow[Order, int] = plait.Workflow(
+    "WfcOrder", payload=Order, success=int, idempotency_key=lambda o: str(o.n)
+)
+
+
+@OrderFlow.implement
+async def order(payload: Order, execution_id: str) -> int:
+    a = await step(payload.n, 1)
+    b = await step(payload.n, 2)
+    await plait.DurableClock.sleep("pause", SLEEP_SECONDS, in_memory_threshold=0)
+    c = await step(payload.n, 3)
+    approved = await Approval
+    return a + b + c + approved
+
+
+def expected(n: int) -> int:
+    """The result of execution `n` (its approval is `n`)."""
+    return (n * 10 + 1) + (n * 10 + 2) + (n * 10 + 3) + n
+
+
+async def publish(runner: plait.Runner, out: Path, port: int) -> None:
+    while True:
+        view = runner.view()
+        me = runner.address
+        state = {
+            "address": me,
+            "shards": len(view.shards),
+            "assigned": sum(owner == me for owner in view.assignments.values()),
+            "releasing": len(view.releasing),
+            "healthy": view.healthy_runners,
+            "fenced": view.fenced_writes,
+            "time": time.time(),
+        }
+        tmp = out / f"view-{port}.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(out / f"view-{port}.json")
+        await asyncio.sleep(0.1)
+
+
+async def send(out: Path, workflows: int) -> None:
+    while not (out / "go").exists():  # noqa: ASYNC110 - the test says when to begin
+        await asyncio.sleep(0.05)
+    results = str(out / "results")
+
+    async def one(n: int) -> None:
+        value = await OrderFlow.execute(Order(n=n))
+        append(results, f"{n} {value}")
+
+    async def approve(n: int) -> None:
+        await asyncio.sleep(random.uniform(0, 2))
+        token = Approval.token_from_payload(OrderFlow, Order(n=n))
+        while True:
+            try:
+                await Approval.succeed(token, n)
+                return
+            except plait.DeferredTokenError:  # its start has not committed yet
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(
+        *(one(n) for n in range(workflows)), *(approve(n) for n in range(workflows))
+    )
+    (out / "done").write_text("ok")
+
+
+async def interrupt(out: Path) -> None:
+    payload = Order(n=-1)
+    caller = asyncio.ensure_future(OrderFlow.execute(payload))
+    execution_id = OrderFlow.execution_id(payload)
+    (out / "started").write_text(execution_id)
+    while not (out / "interrupt").exists():  # noqa: ASYNC110 - the test says when
+        await asyncio.sleep(0.05)
+    await OrderFlow.interrupt(execution_id)
+    try:
+        await asyncio.wait_for(caller, 30)
+        outcome = "completed"
+    except plait.Interrupted:
+        outcome = "Interrupted"
+    (out / "done").write_text(outcome)
+
+
+async def main(url: str, prefix: str, port: int, out: Path, workflows: int) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with plait.Runner(url, config=config(port), prefix=prefix) as runner:
+        tasks = []
+        if port:
+            tasks.append(asyncio.create_task(publish(runner, out, port)))
+        elif os.environ.get("WFC_ACTION") == "interrupt":
+            tasks.append(asyncio.create_task(interrupt(out)))
+        elif workflows:
+            tasks.append(asyncio.create_task(send(out, workflows)))
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+if __name__ == "__main__":
+    # Warnings (a lease lost, a commit retried) land in the test's log files.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    url, prefix, port_text, out_dir = sys.argv[1:5]
+    workflows = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    PORT = int(port_text)
+    EFFECTS = str(Path(out_dir) / "effects")
+    asyncio.run(main(url, prefix, PORT, Path(out_dir), workflows))
