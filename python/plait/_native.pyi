@@ -879,6 +879,7 @@ class Resume:
     def recovered(self) -> bool:
         """Found running by a listing rather than woken by an event: a live run goes on."""
 
+@final
 class Ended:
     """A run of an execution awaited from another runner ended: its record."""
 
