@@ -15,7 +15,9 @@ by token after a random delay of up to 2 s (before or after the execution waits 
 appends `<n> <result>` per result to `<dir>/results` as each comes and writes `<dir>/done`
 once all have. With `WFC_ACTION=interrupt` it instead starts one execution that waits
 forever for its approval, writes `<dir>/started` with its id, waits for `<dir>/interrupt`,
-interrupts it and writes the error its caller got to `<dir>/done`.
+interrupts it and writes the error its caller got to `<dir>/done`. With `WFC_ACTION=one` it
+runs execution 0 and approves it once `<dir>/approve` exists; with `WFC_ACTION=scenarios`,
+children, races and an interrupted parent (see `scenarios`).
 
 It runs until SIGTERM (a graceful leave) or SIGKILL.
 """
@@ -75,6 +77,46 @@ async def order(payload: Order, execution_id: str) -> int:
     return a + b + c + approved
 
 
+class Part(BaseModel):
+    n: int
+
+
+Rejection: plait.DurableDeferred[int] = plait.DurableDeferred("WfcRejection", success=int)
+
+ChildFlow: plait.Workflow[Part, int] = plait.Workflow(
+    "WfcChild", payload=Part, success=int, idempotency_key=lambda p: str(p.n)
+)
+ParentFlow: plait.Workflow[Part, int] = plait.Workflow(
+    "WfcParent", payload=Part, success=int, idempotency_key=lambda p: str(p.n)
+)
+RaceFlow: plait.Workflow[Part, int] = plait.Workflow(
+    "WfcRace", payload=Part, success=int, idempotency_key=lambda p: str(p.n)
+)
+
+
+@ChildFlow.implement
+async def child(payload: Part, execution_id: str) -> int:
+    value = await step(payload.n, 1)
+    if payload.n < 0:  # waits for an approval that never comes (until interrupted)
+        value += await Approval
+    return value
+
+
+@ParentFlow.implement
+async def parent(payload: Part, execution_id: str) -> int:
+    # The child's id (its own shard) mostly puts it on another runner than its parent.
+    return await ChildFlow.execute(Part(n=payload.n)) + await step(-payload.n - 10_000, 2)
+
+
+@RaceFlow.implement
+async def race(payload: Part, execution_id: str) -> int:
+    await step(payload.n, 1)
+    winner: int = await plait.DurableDeferred.race_all(
+        "verdict", [Approval, Rejection], success=int
+    )
+    return winner
+
+
 def expected(n: int) -> int:
     """The result of execution `n` (its approval is `n`)."""
     return (n * 10 + 1) + (n * 10 + 2) + (n * 10 + 3) + n
@@ -124,6 +166,64 @@ async def send(out: Path, workflows: int) -> None:
     (out / "done").write_text("ok")
 
 
+async def scenarios(out: Path) -> None:
+    """Children, races and interrupts across runners; `<dir>/results` gets `<name> <value>`."""
+    results = str(out / "results")
+
+    async def parent_of(n: int) -> None:
+        append(results, f"parent-{n} {await ParentFlow.execute(Part(n=n))}")
+
+    async def race_of(n: int) -> None:
+        caller = asyncio.ensure_future(RaceFlow.execute(Part(n=n)))
+        token = Rejection.token_from_payload(RaceFlow, Part(n=n))
+        await asyncio.sleep(random.uniform(0, 1))  # while it runs, or once it suspended
+        while True:
+            try:
+                await Rejection.succeed(token, -n)
+                break
+            except plait.DeferredTokenError:  # its start has not committed yet
+                await asyncio.sleep(0.05)
+        append(results, f"race-{n} {await caller}")
+
+    async def interrupted_parent() -> None:
+        payload = Part(n=-1)
+        caller = asyncio.ensure_future(ParentFlow.execute(payload))
+        child_id = ChildFlow.execution_id(Part(n=-1))
+        # Once the child waits for its approval (its step done), interrupt the parent.
+        while await ChildFlow.poll(child_id) is None:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)
+        await ParentFlow.interrupt(ParentFlow.execution_id(payload))
+        try:
+            await asyncio.wait_for(caller, 30)
+            append(results, "interrupted-parent completed")
+        except plait.Interrupted:
+            append(results, "interrupted-parent Interrupted")
+        for _ in range(600):
+            polled = await ChildFlow.poll(child_id)
+            if isinstance(polled, plait.Complete):
+                append(results, f"interrupted-child {type(polled.exit).__name__}")
+                return
+            await asyncio.sleep(0.05)
+        append(results, "interrupted-child still-waiting")
+
+    await asyncio.gather(
+        *(parent_of(n) for n in range(20)),
+        *(race_of(n) for n in range(10)),
+        interrupted_parent(),
+    )
+    (out / "done").write_text("ok")
+
+
+async def one_approved_later(out: Path) -> None:
+    """Execution 0, approved once `<dir>/approve` exists; its result in `<dir>/results`."""
+    caller = asyncio.ensure_future(OrderFlow.execute(Order(n=0)))
+    while not (out / "approve").exists():  # noqa: ASYNC110 - the test says when
+        await asyncio.sleep(0.05)
+    await Approval.succeed(Approval.token_from_payload(OrderFlow, Order(n=0)), 0)
+    append(str(out / "results"), f"0 {await caller}")
+    (out / "done").write_text("ok")
+
+
 async def interrupt(out: Path) -> None:
     payload = Order(n=-1)
     caller = asyncio.ensure_future(OrderFlow.execute(payload))
@@ -149,6 +249,10 @@ async def main(url: str, prefix: str, port: int, out: Path, workflows: int) -> N
             tasks.append(asyncio.create_task(publish(runner, out, port)))
         elif os.environ.get("WFC_ACTION") == "interrupt":
             tasks.append(asyncio.create_task(interrupt(out)))
+        elif os.environ.get("WFC_ACTION") == "one":
+            tasks.append(asyncio.create_task(one_approved_later(out)))
+        elif os.environ.get("WFC_ACTION") == "scenarios":
+            tasks.append(asyncio.create_task(scenarios(out)))
         elif workflows:
             tasks.append(asyncio.create_task(send(out, workflows)))
         await stop.wait()
