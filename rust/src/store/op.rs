@@ -1,7 +1,7 @@
 //! The writes of the store contract: the ops, what each answers, and the check every store
 //! makes before it takes one.
 
-use super::{messages::Request, Entry, Execution, Status, Timer};
+use super::{messages::Request, queue::QueueItem, Entry, Execution, Status, Timer};
 
 /// One write. A store applies the ops of a [`super::Store::write`] in order, together with
 /// every write queued beside it, and answers each with an [`OpResult`].
@@ -122,6 +122,29 @@ pub enum Op {
     ResetClaims {
         /// The shards (`"group:id"`), or every one.
         shards: Option<Vec<String>>,
+    },
+    /// Offers a durable queue item unless one with its queue and id is stored (pending or
+    /// done). [`OpResult::Done`]: whether it was stored.
+    Offer(QueueItem),
+    /// Claims a pending queue item at `claimed_ms`, unless a claim made less than `claim_ms`
+    /// before stands. [`OpResult::Done`]: whether it was claimed (its attempt counted).
+    QueueClaim {
+        /// The queue.
+        queue: String,
+        /// The item.
+        id: String,
+        /// The claim's instant (ms since the Unix epoch).
+        claimed_ms: u64,
+        /// How long a claim stands (ms).
+        claim_ms: u64,
+    },
+    /// Marks a queue item done: it is never taken again. [`OpResult::Done`]: whether it was
+    /// pending (`false` if done already, or unknown).
+    QueueDone {
+        /// The queue.
+        queue: String,
+        /// The item.
+        id: String,
     },
     /// `op`, written by the owner of `shard`: a runner of a cluster applies it only while it
     /// holds the shard's lease, checked by the database inside the commit; otherwise it is
@@ -266,6 +289,31 @@ impl Op {
                 .iter()
                 .flatten()
                 .try_for_each(|shard| text("shard", shard)),
+            Op::Offer(item) => {
+                text("queue", &item.queue)?;
+                text("id", &item.id)?;
+                item.token
+                    .as_deref()
+                    .map_or(Ok(()), |token| text("token", token))
+            }
+            Op::QueueClaim {
+                queue,
+                id,
+                claimed_ms,
+                claim_ms,
+            } => {
+                text("queue", queue)?;
+                text("id", id)?;
+                for (field, ms) in [("claimed_ms", claimed_ms), ("claim_ms", claim_ms)] {
+                    if i64::try_from(*ms).is_err() {
+                        return Err(format!(
+                            "{field} {ms} is out of range: expected at most 2^63 - 1"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Op::QueueDone { queue, id } => text("queue", queue).and_then(|()| text("id", id)),
             Op::Reply { .. } | Op::ClearReplies { .. } | Op::Unclaim { .. } => Ok(()),
             Op::Owned { shard, op } => text("shard", shard).and_then(|()| op.check()),
         }
