@@ -1,0 +1,417 @@
+"""Durable queues: work items handed to workers, with their results back (Effect's DurableQueue).
+
+A workflow's `await queue.process(payload)` offers an item once and suspends until a worker
+completes it; backend code's `await queue.enqueue(payload)` offers one that nobody waits on.
+Workers (`queue.worker(handler)`) take items from the store with a claim, run the handler with
+bounded concurrency, and mark each item done in the transaction that stores its result.
+
+Delivery is at least once: an item whose worker died is taken again once its claim is void
+(`claim_timeout`); an item marked done is never taken again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Generic, Self, overload
+
+import pydantic
+from pydantic import BaseModel
+from typing_extensions import TypeVar
+
+from plait import engine as _engine
+from plait._native import activity_idempotency_key, encode_deferred_token
+from plait._native import execution_id as _hash_id
+from plait.clocks import milliseconds_ceil, seconds
+from plait.errors import InvalidArgumentError, QueuePayloadError, UnknownQueueError
+from plait.exits import Exit, ExitCodec, Failure, Success, defect_of
+from plait.ids import checked_name
+from plait.journal import QueueItem
+from plait.schema import payload_model
+
+__all__ = ["DurableQueue", "QueueWorker"]
+
+P = TypeVar("P", bound=BaseModel, default=BaseModel)
+S = TypeVar("S", default=Any)
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...] | None
+Handler = Callable[[P], Awaitable[S]] | Callable[[P], S]
+
+_log = logging.getLogger("plait.queue")
+_queues: weakref.WeakValueDictionary[str, DurableQueue[Any, Any]] = weakref.WeakValueDictionary()
+
+#: How long a take's claim stands before another worker may take the item (its worker died).
+DEFAULT_CLAIM_TIMEOUT = 300.0
+#: How often an idle worker looks at the store for items offered by other processes.
+DEFAULT_POLL_INTERVAL = 0.5
+
+
+class _ItemDeferred:
+    """The deferred of one item, `DurableQueue/<queue>/<id>`, as the engine awaits it."""
+
+    __slots__ = ("codec", "name")
+
+    def __init__(self, name: str, codec: ExitCodec) -> None:
+        self.name = name
+        self.codec = codec
+
+
+class _Wake:
+    """What an idle worker waits on: an offer here, a handler finishing, or a poll's delay."""
+
+    __slots__ = ("_loop", "_set", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, delay: float | None) -> None:
+        """Returns once set (at once if it is), or after `delay` seconds (None: no limit)."""
+        if self._set:
+            return
+        waiter = self._waiter = self._loop.create_future()
+        later = None if delay is None else self._loop.call_later(delay, self.set)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if later is not None:
+                later.cancel()
+
+
+class DurableQueue(Generic[P, S]):
+    """A named, typed queue of work items processed by workers.
+
+    Args:
+        name: The queue's name: part of every item's id and deferred name.
+        payload: A pydantic model class, or a dict `{field: type}` to build one from.
+        success: The type of a handler's result (default `None`: no result is kept).
+        error: Exception classes a handler may fail with, raised again as themselves where
+            the item is processed; anything else a handler raises is a `Defect`.
+        idempotency_key: Payload → the string identifying the item (default: the payload's
+            JSON). Offering a payload of the same key again offers nothing.
+
+    Example:
+        >>> class Email(BaseModel):
+        ...     to: str
+        >>> Emails = DurableQueue("Emails", payload=Email, success=str,
+        ...                       idempotency_key=lambda e: e.to)
+        >>> Emails.item_id(Email(to="a@b.c"))
+        '93b3e1c064fb3127c5ae8554e924646b'
+    """
+
+    @overload
+    def __init__(
+        self: DurableQueue[P, None],
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = ...,
+        success: None = ...,
+        error: ErrorTypes = ...,
+        idempotency_key: Callable[[P], str] | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: DurableQueue[P, S],
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = ...,
+        success: type[S] = ...,
+        error: ErrorTypes = ...,
+        idempotency_key: Callable[[P], str] | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: DurableQueue[P, Any],
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = ...,
+        success: object = ...,
+        error: ErrorTypes = ...,
+        idempotency_key: Callable[[P], str] | None = ...,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        name: str,
+        payload: type[P] | Mapping[str, object] | None = None,
+        success: object = None,
+        error: ErrorTypes = None,
+        idempotency_key: Callable[[P], str] | None = None,
+    ) -> None:
+        self.name = checked_name("a durable queue", name)
+        self.payload_model: type[P] = payload_model(name, payload)  # type: ignore[assignment]
+        self.codec = ExitCodec(f"durable queue {name}", success, error)
+        self.idempotency_key: Callable[[P], str] = idempotency_key or _payload_json
+        _queues[name] = self
+
+    def __repr__(self) -> str:
+        return f"DurableQueue({self.name!r})"
+
+    @staticmethod
+    def named(name: str) -> DurableQueue[Any, Any]:
+        """The queue defined in this process under `name`.
+
+        Raises:
+            UnknownQueueError: No live queue has this name.
+        """
+        found = _queues.get(name)
+        if found is None:
+            msg = f"no durable queue named {name!r} is defined in this process"
+            raise UnknownQueueError(msg)
+        return found
+
+    # Payloads ----------------------------------------------------------------------------
+
+    def validate(self, payload: P | Mapping[str, Any]) -> P:
+        """`payload` as the payload model.
+
+        Raises:
+            QueuePayloadError: It does not validate; pydantic's details are in `.errors`.
+        """
+        if isinstance(payload, self.payload_model):
+            return payload
+        try:
+            if isinstance(payload, BaseModel):
+                return self.payload_model.model_validate(payload.model_dump())
+            return self.payload_model.model_validate(payload)
+        except pydantic.ValidationError as err:
+            raise QueuePayloadError(self.name, err.errors(include_url=False), str(err)) from None
+
+    def _key(self, payload: P) -> str:
+        key = self.idempotency_key(payload)
+        if not isinstance(key, str):
+            msg = f"durable queue {self.name!r}: idempotency_key must return a str, got {key!r}"
+            raise InvalidArgumentError(msg)
+        return key
+
+    def item_id(self, payload: P | Mapping[str, Any]) -> str:
+        """The id of the item `enqueue(payload)` offers: a hash of the queue name and key."""
+        return _hash_id(f"DurableQueue/{self.name}", self._key(self.validate(payload)))
+
+    # Offering ----------------------------------------------------------------------------
+
+    async def process(self, payload: P | Mapping[str, Any]) -> S:
+        """Offers `payload` as an item and returns the worker's result (inside a workflow).
+
+        The item's id is Effect's: the activity idempotency key of
+        `DurableQueue/<name>/<idempotency key>` in this execution, so replays and restarts
+        offer it once. The workflow suspends until a worker completes the item's deferred,
+        `DurableQueue/<name>/<id>`; the handler's failure is raised here.
+
+        Raises:
+            NotInWorkflowError: Called outside a workflow run.
+            QueuePayloadError: The payload does not validate (raised in the workflow).
+        """
+        run = _engine.run_state(f"{self.name}.process()")
+        model = self.validate(payload)
+        item_id = activity_idempotency_key(
+            run.execution_id, f"DurableQueue/{self.name}/{self._key(model)}"
+        )
+        deferred_name = f"DurableQueue/{self.name}/{item_id}"
+        token = encode_deferred_token(run.workflow_name, run.execution_id, deferred_name)
+        await run.queue_offer(self.name, item_id, _encode(model), deferred_name, token)
+        result: S = await run.await_deferred(_ItemDeferred(deferred_name, self.codec))
+        return result
+
+    async def enqueue(
+        self, payload: P | Mapping[str, Any], *, engine: _engine.Engine | None = None
+    ) -> str:
+        """Offers `payload` as an item nobody waits on (from plain code); returns its id.
+
+        Offering a payload whose key was offered before offers nothing (the id is a hash of
+        the queue's name and the key). Durable once this returns.
+
+        Raises:
+            QueuePayloadError: The payload does not validate; nothing was offered.
+            NoEngineError: No engine is given or current.
+        """
+        model = self.validate(payload)
+        item_id = _hash_id(f"DurableQueue/{self.name}", self._key(model))
+        await _engine.engine_for(engine).offer(self.name, item_id, _encode(model), None)
+        return item_id
+
+    # Workers -----------------------------------------------------------------------------
+
+    def worker(
+        self,
+        handler: Handler[P, S],
+        *,
+        concurrency: int = 1,
+        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        engine: _engine.Engine | None = None,
+    ) -> QueueWorker[P, S]:
+        """A worker running `handler(payload)` on this queue's items, `concurrency` at a time.
+
+        Use it as an async context manager (it works while the block runs) or `await
+        worker.run()`. A sync handler runs in a worker thread.
+
+        Args:
+            handler: Returns the item's result (of the `success` type) or raises.
+            concurrency: Items handled at once, at most.
+            claim_timeout: Seconds an item taken stays claimed: a worker that died with it
+                leaves it to be taken again after this long. Keep it above a handler's run time.
+            poll_interval: Seconds between looks at the store while idle; offers made through
+                this process's engine wake the worker at once.
+            engine: The engine whose store it works on (default: the current one).
+
+        Example:
+            >>> async def send(email: Email) -> str:
+            ...     return f"sent to {email.to}"
+            >>> async def main() -> None:  # doctest: +SKIP
+            ...     async with plait.Engine.sqlite("app.db"), Emails.worker(send, concurrency=4):
+            ...         await serve_forever()
+        """
+        return QueueWorker(self, handler, concurrency, claim_timeout, poll_interval, engine)
+
+
+class QueueWorker(Generic[P, S]):
+    """Takes a queue's items and runs a handler on each (see `DurableQueue.worker`)."""
+
+    def __init__(
+        self,
+        queue: DurableQueue[P, S],
+        handler: Handler[P, S],
+        concurrency: int,
+        claim_timeout: float,
+        poll_interval: float,
+        engine: _engine.Engine | None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            msg = f"a worker's concurrency must be a positive int, got {concurrency!r}"
+            raise InvalidArgumentError(msg)
+        if seconds(claim_timeout) <= 0 or seconds(poll_interval) <= 0:
+            msg = "a worker's claim_timeout and poll_interval must be positive"
+            raise InvalidArgumentError(msg)
+        self.queue = queue
+        self.handler = handler
+        self.concurrency = concurrency
+        self.claim_ms = milliseconds_ceil(seconds(claim_timeout))
+        self.poll_interval = seconds(poll_interval)
+        self._engine = engine
+        self._task: asyncio.Task[None] | None = None
+        # A coroutine function, or an object whose `__call__` is one.
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__
+        )
+
+    def __repr__(self) -> str:
+        return f"QueueWorker({self.queue.name!r}, concurrency={self.concurrency})"
+
+    async def __aenter__(self) -> Self:
+        engine = _engine.engine_for(self._engine)
+        engine.require_loop()
+        self._task = asyncio.get_running_loop().create_task(
+            self.run(engine=engine), name=f"plait queue worker {self.queue.name}"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self, *, engine: _engine.Engine | None = None) -> None:
+        """Works until cancelled: takes items as slots free up, handles each, completes it.
+
+        Items in hand when it is cancelled stay claimed, and are taken again once their claim
+        is void. Store failures are logged (`plait.queue`) and retried at the poll interval.
+        """
+        found = _engine.engine_for(engine if engine is not None else self._engine)
+        found.require_loop()
+        journal = found.journal
+        assert journal is not None  # started
+        wake = _Wake(asyncio.get_running_loop())
+        found.queue_wake(self.queue.name, wake.set)
+        handling: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            handling.discard(task)
+            wake.set()
+
+        try:
+            while True:
+                # Cleared before the take: an offer or a finished handler during the take
+                # sets it again, and the wait below returns at once.
+                wake.clear()
+                free = self.concurrency - len(handling)
+                if free > 0:
+                    try:
+                        items = await journal.take(
+                            self.queue.name, free, found.clock.now_ms(), self.claim_ms
+                        )
+                    except Exception:
+                        _log.exception("durable queue %s: a take failed", self.queue.name)
+                        items = []
+                    for item in items:
+                        task = asyncio.get_running_loop().create_task(self._handle(found, item))
+                        handling.add(task)
+                        task.add_done_callback(finished)
+                    if len(items) == free:
+                        continue  # there may be more: take again once a slot frees
+                # Idle slots poll; full ones wait for a handler to finish (which wakes).
+                idle = self.concurrency - len(handling) > 0
+                await wake.wait(self.poll_interval if idle else None)
+        finally:
+            found.queue_unwake(self.queue.name, wake.set)
+            for task in handling:
+                task.cancel()
+            await asyncio.gather(*handling, return_exceptions=True)
+
+    async def _handle(self, engine: _engine.Engine, item: QueueItem) -> None:
+        """Runs the handler on `item` and completes it with the outcome, success or failure."""
+        queue = self.queue
+        outcome: Exit
+        try:
+            payload = queue.payload_model.model_validate_json(item.payload)
+        except pydantic.ValidationError as err:
+            outcome = Failure(
+                defect_of(QueuePayloadError(queue.name, err.errors(include_url=False), str(err)))
+            )
+        else:
+            try:
+                handler: Callable[[P], Any] = self.handler
+                if self._is_async:
+                    value = await handler(payload)
+                else:
+                    value = await asyncio.to_thread(handler, payload)
+                outcome = Success(value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                outcome = Failure(err)
+        encoded, _ = queue.codec.settle(outcome)
+        try:
+            await engine.complete_queue_item(queue.name, item.id, item.token, encoded)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not marked done: taken again once the claim is void.
+            _log.exception("durable queue %s: item %s was not completed", queue.name, item.id)
+
+
+def _payload_json(payload: BaseModel) -> str:
+    return payload.model_dump_json()
+
+
+def _encode(payload: BaseModel) -> bytes:
+    return payload.model_dump_json().encode()
