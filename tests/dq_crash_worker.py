@@ -31,6 +31,8 @@ class Charge(BaseModel):
 Charges = plait.DurableQueue(
     "dq_crash_Charges", payload=Charge, success=str, idempotency_key=lambda c: c.order
 )
+
+
 class OrderPayload(BaseModel):
     order: str
 

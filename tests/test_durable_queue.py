@@ -178,6 +178,22 @@ async def test_wrong_payloads_and_names_are_typed_errors(make_engine: EngineFact
         Jobs.worker(Handler(), concurrency=0)
 
 
+async def test_a_stopping_worker_lets_the_handlers_in_hand_finish(
+    make_engine: EngineFactory,
+) -> None:
+    handler = Handler(delay=0.3)
+    async with make_engine():
+        await Jobs.enqueue(Job(key="slow"))
+        async with Jobs.worker(handler, shutdown_timeout=5):
+            await wait_until(lambda: handler.running == 1)
+        # Finished and completed: a later worker has nothing to take.
+        assert handler.runs == {"slow": 1}
+        assert handler.running == 0
+        async with Jobs.worker(handler, claim_timeout=0.01, poll_interval=0.01):
+            await asyncio.sleep(0.2)
+        assert handler.runs == {"slow": 1}
+
+
 async def test_a_sync_handler_runs_off_the_loop(make_engine: EngineFactory) -> None:
     seen: list[str] = []
 

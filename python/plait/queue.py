@@ -12,7 +12,6 @@ Delivery is at least once: an item whose worker died is taken again once its cla
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import weakref
@@ -48,6 +47,8 @@ _queues: weakref.WeakValueDictionary[str, DurableQueue[Any, Any]] = weakref.Weak
 DEFAULT_CLAIM_TIMEOUT = 300.0
 #: How often an idle worker looks at the store for items offered by other processes.
 DEFAULT_POLL_INTERVAL = 0.5
+#: How long a stopping worker lets the handlers in hand finish.
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 
 
 class _ItemDeferred:
@@ -251,6 +252,7 @@ class DurableQueue(Generic[P, S]):
         concurrency: int = 1,
         claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         engine: _engine.Engine | None = None,
     ) -> QueueWorker[P, S]:
         """A worker running `handler(payload)` on this queue's items, `concurrency` at a time.
@@ -265,6 +267,9 @@ class DurableQueue(Generic[P, S]):
                 leaves it to be taken again after this long. Keep it above a handler's run time.
             poll_interval: Seconds between looks at the store while idle; offers made through
                 this process's engine wake the worker at once.
+            shutdown_timeout: When the worker stops, seconds the handlers in hand get to
+                finish; those still running are then cancelled (their items are taken again
+                after the claim timeout).
             engine: The engine whose store it works on (default: the current one).
 
         Example:
@@ -274,7 +279,9 @@ class DurableQueue(Generic[P, S]):
             ...     async with plait.Engine.sqlite("app.db"), Emails.worker(send, concurrency=4):
             ...         await serve_forever()
         """
-        return QueueWorker(self, handler, concurrency, claim_timeout, poll_interval, engine)
+        return QueueWorker(
+            self, handler, concurrency, claim_timeout, poll_interval, shutdown_timeout, engine
+        )
 
 
 class QueueWorker(Generic[P, S]):
@@ -287,6 +294,7 @@ class QueueWorker(Generic[P, S]):
         concurrency: int,
         claim_timeout: float,
         poll_interval: float,
+        shutdown_timeout: float,
         engine: _engine.Engine | None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -295,13 +303,19 @@ class QueueWorker(Generic[P, S]):
         if seconds(claim_timeout) <= 0 or seconds(poll_interval) <= 0:
             msg = "a worker's claim_timeout and poll_interval must be positive"
             raise InvalidArgumentError(msg)
+        if seconds(shutdown_timeout) < 0:
+            msg = "a worker's shutdown_timeout must not be negative"
+            raise InvalidArgumentError(msg)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
         self.claim_ms = milliseconds_ceil(seconds(claim_timeout))
         self.poll_interval = seconds(poll_interval)
+        self.shutdown_timeout = seconds(shutdown_timeout)
         self._engine = engine
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake: _Wake | None = None
         # A coroutine function, or an object whose `__call__` is one.
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             type(handler).__call__
@@ -325,14 +339,30 @@ class QueueWorker(Generic[P, S]):
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        self.stop()
+        try:
+            await task
+        except asyncio.CancelledError:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            raise
+
+    def stop(self) -> None:
+        """Asks `run` to stop taking items and return once the handlers in hand finish.
+
+        Handlers still running after `shutdown_timeout` are cancelled; their items are taken
+        again once their claims are void.
+        """
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self, *, engine: _engine.Engine | None = None) -> None:
-        """Works until cancelled: takes items as slots free up, handles each, completes it.
+        """Takes items as slots free up, handles each and completes it, until stopped.
 
+        It stops on `stop()` (the `async with` block's end), when cancelled, or once the
+        engine closes.
         Items in hand when it is cancelled stay claimed, and are taken again once their claim
         is void. Store failures are logged (`plait.queue`) and retried at the poll interval.
         """
@@ -340,7 +370,8 @@ class QueueWorker(Generic[P, S]):
         found.require_loop()
         journal = found.journal
         assert journal is not None  # started
-        wake = _Wake(asyncio.get_running_loop())
+        wake = self._wake = _Wake(asyncio.get_running_loop())
+        self._stopping = False
         found.queue_wake(self.queue.name, wake.set)
         handling: set[asyncio.Task[None]] = set()
 
@@ -348,8 +379,9 @@ class QueueWorker(Generic[P, S]):
             handling.discard(task)
             wake.set()
 
+        stopped = False
         try:
-            while True:
+            while not self._stopping and found.running:
                 # Cleared before the take: an offer or a finished handler during the take
                 # sets it again, and the wait below returns at once.
                 wake.clear()
@@ -371,8 +403,12 @@ class QueueWorker(Generic[P, S]):
                 # Idle slots poll; full ones wait for a handler to finish (which wakes).
                 idle = self.concurrency - len(handling) > 0
                 await wake.wait(self.poll_interval if idle else None)
+            stopped = True
         finally:
             found.queue_unwake(self.queue.name, wake.set)
+            self._wake = None
+            if stopped and handling:
+                await asyncio.wait(set(handling), timeout=self.shutdown_timeout)
             for task in handling:
                 task.cancel()
             await asyncio.gather(*handling, return_exceptions=True)

@@ -204,7 +204,7 @@ impl Messages {
 }
 
 /// A durable queue item and where it stands.
-struct Item {
+struct Stored {
     item: QueueItem,
     /// Its place in offer order (the queue's key in [`Queues::pending`]).
     no: u64,
@@ -216,7 +216,7 @@ struct Item {
 /// The durable queues: items by `(queue, id)`, and each queue's pending items in offer order.
 #[derive(Default)]
 struct Queues {
-    items: FxHashMap<(String, String), Item>,
+    items: FxHashMap<(String, String), Stored>,
     pending: FxHashMap<String, BTreeMap<u64, String>>,
     next_no: u64,
 }
@@ -232,7 +232,7 @@ impl Queues {
             .entry(item.queue.clone())
             .or_default()
             .insert(self.next_no, item.id.clone());
-        place.insert(Item {
+        place.insert(Stored {
             item,
             no: self.next_no,
             claimed_ms: None,

@@ -211,6 +211,7 @@ impl Op {
     ///
     /// # Errors
     /// What is wrong, naming the field.
+    #[allow(clippy::too_many_lines)] // one arm per op, each short
     pub fn check(&self) -> Result<(), String> {
         let text = |field: &str, text: &str| {
             if text.contains('\0') {
