@@ -100,6 +100,20 @@ async def test_a_workflow_suspends_until_a_worker_completes_its_item(
         assert handler.runs == {"a": 1}
 
 
+async def test_item_ids_and_deferred_names_are_effects(make_engine: EngineFactory) -> None:
+    async with make_engine() as engine, Jobs.worker(Handler()):
+        execution_id = await Process.execute(Job(key="e", n=1), discard=True)
+        assert await Process.execute(Job(key="e", n=1)) == "2/2"
+        assert engine.journal is not None
+        history = await engine.journal.history(execution_id)
+    assert history is not None
+    # Effect's DurableQueue.process: id = Activity.idempotencyKey("DurableQueue/<name>/<key>"),
+    # deferred "DurableQueue/<name>/<id>".
+    item_id = plait.activity_idempotency_key(execution_id, "DurableQueue/dq_Jobs/e")
+    assert [d.name for d in history.deferreds] == [f"DurableQueue/dq_Jobs/{item_id}"]
+    assert Jobs.item_id({"key": "e"}) == plait.execution_id("DurableQueue/dq_Jobs", "e")
+
+
 async def test_a_handler_failure_is_raised_where_the_item_is_processed(
     make_engine: EngineFactory,
 ) -> None:

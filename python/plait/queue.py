@@ -16,6 +16,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, overload
 
@@ -250,9 +251,9 @@ class DurableQueue(Generic[P, S]):
         handler: Handler[P, S],
         *,
         concurrency: int = 1,
-        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        claim_timeout: timedelta | float = DEFAULT_CLAIM_TIMEOUT,
+        poll_interval: timedelta | float = DEFAULT_POLL_INTERVAL,
+        shutdown_timeout: timedelta | float = DEFAULT_SHUTDOWN_TIMEOUT,
         engine: _engine.Engine | None = None,
     ) -> QueueWorker[P, S]:
         """A worker running `handler(payload)` on this queue's items, `concurrency` at a time.
@@ -263,11 +264,12 @@ class DurableQueue(Generic[P, S]):
         Args:
             handler: Returns the item's result (of the `success` type) or raises.
             concurrency: Items handled at once, at most.
-            claim_timeout: Seconds an item taken stays claimed: a worker that died with it
-                leaves it to be taken again after this long. Keep it above a handler's run time.
-            poll_interval: Seconds between looks at the store while idle; offers made through
+            claim_timeout: How long (a timedelta, or seconds) an item taken stays claimed: a
+                worker that died with it leaves it to be taken again after this long. Keep it
+                above a handler's run time.
+            poll_interval: Time between looks at the store while idle; offers made through
                 this process's engine wake the worker at once.
-            shutdown_timeout: When the worker stops, seconds the handlers in hand get to
+            shutdown_timeout: When the worker stops, the time the handlers in hand get to
                 finish; those still running are then cancelled (their items are taken again
                 after the claim timeout).
             engine: The engine whose store it works on (default: the current one).
@@ -292,9 +294,9 @@ class QueueWorker(Generic[P, S]):
         queue: DurableQueue[P, S],
         handler: Handler[P, S],
         concurrency: int,
-        claim_timeout: float,
-        poll_interval: float,
-        shutdown_timeout: float,
+        claim_timeout: timedelta | float,
+        poll_interval: timedelta | float,
+        shutdown_timeout: timedelta | float,
         engine: _engine.Engine | None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:

@@ -75,14 +75,17 @@ BEGIN
                     INSERT INTO {prefix}queue_items (queue, id, payload, token, offered_ms)
                     VALUES (t1[j], t2[j], blobs[j], t3[j], at_ms)
                     ON CONFLICT DO NOTHING;
+                -- `coalesce(done_ms, -1) = -1` rather than `done_ms IS NULL`: the planner
+                -- could then prove the pending index's predicate and, without statistics,
+                -- scan every pending item of the queue instead of looking the key up.
                 WHEN 15 THEN
                     UPDATE {prefix}queue_items q
                     SET claimed_ms = n2[j], attempts = q.attempts + 1
-                    WHERE q.queue = t1[j] AND q.id = t2[j] AND q.done_ms IS NULL
+                    WHERE q.queue = t1[j] AND q.id = t2[j] AND coalesce(q.done_ms, -1) = -1
                       AND (q.claimed_ms IS NULL OR q.claimed_ms <= n2[j] - n1[j]);
                 WHEN 16 THEN
                     UPDATE {prefix}queue_items q SET done_ms = at_ms, claimed_ms = NULL
-                    WHERE q.queue = t1[j] AND q.id = t2[j] AND q.done_ms IS NULL;
+                    WHERE q.queue = t1[j] AND q.id = t2[j] AND coalesce(q.done_ms, -1) = -1;
                 END CASE;
                 outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
                 found_no := NULL;
