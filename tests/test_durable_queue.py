@@ -192,6 +192,23 @@ async def test_wrong_payloads_and_names_are_typed_errors(make_engine: EngineFact
         Jobs.worker(Handler(), concurrency=0)
 
 
+async def test_a_handler_longer_than_the_claim_timeout_keeps_its_item(
+    make_engine: EngineFactory,
+) -> None:
+    """Its worker renews the claim: another worker never takes the item meanwhile."""
+    handler = Handler(delay=1.0)
+    async with make_engine():
+        await Jobs.enqueue(Job(key="long"))
+        first = Jobs.worker(handler, claim_timeout=0.2, poll_interval=0.02)
+        second = Jobs.worker(handler, claim_timeout=0.2, poll_interval=0.02)
+        async with first, second:
+            await wait_until(lambda: handler.runs == {"long": 1})
+            await wait_until(lambda: handler.running == 0)
+            await asyncio.sleep(0.3)
+    assert handler.runs == {"long": 1}
+    assert handler.most == 1
+
+
 async def test_a_stopping_worker_lets_the_handlers_in_hand_finish(
     make_engine: EngineFactory,
 ) -> None:

@@ -258,6 +258,7 @@ _OpKind: TypeAlias = Literal[
     "reset_claims",
     "offer",
     "queue_claim",
+    "queue_renew",
     "queue_done",
 ]
 
@@ -369,6 +370,13 @@ class Op:
 
         Answers whether it was stored. `token` is the deferred token its result completes
         (None: an item nobody waits on).
+        """
+
+    @staticmethod
+    def queue_renew(queue: str, id: str, held_ms: int, renewed_ms: int) -> Op:
+        """Extends the claim made at `held_ms` on a queue item to `renewed_ms`.
+
+        Answers whether the claim was still `held_ms` (the item not done, not taken again).
         """
 
     @staticmethod

@@ -31,7 +31,7 @@ from plait.clocks import milliseconds_ceil, seconds
 from plait.errors import InvalidArgumentError, QueuePayloadError, UnknownQueueError
 from plait.exits import Exit, ExitCodec, Failure, Success, defect_of
 from plait.ids import checked_name
-from plait.journal import QueueItem
+from plait.journal import Op, QueueItem
 from plait.schema import payload_model
 
 __all__ = ["DurableQueue", "QueueWorker"]
@@ -44,8 +44,9 @@ Handler = Callable[[P], Awaitable[S]] | Callable[[P], S]
 _log = logging.getLogger("plait.queue")
 _queues: weakref.WeakValueDictionary[str, DurableQueue[Any, Any]] = weakref.WeakValueDictionary()
 
-#: How long a take's claim stands before another worker may take the item (its worker died).
-DEFAULT_CLAIM_TIMEOUT = 300.0
+#: How long a take's claim stands unless renewed (its worker renews it every third of this
+#: while the handler runs): a worker that died leaves its items for this long.
+DEFAULT_CLAIM_TIMEOUT = 60.0
 #: How often an idle worker looks at the store for items offered by other processes.
 DEFAULT_POLL_INTERVAL = 0.5
 #: How long a stopping worker lets the handlers in hand finish.
@@ -264,9 +265,10 @@ class DurableQueue(Generic[P, S]):
         Args:
             handler: Returns the item's result (of the `success` type) or raises.
             concurrency: Items handled at once, at most.
-            claim_timeout: How long (a timedelta, or seconds) an item taken stays claimed: a
-                worker that died with it leaves it to be taken again after this long. Keep it
-                above a handler's run time.
+            claim_timeout: How long (a timedelta, or seconds) a claim on an item stands. The
+                worker renews the claims of the items in hand every third of it, so handlers
+                may run longer; a worker that died leaves its items to be taken again after
+                this long (60 s).
             poll_interval: Time between looks at the store while idle; offers made through
                 this process's engine wake the worker at once.
             shutdown_timeout: When the worker stops, the time the handlers in hand get to
@@ -364,9 +366,10 @@ class QueueWorker(Generic[P, S]):
         """Takes items as slots free up, handles each and completes it, until stopped.
 
         It stops on `stop()` (the `async with` block's end), when cancelled, or once the
-        engine closes.
-        Items in hand when it is cancelled stay claimed, and are taken again once their claim
-        is void. Store failures are logged (`plait.queue`) and retried at the poll interval.
+        engine closes. The claims of the items in hand are renewed every third of the claim
+        timeout while their handlers run; items in hand when it is cancelled stay claimed, and
+        are taken again once their claim is void. Store failures are logged (`plait.queue`)
+        and retried at the poll interval.
         """
         found = _engine.engine_for(engine if engine is not None else self._engine)
         found.require_loop()
@@ -376,11 +379,14 @@ class QueueWorker(Generic[P, S]):
         self._stopping = False
         found.queue_wake(self.queue.name, wake.set)
         handling: set[asyncio.Task[None]] = set()
+        # The items in hand: id -> the instant of the claim this worker holds.
+        held: dict[str, int] = {}
 
         def finished(task: asyncio.Task[None]) -> None:
             handling.discard(task)
             wake.set()
 
+        renewing = asyncio.get_running_loop().create_task(self._renew(found, held))
         stopped = False
         try:
             while not self._stopping and found.running:
@@ -389,15 +395,17 @@ class QueueWorker(Generic[P, S]):
                 wake.clear()
                 free = self.concurrency - len(handling)
                 if free > 0:
+                    now_ms = found.clock.now_ms()
                     try:
-                        items = await journal.take(
-                            self.queue.name, free, found.clock.now_ms(), self.claim_ms
-                        )
+                        items = await journal.take(self.queue.name, free, now_ms, self.claim_ms)
                     except Exception:
                         _log.exception("durable queue %s: a take failed", self.queue.name)
                         items = []
                     for item in items:
-                        task = asyncio.get_running_loop().create_task(self._handle(found, item))
+                        held[item.id] = now_ms
+                        task = asyncio.get_running_loop().create_task(
+                            self._handle(found, item, held)
+                        )
                         handling.add(task)
                         task.add_done_callback(finished)
                     if len(items) == free:
@@ -414,9 +422,58 @@ class QueueWorker(Generic[P, S]):
             for task in handling:
                 task.cancel()
             await asyncio.gather(*handling, return_exceptions=True)
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
 
-    async def _handle(self, engine: _engine.Engine, item: QueueItem) -> None:
+    async def _renew(self, engine: _engine.Engine, held: dict[str, int]) -> None:
+        """Renews the claims of the items in hand, every third of the claim timeout.
+
+        So a handler may run longer than the claim timeout without its item being taken again;
+        only a worker that stopped renewing (it died) loses its items after the timeout. A
+        claim found lost (this worker stalled past the timeout, and another took the item) is
+        logged; the handler runs on, and the first completion wins.
+        """
+        journal = engine.journal
+        assert journal is not None
+        queue = self.queue.name
+        while True:
+            await asyncio.sleep(self.claim_ms / 3_000)
+            if not held:
+                continue
+            now_ms = engine.clock.now_ms()
+            ids = list(held)
+            ops = [Op.queue_renew(queue, item_id, held[item_id], now_ms) for item_id in ids]
+            try:
+                renewed = await journal.write_together(ops)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("durable queue %s: renewing claims failed", queue)
+                continue
+            for item_id, kept in zip(ids, renewed, strict=True):
+                if item_id not in held:
+                    continue  # completed meanwhile
+                if kept:
+                    held[item_id] = now_ms
+                else:
+                    del held[item_id]
+                    _log.warning(
+                        "durable queue %s: the claim on item %s was lost (taken again after "
+                        "the claim timeout); its handler runs on",
+                        queue,
+                        item_id,
+                    )
+
+    async def _handle(self, engine: _engine.Engine, item: QueueItem, held: dict[str, int]) -> None:
         """Runs the handler on `item` and completes it with the outcome, success or failure."""
+        try:
+            await self._run_item(engine, item, held)
+        finally:
+            held.pop(item.id, None)
+
+    async def _run_item(
+        self, engine: _engine.Engine, item: QueueItem, held: dict[str, int]
+    ) -> None:
         queue = self.queue
         outcome: Exit
         try:
@@ -438,6 +495,8 @@ class QueueWorker(Generic[P, S]):
             except Exception as err:
                 outcome = Failure(err)
         encoded, _ = queue.codec.settle(outcome)
+        # No renewal from here: one answered after the done mark would look like a lost claim.
+        held.pop(item.id, None)
         try:
             await engine.complete_queue_item(queue.name, item.id, item.token, encoded)
         except asyncio.CancelledError:

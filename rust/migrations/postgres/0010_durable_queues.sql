@@ -26,7 +26,8 @@ CREATE INDEX {prefix}queue_items_pending ON {prefix}queue_items (queue, no)
 --   14 offer          queue   id     token   -         -           payload
 --   15 queue_claim    queue   id     -       claim_ms  claimed_ms  -
 --   16 queue_done     queue   id
--- each answered 1 (stored, claimed, marked done) or 0. The entity message ops keep their
+--   17 queue_renew    queue   id     -       held_ms   renewed_ms  -
+-- each answered 1 (stored, claimed, marked done, renewed) or 0. The entity message ops keep their
 -- function, renamed; `apply_messages` hands each run of them to it, in order.
 ALTER FUNCTION {prefix}apply_messages(SMALLINT[], BIGINT[], TEXT[], TEXT[], TEXT[], TEXT[],
                                       TEXT[], BIGINT[], BIGINT[], BYTEA[])
@@ -86,6 +87,10 @@ BEGIN
                 WHEN 16 THEN
                     UPDATE {prefix}queue_items q SET done_ms = at_ms, claimed_ms = NULL
                     WHERE q.queue = t1[j] AND q.id = t2[j] AND coalesce(q.done_ms, -1) = -1;
+                WHEN 17 THEN
+                    UPDATE {prefix}queue_items q SET claimed_ms = n2[j]
+                    WHERE q.queue = t1[j] AND q.id = t2[j] AND coalesce(q.done_ms, -1) = -1
+                      AND q.claimed_ms = n1[j];
                 END CASE;
                 outcome := CASE WHEN FOUND THEN 1 ELSE 0 END;
                 found_no := NULL;

@@ -220,6 +220,18 @@ impl PyOp {
         }))
     }
 
+    /// Extends the claim made at `held_ms` on a queue item to `renewed_ms` (its handler runs
+    /// on): answers whether the claim was still `held_ms` (not done, not taken again).
+    #[staticmethod]
+    fn queue_renew(queue: Text, id: Text, held_ms: Int<u64>, renewed_ms: Int<u64>) -> Self {
+        Self::from(store::Op::QueueRenew {
+            queue: queue.to_owned(),
+            id: id.to_owned(),
+            held_ms: held_ms.0,
+            renewed_ms: renewed_ms.0,
+        })
+    }
+
     /// Marks a queue item done (never taken again): answers whether it was pending.
     #[staticmethod]
     fn queue_done(queue: Text, id: Text) -> Self {
@@ -249,6 +261,7 @@ impl PyOp {
             store::Op::ResetClaims { .. } => "reset_claims",
             store::Op::Offer(_) => "offer",
             store::Op::QueueClaim { .. } => "queue_claim",
+            store::Op::QueueRenew { .. } => "queue_renew",
             store::Op::QueueDone { .. } => "queue_done",
             store::Op::Owned { .. } => "owned",
         }
@@ -274,6 +287,7 @@ impl PyOp {
             | store::Op::ResetClaims { .. }
             | store::Op::Offer(_)
             | store::Op::QueueClaim { .. }
+            | store::Op::QueueRenew { .. }
             | store::Op::QueueDone { .. }
             | store::Op::Owned { .. } => None,
         }
@@ -301,6 +315,7 @@ impl PyOp {
             (
                 store::Op::Offer(store::QueueItem { queue, id, .. })
                 | store::Op::QueueClaim { queue, id, .. }
+                | store::Op::QueueRenew { queue, id, .. }
                 | store::Op::QueueDone { queue, id },
                 None,
             ) => format!("<Op {} {queue:?} {id:?}>", self.kind()),

@@ -253,6 +253,16 @@ impl Queues {
         }
     }
 
+    fn renew(&mut self, queue: &str, id: &str, held_ms: u64, renewed_ms: u64) -> bool {
+        match self.items.get_mut(&(queue.to_owned(), id.to_owned())) {
+            Some(item) if !item.done && item.claimed_ms == Some(held_ms) => {
+                item.claimed_ms = Some(renewed_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn done(&mut self, queue: &str, id: &str) -> bool {
         match self.items.get_mut(&(queue.to_owned(), id.to_owned())) {
             Some(item) if !item.done => {
@@ -448,6 +458,12 @@ impl Inner {
                 claimed_ms,
                 claim_ms,
             } => OpResult::Done(self.queues.claim(&queue, &id, claimed_ms, claim_ms)),
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => OpResult::Done(self.queues.renew(&queue, &id, held_ms, renewed_ms)),
             Op::QueueDone { queue, id } => OpResult::Done(self.queues.done(&queue, &id)),
             Op::Owned { op, .. } => self.apply(op.into_inner(), now),
         }

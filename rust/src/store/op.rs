@@ -138,6 +138,19 @@ pub enum Op {
         /// How long a claim stands (ms).
         claim_ms: u64,
     },
+    /// Extends a claim on a queue item that its worker still holds (its handler runs on): the
+    /// claim made at `held_ms` now stands from `renewed_ms`, unless the item is done or was
+    /// claimed again since. [`OpResult::Done`]: whether the claim was still `held_ms`.
+    QueueRenew {
+        /// The queue.
+        queue: String,
+        /// The item.
+        id: String,
+        /// The instant of the claim its worker holds (ms since the Unix epoch).
+        held_ms: u64,
+        /// The claim's new instant.
+        renewed_ms: u64,
+    },
     /// Marks a queue item done: it is never taken again. [`OpResult::Done`]: whether it was
     /// pending (`false` if done already, or unknown).
     QueueDone {
@@ -306,6 +319,23 @@ impl Op {
                 text("queue", queue)?;
                 text("id", id)?;
                 for (field, ms) in [("claimed_ms", claimed_ms), ("claim_ms", claim_ms)] {
+                    if i64::try_from(*ms).is_err() {
+                        return Err(format!(
+                            "{field} {ms} is out of range: expected at most 2^63 - 1"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => {
+                text("queue", queue)?;
+                text("id", id)?;
+                for (field, ms) in [("held_ms", held_ms), ("renewed_ms", renewed_ms)] {
                     if i64::try_from(*ms).is_err() {
                         return Err(format!(
                             "{field} {ms} is out of range: expected at most 2^63 - 1"

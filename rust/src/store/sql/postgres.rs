@@ -84,6 +84,7 @@ const RESET_CLAIMS: i16 = 13;
 const OFFER: i16 = 14;
 const QUEUE_CLAIM: i16 = 15;
 const QUEUE_DONE: i16 = 16;
+const QUEUE_RENEW: i16 = 17;
 
 /// The outcomes `<prefix>apply` returns.
 const FALSE: i16 = 0;
@@ -330,6 +331,7 @@ impl<'a> Columns<'a> {
             | Op::ResetClaims { .. }
             | Op::Offer(_)
             | Op::QueueClaim { .. }
+            | Op::QueueRenew { .. }
             | Op::QueueDone { .. }
             | Op::Owned { .. } => {
                 return Err(Failure::Refused(format!(
@@ -372,6 +374,7 @@ struct MessageColumns<'a> {
 }
 
 impl<'a> MessageColumns<'a> {
+    #[allow(clippy::too_many_lines)] // one arm per op kind, each short
     fn push(&mut self, op: &'a Op) -> Result<(), Failure> {
         let at = |ms: Option<u64>| ms.map(due_to_i64).transpose();
         let mut row = (None, None, None, None, None, None, None, None, None);
@@ -450,6 +453,18 @@ impl<'a> MessageColumns<'a> {
                 row.7 = at(Some(*claimed_ms))?;
                 QUEUE_CLAIM
             }
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => {
+                row.1 = Some(queue.clone());
+                row.2 = Some(id.as_str());
+                row.6 = at(Some(*held_ms))?;
+                row.7 = at(Some(*renewed_ms))?;
+                QUEUE_RENEW
+            }
             Op::QueueDone { queue, id } => {
                 row.1 = Some(queue.clone());
                 row.2 = Some(id.as_str());
@@ -482,6 +497,7 @@ fn is_message(op: &Op) -> bool {
         op,
         Op::Offer(_)
             | Op::QueueClaim { .. }
+            | Op::QueueRenew { .. }
             | Op::QueueDone { .. }
             | Op::Request { .. }
             | Op::Reply { .. }

@@ -99,6 +99,7 @@ struct Sql {
     history_timers: String,
     queue_offer: String,
     queue_claim: String,
+    queue_renew: String,
     queue_done: String,
     queue_pending: String,
     prefix: String,
@@ -225,6 +226,8 @@ impl Sql {
                  WHERE queue = ?1 AND id = ?2 AND done_ms IS NULL \
                  AND (claimed_ms IS NULL OR claimed_ms <= ?4)",
             ),
+            queue_renew: sql("UPDATE {p}queue_items SET claimed_ms = ?4 \
+                 WHERE queue = ?1 AND id = ?2 AND done_ms IS NULL AND claimed_ms = ?3"),
             queue_done: sql("UPDATE {p}queue_items SET done_ms = ?3, claimed_ms = NULL \
                  WHERE queue = ?1 AND id = ?2 AND done_ms IS NULL"),
             queue_pending: sql("SELECT id, payload, token, attempts FROM {p}queue_items \
@@ -610,6 +613,20 @@ impl WriteConnection {
             | Op::Unclaim { .. }
             | Op::Claim { .. }
             | Op::ResetClaims { .. } => self.apply_message(op)?,
+            Op::Offer(_) | Op::QueueClaim { .. } | Op::QueueRenew { .. } | Op::QueueDone { .. } => {
+                self.apply_queue(op, now)?
+            }
+            Op::Owned { .. } => unreachable!("taken out of Owned above"),
+        })
+    }
+
+    /// Applies a durable queue op (see [`Op`]).
+    fn apply_queue(&self, op: &Op, now: i64) -> Result<OpResult, Failure> {
+        let (conn, sql) = (&self.conn, &self.sql);
+        let run = |statement: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, Failure> {
+            Ok(conn.prepare_cached(statement)?.execute(params)? > 0)
+        };
+        Ok(match op {
             Op::Offer(item) => OpResult::Done(run(
                 &sql.queue_offer,
                 params![item.queue, item.id, item.payload, item.token, now],
@@ -624,10 +641,23 @@ impl WriteConnection {
                 let void_before = at.saturating_sub(due_to_i64(*claim_ms)?);
                 OpResult::Done(run(&sql.queue_claim, params![queue, id, at, void_before])?)
             }
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => OpResult::Done(run(
+                &sql.queue_renew,
+                params![queue, id, due_to_i64(*held_ms)?, due_to_i64(*renewed_ms)?],
+            )?),
             Op::QueueDone { queue, id } => {
                 OpResult::Done(run(&sql.queue_done, params![queue, id, now])?)
             }
-            Op::Owned { .. } => unreachable!("taken out of Owned above"),
+            _ => {
+                return Err(Failure::Refused(format!(
+                    "another op taken for a queue op: {op:?}"
+                )))
+            }
         })
     }
 

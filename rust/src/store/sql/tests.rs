@@ -273,7 +273,7 @@ fn scripted_ops(count: usize) -> Vec<Op> {
             let id = format!("e{}", next(6));
             let name = format!("n{}", next(4));
             let value = format!("v{i}").into_bytes();
-            match next(14) {
+            match next(15) {
                 0 | 1 => Op::Start {
                     id,
                     workflow: format!("W{}", next(2)),
@@ -308,6 +308,12 @@ fn scripted_ops(count: usize) -> Vec<Op> {
                     id: format!("i{}", next(6)),
                     claimed_ms: next(60),
                     claim_ms: 20,
+                },
+                13 => Op::QueueRenew {
+                    queue: format!("q{}", next(2)),
+                    id: format!("i{}", next(6)),
+                    held_ms: next(60),
+                    renewed_ms: 60 + next(60),
                 },
                 _ => Op::QueueDone {
                     queue: format!("q{}", next(2)),

@@ -136,3 +136,45 @@ async fn concurrent_takes_never_hand_out_one_item_twice() {
         place.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn a_held_claim_is_renewed_and_a_lost_one_is_not() {
+    const T: u64 = 1_700_000_000_000;
+    let renew = |held_ms, renewed_ms| Op::QueueRenew {
+        queue: "mail".into(),
+        id: "a".into(),
+        held_ms,
+        renewed_ms,
+    };
+    for place in Place::all().await {
+        let sql = place.open().await;
+        write(&sql, vec![offer("mail", "a", None)]).await;
+        assert_eq!(
+            ids(&sql.take("mail", 1, T, 1_000).await.unwrap()),
+            [("a", 1)]
+        );
+        // Its worker renews at T + 900: the claim stands until T + 1_900.
+        let renewed = write(&sql, vec![renew(T, T + 900), renew(T, T + 901)]).await;
+        assert_eq!(renewed, done_values(&[true, false]));
+        assert!(sql
+            .take("mail", 1, T + 1_500, 1_000)
+            .await
+            .unwrap()
+            .is_empty());
+        // Lost (its worker stopped renewing): taken again, and the old holder cannot renew.
+        assert_eq!(
+            ids(&sql.take("mail", 1, T + 1_900, 1_000).await.unwrap()),
+            [("a", 2)]
+        );
+        let stale = write(
+            &sql,
+            vec![renew(T + 900, T + 2_000), queue_done("mail", "a")],
+        )
+        .await;
+        assert_eq!(stale, done_values(&[false, true]));
+        let after_done = write(&sql, vec![renew(T + 1_900, T + 2_100)]).await;
+        assert_eq!(after_done, done_values(&[false]));
+        Store::close(&sql).await;
+        place.cleanup().await;
+    }
+}
