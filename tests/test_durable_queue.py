@@ -225,6 +225,21 @@ async def test_a_stopping_worker_lets_the_handlers_in_hand_finish(
         assert handler.runs == {"slow": 1}
 
 
+async def test_a_stopped_worker_releases_the_items_it_gave_up(make_engine: EngineFactory) -> None:
+    handler = Handler(delay=30)
+    async with make_engine():
+        await Jobs.enqueue(Job(key="given-up"))
+        async with Jobs.worker(handler, shutdown_timeout=0.05):
+            await wait_until(lambda: handler.running == 1)
+        assert handler.running == 0  # cancelled
+        handler.delay = 0
+        started = time.monotonic()
+        # Its claim (60 s by default) was voided: taken again at once.
+        async with Jobs.worker(handler, poll_interval=0.02):
+            await wait_until(lambda: handler.runs == {"given-up": 2}, within=5)
+        assert time.monotonic() - started < 5
+
+
 async def test_a_sync_handler_runs_off_the_loop(make_engine: EngineFactory) -> None:
     seen: list[str] = []
 

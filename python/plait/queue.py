@@ -272,8 +272,8 @@ class DurableQueue(Generic[P, S]):
             poll_interval: Time between looks at the store while idle; offers made through
                 this process's engine wake the worker at once.
             shutdown_timeout: When the worker stops, the time the handlers in hand get to
-                finish; those still running are then cancelled (their items are taken again
-                after the claim timeout).
+                finish; those still running are then cancelled and their claims voided, so
+                another worker takes their items at once.
             engine: The engine whose store it works on (default: the current one).
 
         Example:
@@ -419,11 +419,14 @@ class QueueWorker(Generic[P, S]):
             self._wake = None
             if stopped and handling:
                 await asyncio.wait(set(handling), timeout=self.shutdown_timeout)
+            abandoned = dict(held)
             for task in handling:
                 task.cancel()
             await asyncio.gather(*handling, return_exceptions=True)
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
+            if stopped and abandoned:
+                await self._release(found, abandoned)
 
     async def _renew(self, engine: _engine.Engine, held: dict[str, int]) -> None:
         """Renews the claims of the items in hand, every third of the claim timeout.
@@ -463,6 +466,22 @@ class QueueWorker(Generic[P, S]):
                         queue,
                         item_id,
                     )
+
+    async def _release(self, engine: _engine.Engine, abandoned: dict[str, int]) -> None:
+        """Voids this worker's claims on the items whose handlers it cancelled at its stop.
+
+        So another worker takes them at once rather than after the claim timeout: each claim
+        moves to instant 0 (long void), if it is still this worker's.
+        """
+        journal = engine.journal
+        if journal is None or not engine.running:
+            return  # closed: the claims wait out their timeout
+        queue = self.queue.name
+        ops = [Op.queue_renew(queue, item_id, at, 0) for item_id, at in abandoned.items()]
+        try:
+            await journal.write_together(ops)
+        except Exception:
+            _log.exception("durable queue %s: releasing the claims of a stopped worker", queue)
 
     async def _handle(self, engine: _engine.Engine, item: QueueItem, held: dict[str, int]) -> None:
         """Runs the handler on `item` and completes it with the outcome, success or failure."""
