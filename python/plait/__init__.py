@@ -68,16 +68,19 @@ from plait.errors import (
     NotInWorkflowError,
     PayloadError,
     PlaitError,
+    QueuePayloadError,
     ResultSchemaError,
     StoreConnectError,
     StoreError,
     SuspendedRetryExhaustedError,
     UnknownExecutionError,
+    UnknownQueueError,
     UnknownRunnerError,
     WorkflowNotImplementedError,
 )
 from plait.exits import Complete, Exit, Failure, Success, Suspended, TaggedError
 from plait.ids import DeferredToken, activity_idempotency_key, execution_id, execution_ids
+from plait.queue import DurableQueue, QueueWorker
 from plait.schedule import Schedule
 from plait.workflow import (
     Workflow,
@@ -106,6 +109,7 @@ __all__ = [
     "DuplicateNameError",
     "DurableClock",
     "DurableDeferred",
+    "DurableQueue",
     "Engine",
     "EngineClosedError",
     "EngineFencedError",
@@ -134,6 +138,8 @@ __all__ = [
     "PayloadError",
     "PersistenceError",
     "PlaitError",
+    "QueuePayloadError",
+    "QueueWorker",
     "ResultSchemaError",
     "Rpc",
     "Runner",
@@ -152,6 +158,7 @@ __all__ = [
     "TaggedError",
     "TimelineEvent",
     "UnknownExecutionError",
+    "UnknownQueueError",
     "UnknownRunnerError",
     "Workflow",
     "WorkflowFunction",

@@ -27,6 +27,7 @@ __all__ = [
     "Op",
     "Page",
     "Passivate",
+    "QueueItem",
     "Refusal",
     "Release",
     "RemoteReply",
@@ -256,6 +257,10 @@ _OpKind: TypeAlias = Literal[
     "unclaim",
     "claim",
     "reset_claims",
+    "offer",
+    "queue_claim",
+    "queue_renew",
+    "queue_done",
 ]
 
 @final
@@ -372,6 +377,25 @@ class Op:
     def unclaim(request_id: int) -> Op:
         """Clears a request's claim. Answers whether it is stored and unprocessed."""
 
+    @staticmethod
+    def offer(queue: str, id: str, payload: bytes, token: str | None = None) -> Op:
+        """Offers an item to durable queue `queue` unless one with its id is stored.
+
+        Answers whether it was stored. `token` is the deferred token its result completes
+        (None: an item nobody waits on).
+        """
+
+    @staticmethod
+    def queue_renew(queue: str, id: str, held_ms: int, renewed_ms: int) -> Op:
+        """Extends the claim made at `held_ms` on a queue item to `renewed_ms`.
+
+        Answers whether the claim was still `held_ms` (the item not done, not taken again).
+        """
+
+    @staticmethod
+    def queue_done(queue: str, id: str) -> Op:
+        """Marks a queue item done (never taken again). Answers whether it was pending."""
+
     @property
     def kind(self) -> _OpKind:
         """The op's kind: the name of its constructor."""
@@ -386,6 +410,30 @@ class Fenced:
 
     The shard's new owner does its work.
     """
+
+@final
+class QueueItem:
+    """A durable queue item handed to a worker by `Store.take`."""
+
+    @property
+    def queue(self) -> str:
+        """The queue's name."""
+
+    @property
+    def id(self) -> str:
+        """The item's id within its queue."""
+
+    @property
+    def payload(self) -> bytes:
+        """The encoded payload."""
+
+    @property
+    def token(self) -> str | None:
+        """The token of the deferred its result completes, or None (nobody waits on it)."""
+
+    @property
+    def attempt(self) -> int:
+        """How many times it has been taken, this take included (1 the first time)."""
 
 @final
 class Duplicate:
@@ -832,6 +880,16 @@ class Store:
 
     def replies_now(self, ids: list[int]) -> list[bytes | None]:
         """The final replies of requests `ids`, at once (an immediate store only)."""
+
+    def take(self, bridge: AsyncBridge, queue: str, limit: int, now_ms: int, claim_ms: int) -> int:
+        """Resolves to up to `limit` pending `QueueItem`s of `queue`, in offer order.
+
+        Only items whose claim is void at `now_ms` (never claimed, or claimed at least
+        `claim_ms` before); each is claimed at `now_ms`.
+        """
+
+    def take_now(self, queue: str, limit: int, now_ms: int, claim_ms: int) -> list[QueueItem]:
+        """As `take`, at once (an immediate store only)."""
 
     def entity_states(self, bridge: AsyncBridge, addresses: list[tuple[str, str]]) -> int:
         """Resolves to the durable states of `(entity type, entity id)`s (bytes or None each)."""

@@ -20,11 +20,13 @@ __all__ = [
     "NotInWorkflowError",
     "PayloadError",
     "PlaitError",
+    "QueuePayloadError",
     "ResultSchemaError",
     "StoreConnectError",
     "StoreError",
     "SuspendedRetryExhaustedError",
     "UnknownExecutionError",
+    "UnknownQueueError",
     "UnknownRunnerError",
     "WorkflowNotImplementedError",
 ]
@@ -80,6 +82,24 @@ class PayloadError(InvalidArgumentError):
         super().__init__(f"invalid payload for workflow {workflow!r}: {message}")
         self.workflow = workflow
         self.errors = errors
+
+
+class QueuePayloadError(InvalidArgumentError):
+    """A durable queue item's payload failed validation; nothing was offered.
+
+    Attributes:
+        queue: The queue's name.
+        errors: pydantic's error details, one dict per problem.
+    """
+
+    def __init__(self, queue: str, errors: list[Any], message: str) -> None:
+        super().__init__(f"invalid payload for durable queue {queue!r}: {message}")
+        self.queue = queue
+        self.errors = errors
+
+
+class UnknownQueueError(PlaitError, LookupError):
+    """No durable queue of that name is defined in this process."""
 
 
 class DeferredValueError(InvalidArgumentError):

@@ -9,6 +9,8 @@ typed constructor, and each op answers:
 - `Op.status(id, status, result)` → False if the execution is complete or unknown
 - `Op.interrupt(id)` → True, False (complete) or None (unknown)
 - `Op.timer(id, name, due_ms)` / `Op.untimer(id, name)` → whether it changed anything
+- `Op.offer(queue, id, payload, token)` / `Op.queue_done(queue, id)` → whether it changed
+  anything (a durable queue's item stored, marked done)
 
 An op the store refuses (a NUL in a name, say) fails alone with `InvalidArgumentError`; the
 store applies the others.
@@ -28,7 +30,17 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from plait import _bridge
-from plait._native import Execution, Filter, History, Op, Page, Snapshot, Store, Timer
+from plait._native import (
+    Execution,
+    Filter,
+    History,
+    Op,
+    Page,
+    QueueItem,
+    Snapshot,
+    Store,
+    Timer,
+)
 from plait.observability import tracing
 from plait.observability.metrics import metrics
 
@@ -44,6 +56,7 @@ __all__ = [
     "Journal",
     "Op",
     "Page",
+    "QueueItem",
     "Snapshot",
     "Status",
     "Timer",
@@ -418,6 +431,19 @@ class Journal:
             return store.with_status_now(status)
         ids: list[str] = await _bridge.call(lambda bridge: store.with_status(bridge, status))
         return ids
+
+    async def take(self, queue: str, limit: int, now_ms: int, claim_ms: int) -> list[QueueItem]:
+        """Up to `limit` pending items of `queue` whose claim is void, each claimed now.
+
+        One store call for the whole batch of items.
+        """
+        store = self.store
+        if self.immediate:
+            return store.take_now(queue, limit, now_ms, claim_ms)
+        items: list[QueueItem] = await _bridge.call(
+            lambda bridge: store.take(bridge, queue, limit, now_ms, claim_ms)
+        )
+        return items
 
     # Operators' reads: listings, counts, histories -----------------------------------------
 

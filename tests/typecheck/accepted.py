@@ -161,3 +161,30 @@ async def use_clients(token: str) -> None:
     assert_type(recording.payloads(ProcessOrder), list[Order])
     backend: WorkflowClient = recording
     assert_type(await backend.execute(ProcessOrder, order), str)
+
+
+# Durable queues: the payload class and the handler's result type come from the arguments ---
+
+Charges = plait.DurableQueue(
+    "TcCharges", payload=Order, success=str, idempotency_key=lambda o: o.order_id
+)
+assert_type(Charges, plait.DurableQueue[Order, str])
+assert_type(plait.DurableQueue("TcNoResultQueue", payload=Order), plait.DurableQueue[Order, None])
+
+
+async def charge_card(order: Order) -> str:
+    return order.order_id
+
+
+def charge_sync(order: Order) -> str:
+    return order.order_id
+
+
+async def use_queues(order: Order) -> None:
+    assert_type(await Charges.process(order), str)
+    assert_type(await Charges.process({"order_id": "o", "cents": 1}), str)
+    assert_type(await Charges.enqueue(order), str)
+    assert_type(Charges.worker(charge_card, concurrency=4), plait.QueueWorker[Order, str])
+    assert_type(Charges.worker(charge_sync), plait.QueueWorker[Order, str])
+    async with Charges.worker(charge_card) as worker:
+        assert_type(worker, plait.QueueWorker[Order, str])

@@ -72,3 +72,16 @@ async def wrong_calls(order: Order) -> None:
 @ProcessOrder.implement  # E: arg-type
 async def returns_the_wrong_type(order: Order, execution_id: str) -> int:
     return 1
+
+
+Charges = plait.DurableQueue("TcRejectedCharges", payload=Order, success=str)
+
+
+async def returns_a_number(order: Order) -> int:
+    return 1
+
+
+async def wrong_queue_calls(order: Order) -> None:
+    receipt: int = await Charges.process(order)  # E: assignment
+    await Charges.enqueue(Invoice(number=1))  # E: arg-type
+    Charges.worker(returns_a_number)  # E: arg-type

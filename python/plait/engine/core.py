@@ -11,13 +11,22 @@ import contextlib
 import contextvars
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn, cast
 
 import plait.engine.registry as registry
 from plait import _bridge
-from plait._native import Ended, Fenced, Op, Resume, Store, WorkSource, shard_id
+from plait._native import (
+    Ended,
+    Fenced,
+    Op,
+    Resume,
+    Store,
+    WorkSource,
+    parse_deferred_token,
+    shard_id,
+)
 from plait._native import Execution as ExecutionRecord
 from plait.clocks import Clock, SystemClock, milliseconds_ceil, seconds
 from plait.engine.listing import (
@@ -155,6 +164,9 @@ class Engine:
         self._lease_task: asyncio.Task[None] | None = None
         # Why the engine stopped on its own: another engine took the database over.
         self._fenced: EngineFencedError | None = None
+        # The wake-ups of this process's durable queue workers, by queue: an offer made here
+        # wakes them at once (others poll the store).
+        self._queue_wakes: dict[str, set[Callable[[], None]]] = {}
 
     @classmethod
     def memory(cls, *, clock: Clock | None = None, sharding: object | None = None) -> Engine:
@@ -1321,7 +1333,13 @@ class Engine:
         await self._resume(execution_id)
 
     async def complete_deferred(
-        self, workflow_name: str | None, execution_id: str, name: str, encoded: bytes
+        self,
+        workflow_name: str | None,
+        execution_id: str,
+        name: str,
+        encoded: bytes,
+        *,
+        also: Sequence[Op] = (),
     ) -> bool:
         """Stores a deferred's result and wakes its execution.
 
@@ -1331,6 +1349,8 @@ class Engine:
             execution_id: The execution.
             name: The deferred's name.
             encoded: Its encoded exit.
+            also: Ops committed in the same transaction as the result (a queue item's done
+                mark), whether or not the deferred had a result already.
 
         Returns:
             Whether it was stored (False: it had a result already).
@@ -1372,7 +1392,11 @@ class Engine:
         outcome = "failed"
         try:
             stored = await self._store_deferred(
-                execution_id, name, encoded, unimplemented=None if implemented else workflow_name
+                execution_id,
+                name,
+                encoded,
+                unimplemented=None if implemented else workflow_name,
+                also=also,
             )
             outcome = "completed" if stored else "already_completed"
             return stored
@@ -1387,10 +1411,12 @@ class Engine:
         encoded: bytes,
         *,
         unimplemented: str | None = None,
+        also: Sequence[Op] = (),
     ) -> bool:
         """Stores a deferred's result and wakes its execution, once the token is checked.
 
-        `unimplemented` names the workflow when this engine has no implementation of it.
+        `unimplemented` names the workflow when this engine has no implementation of it;
+        `also` are ops to commit in the same transaction.
         """
         # One transaction: the result and the mark that the execution has a run to make (so an
         # engine that starts after a crash resumes it): a crash keeps both or neither. (A timer
@@ -1402,6 +1428,7 @@ class Engine:
         ops = [
             Op.deferred(execution_id, name, encoded, shard),
             Op.status(execution_id, "running", None, shard),
+            *also,
         ]
         results = await self._journal().write_together(ops)
         if isinstance(results[0], Fenced):  # its shard moved meanwhile
@@ -1409,6 +1436,7 @@ class Engine:
             ops = [
                 Op.deferred(execution_id, name, encoded),
                 Op.status(execution_id, "running", None),
+                *also,
             ]
             results = await self._journal().write_together(ops)
         stored, woken = results[0], results[1]
@@ -1432,6 +1460,60 @@ class Engine:
                 "execution %s cannot resume", execution_id, extra=fields(execution_id=execution_id)
             )
         return True
+
+    # Durable queues ------------------------------------------------------------------------
+
+    async def offer(self, queue: str, item_id: str, payload: bytes, token: str | None) -> bool:
+        """Stores a durable queue item unless one with its id is stored; wakes the workers.
+
+        Returns:
+            Whether it was stored (False: an item with this id was offered before).
+        """
+        self.require_loop()
+        stored = bool(await self._write(Op.offer(queue, item_id, payload, token)))
+        if stored:
+            for wake in list(self._queue_wakes.get(queue, ())):
+                wake()
+        return stored
+
+    def queue_wake(self, queue: str, wake: Callable[[], None]) -> None:
+        """Calls `wake()` whenever this engine stores an item of `queue`."""
+        self._queue_wakes.setdefault(queue, set()).add(wake)
+
+    def queue_unwake(self, queue: str, wake: Callable[[], None]) -> None:
+        """Stops calling `wake` for items of `queue`."""
+        wakes = self._queue_wakes.get(queue)
+        if wakes is not None:
+            wakes.discard(wake)
+            if not wakes:
+                del self._queue_wakes[queue]
+
+    async def complete_queue_item(
+        self, queue: str, item_id: str, token: str | None, encoded: bytes
+    ) -> None:
+        """Marks a queue item done, completing its deferred (if a workflow waits) with `encoded`.
+
+        Both in one transaction: a crash keeps the result and the done mark, or neither (the
+        item is then taken again).
+        """
+        done = Op.queue_done(queue, item_id)
+        if token is None:
+            await self._write(done)
+            return
+        workflow_name, execution_id, name = parse_deferred_token(token)
+        try:
+            await self.complete_deferred(workflow_name, execution_id, name, encoded, also=(done,))
+        except DeferredTokenError:
+            # Its execution is gone (or never committed): nobody can take the result.
+            log.warning(
+                "durable queue %s: item %s names execution %s, which is not stored; "
+                "marked done without a result",
+                queue,
+                item_id,
+                execution_id,
+                extra=fields(execution_id=execution_id),
+            )
+            await self._write(done)
 
     async def store_race(self, execution_id: str, name: str, encoded: bytes) -> bytes:
         """Stores a race's (or `into`'s) outcome as deferred `name`; returns the first stored."""

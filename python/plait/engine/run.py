@@ -88,6 +88,10 @@ class RunHost(Protocol):
         """Completes deferred `name` of the execution after `seconds`, durably."""
         ...
 
+    async def offer(self, queue: str, item_id: str, payload: bytes, token: str | None) -> bool:
+        """Stores a durable queue item unless one with its id is stored; wakes the workers."""
+        ...
+
 
 def run_state(what: str) -> Run:
     """The current run, for the workflow API.
@@ -561,6 +565,28 @@ class Run:
             if span is not None:
                 tracing.deactivate(token)
                 tracing.end_span(span, outcome)
+
+    async def queue_offer(
+        self, queue: str, item_id: str, payload: bytes, deferred_name: str, token: str
+    ) -> None:
+        """Offers a durable queue item whose result completes deferred `deferred_name`.
+
+        Once per item: a replay that holds the deferred's result offers nothing, and an offer
+        made again (a replay before the result) is a no-op in the store. The offer has an
+        effect outside the run (a worker runs the item), so the run's results are durable
+        first. An offer the store fails stops the run, as a failed commit does.
+        """
+        if deferred_name in self.deferreds:
+            return
+        if self.interrupting:
+            await self.stop_here()
+        await self.sync()
+        try:
+            await self.engine.offer(queue, item_id, payload, token)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self.fail(err)
 
     async def wait_forever(self) -> NoReturn:
         """Parks the run for good: it suspends once no activity is in flight.

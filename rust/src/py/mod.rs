@@ -37,7 +37,8 @@ mod _native {
     use super::snowflake::{snowflake_make, snowflake_parts, SnowflakeGenerator};
     #[pymodule_export]
     use super::store::{
-        PyDeferred, PyDuplicate, PyEntry, PyExecution, PyFenced, PyOp, PySnapshot, PyStore, PyTimer,
+        PyDeferred, PyDuplicate, PyEntry, PyExecution, PyFenced, PyOp, PyQueueItem, PySnapshot,
+        PyStore, PyTimer,
     };
     #[pymodule_export]
     use super::timer::{wall_clock_ms, PyTimerWheel, TimerServiceRef};

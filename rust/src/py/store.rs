@@ -245,6 +245,41 @@ impl PyOp {
         })
     }
 
+    /// Offers an item to durable queue `queue` unless one with its id is stored: answers
+    /// whether it was stored. `token` is the deferred token its result completes (None: an
+    /// item nobody waits on).
+    #[staticmethod]
+    #[pyo3(signature = (queue, id, payload, token = None))]
+    fn offer(queue: Text, id: Text, payload: PyBackedBytes, token: Option<Text>) -> Self {
+        Self::from(store::Op::Offer(store::QueueItem {
+            queue: queue.to_owned(),
+            id: id.to_owned(),
+            payload: payload.to_vec(),
+            token: token.map(|t| t.to_owned()),
+        }))
+    }
+
+    /// Extends the claim made at `held_ms` on a queue item to `renewed_ms` (its handler runs
+    /// on): answers whether the claim was still `held_ms` (not done, not taken again).
+    #[staticmethod]
+    fn queue_renew(queue: Text, id: Text, held_ms: Int<u64>, renewed_ms: Int<u64>) -> Self {
+        Self::from(store::Op::QueueRenew {
+            queue: queue.to_owned(),
+            id: id.to_owned(),
+            held_ms: held_ms.0,
+            renewed_ms: renewed_ms.0,
+        })
+    }
+
+    /// Marks a queue item done (never taken again): answers whether it was pending.
+    #[staticmethod]
+    fn queue_done(queue: Text, id: Text) -> Self {
+        Self::from(store::Op::QueueDone {
+            queue: queue.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+
     /// The op's kind: the name of its constructor.
     #[getter]
     fn kind(&self) -> &'static str {
@@ -263,6 +298,10 @@ impl PyOp {
             store::Op::Unclaim { .. } => "unclaim",
             store::Op::Claim { .. } => "claim",
             store::Op::ResetClaims { .. } => "reset_claims",
+            store::Op::Offer(_) => "offer",
+            store::Op::QueueClaim { .. } => "queue_claim",
+            store::Op::QueueRenew { .. } => "queue_renew",
+            store::Op::QueueDone { .. } => "queue_done",
             store::Op::Owned { .. } => "owned",
         }
     }
@@ -285,6 +324,10 @@ impl PyOp {
             | store::Op::Unclaim { .. }
             | store::Op::Claim { .. }
             | store::Op::ResetClaims { .. }
+            | store::Op::Offer(_)
+            | store::Op::QueueClaim { .. }
+            | store::Op::QueueRenew { .. }
+            | store::Op::QueueDone { .. }
             | store::Op::Owned { .. } => None,
         }
     }
@@ -308,9 +351,65 @@ impl PyOp {
                 },
                 None,
             ) => format!("<Op entity_state {entity_type:?} {entity_id:?}>"),
+            (
+                store::Op::Offer(store::QueueItem { queue, id, .. })
+                | store::Op::QueueClaim { queue, id, .. }
+                | store::Op::QueueRenew { queue, id, .. }
+                | store::Op::QueueDone { queue, id },
+                None,
+            ) => format!("<Op {} {queue:?} {id:?}>", self.kind()),
             (_, None) => format!("<Op {}>", self.kind()),
         }
     }
+}
+
+/// A durable queue item handed to a worker by `Store.take`.
+#[pyclass(module = "plait._native", name = "QueueItem", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyQueueItem(store::Taken);
+
+#[pymethods]
+impl PyQueueItem {
+    /// The queue's name.
+    #[getter]
+    fn queue(&self) -> &str {
+        &self.0.item.queue
+    }
+
+    /// The item's id within its queue.
+    #[getter]
+    fn id(&self) -> &str {
+        &self.0.item.id
+    }
+
+    /// The encoded payload.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.item.payload)
+    }
+
+    /// The token of the deferred its result completes, or None (nobody waits on it).
+    #[getter]
+    fn token(&self) -> Option<&str> {
+        self.0.item.token.as_deref()
+    }
+
+    /// How many times it has been taken, this take included (1 the first time).
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<QueueItem {:?} {:?} attempt={}>",
+            self.0.item.queue, self.0.item.id, self.0.attempt
+        )
+    }
+}
+
+fn taken(found: Vec<store::Taken>) -> Vec<PyQueueItem> {
+    found.into_iter().map(PyQueueItem).collect()
 }
 
 /// An execution as the store holds it.
@@ -986,6 +1085,40 @@ impl PyStore {
         let store = self.immediate_store("entity_states")?;
         let addresses = owned_addresses(addresses);
         Ok(bytes_list(now(store.entity_states(&addresses))?))
+    }
+
+    /// Resolves to up to `limit` pending items of `queue` (`QueueItem`s, in offer order)
+    /// whose claim is void at `now_ms` (never claimed, or claimed at least `claim_ms` before),
+    /// each claimed at `now_ms`.
+    fn take(
+        &self,
+        bridge: &AsyncBridge,
+        queue: Text,
+        limit: Int<usize>,
+        now_ms: Int<u64>,
+        claim_ms: Int<u64>,
+    ) -> PyResult<u64> {
+        let store = self.store()?;
+        let queue = queue.to_owned();
+        bridge.spawn(async move {
+            Ok(taken(
+                store.take(&queue, limit.0, now_ms.0, claim_ms.0).await?,
+            ))
+        })
+    }
+
+    /// `take` at once: an immediate store only.
+    fn take_now(
+        &self,
+        queue: Text,
+        limit: Int<usize>,
+        now_ms: Int<u64>,
+        claim_ms: Int<u64>,
+    ) -> PyResult<Vec<PyQueueItem>> {
+        let store = self.immediate_store("take")?;
+        Ok(taken(now(
+            store.take(&queue, limit.0, now_ms.0, claim_ms.0)
+        )?))
     }
 
     /// Resolves to why the store lost its lease (another engine took the database over), or to

@@ -4,7 +4,7 @@
 //! store of the contract: a write is applied when called, and every answer is ready at once.
 
 use std::{
-    collections::{hash_map, BTreeSet},
+    collections::{hash_map, BTreeMap, BTreeSet},
     future::ready,
     ops::Bound,
     sync::{Mutex, MutexGuard, PoisonError},
@@ -13,9 +13,12 @@ use std::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
-    listing::MAX_LIMIT, messages::CLAIM_MS, Answer, Cursor, Deferred, DeferredAt, Entry, Execution,
-    Filter, History, Listed, Op, OpResult, Page, Pending, Refusals, Request, Shards, Snapshot,
-    Status, Step, Store, StoreError, Timer, Unprocessed,
+    listing::MAX_LIMIT,
+    messages::CLAIM_MS,
+    queue::{claim_stands, QueueItem, Taken},
+    Answer, Cursor, Deferred, DeferredAt, Entry, Execution, Filter, History, Listed, Op, OpResult,
+    Page, Pending, Refusals, Request, Shards, Snapshot, Status, Step, Store, StoreError, Timer,
+    Unprocessed,
 };
 use crate::clock::now_ms;
 
@@ -200,6 +203,106 @@ impl Messages {
     }
 }
 
+/// A durable queue item and where it stands.
+struct Stored {
+    item: QueueItem,
+    /// Its place in offer order (the queue's key in [`Queues::pending`]).
+    no: u64,
+    claimed_ms: Option<u64>,
+    attempts: u32,
+    done: bool,
+}
+
+/// The durable queues: items by `(queue, id)`, and each queue's pending items in offer order.
+#[derive(Default)]
+struct Queues {
+    items: FxHashMap<(String, String), Stored>,
+    pending: FxHashMap<String, BTreeMap<u64, String>>,
+    next_no: u64,
+}
+
+impl Queues {
+    fn offer(&mut self, item: QueueItem) -> bool {
+        let key = (item.queue.clone(), item.id.clone());
+        let hash_map::Entry::Vacant(place) = self.items.entry(key) else {
+            return false;
+        };
+        self.next_no += 1;
+        self.pending
+            .entry(item.queue.clone())
+            .or_default()
+            .insert(self.next_no, item.id.clone());
+        place.insert(Stored {
+            item,
+            no: self.next_no,
+            claimed_ms: None,
+            attempts: 0,
+            done: false,
+        });
+        true
+    }
+
+    fn claim(&mut self, queue: &str, id: &str, claimed_ms: u64, claim_ms: u64) -> bool {
+        match self.items.get_mut(&(queue.to_owned(), id.to_owned())) {
+            Some(item) if !item.done && !claim_stands(item.claimed_ms, claimed_ms, claim_ms) => {
+                item.claimed_ms = Some(claimed_ms);
+                item.attempts = item.attempts.saturating_add(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn renew(&mut self, queue: &str, id: &str, held_ms: u64, renewed_ms: u64) -> bool {
+        match self.items.get_mut(&(queue.to_owned(), id.to_owned())) {
+            Some(item) if !item.done && item.claimed_ms == Some(held_ms) => {
+                item.claimed_ms = Some(renewed_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn done(&mut self, queue: &str, id: &str) -> bool {
+        match self.items.get_mut(&(queue.to_owned(), id.to_owned())) {
+            Some(item) if !item.done => {
+                item.done = true;
+                item.claimed_ms = None;
+                if let Some(pending) = self.pending.get_mut(queue) {
+                    pending.remove(&item.no);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take(&mut self, queue: &str, limit: usize, now_ms: u64, claim_ms: u64) -> Vec<Taken> {
+        let Some(pending) = self.pending.get(queue) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        for id in pending.values() {
+            if taken.len() >= limit {
+                break;
+            }
+            let Some(item) = self.items.get_mut(&(queue.to_owned(), id.clone())) else {
+                continue;
+            };
+            if claim_stands(item.claimed_ms, now_ms, claim_ms) {
+                continue;
+            }
+            item.claimed_ms = Some(now_ms);
+            item.attempts = item.attempts.saturating_add(1);
+            taken.push(Taken {
+                item: item.item.clone(),
+                attempt: item.attempts,
+            });
+        }
+        taken
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     journals: FxHashMap<String, Journal>,
@@ -208,6 +311,7 @@ struct Inner {
     /// and the timers in order, without a sort.
     by_due: BTreeSet<(u64, String, String)>,
     messages: Messages,
+    queues: Queues,
     /// The number the next execution gets.
     next_no: u64,
 }
@@ -347,6 +451,20 @@ impl Inner {
                 OpResult::Done(self.messages.reset_claims(shards))
             }
             // One process: it owns every shard.
+            Op::Offer(item) => OpResult::Done(self.queues.offer(item)),
+            Op::QueueClaim {
+                queue,
+                id,
+                claimed_ms,
+                claim_ms,
+            } => OpResult::Done(self.queues.claim(&queue, &id, claimed_ms, claim_ms)),
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => OpResult::Done(self.queues.renew(&queue, &id, held_ms, renewed_ms)),
+            Op::QueueDone { queue, id } => OpResult::Done(self.queues.done(&queue, &id)),
             Op::Owned { op, .. } => self.apply(op.into_inner(), now),
         }
     }
@@ -628,6 +746,17 @@ impl Store for MemoryStore {
     ) -> Answer<'a, Unprocessed> {
         let found = self.lock().messages.unprocessed(shards, limit, now_ms);
         Box::pin(ready(Ok(found)))
+    }
+
+    fn take<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: usize,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Answer<'a, Vec<Taken>> {
+        let taken = self.lock().queues.take(queue, limit, now_ms, claim_ms);
+        Box::pin(ready(Ok(taken)))
     }
 
     fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>> {

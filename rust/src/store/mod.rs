@@ -14,6 +14,7 @@ pub mod listing;
 pub mod memory;
 pub mod messages;
 mod op;
+pub mod queue;
 pub mod sql;
 
 use std::{future::Future, pin::Pin};
@@ -24,6 +25,7 @@ pub use listing::{Cursor, DeferredAt, Filter, History, Listed, Page, Step};
 pub use messages::{Request, Shards, Unprocessed};
 pub(crate) use op::Refusals;
 pub use op::{Op, OpResult};
+pub use queue::{QueueItem, Taken};
 
 /// Where an execution stands, as the store records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +223,17 @@ pub trait Store: Send + Sync {
         &'a self,
         addresses: &'a [(String, String)],
     ) -> Answer<'a, Vec<Option<Vec<u8>>>>;
+
+    /// Up to `limit` pending items of `queue` whose claim does not stand at `now_ms` (never
+    /// claimed, or claimed at least `claim_ms` before), in offer order, each claimed at
+    /// `now_ms` with its attempt counted. Two concurrent takes never return the same item.
+    fn take<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: usize,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Answer<'a, Vec<Taken>>;
 
     /// Resolves to why the store lost its lease; to `None` once it closes, or at once for a
     /// store without a lease.

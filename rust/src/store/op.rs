@@ -1,7 +1,7 @@
 //! The writes of the store contract: the ops, what each answers, and the check every store
 //! makes before it takes one.
 
-use super::{messages::Request, Entry, Execution, Status, Timer};
+use super::{messages::Request, queue::QueueItem, Entry, Execution, Status, Timer};
 
 /// One write. A store applies the ops of a [`super::Store::write`] in order, together with
 /// every write queued beside it, and answers each with an [`OpResult`].
@@ -123,6 +123,42 @@ pub enum Op {
         /// The shards (`"group:id"`), or every one.
         shards: Option<Vec<String>>,
     },
+    /// Offers a durable queue item unless one with its queue and id is stored (pending or
+    /// done). [`OpResult::Done`]: whether it was stored.
+    Offer(QueueItem),
+    /// Claims a pending queue item at `claimed_ms`, unless a claim made less than `claim_ms`
+    /// before stands. [`OpResult::Done`]: whether it was claimed (its attempt counted).
+    QueueClaim {
+        /// The queue.
+        queue: String,
+        /// The item.
+        id: String,
+        /// The claim's instant (ms since the Unix epoch).
+        claimed_ms: u64,
+        /// How long a claim stands (ms).
+        claim_ms: u64,
+    },
+    /// Extends a claim on a queue item that its worker still holds (its handler runs on): the
+    /// claim made at `held_ms` now stands from `renewed_ms`, unless the item is done or was
+    /// claimed again since. [`OpResult::Done`]: whether the claim was still `held_ms`.
+    QueueRenew {
+        /// The queue.
+        queue: String,
+        /// The item.
+        id: String,
+        /// The instant of the claim its worker holds (ms since the Unix epoch).
+        held_ms: u64,
+        /// The claim's new instant.
+        renewed_ms: u64,
+    },
+    /// Marks a queue item done: it is never taken again. [`OpResult::Done`]: whether it was
+    /// pending (`false` if done already, or unknown).
+    QueueDone {
+        /// The queue.
+        queue: String,
+        /// The item.
+        id: String,
+    },
     /// `op`, written by the owner of `shard`: a runner of a cluster applies it only while it
     /// holds the shard's lease, checked by the database inside the commit; otherwise it is
     /// answered [`OpResult::Fenced`] and not applied. A store without shard leases (memory,
@@ -188,6 +224,7 @@ impl Op {
     ///
     /// # Errors
     /// What is wrong, naming the field.
+    #[allow(clippy::too_many_lines)] // one arm per op, each short
     pub fn check(&self) -> Result<(), String> {
         let text = |field: &str, text: &str| {
             if text.contains('\0') {
@@ -266,6 +303,48 @@ impl Op {
                 .iter()
                 .flatten()
                 .try_for_each(|shard| text("shard", shard)),
+            Op::Offer(item) => {
+                text("queue", &item.queue)?;
+                text("id", &item.id)?;
+                item.token
+                    .as_deref()
+                    .map_or(Ok(()), |token| text("token", token))
+            }
+            Op::QueueClaim {
+                queue,
+                id,
+                claimed_ms,
+                claim_ms,
+            } => {
+                text("queue", queue)?;
+                text("id", id)?;
+                for (field, ms) in [("claimed_ms", claimed_ms), ("claim_ms", claim_ms)] {
+                    if i64::try_from(*ms).is_err() {
+                        return Err(format!(
+                            "{field} {ms} is out of range: expected at most 2^63 - 1"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => {
+                text("queue", queue)?;
+                text("id", id)?;
+                for (field, ms) in [("held_ms", held_ms), ("renewed_ms", renewed_ms)] {
+                    if i64::try_from(*ms).is_err() {
+                        return Err(format!(
+                            "{field} {ms} is out of range: expected at most 2^63 - 1"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Op::QueueDone { queue, id } => text("queue", queue).and_then(|()| text("id", id)),
             Op::Reply { .. } | Op::ClearReplies { .. } | Op::Unclaim { .. } => Ok(()),
             Op::Owned { shard, op } => text("shard", shard).and_then(|()| op.check()),
         }

@@ -69,7 +69,7 @@ pub use runners::{RunnerRow, RunnerStorage};
 
 use super::{
     listing::MAX_LIMIT, Answer, Cursor, Execution, Filter, History, Op, OpResult, Page, Pending,
-    Refusals, Shards, Snapshot, Status, Store, StoreError, Timer, Unprocessed,
+    Refusals, Shards, Snapshot, Status, Store, StoreError, Taken, Timer, Unprocessed,
 };
 #[cfg(test)]
 use writer::MAX_OPS_PER_TRANSACTION;
@@ -705,6 +705,52 @@ impl SqlStore {
         Ok(found)
     }
 
+    /// Up to `limit` pending items of `queue` whose claim is void at `now_ms` under
+    /// `claim_ms`, in offer order, each claimed at `now_ms`. PostgreSQL claims them in one
+    /// statement (`FOR UPDATE SKIP LOCKED`, so that the workers of many processes pass each
+    /// other's rows by); SQLite, whose one writer serializes every claim, reads them and
+    /// claims them with `Op::QueueClaim` through the writer, keeping those it claimed.
+    ///
+    /// # Errors
+    /// As a read does, or as a write does (SQLite's claims).
+    pub async fn take(
+        &self,
+        queue: &str,
+        limit: usize,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Result<Vec<Taken>, SqlError> {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let claim = i64::try_from(claim_ms).unwrap_or(i64::MAX);
+        if queue.contains('\0') || limit == 0 {
+            return Ok(Vec::new());
+        }
+        match &self.backend {
+            Backend::Postgres(reads) => self.read(|| reads.take(queue, limit, now, claim)).await,
+            Backend::Sqlite(readers) => {
+                let mut found = self
+                    .read(|| readers.queue_pending(queue.to_owned(), limit, now, claim))
+                    .await?;
+                if found.is_empty() {
+                    return Ok(found);
+                }
+                let claims = found
+                    .iter()
+                    .map(|taken| Op::QueueClaim {
+                        queue: queue.to_owned(),
+                        id: taken.item.id.clone(),
+                        claimed_ms: now_ms,
+                        claim_ms,
+                    })
+                    .collect();
+                let claimed = SqlStore::write(self, claims)?.await?;
+                let mut claimed = claimed.into_iter();
+                found.retain(|_| claimed.next() == Some(OpResult::Done(true)));
+                Ok(found)
+            }
+        }
+    }
+
     /// The final replies of requests `ids`, in order.
     ///
     /// # Errors
@@ -892,6 +938,16 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> Answer<'a, Unprocessed> {
         Box::pin(async move { Ok(SqlStore::unprocessed(self, shards, limit, now_ms).await?) })
+    }
+
+    fn take<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: usize,
+        now_ms: u64,
+        claim_ms: u64,
+    ) -> Answer<'a, Vec<Taken>> {
+        Box::pin(async move { Ok(SqlStore::take(self, queue, limit, now_ms, claim_ms).await?) })
     }
 
     fn replies<'a>(&'a self, ids: &'a [i64]) -> Answer<'a, Vec<Option<Vec<u8>>>> {

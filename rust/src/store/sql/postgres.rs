@@ -32,7 +32,8 @@ use crate::{
     clock::now_ms,
     store::{
         messages::CLAIM_MS, Cursor, Deferred, DeferredAt, Entry, Execution, Filter, History,
-        Listed, Op, OpResult, Page, Request, Snapshot, Status, Step, Timer, Unprocessed,
+        Listed, Op, OpResult, Page, QueueItem, Request, Snapshot, Status, Step, Taken, Timer,
+        Unprocessed,
     },
 };
 
@@ -54,6 +55,7 @@ pub(super) struct Statements {
     history_deferreds: SqlStr,
     history_timers: SqlStr,
     notify: SqlStr,
+    take: SqlStr,
     prefix: String,
 }
 
@@ -78,6 +80,11 @@ const CLEAR_REPLIES: i16 = 10;
 const UNCLAIM: i16 = 11;
 const CLAIM: i16 = 12;
 const RESET_CLAIMS: i16 = 13;
+/// The codes of the queue op kinds, applied by `<prefix>apply_messages` too.
+const OFFER: i16 = 14;
+const QUEUE_CLAIM: i16 = 15;
+const QUEUE_DONE: i16 = 16;
+const QUEUE_RENEW: i16 = 17;
 
 /// The outcomes `<prefix>apply` returns.
 const FALSE: i16 = 0;
@@ -219,6 +226,19 @@ impl Statements {
                 "SELECT name, due_ms FROM {p}timers WHERE execution_id = $1 ORDER BY due_ms, name",
                 prefix,
             ),
+            // One statement claims and returns: rows another take has locked are passed by, and
+            // a row it claimed meanwhile is re-checked against the claim's condition.
+            take: sql(
+                "WITH c AS ( \
+                     SELECT queue, id FROM {p}queue_items \
+                     WHERE queue = $1 AND done_ms IS NULL \
+                     AND (claimed_ms IS NULL OR claimed_ms <= $2) \
+                     ORDER BY no LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {p}queue_items q SET claimed_ms = $4, attempts = q.attempts + 1 \
+                 FROM c WHERE q.queue = c.queue AND q.id = c.id \
+                 RETURNING q.no, q.id, q.payload, q.token, q.attempts",
+                prefix,
+            ),
             prefix: prefix.to_owned(),
         }
     }
@@ -311,6 +331,10 @@ impl<'a> Columns<'a> {
             | Op::Unclaim { .. }
             | Op::Claim { .. }
             | Op::ResetClaims { .. }
+            | Op::Offer(_)
+            | Op::QueueClaim { .. }
+            | Op::QueueRenew { .. }
+            | Op::QueueDone { .. }
             | Op::Owned { .. } => {
                 return Err(Failure::Refused(format!(
                     "a message op among the journal's: {op:?}"
@@ -352,6 +376,7 @@ struct MessageColumns<'a> {
 }
 
 impl<'a> MessageColumns<'a> {
+    #[allow(clippy::too_many_lines)] // one arm per op kind, each short
     fn push(&mut self, op: &'a Op) -> Result<(), Failure> {
         let at = |ms: Option<u64>| ms.map(due_to_i64).transpose();
         let mut row = (None, None, None, None, None, None, None, None, None);
@@ -411,6 +436,42 @@ impl<'a> MessageColumns<'a> {
                     .map(|shards| shards.join(SHARD_SEPARATOR.encode_utf8(&mut [0; 4])));
                 RESET_CLAIMS
             }
+            Op::Offer(item) => {
+                row.1 = Some(item.queue.clone());
+                row.2 = Some(item.id.as_str());
+                row.3 = item.token.as_deref();
+                row.8 = Some(item.payload.as_slice());
+                OFFER
+            }
+            Op::QueueClaim {
+                queue,
+                id,
+                claimed_ms,
+                claim_ms,
+            } => {
+                row.1 = Some(queue.clone());
+                row.2 = Some(id.as_str());
+                row.6 = at(Some(*claim_ms))?;
+                row.7 = at(Some(*claimed_ms))?;
+                QUEUE_CLAIM
+            }
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => {
+                row.1 = Some(queue.clone());
+                row.2 = Some(id.as_str());
+                row.6 = at(Some(*held_ms))?;
+                row.7 = at(Some(*renewed_ms))?;
+                QUEUE_RENEW
+            }
+            Op::QueueDone { queue, id } => {
+                row.1 = Some(queue.clone());
+                row.2 = Some(id.as_str());
+                QUEUE_DONE
+            }
             _ => {
                 return Err(Failure::Refused(format!(
                     "a journal op among the messages': {op:?}"
@@ -431,11 +492,16 @@ impl<'a> MessageColumns<'a> {
     }
 }
 
-/// Whether `op` is one of the entity message ops (applied by `<prefix>apply_messages`).
+/// Whether `op` is one of the entity message or queue ops (applied by
+/// `<prefix>apply_messages`).
 fn is_message(op: &Op) -> bool {
     matches!(
         op,
-        Op::Request { .. }
+        Op::Offer(_)
+            | Op::QueueClaim { .. }
+            | Op::QueueRenew { .. }
+            | Op::QueueDone { .. }
+            | Op::Request { .. }
             | Op::Reply { .. }
             | Op::EntityState { .. }
             | Op::ClearReplies { .. }
@@ -1042,6 +1108,44 @@ impl Reads {
             .try_get(0)?;
         found.next_deliver_at = next.map(stored_due).transpose()?;
         Ok(found)
+    }
+
+    /// Claims up to `limit` pending items of `queue` whose claim is void at `now_ms` under
+    /// `claim_ms`, in offer order (one statement, its own transaction).
+    pub(super) async fn take(
+        &self,
+        queue: &str,
+        limit: usize,
+        now_ms: i64,
+        claim_ms: i64,
+    ) -> Result<Vec<Taken>, Failure> {
+        let rows = sqlx::query(self.statements.take.clone())
+            .bind(queue)
+            .bind(now_ms.saturating_sub(claim_ms))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let no: i64 = row.try_get(0)?;
+            let attempts: i32 = row.try_get(4)?;
+            taken.push((
+                no,
+                Taken {
+                    item: QueueItem {
+                        queue: queue.to_owned(),
+                        id: row.try_get(1)?,
+                        payload: row.try_get(2)?,
+                        token: row.try_get(3)?,
+                    },
+                    attempt: u32::try_from(attempts).unwrap_or(0),
+                },
+            ));
+        }
+        // RETURNING keeps no order.
+        taken.sort_unstable_by_key(|(no, _)| *no);
+        Ok(taken.into_iter().map(|(_, taken)| taken).collect())
     }
 
     /// The final replies of `ids`, in order.

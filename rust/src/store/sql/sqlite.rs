@@ -31,7 +31,8 @@ use crate::{
     clock::now_ms,
     store::{
         messages::CLAIM_MS, Cursor, Deferred, DeferredAt, Entry, Execution, Filter, History,
-        Listed, Op, OpResult, Page, Request, Shards, Snapshot, Status, Step, Timer, Unprocessed,
+        Listed, Op, OpResult, Page, QueueItem, Request, Shards, Snapshot, Status, Step, Taken,
+        Timer, Unprocessed,
     },
 };
 
@@ -96,6 +97,11 @@ struct Sql {
     history_steps: String,
     history_deferreds: String,
     history_timers: String,
+    queue_offer: String,
+    queue_claim: String,
+    queue_renew: String,
+    queue_done: String,
+    queue_pending: String,
     prefix: String,
 }
 
@@ -210,6 +216,23 @@ impl Sql {
             history_timers: sql(
                 "SELECT name, due_ms FROM {p}timers WHERE execution_id = ?1 ORDER BY due_ms, name",
             ),
+            queue_offer: sql(
+                "INSERT INTO {p}queue_items (queue, id, payload, token, offered_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            ),
+            // A claim made at or before ?4 (its instant less the claim timeout) is void.
+            queue_claim: sql(
+                "UPDATE {p}queue_items SET claimed_ms = ?3, attempts = attempts + 1 \
+                 WHERE queue = ?1 AND id = ?2 AND done_ms IS NULL \
+                 AND (claimed_ms IS NULL OR claimed_ms <= ?4)",
+            ),
+            queue_renew: sql("UPDATE {p}queue_items SET claimed_ms = ?4 \
+                 WHERE queue = ?1 AND id = ?2 AND done_ms IS NULL AND claimed_ms = ?3"),
+            queue_done: sql("UPDATE {p}queue_items SET done_ms = ?3, claimed_ms = NULL \
+                 WHERE queue = ?1 AND id = ?2 AND done_ms IS NULL"),
+            queue_pending: sql("SELECT id, payload, token, attempts FROM {p}queue_items \
+                 WHERE queue = ?1 AND done_ms IS NULL \
+                 AND (claimed_ms IS NULL OR claimed_ms <= ?2) ORDER BY no LIMIT ?3"),
             prefix: prefix.to_owned(),
         }
     }
@@ -590,7 +613,51 @@ impl WriteConnection {
             | Op::Unclaim { .. }
             | Op::Claim { .. }
             | Op::ResetClaims { .. } => self.apply_message(op)?,
+            Op::Offer(_) | Op::QueueClaim { .. } | Op::QueueRenew { .. } | Op::QueueDone { .. } => {
+                self.apply_queue(op, now)?
+            }
             Op::Owned { .. } => unreachable!("taken out of Owned above"),
+        })
+    }
+
+    /// Applies a durable queue op (see [`Op`]).
+    fn apply_queue(&self, op: &Op, now: i64) -> Result<OpResult, Failure> {
+        let (conn, sql) = (&self.conn, &self.sql);
+        let run = |statement: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, Failure> {
+            Ok(conn.prepare_cached(statement)?.execute(params)? > 0)
+        };
+        Ok(match op {
+            Op::Offer(item) => OpResult::Done(run(
+                &sql.queue_offer,
+                params![item.queue, item.id, item.payload, item.token, now],
+            )?),
+            Op::QueueClaim {
+                queue,
+                id,
+                claimed_ms,
+                claim_ms,
+            } => {
+                let at = due_to_i64(*claimed_ms)?;
+                let void_before = at.saturating_sub(due_to_i64(*claim_ms)?);
+                OpResult::Done(run(&sql.queue_claim, params![queue, id, at, void_before])?)
+            }
+            Op::QueueRenew {
+                queue,
+                id,
+                held_ms,
+                renewed_ms,
+            } => OpResult::Done(run(
+                &sql.queue_renew,
+                params![queue, id, due_to_i64(*held_ms)?, due_to_i64(*renewed_ms)?],
+            )?),
+            Op::QueueDone { queue, id } => {
+                OpResult::Done(run(&sql.queue_done, params![queue, id, now])?)
+            }
+            _ => {
+                return Err(Failure::Refused(format!(
+                    "another op taken for a queue op: {op:?}"
+                )))
+            }
         })
     }
 
@@ -977,6 +1044,37 @@ impl Readers {
                 .query_row([now_ms], |row| row.get(0))?;
             found.next_deliver_at = next.map(stored_due).transpose()?;
             tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    /// Up to `limit` pending items of `queue` whose claim is void at `now_ms` under
+    /// `claim_ms`, in offer order, with their attempts so far. The caller claims them.
+    pub(super) fn queue_pending(
+        &self,
+        queue: String,
+        limit: usize,
+        now_ms: i64,
+        claim_ms: i64,
+    ) -> impl std::future::Future<Output = Result<Vec<Taken>, Failure>> {
+        self.run(move |conn, sql| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut statement = conn.prepare_cached(&sql.queue_pending)?;
+            let mut rows =
+                statement.query(params![queue, now_ms.saturating_sub(claim_ms), limit])?;
+            let mut found = Vec::new();
+            while let Some(row) = rows.next()? {
+                let attempts: i64 = row.get(3)?;
+                found.push(Taken {
+                    item: QueueItem {
+                        queue: queue.clone(),
+                        id: row.get(0)?,
+                        payload: row.get(1)?,
+                        token: row.get(2)?,
+                    },
+                    attempt: u32::try_from(attempts).map_or(u32::MAX, |n| n.saturating_add(1)),
+                });
+            }
             Ok(found)
         })
     }

@@ -19,11 +19,12 @@ use super::{
     connect::{migrator, Dialect},
     *,
 };
-use crate::store::{memory::MemoryStore, messages::CLAIM_MS, Deferred, Entry, Request};
+use crate::store::{memory::MemoryStore, messages::CLAIM_MS, Deferred, Entry, QueueItem, Request};
 
 mod leases;
 mod listing;
 mod numbers_and_timers;
+mod queues;
 mod shards;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -256,8 +257,8 @@ fn deferred_value(name: &str, value: &[u8]) -> Deferred {
     }
 }
 
-/// A deterministic stream of ops over a few ids, keys and names: every kind of op, including
-/// repeats and unknown executions.
+/// A deterministic stream of ops over a few ids, keys and names: every kind of journal and
+/// queue op, including repeats, unknown executions and unknown queue items.
 fn scripted_ops(count: usize) -> Vec<Op> {
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |n: u64| {
@@ -272,7 +273,7 @@ fn scripted_ops(count: usize) -> Vec<Op> {
             let id = format!("e{}", next(6));
             let name = format!("n{}", next(4));
             let value = format!("v{i}").into_bytes();
-            match next(10) {
+            match next(15) {
                 0 | 1 => Op::Start {
                     id,
                     workflow: format!("W{}", next(2)),
@@ -292,9 +293,31 @@ fn scripted_ops(count: usize) -> Vec<Op> {
                 }
                 6 => Op::Interrupt { id },
                 7 | 8 => timer(&id, &name, next(50)),
-                _ => Op::Untimer {
+                9 => Op::Untimer {
                     execution_id: id,
                     name,
+                },
+                10 | 11 => Op::Offer(QueueItem {
+                    queue: format!("q{}", next(2)),
+                    id: format!("i{}", next(6)),
+                    payload: value,
+                    token: (next(2) == 0).then(|| format!("t{i}")),
+                }),
+                12 => Op::QueueClaim {
+                    queue: format!("q{}", next(2)),
+                    id: format!("i{}", next(6)),
+                    claimed_ms: next(60),
+                    claim_ms: 20,
+                },
+                13 => Op::QueueRenew {
+                    queue: format!("q{}", next(2)),
+                    id: format!("i{}", next(6)),
+                    held_ms: next(60),
+                    renewed_ms: 60 + next(60),
+                },
+                _ => Op::QueueDone {
+                    queue: format!("q{}", next(2)),
+                    id: format!("i{}", next(6)),
                 },
             }
         })
@@ -315,7 +338,8 @@ async fn write_in_batches(store: &dyn Store, ops: &[Op]) -> Vec<Vec<OpResult>> {
 }
 
 /// What `store` holds, read through the contract: the snapshots and executions of `ids`,
-/// ranges of timers, and the ids of each status (sorted: the order is the store's).
+/// ranges of timers, the ids of each status (sorted: the order is the store's), and what
+/// takes of the queues hand out (claims standing, then void).
 async fn contents(store: &dyn Store, ids: &[String]) -> Vec<String> {
     let mut seen = vec![
         format!("{:?}", store.snapshots(ids).await.unwrap()),
@@ -337,6 +361,12 @@ async fn contents(store: &dyn Store, ids: &[String]) -> Vec<String> {
         let mut ids = store.with_status(which).await.unwrap();
         ids.sort();
         seen.push(format!("{which:?}: {ids:?}"));
+    }
+    for queue in ["q0", "q1", "q2"] {
+        for (limit, now_ms) in [(2, 100), (10, 110), (10, 130), (0, 200), (10, 200)] {
+            let taken = store.take(queue, limit, now_ms, 25).await.unwrap();
+            seen.push(format!("take {queue} {limit} at {now_ms}: {taken:?}"));
+        }
     }
     seen
 }
