@@ -247,6 +247,7 @@ _OpKind: TypeAlias = Literal[
     "append",
     "deferred",
     "status",
+    "suspend",
     "interrupt",
     "timer",
     "untimer",
@@ -319,6 +320,14 @@ class Op:
 
         Raises:
             InvalidArgumentError: `status` is not running, suspended or complete.
+        """
+
+    @staticmethod
+    def suspend(id: str, cause: bytes | None, deferreds: int, shard: str | None = None) -> Op:
+        """Suspends an execution unless it is complete or holds more than `deferreds` deferred
+        results (one came that the run did not see: it must run again).
+
+        Answers whether it was suspended.
         """
 
     @staticmethod

@@ -1030,13 +1030,22 @@ class Engine:
                 if result.cause is None
                 else ExitCodec("cause", None, None).settle(Failure(result.cause))[0]
             )
-            stored = await self._write(Op.status(ex.id, "suspended", cause, ex.shard))
+            # On a runner, suspended only if no deferred came that this run did not see
+            # (another process's wake-up, whose running mark must stay).
+            suspend = (
+                Op.suspend(ex.id, cause, len(run.deferreds), ex.shard)
+                if self.cluster
+                else Op.status(ex.id, "suspended", cause)
+            )
+            stored = await self._write(suspend)
             if isinstance(stored, Fenced):
                 self._moved(ex)
                 run.task = None
                 return
             if not stored:
                 result = await self._result_stored_first(ex, result)
+                if self.cluster and isinstance(result, Suspended):
+                    ex.wake = True  # woken meanwhile: it runs again
         if self.cluster:
             ends = self._recent_ends
             ends.pop(ex.id, None)

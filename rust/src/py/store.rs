@@ -122,6 +122,26 @@ impl PyOp {
         ))
     }
 
+    /// Suspends an execution (with `cause`) unless it is complete or holds more than
+    /// `deferreds` deferred results: one came that the run did not see, and it must run again.
+    #[staticmethod]
+    #[pyo3(signature = (id, cause, deferreds, shard = None))]
+    fn suspend(
+        id: Text,
+        cause: Option<PyBackedBytes>,
+        deferreds: Int<u32>,
+        shard: Option<Text>,
+    ) -> Self {
+        owned(
+            shard,
+            store::Op::Suspend {
+                id: id.to_owned(),
+                cause: cause.map(|c| c.to_vec()),
+                deferreds: deferreds.0,
+            },
+        )
+    }
+
     /// Records an interrupt request.
     #[staticmethod]
     #[pyo3(signature = (id, shard = None))]
@@ -288,6 +308,7 @@ impl PyOp {
             store::Op::Append { .. } => "append",
             store::Op::Deferred { .. } => "deferred",
             store::Op::Status { .. } => "status",
+            store::Op::Suspend { .. } => "suspend",
             store::Op::Interrupt { .. } => "interrupt",
             store::Op::Timer(_) => "timer",
             store::Op::Untimer { .. } => "untimer",
@@ -314,6 +335,7 @@ impl PyOp {
             | store::Op::Append { id, .. }
             | store::Op::Deferred { id, .. }
             | store::Op::Status { id, .. }
+            | store::Op::Suspend { id, .. }
             | store::Op::Interrupt { id } => Some(id),
             store::Op::Timer(store::Timer { execution_id, .. })
             | store::Op::Untimer { execution_id, .. } => Some(execution_id),

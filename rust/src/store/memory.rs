@@ -392,6 +392,24 @@ impl Inner {
                 }
                 OpResult::Done(true)
             }
+            Op::Suspend {
+                id,
+                cause,
+                deferreds,
+            } => {
+                let Some(journal) = self.journals.get_mut(&id) else {
+                    return OpResult::Done(false);
+                };
+                if journal.execution.status == Status::Complete
+                    || journal.deferreds.len() > deferreds as usize
+                {
+                    return OpResult::Done(false);
+                }
+                journal.execution.status = Status::Suspended;
+                journal.execution.result = cause;
+                journal.updated_ms = now;
+                OpResult::Done(true)
+            }
             Op::Interrupt { id } => {
                 let Some(journal) = self.journals.get_mut(&id) else {
                     return OpResult::UnknownExecution;

@@ -51,6 +51,18 @@ pub enum Op {
         /// The encoded result.
         result: Option<Vec<u8>>,
     },
+    /// Suspends an execution (status suspended, `cause` its result) unless it is complete or
+    /// holds more than `deferreds` deferred results: one came that the run ending now did not
+    /// see (another process completed it, and its running mark must not be overwritten), so
+    /// the execution must run again instead. [`OpResult::Done`]: whether it was suspended.
+    Suspend {
+        /// The execution's id.
+        id: String,
+        /// The encoded cause, if any.
+        cause: Option<Vec<u8>>,
+        /// The deferred results the run knew of.
+        deferreds: u32,
+    },
     /// Records an interrupt request. [`OpResult::Done`]: `false` if the execution is complete;
     /// [`OpResult::UnknownExecution`].
     Interrupt {
@@ -248,7 +260,7 @@ impl Op {
             }
             Op::Append { id, entry } => text("id", id).and_then(|()| text("key", &entry.key)),
             Op::Deferred { id, name, .. } => text("id", id).and_then(|()| text("name", name)),
-            Op::Status { id, .. } | Op::Interrupt { id } => text("id", id),
+            Op::Status { id, .. } | Op::Suspend { id, .. } | Op::Interrupt { id } => text("id", id),
             Op::Timer(timer) => {
                 text("execution_id", &timer.execution_id)?;
                 text("name", &timer.name)?;

@@ -312,6 +312,20 @@ impl<'a> Columns<'a> {
                 result.as_deref(),
                 None,
             ),
+            // A status whose number is the count of deferred results its run knew of (see the
+            // apply function of migration 0010).
+            Op::Suspend {
+                id,
+                cause,
+                deferreds,
+            } => (
+                STATUS,
+                id,
+                Some(Status::Suspended.as_str()),
+                Some(i64::from(*deferreds)),
+                cause.as_deref(),
+                None,
+            ),
             Op::Interrupt { id } => (INTERRUPT, id, None, None, None, None),
             Op::Timer(timer) => (
                 TIMER,
@@ -724,6 +738,7 @@ async fn notify(
                 Op::Status { id, status, .. } if changed && owned && *status != Status::Running => {
                     ended.push(notified_id(id));
                 }
+                Op::Suspend { id, .. } if changed && owned => ended.push(notified_id(id)),
                 Op::Start { id, .. }
                 | Op::Deferred { id, .. }
                 | Op::Interrupt { id }

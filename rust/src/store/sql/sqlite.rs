@@ -68,6 +68,7 @@ struct Sql {
     append: String,
     deferred: String,
     status: String,
+    count_deferreds: String,
     drop_timers: String,
     interrupt: String,
     timer: String,
@@ -138,6 +139,7 @@ impl Sql {
                 "UPDATE {p}executions SET status = ?2, result = ?3, updated_ms = ?4 \
                  WHERE no = ?1 AND status <> 'complete'",
             ),
+            count_deferreds: sql("SELECT count(*) FROM {p}deferreds WHERE execution_no = ?1"),
             drop_timers: sql("DELETE FROM {p}timers WHERE execution_id = ?1"),
             interrupt: sql(
                 "UPDATE {p}executions SET interrupted = TRUE, updated_ms = ?2 \
@@ -589,6 +591,22 @@ impl WriteConnection {
                         run(&sql.drop_timers, params![id])?;
                     }
                     OpResult::Done(updated)
+                }
+                None => OpResult::Done(false),
+            },
+            Op::Suspend {
+                id,
+                cause,
+                deferreds,
+            } => match self.number(id, learned)? {
+                Some(no) => {
+                    let stored: i64 = conn
+                        .prepare_cached(&sql.count_deferreds)?
+                        .query_row(params![no], |row| row.get(0))?;
+                    OpResult::Done(
+                        stored <= i64::from(*deferreds)
+                            && run(&sql.status, params![no, "suspended", cause, now])?,
+                    )
                 }
                 None => OpResult::Done(false),
             },

@@ -258,7 +258,7 @@ fn deferred_value(name: &str, value: &[u8]) -> Deferred {
 }
 
 /// A deterministic stream of ops over a few ids, keys and names: every kind of journal and
-/// queue op, including repeats, unknown executions and unknown queue items.
+/// queue op (a suspension that more deferreds than its run knew refuse among them), including repeats, unknown executions and unknown queue items.
 fn scripted_ops(count: usize) -> Vec<Op> {
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |n: u64| {
@@ -282,6 +282,11 @@ fn scripted_ops(count: usize) -> Vec<Op> {
                 },
                 2 | 3 => append(&id, &name, u32::try_from(next(5)).unwrap(), &value),
                 4 => deferred(&id, &name, &value),
+                5 if next(3) == 0 => Op::Suspend {
+                    id,
+                    cause: (next(2) == 0).then_some(value),
+                    deferreds: u32::try_from(next(4)).unwrap(),
+                },
                 5 => {
                     let which = statuses[usize::try_from(next(3)).unwrap()];
                     let result = (next(2) == 0).then_some(value);
