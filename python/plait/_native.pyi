@@ -324,10 +324,10 @@ class Op:
 
     @staticmethod
     def suspend(id: str, cause: bytes | None, deferreds: int, shard: str | None = None) -> Op:
-        """Suspends an execution unless it is complete or holds more than `deferreds` deferred
-        results (one came that the run did not see: it must run again).
+        """Suspends an execution unless it is complete or holds more than `deferreds` results.
 
-        Answers whether it was suspended.
+        More deferred results than its run knew: one came that the run did not see, and it
+        must run again. Answers whether it was suspended.
         """
 
     @staticmethod
