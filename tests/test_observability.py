@@ -26,6 +26,7 @@ import plait
 from plait.http import proxy_app
 from plait.observability import enable_metrics, tracing
 from plait.observability.logs import fields
+from plait.observability.metrics import EngineGauges
 from tests.http_support import free_port, live_proxy
 from tests.observability_support import (
     Add,
@@ -366,6 +367,25 @@ async def test_the_mailbox_depth_and_suspended_gauges_after_a_known_workload(
     assert sample(after, 'plait_entity_mailbox_depth{entity="ObsQueue"}') == 0
 
 
+async def test_the_suspended_count_is_read_once_however_often_scraped(tmp_path: Path) -> None:
+    reads: list[int] = []
+    async with plait.Engine.sqlite(str(tmp_path / "db.sqlite")) as engine:
+        execution_id = await Order.execute({"order": "o-count"}, discard=True)
+        await poll_until(Order, execution_id, plait.Suspended)
+
+        async def count(cap: int) -> int:
+            reads.append(cap)
+            return (await engine.execution_counts(cap=cap))["suspended"]
+
+        gauges = EngineGauges(asyncio.get_running_loop(), list, count)
+        # Scrapes from other threads (a metrics port) at once, then one on the loop.
+        scraped = await asyncio.gather(*(asyncio.to_thread(gauges.suspended) for _ in range(4)))
+        await gauges.refresh()
+        assert gauges.suspended() == 1
+    assert scraped == [1, 1, 1, 1]
+    assert reads == [10_000]
+
+
 async def test_an_entity_request_to_another_runner_continues_the_caller_s_trace(
     spans: InMemorySpanExporter, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -414,6 +434,10 @@ async def test_an_entity_request_to_another_runner_continues_the_caller_s_trace(
     assert 'plait_entity_messages_total{entity="ObsTally",outcome="success",rpc="add"} 1.0' in (
         scraped
     )
+    # The gauges read at scrape time, from the port's thread: the mailbox drained, and the
+    # count the thread waited for the runner's loop to read from its fresh database.
+    assert 'plait_entity_mailbox_depth{entity="ObsTally"} 0.0' in scraped
+    assert "plait_executions_suspended_stored 0.0" in scraped
 
 
 async def poll_file(path: Path, process: asyncio.subprocess.Process) -> None:
