@@ -172,9 +172,14 @@ class Metrics:
         for entity in sorted(depths):
             family.add_metric([entity], depths[entity])
         yield family
-        # Every engine of a process on one database would count the same executions: the
-        # first engine started speaks for the store.
-        suspended = engines[0].suspended() if engines else None
+        # Every engine of a process on one database would count the same executions: one
+        # speaks for the store, the first started on the loop serving the scrape (the proxy's),
+        # else the first started.
+        suspended = None
+        if engines:
+            running = _running_loop()
+            speaker = next((e for e in engines if e.loop is running), engines[0])
+            suspended = speaker.suspended()
         if suspended is not None:
             yield GaugeMetricFamily(
                 "plait_executions_suspended_stored",
@@ -201,9 +206,10 @@ class EngineGauges:
 
     The depths of its mailboxes, read from its work source (one call per scrape), and the count
     of executions suspended in its store: a query, so it is kept `max_age` seconds and counted
-    up to `cap`. A scrape from another thread (a metrics port) waits up to two seconds for a
-    count due to be read again; one on the engine's loop (the proxy's `/metrics`) cannot, and
-    `Metrics.refresh` reads it first.
+    up to `cap`. A scrape from a thread without a loop (a metrics port's) waits up to two
+    seconds for a count due to be read again. A scrape on a loop never blocks it: on the
+    engine's loop `Metrics.refresh` has read it first (the proxy's `/metrics`), on another the
+    read is started for the next scrape.
 
     Args:
         loop: The engine's loop, where the store is read.
@@ -258,16 +264,17 @@ class EngineGauges:
 
     def suspended(self) -> int | None:
         """The count of suspended executions for a scrape (None until read, or if unreadable)."""
-        if self._fresh() or self.loop.is_closed():
+        if self._fresh() or not self.loop.is_running():
             return self._value
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+        running = _running_loop()
         if running is self.loop:
             # On the loop it needs: read for the next scrape, this one gets the last count.
             if self._reading is None:
                 self._reading = self.loop.create_task(self._read())
+            return self._value
+        if running is not None:
+            # On another loop, which must not block: the next scrape gets it.
+            asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
             return self._value
         waited = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
         try:
@@ -275,6 +282,13 @@ class EngineGauges:
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
             waited.cancel()
         return self._value
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _Callbacks:
