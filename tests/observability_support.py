@@ -85,6 +85,34 @@ async def add(ctx: plait.EntityContext[Any], body: Add) -> int:
     return body.by * 2
 
 
+@Tally.rpc()
+async def total(ctx: plait.EntityContext[Any], numbers: list[int]) -> int:
+    """A payload that is a JSON array: what the handler sees is recorded."""
+    seen.append(numbers)
+    return sum(numbers)
+
+
+@Tally.rpc()
+async def ping(ctx: plait.EntityContext[Any]) -> str:
+    """No payload at all (`null` on the wire)."""
+    return "pong"
+
+
+seen: list[object] = []
+
+# One request at a time per instance: the rest wait in its mailbox until `gate` opens.
+Queue = plait.Entity("ObsQueue")
+gate: dict[str, asyncio.Event] = {}
+holding: dict[str, asyncio.Event] = {}
+
+
+@Queue.rpc()
+async def hold(ctx: plait.EntityContext[Any], n: int) -> int:
+    holding[ctx.entity_id].set()
+    await gate[ctx.entity_id].wait()
+    return n
+
+
 def record_spans() -> InMemorySpanExporter:
     """The process's tracer provider: the SDK's, exporting to memory (set once)."""
     exporter = InMemorySpanExporter()

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -25,8 +26,23 @@ import plait
 from plait.http import proxy_app
 from plait.observability import enable_metrics, tracing
 from plait.observability.logs import fields
+from plait.observability.metrics import EngineGauges
 from tests.http_support import free_port, live_proxy
-from tests.observability_support import Add, Approval, Greeter, Order, add, as_dict, record_spans
+from tests.observability_support import (
+    Add,
+    Approval,
+    Greeter,
+    Order,
+    add,
+    as_dict,
+    gate,
+    hold,
+    holding,
+    ping,
+    record_spans,
+    seen,
+    total,
+)
 from tests.workflow_support import poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,10 +219,19 @@ def test_the_trace_key_leaves_the_payload_as_it_was() -> None:
         stripped, found = tracing.split_trace(carried)
         assert found == traceparent
         assert json.loads(stripped) == json.loads(payload)
-    # Rows stored before, and payloads that are not objects, pass through untouched.
-    assert tracing.split_trace(b'{"a":1}') == (b'{"a":1}', None)
-    assert tracing.with_trace(b"[1]", traceparent) == b"[1]"
-    assert tracing.with_trace(b"null", traceparent) == b"null"
+    # A payload that is not an object is wrapped, and comes back byte for byte.
+    for payload in (b"[1,{}]", b"null", b"3", b'"s"', b"[]"):
+        carried = tracing.with_trace(payload, traceparent)
+        assert json.loads(carried) == {
+            tracing.WRAPPED_KEY: traceparent,
+            tracing.VALUE_KEY: json.loads(payload),
+        }
+        assert tracing.split_trace(carried) == (payload, traceparent)
+    # Rows stored before, and without tracing, pass through untouched; so does an object whose
+    # first key only looks like the wrapping's.
+    for payload in (b'{"a":1}', b"[1]", b"null", b'{"~plait/value":1}'):
+        assert tracing.split_trace(payload) == (payload, None)
+        assert tracing.with_trace(payload, None) == payload
 
 
 def test_log_fields_carry_the_current_trace_ids(spans: InMemorySpanExporter) -> None:
@@ -266,6 +291,101 @@ async def test_metrics_scraped_from_a_live_proxy_count_a_known_workload(
     assert samples["plait_workflow_runs_active"] == 0
 
 
+async def test_an_entity_payload_that_is_not_an_object_carries_the_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    host = trace.get_tracer("host")
+    seen.clear()
+    async with plait.Engine.memory():
+        with host.start_as_current_span("host.request"):
+            assert await total.call("t-list", [1, 2, 3]) == 6
+            assert await ping.call("t-list") == "pong"
+    [request] = named(spans, "host.request")
+    sends = named(spans, "plait.entity.send")
+    handles = named(spans, "plait.entity.handle")
+    assert [s["attributes"]["plait.rpc"] for s in sends] == ["total", "ping"]
+    assert [h["parent"] for h in handles] == [s["span_id"] for s in sends]
+    assert {h["trace_id"] for h in handles} == {request["trace_id"]}
+    # The handler saw the array as sent, not the wrapping that carried the trace.
+    assert seen == [[1, 2, 3]]
+
+
+async def test_a_workflow_under_a_span_not_sampled_records_no_span_of_its_own(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    unsampled = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        )
+    )
+    async with plait.Engine.sqlite(str(tmp_path / "db.sqlite")) as engine:
+        token = otel_context.attach(trace.set_span_in_context(unsampled))
+        try:
+            assert await Greeter.execute({"n": 7}) == "hello 7"
+            assert await add.call("t-unsampled", Add(by=1)) == 2
+        finally:
+            otel_context.detach(token)
+        timeline = await engine.timeline(Greeter.execution_id({"n": 7}))
+    # The sampler decided where the trace began: nothing under it is recorded (the commit
+    # batches start traces of their own).
+    assert {s.name for s in spans.get_finished_spans()} == {"plait.store.commit"}
+    assert timeline.payload == {"n": 7}
+
+
+async def test_the_mailbox_depth_and_suspended_gauges_after_a_known_workload(
+    plait_clock: plait.testing.VirtualClock,
+) -> None:
+    enable_metrics()
+    engine = plait.Engine.memory(clock=plait_clock)
+    app = proxy_app([Order], engine=engine)
+    gate["q-1"], holding["q-1"] = asyncio.Event(), asyncio.Event()
+
+    def sample(text: str, name: str) -> float | None:
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    async with live_proxy(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        # Two executions suspended on their approval.
+        for order in ("o-gauge-1", "o-gauge-2"):
+            execution_id = await Order.execute({"order": order}, discard=True, engine=engine)
+            await poll_until(Order, execution_id, plait.Suspended, engine=engine)
+        # Three requests to one instance that runs one at a time: one runs, two wait.
+        calls = [asyncio.ensure_future(hold.call("q-1", n, engine=engine)) for n in range(3)]
+        await asyncio.wait_for(holding["q-1"].wait(), 10)
+        scraped = (await client.get("/metrics")).text
+        gate["q-1"].set()
+        assert await asyncio.gather(*calls) == [0, 1, 2]
+        after = (await client.get("/metrics")).text
+    assert sample(scraped, 'plait_entity_mailbox_depth{entity="ObsQueue"}') == 2
+    assert sample(scraped, "plait_executions_suspended_stored") == 2
+    # The depth is read at each scrape; the count of the store is kept a while.
+    assert sample(after, 'plait_entity_mailbox_depth{entity="ObsQueue"}') == 0
+
+
+async def test_the_suspended_count_is_read_once_however_often_scraped(tmp_path: Path) -> None:
+    reads: list[int] = []
+    async with plait.Engine.sqlite(str(tmp_path / "db.sqlite")) as engine:
+        execution_id = await Order.execute({"order": "o-count"}, discard=True)
+        await poll_until(Order, execution_id, plait.Suspended)
+
+        async def count(cap: int) -> int:
+            reads.append(cap)
+            return (await engine.execution_counts(cap=cap))["suspended"]
+
+        gauges = EngineGauges(asyncio.get_running_loop(), list, count)
+        # Scrapes from other threads (a metrics port) at once, then one on the loop.
+        scraped = await asyncio.gather(*(asyncio.to_thread(gauges.suspended) for _ in range(4)))
+        await gauges.refresh()
+        assert gauges.suspended() == 1
+    assert scraped == [1, 1, 1, 1]
+    assert reads == [10_000]
+
+
 async def test_an_entity_request_to_another_runner_continues_the_caller_s_trace(
     spans: InMemorySpanExporter, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -314,6 +434,10 @@ async def test_an_entity_request_to_another_runner_continues_the_caller_s_trace(
     assert 'plait_entity_messages_total{entity="ObsTally",outcome="success",rpc="add"} 1.0' in (
         scraped
     )
+    # The gauges read at scrape time, from the port's thread: the mailbox drained, and the
+    # count the thread waited for the runner's loop to read from its fresh database.
+    assert 'plait_entity_mailbox_depth{entity="ObsTally"} 0.0' in scraped
+    assert "plait_executions_suspended_stored 0.0" in scraped
 
 
 async def poll_file(path: Path, process: asyncio.subprocess.Process) -> None:

@@ -1197,6 +1197,8 @@ class WorkSource:
         """Drops an instance and what it held; returns the request ids it held."""
     def resident(self) -> int:
         """Resident entity instances."""
+    def mailbox_depths(self) -> list[tuple[str, int]]:
+        """Entity requests waiting in the mailboxes (queued, or ready), by type, sorted."""
     def owns(self, entity_id: str) -> bool:
         """Whether this process serves the entity now (always, for a single engine)."""
     def owned_shards(self) -> list[str] | None:

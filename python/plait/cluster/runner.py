@@ -141,6 +141,8 @@ class Runner:
         Raises:
             StoreConnectError: The database cannot be reached.
         """
+        if self.metrics_port is not None:
+            enable_metrics()  # before the engine starts: it adds its gauges then
         await self.engine.start()
         self._start_metrics()
         if not self._postgres:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -35,6 +36,7 @@ from plait.engine.listing import (
     ExecutionStatusName,
     ExecutionTimeline,
     count_executions,
+    count_suspended,
     list_executions,
     timeline_of,
 )
@@ -66,7 +68,7 @@ from plait.exits import Complete, Exit, ExitCodec, Failure, Success, Suspended, 
 from plait.journal import Journal, Snapshot
 from plait.observability import tracing
 from plait.observability.logs import fields
-from plait.observability.metrics import metrics
+from plait.observability.metrics import EngineGauges, metrics
 
 __all__ = ["Engine", "current_engine", "engine_for"]
 
@@ -151,6 +153,8 @@ class Engine:
         self._run_counts: dict[str, int] = {}
         # Due times of the timers this process scheduled, for the timer lag metric.
         self._timers_due: dict[tuple[str, str], int] = {}
+        # What the metrics read from this engine at scrape time, while it runs with them on.
+        self._gauges: EngineGauges | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._context_token: contextvars.Token[Engine | None] | None = None
@@ -330,6 +334,13 @@ class Engine:
         if self.store is not None and not journal.immediate:
             self._lease_task = self._loop.create_task(self._watch_lease(self.store), context=ctx)
             self._lease_task.add_done_callback(_log_crash)
+        if (counters := metrics()) is not None:
+            self._gauges = EngineGauges(
+                loop,
+                self._work.source.mailbox_depths,
+                functools.partial(count_suspended, journal),
+            )
+            counters.watch(self._gauges)
 
     async def close(self) -> None:
         """Stops every run and interrupts waiting callers with `EngineClosedError`.
@@ -339,6 +350,9 @@ class Engine:
         """
         if self._loop is None:
             return
+        if self._gauges is not None and (counters := metrics()) is not None:
+            counters.unwatch(self._gauges)
+            self._gauges = None
         if self.entity_host is not None and self._fenced is None and not self._closing:
             # Entity handlers get their termination timeout to finish (and store their
             # replies); workflows stop at once, their journal resumes them.
@@ -904,8 +918,11 @@ class Engine:
                 parent=ex.trace,
             )
             assert span is not None
-            # This task's own context: every span of the run (activities, waits) is a child.
+            # This task's own context: every span of the run (activities, waits) is a child,
+            # and a run that is not sampled stays current so what it calls is not sampled
+            # either, while its steps skip their spans.
             tracing.activate(span)
+            run.traced = tracing.sampled(span)
         counters = metrics()
         if counters is not None:
             counters.runs_active.inc()

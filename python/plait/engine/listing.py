@@ -269,6 +269,11 @@ async def count_executions(
     }
 
 
+async def count_suspended(journal: Journal, cap: int) -> int:
+    """How many executions are suspended, counted up to `cap` (one query)."""
+    return await journal.count(_filter(None, "suspended", None, None), cap)
+
+
 def _step_name(key: str) -> tuple[str, int | None, int]:
     """A step key's name, attempt and occurrence: `Charge#2/1` is the 2nd use of Charge."""
     name, slash, attempt = key.rpartition("/")

@@ -270,6 +270,7 @@ class Run:
         "suspend_scheduled",
         "suspended",
         "task",
+        "traced",
         "unsynced",
     )
 
@@ -296,6 +297,9 @@ class Run:
         # This run's step results queued for a commit and not yet known to be durable: the
         # batch, the op's index there, and the step's key.
         self.unsynced: list[tuple[Batch, int, str]] = []
+        # Whether the run's span is sampled: its steps open spans only then (the sampler
+        # decided at the execution's start; see `tracing.start_span`).
+        self.traced = False
 
     def load(self, snapshot: Snapshot) -> None:
         """Takes the stored step results and deferred results to replay."""
@@ -392,7 +396,7 @@ class Run:
         inside = current_activity.set(self)
         outcome: Exit | None = None
         span = token = None
-        if tracing.tracer() is not None:
+        if self.traced:
             span = tracing.start_span(
                 "plait.activity",
                 {
@@ -501,7 +505,7 @@ class Run:
         owner.park()
         span = None
         # A durable sleep's wait is in the span the sleep opened (`plait.sleep`).
-        if tracing.tracer() is not None and not name.startswith("DurableClock/"):
+        if self.traced and not name.startswith("DurableClock/"):
             span = tracing.start_span(
                 "plait.deferred.wait",
                 {"plait.deferred": name, "plait.execution_id": self.execution.id},
@@ -545,7 +549,7 @@ class Run:
         if self.interrupting:
             await self.stop_here()
         span = token = None
-        if tracing.tracer() is not None:
+        if self.traced:
             span = tracing.start_span(
                 "plait.sleep",
                 {

@@ -126,7 +126,7 @@ from plait.http.wire import (
     status_of,
 )
 from plait.ids import DeferredToken
-from plait.observability.metrics import exposition
+from plait.observability.metrics import enable_metrics, exposition
 from plait.workflow import Workflow
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "RESERVED_PATHS", "proxy_app"]
@@ -598,11 +598,11 @@ def _add_service_routes(app: FastAPI, served: _Served) -> None:
 
 
 def _add_metrics_route(app: FastAPI) -> None:
-    exposition()  # enabled now: counted from the proxy's start, not its first scrape
+    enable_metrics()  # now: counted from the proxy's start, not its first scrape
 
     async def metrics() -> Response:
         """Plait's metrics, and any other of the process's default registry, for Prometheus."""
-        body, content_type = exposition()
+        body, content_type = await exposition()
         return Response(body, media_type=content_type)
 
     app.add_api_route(

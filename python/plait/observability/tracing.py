@@ -5,9 +5,15 @@ plait asks the host's global tracer provider for its tracer. Until the host sets
 
 The trace context of an execution's start persists inside its stored JSON payload, as the
 first key `"~plait/trace"` holding a W3C `traceparent` (its own leading `00-` is the format's
-version). Rows stored without it decode as before; `split_trace` removes the key before the
-payload model sees it. Entity requests with an object payload carry it the same way, so a
-handler on another runner continues the caller's trace.
+version). A payload that is not a JSON object (an array, a scalar, `null`) is wrapped instead:
+`{"~plait/traced": traceparent, "~plait/value": payload}`. Rows stored without either decode as
+before; `split_trace` gives back the payload as it was before the payload model sees it. Entity
+requests carry it the same way, so a handler on another runner continues the caller's trace.
+
+Sampling is decided where a trace starts (the host's span, an execution's start, an entity
+request sent outside any span, a commit batch): a span whose parent is not sampled is not
+handed to the SDK (ParentBased's rule, the SDK's default sampler), so an unsampled execution
+costs one span, not one per step.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "TRACE_KEY",
     "context_of",
     "current_context",
+    "sampled",
     "split_trace",
     "traceparent_of",
     "tracer",
@@ -40,6 +47,12 @@ __all__ = [
 
 TRACE_KEY = "~plait/trace"
 _PREFIX = b'{"' + TRACE_KEY.encode() + b'":"'
+# A payload that is not a JSON object, with a traceparent: its own key names the wrapping, so
+# an object whose first key is `~plait/value` is never mistaken for one.
+WRAPPED_KEY = "~plait/traced"
+VALUE_KEY = "~plait/value"
+_WRAPPED = b'{"' + WRAPPED_KEY.encode() + b'":"'
+_VALUE = b',"' + VALUE_KEY.encode() + b'":'
 
 _KINDS = (
     {
@@ -97,9 +110,11 @@ def traceparent_of(ctx: Context | None = None) -> str | None:
     """The W3C `traceparent` of the span current in `ctx` (or now); None without a valid one."""
     if tracer() is None:
         return None
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier, context=ctx)
-    return carrier.get("traceparent")
+    span = trace.get_current_span(ctx).get_span_context()
+    if not span.is_valid:
+        return None
+    # The propagator's inject builds a carrier and the tracestate header too: only this is kept.
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
 
 
 def context_of(traceparent: str | None) -> Context | None:
@@ -113,29 +128,43 @@ def context_of(traceparent: str | None) -> Context | None:
 
 
 def with_trace(payload: bytes, traceparent: str | None) -> bytes:
-    """`payload` (JSON) carrying `traceparent` as its first key, if it is a JSON object."""
-    if traceparent is None or not payload.startswith(b"{"):
+    """`payload` (JSON) carrying `traceparent`.
+
+    As its first key if it is a JSON object, else wrapped with it:
+    `{"~plait/traced": traceparent, "~plait/value": payload}`.
+    """
+    if traceparent is None:
         return payload
+    if not payload.startswith(b"{"):
+        return _WRAPPED + traceparent.encode() + b'"' + _VALUE + payload + b"}"
     head = _PREFIX + traceparent.encode() + b'"'
     rest = payload[1:].lstrip()
     return head + (b"" if rest.startswith(b"}") else b",") + rest
 
 
 def split_trace(payload: bytes) -> tuple[bytes, str | None]:
-    """`payload` without its `"~plait/trace"` key, and the traceparent it held (or None).
+    """`payload` as it was before `with_trace`, and the traceparent it carried (or None).
 
-    One prefix check for a payload stored without it.
+    One prefix check for a payload stored without one.
     """
-    if not payload.startswith(_PREFIX):
+    if not payload.startswith(b'{"~plait/trace'):
         return payload, None
-    end = payload.find(b'"', len(_PREFIX))
-    if end < 0:
-        return payload, None
-    traceparent = payload[len(_PREFIX) : end].decode("ascii", "replace")
-    rest = payload[end + 1 :]
-    if rest.startswith(b","):
-        return b"{" + rest[1:], traceparent
-    return b"{" + rest, traceparent
+    if payload.startswith(_PREFIX):
+        end = payload.find(b'"', len(_PREFIX))
+        if end < 0:
+            return payload, None
+        traceparent = payload[len(_PREFIX) : end].decode("ascii", "replace")
+        rest = payload[end + 1 :]
+        if rest.startswith(b","):
+            return b"{" + rest[1:], traceparent
+        return b"{" + rest, traceparent
+    if payload.startswith(_WRAPPED):
+        end = payload.find(b'"', len(_WRAPPED))
+        if end < 0 or not payload.startswith(_VALUE, end + 1) or not payload.endswith(b"}"):
+            return payload, None
+        traceparent = payload[len(_WRAPPED) : end].decode("ascii", "replace")
+        return payload[end + 1 + len(_VALUE) : -1], traceparent
+    return payload, None
 
 
 def start_span(
@@ -153,10 +182,22 @@ def start_span(
     t = tracer()
     if t is None:
         return None
+    above = trace.get_current_span(parent).get_span_context()
+    if above.is_valid and not above.trace_flags.sampled:
+        # The sampler decided where the trace began: a child of a span not sampled is not
+        # sampled either (ParentBased, the SDK's default), so the SDK is not asked, and the
+        # caller's spans, attributes and context switches are skipped on `sampled`'s word.
+        # A span of its own stands in, so that ending it leaves the parent alone.
+        return trace.NonRecordingSpan(above)
     links = None
     if link_to is not None:
         links = [trace.Link(trace.get_current_span(link_to).get_span_context())]
     return t.start_span(name, context=parent, kind=_KINDS[kind], attributes=attributes, links=links)
+
+
+def sampled(span: Span) -> bool:
+    """Whether `span` is sampled: whether spans started under it are."""
+    return bool(span.get_span_context().trace_flags.sampled)
 
 
 def context_with(span: Span) -> Context:

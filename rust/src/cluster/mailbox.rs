@@ -393,6 +393,29 @@ impl Mailboxes {
         self.resident.keys()
     }
 
+    /// Requests waiting in the mailboxes, by entity type, sorted; every registered type is
+    /// there, at 0 when none wait. Waiting: queued behind an instance's running requests, or
+    /// ready and not yet taken by the host. A scan of the resident instances, for a gauge read
+    /// at scrape time rather than a count kept on every offer.
+    pub fn depths(&self) -> Vec<(String, usize)> {
+        let mut depths: FxHashMap<&str, usize> =
+            self.types.keys().map(|t| (t.as_str(), 0)).collect();
+        for (address, instance) in &self.resident {
+            if !instance.waiting.is_empty() {
+                *depths.entry(&address.entity_type).or_default() += instance.waiting.len();
+            }
+        }
+        for delivery in &self.ready {
+            *depths
+                .entry(&delivery.message.address.entity_type)
+                .or_default() += 1;
+        }
+        let mut depths: Vec<(String, usize)> =
+            depths.into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
+        depths.sort_unstable();
+        depths
+    }
+
     /// Drops the instance at `address` as its shard moves away: the ids of the requests it
     /// runs (the host has them), and the requests it held that never ran (ready or waiting),
     /// whose callers the host points at the new owner.
@@ -630,5 +653,25 @@ mod tests {
         assert_eq!(running, [8]);
         assert_eq!(queued_ids(queued), [9]);
         assert!(!boxes.is_resident(&address("b")));
+    }
+
+    #[test]
+    fn depths_count_what_waits_by_type() {
+        let mut boxes = mailboxes(EntityOptions::default(), None);
+        boxes.register("Idle", EntityOptions::default());
+        assert_eq!(boxes.depths(), [("Counter".into(), 0), ("Idle".into(), 0)]);
+        for id in [1, 2, 3] {
+            boxes.offer(message(id, "a"), 0).unwrap();
+        }
+        boxes.offer(message(4, "b"), 0).unwrap();
+        // 1 and 4 ready and not taken, 2 and 3 queued behind 1.
+        assert_eq!(boxes.depths(), [("Counter".into(), 4), ("Idle".into(), 0)]);
+        assert_eq!(ids(&boxes.take(10)), [1, 4]);
+        assert_eq!(boxes.depths()[0], ("Counter".into(), 2));
+        assert!(boxes.done(&address("a"), 1, 0));
+        // 2 is ready now: it still waits for the host.
+        assert_eq!(boxes.depths()[0], ("Counter".into(), 2));
+        assert_eq!(ids(&boxes.take(10)), [2]);
+        assert_eq!(boxes.depths()[0], ("Counter".into(), 1));
     }
 }

@@ -705,6 +705,12 @@ impl PyWorkSource {
         Ok(self.source()?.resident())
     }
 
+    /// Entity requests waiting in the mailboxes (queued, or ready and not taken), by entity
+    /// type, sorted; every registered type is there.
+    fn mailbox_depths(&self) -> PyResult<Vec<(String, usize)>> {
+        Ok(self.source()?.mailbox_depths())
+    }
+
     /// A timer was stored: the source puts it in its wheel if it falls in the loaded window.
     fn scheduled(&self, execution_id: Text, name: Text, due_ms: Int<u64>) -> PyResult<()> {
         self.source()?.scheduled(&execution_id, &name, due_ms.0);

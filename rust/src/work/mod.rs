@@ -782,6 +782,12 @@ impl WorkSource {
         self.shared.started.notify_waiters();
         self.shared.due_changed.notify_waiters();
     }
+
+    /// Entity requests waiting in this source's mailboxes, by entity type (see
+    /// [`Mailboxes::depths`]).
+    pub fn mailbox_depths(&self) -> Vec<(String, usize)> {
+        self.shared.state().mail.depths()
+    }
 }
 
 impl Drop for WorkSource {
