@@ -8,7 +8,8 @@ healthy runners) every 100 ms, waits for `<dir>/go`, then starts the workflows `
 `n % runners == index` (`BenchClusterThreeSteps`: three activities, x+1, x*2, x-1, the
 idempotency key `n`), `in_flight` at a time, each awaited for its result, which it checks. Each
 execution runs on the runner holding its execution id's shard, whichever runner started it. Then
-it writes `<dir>/done-<port>.json`: when it began and ended, and how many results it checked.
+it writes `<dir>/done-<port>.json`: when it began and ended, how many results it checked, and
+the CPU seconds this process used meanwhile.
 With `profile` it runs under cProfile from `go` to its last result and dumps the statistics to
 `<dir>/profile-<port>.pstats`. It leaves the cluster on SIGTERM.
 """
@@ -107,13 +108,13 @@ async def main(argv: list[str]) -> None:
         profiler = cProfile.Profile() if profile else None
         if profiler is not None:
             profiler.enable()
-        began = time.time()
+        began, cpu = time.time(), time.process_time()
         await asyncio.gather(*(sender() for _ in range(in_flight)))
-        ended = time.time()
+        ended, cpu = time.time(), time.process_time() - cpu
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(out / f"profile-{port}.pstats")
-        done = {"began": began, "ended": ended, "results": results}
+        done = {"began": began, "ended": ended, "results": results, "cpu": cpu}
         (out / f"done-{port}.json").write_text(json.dumps(done))
         await stop.wait()
         publisher.cancel()

@@ -8,11 +8,12 @@ Each run gets a fresh database. The runners (`benches/cluster_workflow_runner.py
 processes) join, the bench waits until the ring's 300 shards are all held, then each runner
 starts its share of the workflows (`BenchClusterThreeSteps`: three activities, x+1, x*2, x-1,
 each committed before the next, plait's default `durability="full"`), 1,000 in flight over the
-whole cluster, each awaited for its result. Each execution runs on the runner holding its
-execution id's shard, so with two or three runners most run on a runner other than the one that
-started them. The figure is workflows over the time from the first runner's first start to the
-last one's last result. This machine has 2 cores: the runner processes share them, and the
-database too.
+whole cluster, each awaited for its result (and, first, the same on one engine with no
+cluster, `Engine.postgres` in this process: the single-process figure). Each execution runs on
+the runner holding its execution id's shard, so with two or three runners most run on a runner
+other than the one that started them. The figure is workflows over the time from the first
+runner's first start to the last one's last result. This machine has 2 cores: the runner
+processes share them, and the database too.
 
 With `--effect`, Effect 4's `ClusterWorkflowEngine` runs the same workload after plait's, in
 the same invocation (`benches/effect_cluster/workflow_cluster.ts`): socket runners
@@ -48,6 +49,7 @@ import time
 import uuid
 from pathlib import Path
 
+import plait
 from benches import entity_peers, machine
 from benches.cluster import SHARDS, Measured, _load, _settled, _stopped, _wait
 from benches.compare_dbos import POSTGRES_ADMIN, postgres_missing, psql
@@ -71,6 +73,38 @@ class Run(Measured):
 
     statuses: dict[str, int] = dataclasses.field(default_factory=dict)
     journal_rows: int = 0
+    #: CPU seconds each runner process used from its first start to its last result.
+    runner_cpu: tuple[float, ...] = ()
+    #: CPU seconds every `postgres` process of this machine used over the run (the server is
+    #: shared with other work, so an upper bound on this run's share) and the machine's busy
+    #: CPU seconds over the same time, all processes.
+    postgres_cpu: float = 0.0
+    machine_cpu: float = 0.0
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds (user + system) of every process named `postgres` on this machine, from
+    /proc; 0 where there is no /proc."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float:
+    """CPU seconds all CPUs of this machine spent busy since boot (not idle, not iowait)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def census(url: str) -> tuple[dict[str, int], int]:
@@ -131,6 +165,7 @@ def run(
                     )
                 )
             _wait(lambda: _settled(out, ports), processes, out, ports, 120)
+            postgres_cpu, machine_cpu = _postgres_cpu(), _machine_cpu()
             (out / "go").touch()
             _wait(
                 lambda: all((out / f"done-{p}.json").exists() for p in ports),
@@ -139,6 +174,10 @@ def run(
                 ports,
                 600,
             )
+            postgres_cpu, machine_cpu = (
+                _postgres_cpu() - postgres_cpu,
+                _machine_cpu() - machine_cpu,
+            )
             done = [json.loads((out / f"done-{p}.json").read_text()) for p in ports]
             results = sum(d["results"] for d in done)
             assert results == workflows, f"{results} results for {workflows} workflows"
@@ -146,7 +185,35 @@ def run(
                 (out / f"profile-{ports[0]}.pstats").replace(profile)
             elapsed: float = max(d["ended"] for d in done) - min(d["began"] for d in done)
             statuses, journal_rows = census(url)
-            return Run(workflows, elapsed, statuses, journal_rows)
+            cpu = tuple(float(d["cpu"]) for d in done)
+            return Run(workflows, elapsed, statuses, journal_rows, cpu, postgres_cpu, machine_cpu)
+    finally:
+        psql(admin_url, f"drop database if exists {database} with (force)")
+
+
+def run_single(admin_url: str, workflows: int) -> Measured:
+    """The same workflows on one plait engine in this process (`Engine.postgres`, no cluster):
+    the single-process figure beside the runners', in the same sitting, on a fresh database."""
+    from benches.cluster_workflow_runner import Start, ThreeSteps, expected
+
+    async def go(url: str) -> float:
+        async with plait.Engine.postgres(url) as engine:
+            pending = iter(range(workflows))
+
+            async def sender() -> None:
+                for n in pending:
+                    result = await ThreeSteps.execute(Start(n=n), engine=engine)
+                    if result != expected(n):
+                        raise AssertionError(f"workflow {n}: {result}, not {expected(n)}")
+
+            began = time.time()
+            await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+            return time.time() - began
+
+    database = f"plait_bench_wfsingle_{uuid.uuid4().hex[:10]}"
+    psql(admin_url, f"create database {database}")
+    try:
+        return Measured(workflows, asyncio.run(go(f"{admin_url.rsplit('/', 1)[0]}/{database}")))
     finally:
         psql(admin_url, f"drop database if exists {database} with (force)")
 
@@ -338,6 +405,12 @@ def main() -> None:
         " a fresh PostgreSQL database per run"
     )
     print(f"plait, {options.workflows:,} workflows:")
+    single = run_single(options.postgres, options.workflows)
+    print(
+        f"  one engine, no cluster (Engine.postgres in one process): {single.rps:>9,.0f}"
+        f" workflows/s  ({single.seconds:.1f} s; {_load()})",
+        flush=True,
+    )
     plait_figures: dict[int, Measured] = {}
     for count in counts:
         profile = None
@@ -349,6 +422,13 @@ def main() -> None:
         print(
             f"  {count} runner(s): {figure.rps:>9,.0f} workflows/s"
             f"  ({figure.seconds:.1f} s; {figure.rps / base:.2f}x of {counts[0]}; {_load()})",
+            flush=True,
+        )
+        print(
+            f"    CPU over the run: runners {', '.join(f'{c:.2f}' for c in figure.runner_cpu)} s,"
+            f" postgres (the whole server) {figure.postgres_cpu:.2f} s,"
+            f" the machine (all processes) {figure.machine_cpu:.2f} s,"
+            f" of {figure.seconds * (os.cpu_count() or 1):.2f} CPU-seconds",
             flush=True,
         )
         if profile is not None:
@@ -409,6 +489,7 @@ def main() -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *rows]:
         print("  " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+    print(f"  plait, one engine with no cluster: {_cell(single)} workflows/s")
     if options.dbos:
         print(f"  DBOS, one process: {_cell(dbos_figure)} workflows/s")
     print(f"{machine.speed()}; {_load()}")
