@@ -69,7 +69,7 @@ def test_bad_input_examples_raise_what_they_say(line: str) -> None:
 
 
 def test_cluster_example_runs_on_two_runners(postgres_url: str, tmp_path: Path) -> None:
-    (example,) = [block for block in BLOCKS if "plait.Runner(" in block]
+    (example,) = [block for block in BLOCKS if "plait.Runner(" in block and "Counter" in block]
     script = tmp_path / "counter.py"
     script.write_text(example)
     env = {**os.environ, "PLAIT_DATABASE_URL": postgres_url}

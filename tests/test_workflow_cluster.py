@@ -193,12 +193,12 @@ def test_a_runner_paused_past_its_lease_commits_nothing_when_it_wakes(cluster: C
         assert len(others) <= 1, f"step {key} ran again: {step_runs}"
         if len(step_runs) > 1:
             assert any(run.start < resumed for run in step_runs if run.port == 4902), key
-    # What the paused runner's runs wrote once awake was refused by the database.
-    cluster.wait(
-        "the paused runner's refused writes",
-        lambda: (cluster.view(4902) or {}).get("fenced", 0) > 0,
-        timeout=30,
-    )
+    # What the paused runner ran to its end once awake was not kept: the database refused
+    # its commit (or the runner stopped the run first, seeing its leases lost), and the
+    # runner that took the shard over ran that step itself.
+    late = [run for run in runs if run.port == 4902 and run.end > resumed]
+    for run in late:
+        assert any(other.port == 4901 for other in by_step[(run.n, run.which)]), run
     assert paused < resumed
 
 
@@ -265,3 +265,17 @@ def test_a_suspended_execution_resumes_on_another_runner_with_its_timer(
     cluster.wait("its result", lambda: (cluster.out / "done").exists(), timeout=30)
     assert results(cluster) == {0: expected(0)}
     assert [(run.which, run.port) for run in steps(cluster)] == [(1, 4901), (2, 4901), (3, 4902)]
+
+
+def test_durable_queue_workers_spread_over_runners(cluster: Cluster) -> None:
+    workflows = 200
+    cluster.env["WFC_ACTION"] = "queue"
+    start_runners(cluster, RUNNERS[:2])
+    cluster.start(CLIENT, requests=workflows)
+    cluster.wait("every result", lambda: (cluster.out / "done").exists(), timeout=90)
+    # Each workflow got its item's result (n * 2) back from whichever runner's worker took it.
+    assert results(cluster) == {n: n * 2 + 1 for n in range(workflows)}
+    lines = (cluster.out / "jobs").read_text().splitlines()
+    handled = [tuple(map(int, line.split())) for line in lines]
+    assert sorted(n for n, _ in handled) == list(range(workflows)), "an item handled twice"
+    assert {port for _, port in handled} == set(RUNNERS[:2]), "the workers of one runner only"

@@ -17,7 +17,9 @@ once all have. With `WFC_ACTION=interrupt` it instead starts one execution that 
 forever for its approval, writes `<dir>/started` with its id, waits for `<dir>/interrupt`,
 interrupts it and writes the error its caller got to `<dir>/done`. With `WFC_ACTION=one` it
 runs execution 0 and approves it once `<dir>/approve` exists; with `WFC_ACTION=scenarios`,
-children, races and an interrupted parent (see `scenarios`).
+children, races and an interrupted parent (see `scenarios`); with `WFC_ACTION=queue` the
+runners also run `WfcJobs` queue workers and the client runs `<workflows>` workflows that each
+process one item (see `queued_workflows`).
 
 It runs until SIGTERM (a graceful leave) or SIGKILL.
 """
@@ -115,6 +117,29 @@ async def race(payload: Part, execution_id: str) -> int:
         "verdict", [Approval, Rejection], success=int
     )
     return winner
+
+
+class Job(BaseModel):
+    n: int
+
+
+Jobs: plait.DurableQueue[Job, int] = plait.DurableQueue(
+    "WfcJobs", payload=Job, success=int, idempotency_key=lambda j: str(j.n)
+)
+QueuedFlow: plait.Workflow[Part, int] = plait.Workflow(
+    "WfcQueued", payload=Part, success=int, idempotency_key=lambda p: str(p.n)
+)
+
+
+@QueuedFlow.implement
+async def queued(payload: Part, execution_id: str) -> int:
+    return await Jobs.process(Job(n=payload.n)) + 1
+
+
+async def handle_job(job: Job) -> int:
+    """A queue worker's handler: `<dir>/jobs` gets `<n> <port>` per run."""
+    append(str(Path(EFFECTS).parent / "jobs"), f"{job.n} {PORT}")
+    return job.n * 2
 
 
 def expected(n: int) -> int:
@@ -224,6 +249,17 @@ async def one_approved_later(out: Path) -> None:
     (out / "done").write_text("ok")
 
 
+async def queued_workflows(out: Path, workflows: int) -> None:
+    """Workflows whose items the runners' queue workers handle; `<n> <result>` per result."""
+    results = str(out / "results")
+
+    async def one(n: int) -> None:
+        append(results, f"{n} {await QueuedFlow.execute(Part(n=n))}")
+
+    await asyncio.gather(*(one(n) for n in range(workflows)))
+    (out / "done").write_text("ok")
+
+
 async def interrupt(out: Path) -> None:
     payload = Order(n=-1)
     caller = asyncio.ensure_future(OrderFlow.execute(payload))
@@ -247,10 +283,15 @@ async def main(url: str, prefix: str, port: int, out: Path, workflows: int) -> N
         tasks = []
         if port:
             tasks.append(asyncio.create_task(publish(runner, out, port)))
+            if os.environ.get("WFC_ACTION") == "queue":
+                worker = Jobs.worker(handle_job, concurrency=4, poll_interval=0.1)
+                tasks.append(asyncio.create_task(worker.run()))
         elif os.environ.get("WFC_ACTION") == "interrupt":
             tasks.append(asyncio.create_task(interrupt(out)))
         elif os.environ.get("WFC_ACTION") == "one":
             tasks.append(asyncio.create_task(one_approved_later(out)))
+        elif os.environ.get("WFC_ACTION") == "queue":
+            tasks.append(asyncio.create_task(queued_workflows(out, workflows)))
         elif os.environ.get("WFC_ACTION") == "scenarios":
             tasks.append(asyncio.create_task(scenarios(out)))
         elif workflows:

@@ -1310,6 +1310,13 @@ class EntityRuntime:
         ]
 
     async def _drain_shards(self, shards: set[str], forced: bool) -> None:
+        # The shards' workflow runs stop beside their entities, before the same deadline: the
+        # cluster releases the leases at it, drained or not. They start no new activity from
+        # now on; those in one get most of the termination timeout to finish it.
+        timeout = self.config.entity_termination_timeout.total_seconds()
+        runs = self.loop.create_task(
+            self.engine.stop_runs(shards, 0.0 if forced else timeout * 0.7)
+        )
         if not forced:
             # Until nothing of these shards runs or loads its state, and every reply is stored
             # under the lease, before it goes.
@@ -1347,9 +1354,7 @@ class EntityRuntime:
         # Stopped before the lease goes, so that the new owner's never overlaps this one; the
         # executions' runs too (nothing recorded: the new owner replays their journals).
         await self.singletons.stop(shards)
-        await self.engine.stop_runs(
-            shards, 0.0 if forced else self.config.entity_termination_timeout.total_seconds()
-        )
+        await runs
         if self.sharding is not None:
             self.sharding.drained(sorted(shards))
 

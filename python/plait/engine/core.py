@@ -534,9 +534,13 @@ class Engine:
         """`ex` runs elsewhere now: its callers here wait for its owner's result."""
         ex.run = None
         ex.wake = False
+        # The new owner's replay registers them again there.
+        ex.finalizers.clear()
+        ex.compensated.clear()
+        self._interrupt_now.discard(ex.id)
         if ex.waiters or ex.run_waiters:
             self._follow_remote(ex)
-        elif not ex.finalizers:
+        else:
             self._live.pop(ex.id, None)
 
     def _ended(self, work: Ended) -> None:
@@ -667,8 +671,11 @@ class Engine:
             if (counters := metrics()) is not None:
                 counters.of(counters.executions_started, workflow.name).inc()
             ex.payload = payload
-            if owned:
+            if owned and self._owns(execution_id):  # its shard may have moved meanwhile
                 self._launch(ex, None)
+            elif owned:
+                self._moved(ex)
+                await self._wake(execution_id)
             elif not ex.waiters and not ex.run_waiters:
                 self._live.pop(execution_id, None)
             return
@@ -1022,6 +1029,8 @@ class Engine:
         self, run: Run, result: Complete[Any] | Suspended | BaseException, encoded: bytes | None
     ) -> None:
         ex = run.execution
+        if isinstance(run.fatal, ShardMoved):
+            result = run.fatal  # even if a finalizer's step swallowed it: nothing is recorded
         if isinstance(result, ShardMoved):
             self._moved(ex)  # nothing of this run is recorded; its shard's new owner runs it
             run.task = None
@@ -1063,10 +1072,14 @@ class Engine:
                 result = await self._result_stored_first(ex, result)
                 if self.cluster and isinstance(result, Suspended):
                     ex.wake = True  # woken meanwhile: it runs again
+            elif self.cluster and not self._owns(ex.id):
+                # Suspended as its shard was going: a wake-up this runner no longer takes may
+                # have been overwritten; marked running again, the new owner runs it once more.
+                await self._wake(ex.id)
         if self.cluster:
             ends = self._recent_ends
             ends.pop(ex.id, None)
-            ends[ex.id] = (run.next_seq, len(run.deferreds))
+            ends[ex.id] = (len(run.journal) + run.appended, len(run.deferreds))
             if len(ends) > 10_000:
                 del ends[next(iter(ends))]
         ex.run = None
@@ -1315,8 +1328,11 @@ class Engine:
         """
         self.require_loop()
         if not self._owns(execution_id):
-            # Its commit wakes the runner that owns it, whose run takes it.
-            await self._write(Op.interrupt(execution_id))
+            # Its commit wakes the runner that owns it, whose run takes it; marked running
+            # too, so that a listing finds it if the notification is lost.
+            await self._journal().write_together(
+                [Op.interrupt(execution_id), Op.status(execution_id, "running", None)]
+            )
             return
         if not await self._write(Op.interrupt(execution_id)):
             return
@@ -1340,7 +1356,9 @@ class Engine:
         self.require_loop()
         if not self._owns(execution_id):
             # Another runner's run: interrupted the ordinary way (its commit wakes the owner).
-            await self._write(Op.interrupt(execution_id))
+            await self._journal().write_together(
+                [Op.interrupt(execution_id), Op.status(execution_id, "running", None)]
+            )
             return
         if not await self._write(Op.interrupt(execution_id)):
             return
@@ -1450,7 +1468,9 @@ class Engine:
         # On a runner, written as the owner of the execution's shard if it is this one's (the
         # run here takes it), else as anyone: the commit wakes the runner that owns it.
         owned = self._owns(execution_id)
-        shard = self._shard_of(execution_id) if owned else None
+        # Ops to commit with it (a queue item's done mark) are not the shard's: all are
+        # written as anyone's then, so that none commits without the others.
+        shard = self._shard_of(execution_id) if owned and not also else None
         ops = [
             Op.deferred(execution_id, name, encoded, shard),
             Op.status(execution_id, "running", None, shard),
@@ -1674,6 +1694,7 @@ class Engine:
         loop iteration, and `run.sync()` waits for that.
         """
         ex = run.execution
+        run.appended += 1
         batch, index = self._journal().queue(Op.append(ex.id, key, seq, value, ex.shard))
         if not batch.done:
             run.unsynced.append((batch, index, key))

@@ -252,6 +252,7 @@ class Run:
     """One run of an execution: the journal it replays and its suspension bookkeeping."""
 
     __slots__ = (
+        "appended",
         "body_done",
         "compensations",
         "counts",
@@ -297,6 +298,8 @@ class Run:
         # This run's step results queued for a commit and not yet known to be durable: the
         # batch, the op's index there, and the step's key.
         self.unsynced: list[tuple[Batch, int, str]] = []
+        # Step results this run stored (beside those it loaded).
+        self.appended = 0
         # Whether the run's span is sampled: its steps open spans only then (the sampler
         # decided at the execution's start; see `tracing.start_span`).
         self.traced = False

@@ -98,7 +98,13 @@ BEGIN
             ELSE
                 -- A status with a number suspends only if the execution holds no more
                 -- deferred results than that: the run knew them all (else another process
-                -- completed one meanwhile, whose running mark this must not overwrite).
+                -- completed one meanwhile, whose running mark this must not overwrite). The
+                -- row is locked first and counted in a statement of its own: a completion
+                -- committing meanwhile (it inserts the deferred, then marks the row running)
+                -- is then either seen by the count or ordered after this update.
+                IF nums[i] IS NOT NULL THEN
+                    PERFORM 1 FROM {prefix}executions e WHERE e.no = n FOR UPDATE;
+                END IF;
                 UPDATE {prefix}executions e
                 SET status = names[i], result = blobs[i], updated_ms = now_ms
                 WHERE e.no = n AND e.status <> 'complete'

@@ -110,13 +110,14 @@ impl Statements {
                 ),
                 prefix,
             ),
-            // Lease rows are locked in name order, as commits lock them (`FOR SHARE`, fences
-            // sorted by name): in any other order a renewal and a commit could deadlock.
+            // Lease rows are locked in name order (bytewise, as Rust sorts), as commits lock
+            // them (`FOR SHARE`, fences sorted by name): in any other order a renewal and a
+            // commit could deadlock.
             renew: sql(
                 "WITH held AS (SELECT l.name FROM {p}leases l \
                      JOIN unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
                      ON l.name = h.name AND l.epoch = h.epoch \
-                     WHERE l.holder = $4 ORDER BY l.name FOR UPDATE OF l) \
+                     WHERE l.holder = $4 ORDER BY l.name COLLATE \"C\" FOR UPDATE OF l) \
                  UPDATE {p}leases AS l SET expires_at = now() + $3 * interval '1 millisecond' \
                  FROM held WHERE l.name = held.name \
                  RETURNING l.name",
@@ -139,7 +140,7 @@ impl Statements {
                 "WITH held AS (SELECT l.name FROM {p}leases l \
                      JOIN unnest($1::TEXT[], $2::BIGINT[]) AS h(name, epoch) \
                      ON l.name = h.name AND l.epoch = h.epoch \
-                     WHERE l.holder = $3 ORDER BY l.name FOR UPDATE OF l) \
+                     WHERE l.holder = $3 ORDER BY l.name COLLATE \"C\" FOR UPDATE OF l) \
                  UPDATE {p}leases AS l SET expires_at = now() \
                  FROM held WHERE l.name = held.name",
                 prefix,
