@@ -214,6 +214,10 @@ def test_an_interrupt_from_a_client_reaches_the_execution_on_its_runner(
     (cluster.out / "interrupt").write_text("now")
     cluster.wait("the caller's answer", lambda: (cluster.out / "done").exists(), timeout=60)
     assert (cluster.out / "done").read_text() == "Interrupted"
+    # Listed from the client-only process: suspended before, interrupted after.
+    execution_id = (cluster.out / "started").read_text()
+    assert (cluster.out / "listed").read_text().split() == [execution_id]
+    assert (cluster.out / "listed-after").read_text().split() == [execution_id]
 
 
 def scenario_results(cluster: Cluster) -> dict[str, str]:

@@ -260,20 +260,31 @@ async def queued_workflows(out: Path, workflows: int) -> None:
     (out / "done").write_text("ok")
 
 
-async def interrupt(out: Path) -> None:
+async def interrupt(out: Path, engine: plait.Engine) -> None:
     payload = Order(n=-1)
     caller = asyncio.ensure_future(OrderFlow.execute(payload))
     execution_id = OrderFlow.execution_id(payload)
     (out / "started").write_text(execution_id)
     while not (out / "interrupt").exists():  # noqa: ASYNC110 - the test says when
         await asyncio.sleep(0.05)
+    # An operator's view from this process, which runs nothing: the stored executions.
+    page = await engine.executions(workflow="WfcOrder", status="suspended")
+    (out / "listed").write_text(" ".join(e.execution_id for e in page.executions))
     await OrderFlow.interrupt(execution_id)
     try:
         await asyncio.wait_for(caller, 30)
         outcome = "completed"
     except plait.Interrupted:
         outcome = "Interrupted"
+    page = await engine.executions(workflow="WfcOrder", status="interrupted")
+    (out / "listed-after").write_text(" ".join(e.execution_id for e in page.executions))
     (out / "done").write_text(outcome)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """An action that failed shows in the process's log (the test's log file)."""
+    if not task.cancelled() and task.exception() is not None:
+        logging.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 async def main(url: str, prefix: str, port: int, out: Path, workflows: int) -> None:
@@ -287,7 +298,7 @@ async def main(url: str, prefix: str, port: int, out: Path, workflows: int) -> N
                 worker = Jobs.worker(handle_job, concurrency=4, poll_interval=0.1)
                 tasks.append(asyncio.create_task(worker.run()))
         elif os.environ.get("WFC_ACTION") == "interrupt":
-            tasks.append(asyncio.create_task(interrupt(out)))
+            tasks.append(asyncio.create_task(interrupt(out, runner.engine)))
         elif os.environ.get("WFC_ACTION") == "one":
             tasks.append(asyncio.create_task(one_approved_later(out)))
         elif os.environ.get("WFC_ACTION") == "queue":
@@ -296,6 +307,8 @@ async def main(url: str, prefix: str, port: int, out: Path, workflows: int) -> N
             tasks.append(asyncio.create_task(scenarios(out)))
         elif workflows:
             tasks.append(asyncio.create_task(send(out, workflows)))
+        for task in tasks:
+            task.add_done_callback(_log_failure)
         await stop.wait()
         for task in tasks:
             task.cancel()
