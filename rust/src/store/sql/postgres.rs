@@ -72,6 +72,8 @@ const STATUS: i16 = 3;
 const INTERRUPT: i16 = 4;
 const TIMER: i16 = 5;
 const UNTIMER: i16 = 6;
+/// `Op::Suspend`, applied by the journal's function too (after the message and queue kinds).
+const SUSPEND: i16 = 18;
 /// The codes of the message op kinds in `<prefix>apply_messages`.
 const REQUEST: i16 = 7;
 const REPLY: i16 = 8;
@@ -312,16 +314,16 @@ impl<'a> Columns<'a> {
                 result.as_deref(),
                 None,
             ),
-            // A status whose number is the count of deferred results its run knew of (see the
-            // apply function of migration 0010).
+            // Its number is the count of deferred results its run knew of (see the apply
+            // function of migration 0011).
             Op::Suspend {
                 id,
                 cause,
                 deferreds,
             } => (
-                STATUS,
+                SUSPEND,
                 id,
-                Some(Status::Suspended.as_str()),
+                None,
                 Some(i64::from(*deferreds)),
                 cause.as_deref(),
                 None,
