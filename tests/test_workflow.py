@@ -73,6 +73,28 @@ async def test_discard_returns_the_deterministic_execution_id(plait_engine: plai
     )
 
 
+async def test_an_explicit_execution_id_names_the_execution(plait_engine: plait.Engine) -> None:
+    runs: list[str] = []
+
+    @Echo.implement
+    async def echo(payload: Any, execution_id: str) -> str:
+        runs.append(execution_id)
+        return str(payload.text) * 2
+
+    # As a feed-polling cron starts its ticks: the id is the caller's, not the payload's hash.
+    execution_id = await Echo.execute({"text": "ab"}, execution_id="poll-7-tick-1", discard=True)
+    assert execution_id == "poll-7-tick-1"
+    assert await poll_until(Echo, execution_id, plait.Complete) == plait.Complete(
+        plait.Success("abab")
+    )
+    # The same id again joins it (its stored result, nothing run); another id is another run.
+    assert await Echo.execute({"text": "zz"}, execution_id="poll-7-tick-1") == "abab"
+    assert await Echo.execute({"text": "ab"}, execution_id="poll-7-tick-2") == "abab"
+    assert runs == ["poll-7-tick-1", "poll-7-tick-2"]
+    with pytest.raises(plait.InvalidArgumentError, match="NUL"):
+        await Echo.execute({"text": "ab"}, execution_id="bad\0id")
+
+
 async def test_executing_again_returns_the_stored_result_without_running(
     plait_engine: plait.Engine, make_engine: EngineFactory
 ) -> None:
