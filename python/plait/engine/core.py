@@ -72,6 +72,9 @@ from plait.observability.metrics import EngineGauges, metrics
 
 __all__ = ["Engine", "current_engine", "engine_for"]
 
+#: A deferred completed with no value (Effect's `Exit.void`), as a child's end in its parent.
+_VOID = b'{"_tag":"Success","value":null}'
+
 
 #: The engine of the enclosing `async with engine:`.
 current_engine: contextvars.ContextVar[Engine | None] = contextvars.ContextVar(
@@ -1111,7 +1114,13 @@ class Engine:
                     final.set_result(result)
             ex.waiters.clear()
             if ex.parent is not None:
-                self._spawn(self._resume(ex.parent))
+                if self.cluster:
+                    # A deferred of the parent's, with its running mark: a suspension of the
+                    # parent committing at the same moment (on another runner) counts it and
+                    # is refused, so the wake-up survives even that runner's death.
+                    self._spawn(self._store_deferred(ex.parent, f"~plait/child/{ex.id}", _VOID))
+                else:
+                    self._spawn(self._resume(ex.parent))
             if isinstance(result.exit, Failure) and isinstance(result.exit.error, Interrupted):
                 for child in ex.children:
                     self._spawn(self.interrupt(child))
