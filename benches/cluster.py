@@ -161,9 +161,11 @@ def _wait(
         time.sleep(0.05)
 
 
-def install_effect(base: Path) -> tuple[Path, str]:
-    """Installs Effect's program and its pinned npm packages under `base`; its folder and the
-    versions.
+def install_effect(
+    base: Path, programs: tuple[str, ...] = ("cluster.ts", "runner.ts")
+) -> tuple[Path, str]:
+    """Installs Effect's `programs` (of `benches/effect_cluster/`) and its pinned npm packages
+    under `base`; its folder and the versions.
 
     Raises:
         entity_peers.PeerUnavailable: node or npm is missing, or the install failed.
@@ -171,7 +173,7 @@ def install_effect(base: Path) -> tuple[Path, str]:
     into = base / "effect-cluster"
     # An absolute source folder: entity_peers copies from it as from benches/peers/<folder>.
     entity_peers._npm_install(EFFECT_SOURCE, into)
-    entity_peers._copy(EFFECT_SOURCE, ["cluster.ts", "runner.ts"], into)
+    entity_peers._copy(EFFECT_SOURCE, list(programs), into)
     versions = []
     for package in ("effect", "@effect/platform-node", "@effect/sql-pg"):
         try:
@@ -184,35 +186,41 @@ def install_effect(base: Path) -> tuple[Path, str]:
 
 
 def run_effect(
-    folder: Path, admin_url: str, runners: int, requests: int, port: int = PORT + 10
+    folder: Path,
+    admin_url: str,
+    runners: int,
+    requests: int,
+    port: int = PORT + 10,
+    *,
+    program: str = "cluster.ts",
+    counted: str = "requests",
+    timeout: int = EFFECT_TIMEOUT,
+    options: dict[str, int] | None = None,
 ) -> Measured:
-    """Effect's persisted RPCs over `runners` socket runner processes, on a fresh database.
+    """Effect's `program` over `runners` socket runner processes, on a fresh database: its
+    persisted RPCs by default (`counted` names what its result line counts).
 
     Raises:
-        entity_peers.PeerUnavailable: the run failed or took longer than `EFFECT_TIMEOUT`.
+        entity_peers.PeerUnavailable: the run failed or took longer than `timeout`.
     """
     database = f"plait_bench_cluster_effect_{uuid.uuid4().hex[:10]}"
     psql(admin_url, f"create database {database}")
     url = f"{admin_url.rsplit('/', 1)[0]}/{database}"
-    options = {
-        "portBase": port,
-        "inFlight": IN_FLIGHT,
-        "entities": ENTITIES,
-        "timeout": EFFECT_TIMEOUT,
-    }
-    args = [url, str(runners), str(requests), json.dumps(options)]
+    given = {"portBase": port, "inFlight": IN_FLIGHT, "timeout": timeout}
+    given |= {"entities": ENTITIES} if options is None else options
+    args = [url, str(runners), str(requests), json.dumps(given)]
     try:
         out = entity_peers._run(
-            ["node", "--import", "tsx", "cluster.ts", *args],
+            ["node", "--import", "tsx", program, *args],
             folder,
             f"Effect on {runners} runner(s)",
-            timeout=EFFECT_TIMEOUT + 60,
+            timeout=timeout + 60,
         )
     finally:
         psql(admin_url, f"drop database if exists {database} with (force)")
     try:
         line = json.loads(next(x for x in out.splitlines() if x.startswith("{")))
-        return Measured(int(line["requests"]), float(line["seconds"]))
+        return Measured(int(line[counted]), float(line["seconds"]))
     except (StopIteration, ValueError, KeyError) as err:
         raise entity_peers.PeerUnavailable(f"Effect printed no result ({err}): {out}") from None
 

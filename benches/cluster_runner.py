@@ -53,6 +53,23 @@ async def echo(ctx: plait.EntityContext, n: int) -> int:
     return n + 1
 
 
+async def publish(runner: plait.Runner, out: Path, port: int) -> None:
+    """Writes what `runner` sees of the ring to `<out>/view-<port>.json` every 100 ms (the
+    bench waits on it until every shard is held)."""
+    while True:
+        view = runner.view()
+        state = {
+            "shards": len(view.shards),
+            "assigned": sum(a == runner.address for a in view.assignments.values()),
+            "healthy": view.healthy_runners,
+            "releasing": len(view.releasing),
+            "time": time.time(),
+        }
+        (out / f"view-{port}.tmp").write_text(json.dumps(state))
+        (out / f"view-{port}.tmp").replace(out / f"view-{port}.json")
+        await asyncio.sleep(0.1)
+
+
 async def main(argv: list[str]) -> None:
     url, port_text, out_text, index_text, runners_text = argv[:5]
     requests, in_flight, entities = (int(a) for a in argv[5:8])
@@ -65,22 +82,7 @@ async def main(argv: list[str]) -> None:
         refresh_assignments_interval=timedelta(seconds=0.5),
     )
     async with plait.Runner(url, config=config) as runner:
-
-        async def publish() -> None:
-            while True:
-                view = runner.view()
-                state = {
-                    "shards": len(view.shards),
-                    "assigned": sum(a == runner.address for a in view.assignments.values()),
-                    "healthy": view.healthy_runners,
-                    "releasing": len(view.releasing),
-                    "time": time.time(),
-                }
-                (out / f"view-{port}.tmp").write_text(json.dumps(state))
-                (out / f"view-{port}.tmp").replace(out / f"view-{port}.json")
-                await asyncio.sleep(0.1)
-
-        publisher = asyncio.create_task(publish())
+        publisher = asyncio.create_task(publish(runner, out, port))
         while not (out / "go").exists():  # noqa: ASYNC110 - the bench says when to begin
             await asyncio.sleep(0.02)
         mine = iter(range(index, requests, runners))

@@ -28,6 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import plait
+from benches.cluster_runner import publish
 
 
 class Start(BaseModel):
@@ -76,22 +77,7 @@ async def main(argv: list[str]) -> None:
         refresh_assignments_interval=timedelta(seconds=0.5),
     )
     async with plait.Runner(url, config=config) as runner:
-
-        async def publish() -> None:
-            while True:
-                view = runner.view()
-                state = {
-                    "shards": len(view.shards),
-                    "assigned": sum(a == runner.address for a in view.assignments.values()),
-                    "healthy": view.healthy_runners,
-                    "releasing": len(view.releasing),
-                    "time": time.time(),
-                }
-                (out / f"view-{port}.tmp").write_text(json.dumps(state))
-                (out / f"view-{port}.tmp").replace(out / f"view-{port}.json")
-                await asyncio.sleep(0.1)
-
-        publisher = asyncio.create_task(publish())
+        publisher = asyncio.create_task(publish(runner, out, port))
         while not (out / "go").exists():  # noqa: ASYNC110 - the bench says when to begin
             await asyncio.sleep(0.02)
         mine = iter(range(index, workflows, runners))

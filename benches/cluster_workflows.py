@@ -50,13 +50,12 @@ import uuid
 from pathlib import Path
 
 import plait
-from benches import entity_peers, machine
+from benches import cluster, entity_peers, machine
 from benches.cluster import SHARDS, Measured, _load, _settled, _stopped, _wait
 from benches.compare_dbos import POSTGRES_ADMIN, postgres_missing, psql
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_FLIGHT = 1_000
-EFFECT_SOURCE = ROOT / "benches" / "effect_cluster"
 #: Seconds one of Effect's runs may take (it stops itself then).
 EFFECT_TIMEOUT = 240
 #: Seconds DBOS's run may take.
@@ -222,25 +221,8 @@ def run_single(admin_url: str, workflows: int) -> Measured:
 
 
 def install_effect(base: Path) -> tuple[Path, str]:
-    """Installs Effect's program and its pinned npm packages under `base`; its folder and the
-    versions.
-
-    Raises:
-        entity_peers.PeerUnavailable: node or npm is missing, or the install failed.
-    """
-    into = base / "effect-cluster"
-    # An absolute source folder: entity_peers copies from it as from benches/peers/<folder>.
-    entity_peers._npm_install(EFFECT_SOURCE, into)
-    entity_peers._copy(EFFECT_SOURCE, ["workflow_cluster.ts", "workflow_runner.ts"], into)
-    versions = []
-    for package in ("effect", "@effect/platform-node", "@effect/sql-pg"):
-        try:
-            manifest = into / "node_modules" / package / "package.json"
-            versions.append(f"{package} {json.loads(manifest.read_text())['version']}")
-        except (OSError, ValueError, KeyError):
-            versions.append(f"{package} ?")
-    node = entity_peers._run(["node", "--version"], into, "node --version", timeout=30).strip()
-    return into, f"{', '.join(versions)}, node {node}"
+    """Installs Effect's workflow programs (see `benches.cluster.install_effect`)."""
+    return cluster.install_effect(base, ("workflow_cluster.ts", "workflow_runner.ts"))
 
 
 def run_effect(
@@ -251,25 +233,17 @@ def run_effect(
     Raises:
         entity_peers.PeerUnavailable: the run failed or took longer than `EFFECT_TIMEOUT`.
     """
-    database = f"plait_bench_wfcluster_effect_{uuid.uuid4().hex[:10]}"
-    psql(admin_url, f"create database {database}")
-    url = f"{admin_url.rsplit('/', 1)[0]}/{database}"
-    options = {"portBase": port, "inFlight": IN_FLIGHT, "timeout": EFFECT_TIMEOUT}
-    args = [url, str(runners), str(workflows), json.dumps(options)]
-    try:
-        out = entity_peers._run(
-            ["node", "--import", "tsx", "workflow_cluster.ts", *args],
-            folder,
-            f"Effect on {runners} runner(s)",
-            timeout=EFFECT_TIMEOUT + 60,
-        )
-    finally:
-        psql(admin_url, f"drop database if exists {database} with (force)")
-    try:
-        line = json.loads(next(x for x in out.splitlines() if x.startswith("{")))
-        return Measured(int(line["workflows"]), float(line["seconds"]))
-    except (StopIteration, ValueError, KeyError) as err:
-        raise entity_peers.PeerUnavailable(f"Effect printed no result ({err}): {out}") from None
+    return cluster.run_effect(
+        folder,
+        admin_url,
+        runners,
+        workflows,
+        port,
+        program="workflow_cluster.ts",
+        counted="workflows",
+        timeout=EFFECT_TIMEOUT,
+        options={},
+    )
 
 
 # DBOS ------------------------------------------------------------------------------------------
