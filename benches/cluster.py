@@ -6,8 +6,9 @@
 Each run gets a fresh database. The runners (`benches/cluster_runner.py`, real processes) join,
 the bench waits until the ring's shards are all held, then each runner sends its share of the
 requests: persisted (saved before they run, a unique primary key each, the reply stored), to
-entities spread over the shards, so most go to an entity on another runner (saved for its
-owner, woken by NOTIFY; the reply comes back the same way). 1,000 requests are in flight over
+entities spread over the shards, so most go to an entity on another runner (saved, then sent
+to its owner over the runners' transport; the stored reply comes back on the caller's long
+poll). 1,000 requests are in flight over
 the whole cluster. The figure is requests over the time from the first runner's start to the
 last one's end. This machine has 2 cores: 3 runner processes share them, and the database too.
 

@@ -23,6 +23,11 @@ another runner once `<dir>/go` exists, gives up once the handler started there (
 `<entity id> <port>` to `<dir>/started`), and writes `<dir>/done-<port>`; the handler appends
 `<entity id> <port>` to `<dir>/cancelled` when it is cancelled.
 
+With `CLUSTER_LISTEN_PORT=<port>` the runner listens there, not at the address it gives the
+others: no process reaches it over the runners' transport (a firewall between runners).
+With `CLUSTER_DIE_BEFORE_SEND=1` the process SIGKILLs itself once its first persisted requests
+for another runner are saved, before it sends them there; their claim lasts 3 s.
+
 With `CLUSTER_VANISH=<its port>` it sends one volatile `ClusterEcho.slow` once `<dir>/go`
 exists and writes the class name of the error it gets to `<dir>/error-<port>`.
 It runs until SIGTERM (a graceful leave) or SIGKILL.
@@ -141,9 +146,13 @@ def amount_of(n: int) -> int:
 
 def config(port: int) -> plait.ShardingConfig:
     expiration = float(os.environ.get("CLUSTER_LEASE_SECONDS", "4"))
+    listen = os.environ.get("CLUSTER_LISTEN_PORT")
     return plait.ShardingConfig(
         # Port 0: a client-only process.
         runner_address=plait.RunnerAddress(host="127.0.0.1", port=port) if port else None,
+        runner_listen_address=(
+            plait.RunnerAddress(host="127.0.0.1", port=int(listen)) if listen and port else None
+        ),
         shard_lock_expiration=timedelta(seconds=expiration),
         shard_lock_refresh_interval=timedelta(seconds=expiration / 4),
         refresh_assignments_interval=timedelta(seconds=0.5),
@@ -232,7 +241,24 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
         publisher.cancel()
 
 
+def die_before_send() -> None:
+    """Dies (SIGKILL) between saving persisted requests for another runner and sending them."""
+    from plait.cluster import runtime
+
+    runtime.FORWARD_CLAIM_MS = 3_000
+    send = runtime.EntityRuntime._send_elsewhere
+
+    def dying(self: runtime.EntityRuntime, outgoing: list[runtime.Outgoing]) -> None:
+        if any(each.persisted for each in outgoing):
+            os.kill(os.getpid(), signal.SIGKILL)
+        send(self, outgoing)
+
+    runtime.EntityRuntime._send_elsewhere = dying  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
+    if os.environ.get("CLUSTER_DIE_BEFORE_SEND") == "1":
+        die_before_send()
     # Registered here, not on import: a test process that imports this module (pytest's
     # doctest collection) must not run them in its own engines.
     plait.Singleton("ClusterHeartbeat", heartbeat)

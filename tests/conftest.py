@@ -26,15 +26,15 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 
-def psql(sql: str, database: str = "postgres") -> None:
-    """Runs one statement on the local PostgreSQL server as its superuser."""
-    subprocess.run(
+def psql(sql: str, database: str = "postgres") -> str:
+    """Runs one statement on the local PostgreSQL server as its superuser; its output."""
+    return subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-qAtc", sql],
         check=True,
         capture_output=True,
         text=True,
         timeout=30,
-    )
+    ).stdout
 
 
 @pytest.fixture

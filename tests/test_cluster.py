@@ -401,6 +401,64 @@ def test_a_client_only_process_sends_and_holds_nothing(cluster: Cluster) -> None
     cluster.wait("the client sees each runner's entities", counts_agree, timeout=20)
 
 
+def test_persisted_requests_whose_runner_cannot_be_reached_go_by_storage(
+    cluster: Cluster,
+) -> None:
+    # The runner listens on another port than it gives: the client's persisted requests,
+    # saved claimed for a send that fails, are unclaimed, read by their owner from storage,
+    # and answered through stored replies.
+    requests, accounts = 300, 30
+    runner = 4561
+    cluster.env["CLUSTER_LISTEN_PORT"] = "4562"
+    cluster.start(runner)
+    cluster.wait("the runner settles", lambda: cluster.settled([runner]))
+    cluster.start(0, requests, accounts)
+    cluster.wait("the client is up", lambda: cluster.view(0) is not None)
+    (cluster.out / "go").touch()
+    cluster.wait("the client is done", (cluster.out / "done-0").exists, timeout=60)
+    check_deposits(cluster.replies(0), requests, accounts)
+    runs = cluster.runs()
+    assert sorted(run.key for run in runs) == sorted(f"d{n}" for n in range(requests))
+
+
+def test_a_sender_killed_before_sending_saved_requests_leaves_them_to_storage(
+    cluster: Cluster, postgres_url: str
+) -> None:
+    # A client-only process SIGKILLs itself right after its persisted requests are saved
+    # (claimed for 3 s here) and before they go to their runner: the runner, whose shards do
+    # not move, takes them from storage once the claim is void, and runs each once.
+    requests, accounts = 200, 20
+    runner = 4571
+    cluster.start(runner)
+    cluster.wait("the runner settles", lambda: cluster.settled([runner]))
+    cluster.env["CLUSTER_DIE_BEFORE_SEND"] = "1"
+    cluster.start(0, requests, accounts)
+    cluster.wait("the client is up", lambda: cluster.view(0) is not None)
+    (cluster.out / "go").touch()
+    client = cluster.processes.pop(0)
+    assert client.wait(30) == -signal.SIGKILL
+    database = postgres_url.rsplit("/", 1)[1]
+    # (The runner's cron job saves requests of its own.)
+    deposits = "plait_messages where entity_type = 'ClusterAccount'"
+    saved = {
+        line.split("/")[-1]
+        for line in psql(f"select message_key from {deposits}", database).split()
+    }
+    assert saved, "the client died after saving"
+    assert psql(f"select count(*) from {deposits} and processed", database).strip() == "0"
+
+    def all_processed() -> bool:
+        left = psql(f"select count(*) from {deposits} and not processed", database)
+        return left.strip() == "0"
+
+    waited = cluster.wait("the runner runs them", all_processed, timeout=30)
+    runs = cluster.runs()
+    assert sorted(run.key for run in runs) == sorted(saved)
+    assert {run.port for run in runs} == {runner}
+    # Once the claim is void (3 s), at the runner's next poll (1 s) after it.
+    assert waited < 15, waited
+
+
 def test_volatile_requests_cross_runners_and_survive_a_kill(cluster: Cluster) -> None:
     # A client-only process sends volatile requests: every one crosses to a runner over the
     # runners' transport. Handlers take up to 100 ms, so the kill catches many in flight.

@@ -7,6 +7,7 @@ from typing import Literal, Protocol, TypeAlias, TypedDict, final
 from plait.errors import InvalidArgumentError
 
 __all__ = [
+    "CLAIM_MS",
     "DEFAULT_SHARDS_PER_GROUP",
     "AsyncBridge",
     "ClusterView",
@@ -61,6 +62,8 @@ __all__ = [
 
 __version__: str
 DEFAULT_SHARDS_PER_GROUP: int
+#: A request's claim lasts this long (ms); an older one is void and a storage read takes it.
+CLAIM_MS: int
 
 # ids
 
@@ -365,11 +368,12 @@ class Op:
         """
 
     @staticmethod
-    def reply(request_id: int, value: bytes, shard: str | None = None) -> Op:
+    def reply(request_id: int, value: bytes, shard: str | None = None, notify: bool = True) -> Op:
         """Saves a request's final reply (the first wins). Answers whether it was stored.
 
         With `shard`, written as its owner: fenced by the shard's lease on a cluster (it
-        answers `Fenced` once the lease is not this runner's).
+        answers `Fenced` once the lease is not this runner's). With `notify=False`, callers
+        in other processes are not woken (they read it at their regular poll).
         """
 
     @staticmethod
@@ -383,8 +387,11 @@ class Op:
         """Forgets a request's reply and claim, to deliver it again. Answers if it is stored."""
 
     @staticmethod
-    def unclaim(request_id: int) -> Op:
-        """Clears a request's claim. Answers whether it is stored and unprocessed."""
+    def unclaim(request_id: int, wake_shard: str | None = None) -> Op:
+        """Clears a request's claim. Answers whether it is stored and unprocessed.
+
+        With `wake_shard`, a cluster's writer wakes that shard's owner to read it.
+        """
 
     @staticmethod
     def offer(queue: str, id: str, payload: bytes, token: str | None = None) -> Op:
@@ -1123,7 +1130,11 @@ class Sharding:
     def view(self) -> ClusterView:
         """What this runner sees now."""
     def send(self, requests: Sequence[_Outgoing], discard: Sequence[bool]) -> None:
-        """Sends volatile requests to their entities' runners over the runners' transport."""
+        """Sends requests to their entities' runners over the runners' transport.
+
+        Persisted ones (saved first) are sent once: a refusal, or their runner unreachable
+        or gone, answers them as `Routed` with the refusal, for their caller to go by storage.
+        """
     def interrupt(self, request_ids: list[int]) -> None:
         """The callers of these requests (sent with `send`) gave up."""
     def reply(self, replies: list[tuple[int, bytes]]) -> None:

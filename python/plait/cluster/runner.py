@@ -83,14 +83,14 @@ def _ms(seconds: float) -> int:
 class Runner:
     """A runner of a cluster on PostgreSQL: serves the entities of the shards it holds.
 
-    A runner listens at its address (or `runner_listen_address`) for the volatile requests
-    other processes send its entities, over HTTP/2; persisted requests go through the
-    database, which wakes their owner.
+    A runner listens at its address (or `runner_listen_address`) for the requests other
+    processes send its entities, over HTTP/2; persisted ones are saved by their sender
+    first, and left to the database (which wakes their owner) if that way fails.
 
     With `runner_address=None` in its configuration it is a client-only process: it holds no
-    shard, runs no entity and listens nowhere; its persisted requests are saved for their
-    owners, their replies come back through the database, and its volatile requests go to
-    the runners of their entities (a web server that only sends, say).
+    shard, runs no entity and listens nowhere; its requests go to the runners of their
+    entities as a runner's do, their replies come back on its long polls (a web server that
+    only sends, say).
 
     Args:
         url: The cluster's database, `postgresql://...` (or a SQLite file: one runner only).

@@ -17,6 +17,14 @@ durable; their final reply, and the instance's durable state when it changed, ar
 transaction before the caller hears of it and the slot frees. What is not delivered at once
 (held by `deliver_at`, refused by a full mailbox, in flight when a process died) the work
 source's storage read loop delivers.
+
+On a runner of a cluster, a persisted request for an entity on another runner is saved claimed
+for a short while (`FORWARD_CLAIM_MS`) and then sent to its owner over the runners' transport,
+which delivers it at once and pushes its reply back (Effect notifies the owner to read its
+storage instead: that costs a read, a claim and a reply read per request). Whatever goes wrong
+on that way (the owner refuses it, is unreachable, dies, or its shard moves) leaves the
+request to storage: its claim is cleared and its owner woken to read it, and its caller reads
+the stored reply. A sender that dies before sending it leaves a claim that voids itself.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from typing_extensions import TypeVar
 from plait import _bridge
 from plait._definitions import Definitions, DefinitionSite
 from plait._native import (
+    CLAIM_MS,
     Deliver,
     Duplicate,
     Fenced,
@@ -89,6 +98,9 @@ StateT = TypeVar("StateT", default=None)
 #: Saves and replies sent to a durable store as soon as this many are queued (see
 #: `EntityRuntime._write_early`).
 EARLY_BATCH = 512
+#: How long a persisted request sent to its owner over the transport stays claimed if its
+#: sender dies before sending it (after that, its owner's regular storage read takes it).
+FORWARD_CLAIM_MS = 30_000
 
 
 class RpcSpec(Protocol):
@@ -271,6 +283,8 @@ class Outgoing:
         "remote",
         "request_id",
         "tag",
+        "to_forward",
+        "transported",
     )
 
     def __init__(
@@ -291,9 +305,13 @@ class Outgoing:
         self.persisted = persisted
         #: Sent here by another process over the runners' transport: its reply goes back.
         self.forwarded = forwarded
-        #: For an entity on another runner: its reply comes from storage (persisted) or over
-        #: the runners' transport (volatile).
+        #: For an entity on another runner.
         self.remote = False
+        #: Persisted, for another runner: saved claimed, to go over the transport once saved.
+        self.to_forward = False
+        #: Sent over the runners' transport: its reply comes back that way (else, for a
+        #: remote persisted request, from storage).
+        self.transported = False
 
 
 class Instance:
@@ -578,9 +596,15 @@ class EntityRuntime:
         if deliver_ms is not None and deliver_ms <= now:
             deliver_ms = None
         shard = self._shard(outgoing.entity_id)
-        # An entity on another runner: saved unclaimed, for its owner's read to deliver.
+        # An entity on another runner: saved claimed for a short while and sent to its owner
+        # (a client sends it too), or, held by `deliver_at`, unclaimed for its owner's read.
         outgoing.remote = self.engine.cluster and not self.source.owns(outgoing.entity_id)
-        claimed = None if deliver_ms is not None or outgoing.remote else now
+        outgoing.to_forward = outgoing.remote and deliver_ms is None and self.sharding is not None
+        claimed: int | None = now
+        if deliver_ms is not None or (outgoing.remote and not outgoing.to_forward):
+            claimed = None
+        elif outgoing.to_forward:
+            claimed = now - CLAIM_MS + FORWARD_CLAIM_MS
         op = Op.request(
             outgoing.request_id,
             shard,
@@ -624,7 +648,7 @@ class EntityRuntime:
             running[1].cancel()  # its handler ends; `_handle` frees the slot
             return
         remote = self._remote.pop(request_id, None)
-        if remote is not None and not remote.persisted and self.sharding is not None:
+        if remote is not None and remote.transported and self.sharding is not None:
             # Sent over the transport: its runner is told. (It may also wait in a mailbox
             # here, routed back to this runner: dropped below.)
             self.sharding.interrupt([request_id])
@@ -694,13 +718,19 @@ class EntityRuntime:
         """Volatile requests for entities on other runners: sent over the runners' transport.
 
         Their replies come as `RemoteReply` work; a discarded one's future resolves when a
-        mailbox there took it (`Routed`).
+        mailbox there took it (`Routed`). Persisted ones too, saved first (nobody waits for
+        the reply of one whose caller did not).
         """
         assert self.sharding is not None
         for each in outgoing:
             each.remote = True
+            each.transported = True
             self._remote[each.request_id] = each
-        self.sharding.send(outgoing, [o.request_id in self._taken for o in outgoing])
+        discard = [
+            o.request_id in self._taken or (o.persisted and o.request_id not in self.callers)
+            for o in outgoing
+        ]
+        self.sharding.send(outgoing, discard)
 
     def _write(self) -> None:
         """Sends the saves, then the replies, queued so far to the store."""
@@ -741,6 +771,7 @@ class EntityRuntime:
             return
         held_until: int | None = None
         remote: list[Outgoing] = []
+        forwarded: list[Outgoing] = []
         for (outgoing, _, deliver_ms), result in zip(saves, answer, strict=True):
             request_id = outgoing.request_id
             taken = self._taken.pop(request_id, None)
@@ -750,6 +781,8 @@ class EntityRuntime:
                 self._duplicate(outgoing, result)
             elif request_id in self._interrupted:
                 continue
+            elif outgoing.to_forward and self.sharding is not None:
+                forwarded.append(outgoing)
             elif outgoing.remote:
                 remote.append(outgoing)
             elif deliver_ms is None:
@@ -758,6 +791,8 @@ class EntityRuntime:
                 held_until = deliver_ms if held_until is None else min(held_until, deliver_ms)
         if remote:
             self._await_remote(remote)
+        if forwarded:
+            self._send_elsewhere(forwarded)
         if held_until is not None:
             self.source.poll_storage(held_until)
             self.engine.work_changed()  # a clock the host moves must come to it
@@ -830,9 +865,12 @@ class EntityRuntime:
         if outgoing.forwarded:
             self._refused_forwarded(outgoing, refusal)
             return
-        if outgoing.persisted and kind == "NotAssigned":
-            # Its shard moved away after it was saved claimed: its new owner delivers it.
-            self.journal.write_then([Op.unclaim(outgoing.request_id)], _ignore)
+        if outgoing.persisted and (kind == "NotAssigned" or outgoing.transported):
+            # Saved claimed, and its shard moved away meanwhile, or its owner did not take it
+            # (or could not be reached): stored, it waits for a storage read, which its owner
+            # is woken for; its caller reads the stored reply.
+            outgoing.transported = False
+            self._unclaim(outgoing)
             taken = self._taken.pop(outgoing.request_id, None)
             if taken is not None and not taken.done():
                 taken.set_result(None)
@@ -865,7 +903,13 @@ class EntityRuntime:
         Its caller sends it again if its shard moved, or hears why.
         """
         assert self.sharding is not None
-        if refusal.kind == "NotAssigned":
+        if refusal.kind == "NotAssigned" or outgoing.persisted:
+            # A persisted one is stored: it waits for a storage read (here once a slot frees,
+            # or its shard's new owner's), and its caller reads its stored reply.
+            if outgoing.persisted:
+                self._unclaim(outgoing)
+                if refusal.kind == "MailboxFull":
+                    self.source.poll_storage(None, when_room=True)
             self.sharding.moved([outgoing.request_id])
             return
         error = (
@@ -876,6 +920,11 @@ class EntityRuntime:
         encoded = _ANY_REPLY.settle(Failure(error))[0]
         self._forwarded_replies.append((outgoing.request_id, encoded))
         self._schedule_flush()
+
+    def _unclaim(self, outgoing: Outgoing) -> None:
+        """Clears a stored request's claim, and wakes its shard's owner to read it."""
+        shard = self._shard(outgoing.entity_id) if self.engine.cluster else None
+        self.journal.write_then([Op.unclaim(outgoing.request_id, wake_shard=shard)], _ignore)
 
     def _answer(self, request_id: int, exit_: Exit) -> None:
         self._remote.pop(request_id, None)  # routed back here after all: answered here
@@ -1242,7 +1291,10 @@ class EntityRuntime:
         encoded, _ = (rpc.codec if rpc is not None else _ANY_REPLY).settle(outcome)
         # On a cluster, written as the shard's owner: refused once another runner holds it.
         shard = self._shard(delivery.entity_id) if self.engine.cluster else None
-        ops = [Op.reply(delivery.request_id, encoded, shard)]
+        # Its caller here, or in the process it came from over the transport, gets the reply
+        # from this process: others (a duplicate's caller) read it at their regular poll.
+        notify = not delivery.forwarded and delivery.request_id not in self.callers
+        ops = [Op.reply(delivery.request_id, encoded, shard, notify=notify)]
         instance = self.instances.get((delivery.entity_type, delivery.entity_id))
         if instance is not None and instance.entity.state_model is not None:
             state = instance.state

@@ -123,6 +123,10 @@ struct Envelope {
     payload: Vec<u8>,
     /// The caller waits for no reply (only for a mailbox to take it).
     discard: bool,
+    /// Saved by its sender before it was sent (claimed, for a short while): sent once, and
+    /// delivered by storage if that fails.
+    #[serde(default)]
+    persisted: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -364,6 +368,7 @@ impl Transport {
                         tag: message.tag,
                         payload: message.payload,
                         discard,
+                        persisted: message.persisted,
                     },
                     failing_since: None,
                     unreachable: None,
@@ -616,7 +621,7 @@ fn offer_here(shared: &Shared, here: Vec<Sent>) {
             },
             tag: sent.envelope.tag.clone(),
             payload: sent.envelope.payload.clone(),
-            persisted: false,
+            persisted: sent.envelope.persisted,
             forwarded: false,
         })
         .collect();
@@ -771,7 +776,9 @@ fn take_awaiting(shared: &Shared, runner: &str, batch: &[Sent]) -> Vec<Sent> {
 
 /// Requests to route and send again after `send_retry`; those failing for longer than
 /// `give_up` are refused instead: `Unavailable` (with the runner last unreachable, if any).
-/// Those whose caller gave up are dropped.
+/// Persisted requests are refused so at once: they are stored, and their caller leaves them
+/// to the storage read of whoever owns their shard (sending them again could deliver one
+/// twice). Those whose caller gave up are dropped.
 fn retry(shared: &Shared, sent: Vec<Sent>, unreachable: Option<&str>) {
     let mut given_up = Vec::new();
     {
@@ -781,9 +788,10 @@ fn retry(shared: &Shared, sent: Vec<Sent>, unreachable: Option<&str>) {
                 continue;
             }
             each.failed(unreachable);
-            if each
-                .failing_since
-                .is_some_and(|t| t.elapsed() >= shared.give_up)
+            if each.envelope.persisted
+                || each
+                    .failing_since
+                    .is_some_and(|t| t.elapsed() >= shared.give_up)
             {
                 given_up.push((each.envelope.request_id, Some(shared.unavailable(&each))));
             } else {
@@ -992,7 +1000,7 @@ async fn serve_send(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
             },
             tag: e.tag,
             payload: e.payload,
-            persisted: false,
+            persisted: e.persisted,
             forwarded: true,
         })
         .collect();
@@ -1314,6 +1322,73 @@ mod tests {
         );
     }
 
+    fn persisted(id: i64) -> Message {
+        Message {
+            persisted: true,
+            ..message(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_persisted_request_arrives_persisted_and_its_reply_comes_back() {
+        let server = Echo::new(None, false);
+        let (client, inbox, _server) = pair(Arc::clone(&server)).await;
+        client.send(vec![(persisted(11), false)]);
+        inbox.until(|i| !i.replies.lock().unwrap().is_empty()).await;
+        assert_eq!(
+            *inbox.replies.lock().unwrap(),
+            vec![(11, b"echo:11".to_vec())]
+        );
+        let offered = server.offered.lock().unwrap().clone();
+        assert!(offered.iter().all(|m| m.persisted && m.forwarded));
+    }
+
+    #[tokio::test]
+    async fn a_persisted_request_refused_as_not_assigned_is_left_to_storage_not_sent_again() {
+        let moving = Refusal::NotAssigned {
+            shard: "default:1".into(),
+            entity_type: "Echo".into(),
+            entity_id: "e12".into(),
+        };
+        let server = Echo::new(Some(moving), false);
+        let (client, inbox, _server) = pair(Arc::clone(&server)).await;
+        client.send(vec![(persisted(12), false)]);
+        inbox.until(|i| !i.routed.lock().unwrap().is_empty()).await;
+        let routed = inbox.routed.lock().unwrap().clone();
+        assert!(
+            matches!(routed.as_slice(), [(12, Some(Refusal::Unavailable { .. }))]),
+            "{routed:?}"
+        );
+        // A volatile request would be sent again every 20 ms: this one went once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(server.offered.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_persisted_request_for_an_unreachable_runner_is_refused_at_once() {
+        let address = free_address().await;
+        let inbox = Echo::new(None, false);
+        let client = start(
+            endpoint("client", None, false, Some(address.clone())),
+            &inbox,
+            Duration::from_secs(10),
+        )
+        .await;
+        client.send(vec![(persisted(13), false)]);
+        // Well before the give-up time (10 s) of a volatile request.
+        inbox.until(|i| !i.routed.lock().unwrap().is_empty()).await;
+        assert_eq!(
+            *inbox.routed.lock().unwrap(),
+            vec![(
+                13,
+                Some(Refusal::Unavailable {
+                    runner: Some(address),
+                    after_ms: 10_000
+                })
+            )]
+        );
+    }
+
     #[tokio::test]
     async fn a_runner_unreachable_for_the_give_up_time_is_reported_unavailable() {
         let address = free_address().await;
@@ -1348,6 +1423,7 @@ mod tests {
                 tag: String::new(),
                 payload: vec![0; size],
                 discard: false,
+                persisted: false,
             },
             failing_since: None,
             unreachable: None,

@@ -60,6 +60,7 @@ mod _native {
         // Another extension of the process may have installed a logger already: keep it.
         let _ = logger.install();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("CLAIM_MS", crate::store::messages::CLAIM_MS)?;
         m.add(
             "DEFAULT_SHARDS_PER_GROUP",
             crate::shard::DEFAULT_SHARDS_PER_GROUP,

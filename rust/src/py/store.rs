@@ -215,14 +215,22 @@ impl PyOp {
     /// was stored.
     /// With `shard`, written as that shard's owner: a runner of a cluster applies it only
     /// while it holds the shard's lease (else it answers `Fenced`).
+    /// With `notify=False`, callers in other processes are not woken: its caller gets the
+    /// reply otherwise (here, or over the runners' transport); others read it at their poll.
     #[staticmethod]
-    #[pyo3(signature = (request_id, value, shard = None))]
-    fn reply(request_id: Int<i64>, value: PyBackedBytes, shard: Option<Text>) -> Self {
+    #[pyo3(signature = (request_id, value, shard = None, notify = true))]
+    fn reply(
+        request_id: Int<i64>,
+        value: PyBackedBytes,
+        shard: Option<Text>,
+        notify: bool,
+    ) -> Self {
         owned(
             shard,
             store::Op::Reply {
                 request_id: request_id.0,
                 value: value.to_vec(),
+                notify,
             },
         )
     }
@@ -258,10 +266,13 @@ impl PyOp {
 
     /// Clears a request's claim, so the next storage read delivers it: answers whether it is
     /// stored and unprocessed.
+    /// With `wake_shard`, a cluster's writer wakes that shard's owner to read it.
     #[staticmethod]
-    fn unclaim(request_id: Int<i64>) -> Self {
+    #[pyo3(signature = (request_id, wake_shard = None))]
+    fn unclaim(request_id: Int<i64>, wake_shard: Option<Text>) -> Self {
         Self::from(store::Op::Unclaim {
             request_id: request_id.0,
+            shard: wake_shard.map(|s| s.to_owned()),
         })
     }
 
@@ -361,7 +372,7 @@ impl PyOp {
             (
                 store::Op::Reply { request_id, .. }
                 | store::Op::ClearReplies { request_id }
-                | store::Op::Unclaim { request_id }
+                | store::Op::Unclaim { request_id, .. }
                 | store::Op::Claim { request_id, .. },
                 None,
             ) => format!("<Op {} {request_id}>", self.kind()),

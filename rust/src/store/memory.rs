@@ -446,7 +446,9 @@ impl Inner {
                 request,
                 claimed_ms,
             } => self.messages.save(request, claimed_ms),
-            Op::Reply { request_id, value } => self.messages.reply(request_id, value),
+            Op::Reply {
+                request_id, value, ..
+            } => self.messages.reply(request_id, value),
             Op::EntityState {
                 entity_type,
                 entity_id,
@@ -456,7 +458,7 @@ impl Inner {
                 OpResult::Done(true)
             }
             Op::ClearReplies { request_id } => self.messages.clear_replies(request_id),
-            Op::Unclaim { request_id } => self.messages.unclaim(request_id),
+            Op::Unclaim { request_id, .. } => self.messages.unclaim(request_id),
             Op::Claim {
                 request_id,
                 claimed_ms,

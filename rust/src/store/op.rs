@@ -96,6 +96,10 @@ pub enum Op {
         request_id: i64,
         /// The encoded exit.
         value: Vec<u8>,
+        /// Whether callers in other processes are woken (a cluster's writer notifies the
+        /// id): `false` when its caller gets the reply otherwise (in this process, or pushed
+        /// over the runners' transport). Callers it misses read it at their regular poll.
+        notify: bool,
     },
     /// Stores the durable state of an entity instance, replacing what it held.
     /// [`OpResult::Done`]: `true`.
@@ -119,6 +123,9 @@ pub enum Op {
     Unclaim {
         /// The request.
         request_id: i64,
+        /// The request's shard, whose owner a cluster's writer wakes to read it (its sender
+        /// saved it claimed for a delivery that failed); `None` wakes nobody.
+        shard: Option<String>,
     },
     /// Claims a request for delivery at `claimed_ms`, unless it is processed or claimed less
     /// than [`super::messages::CLAIM_MS`] before. [`OpResult::Done`]: whether it was claimed.

@@ -157,7 +157,10 @@ pub(super) async fn read(shared: &Shared, store: &dyn Store) -> Result<bool, Sto
         let seen: Vec<i64> = found.requests.iter().map(|r| r.id).collect();
         for request in found.requests {
             if let Some(id) = offer(state, request, now) {
-                unclaim.push(Op::Unclaim { request_id: id });
+                unclaim.push(Op::Unclaim {
+                    request_id: id,
+                    shard: None,
+                });
             }
         }
         if !full {

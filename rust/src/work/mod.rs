@@ -1033,7 +1033,14 @@ impl State {
                         entity_id: message.address.entity_id,
                     });
                 }
-                self.mail.offer(message, now)
+                let persisted = message.persisted;
+                let offered = self.mail.offer(message, now);
+                if persisted && matches!(offered, Err(Refusal::MailboxFull { .. })) {
+                    // Stored: its sender clears its claim, and a read takes it once a slot
+                    // frees.
+                    self.storage.refused = true;
+                }
+                offered
             })
             .collect()
     }

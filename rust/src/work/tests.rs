@@ -464,6 +464,7 @@ async fn a_full_mailbox_leaves_requests_stored_until_a_slot_frees() {
         vec![Op::Reply {
             request_id: 1,
             value: b"{}".to_vec(),
+            notify: true,
         }],
     )
     .await;

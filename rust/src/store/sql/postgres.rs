@@ -414,7 +414,9 @@ impl<'a> MessageColumns<'a> {
                 );
                 REQUEST
             }
-            Op::Reply { request_id, value } => {
+            Op::Reply {
+                request_id, value, ..
+            } => {
                 row.0 = Some(*request_id);
                 row.8 = Some(value.as_slice());
                 REPLY
@@ -433,7 +435,7 @@ impl<'a> MessageColumns<'a> {
                 row.0 = Some(*request_id);
                 CLEAR_REPLIES
             }
-            Op::Unclaim { request_id } => {
+            Op::Unclaim { request_id, .. } => {
                 row.0 = Some(*request_id);
                 UNCLAIM
             }
@@ -736,7 +738,14 @@ async fn notify(
                     request,
                     claimed_ms: None,
                 } if applied => shards.push(&request.shard),
-                Op::Reply { request_id, .. } if applied => replies.push(request_id.to_string()),
+                Op::Reply {
+                    request_id,
+                    notify: true,
+                    ..
+                } if applied => replies.push(request_id.to_string()),
+                Op::Unclaim {
+                    shard: Some(shard), ..
+                } if applied => shards.push(shard),
                 Op::Status { id, status, .. } if changed && owned && *status != Status::Running => {
                     ended.push(notified_id(id));
                 }

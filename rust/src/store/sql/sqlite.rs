@@ -690,7 +690,9 @@ impl WriteConnection {
                 request,
                 claimed_ms,
             } => save_request(conn, sql, request, *claimed_ms)?,
-            Op::Reply { request_id, value } => {
+            Op::Reply {
+                request_id, value, ..
+            } => {
                 let processed = run(&sql.process, params![request_id])?;
                 if processed {
                     run(&sql.save_reply, params![request_id, value])?;
@@ -709,7 +711,9 @@ impl WriteConnection {
                 run(&sql.clear_reply, params![request_id])?;
                 OpResult::Done(run(&sql.unprocess, params![request_id])?)
             }
-            Op::Unclaim { request_id } => OpResult::Done(run(&sql.unclaim, params![request_id])?),
+            Op::Unclaim { request_id, .. } => {
+                OpResult::Done(run(&sql.unclaim, params![request_id])?)
+            }
             Op::Claim {
                 request_id,
                 claimed_ms,

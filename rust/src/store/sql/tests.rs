@@ -1526,6 +1526,7 @@ fn reply(request_id: i64, value: &str) -> Op {
     Op::Reply {
         request_id,
         value: value.as_bytes().to_vec(),
+        notify: true,
     }
 }
 
@@ -1593,8 +1594,14 @@ async fn message_script(store: &dyn Store) -> Vec<String> {
     );
     // Unclaim, claim, reset, clear.
     let claims = w(vec![
-        Op::Unclaim { request_id: 2 },
-        Op::Unclaim { request_id: 1 },
+        Op::Unclaim {
+            request_id: 2,
+            shard: None,
+        },
+        Op::Unclaim {
+            request_id: 1,
+            shard: None,
+        },
         Op::Claim {
             request_id: 2,
             claimed_ms: T + CLAIM_MS + 10,
