@@ -13,6 +13,8 @@ With `<requests> <accounts>` it also sends that many persisted deposits over tha
 ids, all in flight at once (the same primary keys when run again), once `<dir>/go` exists;
 then it appends `<key> <reply>` per reply to `<dir>/replies-<port>` as each comes, and
 writes `<dir>/done-<port>` once all have.
+With `CLUSTER_COPIES=<k>` it sends each deposit k times at once (one stored, the others its
+duplicates; every copy's reply is appended), `CLUSTER_SEND_DELAY=<seconds>` after `go`.
 With `CLUSTER_VOLATILE=1` those requests are volatile instead: `ClusterEcho.echo(n)` over the
 entity ids `echo-<n % accounts>`, recorded as `v<n> <port> <start ns> <end ns>` by the runner
 that ran it and answered with its port (replies `v<n> <port>`). They cross runners over the
@@ -209,7 +211,9 @@ async def main(url: str, prefix: str, port: int, out: Path, requests: int, accou
 
             volatile = os.environ.get("CLUSTER_VOLATILE") == "1"
             each = send_volatile if volatile else send
-            await asyncio.gather(*(each(n) for n in range(requests)))
+            copies = int(os.environ.get("CLUSTER_COPIES", "1"))
+            await asyncio.sleep(float(os.environ.get("CLUSTER_SEND_DELAY", "0")))
+            await asyncio.gather(*(each(n) for n in range(requests) for _ in range(copies)))
             (out / f"done-{port}").write_text("done")
         elif os.environ.get("CLUSTER_INTERRUPT") == str(port):
             while not (out / "go").exists():  # noqa: ASYNC110 - the test says when to begin

@@ -459,6 +459,37 @@ def test_a_sender_killed_before_sending_saved_requests_leaves_them_to_storage(
     assert waited < 15, waited
 
 
+def test_duplicates_sent_from_both_runners_get_the_one_stored_reply(cluster: Cluster) -> None:
+    # Both runners send every deposit twice at once, the second 150 ms after the first, while
+    # handlers take 300 ms: each key is stored once and its handler runs once, on its owner;
+    # the copies sent to the owner over the transport, and those sent on the owner itself
+    # while the first runner's copy runs there, all get that one reply.
+    cluster.env["CLUSTER_HANDLER_SECONDS"] = "0.3"
+    cluster.env["CLUSTER_COPIES"] = "2"
+    requests, accounts = 200, 200
+    ports = [4581, 4582]
+    cluster.start(ports[0], requests, accounts)
+    cluster.env["CLUSTER_SEND_DELAY"] = "0.15"
+    cluster.start(ports[1], requests, accounts)
+    cluster.wait("two runners settle", lambda: cluster.settled(ports))
+    (cluster.out / "go").touch()
+    for port in ports:
+        cluster.wait("the runners are done", (cluster.out / f"done-{port}").exists, timeout=60)
+    replies: dict[str, list[int]] = defaultdict(list)
+    for port in ports:
+        for line in (cluster.out / f"replies-{port}").read_text().splitlines():
+            key, value = line.split()
+            replies[key].append(int(value))
+    assert set(replies) == {f"d{n}" for n in range(requests)}
+    for key, values in replies.items():
+        assert len(values) == 4, (key, values)
+        # One deposit per account: its reply is the deposit itself.
+        assert set(values) == {amount_of(int(key[1:]))}, (key, values)
+    runs = cluster.runs()
+    assert sorted(run.key for run in runs) == sorted(replies), "each handler ran once"
+    assert len({run.port for run in runs}) == 2
+
+
 def test_volatile_requests_cross_runners_and_survive_a_kill(cluster: Cluster) -> None:
     # A client-only process sends volatile requests: every one crosses to a runner over the
     # runners' transport. Handlers take up to 100 ms, so the kill catches many in flight.

@@ -9,6 +9,7 @@ from plait.errors import InvalidArgumentError
 __all__ = [
     "CLAIM_MS",
     "DEFAULT_SHARDS_PER_GROUP",
+    "FORWARD_CLAIM_MS",
     "AsyncBridge",
     "ClusterView",
     "Deferred",
@@ -64,6 +65,8 @@ __version__: str
 DEFAULT_SHARDS_PER_GROUP: int
 #: A request's claim lasts this long (ms); an older one is void and a storage read takes it.
 CLAIM_MS: int
+#: A request saved for another runner, then sent there, is claimed this long (ms).
+FORWARD_CLAIM_MS: int
 
 # ids
 
@@ -980,6 +983,8 @@ class _Outgoing(Protocol):
     def persisted(self) -> bool: ...
     @property
     def forwarded(self) -> bool: ...
+    @property
+    def saved_ms(self) -> int | None: ...
 
 @final
 class Drained:

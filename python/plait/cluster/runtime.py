@@ -19,7 +19,7 @@ transaction before the caller hears of it and the slot frees. What is not delive
 source's storage read loop delivers.
 
 On a runner of a cluster, a persisted request for an entity on another runner is saved claimed
-for a short while (`FORWARD_CLAIM_MS`) and then sent to its owner over the runners' transport,
+for a short while (`FORWARD_CLAIM_MS`, 30 s) and then sent to its owner over the runners' transport,
 which delivers it at once and pushes its reply back (Effect notifies the owner to read its
 storage instead: that costs a read, a claim and a reply read per request). Whatever goes wrong
 on that way (the owner refuses it, is unreachable, dies, or its shard moves) leaves the
@@ -60,6 +60,7 @@ from plait._native import (
     SnowflakeGenerator,
     shard_id,
 )
+from plait._native import FORWARD_CLAIM_MS as _FORWARD_CLAIM_MS
 from plait.clocks import milliseconds_ceil
 from plait.cluster.config import ShardingConfig
 from plait.cluster.errors import (
@@ -98,9 +99,9 @@ StateT = TypeVar("StateT", default=None)
 #: Saves and replies sent to a durable store as soon as this many are queued (see
 #: `EntityRuntime._write_early`).
 EARLY_BATCH = 512
-#: How long a persisted request sent to its owner over the transport stays claimed if its
-#: sender dies before sending it (after that, its owner's regular storage read takes it).
-FORWARD_CLAIM_MS = 30_000
+#: How long a persisted request saved for another runner, then sent there, stays claimed: if
+#: its sender dies before sending it, its owner's regular storage read takes it after this.
+FORWARD_CLAIM_MS: int = _FORWARD_CLAIM_MS
 
 
 class RpcSpec(Protocol):
@@ -282,6 +283,7 @@ class Outgoing:
         "persisted",
         "remote",
         "request_id",
+        "saved_ms",
         "tag",
         "to_forward",
         "transported",
@@ -312,6 +314,9 @@ class Outgoing:
         #: Sent over the runners' transport: its reply comes back that way (else, for a
         #: remote persisted request, from storage).
         self.transported = False
+        #: When it was saved, if it is sent to its owner after its save (the owner checks
+        #: that its claim still stands).
+        self.saved_ms: int | None = None
 
 
 class Instance:
@@ -605,6 +610,7 @@ class EntityRuntime:
             claimed = None
         elif outgoing.to_forward:
             claimed = now - CLAIM_MS + FORWARD_CLAIM_MS
+            outgoing.saved_ms = now
         op = Op.request(
             outgoing.request_id,
             shard,
@@ -819,8 +825,9 @@ class EntityRuntime:
             if callers:
                 self.callers.setdefault(found.original, []).extend(callers)
                 if self.engine.cluster and found.original not in self._running:
-                    # The original may run on another runner: its reply comes from storage.
-                    self._remote[found.original] = outgoing
+                    # The original may run on another runner: its reply comes from storage
+                    # (or over the transport, if this process sent it there).
+                    self._remote.setdefault(found.original, outgoing)
                     self.source.await_replies([found.original])
             return
         self.callers[outgoing.request_id] = callers
@@ -870,7 +877,7 @@ class EntityRuntime:
             # (or could not be reached): stored, it waits for a storage read, which its owner
             # is woken for; its caller reads the stored reply.
             outgoing.transported = False
-            self._unclaim(outgoing)
+            self._unclaim(outgoing.request_id, outgoing.entity_id)
             taken = self._taken.pop(outgoing.request_id, None)
             if taken is not None and not taken.done():
                 taken.set_result(None)
@@ -903,13 +910,7 @@ class EntityRuntime:
         Its caller sends it again if its shard moved, or hears why.
         """
         assert self.sharding is not None
-        if refusal.kind == "NotAssigned" or outgoing.persisted:
-            # A persisted one is stored: it waits for a storage read (here once a slot frees,
-            # or its shard's new owner's), and its caller reads its stored reply.
-            if outgoing.persisted:
-                self._unclaim(outgoing)
-                if refusal.kind == "MailboxFull":
-                    self.source.poll_storage(None, when_room=True)
+        if refusal.kind == "NotAssigned":
             self.sharding.moved([outgoing.request_id])
             return
         error = (
@@ -921,10 +922,10 @@ class EntityRuntime:
         self._forwarded_replies.append((outgoing.request_id, encoded))
         self._schedule_flush()
 
-    def _unclaim(self, outgoing: Outgoing) -> None:
+    def _unclaim(self, request_id: int, entity_id: str) -> None:
         """Clears a stored request's claim, and wakes its shard's owner to read it."""
-        shard = self._shard(outgoing.entity_id) if self.engine.cluster else None
-        self.journal.write_then([Op.unclaim(outgoing.request_id, wake_shard=shard)], _ignore)
+        shard = self._shard(entity_id) if self.engine.cluster else None
+        self.journal.write_then([Op.unclaim(request_id, wake_shard=shard)], _ignore)
 
     def _answer(self, request_id: int, exit_: Exit) -> None:
         self._remote.pop(request_id, None)  # routed back here after all: answered here
@@ -963,12 +964,16 @@ class EntityRuntime:
 
     def _routed(self, routed: Routed) -> None:
         """A request sent to another runner was taken there (a discarded one), or refused."""
-        outgoing = self._remote.pop(routed.request_id, None)
+        outgoing = self._remote.get(routed.request_id)
         if outgoing is None:
             return
         if routed.refusal is not None:
+            del self._remote[routed.request_id]
             self._refused(outgoing, routed.refusal)
             return
+        if routed.request_id not in self.callers:
+            del self._remote[routed.request_id]
+        # (Else a duplicate's callers wait on the reply of this discarded request: stored.)
         taken = self._taken.pop(routed.request_id, None)
         if taken is not None and not taken.done():
             taken.set_result(None)
@@ -1062,9 +1067,12 @@ class EntityRuntime:
     def _retry_later(self, delivery: Deliver) -> None:
         """Frees a stored request's slot and claim, for a later read to deliver it again.
 
-        For a passing failure (its instance's state could not be read), not its reply.
+        For a passing failure (its instance's state could not be read), not its reply. One
+        sent from another process: its caller reads the stored reply.
         """
-        self.journal.write_then([Op.unclaim(delivery.request_id)], _ignore)
+        self._unclaim(delivery.request_id, delivery.entity_id)
+        if delivery.forwarded and self.sharding is not None:
+            self.sharding.moved([delivery.request_id])
         self.source.poll_storage(None, when_room=True)
         self._finished.append(delivery)
         self._schedule_flush()
@@ -1222,6 +1230,10 @@ class EntityRuntime:
                 task.cancel()
         held = self.source.evict(*key)
         replay = [instance.running[i][0] for i in held if i in instance.running]
+        if self.sharding is not None:
+            # Those it held that never ran: their callers in other processes send them again
+            # (volatile) or read their stored reply (persisted; storage delivers them).
+            self.sharding.moved([i for i in held if i not in instance.running])
         for request_id in instance.running:
             self._running.pop(request_id, None)
         instance.running.clear()
@@ -1240,6 +1252,12 @@ class EntityRuntime:
     async def _replay(self, replay: list[Deliver], delay: float) -> None:
         await self.engine.clock.sleep(delay)
         for delivery in replay:
+            if delivery.forwarded and delivery.persisted and self.sharding is not None:
+                # Out of the mailbox meanwhile, so a storage read may have taken it: left to
+                # storage, its caller in another process reads the stored reply.
+                self._unclaim(delivery.request_id, delivery.entity_id)
+                self.sharding.moved([delivery.request_id])
+                continue
             self._outbox.append(
                 Outgoing(
                     delivery.request_id,
@@ -1320,14 +1338,15 @@ class EntityRuntime:
             encoded = None
         if delivery.forwarded:
             # Its caller is in another process: the reply goes back over the transport, to be
-            # decoded there.
+            # decoded there. (A duplicate's callers here hear of it below.)
             if encoded is None:
                 assert not isinstance(outcome, bytes)
                 encoded = _ANY_REPLY.settle(outcome)[0]
             self._forwarded_replies.append((delivery.request_id, encoded))
-            self._finished.append(delivery)
-            self._schedule_flush()
-            return
+            if delivery.request_id not in self.callers:
+                self._finished.append(delivery)
+                self._schedule_flush()
+                return
         if encoded is not None:
             try:
                 outcome = codec.decode(encoded)

@@ -60,6 +60,9 @@ pub struct Message {
     /// Whether another process sent it over the runners' transport (its reply goes back
     /// there).
     pub forwarded: bool,
+    /// For a persisted request its sender saved for another runner and then sent there: when
+    /// it was saved (its claim lasts `FORWARD_CLAIM_MS` from then).
+    pub saved_ms: Option<u64>,
 }
 
 /// A request the host may run now.
@@ -484,6 +487,7 @@ mod tests {
             payload: b"{}".to_vec(),
             persisted: true,
             forwarded: false,
+            saved_ms: None,
         }
     }
 

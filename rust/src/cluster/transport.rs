@@ -1,5 +1,7 @@
-//! Runner-to-runner messages (Effect's `Runners` over its RPC protocol): volatile requests go to
-//! the runner that owns their entity, their replies come back, and so do interrupts.
+//! Runner-to-runner messages (Effect's `Runners` over its RPC protocol): requests go to the
+//! runner that owns their entity, their replies come back, and so do interrupts. Persisted
+//! requests travel this way too once their sender saved them, but only once: any failure leaves
+//! them to storage (see [`Transport::send`]).
 //!
 //! HTTP/2 in clear text with prior knowledge, served by axum and sent by reqwest; bodies are
 //! `MessagePack` (serde). Three routes:
@@ -127,6 +129,9 @@ struct Envelope {
     /// delivered by storage if that fails.
     #[serde(default)]
     persisted: bool,
+    /// When a persisted one was saved (the owner checks its claim still stands).
+    #[serde(default)]
+    saved_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -352,8 +357,12 @@ impl Transport {
         Ok(Self { shared })
     }
 
-    /// Sends volatile requests to the runners of their entities (`discard`: the caller waits
-    /// only until a mailbox took it). Their replies and refusals come through the [`Inbox`].
+    /// Sends requests to the runners of their entities (`discard`: the caller waits only until
+    /// a mailbox took it). Their replies and refusals come through the [`Inbox`].
+    ///
+    /// A persisted request (saved by its sender first) is sent once: refused, or its runner
+    /// unreachable or gone, or its shard moved before it ran, it is answered `Unavailable`
+    /// at once, for its caller to leave it to storage, where it is delivered exactly once.
     pub fn send(&self, messages: Vec<(Message, bool)>) {
         let mut refused = Vec::new();
         {
@@ -369,6 +378,7 @@ impl Transport {
                         payload: message.payload,
                         discard,
                         persisted: message.persisted,
+                        saved_ms: message.saved_ms,
                     },
                     failing_since: None,
                     unreachable: None,
@@ -623,6 +633,7 @@ fn offer_here(shared: &Shared, here: Vec<Sent>) {
             payload: sent.envelope.payload.clone(),
             persisted: sent.envelope.persisted,
             forwarded: false,
+            saved_ms: sent.envelope.saved_ms,
         })
         .collect();
     let answers = shared.inbox.offer_remote(messages);
@@ -1002,6 +1013,7 @@ async fn serve_send(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
             payload: e.payload,
             persisted: e.persisted,
             forwarded: true,
+            saved_ms: e.saved_ms,
         })
         .collect();
     let offered = shared.inbox.offer_remote(messages);
@@ -1164,6 +1176,7 @@ mod tests {
             payload: format!("{id}").into_bytes(),
             persisted: false,
             forwarded: false,
+            saved_ms: None,
         }
     }
 
@@ -1424,6 +1437,7 @@ mod tests {
                 payload: vec![0; size],
                 discard: false,
                 persisted: false,
+                saved_ms: None,
             },
             failing_since: None,
             unreachable: None,

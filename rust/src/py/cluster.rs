@@ -166,9 +166,10 @@ impl PySharding {
         self.sharding.view().into()
     }
 
-    /// Sends volatile requests to the runners of their entities (objects with the attributes
-    /// of `WorkSource.offer`'s, and per request whether the caller only waits for a mailbox
-    /// to take it). Replies come as `RemoteReply` work, takes and refusals as `Routed`.
+    /// Sends requests to the runners of their entities (objects with the attributes of
+    /// `WorkSource.offer`'s, and per request whether the caller only waits for a mailbox to
+    /// take it). Replies come as `RemoteReply` work, takes and refusals as `Routed`; a
+    /// persisted one (saved first) is sent once, and refused `Unavailable` on any failure.
     fn send(&self, requests: Vec<Outgoing>, discard: Vec<bool>) -> PyResult<()> {
         if requests.len() != discard.len() {
             return Err(InvalidArgumentError::new_err(

@@ -61,6 +61,7 @@ mod _native {
         let _ = logger.install();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("CLAIM_MS", crate::store::messages::CLAIM_MS)?;
+        m.add("FORWARD_CLAIM_MS", crate::store::messages::FORWARD_CLAIM_MS)?;
         m.add(
             "DEFAULT_SHARDS_PER_GROUP",
             crate::shard::DEFAULT_SHARDS_PER_GROUP,

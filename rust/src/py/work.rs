@@ -339,6 +339,7 @@ pub(super) struct Outgoing {
     payload: PyBackedBytes,
     persisted: bool,
     forwarded: bool,
+    saved_ms: Option<u64>,
 }
 
 impl Outgoing {
@@ -353,6 +354,7 @@ impl Outgoing {
             payload: self.payload.to_vec(),
             persisted: self.persisted,
             forwarded: self.forwarded,
+            saved_ms: self.saved_ms,
         }
     }
 }

@@ -16,6 +16,15 @@ use sha2::{Digest, Sha256};
 /// A claim older than this is void: its request is delivered again (Effect's 10 minutes).
 pub const CLAIM_MS: u64 = 10 * 60 * 1000;
 
+/// How long the claim of a request saved for another runner lasts (its sender sends it there
+/// once saved): if the sender dies first, the owner's regular read takes it after this.
+pub const FORWARD_CLAIM_MS: u64 = 30 * 1000;
+
+/// A request sent by another process after its save is taken only if its claim has this long
+/// left, and it was saved this long after its shard's claims were last cleared here; else it is
+/// left to storage. Bounds the clock skew between runners that the two checks tolerate.
+pub const FORWARD_MARGIN_MS: u64 = 10 * 1000;
+
 /// Longest message key stored as is; a longer one is stored as its SHA-256 hex digest.
 pub const MAX_KEY_CHARS: usize = 255;
 

@@ -217,12 +217,16 @@ fn offer(state: &mut State, request: Request, now: u64) -> Option<i64> {
         payload: request.payload,
         persisted: true,
         forwarded: false,
+        saved_ms: None,
     };
     let id = message.request_id;
     let storage = &mut state.storage;
     match state.mail.offer(message.clone(), now) {
         Ok(()) => {
             storage.unregistered.remove(&id);
+            if let Some(ownership) = &mut state.ownership {
+                ownership.delivered_from_storage(id, now);
+            }
             None
         }
         // Running or waiting already (a claim that outlived its timeout): it stays claimed.

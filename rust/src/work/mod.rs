@@ -43,7 +43,10 @@ use crate::{
         transport::Inbox,
     },
     shard::shard_id,
-    store::{Execution, Op, OpResult, Snapshot, Status, Store, StoreError},
+    store::{
+        messages::{FORWARD_CLAIM_MS, FORWARD_MARGIN_MS},
+        Execution, Op, OpResult, Snapshot, Status, Store, StoreError,
+    },
     timer::TimerWheel,
 };
 
@@ -158,6 +161,11 @@ pub enum Work {
     },
 }
 
+/// How long a runner remembers the requests its storage reads delivered. A copy of one that
+/// comes over the transport is taken only within `FORWARD_CLAIM_MS - FORWARD_MARGIN_MS` of its
+/// save, and a read delivers it only after its save: twice that covers clock skew too.
+const FROM_STORAGE_KEPT_MS: u64 = 2 * FORWARD_CLAIM_MS;
+
 /// Which shards a runner of a cluster serves (a single engine serves them all).
 #[derive(Debug)]
 struct Ownership {
@@ -165,6 +173,10 @@ struct Ownership {
     owned: FxHashSet<String>,
     /// Acquired and not yet read: their claims are cleared before the next read.
     reset: Vec<String>,
+    /// The requests a storage read delivered here within [`FROM_STORAGE_KEPT_MS`], by when:
+    /// a copy of one sent here after its save is not taken (see `State::offer_all`).
+    from_storage: FxHashSet<i64>,
+    from_storage_order: VecDeque<(u64, i64)>,
     /// Shards to stop serving, for the host.
     releases: VecDeque<(Vec<String>, bool)>,
     /// Requests readied for instances of shards no longer held (being released): never handed
@@ -172,6 +184,31 @@ struct Ownership {
     withheld: Vec<Message>,
     /// The executions of the shards held: which to list as running next.
     executions: executions::Scans,
+}
+
+impl Ownership {
+    /// A storage read delivered request `id` at `now`.
+    fn delivered_from_storage(&mut self, id: i64, now: u64) {
+        self.forget_from_storage(now);
+        if self.from_storage.insert(id) {
+            self.from_storage_order.push_back((now, id));
+        }
+    }
+
+    fn delivered_from_storage_lately(&mut self, id: i64, now: u64) -> bool {
+        self.forget_from_storage(now);
+        self.from_storage.contains(&id)
+    }
+
+    fn forget_from_storage(&mut self, now: u64) {
+        while let Some(&(at, id)) = self.from_storage_order.front() {
+            if at.saturating_add(FROM_STORAGE_KEPT_MS) > now {
+                break;
+            }
+            self.from_storage_order.pop_front();
+            self.from_storage.remove(&id);
+        }
+    }
 }
 
 /// Requests sent to entities on other runners, whose final replies come from storage.
@@ -509,6 +546,8 @@ impl WorkSource {
                 reset: Vec::new(),
                 releases: VecDeque::new(),
                 withheld: Vec::new(),
+                from_storage: FxHashSet::default(),
+                from_storage_order: VecDeque::new(),
                 executions: executions::Scans::new(scan_ms),
             }),
             reply_poll_ms,
@@ -1033,6 +1072,16 @@ impl State {
                         entity_id: message.address.entity_id,
                     });
                 }
+                if let Some(saved) = message.saved_ms {
+                    if !self.sent_after_save_stands(message.request_id, saved, now) {
+                        // Left to storage: its sender clears its claim and wakes this owner.
+                        return Err(Refusal::NotAssigned {
+                            shard: self.shard_of(&message.address.entity_id),
+                            entity_type: message.address.entity_type,
+                            entity_id: message.address.entity_id,
+                        });
+                    }
+                }
                 let persisted = message.persisted;
                 let offered = self.mail.offer(message, now);
                 if persisted && matches!(offered, Err(Refusal::MailboxFull { .. })) {
@@ -1043,6 +1092,30 @@ impl State {
                 offered
             })
             .collect()
+    }
+
+    /// Whether a persisted request its sender saved at `saved` (claimed for
+    /// [`FORWARD_CLAIM_MS`]) and then sent here may be taken: no storage read can have
+    /// delivered it. Its claim must stand for [`FORWARD_MARGIN_MS`] more by this runner's
+    /// clock, which is the one its reads judge the claim by (once taken, a read finds it held
+    /// and leaves it); and no read here delivered it lately, which one may have done if this
+    /// runner cleared its shard's claims on acquiring it after the save, or its sender cleared
+    /// the claim after a send that failed on the way. Otherwise it is left to storage.
+    fn sent_after_save_stands(&mut self, request_id: i64, saved: u64, now: u64) -> bool {
+        if now.saturating_add(FORWARD_MARGIN_MS) >= saved.saturating_add(FORWARD_CLAIM_MS) {
+            return false;
+        }
+        self.ownership
+            .as_mut()
+            .is_none_or(|ownership| !ownership.delivered_from_storage_lately(request_id, now))
+    }
+
+    fn shard_of(&self, entity_id: &str) -> String {
+        let shards = self.ownership.as_ref().map_or(
+            NonZeroU32::new(crate::shard::DEFAULT_SHARDS_PER_GROUP).unwrap_or(NonZeroU32::MIN),
+            |o| o.shards_per_group,
+        );
+        default_shard(entity_id, shards)
     }
 
     fn unowned_shard(&self, entity_id: &str) -> Option<String> {

@@ -312,6 +312,7 @@ fn mail(request_id: i64, entity_id: &str) -> Message {
         payload: b"{}".to_vec(),
         persisted: false,
         forwarded: false,
+        saved_ms: None,
     }
 }
 
@@ -658,5 +659,52 @@ async fn a_runner_runs_what_others_wake_and_hears_of_ends_it_awaits() {
         }
         other => panic!("not the end: {other:?}"),
     }
+    source.close();
+}
+
+fn sent_after_save(request_id: i64, entity_id: &str, saved_ms: u64) -> Message {
+    Message {
+        persisted: true,
+        forwarded: true,
+        saved_ms: Some(saved_ms),
+        ..mail(request_id, entity_id)
+    }
+}
+
+#[tokio::test]
+async fn a_request_sent_after_its_save_is_taken_only_while_storage_cannot_deliver_it() {
+    const S: u64 = 1_000;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let shard = default_shard("a", NonZeroU32::new(300).unwrap());
+    // Request 1 was saved and its claim cleared (its owner took the shard over since).
+    let mut saved = stored(1, "a", None);
+    if let Op::Request { request, .. } = &mut saved {
+        request.shard.clone_from(&shard);
+    }
+    write(store.as_ref(), vec![saved]).await;
+    let source = runner(&store);
+    source.started().await.unwrap();
+    source.register_entity("Counter", EntityOptions::default());
+    let inbox = source.inbox();
+    let refused = inbox.offer_remote(vec![sent_after_save(1, "a", T0)]);
+    assert!(
+        matches!(refused[0], Err(Refusal::NotAssigned { .. })),
+        "not held yet"
+    );
+    source.shard_host().acquired(vec![shard]);
+    assert_eq!(delivered(&source).await, [1], "the read delivers it");
+    source.done(&[(mail(1, "a").address, 1)]);
+    let answers = inbox.offer_remote(vec![
+        // Its copy comes over the transport after the stored one ran: not taken again.
+        sent_after_save(1, "a", T0),
+        // Another, saved claimed and sent at once: taken.
+        sent_after_save(2, "a", T0),
+    ]);
+    assert!(matches!(answers[0], Err(Refusal::NotAssigned { .. })));
+    assert!(answers[1].is_ok(), "{:?}", answers[1]);
+    // One whose claim is about to lapse (a read may take it): left to storage.
+    source.advance_to(T0 + 20 * S);
+    let late = inbox.offer_remote(vec![sent_after_save(3, "a", T0)]);
+    assert!(matches!(late[0], Err(Refusal::NotAssigned { .. })));
     source.close();
 }
