@@ -55,8 +55,14 @@ mod _native {
         // The core's `log` records (commit retries, a lost lease) go to Python's `logging`,
         // under the logger names they give (`plait.store`). Loggers are cached, levels are
         // not: a level set later (or by a test) still applies. Records are rare (warnings),
-        // so taking the GIL for each costs nothing that matters.
-        let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers)?;
+        // so taking the GIL for each costs nothing that matters. The libraries' debug records
+        // (sqlx's statements, the HTTP/2 stack's) stay out: each would take the GIL from a
+        // runtime thread, whatever level Python's logging then drops it at.
+        let logger = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers)?
+            .filter(log::LevelFilter::Warn)
+            .filter_target("plait.cluster".to_owned(), log::LevelFilter::Debug)
+            .filter_target("plait.store".to_owned(), log::LevelFilter::Debug)
+            .filter_target("plait.work".to_owned(), log::LevelFilter::Debug);
         // Another extension of the process may have installed a logger already: keep it.
         let _ = logger.install();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
