@@ -241,7 +241,9 @@ def _cell(measured: Measured | str | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=20_000)
+    # 50,000: a run of 20,000 took plait 1-2 s, much of it the first request of each of the
+    # 10,000 entities reading its state.
+    parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--runners", default="1,2,3")
     parser.add_argument(
         "--postgres", default=os.environ.get("PLAIT_BENCH_POSTGRES", POSTGRES_ADMIN)
