@@ -233,6 +233,29 @@ async def test_a_handler_defect_restarts_the_instance_and_runs_its_requests_agai
     assert attempts == [1, 1, 1]
 
 
+async def test_a_defect_restart_runs_the_requests_waiting_behind_it_too(
+    plait_engine: plait.Engine, plait_clock: VirtualClock
+) -> None:
+    Queue = plait.Entity("EtQueued", defect_retry=plait.Schedule.spaced(timedelta(seconds=1)))
+    runs: list[int] = []
+
+    @Queue.rpc()
+    async def step(ctx: plait.EntityContext, n: int) -> int:
+        runs.append(n)
+        if n == 0 and runs.count(0) == 1:
+            raise RuntimeError("boom")
+        return n
+
+    # One at a time: 1 and 2 wait in the mailbox while 0 dies; after the restart all three
+    # run again in the order they came, and every caller gets its reply.
+    callers = [asyncio.ensure_future(step.call("q", n)) for n in range(3)]
+    await settle()
+    assert runs == [0]
+    await plait_clock.advance(timedelta(seconds=1))
+    assert await asyncio.wait_for(asyncio.gather(*callers), 10) == [0, 1, 2]
+    assert runs == [0, 0, 1, 2]
+
+
 async def test_a_defect_is_the_reply_when_fatal_defects_are_disabled(
     plait_engine: plait.Engine,
 ) -> None:

@@ -1209,8 +1209,8 @@ class WorkSource:
         """Drops a waiting or running request (its caller gave up); returns what may run now."""
     def keep_alive(self, entity_type: str, entity_id: str, enabled: bool) -> bool:
         """Keeps an instance resident whatever its idle time; returns whether it is resident."""
-    def evict(self, entity_type: str, entity_id: str) -> list[int]:
-        """Drops an instance and what it held; returns the request ids it held."""
+    def evict(self, entity_type: str, entity_id: str) -> Drained:
+        """Drops an instance; returns what it held: given to the host, and never given."""
     def resident(self) -> int:
         """Resident entity instances."""
     def mailbox_depths(self) -> list[tuple[str, int]]:

@@ -1070,9 +1070,11 @@ class EntityRuntime:
         For a passing failure (its instance's state could not be read), not its reply. One
         sent from another process: its caller reads the stored reply.
         """
-        self._unclaim(delivery.request_id, delivery.entity_id)
         if delivery.forwarded and self.sharding is not None:
+            self._unclaim(delivery.request_id, delivery.entity_id)
             self.sharding.moved([delivery.request_id])
+        else:
+            self.journal.write_then([Op.unclaim(delivery.request_id)], _ignore)
         self.source.poll_storage(None, when_room=True)
         self._finished.append(delivery)
         self._schedule_flush()
@@ -1229,11 +1231,9 @@ class EntityRuntime:
             if task is not None and task is not current:
                 task.cancel()
         held = self.source.evict(*key)
-        replay = [instance.running[i][0] for i in held if i in instance.running]
-        if self.sharding is not None:
-            # Those it held that never ran: their callers in other processes send them again
-            # (volatile) or read their stored reply (persisted; storage delivers them).
-            self.sharding.moved([i for i in held if i not in instance.running])
+        # What it ran, then what it held and never ran, again in the order they came.
+        replay = [instance.running[i][0] for i in held.running if i in instance.running]
+        replay.extend(held.queued)
         for request_id in instance.running:
             self._running.pop(request_id, None)
         instance.running.clear()
@@ -1254,21 +1254,13 @@ class EntityRuntime:
         for delivery in replay:
             if delivery.forwarded and delivery.persisted and self.sharding is not None:
                 # Out of the mailbox meanwhile, so a storage read may have taken it: left to
-                # storage, its caller in another process reads the stored reply.
+                # storage, its caller in another process reads the stored reply (and so do a
+                # duplicate's callers here).
                 self._unclaim(delivery.request_id, delivery.entity_id)
                 self.sharding.moved([delivery.request_id])
+                self._await_remote([_outgoing_of(delivery)])
                 continue
-            self._outbox.append(
-                Outgoing(
-                    delivery.request_id,
-                    delivery.entity_type,
-                    delivery.entity_id,
-                    delivery.tag,
-                    delivery.payload,
-                    delivery.persisted,
-                    delivery.forwarded,
-                )
-            )
+            self._outbox.append(_outgoing_of(delivery, forwarded=delivery.forwarded))
         self._schedule_flush()
 
     async def _run_stream(
@@ -1438,14 +1430,7 @@ class EntityRuntime:
         for delivery in deliveries:
             if delivery.request_id not in self.callers:
                 continue
-            outgoing = Outgoing(
-                delivery.request_id,
-                delivery.entity_type,
-                delivery.entity_id,
-                delivery.tag,
-                delivery.payload,
-                delivery.persisted,
-            )
+            outgoing = _outgoing_of(delivery)
             if delivery.persisted:
                 remote.append(outgoing)
             elif (
@@ -1511,6 +1496,19 @@ def _address(config: ShardingConfig) -> str | None:
     """This runner's address for log records (None for a client-only process)."""
     address = config.runner_address
     return None if address is None else str(address)
+
+
+def _outgoing_of(delivery: Deliver, *, forwarded: bool = False) -> Outgoing:
+    """A delivered request, to offer or await again."""
+    return Outgoing(
+        delivery.request_id,
+        delivery.entity_type,
+        delivery.entity_id,
+        delivery.tag,
+        delivery.payload,
+        delivery.persisted,
+        forwarded,
+    )
 
 
 def _end_send_span(span: Any, future: asyncio.Future[Any]) -> None:

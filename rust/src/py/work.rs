@@ -643,9 +643,11 @@ impl PyWorkSource {
             .keep_alive(&address(entity_type, entity_id), enabled))
     }
 
-    /// Drops an entity instance and what it held; returns the request ids it held.
-    fn evict(&self, entity_type: Text, entity_id: Text) -> PyResult<Vec<i64>> {
-        Ok(self.source()?.evict(&address(entity_type, entity_id)))
+    /// Drops an entity instance and what it held; returns what it held: the requests the
+    /// host was given (`running`) and those it never was (`queued`).
+    fn evict(&self, py: Python<'_>, entity_type: Text, entity_id: Text) -> PyResult<PyDrained> {
+        let (running, queued) = self.source()?.evict(&address(entity_type, entity_id));
+        drained(py, running, queued)
     }
 
     /// Whether this process serves the entity `entity_id` now (always, for a single engine).
@@ -689,17 +691,7 @@ impl PyWorkSource {
     /// Returns what they still held.
     fn drained(&self, py: Python<'_>, shards: Vec<String>) -> PyResult<PyDrained> {
         let (running, queued) = self.source()?.drained(&shards);
-        let queued = queued
-            .into_iter()
-            .map(|message| {
-                let delivery = mailbox::Delivery {
-                    message,
-                    activates: false,
-                };
-                Py::new(py, PyDeliver { delivery })
-            })
-            .collect::<PyResult<_>>()?;
-        Ok(PyDrained { running, queued })
+        drained(py, running, queued)
     }
 
     /// Resident entity instances.
@@ -760,4 +752,23 @@ impl PyWorkSource {
         self.source()?.close();
         Ok(())
     }
+}
+
+/// Requests given back by the mailboxes: the ids of those the host was given, and the others.
+fn drained(
+    py: Python<'_>,
+    running: Vec<i64>,
+    queued: Vec<mailbox::Message>,
+) -> PyResult<PyDrained> {
+    let queued = queued
+        .into_iter()
+        .map(|message| {
+            let delivery = mailbox::Delivery {
+                message,
+                activates: false,
+            };
+            Py::new(py, PyDeliver { delivery })
+        })
+        .collect::<PyResult<_>>()?;
+    Ok(PyDrained { running, queued })
 }

@@ -21,8 +21,8 @@ pub const CLAIM_MS: u64 = 10 * 60 * 1000;
 pub const FORWARD_CLAIM_MS: u64 = 30 * 1000;
 
 /// A request sent by another process after its save is taken only if its claim has this long
-/// left, and it was saved this long after its shard's claims were last cleared here; else it is
-/// left to storage. Bounds the clock skew between runners that the two checks tolerate.
+/// left by the owner's clock (the clock its storage reads judge claims by); else it is left to
+/// storage.
 pub const FORWARD_MARGIN_MS: u64 = 10 * 1000;
 
 /// Longest message key stored as is; a longer one is stored as its SHA-256 hex digest.

@@ -689,10 +689,10 @@ impl WorkSource {
         kept
     }
 
-    /// Drops an entity instance and what it held (a handler defect restarts it): the request
-    /// ids it held, running first.
-    pub fn evict(&self, address: &Address) -> Vec<i64> {
-        self.shared.state().mail.evict(address)
+    /// Drops an entity instance and what it held (a handler defect restarts it): the ids of
+    /// the requests the host was given, and the requests it never was.
+    pub fn evict(&self, address: &Address) -> (Vec<i64>, Vec<Message>) {
+        self.shared.state().mail.evict_moving(address)
     }
 
     /// Resident entity instances.
